@@ -1,0 +1,84 @@
+"""Every MongoDB index, in one place, each with the query it serves (STYLE.md §6).
+
+``ensure_indexes`` runs at start-up of every process; creating an existing index is a no-op.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymongo import ASCENDING as ASC
+from pymongo import DESCENDING as DESC
+from pymongo.asynchronous.database import AsyncDatabase
+
+
+@dataclass(frozen=True)
+class Index:
+    collection: str
+    keys: list[tuple[str, int]]
+    serves: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+INDEXES: list[Index] = [
+    # --- accounts ---
+    Index("users", [("email", ASC)], "login and `users create`: a user by primary address",
+          {"unique": True}),
+    Index("identities", [("address", ASC)], "RCPT checks and `from` ownership: alias → user",
+          {"unique": True}),
+    Index("identities", [("user_id", ASC)], "me.addresses: the aliases of a user"),
+    Index("api_tokens", [("expires_at", ASC)], "expired tokens vanish by themselves (TTL)",
+          {"expireAfterSeconds": 0}),
+    Index("api_tokens", [("user_id", ASC)], "revoke every token of a user"),
+    # --- mailbox views ---
+    Index("mailbox_items", [("user_id", ASC), ("message_id", ASC), ("role", ASC)],
+          "one view per (user, message, role): a retried delivery never files twice",
+          {"unique": True}),
+    Index("mailbox_items", [("user_id", ASC), ("folder", ASC), ("received_at", DESC), ("_id", DESC)],
+          "messages(folder): keyset page, newest first"),
+    Index("mailbox_items", [("user_id", ASC), ("labels", ASC), ("received_at", DESC), ("_id", DESC)],
+          "messages(label): keyset page, newest first"),
+    Index("mailbox_items", [("user_id", ASC), ("thread_id", ASC), ("received_at", ASC)],
+          "thread(id).messages oldest first, and thread summary recomputation"),
+    Index("mailbox_items", [("message_id", ASC)],
+          "garbage collection: is a message still referenced by any view?"),
+    Index("mailbox_items", [("user_id", ASC), ("dedupe_key", ASC)],
+          "inbound retry after a lost 250: Message-ID + content hash per recipient",
+          {"unique": True, "partialFilterExpression": {"dedupe_key": {"$type": "string"}}}),
+    Index("mailbox_counters", [("user_id", ASC), ("kind", ASC), ("name", ASC)],
+          "mailboxes(): total/unread per folder and label without counting items",
+          {"unique": True}),
+    Index("threads", [("user_id", ASC), ("folders", ASC), ("latest_at", DESC), ("_id", DESC)],
+          "threads(folder): keyset page by latest message"),
+    Index("threads", [("user_id", ASC), ("labels", ASC), ("latest_at", DESC), ("_id", DESC)],
+          "threads(label): keyset page by latest message"),
+    Index("threads", [("user_id", ASC), ("normalized_subject", ASC), ("latest_at", DESC)],
+          "subject fallback threading for mail without reference headers"),
+    Index("thread_refs", [("user_id", ASC), ("rfc822_id", ASC)],
+          "threading: RFC 822 Message-ID → the user's thread", {"unique": True}),
+    # --- content ---
+    Index("messages", [("rfc822_message_id", ASC)], "find a message by its Message-ID (DSNs, replies)"),
+    Index("messages", [("status", ASC), ("created_at", ASC)], "garbage collection of orphans"),
+    Index("attachments", [("owner_user_id", ASC), ("created_at", DESC)], "a user's uploads"),
+    Index("attachments", [("expires_at", ASC)], "sweep of unreferenced uploads older than a day",
+          {"partialFilterExpression": {"expires_at": {"$type": "date"}}}),
+    # --- outbound ---
+    Index("recipients", [("message_id", ASC)], "MailboxItem.recipients of a sent message"),
+    Index("recipients", [("delivery_status", ASC), ("next_attempt_at", ASC)],
+          "delivery sweep: due recipients whose lease expired"),
+    Index("recipients", [("message_id", ASC), ("domain", ASC), ("delivery_status", ASC)],
+          "deliver_domain: lease the due recipients of one message and domain"),
+    Index("delivery_events", [("message_id", ASC), ("occurred_at", ASC)],
+          "deliveryEvents(messageId): the history of one message"),
+    Index("suppressions", [("address", ASC), ("scope", ASC)],
+          "suppression check at send time and before each attempt", {"unique": True}),
+    Index("idempotency_keys", [("created_at", ASC)], "idempotency keys live 24 h (TTL)",
+          {"expireAfterSeconds": 24 * 3600}),
+    Index("send_log", [("user_id", ASC), ("created_at", DESC)], "per-user send counts"),
+]
+
+
+async def ensure_indexes(db: AsyncDatabase[dict[str, Any]]) -> None:
+    for index in INDEXES:
+        await db[index.collection].create_index(index.keys, **index.options)

@@ -1,0 +1,102 @@
+"""MongoDB connection (PyMongo's native async client) and error translation.
+
+Only this module and the other adapters import pymongo's error types; every other layer sees
+``ServiceUnavailable`` when the database cannot be reached, so the API can answer 503 / a typed
+GraphQL error within the server-selection timeout and recover by itself once MongoDB returns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import (
+    AutoReconnect,
+    ConnectionFailure,
+    DuplicateKeyError,
+    NetworkTimeout,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
+from pymongo.write_concern import WriteConcern
+
+from app.domain.errors import DomainError, ServiceUnavailable
+
+_UNAVAILABLE = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError,
+                WTimeoutError)
+
+
+def connect(uri: str, *, timeout_ms: int = 3000) -> AsyncMongoClient[dict[str, Any]]:
+    # Journaled majority writes: a 250 or a "sent" answer is only given for data that survives
+    # a crash (DESIGN.md §6). Timeouts bound how long a request waits for a dead server.
+    return AsyncMongoClient(
+        uri,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 5, 15000),
+        w="majority",
+        journal=True,
+        tz_aware=True,
+        retryWrites=True,
+        uuidRepresentation="standard",
+    )
+
+
+@dataclass
+class Mongo:
+    client: AsyncMongoClient[dict[str, Any]]
+    db: AsyncDatabase[dict[str, Any]]
+
+    @classmethod
+    def open(cls, uri: str, database: str, *, timeout_ms: int = 3000) -> Mongo:
+        client = connect(uri, timeout_ms=timeout_ms)
+        return cls(client, client.get_database(database, write_concern=WriteConcern("majority", j=True)))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+    async def ping(self) -> bool:
+        try:
+            await self.client.admin.command("ping")
+            return True
+        except PyMongoError:
+            return False
+
+
+def is_duplicate_key(exc: BaseException) -> bool:
+    return isinstance(exc, DuplicateKeyError)
+
+
+def as_domain_error(exc: BaseException) -> DomainError | None:
+    """Translate a database failure into our vocabulary; None if it is not one we know."""
+    if isinstance(exc, DomainError):
+        return exc
+    if isinstance(exc, _UNAVAILABLE):
+        return ServiceUnavailable("the mail store is temporarily unavailable", retry_after_seconds=5)
+    if isinstance(exc, PyMongoError) and getattr(exc, "has_error_label", None) and (
+        exc.has_error_label("TransientTransactionError")  # type: ignore[attr-defined]
+    ):
+        return ServiceUnavailable("the mail store is busy, retry", retry_after_seconds=1)
+    return None
+
+
+async def in_transaction(mongo: Mongo, work: Any, attempts: int = 4) -> Any:
+    """Run ``await work(session)`` in one transaction; retried on write conflicts only.
+
+    Not PyMongo's ``with_transaction``: that retries for up to two minutes, and a request
+    must fail fast (ServiceUnavailable) when the database is gone.
+    """
+    for attempt in range(attempts):
+        async with mongo.client.start_session() as session:
+            try:
+                async with await session.start_transaction():
+                    return await work(session)
+            except PyMongoError as e:
+                transient = e.has_error_label("TransientTransactionError")
+                if transient and attempt < attempts - 1 and not isinstance(e, _UNAVAILABLE):
+                    continue
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,53 @@
+"""Opaque keyset cursors: (sort key, id) signed so a client cannot forge or splice them.
+
+A cursor carries no viewer identity: every query that uses one is still filtered by the
+viewer, so a cursor taken from another user only ever pages through the holder's own data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from app.domain.errors import ValidationError
+
+
+@dataclass(frozen=True)
+class Cursor:
+    at: datetime
+    id: str
+
+
+def _sign(key: bytes, payload: bytes) -> bytes:
+    return hmac.new(key, payload, hashlib.sha256).digest()[:12]
+
+
+def encode_cursor(cursor: Cursor, key: bytes, kind: str = "m") -> str:
+    millis = int(cursor.at.timestamp() * 1000)
+    payload = json.dumps([kind, millis, cursor.id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(payload + _sign(key, payload)).decode().rstrip("=")
+
+
+def decode_cursor(text: str, key: bytes, kind: str = "m", field: str = "after") -> Cursor:
+    invalid = ValidationError.on(field, "invalid cursor: pass an endCursor from a previous page")
+    if not text or len(text) > 200:
+        raise invalid
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError):
+        raise invalid from None
+    payload, signature = raw[:-12], raw[-12:]
+    if len(raw) <= 12 or not hmac.compare_digest(signature, _sign(key, payload)):
+        raise invalid
+    try:
+        got_kind, millis, ident = json.loads(payload)
+        at = datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
+    except (ValueError, TypeError, OverflowError, OSError):
+        raise invalid from None
+    if got_kind != kind or not isinstance(ident, str):
+        raise invalid
+    return Cursor(at, ident)

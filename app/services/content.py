@@ -1,0 +1,92 @@
+"""Message content: bodies kept inline when small, in the blob store when large, and garbage
+collection of content (message, raw MIME, attachment blobs) that no view references any more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from bson import ObjectId
+
+from app.adapters.blobs import BlobStore
+from app.adapters.mongo import Mongo
+
+log = structlog.get_logger(__name__)
+
+INLINE_BODY_LIMIT = 256 * 1024
+PENDING_DELIVERY = ["queued", "scheduled", "sending", "deferred"]
+
+
+class ContentService:
+    def __init__(self, mongo: Mongo, blobs: BlobStore) -> None:
+        self.db = mongo.db
+        self.blobs = blobs
+
+    async def body_fields(self, text: str | None, html: str | None) -> dict[str, Any]:
+        """Fields for a message document: inline below the limit, else a blob reference."""
+        out: dict[str, Any] = {}
+        for name, value in (("text_body", text), ("html_body", html)):
+            if value is not None and len(value) > INLINE_BODY_LIMIT:
+                out[name] = None
+                out[name.replace("_body", "_blob_id")] = await self.blobs.put(
+                    value.encode("utf-8"), filename=f"{name}.txt", metadata={"kind": name})
+            else:
+                out[name] = value
+        return out
+
+    async def text_body(self, message: dict[str, Any]) -> str | None:
+        if message.get("text_blob_id"):
+            return (await self.blobs.get(message["text_blob_id"])).decode("utf-8", "replace")
+        return message.get("text_body")  # type: ignore[no-any-return]
+
+    async def html_body(self, message: dict[str, Any]) -> str | None:
+        if message.get("html_blob_id"):
+            return (await self.blobs.get(message["html_blob_id"])).decode("utf-8", "replace")
+        return message.get("html_body")  # type: ignore[no-any-return]
+
+    async def collect(self, message_ids: list[ObjectId]) -> int:
+        """Delete messages no view references and no delivery still needs; returns how many."""
+        removed = 0
+        for message_id in message_ids:
+            if await self.db.mailbox_items.count_documents({"message_id": message_id}, limit=1):
+                continue
+            if await self.db.recipients.count_documents(
+                    {"message_id": message_id, "delivery_status": {"$in": PENDING_DELIVERY}}, limit=1):
+                continue
+            message = await self.db.messages.find_one_and_delete({"_id": message_id})
+            if message is None:
+                continue
+            removed += 1
+            for key in ("raw_blob_id", "text_blob_id", "html_blob_id"):
+                if message.get(key):
+                    await self.blobs.delete(message[key])
+            for attachment in message.get("attachments") or []:
+                await self._release_attachment(attachment, message_id)
+        return removed
+
+    async def _release_attachment(self, attachment: dict[str, Any], message_id: ObjectId) -> None:
+        doc = await self.db.attachments.find_one_and_update(
+            {"_id": attachment["id"]}, {"$pull": {"message_ids": message_id}}, return_document=True)
+        if doc is None:
+            if attachment.get("blob_id"):
+                await self.blobs.delete(attachment["blob_id"])
+            return
+        if not doc.get("message_ids") and not doc.get("expires_at"):
+            # referenced once, now by nothing: no upload is waiting to be used
+            await self.db.attachments.delete_one({"_id": doc["_id"], "message_ids": {"$size": 0}})
+            await self.blobs.delete(doc["blob_id"])
+
+    async def sweep_expired_uploads(self, now: Any) -> int:
+        """Uploads never used by a message expire after a day (attachments.expires_at)."""
+        count = 0
+        async for doc in self.db.attachments.find({"expires_at": {"$lte": now}, "message_ids": {"$size": 0}}):
+            await self.db.attachments.delete_one({"_id": doc["_id"]})
+            await self.blobs.delete(doc["blob_id"])
+            count += 1
+        return count
+
+    async def sweep_orphans(self, limit: int = 500) -> int:
+        """Messages with no views (a crash between steps, or a failed listener)."""
+        ids = [d["_id"] async for d in self.db.messages.find({}, {"_id": 1}).sort("_id", 1).limit(limit)]
+        return await self.collect(ids)

@@ -1,0 +1,274 @@
+"""Mailbox use cases: folder pages, threads, one message, state changes, deletion (seed §11).
+
+Every query filters on the viewer's ``user_id`` first; an id that belongs to someone else is
+indistinguishable from one that does not exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+
+from app.adapters.mongo import Mongo, in_transaction
+from app.config import Settings
+from app.domain.cursors import Cursor, decode_cursor, encode_cursor
+from app.domain.errors import NotFound, ValidationError
+from app.domain.folders import (
+    MOVABLE,
+    ROLE_HOME,
+    CounterKey,
+    Folder,
+    check_label,
+    counter_deltas,
+    merge_deltas,
+)
+from app.domain.ids import parse_object_id
+from app.services.accounts import Viewer
+from app.services.filing import Change, apply_counter_deltas, refresh_threads
+from app.services.notifier import Notifier
+
+MAX_PAGE = 100
+MAX_BATCH = 500
+PENDING_DELIVERY = ["queued", "scheduled", "sending", "deferred"]
+
+
+@dataclass(frozen=True)
+class Page:
+    nodes: list[dict[str, Any]]
+    cursors: list[str]
+    has_next: bool
+    total: int | None = None
+
+    @property
+    def end_cursor(self) -> str | None:
+        return self.cursors[-1] if self.cursors else None
+
+
+@dataclass(frozen=True)
+class StateChange:
+    read: bool | None = None
+    starred: bool | None = None
+    folder: str | None = None
+    add_labels: tuple[str, ...] = ()
+    remove_labels: tuple[str, ...] = ()
+
+
+def check_page_size(first: int) -> int:
+    if not 1 <= first <= MAX_PAGE:
+        raise ValidationError.on("first", f"first must be between 1 and {MAX_PAGE}")
+    return first
+
+
+def parse_ids(ids: list[str], field: str = "ids") -> list[ObjectId]:
+    if not ids:
+        raise ValidationError.on(field, "give at least one id")
+    if len(ids) > MAX_BATCH:
+        raise ValidationError.on(field, f"at most {MAX_BATCH} ids per call")
+    parsed = [parse_object_id(i) for i in ids]
+    if any(p is None for p in parsed):
+        raise NotFound("no such message")
+    return list(dict.fromkeys(p for p in parsed if p is not None))
+
+
+class MailboxService:
+    def __init__(self, mongo: Mongo, settings: Settings, notifier: Notifier) -> None:
+        self.mongo = mongo
+        self.db = mongo.db
+        self.settings = settings
+        self.notifier = notifier
+        self.cursor_key = (settings.secret_key.get_secret_value() if settings.secret_key else "dev").encode()
+
+    # --- reads ---------------------------------------------------------------------------
+
+    async def mailboxes(self, viewer: Viewer) -> list[dict[str, Any]]:
+        """Every folder (always) and every label in use, with total and unread counts."""
+        docs = await self.db.mailbox_counters.find({"user_id": viewer.user_id}).to_list()
+        counts = {(d["kind"], d["name"]): d for d in docs}
+        out = []
+        for folder in Folder:
+            d = counts.get(("folder", folder.value), {})
+            out.append({"id": f"folder:{folder.value}", "name": folder.value.capitalize(),
+                        "folder": folder.value, "is_label": False,
+                        "total": max(0, d.get("total", 0)), "unread": max(0, d.get("unread", 0))})
+        for (kind, name), d in sorted(counts.items()):
+            if kind == "label" and d.get("total", 0) > 0:
+                out.append({"id": f"label:{name}", "name": name, "folder": None, "is_label": True,
+                            "total": d["total"], "unread": max(0, d.get("unread", 0))})
+        return out
+
+    async def list_items(self, viewer: Viewer, *, folder: str | None = None, label: str | None = None,
+                         first: int = 50, after: str | None = None) -> Page:
+        """A keyset page of views, newest first: one indexed query whatever the mailbox size."""
+        check_page_size(first)
+        query: dict[str, Any] = {"user_id": viewer.user_id}
+        if label is not None:
+            query["labels"] = check_label(label, "label")
+            counter = ("label", query["labels"])
+        else:
+            query["folder"] = (folder or Folder.INBOX.value)
+            counter = ("folder", query["folder"])
+        if after:
+            c = decode_cursor(after, self.cursor_key, "m")
+            cid = parse_object_id(c.id)
+            query["$or"] = [{"received_at": {"$lt": c.at}},
+                            {"received_at": c.at, "_id": {"$lt": cid}}]
+        docs = await self.db.mailbox_items.find(query).sort(
+            [("received_at", -1), ("_id", -1)]).limit(first + 1).to_list()
+        total_doc = await self.db.mailbox_counters.find_one(
+            {"user_id": viewer.user_id, "kind": counter[0], "name": counter[1]}, {"total": 1})
+        nodes = docs[:first]
+        cursors = [encode_cursor(Cursor(d["received_at"], str(d["_id"])), self.cursor_key, "m")
+                   for d in nodes]
+        return Page(nodes, cursors, len(docs) > first, max(0, (total_doc or {}).get("total", 0)))
+
+    async def get_item(self, viewer: Viewer, item_id: str) -> dict[str, Any] | None:
+        oid = parse_object_id(item_id)
+        if oid is None:
+            return None
+        return await self.db.mailbox_items.find_one({"_id": oid, "user_id": viewer.user_id})
+
+    async def require_item(self, viewer: Viewer, item_id: str, field: str = "id") -> dict[str, Any]:
+        item = await self.get_item(viewer, item_id)
+        if item is None:
+            raise NotFound(f"no message with id {item_id}")
+        return item
+
+    async def list_threads(self, viewer: Viewer, *, folder: str | None = None, label: str | None = None,
+                           first: int = 50, after: str | None = None) -> Page:
+        check_page_size(first)
+        query: dict[str, Any] = {"user_id": viewer.user_id}
+        if label is not None:
+            query["labels"] = check_label(label, "label")
+        else:
+            query["folders"] = folder or Folder.INBOX.value
+        if after:
+            c = decode_cursor(after, self.cursor_key, "t")
+            cid = parse_object_id(c.id)
+            query["$or"] = [{"latest_at": {"$lt": c.at}}, {"latest_at": c.at, "_id": {"$lt": cid}}]
+        docs = await self.db.threads.find(query).sort([("latest_at", -1), ("_id", -1)]).limit(
+            first + 1).to_list()
+        nodes = docs[:first]
+        cursors = [encode_cursor(Cursor(d["latest_at"], str(d["_id"])), self.cursor_key, "t")
+                   for d in nodes]
+        return Page(nodes, cursors, len(docs) > first)
+
+    async def get_thread(self, viewer: Viewer, thread_id: str) -> dict[str, Any] | None:
+        oid = parse_object_id(thread_id)
+        if oid is None:
+            return None
+        return await self.db.threads.find_one({"_id": oid, "user_id": viewer.user_id})
+
+    # --- batch loads (one round trip per kind, whatever the page size) --------------------
+
+    async def items_of_threads(self, viewer: Viewer, thread_ids: list[ObjectId]
+                               ) -> dict[ObjectId, list[dict[str, Any]]]:
+        docs = await self.db.mailbox_items.find(
+            {"user_id": viewer.user_id, "thread_id": {"$in": thread_ids}}
+        ).sort([("received_at", 1), ("_id", 1)]).to_list()
+        out: dict[ObjectId, list[dict[str, Any]]] = {t: [] for t in thread_ids}
+        for d in docs:
+            out[d["thread_id"]].append(d)
+        return out
+
+    async def messages_by_ids(self, message_ids: list[ObjectId]) -> dict[ObjectId, dict[str, Any]]:
+        """Message content by id. Callers pass only ids taken from the viewer's own views."""
+        docs = await self.db.messages.find({"_id": {"$in": message_ids}}).to_list()
+        return {d["_id"]: d for d in docs}
+
+    async def recipients_by_message(self, message_ids: list[ObjectId]
+                                    ) -> dict[ObjectId, list[dict[str, Any]]]:
+        docs = await self.db.recipients.find({"message_id": {"$in": message_ids}}).sort("_id", 1).to_list()
+        out: dict[ObjectId, list[dict[str, Any]]] = {m: [] for m in message_ids}
+        for d in docs:
+            out[d["message_id"]].append(d)
+        return out
+
+    # --- writes --------------------------------------------------------------------------
+
+    async def update_items(self, viewer: Viewer, ids: list[str], change: StateChange) -> list[dict[str, Any]]:
+        """Apply read/starred/folder/label changes to the viewer's views, all or nothing."""
+        oids = parse_ids(ids)
+        add = [check_label(label, "set.addLabels") for label in change.add_labels]
+        remove = [check_label(label, "set.removeLabels") for label in change.remove_labels]
+        target = Folder(change.folder) if change.folder else None
+        now = datetime.now(UTC)
+
+        async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
+            docs = await self.db.mailbox_items.find(
+                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session).to_list()
+            if len(docs) != len(oids):
+                raise NotFound("no such message")
+            deltas: dict[CounterKey, dict[str, int]] = {}
+            touched: set[tuple[ObjectId, ObjectId]] = set()
+            updated, changes = [], []
+            for before in docs:
+                after = dict(before)
+                if change.read is not None:
+                    after["read"] = change.read
+                if change.starred is not None:
+                    after["starred"] = change.starred
+                if target is not None and target.value != before["folder"]:
+                    after["folder"] = self._move_target(before, target).value
+                    after["previous_folder"] = before["folder"]
+                labels = [label for label in before.get("labels", []) if label not in remove]
+                labels += [label for label in add if label not in labels]
+                after["labels"] = labels
+                if after == before:
+                    updated.append(before)
+                    continue
+                after["version"] = before.get("version", 0) + 1
+                after["updated_at"] = now
+                merge_deltas(deltas, counter_deltas(before, after))
+                await self.db.mailbox_items.replace_one({"_id": before["_id"]}, after, session=session)
+                touched.add((viewer.user_id, before["thread_id"]))
+                updated.append(after)
+                changes.append(Change(viewer.user_id, after["_id"], "updated", after["thread_id"],
+                                      tuple({before["folder"], after["folder"]}), after))
+            await apply_counter_deltas(self.db, viewer.user_id, deltas, session)
+            await refresh_threads(self.db, touched, session)
+            return updated, changes
+
+        items, changes = await in_transaction(self.mongo, work)
+        await self.notifier.committed(changes)
+        order = {oid: i for i, oid in enumerate(oids)}
+        return sorted(items, key=lambda d: order[d["_id"]])
+
+    @staticmethod
+    def _move_target(item: dict[str, Any], target: Folder) -> Folder:
+        home = ROLE_HOME[item["role"]]
+        if item["role"] == "draft" and target not in (Folder.TRASH, Folder.DRAFTS):
+            raise ValidationError.on("set.folder", "a draft can only move to TRASH (or back to DRAFTS)")
+        if target in MOVABLE or target == home:
+            return target
+        raise ValidationError.on("set.folder", f"cannot move a message into {target.value}; "
+                                               f"allowed: {', '.join(sorted(f.value for f in MOVABLE))}"
+                                               f" or its own folder {home.value}")
+
+    async def delete_forever(self, viewer: Viewer, ids: list[str]) -> list[str]:
+        """Remove views that are in TRASH or SPAM; content no view needs is collected."""
+        oids = parse_ids(ids)
+
+        async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
+            docs = await self.db.mailbox_items.find(
+                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session).to_list()
+            if len(docs) != len(oids):
+                raise NotFound("no such message")
+            for d in docs:
+                if d["folder"] not in (Folder.TRASH.value, Folder.SPAM.value) and d["role"] != "draft":
+                    raise NotFound(f"message {d['_id']} is not in TRASH or SPAM; move it there first")
+            deltas: dict[CounterKey, dict[str, int]] = {}
+            for d in docs:
+                merge_deltas(deltas, counter_deltas(d, None))
+            await self.db.mailbox_items.delete_many({"_id": {"$in": oids}}, session=session)
+            await apply_counter_deltas(self.db, viewer.user_id, deltas, session)
+            await refresh_threads(self.db, {(viewer.user_id, d["thread_id"]) for d in docs}, session)
+            return docs, [Change(viewer.user_id, d["_id"], "deleted", d["thread_id"], (d["folder"],))
+                          for d in docs]
+
+        docs, changes = await in_transaction(self.mongo, work)
+        await self.notifier.committed(changes)
+        await self.notifier.content_released([d["message_id"] for d in docs])
+        return [str(o) for o in oids]

@@ -1,0 +1,135 @@
+"""The ASGI application: GraphQL (+ GraphiQL) at /graphql, the REST facade, health, metrics."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from strawberry.asgi import GraphQL
+
+from app.bootstrap import System, build_system
+from app.config import Settings
+from schema import build_schema
+from schema.context import Context
+from app.web.rest import Rest
+
+HTTP_REQUESTS = Counter("mailhub_http_requests_total", "HTTP requests", ["kind"])
+
+
+def bearer_token(headers: Any) -> str | None:
+    value = headers.get("authorization") or ""
+    scheme, _, token = value.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def client_of(request: Any) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+class MailhubGraphQL(GraphQL):  # type: ignore[type-arg]
+    def __init__(self, system: System, **kwargs: Any) -> None:
+        super().__init__(build_schema(system.settings), **kwargs)
+        self.system = system
+
+    async def get_context(self, request: Any, response: Any) -> Context:
+        return Context(system=self.system, token=bearer_token(request.headers), client=client_of(request),
+                       request=request, response=response)
+
+
+class SecurityHeaders:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                for k, v in ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
+                             (b"x-frame-options", b"DENY")):
+                    if k not in names:
+                        headers.append((k, v))
+                message["headers"] = headers
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def create_app(settings: Settings, system: System | None = None) -> Starlette:
+    """Build the app; with ``system`` given (tests, `mailhub dev`) it is used and not closed."""
+    state: dict[str, Any] = {"system": system}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        owned = state["system"] is None
+        if owned:
+            state["system"] = await build_system(settings)
+        wire(app, state["system"])
+        try:
+            yield
+        finally:
+            if owned:
+                await state["system"].close()
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        system = state["system"]
+        checks = {"mongodb": await system.mongo.ping(), "redis": await system.redis.ping()}
+        ok = all(checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
+
+    async def metrics(request: Request) -> Response:
+        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+
+    async def root(request: Request) -> Response:
+        return RedirectResponse("/graphql")
+
+    app = Starlette(
+        routes=[Route("/", root), Route("/healthz", healthz), Route("/readyz", readyz),
+                Route("/metrics", metrics)],
+        middleware=[Middleware(SecurityHeaders),
+                    Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                               allow_methods=["GET", "POST", "OPTIONS"],
+                               allow_headers=["Authorization", "Content-Type"], max_age=600)],
+        lifespan=lifespan,
+    )
+    if system is not None:
+        wire(app, system)
+    return app
+
+
+def wire(app: Starlette, system: System) -> None:
+    if getattr(app.state, "wired", False):
+        return
+    app.state.wired = True
+    app.state.system = system
+    graphql = MailhubGraphQL(system, graphql_ide="graphiql", allowed_origins=system.settings.cors_origins,
+                             keep_alive=True, keep_alive_interval=15)
+
+    async def context_for(request: Request) -> Context:
+        return Context(system=system, token=bearer_token(request.headers), client=client_of(request),
+                       request=request)
+
+    rest = Rest(system, graphql.schema, context_for)
+    for route in rest.routes():
+        app.router.routes.append(route)
+    app.router.routes.append(Route("/graphql", graphql, methods=["GET", "POST"]))
+    from starlette.routing import WebSocketRoute
+
+    app.router.routes.append(WebSocketRoute("/graphql", graphql))

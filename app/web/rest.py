@@ -1,0 +1,210 @@
+"""REST facade of the seed's endpoints (CONTRACT.md), over the same services and schema.
+
+Writes call the services directly; items are shaped by running the GraphQL item selection, so
+REST and GraphQL return the same fields (camelCase), with the same sanitizing and scoping.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from app.domain.errors import DomainError, NotFound, ValidationError
+from app.domain.folders import parse_folder
+from app.services.mailbox import StateChange
+from app.services.sending import Composition
+from app.web.errors import error_response
+from app.web.uploads import stream_upload
+
+ITEM_FIELDS = """
+fragment ItemFields on MailboxItem {
+  id messageId threadId folder labels read starred receivedAt
+  from { name email } to { name email } cc { name email } bcc { name email } replyTo { name email }
+  subject snippet textBody htmlBody rfc822MessageId inReplyTo references
+  attachments { id filename contentType size sha256 downloadUrl } hasAttachments size
+  recipients { address type status attempts lastReply bounceClass nextAttemptAt updatedAt }
+  spam { isSpam score modelVersion reasons } authResults
+}
+"""
+ITEM_QUERY = ITEM_FIELDS + "query Item($id: ID!) { message(id: $id) { ...ItemFields } }"
+FOLDER_QUERY = ITEM_FIELDS + """
+query Folder($folder: Folder, $first: Int!, $after: String) {
+  messages(folder: $folder, first: $first, after: $after) {
+    edges { node { ...ItemFields } } pageInfo { hasNextPage endCursor } totalCount
+  }
+}"""
+MAX_JSON_BODY = 40 * 1024 * 1024
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def endpoint(handler: Handler) -> Handler:
+    async def wrapped(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except Exception as e:
+            return error_response(e)
+    return wrapped
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    if int(request.headers.get("content-length") or 0) > MAX_JSON_BODY:
+        from app.domain.errors import PayloadTooLarge
+
+        raise PayloadTooLarge("request body too large")
+    try:
+        body = json.loads(await request.body() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError.on("body", "request body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ValidationError.on("body", "request body must be a JSON object")
+    return body
+
+
+def _strings(body: dict[str, Any], name: str) -> list[str]:
+    value = body.get(name) or []
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValidationError.on(name, f"{name} must be a list of strings")
+    return value
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise ValidationError.on(name, f"{name} must be a string")
+    return value
+
+
+def composition_from_json(body: dict[str, Any]) -> Composition:
+    send_at = _optional_str(body, "sendAt")
+    try:
+        when = datetime.fromisoformat(send_at) if send_at else None
+    except ValueError:
+        raise ValidationError.on("sendAt", "sendAt must be an ISO 8601 date-time") from None
+    return Composition(
+        from_=_optional_str(body, "from"), to=_strings(body, "to"), cc=_strings(body, "cc"),
+        bcc=_strings(body, "bcc"), subject=_optional_str(body, "subject") or "",
+        text=_optional_str(body, "body") if "body" in body else _optional_str(body, "text"),
+        html=_optional_str(body, "html"), attachment_ids=_strings(body, "attachments"),
+        in_reply_to=_optional_str(body, "inReplyTo"), idempotency_key=_optional_str(body, "idempotencyKey"),
+        send_at=when,
+    )
+
+
+class Rest:
+    def __init__(self, system: Any, schema: Any, context_for: Callable[[Request], Awaitable[Any]]) -> None:
+        self.system = system
+        self.schema = schema
+        self.context_for = context_for
+
+    async def _graphql(self, request: Request, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        context = await self.context_for(request)
+        await context.viewer()
+        result = await self.schema.execute(query, variable_values=variables, context_value=context)
+        if result.errors:
+            raise result.errors[0].original_error or DomainError(result.errors[0].message)
+        return result.data  # type: ignore[no-any-return]
+
+    async def _item(self, request: Request, item_id: str) -> dict[str, Any]:
+        data = await self._graphql(request, ITEM_QUERY, {"id": item_id})
+        if data["message"] is None:
+            raise NotFound(f"no message with id {item_id}")
+        return data["message"]  # type: ignore[no-any-return]
+
+    async def send(self, request: Request) -> Response:
+        context = await self.context_for(request)
+        body = await _json_body(request)
+        item = await self.system.sending.send_email(await context.viewer(), composition_from_json(body))
+        message = await self.system.mongo.db.messages.find_one({"_id": item["message_id"]}, {"status": 1})
+        return JSONResponse({"id": str(item["_id"]), "messageId": str(item["message_id"]),
+                             "status": (message or {}).get("status", "queued")}, status_code=202)
+
+    async def draft(self, request: Request) -> Response:
+        context = await self.context_for(request)
+        body = await _json_body(request)
+        item = await self.system.sending.save_draft(await context.viewer(), _optional_str(body, "id"),
+                                                    composition_from_json(body))
+        return JSONResponse({"id": str(item["_id"])}, status_code=201)
+
+    async def folder(self, request: Request) -> Response:
+        folder = parse_folder(request.path_params["folder"])
+        try:
+            limit = int(request.query_params.get("limit", "50"))
+        except ValueError:
+            raise ValidationError.on("limit", "limit must be a number") from None
+        data = await self._graphql(request, FOLDER_QUERY, {
+            "folder": folder.value, "first": limit, "after": request.query_params.get("cursor") or None})
+        page = data["messages"]
+        return JSONResponse({"items": [e["node"] for e in page["edges"]],
+                             "nextCursor": page["pageInfo"]["endCursor"] if page["pageInfo"]["hasNextPage"]
+                             else None, "total": page["totalCount"]})
+
+    async def get_email(self, request: Request) -> Response:
+        return JSONResponse(await self._item(request, request.path_params["id"]))
+
+    async def labels(self, request: Request) -> Response:
+        context = await self.context_for(request)
+        body = await _json_body(request)
+        read, starred, folder = body.get("read"), body.get("starred"), _optional_str(body, "folder")
+        for name, value in (("read", read), ("starred", starred)):
+            if value is not None and not isinstance(value, bool):
+                raise ValidationError.on(name, f"{name} must be true or false")
+        change = StateChange(read=read, starred=starred,
+                             folder=parse_folder(folder).value if folder else None,
+                             add_labels=tuple(_strings(body, "add")), remove_labels=tuple(_strings(body, "remove")))
+        item_id = request.path_params["id"]
+        await self.system.mailbox.update_items(await context.viewer(), [item_id], change)
+        return JSONResponse(await self._item(request, item_id))
+
+    async def upload(self, request: Request) -> Response:
+        context = await self.context_for(request)
+        viewer = await context.viewer()
+        limit = self.system.settings.max_attachment_bytes
+        if int(request.headers.get("content-length") or 0) > limit + 64 * 1024:
+            from app.domain.errors import PayloadTooLarge
+
+            raise PayloadTooLarge(f"attachment larger than {limit // (1024 * 1024)} MB")
+        doc = await stream_upload(request, viewer, self.system.attachments)
+        return JSONResponse({"id": str(doc["_id"]), "filename": doc["filename"],
+                             "contentType": doc["content_type"], "size": doc["size"], "sha256": doc["sha256"]},
+                            status_code=201)
+
+    async def download(self, request: Request) -> Response:
+        context = await self.context_for(request)
+        doc = await self.system.attachments.for_download(await context.viewer(), request.path_params["id"])
+        return StreamingResponse(self.system.blobs.stream(doc["blob_id"]), media_type=doc["content_type"], headers={
+            "Content-Disposition": self.system.attachments.content_disposition(doc["filename"]),
+            "Content-Length": str(doc["size"]),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+            "Cache-Control": "private, no-store",
+        })
+
+    async def search(self, request: Request) -> Response:
+        search = getattr(self.system, "search", None)
+        if search is None:
+            from app.domain.errors import ServiceUnavailable
+
+            raise ServiceUnavailable("search is not configured", retry_after_seconds=30)
+        return await search.rest(request, self)  # type: ignore[no-any-return]
+
+    def routes(self) -> list[Route]:
+        e = endpoint
+        return [
+            Route("/api/emails/send", e(self.send), methods=["POST"]),
+            Route("/api/emails/drafts", e(self.draft), methods=["POST"]),
+            Route("/api/emails/search", e(self.search), methods=["GET"]),
+            Route("/api/mailbox/{folder}", e(self.folder), methods=["GET"]),
+            Route("/api/emails/{id}", e(self.get_email), methods=["GET"]),
+            Route("/api/emails/{id}/labels", e(self.labels), methods=["POST"]),
+            Route("/api/attachments", e(self.upload), methods=["POST"]),
+            Route("/api/attachments/{id}", e(self.download), methods=["GET"]),
+        ]

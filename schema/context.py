@@ -1,0 +1,49 @@
+"""Per-request context: the system, the (lazily authenticated) viewer, and batch loaders.
+
+The loaders are why a page of 50 items costs a bounded number of database round trips:
+every MailboxItem on the page asks the same loader, which fetches all of them with one $in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from bson import ObjectId
+from strawberry.dataloader import DataLoader
+
+from app.bootstrap import System
+from app.services.accounts import Viewer
+
+
+@dataclass
+class Context:
+    system: System
+    token: str | None
+    client: str
+    request: Any = None
+    response: Any = None
+    _viewer: Viewer | None = None
+    loaders: dict[str, DataLoader[Any, Any]] = field(default_factory=dict)
+
+    async def viewer(self) -> Viewer:
+        if self._viewer is None:
+            self._viewer = await self.system.accounts.authenticate(self.token)
+        return self._viewer
+
+    def loader(self, name: str) -> DataLoader[Any, Any]:
+        if name not in self.loaders:
+            self.loaders[name] = DataLoader(load_fn=getattr(self, f"_load_{name}"))
+        return self.loaders[name]
+
+    async def _load_messages(self, ids: list[ObjectId]) -> list[dict[str, Any] | None]:
+        found = await self.system.mailbox.messages_by_ids(list(ids))
+        return [found.get(i) for i in ids]
+
+    async def _load_recipients(self, ids: list[ObjectId]) -> list[list[dict[str, Any]]]:
+        found = await self.system.mailbox.recipients_by_message(list(ids))
+        return [found.get(i, []) for i in ids]
+
+    async def _load_thread_items(self, ids: list[ObjectId]) -> list[list[dict[str, Any]]]:
+        found = await self.system.mailbox.items_of_threads(await self.viewer(), list(ids))
+        return [found.get(i, []) for i in ids]

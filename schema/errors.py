@@ -1,0 +1,75 @@
+"""How errors leave GraphQL.
+
+Mutations: a DomainError whose GraphQL type is in the field's result union becomes that union
+member (exception handlers). Anything else becomes a top-level error with ``extensions.code``;
+an unexpected exception is masked ("Internal error", with a request id) and logged in full.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import strawberry
+import structlog
+from graphql import GraphQLError
+from strawberry.extensions import SchemaExtension
+
+from app.adapters.mongo import as_domain_error
+from app.domain import errors as E
+from schema import types as T
+
+log = structlog.get_logger(__name__)
+
+
+class ValidationHandler(strawberry.ExceptionHandler[E.ValidationError, T.ValidationErrorType]):
+    def handle(self, exception: E.ValidationError, *, field: Any, info: Any) -> T.ValidationErrorType:
+        return T.ValidationErrorType(message=exception.message, fields=[
+            T.FieldError(field=f.field, message=f.message) for f in exception.fields])
+
+
+class NotFoundHandler(strawberry.ExceptionHandler[E.NotFound, T.NotFoundType]):
+    def handle(self, exception: E.NotFound, *, field: Any, info: Any) -> T.NotFoundType:
+        return T.NotFoundType(message=exception.message)
+
+
+class RateLimitedHandler(strawberry.ExceptionHandler[E.RateLimited, T.RateLimitedType]):
+    def handle(self, exception: E.RateLimited, *, field: Any, info: Any) -> T.RateLimitedType:
+        return T.RateLimitedType(message=exception.message, retry_after_seconds=exception.retry_after_seconds)
+
+
+class AuthErrorHandler(strawberry.ExceptionHandler[E.AuthError, T.AuthErrorType]):
+    def handle(self, exception: E.AuthError, *, field: Any, info: Any) -> T.AuthErrorType | None:
+        # Only login answers AuthError in its union; elsewhere it is a top-level error.
+        return T.AuthErrorType(message=exception.message)
+
+
+EXCEPTION_HANDLERS = [ValidationHandler(), NotFoundHandler(), RateLimitedHandler(), AuthErrorHandler()]
+
+
+def shape_error(error: GraphQLError) -> GraphQLError:
+    original = error.original_error
+    if original is None:  # syntax, validation, depth/alias/token limits: already clear
+        return error
+    domain = as_domain_error(original)
+    if domain is not None:
+        extensions: dict[str, Any] = {"code": domain.code}
+        if isinstance(domain, E.ValidationError):
+            extensions["fields"] = [{"field": f.field, "message": f.message} for f in domain.fields]
+        if isinstance(domain, E.RateLimited | E.ServiceUnavailable):
+            extensions["retryAfterSeconds"] = domain.retry_after_seconds
+        return GraphQLError(domain.message, nodes=error.nodes, path=error.path, extensions=extensions)
+    request_id = uuid.uuid4().hex[:12]
+    log.error("unexpected error in resolver", request_id=request_id, path=error.path,
+              exc_info=(type(original), original, original.__traceback__))
+    return GraphQLError(f"Internal error (request id {request_id})", nodes=error.nodes, path=error.path,
+                        extensions={"code": "INTERNAL_SERVER_ERROR", "requestId": request_id})
+
+
+class ErrorShaping(SchemaExtension):
+    def on_operation(self) -> Iterator[None]:
+        yield
+        result = self.execution_context.result
+        if result is not None and getattr(result, "errors", None):
+            result.errors = [shape_error(e) for e in result.errors]

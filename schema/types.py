@@ -1,0 +1,364 @@
+"""GraphQL types of CONTRACT.md. Each wraps a stored document; content the folder page does
+not carry (bodies, attachments, recipients) comes through the request's batch loaders.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+import strawberry
+from strawberry.types import Info
+
+from app.domain.folders import Folder as FolderValue
+from app.domain.html_safety import sanitize_html
+
+Folder = strawberry.enum(FolderValue, name="Folder")
+
+
+@strawberry.type
+class Address:
+    name: str | None
+    email: str
+
+    @staticmethod
+    def of(doc: dict[str, Any] | None) -> Address:
+        doc = doc or {}
+        return Address(name=doc.get("name"), email=doc.get("email") or "")
+
+
+def addresses(docs: list[dict[str, Any]] | None) -> list[Address]:
+    return [Address.of(d) for d in docs or []]
+
+
+@strawberry.type
+class User:
+    id: strawberry.ID
+    email: str
+    name: str | None
+
+    @strawberry.field(description="Every address of the viewer (primary first), usable as `from`.")
+    async def addresses(self, info: Info) -> list[str]:
+        from bson import ObjectId
+
+        return await info.context.system.accounts.addresses_of(ObjectId(str(self.id)))
+
+
+@strawberry.type
+class Mailbox:
+    id: strawberry.ID
+    name: str
+    folder: Folder | None
+    is_label: bool
+    total: int
+    unread: int
+
+    @staticmethod
+    def of(d: dict[str, Any]) -> Mailbox:
+        return Mailbox(id=strawberry.ID(d["id"]), name=d["name"],
+                       folder=FolderValue(d["folder"]) if d["folder"] else None,
+                       is_label=d["is_label"], total=d["total"], unread=d["unread"])
+
+
+@strawberry.type
+class Attachment:
+    id: strawberry.ID
+    filename: str
+    content_type: str
+    size: int
+    sha256: str
+    download_url: str
+
+
+@strawberry.type
+class RecipientStatus:
+    address: str
+    type: str
+    status: str
+    attempts: int
+    last_reply: str | None
+    bounce_class: str | None
+    next_attempt_at: datetime | None
+    updated_at: datetime
+
+    @staticmethod
+    def of(d: dict[str, Any]) -> RecipientStatus:
+        reply = d.get("last_reply")
+        text = None
+        if reply:
+            text = " ".join(str(p) for p in (reply.get("code"), reply.get("enhanced"), reply.get("text")) if p)
+        pending = d["delivery_status"] in ("queued", "scheduled", "deferred", "sending")
+        return RecipientStatus(
+            address=d["address"], type=d["type"], status=d["delivery_status"],
+            attempts=d.get("attempts", 0), last_reply=text, bounce_class=d.get("bounce_class"),
+            next_attempt_at=d.get("next_attempt_at") if pending else None, updated_at=d["updated_at"],
+        )
+
+
+@strawberry.type
+class SpamVerdict:
+    is_spam: bool
+    score: float
+    model_version: str
+    reasons: list[str]
+
+
+@strawberry.type
+class MailboxItem:
+    doc: strawberry.Private[dict[str, Any]]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.doc["_id"]))
+
+    @strawberry.field
+    def message_id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.doc["message_id"]))
+
+    @strawberry.field
+    def thread_id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.doc["thread_id"]))
+
+    @strawberry.field
+    def folder(self) -> Folder:
+        return FolderValue(self.doc["folder"])
+
+    @strawberry.field
+    def labels(self) -> list[str]:
+        return list(self.doc.get("labels") or [])
+
+    @strawberry.field
+    def read(self) -> bool:
+        return bool(self.doc.get("read"))
+
+    @strawberry.field
+    def starred(self) -> bool:
+        return bool(self.doc.get("starred"))
+
+    @strawberry.field
+    def received_at(self) -> datetime:
+        return self.doc["received_at"]  # type: ignore[no-any-return]
+
+    @strawberry.field(name="from")
+    def from_(self) -> Address:
+        return Address.of(self.doc.get("from"))
+
+    @strawberry.field
+    def to(self) -> list[Address]:
+        return addresses(self.doc.get("to"))
+
+    @strawberry.field
+    def cc(self) -> list[Address]:
+        return addresses(self.doc.get("cc"))
+
+    @strawberry.field(description="Empty unless the viewer sent the message.")
+    async def bcc(self, info: Info) -> list[Address]:
+        if self.doc.get("role") not in ("sent", "draft"):
+            return []
+        return addresses((await self._message(info)).get("bcc"))
+
+    @strawberry.field
+    async def reply_to(self, info: Info) -> list[Address]:
+        return addresses((await self._message(info)).get("reply_to"))
+
+    @strawberry.field
+    def subject(self) -> str:
+        return self.doc.get("subject") or ""
+
+    @strawberry.field
+    def snippet(self) -> str:
+        return self.doc.get("snippet") or ""
+
+    @strawberry.field
+    async def text_body(self, info: Info) -> str | None:
+        message = await self._message(info)
+        return await info.context.system.content.text_body(message)
+
+    @strawberry.field(description="Sanitized: no scripts, handlers, forms or frames; remote images "
+                                  "carry data-remote-image so a client can block them.")
+    async def html_body(self, info: Info) -> str | None:
+        message = await self._message(info)
+        html = await info.context.system.content.html_body(message)
+        return sanitize_html(html) if html else None
+
+    @strawberry.field
+    async def rfc822_message_id(self, info: Info) -> str | None:
+        return (await self._message(info)).get("rfc822_message_id")
+
+    @strawberry.field
+    async def in_reply_to(self, info: Info) -> str | None:
+        return (await self._message(info)).get("in_reply_to")
+
+    @strawberry.field
+    async def references(self, info: Info) -> list[str]:
+        return list((await self._message(info)).get("references") or [])
+
+    @strawberry.field
+    async def attachments(self, info: Info) -> list[Attachment]:
+        base = info.context.system.settings.base_url
+        return [Attachment(id=strawberry.ID(str(a["id"])), filename=a["filename"],
+                           content_type=a["content_type"], size=a["size"], sha256=a["sha256"],
+                           download_url=f"{base}/api/attachments/{a['id']}")
+                for a in (await self._message(info)).get("attachments") or []]
+
+    @strawberry.field
+    def has_attachments(self) -> bool:
+        return bool(self.doc.get("has_attachments"))
+
+    @strawberry.field
+    def size(self) -> int:
+        return int(self.doc.get("size") or 0)
+
+    @strawberry.field(description="Per-recipient delivery state; empty unless the viewer sent it.")
+    async def recipients(self, info: Info) -> list[RecipientStatus]:
+        if self.doc.get("role") != "sent":
+            return []
+        docs = await info.context.loader("recipients").load(self.doc["message_id"])
+        return [RecipientStatus.of(d) for d in docs]
+
+    @strawberry.field
+    def spam(self) -> SpamVerdict | None:
+        s = self.doc.get("spam")
+        if not s:
+            return None
+        return SpamVerdict(is_spam=s["is_spam"], score=s["score"], model_version=s["model_version"],
+                           reasons=list(s.get("reasons") or []))
+
+    @strawberry.field
+    async def auth_results(self, info: Info) -> str | None:
+        if self.doc.get("role") != "received":
+            return None
+        return (await self._message(info)).get("auth_results")
+
+    async def _message(self, info: Info) -> dict[str, Any]:
+        return await info.context.loader("messages").load(self.doc["message_id"]) or {}
+
+
+@strawberry.type
+class PageInfo:
+    has_next_page: bool
+    end_cursor: str | None
+
+
+@strawberry.type
+class MailboxItemEdge:
+    cursor: str
+    node: MailboxItem
+
+
+@strawberry.type
+class MailboxItemConnection:
+    edges: list[MailboxItemEdge]
+    page_info: PageInfo
+    total_count: int
+
+
+@strawberry.type
+class Thread:
+    doc: strawberry.Private[dict[str, Any]]
+
+    @strawberry.field
+    def id(self) -> strawberry.ID:
+        return strawberry.ID(str(self.doc["_id"]))
+
+    @strawberry.field
+    def subject(self) -> str:
+        return self.doc.get("subject") or ""
+
+    @strawberry.field
+    def participants(self) -> list[Address]:
+        return addresses(self.doc.get("participants"))
+
+    @strawberry.field
+    def message_count(self) -> int:
+        return int(self.doc.get("message_count") or 0)
+
+    @strawberry.field
+    def unread_count(self) -> int:
+        return int(self.doc.get("unread_count") or 0)
+
+    @strawberry.field
+    def latest_at(self) -> datetime:
+        return self.doc["latest_at"]  # type: ignore[no-any-return]
+
+    @strawberry.field(description="Oldest first.")
+    async def messages(self, info: Info) -> list[MailboxItem]:
+        docs = await info.context.loader("thread_items").load(self.doc["_id"])
+        return [MailboxItem(doc=d) for d in docs]
+
+
+@strawberry.type
+class ThreadEdge:
+    cursor: str
+    node: Thread
+
+
+@strawberry.type
+class ThreadConnection:
+    edges: list[ThreadEdge]
+    page_info: PageInfo
+
+
+# --- mutation results (CONTRACT.md: a success type or a typed error) ------------------------
+
+@strawberry.type
+class FieldError:
+    field: str
+    message: str
+
+
+@strawberry.type(name="ValidationError")
+class ValidationErrorType:
+    message: str
+    fields: list[FieldError]
+
+
+@strawberry.type(name="NotFound")
+class NotFoundType:
+    message: str
+
+
+@strawberry.type(name="RateLimited")
+class RateLimitedType:
+    message: str
+    retry_after_seconds: int
+
+
+@strawberry.type(name="AuthError")
+class AuthErrorType:
+    message: str
+
+
+@strawberry.type
+class LoginSuccess:
+    token: str
+    user: User
+
+
+@strawberry.type
+class SendEmailSuccess:
+    item: MailboxItem
+
+
+@strawberry.type
+class DraftSuccess:
+    item: MailboxItem
+
+
+@strawberry.type
+class UpdateMessagesSuccess:
+    items: list[MailboxItem]
+
+
+@strawberry.type
+class DeleteSuccess:
+    ids: list[strawberry.ID]
+
+
+LoginResult = Annotated[LoginSuccess | AuthErrorType, strawberry.union("LoginResult")]
+SendEmailResult = Annotated[SendEmailSuccess | ValidationErrorType | RateLimitedType | NotFoundType,
+                            strawberry.union("SendEmailResult")]
+DraftResult = Annotated[DraftSuccess | ValidationErrorType | NotFoundType, strawberry.union("DraftResult")]
+UpdateMessagesResult = Annotated[UpdateMessagesSuccess | ValidationErrorType | NotFoundType,
+                                 strawberry.union("UpdateMessagesResult")]
+DeleteResult = Annotated[DeleteSuccess | NotFoundType, strawberry.union("DeleteResult")]

@@ -1,0 +1,88 @@
+"""Shared fixtures: real servers on loopback (DESIGN.md §4), isolated per test.
+
+The servers start once per test session (SecantusDB, Redis, Typesense as child processes
+under a temporary directory) unless MAILHUB_TEST_MONGODB_URI / MAILHUB_TEST_REDIS_URL /
+MAILHUB_TEST_TYPESENSE_URL (+ MAILHUB_TEST_TYPESENSE_API_KEY) point at running ones.
+Each test gets a fresh database name and Redis key prefix, never a mock.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.embedded import EmbeddedStack
+
+
+@dataclass(frozen=True)
+class ServiceUrls:
+    mongodb: str
+    redis: str
+    typesense: str
+    typesense_api_key: str
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
+    env = os.environ
+    wanted = {
+        "mongo": not env.get("MAILHUB_TEST_MONGODB_URI"),
+        "redis": not env.get("MAILHUB_TEST_REDIS_URL"),
+        "typesense": not env.get("MAILHUB_TEST_TYPESENSE_URL"),
+    }
+    stack = EmbeddedStack(Path(tmp_path_factory.mktemp("servers")))
+    os.environ.setdefault("MAILHUB_EMBEDDED_TEST_COMMANDS", "1")
+    stack.start(**wanted)
+    try:
+        yield ServiceUrls(
+            mongodb=env.get("MAILHUB_TEST_MONGODB_URI") or stack.url("mongodb"),
+            redis=env.get("MAILHUB_TEST_REDIS_URL") or stack.url("redis"),
+            typesense=env.get("MAILHUB_TEST_TYPESENSE_URL") or stack.url("typesense"),
+            typesense_api_key=env.get("MAILHUB_TEST_TYPESENSE_API_KEY") or stack.typesense_api_key,
+        )
+    finally:
+        stack.stop()
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+@pytest.fixture
+def settings(services: ServiceUrls, unique_name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    from app.config import Settings
+
+    return Settings(
+        mongodb_uri=services.mongodb,
+        mongodb_database=unique_name,
+        redis_url=services.redis,
+        redis_prefix=unique_name,
+        typesense_url=services.typesense,
+        typesense_api_key=services.typesense_api_key,
+        typesense_collection=f"{unique_name}_items",
+        hostname="mx.mailhub.test",
+        secret_key="test-secret-key-0123456789abcdef",
+        environment="test",
+        data_dir=tmp_path,
+        http_port=0,
+        smtp_port=0,
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+async def mongo(settings) -> AsyncIterator[object]:  # type: ignore[no-untyped-def]
+    from app.adapters.indexes import ensure_indexes
+    from app.adapters.mongo import Mongo
+
+    m = Mongo.open(settings.mongodb_uri, settings.mongodb_database)
+    await ensure_indexes(m.db)
+    yield m
+    await m.client.drop_database(settings.mongodb_database)
+    await m.close()
