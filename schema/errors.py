@@ -59,7 +59,8 @@ def shape_error(error: GraphQLError) -> GraphQLError:
             extensions["fields"] = [{"field": f.field, "message": f.message} for f in domain.fields]
         if isinstance(domain, E.RateLimited | E.ServiceUnavailable):
             extensions["retryAfterSeconds"] = domain.retry_after_seconds
-        return GraphQLError(domain.message, nodes=error.nodes, path=error.path, extensions=extensions)
+        return GraphQLError(domain.message, nodes=error.nodes, path=error.path, original_error=domain,
+                            extensions=extensions)
     request_id = uuid.uuid4().hex[:12]
     log.error("unexpected error in resolver", request_id=request_id, path=error.path,
               exc_info=(type(original), original, original.__traceback__))

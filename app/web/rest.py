@@ -110,7 +110,10 @@ class Rest:
         await context.viewer()
         result = await self.schema.execute(query, variable_values=variables, context_value=context)
         if result.errors:
-            raise result.errors[0].original_error or DomainError(result.errors[0].message)
+            error = result.errors[0]
+            if isinstance(error.original_error, DomainError):
+                raise error.original_error
+            raise RuntimeError(error.message)  # masked as a 500 with a request id
         return result.data  # type: ignore[no-any-return]
 
     async def _item(self, request: Request, item_id: str) -> dict[str, Any]:

@@ -1,0 +1,660 @@
+"""Delivery status notifications (RFC 3464), read and written.
+
+Reading: remote MTAs return our mail as ``multipart/report; report-type=delivery-status``
+(RFC 6522) whose machine-readable part lists one field group per recipient. Real reports bend the
+format (status parts typed text/plain, missing blank lines between groups, folded lines, "rfc822;"
+prefixes, upper-case actions), so the field parser keys on field names, not on layout. Bounces
+that are not reports at all (qmail, old Exim, appliances) get a best-effort text scan.
+
+Writing: when we give up on a recipient, or it has been deferred for hours, the sender gets a DSN
+in their Inbox that threads with the original (In-Reply-To/References) and carries the remote
+server's reply, per recipient, in both human and machine-readable form.
+"""
+
+from __future__ import annotations
+
+import email
+import email.message
+import hashlib
+import quopri
+import re
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, getaddresses, parseaddr
+
+from app.domain.errors import ValidationError
+
+ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
+KINDS = ("failure", "delay")
+
+
+@dataclass(frozen=True)
+class RecipientReport:
+    final_recipient: str
+    action: str  # failed | delayed | delivered | relayed | expanded (RFC 3464 §2.3.3)
+    status: str  # RFC 3463 enhanced code, e.g. "5.1.1"
+    diagnostic_code: str | None  # the remote reply without its type: "550 5.1.1 ..."
+    remote_mta: str | None  # host name without its type
+    original_recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class ParsedDsn:
+    reporting_mta: str | None
+    original_envelope_id: str | None
+    recipients: tuple[RecipientReport, ...]
+    original_message_id: str | None  # as written, with angle brackets
+    original_headers: str | None  # the original's header block, "\n" line endings
+
+
+# --------------------------------------------------------------------------- reading
+
+_STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")  # RFC 3464, 6533
+_ORIGINAL_TYPES = (
+    "message/rfc822",
+    "message/global",
+    "text/rfc822-headers",
+    "message/rfc822-headers",
+    "message/global-headers",
+)
+# Fields that describe the whole message (RFC 3464 §2.2); everything else listed is per recipient.
+_PER_MESSAGE = frozenset(
+    {
+        "reporting-mta",
+        "dsn-gateway",
+        "received-from-mta",
+        "arrival-date",
+        "original-envelope-id",
+        "x-original-message-id",  # Gmail
+    }
+)
+_PER_RECIPIENT = frozenset(
+    {
+        "original-recipient",
+        "final-recipient",
+        "action",
+        "status",
+        "remote-mta",
+        "diagnostic-code",
+        "last-attempt-date",
+        "final-log-id",
+        "will-retry-until",
+    }
+)
+_ADDRESS_FIELDS = frozenset({"original-recipient", "final-recipient"})
+_FIELD = re.compile(r"^([A-Za-z0-9-]+)[ \t]*:[ \t]*(.*)$")
+_STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+
+
+def parse_dsn(raw: bytes) -> ParsedDsn | None:
+    """The delivery report in a bounce, or None if the message is not a bounce.
+
+    ``multipart/report; report-type=delivery-status`` is parsed per RFC 3464; other report types
+    (ARF complaints, read receipts) give None. Anything else that looks like a bounce (sent by
+    MAILER-DAEMON or postmaster, a bounce subject, Exim's X-Failed-Recipients) is scanned for
+    recipient addresses followed by SMTP replies, each reported as ``failed`` (or ``delayed`` for
+    delay warnings).
+    """
+    message = email.message_from_bytes(raw)
+    report = next((p for p in _parts(message) if p.get_content_type() == "multipart/report"), None)
+    if report is not None:
+        if str(report.get_param("report-type", "")).lower() != "delivery-status":
+            return None
+        parsed = _parse_report(report)
+        if parsed is not None:
+            return parsed
+    return _parse_plain_bounce(message)
+
+
+def _parse_report(report: email.message.Message) -> ParsedDsn | None:
+    status_text: str | None = None
+    original: email.message.Message | None = None
+    for index, part in enumerate(_parts(report)):
+        content_type = part.get_content_type()
+        if content_type in _STATUS_TYPES and status_text is None:
+            status_text = _part_text(part)
+        elif content_type in _ORIGINAL_TYPES and original is None:
+            original = part
+        elif content_type == "text/plain" and status_text is None and index > 1:
+            # Mislabelled status part: RFC 6522 puts the machine-readable part second.
+            text = _part_text(part)
+            if re.search(r"^(final|original)-recipient\s*:", text, re.I | re.M):
+                status_text = text
+    if status_text is None:
+        return None
+    per_message, groups = _parse_status_fields(status_text)
+    recipients = tuple(r for r in map(_recipient_from_fields, groups) if r is not None)
+    if not recipients:
+        return None
+    original_headers, original_id = _original_of(original)
+    return ParsedDsn(
+        reporting_mta=_strip_type(per_message.get("reporting-mta")),
+        original_envelope_id=_xtext_decode(per_message.get("original-envelope-id")),
+        recipients=recipients,
+        original_message_id=original_id or per_message.get("x-original-message-id"),
+        original_headers=original_headers,
+    )
+
+
+def _parse_status_fields(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """Per-message fields and per-recipient groups, tolerant of missing blank lines.
+
+    A new recipient group starts when a field repeats within the current group, or when a
+    recipient address field arrives after the current group already has its Action/Status. That
+    splits groups that run together without blank lines, in RFC 3464 order (Original-Recipient
+    first) as well as Postfix's (Final-Recipient first). Unknown fields are ignored.
+    """
+    unfolded = re.sub(r"\r?\n(?=[ \t])", "", text)
+    per_message: dict[str, str] = {}
+    groups: list[dict[str, str]] = []
+    current: dict[str, str] | None = None
+    for line in unfolded.splitlines():
+        match = _FIELD.match(line)
+        if not match:
+            continue
+        name, value = match.group(1).lower(), " ".join(match.group(2).split())
+        if name in _PER_MESSAGE:
+            per_message.setdefault(name, value)
+        elif name in _PER_RECIPIENT:
+            if (
+                current is None
+                or name in current
+                or (name in _ADDRESS_FIELDS and any(k not in _ADDRESS_FIELDS for k in current))
+            ):
+                current = {}
+                groups.append(current)
+            current[name] = value
+    return per_message, groups
+
+
+def _recipient_from_fields(fields: dict[str, str]) -> RecipientReport | None:
+    final = _address_value(fields.get("final-recipient"))
+    original = _address_value(fields.get("original-recipient"))
+    if not (final or original):
+        return None
+    diagnostic = _strip_type(fields.get("diagnostic-code"))
+    status_match = _STATUS.search(fields.get("status", "")) or _STATUS.search(diagnostic or "")
+    action = fields.get("action", "").split(" ")[0].lower()
+    if action not in ACTIONS:
+        if status_match is None:
+            return None
+        action = {"5": "failed", "4": "delayed", "2": "delivered"}[status_match.group(1)]
+    if status_match is not None:
+        status = ".".join(str(int(g)) for g in status_match.groups())
+    else:
+        status = {"failed": "5.0.0", "delayed": "4.0.0"}.get(action, "2.0.0")
+    return RecipientReport(
+        final_recipient=final or original or "",
+        action=action,
+        status=status,
+        diagnostic_code=diagnostic,
+        remote_mta=_strip_type(fields.get("remote-mta")),
+        original_recipient=original,
+    )
+
+
+# Bounce texts that are not RFC 3464 reports ----------------------------------------------
+
+_DAEMON_LOCAL_PARTS = frozenset({"mailer-daemon", "postmaster", "mail-daemon", "mailerdaemon"})
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|returned mail|returned to sender|delivery (status )?notification"
+    r"|delivery fail|failure notice|mail delivery failed|could not be delivered|non.?delivery"
+    r"|delayed mail|message delayed|delivery delayed",
+    re.I,
+)
+_DELAY_SUBJECT = re.compile(r"delay|warning|still trying|not yet been delivered", re.I)
+# Where bouncers paste the returned message: qmail, Exim, Postfix, Sendmail, Exchange 2003.
+_ORIGINAL_MARKER = re.compile(
+    r"^\s*-+\s*(below this line is a copy of the message|this is a copy of the message"
+    r"|original message|the original message|returned message|original message follows"
+    r"|message headers follow|original message headers)[^\n]*$",
+    re.I | re.M,
+)
+_ANCHOR = re.compile(
+    r"^\s*<?(?P<addr>[^\s<>@\"():;,]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]{2,})>?"
+    r"\s*(?::|\.\.\.|$)(?P<rest>.*)$"
+)
+_DIAGNOSTIC = re.compile(r"(?:^|:)\s*(?P<code>[45]\d\d)(?P<sep>[ -])(?P<text>.*)$")
+_STATUS_PREFIX = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}\s*")
+_HASH_STATUS = re.compile(r"\(#(?P<status>[45]\.\d{1,3}\.\d{1,3})\)")
+
+
+def _parse_plain_bounce(message: email.message.Message) -> ParsedDsn | None:
+    sender = parseaddr(str(message.get("From", "")))[1].lower()
+    subject = str(message.get("Subject", ""))
+    failed_header = message.get_all("X-Failed-Recipients") or []
+    looks_like_bounce = (
+        sender.partition("@")[0] in _DAEMON_LOCAL_PARTS
+        or _BOUNCE_SUBJECT.search(subject) is not None
+        or bool(failed_header)
+    )
+    if not looks_like_bounce:
+        return None
+    text = next(
+        (_part_text(p) for p in _parts(message) if p.get_content_type() == "text/plain"), ""
+    )
+    marker = _ORIGINAL_MARKER.search(text)
+    human = text[: marker.start()] if marker else text
+    attached = next((p for p in _parts(message) if p.get_content_type() in _ORIGINAL_TYPES), None)
+    if attached is not None:
+        original_headers, original_id = _original_of(attached)
+    elif marker is not None:
+        original_headers, original_id = _headers_from_text(text[marker.end() :])
+    else:
+        original_headers, original_id = None, None
+
+    ourselves = {sender, parseaddr(str(message.get("To", "")))[1].lower()}
+    diagnostics = _diagnostics_by_recipient(human, ourselves)
+    if not diagnostics:
+        wanted = [a for _, a in getaddresses([str(v) for v in failed_header]) if a]
+        fallback = _first_diagnostic(human.splitlines())
+        diagnostics = {a: fallback for a in wanted} if fallback else {}
+    if not diagnostics:
+        return None
+    action = "delayed" if _DELAY_SUBJECT.search(subject) else "failed"
+    recipients = tuple(
+        RecipientReport(
+            final_recipient=addr,
+            action=action,
+            status=status,
+            diagnostic_code=diagnostic,
+            remote_mta=None,
+        )
+        for addr, (status, diagnostic) in diagnostics.items()
+    )
+    return ParsedDsn(None, None, recipients, original_id, original_headers)
+
+
+def _diagnostics_by_recipient(human: str, ourselves: set[str]) -> dict[str, tuple[str, str | None]]:
+    """Recipient address → (status, diagnostic) for addresses that start a line of the text.
+
+    qmail ("<bob@x>:" then "Remote host said: 550 ..."), Exim ("  bob@x" then the SMTP error),
+    Postfix's text part ("<bob@x>: host ... said: 550 ...") and Gmail's legacy bounce all name
+    the recipient at the start of a line and the reply after it.
+    """
+    lines = human.splitlines()
+    anchors: list[tuple[int, str]] = []
+    for index, line in enumerate(lines):
+        match = _ANCHOR.match(line)
+        if match and match.group("addr").lower() not in ourselves:
+            anchors.append((index, match.group("addr")))
+    overall = _first_diagnostic(lines)
+    found: dict[str, tuple[str, str | None]] = {}
+    for position, (index, addr) in enumerate(anchors):
+        end = anchors[position + 1][0] if position + 1 < len(anchors) else len(lines)
+        first = _ANCHOR.match(lines[index])
+        segment = [first.group("rest") if first else "", *lines[index + 1 : end]]
+        result = _first_diagnostic(segment) or overall
+        if result is not None and addr.lower() not in {a.lower() for a in found}:
+            found[addr] = result
+    return found
+
+
+def _first_diagnostic(lines: Sequence[str]) -> tuple[str, str | None] | None:
+    for index, line in enumerate(lines):
+        match = _DIAGNOSTIC.search(line)
+        if match:
+            code, parts = match.group("code"), [match.group("text").strip()]
+            for follow in lines[index + 1 :]:
+                cont = re.match(rf"\s*{code}([ -])(.*)$", follow)
+                if not cont:
+                    break
+                parts.append(cont.group(2).strip())
+            # Continuation lines repeat the enhanced code ("550-5.1.1 ..."): keep it once.
+            texts = [parts[0], *(_STATUS_PREFIX.sub("", p) for p in parts[1:])]
+            diagnostic = f"{code} " + " ".join(t for t in texts if t)
+            status = _STATUS.search(parts[0])
+            if status is None or status.group(1) != code[0]:
+                return f"{code[0]}.0.0", diagnostic
+            return ".".join(str(int(g)) for g in status.groups()), diagnostic
+        hashed = _HASH_STATUS.search(line)
+        if hashed:
+            return hashed.group("status"), " ".join(line.split())
+    return None
+
+
+# Shared helpers -------------------------------------------------------------------------------
+
+
+def _parts(message: email.message.Message) -> Iterator[email.message.Message]:
+    """Depth-first MIME parts, not descending into attached messages (the original may be a
+    bounce or report itself)."""
+    yield message
+    if message.is_multipart() and message.get_content_maintype() == "multipart":
+        for part in message.get_payload():
+            yield from _parts(part)
+
+
+def _part_text(part: email.message.Message) -> str:
+    """A part's content as text, whether the parser split it into header blocks or not."""
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return "\n\n".join(_block_text(block) for block in payload)
+    data = part.get_payload(decode=True) or b""
+    return data.decode(part.get_content_charset() or "utf-8", "replace")
+
+
+def _block_text(block: email.message.Message) -> str:
+    head = "\n".join(f"{name}: {_raw(value)}" for name, value in block.raw_items())
+    body = b"" if block.is_multipart() else (block.get_payload(decode=True) or b"")
+    return head + "\n\n" + body.decode("utf-8", "replace")
+
+
+def _raw(value: object) -> str:
+    # compat32 keeps undecodable header bytes as surrogate escapes; recover them as UTF-8.
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _original_of(part: email.message.Message | None) -> tuple[str | None, str | None]:
+    if part is None:
+        return None, None
+    payload = part.get_payload()
+    if isinstance(payload, list) and payload:
+        inner = payload[0]
+        lines = [f"{name}: {_raw(value)}" for name, value in inner.raw_items()]
+        headers = re.sub(r"\r\n?", "\n", "\n".join(lines))
+        message_id = inner.get("Message-ID")
+        return headers or None, " ".join(str(message_id).split()) if message_id else None
+    return _headers_from_text(_part_text(part))
+
+
+def _headers_from_text(text: str) -> tuple[str | None, str | None]:
+    text = re.sub(r"\r\n?", "\n", text).lstrip("\n")
+    block = text.split("\n\n", 1)[0].rstrip("\n")
+    if not _FIELD.match(block.split("\n", 1)[0]):
+        return None, None
+    parsed = email.message_from_string(block + "\n\n")
+    message_id = parsed.get("Message-ID")
+    return block, " ".join(str(message_id).split()) if message_id else None
+
+
+def _strip_type(value: str | None) -> str | None:
+    """The value of a typed field ("dns; mx.example", "smtp; 550 ...") without its type."""
+    if value is None:
+        return None
+    stripped = re.sub(r"^\s*[A-Za-z0-9-]+\s*;\s*", "", value).strip()
+    return stripped or None
+
+
+def _address_value(value: str | None) -> str | None:
+    if value is None:
+        return None
+    address_type = value.split(";", 1)[0].strip().lower() if ";" in value else "rfc822"
+    address = _strip_type(value) or ""
+    address = address.strip().removeprefix("<").removesuffix(">").strip()
+    if address_type == "utf-8":  # RFC 6533 §3: \x{HEX} escapes
+        address = re.sub(r"\\x\{([0-9A-Fa-f]{1,6})\}", lambda m: chr(int(m.group(1), 16)), address)
+    return address or None
+
+
+def _xtext_decode(value: str | None) -> str | None:
+    # RFC 3461 §4: ENVID is xtext, "+HH" escapes.
+    if value is None:
+        return None
+    return re.sub(r"\+([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), value)
+
+
+# --------------------------------------------------------------------------- writing
+
+_SUBJECTS = {
+    "failure": "Undelivered Mail Returned to Sender",
+    "delay": "Delivery Status Notification (Delay)",
+}
+_STATUS_REASONS = {
+    "1.1": "the recipient's mailbox does not exist",
+    "1.2": "the recipient's domain does not exist or accepts no mail",
+    "2.2": "the recipient's mailbox is full",
+    "3.4": "the message is too large for the recipient's server",
+    "4.1": "the recipient's server did not answer",
+    "4.2": "the connection to the recipient's server was lost",
+    "4.7": "the message could not be delivered in time",
+}
+
+
+def build_dsn(
+    *,
+    reporting_mta: str,
+    from_address: str,
+    to_address: str,
+    original_headers: bytes,
+    original_message_id: str | None,
+    original_subject: str,
+    recipients: Sequence[RecipientReport],
+    arrival_date: datetime,
+    message_id: str,
+    now: datetime,
+    kind: str = "failure",
+    will_retry_until: datetime | None = None,
+    original_envelope_id: str | None = None,
+) -> bytes:
+    """An RFC 3464 DSN to the original sender, as CRLF bytes.
+
+    ``multipart/report; report-type=delivery-status`` with a human-readable text/plain part, the
+    message/delivery-status part and the original's headers as text/rfc822-headers (headers only:
+    the sender has the body in Sent, and returning it would double storage). ``kind`` is
+    "failure" or "delay"; a delay DSN carries ``will_retry_until``. Naive datetimes are UTC.
+    """
+    if kind not in KINDS:
+        raise ValidationError.on("kind", f"must be one of {', '.join(KINDS)}")
+    if not recipients:
+        raise ValidationError.on("recipients", "at least one recipient is required")
+    for field, value in (
+        ("reporting_mta", reporting_mta),
+        ("from_address", from_address),
+        ("to_address", to_address),
+        ("message_id", message_id),
+        ("original_message_id", original_message_id or ""),
+        ("original_envelope_id", original_envelope_id or ""),
+    ):
+        if any(c in value for c in "\r\n\0"):
+            raise ValidationError.on(field, "must not contain line breaks")
+    for report in recipients:
+        if report.action not in ACTIONS:
+            raise ValidationError.on("recipients", f"unknown action {report.action!r}")
+        if not _STATUS.fullmatch(report.status):
+            raise ValidationError.on("recipients", f"bad status {report.status!r}")
+
+    status_part, global_status = _delivery_status(
+        reporting_mta, recipients, arrival_date, now, will_retry_until, original_envelope_id
+    )
+    headers_part = _header_block(original_headers)
+    text = _human_text(
+        kind, reporting_mta, original_subject, recipients, arrival_date, will_retry_until
+    )
+    boundary = _boundary(message_id, text.encode() + status_part + headers_part)
+    original_id = (
+        _angle(original_message_id, "original_message_id") if original_message_id else None
+    )
+
+    lines = [
+        f"From: Mail Delivery System <{from_address.strip()}>",
+        f"To: {to_address.strip()}",
+        f"Subject: {_SUBJECTS[kind]}",
+        f"Date: {format_datetime(_utc(now))}",
+        f"Message-ID: {_angle(message_id)}",
+    ]
+    if original_id:
+        lines += [f"In-Reply-To: {original_id}", f"References: {original_id}"]
+    lines += [
+        "Auto-Submitted: auto-replied",  # RFC 3834 §5: never auto-answer this
+        "MIME-Version: 1.0",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        f'\tboundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+    ]
+    head = "\r\n".join(lines).encode("utf-8") + b"\r\n"
+    delimiter = f"--{boundary}\r\n".encode()
+    text_body, text_encoding = _text_body(text)
+    status_type = "message/global-delivery-status" if global_status else "message/delivery-status"
+    status_encoding = "8bit" if global_status else "7bit"
+    headers_encoding = "7bit" if headers_part.isascii() else "8bit"
+    return b"".join(
+        [
+            head,
+            delimiter,
+            b"Content-Description: Notification\r\n",
+            b'Content-Type: text/plain; charset="utf-8"\r\n',
+            f"Content-Transfer-Encoding: {text_encoding}\r\n\r\n".encode(),
+            text_body,
+            b"\r\n",
+            delimiter,
+            b"Content-Description: Delivery report\r\n",
+            f"Content-Type: {status_type}\r\n".encode(),
+            f"Content-Transfer-Encoding: {status_encoding}\r\n\r\n".encode(),
+            status_part,
+            b"\r\n",
+            delimiter,
+            b"Content-Description: Undelivered Message Headers\r\n",
+            b"Content-Type: text/rfc822-headers\r\n",
+            f"Content-Transfer-Encoding: {headers_encoding}\r\n\r\n".encode(),
+            headers_part,
+            b"\r\n",
+            f"--{boundary}--\r\n".encode(),
+        ]
+    )
+
+
+def _delivery_status(
+    reporting_mta: str,
+    recipients: Sequence[RecipientReport],
+    arrival_date: datetime,
+    now: datetime,
+    will_retry_until: datetime | None,
+    original_envelope_id: str | None,
+) -> tuple[bytes, bool]:
+    """The message/delivery-status body (RFC 3464 §2.2, §2.3) and whether it needs RFC 6533."""
+    blocks = [[f"Reporting-MTA: dns; {reporting_mta}"]]
+    if original_envelope_id:
+        blocks[0].append(f"Original-Envelope-Id: {original_envelope_id}")
+    blocks[0].append(f"Arrival-Date: {format_datetime(_utc(arrival_date))}")
+    global_status = False
+    for report in recipients:
+        block = []
+        if report.original_recipient:
+            block.append(f"Original-Recipient: {_typed_address(report.original_recipient)}")
+        block += [
+            f"Final-Recipient: {_typed_address(report.final_recipient)}",
+            f"Action: {report.action}",
+            f"Status: {report.status}",
+        ]
+        if report.remote_mta:
+            block.append(f"Remote-MTA: dns; {report.remote_mta}")
+        if report.diagnostic_code:
+            block.append(f"Diagnostic-Code: smtp; {' '.join(report.diagnostic_code.split())}")
+        block.append(f"Last-Attempt-Date: {format_datetime(_utc(now))}")
+        if report.action == "delayed" and will_retry_until is not None:
+            block.append(f"Will-Retry-Until: {format_datetime(_utc(will_retry_until))}")
+        global_status = global_status or not all(line.isascii() for line in block)
+        blocks.append(block)
+    text = "\r\n\r\n".join("\r\n".join(_fold(line) for line in block) for block in blocks)
+    return (text + "\r\n").encode("utf-8"), global_status
+
+
+def _typed_address(address: str) -> str:
+    address = address.strip().removeprefix("<").removesuffix(">")
+    if any(c in address for c in "\r\n"):
+        raise ValidationError.on("recipients", "addresses must not contain line breaks")
+    if address.isascii():
+        return f"rfc822; {address}"
+    # RFC 6533 §3 utf-8-addr-unitext: UTF-8 as is, backslash and controls as \x{HEX}.
+    escaped = "".join(f"\\x{{{ord(c):X}}}" if c == "\\" or ord(c) < 32 else c for c in address)
+    return f"utf-8; {escaped}"
+
+
+def _human_text(
+    kind: str,
+    reporting_mta: str,
+    original_subject: str,
+    recipients: Sequence[RecipientReport],
+    arrival_date: datetime,
+    will_retry_until: datetime | None,
+) -> str:
+    subject = " ".join(original_subject.split()) or "(no subject)"
+    lines = [f"This is the mail system at host {reporting_mta}.", ""]
+    if kind == "failure":
+        lines += [
+            "Your message could not be delivered to one or more recipients.",
+            "It has been returned to you; the details are below.",
+        ]
+    else:
+        lines += ["Your message has not been delivered yet to the recipients below."]
+        if will_retry_until is not None:
+            until = format_datetime(_utc(will_retry_until))
+            lines += [f"Delivery will be retried until {until}."]
+        lines += ["You do not need to send it again."]
+    lines += ["", f"  Subject: {subject}", f"  Sent:    {format_datetime(_utc(arrival_date))}", ""]
+    for report in recipients:
+        verb = "could not be delivered" if report.action == "failed" else "is delayed"
+        lines.append(f"<{report.final_recipient}>: {verb} (status {report.status}).")
+        if report.diagnostic_code:
+            server = report.remote_mta or "the recipient's server"
+            lines.append(f"    The server {server} replied:")
+            lines += textwrap.wrap(
+                report.diagnostic_code,
+                76,
+                initial_indent="    ",
+                subsequent_indent="      ",
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        else:
+            reason = _STATUS_REASONS.get(report.status.split(".", 1)[1], "delivery failed")
+            lines.append(f"    Reason: {reason}.")
+        lines.append("")
+    lines.append("The headers of your original message are attached.")
+    return "\n".join(lines) + "\n"
+
+
+def _text_body(text: str) -> tuple[bytes, str]:
+    if text.isascii() and all(len(line) <= 998 for line in text.splitlines()):
+        return text.replace("\n", "\r\n").encode("ascii"), "7bit"
+    encoded = quopri.encodestring(text.encode("utf-8"))
+    return encoded.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"), "quoted-printable"
+
+
+def _header_block(original_headers: bytes) -> bytes:
+    """The original's header section only, CRLF line endings, ending in one CRLF."""
+    normalized = re.sub(rb"\r\n|\r|\n", b"\r\n", original_headers)
+    block = normalized.split(b"\r\n\r\n", 1)[0].rstrip(b"\r\n")
+    return block + b"\r\n" if block else b""
+
+
+def _fold(line: str, width: int = 78) -> str:
+    """Fold a long field at spaces (RFC 5322 §2.2.3); unfolding restores it exactly."""
+    out: list[str] = []
+    start = line.find(":") + 2  # never leave the field name alone on its line
+    while len(line) > width:
+        cut = line.rfind(" ", start, width)
+        if cut <= 0:
+            cut = line.find(" ", max(width, start))
+            if cut <= 0:
+                break
+        out.append(line[:cut])
+        line, start = line[cut:], 1
+    out.append(line)
+    return "\r\n".join(out)
+
+
+def _boundary(message_id: str, content: bytes) -> str:
+    # Deterministic (same input, same bytes) and checked against the content it delimits.
+    seed = hashlib.sha256(message_id.encode("utf-8", "replace")).hexdigest()
+    for attempt in range(100):
+        boundary = f"=_dsn_{seed[attempt % 40 : attempt % 40 + 24]}_{attempt}"
+        if boundary.encode() not in content:
+            return boundary
+    raise ValidationError.on("original_headers", "cannot choose a MIME boundary")
+
+
+def _angle(message_id: str, field: str = "message_id") -> str:
+    core = message_id.strip().removeprefix("<").removesuffix(">").strip()
+    if not core or any(c.isspace() for c in core):
+        raise ValidationError.on(field, "must be a Message-ID")
+    return f"<{core}>"
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment

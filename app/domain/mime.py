@@ -1,0 +1,263 @@
+"""Composing outgoing mail as RFC 5322 + MIME bytes.
+
+The body tree (text/plain, multipart/alternative, multipart/mixed, attachments) is built by
+``email.message.EmailMessage`` with the SMTP policy. The top-level header block (From … extra
+headers) is written here instead: the stdlib folder RFC 2047-encodes long Message-IDs and URLs in
+unstructured headers (corrupting References), and Python 3.11 rejects UTF-8 local parts outright.
+Writing it ourselves keeps every header exact and lets us validate each value first.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy as email_policy
+from email.message import EmailMessage
+from email.utils import format_datetime
+
+from app.domain.addresses import Address, domain_of, encode_header_words, format_address
+from app.domain.conversations import normalize_message_id
+from app.domain.errors import ValidationError
+from app.domain.html_safety import html_to_text, sanitize_html
+
+# 7bit: every body part is 7bit, quoted-printable or base64, so no relay needs 8BITMIME.
+_POLICY = email_policy.SMTP.clone(cte_type="7bit")
+_MAX_LINE = 78  # RFC 5322 §2.1.1 SHOULD; 998 is the MUST
+_HARD_LINE_LIMIT = 998
+_HEADER_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 §2.2 ftext: printable ASCII except ":"
+_CONTENT_TYPE = re.compile(r"([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)/([A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*)")
+# Headers build_mime writes itself; extra_headers may not override them, and never Bcc.
+_RESERVED_HEADERS = {
+    "from", "to", "cc", "bcc", "reply-to", "subject", "date", "message-id", "in-reply-to",
+    "references", "mime-version", "content-type", "content-transfer-encoding",
+    "content-disposition", "return-path",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class OutgoingAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    from_: Address
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...] = ()
+    bcc: tuple[Address, ...] = ()  # envelope only: never written to headers
+    reply_to: tuple[Address, ...] = ()
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    attachments: tuple[OutgoingAttachment, ...] = ()
+    message_id: str = ""  # "<...@host>"; generated from the From domain when empty
+    date: datetime | None = None  # aware; "now" when None
+    in_reply_to: str | None = None
+    references: tuple[str, ...] = ()
+    extra_headers: tuple[tuple[str, str], ...] = ()
+
+
+def make_message_id(hostname: str) -> str:
+    """A fresh globally unique Message-ID: 128 random bits at our host (RFC 5322 §3.6.4)."""
+    host = hostname.strip().strip("[]") or "localhost"
+    check_header_value(host, "hostname")
+    return f"<{secrets.token_hex(16)}@{host}>"
+
+
+def check_header_value(value: str, field: str) -> None:
+    """Reject CR, LF and NUL: a line break in a header value lets input forge extra headers."""
+    if "\r" in value or "\n" in value:
+        raise ValidationError.on(field, f"{field}: must not contain line breaks")
+    if "\x00" in value:
+        raise ValidationError.on(field, f"{field}: must not contain NUL characters")
+
+
+def needs_smtputf8(msg: OutgoingMessage) -> bool:
+    """True when an address has a UTF-8 local part, so the relay must offer SMTPUTF8 (RFC 6531).
+
+    Unicode domains alone do not need it: they are sent in IDNA form.
+    """
+    everyone = (msg.from_, *msg.to, *msg.cc, *msg.bcc, *msg.reply_to)
+    return any(not a.email.rpartition("@")[0].isascii() for a in everyone)
+
+
+def build_mime(msg: OutgoingMessage) -> bytes:
+    """Serialize a message as standards-correct RFC 5322 + MIME bytes with CRLF line endings.
+
+    Structure: text/plain; text + html → multipart/alternative; attachments → multipart/mixed
+    around that. HTML-only input gets a text/plain alternative made with ``html_to_text``; the HTML
+    part is always ``sanitize_html(html)``. Bcc is never written. Raises ``ValidationError`` for
+    header injection attempts, malformed ids, bad extra headers or attachment types.
+    """
+    header_block = _header_block(msg)
+    body = _body(msg)
+    return header_block + body.as_bytes(policy=_POLICY)
+
+
+# --- headers -----------------------------------------------------------------------------------
+
+
+def _header_block(msg: OutgoingMessage) -> bytes:
+    check_header_value(msg.subject, "subject")
+    headers: list[tuple[str, str]] = [("From", _address_list([msg.from_], "from"))]
+    if msg.to or msg.cc:
+        if msg.to:
+            headers.append(("To", _address_list(msg.to, "to")))
+    else:
+        # RFC 5322 §3.6.3: a Bcc-only message still shows an (empty) group as its To.
+        headers.append(("To", "undisclosed-recipients:;"))
+    if msg.cc:
+        headers.append(("Cc", _address_list(msg.cc, "cc")))
+    if msg.reply_to:
+        headers.append(("Reply-To", _address_list(msg.reply_to, "reply_to")))
+    headers.append(("Subject", _subject_value(msg.subject)))
+    headers.append(("Date", format_datetime(_utc(msg.date))))
+    message_id = msg.message_id or make_message_id(domain_of(msg.from_.email))
+    headers.append(("Message-ID", _message_id(message_id, "message_id")))
+    if msg.in_reply_to:
+        headers.append(("In-Reply-To", _message_id(msg.in_reply_to, "in_reply_to")))
+    if msg.references:
+        refs = [_message_id(r, f"references[{i}]") for i, r in enumerate(msg.references)]
+        headers.append(("References", " ".join(refs)))
+    for i, (name, value) in enumerate(msg.extra_headers):
+        headers.append(_extra_header(name, value, f"extra_headers[{i}]"))
+    headers.append(("MIME-Version", "1.0"))
+    lines = [_fold(name, value) for name, value in headers]
+    return "".join(lines).encode("utf-8")
+
+
+def _address_list(addresses: list[Address] | tuple[Address, ...], field: str) -> str:
+    formatted = []
+    for i, address in enumerate(addresses):
+        name = field if field == "from" else f"{field}[{i}]"
+        check_header_value(address.email, name)
+        check_header_value(address.name or "", f"{name}.name")
+        formatted.append(format_address(address))
+    return ", ".join(formatted)
+
+
+def _subject_value(subject: str) -> str:
+    longest_word = max((len(w) for w in subject.split(" ")), default=0)
+    if subject.isascii() and longest_word <= _HARD_LINE_LIMIT - len("Subject: "):
+        return subject
+    # RFC 2047 §5(1): encoded words in an unstructured header; each word is short, so foldable.
+    return encode_header_words(subject)
+
+
+def _utc(date: datetime | None) -> datetime:
+    if date is None:
+        return datetime.now(UTC).replace(microsecond=0)
+    if date.tzinfo is None or date.utcoffset() is None:
+        raise ValidationError.on("date", "date: must be timezone-aware")
+    return date.astimezone(UTC)
+
+
+def _message_id(value: str, field: str) -> str:
+    check_header_value(value, field)
+    normalized = normalize_message_id(value)
+    # Outgoing ids must already be canonical: we are the ones writing them.
+    if normalized != value.strip() or not normalized.isascii() or "@" not in normalized:
+        raise ValidationError.on(field, f"{field}: '{value}' is not a valid Message-ID")
+    return normalized
+
+
+def _extra_header(name: str, value: str, field: str) -> tuple[str, str]:
+    check_header_value(name, field)
+    check_header_value(value, field)
+    if not _HEADER_NAME.fullmatch(name):
+        raise ValidationError.on(field, f"{field}: invalid header name '{name}'")
+    if name.lower() in _RESERVED_HEADERS:
+        raise ValidationError.on(field, f"{field}: header '{name}' cannot be set directly")
+    return name, value if value.isascii() else encode_header_words(value)
+
+
+def _fold(name: str, value: str) -> str:
+    """Fold at existing spaces to ≤ 78 columns where possible (RFC 5322 §2.2.3).
+
+    Folding only inserts CRLF before a space, so unfolding gives back the exact value.
+    """
+    tokens = value.split(" ")
+    lines: list[str] = []
+    line = f"{name}:" + (f" {tokens[0]}" if value else "")
+    for token in tokens[1:]:
+        if token and len(line) + 1 + len(token) > _MAX_LINE and line.strip():
+            lines.append(line)
+            line = f" {token}"
+        else:
+            line += f" {token}"
+    lines.append(line)
+    if any(len(x.encode("utf-8")) > _HARD_LINE_LIMIT for x in lines):
+        raise ValidationError.on(name.lower(), f"{name}: header line longer than 998 octets")
+    return "\r\n".join(lines) + "\r\n"
+
+
+# --- body --------------------------------------------------------------------------------------
+
+
+def _body(msg: OutgoingMessage) -> EmailMessage:
+    root = EmailMessage(policy=_POLICY)
+    html = sanitize_html(msg.html) if msg.html else None
+    if msg.text is not None:
+        text = msg.text
+    else:
+        text = html_to_text(html) if html else ""
+    root.set_content(_clean(text), subtype="plain", charset="utf-8")
+    if html:
+        root.add_alternative(_clean(html), subtype="html", charset="utf-8")
+    for i, attachment in enumerate(msg.attachments):
+        _attach(root, attachment, f"attachments[{i}]")
+    # EmailMessage stamps MIME-Version on every part it creates; ours is in the header block.
+    for part in root.walk():
+        del part["MIME-Version"]
+    return root
+
+
+def _clean(text: str) -> str:
+    """Replace lone surrogates (from badly decoded input) so the text can be encoded."""
+    return text.encode("utf-8", errors="replace").decode("utf-8")
+
+
+def _attach(root: EmailMessage, attachment: OutgoingAttachment, field: str) -> None:
+    filename = attachment.filename.strip()
+    check_header_value(filename, f"{field}.filename")
+    check_header_value(attachment.content_type, f"{field}.content_type")
+    if not filename:
+        raise ValidationError.on(f"{field}.filename", f"{field}.filename: is empty")
+    match = _CONTENT_TYPE.match(attachment.content_type.strip())
+    if not match:
+        raise ValidationError.on(
+            f"{field}.content_type",
+            f"{field}.content_type: '{attachment.content_type}' is not a MIME type",
+        )
+    maintype, subtype = match.group(1).lower(), match.group(2).lower()
+    if maintype == "message" and subtype == "rfc822" and _is_7bit(attachment.data):
+        _attach_message(root, attachment.data, filename)
+        return
+    if maintype in ("message", "multipart"):
+        # RFC 2046 §5: these types may not be base64-encoded; ship the bytes opaquely instead.
+        maintype, subtype = "application", "octet-stream"
+    root.add_attachment(attachment.data, maintype=maintype, subtype=subtype, filename=filename)
+
+
+def _attach_message(root: EmailMessage, data: bytes, filename: str) -> None:
+    """Attach a forwarded message as message/rfc822 (RFC 2046 §5.2.1), which must stay 7bit."""
+    part = EmailMessage(policy=_POLICY)
+    part["Content-Type"] = "message/rfc822"
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    text = data.decode("ascii").replace("\r\n", "\n").replace("\r", "\n")
+    part.set_payload(text.replace("\n", "\r\n"))
+    if root.get_content_type() != "multipart/mixed":
+        root.make_mixed()
+    root.attach(part)
+
+
+def _is_7bit(data: bytes) -> bool:
+    return (
+        data.isascii()
+        and b"\x00" not in data
+        and all(len(line) <= _HARD_LINE_LIMIT for line in data.splitlines())
+    )

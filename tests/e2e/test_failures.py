@@ -1,0 +1,76 @@
+"""MongoDB down: a typed SERVICE_UNAVAILABLE / 503 with Retry-After within 5 s, then recovery."""
+
+import asyncio
+import contextlib
+import subprocess
+import time
+
+import httpx
+import uvicorn
+
+from app.bootstrap import build_system
+from app.config import Settings
+from app.embedded import _mongo_ready, free_port, secantus_command
+from app.web.app import create_app
+
+
+def start_mongo(port, path):
+    proc = subprocess.Popen([secantus_command(), "--host", "127.0.0.1", "--port", str(port),
+                             "--storage-path", str(path), "--log-level", "ERROR"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while not _mongo_ready(f"mongodb://127.0.0.1:{port}/?directConnection=true"):
+        assert time.monotonic() < deadline and proc.poll() is None, "mongo did not start"
+        time.sleep(0.1)
+    return proc
+
+
+async def test_database_outage_is_a_typed_error_and_heals(services, tmp_path, unique_name):
+    port = free_port()
+    mongo = start_mongo(port, tmp_path / "db")
+    settings = Settings(mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
+                        mongodb_database=unique_name, redis_url=services.redis, redis_prefix=unique_name,
+                        secret_key="k" * 32, mongo_timeout_ms=2000, _env_file=None)
+    system = await build_system(settings)
+    await system.accounts.add_domain("example.test")
+    await system.accounts.create_user("alice@example.test", "long password")
+    token, _ = await system.accounts.login("alice@example.test", "long password", "test")
+    http_port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, system), host="127.0.0.1", port=http_port,
+                                           log_level="critical", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30,
+                                     headers={"Authorization": f"Bearer {token}"}) as http:
+            assert (await http.get("/api/mailbox/inbox")).status_code == 200
+            mongo.kill()
+            mongo.wait()
+
+            started = time.monotonic()
+            r = await http.get("/api/mailbox/inbox")
+            assert r.status_code == 503 and r.headers["retry-after"]
+            assert r.json()["error"]["code"] == "SERVICE_UNAVAILABLE"
+            assert time.monotonic() - started < 5
+
+            started = time.monotonic()
+            body = (await http.post("/graphql", json={"query": "{ mailboxes { total } }"})).json()
+            assert body["errors"][0]["extensions"]["code"] == "SERVICE_UNAVAILABLE"
+            assert time.monotonic() - started < 5
+            assert (await http.get("/readyz")).status_code == 503
+
+            mongo = start_mongo(port, tmp_path / "db")
+            for _ in range(50):
+                r = await http.get("/api/mailbox/inbox")
+                if r.status_code == 200:
+                    break
+                await asyncio.sleep(0.2)
+            assert r.status_code == 200, r.text
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, 10)
+        await system.close()
+        mongo.kill()
+        mongo.wait()
