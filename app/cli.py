@@ -176,26 +176,34 @@ async def _dev_main(settings: Settings, stack: Any) -> int:
                             log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     background = await _start_background(settings, system)
-    print("\nmailhub is running", flush=True)
-    if stack is not None:
-        for s in stack.servers:
-            print(f"  {s.name:<10} {s.url}")
-    print(f"  GraphiQL   http://{settings.http_host}:{settings.http_port}/graphql")
-    print(f"  REST       http://{settings.http_host}:{settings.http_port}/api/...")
-    for name, url in background["urls"]:
-        print(f"  {name:<10} {url}")
-    print("  demo users (log in with the `login` mutation):")
-    for local, _name, password in DEMO_USERS:
-        print(f"    {local}@{DEMO_DOMAIN}  password: {password}")
-    print("Ctrl-C stops everything.\n", flush=True)
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.05)
     try:
-        await server.serve()
+        if server.started:
+            _print_banner(settings, stack, background["urls"])
+        await serving
     finally:
         for stop in background["stops"]:
             with contextlib.suppress(Exception):
                 await stop()
         await system.close()
     return 0
+
+
+def _print_banner(settings: Settings, stack: Any, urls: list[tuple[str, str]]) -> None:
+    print("\nmailhub is running", flush=True)
+    if stack is not None:
+        for s in stack.servers:
+            print(f"  {s.name:<10} {s.url}")
+    print(f"  GraphiQL   http://{settings.http_host}:{settings.http_port}/graphql")
+    print(f"  REST       http://{settings.http_host}:{settings.http_port}/api/...")
+    for name, url in urls:
+        print(f"  {name:<10} {url}")
+    print("  demo users (log in with the `login` mutation):")
+    for local, _name, password in DEMO_USERS:
+        print(f"    {local}@{DEMO_DOMAIN}  password: {password}")
+    print("Ctrl-C stops everything.\n", flush=True)
 
 
 async def _start_background(settings: Settings, system: Any) -> dict[str, Any]:

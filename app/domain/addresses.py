@@ -31,7 +31,8 @@ _PLAIN_PHRASE = re.compile(
     r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+(?: [A-Za-z0-9!#$%&'*+\-/=?^_`{|}~]+)*"
 )
 _BARE_ADDR_SPEC = re.compile(r"[^\s<>\"(),;:@\[\]]+@[^\s<>\"(),;:@\[\]]+\.[^\s<>\"(),;:@\[\]]+")
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # TAB is fine; LF is judged separately
+_ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _Fail = Callable[[str], ValidationError]
 
@@ -135,7 +136,7 @@ def parse_header_addresses(value: str | None) -> list[Address]:
         return []
     try:
         pairs = getaddresses([value.replace("\r", " ").replace("\n", " ")])
-    except Exception:  # noqa: BLE001 - hostile headers must never break ingestion
+    except Exception:  # hostile headers must never break ingestion
         return []
     result: list[Address] = []
     for raw_name, raw_addr in pairs:
@@ -146,7 +147,8 @@ def parse_header_addresses(value: str | None) -> list[Address]:
         domain = domain.rstrip(".").lower()
         if domain.startswith("xn--") or ".xn--" in domain:
             domain = _to_unicode_domain(domain) or domain
-        name = decode_header_words(raw_name.strip()) or None
+        # Decoding can reveal CR/LF/NUL (=?utf-8?q?a=0D=0Ab?=); a name kept for replies must not.
+        name = _ANY_CONTROL.sub(" ", decode_header_words(raw_name)).strip() or None
         result.append(Address(email=f"{local}@{domain}", name=name))
     if not result:
         # Unparseable syntax (an unclosed quote, say) still usually contains the address itself.
@@ -386,7 +388,7 @@ def decode_charset(data: bytes, charset: str | None) -> str:
         return data.decode("cp1252", errors="replace")
     try:
         return data.decode(codec, errors="replace")
-    except Exception:  # noqa: BLE001 - some codecs raise odd errors on hostile bytes
+    except Exception:  # some codecs raise odd errors on hostile bytes
         return data.decode("cp1252", errors="replace")
 
 

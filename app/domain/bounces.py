@@ -244,6 +244,7 @@ _INVALID_DOMAIN_TEXT = _words(
     r"no such domain",
     r"unknown domain",
     r"name service error",
+    r"^host unknown",  # Sendmail's wording for a destination domain that does not resolve
 )
 _INVALID_MAILBOX_TEXT = _words(
     r"user (is )?unknown",

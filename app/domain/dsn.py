@@ -322,24 +322,41 @@ def _parts(message: email.message.Message) -> Iterator[email.message.Message]:
     """Depth-first MIME parts, not descending into attached messages (the original may be a
     bounce or report itself)."""
     yield message
-    if message.is_multipart() and message.get_content_maintype() == "multipart":
-        for part in message.get_payload():
+    if message.get_content_maintype() == "multipart":
+        for part in _subparts(message):
             yield from _parts(part)
+
+
+def _subparts(part: email.message.Message) -> list[email.message.Message]:
+    """Parts of a multipart, or the blocks/message the parser made of a message/* part."""
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        return []
+    return [p for p in payload if isinstance(p, email.message.Message)]
+
+
+def _content(part: email.message.Message) -> bytes:
+    data = None if part.is_multipart() else part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
 
 
 def _part_text(part: email.message.Message) -> str:
     """A part's content as text, whether the parser split it into header blocks or not."""
-    payload = part.get_payload()
-    if isinstance(payload, list):
-        return "\n\n".join(_block_text(block) for block in payload)
-    data = part.get_payload(decode=True) or b""
-    return data.decode(part.get_content_charset() or "utf-8", "replace")
+    if part.is_multipart():
+        return "\n\n".join(_block_text(block) for block in _subparts(part))
+    return _decode(_content(part), part.get_content_charset())
 
 
 def _block_text(block: email.message.Message) -> str:
     head = "\n".join(f"{name}: {_raw(value)}" for name, value in block.raw_items())
-    body = b"" if block.is_multipart() else (block.get_payload(decode=True) or b"")
-    return head + "\n\n" + body.decode("utf-8", "replace")
+    return head + "\n\n" + _content(block).decode("utf-8", "replace")
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except LookupError:  # "unknown-8bit" and other labels Python has no codec for
+        return data.decode("utf-8", "replace")
 
 
 def _raw(value: object) -> str:
@@ -350,9 +367,9 @@ def _raw(value: object) -> str:
 def _original_of(part: email.message.Message | None) -> tuple[str | None, str | None]:
     if part is None:
         return None, None
-    payload = part.get_payload()
-    if isinstance(payload, list) and payload:
-        inner = payload[0]
+    inner_messages = _subparts(part)
+    if inner_messages:
+        inner = inner_messages[0]
         lines = [f"{name}: {_raw(value)}" for name, value in inner.raw_items()]
         headers = re.sub(r"\r\n?", "\n", "\n".join(lines))
         message_id = inner.get("Message-ID")

@@ -103,9 +103,9 @@ def _fields(text: str) -> dict[str, list[str]]:
 def _original_headers(part: email.message.Message | None) -> str | None:
     if part is None:
         return None
-    payload = part.get_payload()
-    if isinstance(payload, list) and payload:
-        lines = [f"{name}: {_raw(value)}" for name, value in payload[0].raw_items()]
+    inner_messages = _subparts(part)
+    if inner_messages:
+        lines = [f"{name}: {_raw(value)}" for name, value in inner_messages[0].raw_items()]
         return re.sub(r"\r\n?", "\n", "\n".join(lines)) or None
     text = re.sub(r"\r\n?", "\n", _part_text(part)).lstrip("\n")
     block = text.split("\n\n", 1)[0].rstrip("\n")
@@ -115,22 +115,38 @@ def _original_headers(part: email.message.Message | None) -> str | None:
 def _parts(message: email.message.Message) -> Iterator[email.message.Message]:
     # Not into attached messages: the original may itself be a report.
     yield message
-    if message.get_content_maintype() == "multipart" and message.is_multipart():
-        for part in message.get_payload():
+    if message.get_content_maintype() == "multipart":
+        for part in _subparts(message):
             yield from _parts(part)
 
 
-def _part_text(part: email.message.Message) -> str:
+def _subparts(part: email.message.Message) -> list[email.message.Message]:
     payload = part.get_payload()
-    if isinstance(payload, list):  # message/* parts arrive parsed as messages
+    if not isinstance(payload, list):
+        return []
+    return [p for p in payload if isinstance(p, email.message.Message)]
+
+
+def _content(part: email.message.Message) -> bytes:
+    data = None if part.is_multipart() else part.get_payload(decode=True)
+    return data if isinstance(data, bytes) else b""
+
+
+def _part_text(part: email.message.Message) -> str:
+    if part.is_multipart():  # message/* parts arrive parsed as messages
         blocks = []
-        for block in payload:
+        for block in _subparts(part):
             head = "\n".join(f"{name}: {_raw(value)}" for name, value in block.raw_items())
-            body = b"" if block.is_multipart() else (block.get_payload(decode=True) or b"")
-            blocks.append(head + "\n\n" + body.decode("utf-8", "replace"))
+            blocks.append(head + "\n\n" + _content(block).decode("utf-8", "replace"))
         return "\n\n".join(blocks)
-    data = part.get_payload(decode=True) or b""
-    return data.decode(part.get_content_charset() or "utf-8", "replace")
+    return _decode(_content(part), part.get_content_charset())
+
+
+def _decode(data: bytes, charset: str | None) -> str:
+    try:
+        return data.decode(charset or "utf-8", "replace")
+    except LookupError:  # "unknown-8bit" and other labels Python has no codec for
+        return data.decode("utf-8", "replace")
 
 
 def _raw(value: object) -> str:

@@ -66,8 +66,10 @@ _CSS_PROPERTIES = {
 }  # fmt: skip
 _CSS_ALLOWED_FUNCTIONS = {"rgb", "rgba", "hsl", "hsla"}
 _CSS_FUNCTION = re.compile(r"([a-z-]*)\s*\(", re.IGNORECASE)
+# Belt and braces next to the function allow-list: loaders (url(), image-set()), IE's
+# expression()/behavior, Mozilla's -moz-binding, CSS escapes that could spell any of them.
 _CSS_FORBIDDEN = re.compile(
-    r"url|expression|javascript|vbscript|behavior|binding|@import|[\\<>]|/\*"
+    r"url\s*\(|expression|javascript:|vbscript:|behavior|-moz-binding|@import|[\\<>]|/\*"
 )
 
 _IMG_TAG = re.compile(r"<img\b[^>]*>")  # nh3 output escapes '>' inside attribute values
@@ -262,7 +264,7 @@ def html_to_text(html: str) -> str:
     try:
         renderer.feed(html)
         renderer.close()
-    except Exception:  # noqa: BLE001 - html.parser is tolerant, but never let a body break us
+    except Exception:  # html.parser is tolerant, but never let a body break us
         pass
     return renderer.text()
 

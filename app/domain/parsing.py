@@ -84,7 +84,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
     """
     try:
         return _parse(raw)
-    except Exception:  # noqa: BLE001 - last line of defence for hostile input
+    except Exception:  # last line of defence for hostile input
         return _unparseable(raw)
 
 
@@ -179,7 +179,7 @@ def _date(value: str | None) -> datetime | None:
         return None
     try:
         parsed = parsedate_to_datetime(value)
-    except Exception:  # noqa: BLE001 - ValueError, TypeError, IndexError, OverflowError...
+    except Exception:  # ValueError, TypeError, IndexError, OverflowError...
         return None
     if parsed.tzinfo is None:  # "-0000": time is UTC, zone unknown (RFC 5322 §3.3)
         parsed = parsed.replace(tzinfo=UTC)
@@ -212,7 +212,7 @@ def _collect(part: Message, body: _Bodies, depth: int) -> None:
     for leaf in _leaves(part, depth):
         try:
             _collect_leaf(leaf, body)
-        except Exception:  # noqa: BLE001 - one hostile part must not cost us the others
+        except Exception:  # one hostile part must not cost us the others
             continue
 
 
@@ -253,14 +253,14 @@ def _leaves(part: Message, depth: int) -> Iterator[Message]:
 def _content_type(part: Message) -> str:
     try:
         return part.get_content_type()
-    except Exception:  # noqa: BLE001
+    except Exception:  # malformed header parameters
         return "application/octet-stream"
 
 
 def _disposition(part: Message) -> str | None:
     try:
         return part.get_content_disposition()
-    except Exception:  # noqa: BLE001
+    except Exception:  # malformed header parameters
         raw = header_text(part, "content-disposition") or ""
         return raw.split(";", 1)[0].strip().lower() or None
 
@@ -273,7 +273,7 @@ def _filename(part: Message) -> str | None:
         name = part.get_filename() or part.get_param("name")  # type: ignore[assignment]
         if isinstance(name, tuple):  # compat RFC 2231 triple
             name = decode_charset((name[2] or "").encode("latin-1", "replace"), name[0])
-    except Exception:  # noqa: BLE001 - malformed parameters: read the raw header instead
+    except Exception:  # malformed parameters: read the raw header instead
         raw = (
             (header_text(part, "content-disposition") or "")
             + ";"
@@ -302,7 +302,7 @@ def _decode_text(part: Message) -> str:
     data = _payload_bytes(part)
     try:
         charset = part.get_content_charset()
-    except Exception:  # noqa: BLE001
+    except Exception:  # malformed header parameters
         charset = None
     if charset is None and _content_type(part) == "text/html":
         meta = _META_CHARSET.search(data[:4096])
@@ -313,7 +313,7 @@ def _decode_text(part: Message) -> str:
 def _payload_bytes(part: Message) -> bytes:
     try:
         data = part.get_payload(decode=True)
-    except Exception:  # noqa: BLE001
+    except Exception:  # an undecodable payload
         data = None
     if isinstance(data, bytes):
         return data
@@ -376,10 +376,10 @@ def _message_attachment(
 def _serialize(msg: Message) -> bytes:
     try:
         return msg.as_bytes(policy=_SERIALIZE_POLICY)
-    except Exception:  # noqa: BLE001 - re-serializing hostile input can fail; keep what we can
+    except Exception:  # re-serializing hostile input can fail; keep what we can
         try:
             return msg.as_string(policy=_SERIALIZE_POLICY).encode("utf-8", "surrogateescape")
-        except Exception:  # noqa: BLE001
+        except Exception:  # give up on this nested message
             return b""
 
 
@@ -407,7 +407,7 @@ def _unflow(text: str, part: Message) -> str:
     try:
         flowed = (part.get_param("format") or "").lower() == "flowed"  # type: ignore[union-attr]
         delsp = (part.get_param("delsp") or "").lower() == "yes"  # type: ignore[union-attr]
-    except Exception:  # noqa: BLE001
+    except Exception:  # malformed header parameters
         return text
     if not flowed:
         return text
