@@ -91,7 +91,8 @@ def build_mime(msg: OutgoingMessage) -> bytes:
     Structure: text/plain; text + html → multipart/alternative; attachments → multipart/mixed
     around that. HTML-only input gets a text/plain alternative made with ``html_to_text``; the HTML
     part is always ``sanitize_html(html)``. Bcc is never written. Raises ``ValidationError`` for
-    header injection attempts, malformed ids, bad extra headers or attachment types.
+    header injection attempts, a malformed own Message-ID, bad extra headers or attachment types
+    (unusable parent ids in In-Reply-To/References are left out instead).
     """
     header_block = _header_block(msg)
     body = _body(msg)
@@ -118,11 +119,14 @@ def _header_block(msg: OutgoingMessage) -> bytes:
     headers.append(("Date", format_datetime(_utc(msg.date))))
     message_id = msg.message_id or make_message_id(domain_of(msg.from_.email))
     headers.append(("Message-ID", _message_id(message_id, "message_id")))
-    if msg.in_reply_to:
-        headers.append(("In-Reply-To", _message_id(msg.in_reply_to, "in_reply_to")))
-    if msg.references:
-        refs = [_message_id(r, f"references[{i}]") for i, r in enumerate(msg.references)]
-        headers.append(("References", " ".join(refs)))
+    # Parent ids come from mail we received: odd ones ("<1234.5678>") are kept, unusable ones
+    # (non-ASCII, junk) are left out rather than making the reply impossible to send.
+    in_reply_to = _referenced_id(msg.in_reply_to or "", "in_reply_to")
+    if in_reply_to:
+        headers.append(("In-Reply-To", in_reply_to))
+    refs = [_referenced_id(r, f"references[{i}]") for i, r in enumerate(msg.references)]
+    if any(refs):
+        headers.append(("References", " ".join(r for r in refs if r)))
     for i, (name, value) in enumerate(msg.extra_headers):
         headers.append(_extra_header(name, value, f"extra_headers[{i}]"))
     headers.append(("MIME-Version", "1.0"))
@@ -163,6 +167,12 @@ def _message_id(value: str, field: str) -> str:
     if normalized != value.strip() or not normalized.isascii() or "@" not in normalized:
         raise ValidationError.on(field, f"{field}: '{value}' is not a valid Message-ID")
     return normalized
+
+
+def _referenced_id(value: str, field: str) -> str | None:
+    check_header_value(value, field)
+    normalized = normalize_message_id(value)
+    return normalized if normalized and normalized.isascii() else None
 
 
 def _extra_header(name: str, value: str, field: str) -> tuple[str, str]:
