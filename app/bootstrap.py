@@ -16,6 +16,7 @@ from app.services.content import ContentService
 from app.services.mailbox import MailboxService
 from app.services.notifier import Notifier
 from app.services.sending import SendingService
+from app.services.suppression import SuppressionService
 
 
 @dataclass
@@ -31,6 +32,7 @@ class System:
     content: ContentService
     attachments: AttachmentService
     sending: SendingService
+    suppression: SuppressionService
 
     async def close(self) -> None:
         await self.queue.close()
@@ -54,8 +56,10 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     content = ContentService(mongo, blobs)
     mailbox = MailboxService(mongo, settings, notifier)
     attachments = AttachmentService(mongo, blobs, settings)
+    suppression = SuppressionService(mongo)
     sending = SendingService(mongo=mongo, blobs=blobs, redis=redis, queue=queue, accounts=accounts,
-                             attachments=attachments, mailbox=mailbox, notifier=notifier, settings=settings)
+                             attachments=attachments, mailbox=mailbox, notifier=notifier, settings=settings,
+                             suppression=suppression)
     notifier.on_release(content.collect)
     return System(settings, mongo, redis, queue, blobs, notifier, accounts, mailbox, content, attachments,
-                  sending)
+                  sending, suppression)

@@ -36,6 +36,7 @@ from app.services.attachments import AttachmentService
 from app.services.filing import Change, ViewSpec, file_message, summary_of
 from app.services.mailbox import MailboxService
 from app.services.notifier import Notifier
+from app.services.suppression import SuppressionService
 
 MAX_SUBJECT = 998
 MAX_REFERENCES = 20
@@ -64,7 +65,7 @@ def addr_doc(a: Address) -> dict[str, Any]:
 class SendingService:
     def __init__(self, *, mongo: Mongo, blobs: BlobStore, redis: RedisStore, queue: JobQueue,
                  accounts: AccountService, attachments: AttachmentService, mailbox: MailboxService,
-                 notifier: Notifier, settings: Settings) -> None:
+                 notifier: Notifier, settings: Settings, suppression: SuppressionService) -> None:
         self.mongo = mongo
         self.db = mongo.db
         self.blobs = blobs
@@ -75,6 +76,7 @@ class SendingService:
         self.mailbox = mailbox
         self.notifier = notifier
         self.settings = settings
+        self.suppression = suppression
 
     # --- send ----------------------------------------------------------------------------
 
@@ -137,8 +139,8 @@ class SendingService:
         raw_blob = await self.blobs.put(raw, filename="message.eml", metadata={"kind": "raw"})
         message = self._message_doc(viewer, outgoing, uploads, raw, raw_blob, now, send_at)
         local_users = await self.accounts.users_for_addresses([a.email for a in everyone])
-        suppressed = await self._suppressed([a.email for a in everyone if normalize_email(a.email)
-                                             not in local_users])
+        suppressed = await self.suppression.suppressed(
+            [a.email for a in everyone if normalize_email(a.email) not in local_users])
         recipients = self._recipient_docs(message, to, cc, bcc, local_users, suppressed, now, send_at)
 
         async def work(session: Any) -> tuple[dict[str, Any], list[Change]]:
@@ -149,7 +151,9 @@ class SendingService:
             await self.db.delivery_events.insert_many([
                 {"message_id": message["_id"], "recipient": r["address"], "recipient_id": r["_id"],
                  "event_type": "suppressed" if r["delivery_status"] == "suppressed" else "queued",
-                 "occurred_at": now, "metadata": {}} for r in recipients], session=session)
+                 "occurred_at": now, "sender_user_id": viewer.user_id,
+                 "sender_domain": domain_of(sender.email), "metadata": {}} for r in recipients],
+                session=session)
             views = [ViewSpec(viewer.user_id, "sent", Folder.SENT.value, read=True)]
             items, changes = await file_message(self.db, message, views, received_at=now, session=session)
             if send_at is None:
@@ -194,7 +198,8 @@ class SendingService:
                            "mx": self.settings.hostname}}}, session=session)
         await self.db.delivery_events.insert_many([
             {"message_id": message["_id"], "recipient": r["address"], "recipient_id": r["_id"],
-             "event_type": "delivered", "occurred_at": now, "metadata": {"local": True}} for r in local
+             "event_type": "delivered", "occurred_at": now, "sender_user_id": message["sender_user_id"],
+             "sender_domain": domain_of(message["from"]["email"]), "metadata": {"local": True}} for r in local
         ], session=session)
         return changes
 
@@ -334,15 +339,6 @@ class SendingService:
         if doc is None:
             return None
         return await self.db.mailbox_items.find_one({"_id": doc["item_id"], "user_id": viewer.user_id})
-
-    async def _suppressed(self, addresses: list[str]) -> set[str]:
-        if not addresses:
-            return set()
-        keys = [normalize_email(a) for a in addresses]
-        docs = await self.db.suppressions.find({"address": {"$in": keys}}, {"address": 1, "expires_at": 1}
-                                               ).to_list()
-        now = datetime.now(UTC)
-        return {d["address"] for d in docs if not d.get("expires_at") or d["expires_at"] > now}
 
     def _content_fields(self, sender: Address, to: list[Address], cc: list[Address], bcc: list[Address],
                         subject: str, text: str | None, html: str | None,
