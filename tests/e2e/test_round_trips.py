@@ -1,0 +1,66 @@
+"""No N+1: a page of items costs a bounded number of database round trips, whatever its size."""
+
+import pytest
+from pymongo import monitoring
+
+from app.bootstrap import build_system
+from tests.e2e.test_send_and_read import SEND
+
+FULL_PAGE = """query($first: Int!) { messages(first: $first) { totalCount edges { node {
+  id subject textBody htmlBody bcc { email } replyTo { email } references inReplyTo
+  attachments { id filename } recipients { status } } } } }"""
+THREADS = "query($first: Int!) { threads(first: $first) { edges { node { subject messages { id textBody } } } } }"
+
+
+class CommandCounter(monitoring.CommandListener):
+    def __init__(self):
+        self.commands = []
+        self.active = True
+
+    def started(self, event):
+        if self.active:  # pymongo cannot unregister a listener; it goes quiet after the test
+            self.commands.append(event.command_name)
+
+    def succeeded(self, event):
+        pass
+
+    def failed(self, event):
+        pass
+
+
+@pytest.fixture
+def counter():
+    c = CommandCounter()
+    monitoring.register(c)
+    yield c
+    c.active = False
+    c.commands.clear()
+
+
+async def test_page_cost_does_not_grow_with_page_size(api, settings, counter):
+    # a System built after the listener is registered, so its client reports every command
+    system = await build_system(settings)
+    try:
+        alice, a = await api.user("alice")
+        bob, b = await api.user("bob")
+        for i in range(30):
+            await api.gql(SEND, {"input": {"to": [bob], "cc": [alice], "subject": f"s{i}", "text": "x"}}, a)
+
+        from schema import build_schema
+        from schema.context import Context
+
+        schema = build_schema(settings)
+
+        async def cost(query, first, token):
+            ctx = Context(system=system, token=token, client="test")
+            counter.commands.clear()
+            result = await schema.execute(query, variable_values={"first": first}, context_value=ctx)
+            assert not result.errors, result.errors
+            return len([c for c in counter.commands if c in ("find", "aggregate", "count")])
+
+        small, large = await cost(FULL_PAGE, 2, b), await cost(FULL_PAGE, 30, b)
+        assert small == large <= 5, (small, large)
+        small, large = await cost(THREADS, 2, b), await cost(THREADS, 30, b)
+        assert small == large <= 5, (small, large)
+    finally:
+        await system.close()
