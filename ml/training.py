@@ -1,0 +1,195 @@
+"""Use cases behind `python -m ml train` and `python -m ml evaluate`."""
+
+from __future__ import annotations
+
+import platform
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy
+import sklearn
+import skops
+
+from ml.corpus import TARBALL_SHA256, TIME_SPLIT, Corpus
+from ml.evaluation import Metrics, cross_validate, time_split
+from ml.features import message_tokens
+from ml.model import MODELS_DIR, SpamModel, TrainingConfig, bucket_of, fit, save
+
+VERSION = "1.0.0"
+DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "spam-model.md"
+_GENERATED = re.compile(r"<!-- generated:start -->.*<!-- generated:end -->", re.S)
+VIEWS = ("full", "subject+body", "reformatted")
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    cross_validation: Metrics
+    time_split: dict[str, Metrics]
+    time_split_sizes: dict[str, int]
+    threshold_time_split: float
+
+
+def corpus_tokens(corpus: Corpus) -> list[list[str]]:
+    """Tokens of every corpus message, in corpus order."""
+    return [message_tokens(message.raw) for message in corpus.messages]
+
+
+def evaluate_corpus(
+    corpus: Corpus, tokens: Sequence[list[str]], config: TrainingConfig = TrainingConfig()
+) -> Evaluation:
+    """10-fold CV on everything, and the time split in every view."""
+    labels = np.array([m.is_spam for m in corpus.messages])
+    split = time_split(corpus, tokens, config, VIEWS)
+    late = sum(m.is_late for m in corpus.messages)
+    late_spam = sum(m.is_late and m.is_spam for m in corpus.messages)
+    return Evaluation(
+        cross_validation=cross_validate(tokens, labels, config),
+        time_split=split.views,
+        time_split_sizes={
+            "train_messages": split.train_messages,
+            "train_spam": split.train_spam,
+            "test_messages": late,
+            "test_spam": late_spam,
+        },
+        threshold_time_split=split.model.threshold,
+    )
+
+
+def top_tokens(
+    model: SpamModel, tokens: Sequence[list[str]], limit: int = 25
+) -> dict[str, list[tuple[str, float, int]]]:
+    """The tokens carrying most evidence each way: |log-odds| × messages containing them."""
+    n_features = model.config.n_features
+    names: dict[int, str] = {}
+    for message in tokens:
+        for token in message:
+            names.setdefault(bucket_of(token, n_features), token)
+    df = model.nb.feature_count_.sum(axis=0)
+    rows = [
+        (name, float(model.token_log_odds[bucket]), int(df[bucket]))
+        for bucket, name in names.items()
+    ]
+    rows.sort(key=lambda row: row[1] * row[2])
+    return {
+        "spam": [(n, round(lo, 2), d) for n, lo, d in reversed(rows[-limit:])],
+        "ham": [(n, round(lo, 2), d) for n, lo, d in rows[:limit]],
+    }
+
+
+def evidence_by_kind(model: SpamModel, tokens: Sequence[list[str]]) -> dict[str, float]:
+    """Share of all |log-odds| × df evidence held by each token namespace."""
+    n_features = model.config.n_features
+    names: dict[int, str] = {}
+    for message in tokens:
+        for token in message:
+            names.setdefault(bucket_of(token, n_features), token)
+    df = model.nb.feature_count_.sum(axis=0)
+    mass: defaultdict[str, float] = defaultdict(float)
+    for bucket, name in names.items():
+        mass[name.split(":", 1)[0]] += abs(float(model.token_log_odds[bucket])) * float(df[bucket])
+    total = sum(mass.values()) or 1.0
+    ranked = sorted(mass.items(), key=lambda item: -item[1])
+    return {kind: round(value / total, 3) for kind, value in ranked}
+
+
+def train(
+    corpus: Corpus,
+    directory: Path = MODELS_DIR,
+    version: str = VERSION,
+    config: TrainingConfig = TrainingConfig(),
+) -> tuple[Path, SpamModel, Evaluation]:
+    """Train on the whole corpus, evaluate, and write the model file and its card."""
+    tokens = corpus_tokens(corpus)
+    labels = [m.is_spam for m in corpus.messages]
+    model = fit(tokens, labels, config, version)
+    evaluation = evaluate_corpus(corpus, tokens, config)
+    card = {
+        "model": "MultinomialNB over Boolean hashed tokens, mean log-odds, Platt-calibrated",
+        "training_data": {
+            "corpus": corpus.version,
+            "tarball_sha256": TARBALL_SHA256,
+            "messages_sha256": corpus.sha256,
+            "messages": len(labels),
+            "spam": int(sum(labels)),
+            "inputs": "Subject + body only (no other header is read except to decode MIME)",
+        },
+        "metrics": _metrics_card(evaluation),
+        "libraries": {
+            "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__,
+            "skops": skops.__version__,
+            "numpy": np.__version__,
+            "scipy": scipy.__version__,
+        },
+    }
+    model_path, _ = save(model, directory, card)
+    return model_path, model, evaluation
+
+
+def _metrics_card(evaluation: Evaluation) -> dict:
+    return {
+        "cross_validation_10_fold": evaluation.cross_validation.as_dict(),
+        "time_split": {
+            "split_date": TIME_SPLIT.date().isoformat(),
+            **evaluation.time_split_sizes,
+            **{view: m.as_dict() for view, m in evaluation.time_split.items()},
+        },
+    }
+
+
+def _row(name: str, m: Metrics) -> str:
+    (tn, fp), (fn, tp) = m.confusion
+    return (
+        f"| {name} | {m.messages} ({m.spam} spam) | {m.threshold:.2f} | {m.accuracy:.4f} | "
+        f"{m.spam_precision:.4f} | {m.spam_recall:.4f} | {m.ham_fpr:.4f} | {m.roc_auc:.4f} | "
+        f"{tn} / {fp} / {fn} / {tp} |"
+    )
+
+
+def render_report(
+    evaluation: Evaluation,
+    model: SpamModel,
+    tops: dict[str, list[tuple[str, float, int]]],
+    kinds: dict[str, float],
+    model_path: Path,
+) -> str:
+    """The generated part of docs/spam-model.md."""
+    sizes = evaluation.time_split_sizes
+    lines = [
+        "<!-- generated:start -->",
+        "## Results (generated by `python -m ml evaluate`)",
+        "",
+        f"Model `{model_path.name}` (version {model.version}), threshold "
+        f"**{model.threshold:.2f}**, parameters `{model.config}`.",
+        "",
+        f"Time split at {TIME_SPLIT.date()}: train {sizes['train_messages']} messages "
+        f"({sizes['train_spam']} spam), test {sizes['test_messages']} "
+        f"({sizes['test_spam']} spam); the time-split model's own threshold is "
+        f"{evaluation.threshold_time_split:.2f}.",
+        "",
+        "| evaluation | test messages | threshold | accuracy | spam precision | spam recall "
+        "| ham FPR | ROC AUC | confusion tn / fp / fn / tp |",
+        "|---|---|---|---|---|---|---|---|---|",
+        _row("10-fold CV (pooled)", evaluation.cross_validation),
+    ]
+    for view, m in evaluation.time_split.items():
+        lines.append(_row(f"time split, {view}", m))
+    lines += ["", "Evidence share by token kind (|log-odds| × messages):", ""]
+    lines.append(", ".join(f"`{kind}` {share:.1%}" for kind, share in kinds.items()))
+    for side in ("spam", "ham"):
+        lines += ["", f"Top {side} tokens (token, log-odds, training messages containing it):", ""]
+        lines.append(", ".join(f"`{t}` {lo:+.2f} ({df})" for t, lo, df in tops[side]))
+    lines += ["<!-- generated:end -->"]
+    return "\n".join(lines)
+
+
+def write_report(text: str, path: Path = DOC_PATH) -> None:
+    """Replace the generated block of the doc (hand-written text around it is kept)."""
+    current = path.read_text() if path.exists() else "# Spam model\n\n<!-- generated:start -->"
+    if not _GENERATED.search(current):
+        current += "\n<!-- generated:start --><!-- generated:end -->\n"
+    path.write_text(_GENERATED.sub(lambda _: text, current, count=1))
