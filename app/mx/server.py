@@ -1,0 +1,256 @@
+"""The MX server: aiosmtpd's SMTP protocol on our event loop, with per-client limits.
+
+``start_mx`` runs it inside a caller's loop (`mailhub dev`, tests); ``run_mx`` is `mailhub mx`:
+one process per ``MAILHUB_MX_PROCESSES`` sharing the port (SO_REUSEPORT), each stopping
+gracefully on SIGTERM/SIGINT — no new connections, in-flight DATA finishes, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import ssl
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope
+
+from app.config import Settings
+from app.mx.handler import MxHandler
+from app.mx.limits import ClientLimits, ErrorBudget
+
+log = structlog.get_logger(__name__)
+
+GRACE_SECONDS = 30.0
+_HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
+# RFC 2034 §3: with ENHANCEDSTATUSCODES every reply but the greeting, EHLO and 354 carries one.
+_DEFAULT_ENHANCED = {
+    "221": "2.0.0",
+    "250": "2.0.0",
+    "252": "2.0.0",
+    "421": "4.7.0",
+    "451": "4.3.0",
+    "452": "4.3.1",
+    "500": "5.5.2",
+    "501": "5.5.4",
+    "502": "5.5.1",
+    "503": "5.5.1",
+    "504": "5.5.4",
+    "530": "5.7.0",
+    "535": "5.7.8",
+    "538": "5.7.11",
+    "550": "5.0.0",
+    "552": "5.3.4",
+    "553": "5.1.3",
+    "554": "5.0.0",
+    "555": "5.5.4",
+}
+_REWRITES = {
+    "552 Error: Too much mail data": "552 5.3.4 Message too big for system",
+    "250 OK": "250 2.0.0 OK",
+    "221 Bye": "221 2.0.0 Bye",
+}
+
+
+def with_enhanced_code(reply: str) -> str:
+    """Add the RFC 3463 code aiosmtpd's own replies lack (only to final, single-line replies)."""
+    if reply in _REWRITES:
+        return _REWRITES[reply]
+    code = reply[:3]
+    if (
+        reply[3:4] != " "
+        or _HAS_ENHANCED.match(reply)
+        or code not in _DEFAULT_ENHANCED
+        or code == "250"
+    ):
+        return reply
+    return f"{code} {_DEFAULT_ENHANCED[code]} {reply[4:]}"
+
+
+class MxEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.local_recipients: list[Any] = []
+
+
+class MxSMTP(SMTP):
+    """aiosmtpd's protocol plus connection limits, an error budget and enhanced codes."""
+
+    def __init__(
+        self,
+        handler: MxHandler,
+        settings: Settings,
+        limits: ClientLimits,
+        sessions: set[MxSMTP],
+        tls_context: ssl.SSLContext | None,
+    ) -> None:
+        self.line_length_limit = (
+            settings.smtp_max_line_bytes
+        )  # read by SMTP.__init__ for its reader
+        super().__init__(
+            handler,
+            data_size_limit=settings.smtp_max_message_bytes,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=settings.hostname,
+            ident="mailhub ESMTP",
+            tls_context=tls_context,
+            timeout=settings.smtp_timeout_seconds,
+            auth_require_tls=True,
+        )
+        self.limits = limits
+        self.budget = ErrorBudget(settings.smtp_max_errors)
+        self.sessions = sessions
+        self.counted_ip: str | None = None
+
+    def _create_envelope(self) -> Envelope:
+        return MxEnvelope()
+
+    async def _handle_client(self) -> None:
+        peer = self.session.peer if self.session else None
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else ""
+        if not self.limits.open_connection(ip):
+            await super().push(f"421 4.7.0 {self.hostname} Too many connections from your address")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        self.counted_ip = ip
+        self.sessions.add(self)
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.counted_ip is not None:
+            self.limits.close_connection(self.counted_ip)
+            self.counted_ip = None
+        self.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def push(self, status: str) -> None:  # type: ignore[override]
+        status = with_enhanced_code(status)
+        await super().push(status)
+        if status.startswith("421"):
+            self._hang_up()
+        elif self.budget.record(status):
+            await super().push("421 4.7.0 Too many errors, closing connection")
+            self._hang_up()
+
+    def _hang_up(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+@dataclass
+class MxServer:
+    server: asyncio.Server
+    port: int
+    handler: MxHandler
+    sessions: set[MxSMTP] = field(default_factory=set)
+
+    async def stop(self, grace: float = GRACE_SECONDS) -> None:
+        """Stop accepting, let DATA in flight finish (bounded), then close every session."""
+        self.server.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.handler.in_flight and loop.time() < deadline:  # noqa: ASYNC110 - a bounded poll
+            await asyncio.sleep(0.05)
+        for session in list(self.sessions):
+            with contextlib.suppress(Exception):
+                if session.transport is not None:
+                    session.transport.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.server.wait_closed(), 5)
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    if not (settings.smtp_tls_cert and settings.smtp_tls_key):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(settings.smtp_tls_cert), str(settings.smtp_tls_key))
+    return context
+
+
+async def start_mx(settings: Settings, system: Any, *, reuse_port: bool = False) -> MxServer:
+    """Listen on ``smtp_host:smtp_port`` (0 = a free port) in the running loop."""
+    limits = ClientLimits(
+        settings.smtp_connections_per_ip,
+        settings.smtp_messages_per_minute_per_ip,
+        list(settings.smtp_limit_exempt),
+    )
+    handler = MxHandler(system.inbound, limits, max_recipients=settings.smtp_max_recipients)
+    sessions: set[MxSMTP] = set()
+    context = tls_context(settings)
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: MxSMTP(handler, settings, limits, sessions, context),
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        reuse_port=reuse_port or None,
+        backlog=512,
+    )
+    port = int(server.sockets[0].getsockname()[1])
+    return MxServer(server, port, handler, sessions)
+
+
+async def _serve(settings: Settings, reuse_port: bool) -> int:
+    from app.bootstrap import build_system
+
+    system = await build_system(settings)
+    mx = await start_mx(settings, system, reuse_port=reuse_port)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    log.info("mx listening", host=settings.smtp_host, port=mx.port, pid=os.getpid())
+    print(f"mailhub mx listening on {settings.smtp_host}:{mx.port} (pid {os.getpid()})", flush=True)
+    await stopping.wait()
+    await mx.stop()
+    await system.close()
+    return 0
+
+
+def run_mx(settings: Settings) -> int:
+    """`mailhub mx`: serve until SIGTERM/SIGINT; several processes with MAILHUB_MX_PROCESSES."""
+    from app.logs import configure_logging
+
+    configure_logging(settings)
+    workers = settings.mx_processes
+    if workers == 1:
+        return asyncio.run(_serve(settings, reuse_port=False))
+    if settings.smtp_port == 0:
+        print(
+            "mailhub mx: MAILHUB_MX_PROCESSES > 1 needs a fixed MAILHUB_SMTP_PORT", file=sys.stderr
+        )
+        return 2
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child: its own event loop and database connections
+            code = 1
+            try:
+                code = asyncio.run(_serve(settings, reuse_port=True))
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                status = status or os.waitstatus_to_exitcode(code)
+                break
+            except InterruptedError:
+                continue
+    return status

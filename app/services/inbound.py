@@ -1,0 +1,332 @@
+"""Receiving mail (seed §10): recipient checks at RCPT, then the DATA pipeline.
+
+RCPT: an address (or alias) of a hosted domain that exists, or a VERP bounce address of ours —
+anything else is refused right there (never an open relay). DATA: header limits, parse
+(tolerant), SPF/DKIM/DMARC, virus scan of every attachment, spam score, then the durable store
+(group commit) — and only when that is acknowledged does the MX say 250.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+from bson import ObjectId
+
+from app.adapters.blobs import BlobStore
+from app.adapters.clamav import ClamdScanner
+from app.adapters.mail_auth import AuthVerdict, MailAuthenticator
+from app.adapters.mongo import Mongo, as_domain_error
+from app.adapters.spam_scorer import Scorer, SpamVerdict
+from app.config import Settings
+from app.domain.addresses import domain_of, normalize_email
+from app.domain.conversations import normalize_subject
+from app.domain.errors import DomainError, ServiceUnavailable
+from app.domain.folders import Folder
+from app.domain.html_safety import make_snippet
+from app.domain.parsing import ParsedMessage, parse_message
+from app.domain.verp import parse_verp_address
+from app.services.bounce_processing import BounceProcessor
+from app.services.content import INLINE_BODY_LIMIT
+from app.services.inbound_store import BlobWrite, InboundStore, InboundView, PreparedInbound
+
+DOMAIN_CACHE_SECONDS = 5.0  # hosted domains change rarely; users are always read fresh
+
+
+@dataclass
+class Rejected(DomainError):
+    """A permanent or temporary SMTP refusal: ``reply`` is the full reply line."""
+
+    reply: str = "550 5.7.1 Rejected"
+    code: str = "SMTP_REJECTED"
+
+
+@dataclass(frozen=True)
+class LocalRecipient:
+    address: str
+    user_id: ObjectId | None = None  # a mailbox
+    verp: tuple[str, str] | None = None  # (message id, recipient id) of a bounce address
+
+
+@dataclass(frozen=True)
+class Envelope:
+    client_ip: str
+    helo: str
+    mail_from: str
+    recipients: tuple[LocalRecipient, ...]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    message_id: ObjectId | None  # None: a duplicate (retry) or a report with no mailbox copy
+    stored_views: int
+    folder: str | None
+    reports: int  # bounce/complaint events applied
+
+
+class InboundService:
+    def __init__(
+        self,
+        *,
+        mongo: Mongo,
+        blobs: BlobStore,
+        settings: Settings,
+        store: InboundStore,
+        authenticator: MailAuthenticator,
+        scorer: Scorer,
+        bounces: BounceProcessor,
+        scanner: ClamdScanner | None = None,
+    ) -> None:
+        self.db = mongo.db
+        self.blobs = blobs
+        self.settings = settings
+        self.store = store
+        self.authenticator = authenticator
+        self.scorer = scorer
+        self.bounces = bounces
+        self.scanner = scanner
+        self._domains: tuple[float, frozenset[str]] = (0.0, frozenset())
+        secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
+        self._verp_secret = secret.encode()
+
+    # --- RCPT ------------------------------------------------------------------------------
+
+    async def resolve_recipient(self, address: str) -> LocalRecipient:
+        """The local mailbox (or VERP bounce address) behind ``address``; raises ``Rejected``."""
+        try:
+            key = normalize_email(address)
+        except Exception:
+            raise Rejected("bad address", reply="501 5.1.3 Bad recipient address syntax") from None
+        domain = domain_of(key) if "@" in key else ""
+        try:
+            hosted = domain in await self._hosted_domains()
+            if not hosted:
+                # RFC 5321 §3.6.2 / §7.1: we relay for nobody.
+                raise Rejected(
+                    "relay denied", reply="550 5.7.1 Relaying denied: not a domain hosted here"
+                )
+            if self._verp_secret:
+                verp = parse_verp_address(key, secret=self._verp_secret)
+                if verp is not None:
+                    return LocalRecipient(key, verp=verp)
+            identity = await self.db.identities.find_one({"address": key}, {"user_id": 1})
+        except DomainError:
+            raise
+        except Exception as e:
+            raise _unavailable(e) from e
+        if identity is None:
+            raise Rejected("unknown user", reply="550 5.1.1 No such user here")
+        return LocalRecipient(key, user_id=identity["user_id"])
+
+    async def _hosted_domains(self) -> frozenset[str]:
+        loaded_at, domains = self._domains
+        if time.monotonic() - loaded_at > DOMAIN_CACHE_SECONDS:
+            domains = frozenset([d["_id"] async for d in self.db.domains.find({}, {"_id": 1})])
+            self._domains = (time.monotonic(), domains)
+        return domains
+
+    def check_headers(self, head: bytes) -> None:
+        """The header section alone must stay within ``smtp_max_header_bytes``."""
+        if len(head) > self.settings.smtp_max_header_bytes:
+            raise Rejected("header too large", reply="552 5.3.4 Message header section too large")
+
+    # --- DATA ------------------------------------------------------------------------------
+
+    async def receive(self, envelope: Envelope, raw: bytes) -> Receipt:
+        """Check and durably store one message; raises ``Rejected`` or ``ServiceUnavailable``."""
+        self.check_headers(_header_section(raw))
+        parsed = parse_message(raw)
+        auth = await self.authenticator.authenticate(
+            raw,
+            client_ip=envelope.client_ip,
+            helo=envelope.helo,
+            mail_from=envelope.mail_from,
+            from_domain=domain_of(parsed.from_.email)
+            if parsed.from_ and "@" in parsed.from_.email
+            else None,
+        )
+        if auth.dmarc.disposition == "reject":
+            # RFC 7489 §6.7: the domain owner asked for failing mail to be refused.
+            raise Rejected(
+                "dmarc reject",
+                reply=f"550 5.7.1 Unauthenticated email from "
+                f"{auth.dmarc.from_domain} is not accepted due to its DMARC policy",
+            )
+        await self._scan(parsed)
+        mailboxes = [r for r in envelope.recipients if r.user_id is not None]
+        reports = [r for r in envelope.recipients if r.verp is not None]
+        applied = 0
+        for report in reports:
+            if report.verp is not None:
+                applied += await self.bounces.process_report(raw, verp=report.verp)
+        if not mailboxes:
+            return Receipt(None, 0, None, applied)
+        spam = self.scorer.score(raw)
+        folder = (
+            Folder.SPAM if spam.is_spam or auth.dmarc.disposition == "quarantine" else Folder.INBOX
+        )
+        prepared = self.prepare(envelope, raw, parsed, auth, spam, folder.value, mailboxes)
+        result = await self.store.store(prepared)
+        return Receipt(result.message_id, result.items, folder.value, applied)
+
+    async def _scan(self, parsed: ParsedMessage) -> None:
+        if self.scanner is None:
+            return
+        for attachment in parsed.attachments:
+            verdict = await self.scanner.scan(attachment.data)
+            if not verdict.clean:
+                raise Rejected(
+                    f"virus {verdict.signature}",
+                    reply=f"554 5.7.1 Message rejected: virus found ({verdict.signature})",
+                )
+
+    def prepare(
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        parsed: ParsedMessage,
+        auth: AuthVerdict,
+        spam: SpamVerdict,
+        folder: str,
+        mailboxes: list[LocalRecipient],
+    ) -> PreparedInbound:
+        """The documents and blobs of one accepted message (pure: no I/O)."""
+        now = datetime.now(UTC)
+        message_id = ObjectId()
+        content_hash = hashlib.sha256(raw).hexdigest()
+        stored_raw = self._trace_headers(envelope, auth, now, message_id, mailboxes) + raw
+        raw_blob = BlobWrite(
+            ObjectId(), stored_raw, "message.eml", {"kind": "raw", "message_id": message_id}
+        )
+        blobs = [raw_blob]
+        attachment_docs, attachment_refs = [], []
+        for a in parsed.attachments:
+            blob = BlobWrite(ObjectId(), a.data, a.filename, {"kind": "attachment"})
+            blobs.append(blob)
+            doc = {
+                "_id": ObjectId(),
+                "owner_user_id": None,
+                "blob_id": blob.blob_id,
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "declared_content_type": a.content_type,
+                "size": len(a.data),
+                "sha256": hashlib.sha256(a.data).hexdigest(),
+                "status": "ready",
+                "scan_status": "clean" if self.scanner else "not_scanned",
+                "message_ids": [message_id],
+                "content_id": a.content_id,
+                "inline": a.inline,
+            }
+            attachment_docs.append(doc)
+            attachment_refs.append(
+                {
+                    "id": doc["_id"],
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "size": doc["size"],
+                    "sha256": doc["sha256"],
+                    "blob_id": blob.blob_id,
+                    "content_id": a.content_id,
+                    "inline": a.inline,
+                }
+            )
+        bodies: dict[str, Any] = {}
+        for name, value in (("text_body", parsed.text_body), ("html_body", parsed.html_body)):
+            if value is not None and len(value) > INLINE_BODY_LIMIT:
+                blob = BlobWrite(ObjectId(), value.encode("utf-8"), f"{name}.txt", {"kind": name})
+                blobs.append(blob)
+                bodies[name], bodies[name.replace("_body", "_blob_id")] = None, blob.blob_id
+            else:
+                bodies[name] = value
+        spam_doc = spam.as_doc()
+        message = {
+            "_id": message_id,
+            "rfc822_message_id": parsed.message_id,
+            "sender_user_id": None,
+            "direction": "inbound",
+            "status": "received",
+            "from": _addr(parsed.from_)
+            if parsed.from_
+            else {"name": None, "email": envelope.mail_from or ""},
+            "sender": _addr(parsed.sender) if parsed.sender else None,
+            "to": [_addr(a) for a in parsed.to],
+            "cc": [_addr(a) for a in parsed.cc],
+            "bcc": [],
+            "reply_to": [_addr(a) for a in parsed.reply_to],
+            "subject": parsed.subject,
+            "normalized_subject": normalize_subject(parsed.subject),
+            "snippet": make_snippet(parsed.text_body or ""),
+            **bodies,
+            "date": parsed.date,
+            "in_reply_to": parsed.in_reply_to,
+            "references": list(parsed.references),
+            "headers": parsed.headers,
+            "raw_blob_id": raw_blob.blob_id,
+            "content_sha256": content_hash,
+            "attachments": attachment_refs,
+            "has_attachments": bool(attachment_refs),
+            "size": len(raw),
+            "spam": spam_doc,
+            "auth_results": auth.header,
+            "auth": {
+                "spf": auth.spf,
+                "dkim": [s.result for s in auth.dkim],
+                "dmarc": auth.dmarc.result,
+            },
+            "received_from": {
+                "ip": envelope.client_ip,
+                "helo": envelope.helo,
+                "mail_from": envelope.mail_from,
+            },
+        }
+        users = list(dict.fromkeys(r.user_id for r in mailboxes if r.user_id is not None))
+        return PreparedInbound(
+            message=message,
+            views=[InboundView(u, folder, spam_doc) for u in users],
+            dedupe_key=f"{parsed.message_id or ''}|{content_hash}",
+            blobs=blobs,
+            attachments=attachment_docs,
+        )
+
+    def _trace_headers(
+        self,
+        envelope: Envelope,
+        auth: AuthVerdict,
+        now: datetime,
+        message_id: ObjectId,
+        mailboxes: list[LocalRecipient],
+    ) -> bytes:
+        # RFC 5321 §4.4: a Received line per hop; RFC 8601: our Authentication-Results on top.
+        helo = _header_safe(envelope.helo) or "unknown"
+        single = f"\r\n\tfor <{_header_safe(mailboxes[0].address)}>" if len(mailboxes) == 1 else ""
+        received = (
+            f"Received: from {helo} ([{envelope.client_ip}])\r\n\tby {self.settings.hostname} "
+            f"(mailhub) with ESMTP id {message_id}{single};\r\n\t{format_datetime(now)}\r\n"
+        )
+        return f"Authentication-Results: {auth.header}\r\n{received}".encode("utf-8", "replace")
+
+
+def _addr(a: Any) -> dict[str, Any]:
+    return {"name": a.name, "email": a.email}
+
+
+def _header_safe(value: str) -> str:
+    return "".join(ch for ch in value if ch.isprintable() and ch not in "\r\n")[:255]
+
+
+def _header_section(raw: bytes) -> bytes:
+    end = raw.find(b"\r\n\r\n")
+    if end < 0:
+        end = raw.find(b"\n\n")
+    return raw if end < 0 else raw[:end]
+
+
+def _unavailable(e: BaseException) -> DomainError:
+    return as_domain_error(e) or ServiceUnavailable(
+        "the mail store is unavailable", retry_after_seconds=60
+    )

@@ -1,0 +1,206 @@
+"""Sender reputation (seed §9, §17): rolling counts per sending user and per sending domain.
+
+Counts come straight from ``delivery_events`` (append-only, carrying ``sender_user_id`` and
+``sender_domain``) over the last ``reputation_window_days``: recipients accepted for sending
+(``queued``/``scheduled`` events — one per recipient, local ones included), hard bounces and
+complaints. Over the thresholds, with at least ``reputation_min_recipients`` recipients, the
+user's (or the domain's) sending is paused: a ``sending_pauses`` document that ``sending.py``
+reads on every send, and a ``reputation_events`` record saying why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from bson import ObjectId
+
+from app.adapters.mongo import Mongo
+from app.config import Settings
+from app.domain.errors import ValidationError
+
+log = structlog.get_logger(__name__)
+
+SENT_EVENTS = ("queued", "scheduled")
+
+
+@dataclass(frozen=True)
+class Counts:
+    sent: int
+    hard_bounces: int
+    complaints: int
+
+    @property
+    def bounce_rate(self) -> float:
+        return self.hard_bounces / self.sent if self.sent else 0.0
+
+    @property
+    def complaint_rate(self) -> float:
+        return self.complaints / self.sent if self.sent else 0.0
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    bounce_rate: float
+    complaint_rate: float
+    min_recipients: int
+
+    def breached(self, counts: Counts) -> str | None:
+        """Why sending should pause, or None (pure)."""
+        if counts.sent < self.min_recipients:
+            return None
+        if counts.bounce_rate > self.bounce_rate:
+            return (
+                f"hard-bounce rate {counts.bounce_rate:.1%} over {counts.sent} recipients "
+                f"exceeds {self.bounce_rate:.1%}"
+            )
+        if counts.complaint_rate > self.complaint_rate:
+            return (
+                f"complaint rate {counts.complaint_rate:.2%} over {counts.sent} recipients "
+                f"exceeds {self.complaint_rate:.2%}"
+            )
+        return None
+
+
+def pause_key(kind: str, value: ObjectId | str) -> str:
+    return f"{kind}:{value}"
+
+
+class ReputationService:
+    def __init__(self, mongo: Mongo, settings: Settings) -> None:
+        self.db = mongo.db
+        self.settings = settings
+        self.thresholds = Thresholds(
+            settings.reputation_bounce_rate,
+            settings.reputation_complaint_rate,
+            settings.reputation_min_recipients,
+        )
+
+    async def counts(
+        self,
+        *,
+        user_id: ObjectId | None = None,
+        domain: str | None = None,
+        now: datetime | None = None,
+    ) -> Counts:
+        """Rolling-window counts for one sending user or one sending domain."""
+        since = (now or datetime.now(UTC)) - timedelta(days=self.settings.reputation_window_days)
+        match: dict[str, Any] = {
+            "occurred_at": {"$gte": since},
+            "event_type": {"$in": [*SENT_EVENTS, "bounced", "complained"]},
+        }
+        if user_id is not None:
+            match["sender_user_id"] = user_id
+        if domain is not None:
+            match["sender_domain"] = domain.lower()
+        sent = {"$cond": [{"$in": ["$event_type", list(SENT_EVENTS)]}, 1, 0]}
+        hard = {
+            "$cond": [
+                {"$and": [{"$eq": ["$event_type", "bounced"]}, {"$eq": ["$metadata.hard", True]}]},
+                1,
+                0,
+            ]
+        }
+        complained = {"$cond": [{"$eq": ["$event_type", "complained"]}, 1, 0]}
+        pipeline = [
+            {"$match": match},
+            {
+                "$group": {
+                    "_id": None,
+                    "sent": {"$sum": sent},
+                    "hard": {"$sum": hard},
+                    "complaints": {"$sum": complained},
+                }
+            },
+        ]
+        rows = await (await self.db.delivery_events.aggregate(pipeline)).to_list()
+        row = rows[0] if rows else {}
+        return Counts(
+            int(row.get("sent", 0)), int(row.get("hard", 0)), int(row.get("complaints", 0))
+        )
+
+    async def evaluate(self, user_id: ObjectId | None, domain: str | None) -> list[str]:
+        """Re-check a user and a domain after a bounce or complaint; pause what breaches."""
+        paused = []
+        for kind, value in (("user", user_id), ("domain", domain)):
+            if value is None:
+                continue
+            if isinstance(value, ObjectId):
+                counts = await self.counts(user_id=value)
+            else:
+                counts = await self.counts(domain=value)
+            reason = self.thresholds.breached(counts)
+            if reason and await self._pause(kind, value, counts, reason):
+                paused.append(pause_key(kind, value))
+        return paused
+
+    async def _pause(self, kind: str, value: ObjectId | str, counts: Counts, reason: str) -> bool:
+        now = datetime.now(UTC)
+        key = pause_key(kind, value)
+        fields = {
+            "active": True,
+            "kind": kind,
+            "value": value,
+            "reason": reason,
+            "paused_at": now,
+            "counts": counts.__dict__,
+        }
+        result = await self.db.sending_pauses.update_one(
+            {"_id": key, "active": {"$ne": True}}, {"$set": fields}
+        )
+        if result.matched_count == 0:
+            if await self.db.sending_pauses.find_one({"_id": key}) is not None:
+                return False  # already paused
+            await self.db.sending_pauses.insert_one({"_id": key, **fields})
+        await self.db.reputation_events.insert_one(
+            {
+                "key": key,
+                "kind": kind,
+                "value": value,
+                "event_type": "paused",
+                "reason": reason,
+                "counts": counts.__dict__,
+                "occurred_at": now,
+            }
+        )
+        log.warning("sending paused", key=key, reason=reason)
+        return True
+
+    async def resume(self, kind: str, value: ObjectId | str) -> bool:
+        """Lift a pause (an operator decision); recorded as an event."""
+        key = pause_key(kind, value)
+        result = await self.db.sending_pauses.update_one(
+            {"_id": key, "active": True}, {"$set": {"active": False}}
+        )
+        if result.modified_count:
+            await self.db.reputation_events.insert_one(
+                {
+                    "key": key,
+                    "kind": kind,
+                    "value": value,
+                    "event_type": "resumed",
+                    "occurred_at": datetime.now(UTC),
+                }
+            )
+        return bool(result.modified_count)
+
+    async def pause_for(self, user_id: ObjectId, sender_domain: str) -> dict[str, Any] | None:
+        """The active pause that stops this user sending from this domain, if any."""
+        keys = [pause_key("user", user_id), pause_key("domain", sender_domain.lower())]
+        return await self.db.sending_pauses.find_one({"_id": {"$in": keys}, "active": True})  # type: ignore[no-any-return]
+
+    async def check_can_send(self, user_id: ObjectId, sender_domain: str) -> None:
+        """Raise a clear error when the sender's reputation paused sending (read at send time)."""
+        pause = await self.pause_for(user_id, sender_domain)
+        if pause is not None:
+            raise ValidationError.on(
+                "from",
+                f"sending is paused for this {pause['kind']}: {pause['reason']} in the last "
+                f"{self.settings.reputation_window_days} days",
+            )
+
+    async def events(self, keys: list[str], limit: int = 20) -> list[dict[str, Any]]:
+        cursor = self.db.reputation_events.find({"key": {"$in": keys}})
+        return await cursor.sort("occurred_at", -1).limit(limit).to_list()  # type: ignore[no-any-return]

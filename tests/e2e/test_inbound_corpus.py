@@ -1,0 +1,113 @@
+"""Real-world messages through the MX, read back through GraphQL exactly as they were sent."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from app.domain.parsing import parse_message
+from app.mx.server import start_mx
+from tests.support.mx import MailZone, mail_zone, smtp_send
+
+DATA = Path(__file__).resolve().parent.parent / "data"
+CORPUS = sorted([*(DATA / "eml").glob("*.eml"), *(DATA / "inbound").glob("*.eml")])
+
+ITEM = """query($id: ID!) { message(id: $id) {
+  id folder subject from { name email } to { name email } cc { email } textBody htmlBody
+  rfc822MessageId inReplyTo references hasAttachments size authResults
+  attachments { filename contentType size sha256 downloadUrl }
+  spam { isSpam score modelVersion reasons } } }"""
+LIST = """{
+  inbox: messages(folder: INBOX, first: 50) { edges { node { id rfc822MessageId subject } } }
+  spam: messages(folder: SPAM, first: 50) { edges { node { id rfc822MessageId subject } } } }"""
+
+
+async def listed(api, token):  # type: ignore[no-untyped-def]
+    data = (await api.gql(LIST, token=token))["data"]
+    return [e["node"] for e in data["inbox"]["edges"] + data["spam"]["edges"]]
+
+
+@pytest.fixture(scope="module")
+def zone() -> Iterator[MailZone]:
+    z = mail_zone()
+    yield z
+    z.dns.stop()
+
+
+@pytest.fixture
+def settings(settings, zone):  # type: ignore[no-untyped-def]
+    return settings.model_copy(update={"dns_servers": [zone.address]})
+
+
+def as_sent(raw: bytes) -> bytes:
+    """What an SMTP client transmits: CRLF line ends (smtplib converts bare LF)."""
+    return re.sub(rb"\r?\n", b"\r\n", raw)
+
+
+async def test_corpus_is_stored_and_readable_exactly_as_sent(api, settings):
+    mx = await start_mx(settings, api.system)
+    try:
+        email, token = await api.user("bob")
+        sent: dict[str, bytes] = {}
+        for path in CORPUS:
+            raw = as_sent(path.read_bytes())
+            reply = await smtp_send(mx.port, raw, rcpts=[email], mail_from="sender@none.test")
+            assert reply["data"][0] == 250, (path.name, reply)
+            sent[path.name] = raw
+        assert len(await listed(api, token)) == len(CORPUS)
+
+        db = api.system.mongo.db
+        for name, raw in sent.items():
+            expected = parse_message(raw)
+            stored = await db.messages.find_one({"content_sha256": hashlib.sha256(raw).hexdigest()})
+            assert stored is not None, name
+            item = await db.mailbox_items.find_one({"message_id": stored["_id"]})
+            node = (await api.gql(ITEM, {"id": str(item["_id"])}, token=token))["data"]["message"]
+            assert node["subject"] == expected.subject, name
+            assert node["textBody"] == expected.text_body, name
+            assert (node["htmlBody"] is None) == (expected.html_body is None), name
+            assert node["rfc822MessageId"] == expected.message_id, name
+            assert node["from"]["email"] == (
+                expected.from_.email if expected.from_ else "sender@none.test"
+            )
+            assert [a["email"] for a in node["to"]] == [a.email for a in expected.to], name
+            assert node["size"] == len(raw)
+            assert node["authResults"].startswith("mx.mailhub.test; spf=none")
+            assert node["spam"]["modelVersion"] and 0.0 <= node["spam"]["score"] <= 1.0
+            assert [(a["filename"], a["contentType"], a["size"]) for a in node["attachments"]] == [
+                (a.filename, a.content_type, len(a.data)) for a in expected.attachments
+            ], name
+            for attachment, original in zip(node["attachments"], expected.attachments, strict=True):
+                body = await api.http.get(
+                    urlsplit(attachment["downloadUrl"]).path,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                assert body.status_code == 200 and body.content == original.data, (name, attachment)
+            blob = await api.system.blobs.get(stored["raw_blob_id"])
+            assert blob.endswith(raw), name  # byte for byte, after our trace headers
+    finally:
+        await mx.stop(grace=2)
+
+
+async def test_non_utf8_samples_decode_to_the_right_text(api, settings):
+    mx = await start_mx(settings, api.system)
+    try:
+        email, token = await api.user("bob")
+        for name in ("koi8r_8bit.eml", "shift_jis.eml", "utf8_raw_headers.eml"):
+            path = next(p for p in CORPUS if p.name == name)
+            reply = await smtp_send(
+                mx.port, as_sent(path.read_bytes()), rcpts=[email], mail_from="sender@none.test"
+            )
+            assert reply["data"][0] == 250, reply
+        nodes = await listed(api, token)
+        by_id = {n["rfc822MessageId"]: n for n in nodes}
+    finally:
+        await mx.stop(grace=2)
+    assert by_id["<koi8@mail.example>"]["subject"] == "Привет"
+    assert any(n["subject"] == "Фото с выходных 📷" for n in nodes)
+    assert any(n["subject"] == "会議資料の送付" for n in nodes), [n["subject"] for n in nodes]
