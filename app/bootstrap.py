@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from app.adapters.blobs import BlobStore
 from app.adapters.indexes import ensure_indexes
 from app.adapters.mongo import Mongo
+from app.adapters.pubsub import PubSubHub
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.config import ConfigError, Settings
@@ -15,7 +17,9 @@ from app.services.attachments import AttachmentService
 from app.services.content import ContentService
 from app.services.mailbox import MailboxService
 from app.services.notifier import Notifier
+from app.services.realtime import RealtimeService
 from app.services.sending import SendingService
+from app.services.spam_feedback import SpamFeedbackService
 from app.services.suppression import SuppressionService
 
 
@@ -33,8 +37,23 @@ class System:
     attachments: AttachmentService
     sending: SendingService
     suppression: SuppressionService
+    hub: PubSubHub
+    realtime: RealtimeService
+    reputation: Any = None  # issue 4: ReputationService, BounceProcessor, InboundService
+    bounces: Any = None
+    inbound: Any = None
+    suppression_views: Any = None
+    search: Any = None  # issue 6: SearchService; None without MAILHUB_TYPESENSE_URL
+    delivery: Any = None  # issue 3: DeliveryService, SchedulingService
+    scheduling: Any = None
+    spam_feedback: Any = None  # issue 5: SpamFeedbackService
 
     async def close(self) -> None:
+        if self.delivery is not None:  # first: in-flight deliveries record their outcomes
+            await self.delivery.close()
+        if self.search is not None:
+            await self.search.close()
+        await self.hub.close()
         await self.queue.close()
         await self.redis.close()
         await self.mongo.close()
@@ -44,6 +63,8 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     missing = settings.missing_services()
     if missing:
         raise ConfigError(f"set {', '.join(missing)} (or run `mailhub dev` for embedded servers)")
+    if settings.environment == "production" and not settings.secret_key:
+        raise ConfigError("MAILHUB_SECRET_KEY: required in production (it signs cursors and bounce addresses)")
     assert settings.mongodb_uri and settings.redis_url
     mongo = Mongo.open(settings.mongodb_uri, settings.mongodb_database, timeout_ms=settings.mongo_timeout_ms)
     if ensure:
@@ -60,6 +81,76 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     sending = SendingService(mongo=mongo, blobs=blobs, redis=redis, queue=queue, accounts=accounts,
                              attachments=attachments, mailbox=mailbox, notifier=notifier, settings=settings,
                              suppression=suppression)
+    hub = PubSubHub(settings.redis_url, settings.redis_prefix)
+    realtime = RealtimeService(mongo, hub)
     notifier.on_release(content.collect)
-    return System(settings, mongo, redis, queue, blobs, notifier, accounts, mailbox, content, attachments,
-                  sending, suppression)
+    notifier.on_change(realtime.publish_changes)
+    system = System(settings=settings, mongo=mongo, redis=redis, queue=queue, blobs=blobs, notifier=notifier,
+                    accounts=accounts, mailbox=mailbox, content=content, attachments=attachments,
+                    sending=sending, suppression=suppression, hub=hub, realtime=realtime)
+    system.spam_feedback = SpamFeedbackService(mongo, blobs, mailbox)
+    _add_inbound(system)
+    system.inbound.feedback = system.spam_feedback
+    _add_delivery(system)
+    _add_search(system)
+    return system
+
+
+def _add_search(system: System) -> None:
+    """Search (issue 6): the index jobs follow every committed change."""
+    from app.services.search import build_search
+
+    system.search = build_search(system.settings, system.mongo, system.queue, system.content)
+    if system.search is not None:
+        system.notifier.on_change(system.search.indexer.on_change)
+
+
+def _add_inbound(system: System) -> None:
+    """The MX side: reputation, bounce processing and the inbound pipeline (issue 4)."""
+    from app.adapters.clamav import ClamdScanner
+    from app.adapters.mail_auth import MailAuthenticator
+    from app.adapters.spam_scorer import ModelScorer
+    from app.services.bounce_processing import BounceProcessor
+    from app.services.inbound import InboundService
+    from app.services.inbound_store import InboundStore
+    from app.services.reputation import ReputationService
+    from app.services.suppression_views import SuppressionViews
+
+    s = system.settings
+    secret = s.secret_key.get_secret_value().encode() if s.secret_key else b""
+    system.reputation = ReputationService(system.mongo, s)
+    system.suppression_views = SuppressionViews(system.mongo, system.suppression)
+    system.sending.reputation = system.reputation
+    system.bounces = BounceProcessor(system.mongo, system.suppression, system.reputation, secret)
+    system.inbound = InboundService(
+        mongo=system.mongo, blobs=system.blobs, settings=s,
+        store=InboundStore(system.mongo, system.notifier, max_batch=s.mx_batch_max),
+        authenticator=MailAuthenticator(s.dns_servers, s.hostname), scorer=ModelScorer(s.spam_model_path),
+        bounces=system.bounces, scanner=ClamdScanner(s.clamd) if s.clamd else None)
+
+
+def _add_delivery(system: System) -> None:
+    """Outbound delivery (issue 3): SMTP transport, DKIM, domain throttles, scheduling."""
+    from app.adapters.dkim_signer import DkimSigner
+    from app.adapters.dns_resolver import DnsResolver
+    from app.adapters.smtp_transport import Relay, SmtpTransport
+    from app.adapters.throttle import DomainThrottle
+    from app.services.delivery import DeliveryService
+    from app.services.scheduling import SchedulingService
+
+    s = system.settings
+    password = s.relay_password.get_secret_value() if s.relay_password else None
+    relay = Relay(s.relay_host, s.relay_port, s.relay_username, password) if s.relay_host else None
+    transport = SmtpTransport(local_hostname=s.hostname, port=s.delivery_port, tls=s.delivery_tls,
+                              timeout=s.delivery_timeout_seconds, relay=relay)
+    throttle = DomainThrottle(system.redis, concurrency=s.domain_concurrency,
+                              rate_per_minute=s.domain_rate_per_minute,
+                              slot_ttl=float(s.delivery_lease_seconds))
+    system.scheduling = SchedulingService(
+        mongo=system.mongo, redis=system.redis, queue=system.queue, mailbox=system.mailbox,
+        notifier=system.notifier, sending=system.sending)
+    system.delivery = DeliveryService(
+        mongo=system.mongo, redis=system.redis, queue=system.queue, blobs=system.blobs,
+        suppression=system.suppression, notifier=system.notifier, settings=s, transport=transport,
+        resolver=DnsResolver(s.dns_servers), signer=DkimSigner(), throttle=throttle,
+        scheduling=system.scheduling)

@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     typesense_url: str | None = None
     typesense_api_key: SecretStr | None = None
     typesense_collection: str = "mailbox_items"
+    typesense_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    search_body_chars: int = Field(default=20_000, ge=1000, le=1_000_000)  # body text indexed per item
     clamd: str | None = None
 
     # --- identity ---
@@ -47,6 +49,7 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=0, le=65535)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # `mailhub worker` / `mx`: serve /metrics here
     public_url: str | None = None  # base URL for links (download URLs); default http://http_host:http_port
 
     # --- outbound delivery ---
@@ -58,6 +61,15 @@ class Settings(BaseSettings):
     relay_username: str | None = None
     relay_password: SecretStr | None = None
     undo_seconds: int = Field(default=0, ge=0, le=300)
+    delivery_timeout_seconds: float = Field(default=60, gt=0, le=600)  # per SMTP command
+    delivery_lease_seconds: int = Field(default=300, ge=1)  # > worst-case transaction time
+    queue_lifetime_seconds: int = Field(default=5 * 86400, ge=1)
+    transactional_lifetime_seconds: int = Field(default=6 * 3600, ge=1)
+    delay_notice_seconds: int = Field(default=4 * 3600, ge=1)
+    retry_schedule: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [120, 300, 600, 900, 1800, 3600, 7200])
+    domain_concurrency: int = Field(default=20, ge=1)  # connections per destination domain
+    domain_rate_per_minute: int = Field(default=3000, ge=0)  # messages; 0 = unlimited
     send_limit_per_hour: int = Field(default=500, ge=1)
     send_limit_per_day: int = Field(default=2000, ge=1)
 
@@ -74,16 +86,39 @@ class Settings(BaseSettings):
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=4000, ge=100)
     mongo_timeout_ms: int = Field(default=3000, ge=100)
+    ws_token_check_seconds: float = Field(default=30.0, gt=0)  # how soon a revoked token ends subscriptions
 
     # --- inbound (MX) ---
     webhook_secret: SecretStr | None = None
+    webhook_tolerance_seconds: int = Field(default=300, ge=1)  # signed timestamps older: replay
     smtp_max_message_bytes: int = Field(default=50 * 1024 * 1024, ge=1024)
+    smtp_max_header_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # RFC 5321 §4.5.3.1.6 says 1000; real mail (one-line HTML, folded-less headers) goes far beyond.
+    smtp_max_line_bytes: int = Field(default=1024 * 1024, ge=1001)
+    smtp_max_recipients: int = Field(default=100, ge=1)
+    smtp_timeout_seconds: float = Field(default=300, gt=0)  # RFC 5321 §4.5.3.2.7
+    smtp_max_errors: int = Field(default=20, ge=1)  # replies >= 400 before we hang up (Postfix: 20)
+    smtp_connections_per_ip: int = Field(default=50, ge=1)  # concurrent connections per client IP
+    smtp_messages_per_minute_per_ip: int = Field(default=600, ge=1)
+    # Clients exempt from the per-IP limits (Postfix exempts $mynetworks the same way).
+    smtp_limit_exempt: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+    smtp_tls_cert: Path | None = None  # PEM; with smtp_tls_key, the MX offers STARTTLS
+    smtp_tls_key: Path | None = None
+    mx_batch_max: int = Field(default=64, ge=1)  # group commit: messages per transaction
+    mx_processes: int = Field(default=1, ge=1, le=64)  # `mailhub mx` workers sharing the port
+    spam_model_path: Path | None = None  # default: the newest committed model under ml/models
+    reputation_bounce_rate: float = Field(default=0.05, gt=0, le=1)
+    reputation_complaint_rate: float = Field(default=0.001, gt=0, le=1)
+    reputation_min_recipients: int = Field(default=200, ge=1)
+    reputation_window_days: int = Field(default=7, ge=1)
 
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
-    @field_validator("cors_origins", "dns_servers", mode="before")
+    @field_validator("cors_origins", "dns_servers", "smtp_limit_exempt", "retry_schedule",
+                     mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         return _comma_list(value)

@@ -16,9 +16,9 @@ from arq.worker import Worker
 from app.adapters.queue import queue_name
 from app.bootstrap import build_system
 from app.config import Settings
-from jobs import maintenance
+from jobs import delivery, indexing, maintenance, spam
 
-JOB_MODULES: list[Any] = [maintenance]
+JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam]
 
 JOB_TIMEOUT_SECONDS = 120  # shorter than any lease a job takes (delivery leases are 5 min)
 
@@ -55,6 +55,9 @@ def worker_options(settings: Settings, system: Any = None) -> dict[str, Any]:
         "on_shutdown": shutdown,
         "job_timeout": JOB_TIMEOUT_SECONDS,
         "max_jobs": 20,
+        # arq polls Redis for due jobs; 0.5 s (its default) would be most of the time from a
+        # change to "searchable" or to the first delivery attempt. 50 ms costs little.
+        "poll_delay": 0.05,
         "keep_result": 60,
         "ctx": ctx,
     }
@@ -65,6 +68,10 @@ def run_worker(settings: Settings) -> int:
     from app.logs import configure_logging
 
     configure_logging(settings)
+    if settings.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.http_host)  # worker metrics: /metrics
     worker = Worker(**worker_options(settings))
     worker.run()
     return 0
@@ -76,7 +83,12 @@ async def start_embedded_worker(settings: Settings, system: Any = None) -> Calla
     task = asyncio.create_task(worker.async_run())
 
     async def stop() -> None:
-        await worker.close()
+        import warnings
+
+        with warnings.catch_warnings():
+            # arq 0.28 calls redis-py's deprecated close(); harmless, and not ours to fix
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await worker.close()
         task.cancel()
         try:
             await task

@@ -9,29 +9,44 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
-from strawberry.extensions import MaxAliasesLimiter, MaxTokensLimiter, QueryDepthLimiter
+from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
+from strawberry.extensions.max_aliases import create_validator as aliases_rule
+from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.tools import merge_types
 
 from app.config import Settings
+from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import EXCEPTION_HANDLERS, ErrorShaping
 from schema.mutation import Mutation
 from schema.query import Query
+from schema.search import SearchQuery
+from schema.spam import SpamMutation
+from schema.suppressions import SuppressionsMutation, SuppressionsQuery
 
-QUERIES: list[type] = [Query]
-MUTATIONS: list[type] = [Mutation]
-SUBSCRIPTIONS: list[type] = []
+from schema.realtime import RealtimeQuery, RealtimeSubscription
+
+QUERIES: list[type] = [Query, RealtimeQuery, SearchQuery, SuppressionsQuery, DeliveryQuery]
+MUTATIONS: list[type] = [Mutation, SuppressionsMutation, DeliveryMutation, SpamMutation]
+SUBSCRIPTIONS: list[type] = [RealtimeSubscription]
 
 
 def build_schema(settings: Settings) -> strawberry.Schema:
     subscription: Any = merge_types("Subscription", tuple(SUBSCRIPTIONS)) if SUBSCRIPTIONS else None
+    # The limit rules are built once, not per request: the validation cache is keyed by the
+    # rule classes, so per-request classes (what QueryDepthLimiter(...) makes) never hit it.
+    rules = [depth_rule(settings.graphql_max_depth, None, None),
+             aliases_rule(settings.graphql_max_aliases)]
     return strawberry.Schema(
         query=merge_types("Query", tuple(QUERIES)),
         mutation=merge_types("Mutation", tuple(MUTATIONS)),
         subscription=subscription,
         extensions=[
-            lambda: QueryDepthLimiter(max_depth=settings.graphql_max_depth),
-            lambda: MaxAliasesLimiter(max_alias_count=settings.graphql_max_aliases),
+            lambda: AddValidationRules(rules),
             lambda: MaxTokensLimiter(max_token_count=settings.graphql_max_tokens),
+            # Clients send the same few documents over and over: parse and validate each once.
+            # Limits still apply: a document is cached only after passing them.
+            lambda: ParserCache(maxsize=256),
+            lambda: ValidationCache(maxsize=256),
             ErrorShaping,
         ],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -25,6 +25,23 @@ class Context:
     response: Any = None
     _viewer: Viewer | None = None
     loaders: dict[str, DataLoader[Any, Any]] = field(default_factory=dict)
+    connection_params: dict[str, Any] | None = None  # websocket connection_init payload
+
+    async def authenticate_websocket(self) -> Viewer:
+        """graphql-transport-ws: the token comes in connection_init as {"token": ...}."""
+        params = self.connection_params or {}
+        token = params.get("token") if isinstance(params.get("token"), str) else None
+        self.token = token or self.token
+        return await self.viewer()
+
+    async def disconnect_slow_client(self) -> None:
+        """Back-pressure: close the websocket of a client whose queue overflowed."""
+        close = getattr(self.request, "close", None)
+        if close is not None:
+            try:
+                await close(code=4008, reason="client too slow")
+            except Exception:  # already closing
+                pass
 
     async def viewer(self) -> Viewer:
         if self._viewer is None:

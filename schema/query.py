@@ -32,7 +32,7 @@ class Query:
             edges=[T.MailboxItemEdge(cursor=c, node=T.MailboxItem(doc=d))
                    for d, c in zip(page.nodes, page.cursors, strict=True)],
             page_info=T.PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor),
-            total_count=page.total or 0)
+            scope={"folder": _folder(folder), "label": label})
 
     @strawberry.field
     async def message(self, info: Info, id: strawberry.ID) -> T.MailboxItem | None:

@@ -105,51 +105,44 @@ class SpamVerdict:
 
 @strawberry.type
 class MailboxItem:
+    """One view. The summary fields are plain attributes filled from the view document (the
+    cheap path in Strawberry: no resolver call per field per item); content fields resolve
+    lazily through the request's batch loaders."""
+
     doc: strawberry.Private[dict[str, Any]]
+    id: strawberry.ID = strawberry.ID("")
+    message_id: strawberry.ID = strawberry.ID("")
+    thread_id: strawberry.ID = strawberry.ID("")
+    folder: Folder = FolderValue.INBOX
+    labels: list[str] = strawberry.field(default_factory=list)
+    read: bool = False
+    starred: bool = False
+    received_at: datetime = datetime.min
+    from_: Address = strawberry.field(name="from", default=None)  # type: ignore[assignment]
+    to: list[Address] = strawberry.field(default_factory=list)
+    cc: list[Address] = strawberry.field(default_factory=list)
+    subject: str = ""
+    snippet: str = ""
+    has_attachments: bool = False
+    size: int = 0
 
-    @strawberry.field
-    def id(self) -> strawberry.ID:
-        return strawberry.ID(str(self.doc["_id"]))
-
-    @strawberry.field
-    def message_id(self) -> strawberry.ID:
-        return strawberry.ID(str(self.doc["message_id"]))
-
-    @strawberry.field
-    def thread_id(self) -> strawberry.ID:
-        return strawberry.ID(str(self.doc["thread_id"]))
-
-    @strawberry.field
-    def folder(self) -> Folder:
-        return FolderValue(self.doc["folder"])
-
-    @strawberry.field
-    def labels(self) -> list[str]:
-        return list(self.doc.get("labels") or [])
-
-    @strawberry.field
-    def read(self) -> bool:
-        return bool(self.doc.get("read"))
-
-    @strawberry.field
-    def starred(self) -> bool:
-        return bool(self.doc.get("starred"))
-
-    @strawberry.field
-    def received_at(self) -> datetime:
-        return self.doc["received_at"]  # type: ignore[no-any-return]
-
-    @strawberry.field(name="from")
-    def from_(self) -> Address:
-        return Address.of(self.doc.get("from"))
-
-    @strawberry.field
-    def to(self) -> list[Address]:
-        return addresses(self.doc.get("to"))
-
-    @strawberry.field
-    def cc(self) -> list[Address]:
-        return addresses(self.doc.get("cc"))
+    def __post_init__(self) -> None:
+        d = self.doc
+        self.id = strawberry.ID(str(d["_id"]))
+        self.message_id = strawberry.ID(str(d["message_id"]))
+        self.thread_id = strawberry.ID(str(d["thread_id"]))
+        self.folder = FolderValue(d["folder"])
+        self.labels = list(d.get("labels") or [])
+        self.read = bool(d.get("read"))
+        self.starred = bool(d.get("starred"))
+        self.received_at = d["received_at"]
+        self.from_ = Address.of(d.get("from"))
+        self.to = addresses(d.get("to"))
+        self.cc = addresses(d.get("cc"))
+        self.subject = d.get("subject") or ""
+        self.snippet = d.get("snippet") or ""
+        self.has_attachments = bool(d.get("has_attachments"))
+        self.size = int(d.get("size") or 0)
 
     @strawberry.field(description="Empty unless the viewer sent the message.")
     async def bcc(self, info: Info) -> list[Address]:
@@ -160,14 +153,6 @@ class MailboxItem:
     @strawberry.field
     async def reply_to(self, info: Info) -> list[Address]:
         return addresses((await self._message(info)).get("reply_to"))
-
-    @strawberry.field
-    def subject(self) -> str:
-        return self.doc.get("subject") or ""
-
-    @strawberry.field
-    def snippet(self) -> str:
-        return self.doc.get("snippet") or ""
 
     @strawberry.field
     async def text_body(self, info: Info) -> str | None:
@@ -200,14 +185,6 @@ class MailboxItem:
                            content_type=a["content_type"], size=a["size"], sha256=a["sha256"],
                            download_url=f"{base}/api/attachments/{a['id']}")
                 for a in (await self._message(info)).get("attachments") or []]
-
-    @strawberry.field
-    def has_attachments(self) -> bool:
-        return bool(self.doc.get("has_attachments"))
-
-    @strawberry.field
-    def size(self) -> int:
-        return int(self.doc.get("size") or 0)
 
     @strawberry.field(description="Per-recipient delivery state; empty unless the viewer sent it.")
     async def recipients(self, info: Info) -> list[RecipientStatus]:
@@ -250,7 +227,11 @@ class MailboxItemEdge:
 class MailboxItemConnection:
     edges: list[MailboxItemEdge]
     page_info: PageInfo
-    total_count: int
+    scope: strawberry.Private[dict[str, Any]]
+
+    @strawberry.field(description="Items in the folder or label (read only when asked for).")
+    async def total_count(self, info: Info) -> int:
+        return await info.context.system.mailbox.count(await info.context.viewer(), **self.scope)  # type: ignore[no-any-return]
 
 
 @strawberry.type

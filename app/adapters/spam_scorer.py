@@ -42,7 +42,7 @@ class ModelScorer:
         self.model = ml.load_model(path)
 
     def score(self, raw: bytes) -> SpamVerdict:
-        verdict = self._ml.score(_bounded(raw), self.model)
+        verdict = self._ml.score(bounded_for_scoring(raw), self.model)
         return SpamVerdict(
             bool(verdict.is_spam),
             float(verdict.score),
@@ -51,7 +51,8 @@ class ModelScorer:
         )
 
 
-def _bounded(raw: bytes) -> bytes:
+def bounded_for_scoring(raw: bytes) -> bytes:
+    """The prefix of a message that scoring reads."""
     if len(raw) <= MAX_SCORED_BYTES:
         return raw
     # Cut at a line end so the parser sees whole lines; a truncated MIME tree parses leniently.

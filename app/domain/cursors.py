@@ -20,6 +20,7 @@ from app.domain.errors import ValidationError
 class Cursor:
     at: datetime
     id: str
+    span: float | None = None  # seconds the previous page covered: sizes the next page's window
 
 
 def _sign(key: bytes, payload: bytes) -> bytes:
@@ -28,7 +29,10 @@ def _sign(key: bytes, payload: bytes) -> bytes:
 
 def encode_cursor(cursor: Cursor, key: bytes, kind: str = "m") -> str:
     millis = int(cursor.at.timestamp() * 1000)
-    payload = json.dumps([kind, millis, cursor.id], separators=(",", ":")).encode()
+    parts: list[object] = [kind, millis, cursor.id]
+    if cursor.span is not None:
+        parts.append(round(cursor.span, 3))
+    payload = json.dumps(parts, separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(payload + _sign(key, payload)).decode().rstrip("=")
 
 
@@ -44,10 +48,11 @@ def decode_cursor(text: str, key: bytes, kind: str = "m", field: str = "after") 
     if len(raw) <= 12 or not hmac.compare_digest(signature, _sign(key, payload)):
         raise invalid
     try:
-        got_kind, millis, ident = json.loads(payload)
+        got_kind, millis, ident, *rest = json.loads(payload)
         at = datetime.fromtimestamp(int(millis) / 1000, tz=UTC)
+        span = float(rest[0]) if rest else None
     except (ValueError, TypeError, OverflowError, OSError):
         raise invalid from None
-    if got_kind != kind or not isinstance(ident, str):
+    if got_kind != kind or not isinstance(ident, str) or (span is not None and not span >= 0):
         raise invalid
-    return Cursor(at, ident)
+    return Cursor(at, ident, span)

@@ -202,6 +202,10 @@ class AccountService:
         await self.db.api_tokens.insert_one({
             "_id": hash_token(token),
             "user_id": user["_id"],
+            # denormalized so authenticating a request is one read; disabling a user revokes
+            # every token (set_disabled), so these never outlive the account
+            "email": user["email"],
+            "name": user.get("name"),
             "created_at": now,
             "expires_at": now + timedelta(hours=s.token_ttl_hours),
             "client": client,
@@ -226,10 +230,14 @@ class AccountService:
         now = datetime.now(UTC)
         if doc is None or doc.get("revoked_at") or doc["expires_at"] <= now:
             raise AuthError("invalid or expired token")
-        user = await self.db.users.find_one({"_id": doc["user_id"]}, {"email": 1, "name": 1, "disabled": 1})
-        if user is None or user.get("disabled"):
-            raise AuthError("invalid or expired token")
-        return Viewer(user["_id"], user["email"], user.get("name"), doc["_id"])
+        return Viewer(doc["user_id"], doc["email"], doc.get("name"), doc["_id"])
+
+    async def set_disabled(self, user_id: ObjectId, disabled: bool = True) -> None:
+        """Disable (or re-enable) a user; disabling revokes every token at once."""
+        await self.db.users.update_one({"_id": user_id}, {"$set": {"disabled": disabled}})
+        if disabled:
+            await self.db.api_tokens.update_many({"user_id": user_id, "revoked_at": None},
+                                                 {"$set": {"revoked_at": datetime.now(UTC)}})
 
     async def revoke(self, token: str) -> bool:
         result = await self.db.api_tokens.update_one(

@@ -7,10 +7,11 @@ so a message, its views, its threads and the counters change together or not at 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
+from pymongo import ReturnDocument
 
 from app.domain.conversations import may_join_by_subject, thread_lookup_ids
 from app.domain.folders import CounterKey, counter_deltas, merge_deltas
@@ -43,6 +44,31 @@ class Change:
     thread_id: ObjectId | None = None
     folders: tuple[str, ...] = ()
     item: dict[str, Any] | None = field(default=None, repr=False)
+    state: int | None = None  # the owner's sync state after this change (set when recorded)
+
+
+async def record_changes(db: Any, changes: list[Change], session: Any) -> None:
+    """Append changes to the owners' change logs, inside the caller's transaction.
+
+    Each user has a monotonically increasing ``state``; every change gets the next value, so
+    a client that saw state N asks ``changes(since: N)`` and gets exactly what it missed.
+    """
+    by_user: dict[ObjectId, list[Change]] = {}
+    for change in changes:
+        by_user.setdefault(change.user_id, []).append(change)
+    now = datetime.now(UTC)
+    for user_id, group in by_user.items():
+        user = await db.users.find_one_and_update(
+            {"_id": user_id}, {"$inc": {"state": len(group)}}, projection={"state": 1},
+            return_document=ReturnDocument.AFTER, session=session)
+        if user is None:
+            continue  # no such user (deleted meanwhile): nobody to sync
+        end = int(user["state"])
+        for offset, change in enumerate(group):
+            change.state = end - len(group) + 1 + offset
+        await db.mailbox_changes.insert_many([
+            {"user_id": user_id, "seq": c.state, "item_id": c.item_id, "kind": c.kind, "at": now}
+            for c in group], session=session)
 
 
 def summary_of(message: dict[str, Any]) -> dict[str, Any]:
@@ -56,15 +82,17 @@ def _participants(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def apply_counter_deltas(db: Any, user_id: ObjectId, deltas: dict[CounterKey, dict[str, int]],
-                               session: Any) -> None:
+                               session: Any, arrived_at: datetime | None = None) -> None:
+    """Move the counters; ``arrived_at`` (the oldest entering view) keeps ``first_at``, the
+    folder's oldest arrival, from which folder pages size their time window."""
     for (kind, name), change in deltas.items():
         if not change["total"] and not change["unread"]:
             continue
+        update: dict[str, Any] = {"$inc": {"total": change["total"], "unread": change["unread"]}}
+        if arrived_at is not None and change["total"] > 0:
+            update["$min"] = {"first_at": arrived_at}
         await db.mailbox_counters.update_one(
-            {"user_id": user_id, "kind": kind, "name": name},
-            {"$inc": {"total": change["total"], "unread": change["unread"]}},
-            upsert=True, session=session,
-        )
+            {"user_id": user_id, "kind": kind, "name": name}, update, upsert=True, session=session)
 
 
 async def _resolve_thread(db: Any, user_id: ObjectId, message: dict[str, Any], now: datetime,
@@ -187,9 +215,10 @@ async def file_message(db: Any, message: dict[str, Any], views: list[ViewSpec], 
         await _register_refs(db, spec.user_id, thread_id, message, session)
         deltas: dict[CounterKey, dict[str, int]] = {}
         merge_deltas(deltas, counter_deltas(None, item))
-        await apply_counter_deltas(db, spec.user_id, deltas, session)
+        await apply_counter_deltas(db, spec.user_id, deltas, session, arrived_at=received_at)
         touched.add((spec.user_id, thread_id))
         items.append(item)
         changes.append(Change(spec.user_id, item["_id"], "created", thread_id, (item["folder"],), item))
     await refresh_threads(db, touched, session)
+    await record_changes(db, changes, session)
     return items, changes

@@ -21,7 +21,7 @@ from app.adapters.blobs import BlobStore
 from app.adapters.clamav import ClamdScanner
 from app.adapters.mail_auth import AuthVerdict, MailAuthenticator
 from app.adapters.mongo import Mongo, as_domain_error
-from app.adapters.spam_scorer import Scorer, SpamVerdict
+from app.adapters.spam_scorer import Scorer, SpamVerdict, bounded_for_scoring
 from app.config import Settings
 from app.domain.addresses import domain_of, normalize_email
 from app.domain.conversations import normalize_subject
@@ -89,6 +89,8 @@ class InboundService:
         self.scorer = scorer
         self.bounces = bounces
         self.scanner = scanner
+        # issue 5: per-user adjustment from markSpam/markNotSpam (set by bootstrap)
+        self.feedback: Any = None
         self._domains: tuple[float, frozenset[str]] = (0.0, frozenset())
         secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self._verp_secret = secret.encode()
@@ -169,9 +171,27 @@ class InboundService:
         folder = (
             Folder.SPAM if spam.is_spam or auth.dmarc.disposition == "quarantine" else Folder.INBOX
         )
-        prepared = self.prepare(envelope, raw, parsed, auth, spam, folder.value, mailboxes)
+        personal = await self._personal_verdicts(raw, mailboxes, quarantine=auth.dmarc.disposition == "quarantine")
+        prepared = self.prepare(envelope, raw, parsed, auth, spam, folder.value, mailboxes, personal)
         result = await self.store.store(prepared)
         return Receipt(result.message_id, result.items, folder.value, applied)
+
+    async def _personal_verdicts(self, raw: bytes, mailboxes: list[LocalRecipient], *, quarantine: bool
+                                 ) -> dict[ObjectId, tuple[str, dict[str, Any]]]:
+        """(folder, verdict) for recipients whose own spam feedback moves the global verdict."""
+        if self.feedback is None:
+            return {}
+        users = [r.user_id for r in mailboxes if r.user_id is not None]
+        taught = await self.feedback.has_feedback(users)
+        out: dict[ObjectId, tuple[str, dict[str, Any]]] = {}
+        for user_id in taught:
+            v = await self.feedback.verdict_for_user(bounded_for_scoring(raw), user_id,
+                                                     getattr(self.scorer, "model", None))
+            verdict = SpamVerdict(bool(v.is_spam), float(v.score), str(v.model_version),
+                                  [str(r) for r in v.reasons])
+            folder = Folder.SPAM if verdict.is_spam or quarantine else Folder.INBOX
+            out[user_id] = (folder.value, verdict.as_doc())
+        return out
 
     async def _scan(self, parsed: ParsedMessage) -> None:
         if self.scanner is None:
@@ -193,6 +213,7 @@ class InboundService:
         spam: SpamVerdict,
         folder: str,
         mailboxes: list[LocalRecipient],
+        personal: dict[ObjectId, tuple[str, dict[str, Any]]] | None = None,
     ) -> PreparedInbound:
         """The documents and blobs of one accepted message (pure: no I/O)."""
         now = datetime.now(UTC)
@@ -287,7 +308,7 @@ class InboundService:
         users = list(dict.fromkeys(r.user_id for r in mailboxes if r.user_id is not None))
         return PreparedInbound(
             message=message,
-            views=[InboundView(u, folder, spam_doc) for u in users],
+            views=[InboundView(u, *(personal or {}).get(u, (folder, spam_doc))) for u in users],
             dedupe_key=f"{parsed.message_id or ''}|{content_hash}",
             blobs=blobs,
             attachments=attachment_docs,

@@ -7,7 +7,7 @@ indistinguishable from one that does not exist.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -27,10 +27,15 @@ from app.domain.folders import (
 )
 from app.domain.ids import parse_object_id
 from app.services.accounts import Viewer
-from app.services.filing import Change, apply_counter_deltas, refresh_threads
+from app.services.filing import Change, apply_counter_deltas, record_changes, refresh_threads
 from app.services.notifier import Notifier
 
 MAX_PAGE = 100
+WINDOW_MIN = 60.0  # seconds
+DEFAULT_WINDOW = 86400.0
+WINDOW_GROWTH = 8
+WINDOW_ROUNDS = 6
+MAX_WINDOW = 60 * 365 * 86400.0  # beyond this, drop the bound
 MAX_BATCH = 500
 PENDING_DELIVERY = ["queued", "scheduled", "sending", "deferred"]
 
@@ -106,23 +111,97 @@ class MailboxService:
         query: dict[str, Any] = {"user_id": viewer.user_id}
         if label is not None:
             query["labels"] = check_label(label, "label")
-            counter = ("label", query["labels"])
         else:
             query["folder"] = (folder or Folder.INBOX.value)
-            counter = ("folder", query["folder"])
-        if after:
-            c = decode_cursor(after, self.cursor_key, "m")
-            cid = parse_object_id(c.id)
-            query["$or"] = [{"received_at": {"$lt": c.at}},
-                            {"received_at": c.at, "_id": {"$lt": cid}}]
-        docs = await self.db.mailbox_items.find(query).sort(
-            [("received_at", -1), ("_id", -1)]).limit(first + 1).to_list()
-        total_doc = await self.db.mailbox_counters.find_one(
-            {"user_id": viewer.user_id, "kind": counter[0], "name": counter[1]}, {"total": 1})
+        cursor = decode_cursor(after, self.cursor_key, "m") if after else None
+        docs, known_span = await self._keyset_page(viewer, query, first + 1, cursor)
         nodes = docs[:first]
-        cursors = [encode_cursor(Cursor(d["received_at"], str(d["_id"])), self.cursor_key, "m")
+        span = ((nodes[0]["received_at"] - nodes[-1]["received_at"]).total_seconds() if nodes else None)
+        if cursor is None and len(docs) > first and span is not None:
+            await self._learn_page_span(viewer, query, span * (first + 1) / first, known_span)
+        cursors = [encode_cursor(Cursor(d["received_at"], str(d["_id"]), span), self.cursor_key, "m")
                    for d in nodes]
-        return Page(nodes, cursors, len(docs) > first, max(0, (total_doc or {}).get("total", 0)))
+        return Page(nodes, cursors, len(docs) > first)
+
+    async def _keyset_page(self, viewer: Viewer, query: dict[str, Any], limit: int,
+                           cursor: Cursor | None) -> tuple[list[dict[str, Any]], float | None]:
+        """The next ``limit`` views after ``cursor`` in (received_at desc, _id desc) order.
+
+        The query is bounded below by a time window sized from the folder's density (first
+        page) or from the previous page's span (cursor), widened ×8 until it holds a page.
+        On MongoDB the index alone would stop after ``limit`` keys; SecantusDB (dev/test)
+        sorts every match before limiting, so an unbounded query costs O(folder size). The
+        window keeps a page O(page size) on both, at the price of an occasional second query.
+        """
+        sort = [("received_at", -1), ("_id", -1)]
+        items = self.db.mailbox_items
+        found: list[dict[str, Any]] = []
+        upper: dict[str, Any] = {}
+        known_span = None
+        if cursor is not None:
+            # ties with the cursor's timestamp come first: same received_at, smaller _id
+            found = await items.find({**query, "received_at": cursor.at,
+                                      "_id": {"$lt": parse_object_id(cursor.id)}}).sort(sort).limit(limit).to_list()
+            if len(found) >= limit:
+                return found, None
+            upper = {"$lt": cursor.at}
+            start = cursor.at
+            window, floor = max(WINDOW_MIN, 2 * (cursor.span or 0)), None
+        else:
+            start = datetime.now(UTC)
+            window, floor, total, known_span = await self._first_window(viewer, query, limit)
+            if total == 0:
+                return [], known_span
+        need = limit - len(found)
+        for _ in range(WINDOW_ROUNDS):
+            if window > MAX_WINDOW:
+                break
+            lower = start - timedelta(seconds=window)
+            got = await items.find({**query, "received_at": {**upper, "$gte": lower}}).sort(sort).limit(
+                need).to_list()
+            if len(got) >= need or (floor is not None and lower <= floor):
+                return found + got, known_span
+            window *= WINDOW_GROWTH
+        rest = await items.find({**query, "received_at": upper} if upper else query).sort(sort).limit(
+            need).to_list()
+        return found + rest, known_span
+
+    @staticmethod
+    def _counter_key(viewer: Viewer, query: dict[str, Any]) -> dict[str, Any]:
+        kind, name = ("label", query["labels"]) if "labels" in query else ("folder", query["folder"])
+        return {"user_id": viewer.user_id, "kind": kind, "name": name}
+
+    async def _first_window(self, viewer: Viewer, query: dict[str, Any], limit: int
+                            ) -> tuple[float, datetime | None, int | None, float | None]:
+        """(window seconds, oldest arrival, total) for a first page, from the folder's counter:
+        the span the last first page covered (learned), else the folder's average density."""
+        doc = await self.db.mailbox_counters.find_one(
+            self._counter_key(viewer, query), {"total": 1, "first_at": 1, "page_span": 1})
+        total = int((doc or {}).get("total", 0))
+        first_at = (doc or {}).get("first_at")
+        known = (doc or {}).get("page_span")
+        if known is not None:
+            return max(WINDOW_MIN, 2 * float(known)), first_at, total, known
+        if total <= 0 or first_at is None:
+            return DEFAULT_WINDOW, None, (total if doc else None), None
+        density = total / max(1.0, (datetime.now(UTC) - first_at).total_seconds())
+        return max(WINDOW_MIN, 2 * limit / density), first_at, total, None
+
+    async def _learn_page_span(self, viewer: Viewer, query: dict[str, Any], span: float,
+                               known: float | None) -> None:
+        """Remember how much time a first page covers, so the next one queries just that.
+        A hint only: written when it is missing or off by more than 2×."""
+        if known is None or not known / 2 <= span <= known * 2:
+            await self.db.mailbox_counters.update_one(self._counter_key(viewer, query),
+                                                      {"$set": {"page_span": span}})
+
+    async def count(self, viewer: Viewer, *, folder: str | None = None, label: str | None = None) -> int:
+        """Total views in a folder or label, from the counters (no counting of items)."""
+        kind, name = ("label", check_label(label, "label")) if label is not None else (
+            "folder", folder or Folder.INBOX.value)
+        doc = await self.db.mailbox_counters.find_one(
+            {"user_id": viewer.user_id, "kind": kind, "name": name}, {"total": 1})
+        return max(0, int((doc or {}).get("total", 0)))
 
     async def get_item(self, viewer: Viewer, item_id: str) -> dict[str, Any] | None:
         oid = parse_object_id(item_id)
@@ -227,8 +306,10 @@ class MailboxService:
                 updated.append(after)
                 changes.append(Change(viewer.user_id, after["_id"], "updated", after["thread_id"],
                                       tuple({before["folder"], after["folder"]}), after))
-            await apply_counter_deltas(self.db, viewer.user_id, deltas, session)
+            arrived = min((d["received_at"] for d in updated), default=None)
+            await apply_counter_deltas(self.db, viewer.user_id, deltas, session, arrived_at=arrived)
             await refresh_threads(self.db, touched, session)
+            await record_changes(self.db, changes, session)
             return updated, changes
 
         items, changes = await in_transaction(self.mongo, work)
@@ -265,8 +346,10 @@ class MailboxService:
             await self.db.mailbox_items.delete_many({"_id": {"$in": oids}}, session=session)
             await apply_counter_deltas(self.db, viewer.user_id, deltas, session)
             await refresh_threads(self.db, {(viewer.user_id, d["thread_id"]) for d in docs}, session)
-            return docs, [Change(viewer.user_id, d["_id"], "deleted", d["thread_id"], (d["folder"],))
-                          for d in docs]
+            changes = [Change(viewer.user_id, d["_id"], "deleted", d["thread_id"], (d["folder"],))
+                       for d in docs]
+            await record_changes(self.db, changes, session)
+            return docs, changes
 
         docs, changes = await in_transaction(self.mongo, work)
         await self.notifier.committed(changes)

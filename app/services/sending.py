@@ -33,7 +33,7 @@ from app.domain.html_safety import html_to_text, make_snippet, sanitize_html
 from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime, check_header_value, make_message_id
 from app.services.accounts import AccountService, Viewer
 from app.services.attachments import AttachmentService
-from app.services.filing import Change, ViewSpec, file_message, summary_of
+from app.services.filing import Change, ViewSpec, file_message, record_changes, summary_of
 from app.services.mailbox import MailboxService
 from app.services.notifier import Notifier
 from app.services.suppression import SuppressionService
@@ -63,6 +63,8 @@ def addr_doc(a: Address) -> dict[str, Any]:
 
 
 class SendingService:
+    reputation: Any = None  # ReputationService, wired by bootstrap: paused senders are refused
+
     def __init__(self, *, mongo: Mongo, blobs: BlobStore, redis: RedisStore, queue: JobQueue,
                  accounts: AccountService, attachments: AttachmentService, mailbox: MailboxService,
                  notifier: Notifier, settings: Settings, suppression: SuppressionService) -> None:
@@ -91,6 +93,8 @@ class SendingService:
                 return earlier
         now = datetime.now(UTC)
         sender = await self._sender_address(viewer, c.from_)
+        if self.reputation is not None:  # read at send time, never cached (DESIGN.md §6)
+            await self.reputation.check_can_send(viewer.user_id, domain_of(sender.email))
         to = parse_address_list(c.to, "to")
         cc = parse_address_list(c.cc, "cc")
         bcc = parse_address_list(c.bcc, "bcc")
@@ -112,6 +116,8 @@ class SendingService:
             raise ValidationError.on("attachmentIds", "message larger than "
                                      f"{self.settings.max_message_bytes // (1024 * 1024)} MB")
         send_at = self._check_send_at(c.send_at, now)
+        if self.settings.undo_seconds:  # the undo window: every send waits, cancelSend can stop it
+            send_at = max(send_at or now, now + timedelta(seconds=self.settings.undo_seconds))
         parent = await self.mailbox.require_item(viewer, c.in_reply_to, "inReplyTo") if c.in_reply_to else None
         parent_msg = (await self.db.messages.find_one({"_id": parent["message_id"]})) if parent else None
 
@@ -248,8 +254,10 @@ class SendingService:
                     {"_id": draft_item["_id"]},
                     {"$set": {**summary, "received_at": now}, "$inc": {"version": 1}},
                     session=session, return_document=True)
-                return updated, [Change(viewer.user_id, updated["_id"], "updated", updated["thread_id"],
-                                        (Folder.DRAFTS.value,), updated)]
+                changes = [Change(viewer.user_id, updated["_id"], "updated", updated["thread_id"],
+                                  (Folder.DRAFTS.value,), updated)]
+                await record_changes(self.db, changes, session)
+                return updated, changes
 
             item, changes = await in_transaction(self.mongo, update)
         await self.db.attachments.update_many(
@@ -305,7 +313,9 @@ class SendingService:
             raise NotFound(f"no draft with id {item['_id']}")
         await apply_counter_deltas(self.db, viewer.user_id, counter_deltas(item, None), session)
         await refresh_threads(self.db, {(viewer.user_id, item["thread_id"])}, session)
-        return [Change(viewer.user_id, item["_id"], "deleted", item["thread_id"], (item["folder"],))]
+        changes = [Change(viewer.user_id, item["_id"], "deleted", item["thread_id"], (item["folder"],))]
+        await record_changes(self.db, changes, session)
+        return changes
 
     async def _sender_address(self, viewer: Viewer, from_: str | None) -> Address:
         owned = await self.accounts.addresses_of(viewer.user_id)
@@ -400,6 +410,6 @@ class SendingService:
         for domain in domains:
             await self.queue.enqueue("deliver_domain", str(message["_id"]), domain,
                                      job_id=f"deliver:{message['_id']}:{domain}", defer_until=send_at)
-        if send_at and any(r.get("local_user_id") for r in recipients):
+        if send_at:  # the release queues the recipients (and delivers local ones) when due
             await self.queue.enqueue("release_scheduled", str(message["_id"]),
                                      job_id=f"release:{message['_id']}", defer_until=send_at)

@@ -44,6 +44,18 @@ class MailhubGraphQL(GraphQL):  # type: ignore[type-arg]
         return Context(system=self.system, token=bearer_token(request.headers), client=client_of(request),
                        request=request, response=response)
 
+    async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
+        """A bad or expired token closes the socket with 4403 before any data flows."""
+        from strawberry.exceptions import ConnectionRejectionError
+
+        from app.domain.errors import DomainError
+
+        try:
+            viewer = await context.authenticate_websocket()
+        except DomainError as e:
+            raise ConnectionRejectionError({"message": e.message}) from e
+        return {"userId": str(viewer.user_id)}
+
 
 class SecurityHeaders:
     def __init__(self, app: ASGIApp) -> None:
@@ -129,6 +141,9 @@ def wire(app: Starlette, system: System) -> None:
     rest = Rest(system, graphql.schema, context_for)
     for route in rest.routes():
         app.router.routes.append(route)
+    from app.web.webhooks import webhook_routes
+
+    app.router.routes.extend(webhook_routes(system))  # POST /webhooks/events (issue 4)
     app.router.routes.append(Route("/graphql", graphql, methods=["GET", "POST"]))
     from starlette.routing import WebSocketRoute
 

@@ -39,6 +39,12 @@ query Folder($folder: Folder, $first: Int!, $after: String) {
     edges { node { ...ItemFields } } pageInfo { hasNextPage endCursor } totalCount
   }
 }"""
+SEARCH_QUERY = ITEM_FIELDS + """
+query Search($query: String!, $first: Int!, $after: String) {
+  search(query: $query, first: $first, after: $after) {
+    edges { node { highlights item { ...ItemFields } } } pageInfo { hasNextPage endCursor } totalCount
+  }
+}"""
 MAX_JSON_BODY = 40 * 1024 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -192,12 +198,21 @@ class Rest:
         })
 
     async def search(self, request: Request) -> Response:
-        search = getattr(self.system, "search", None)
-        if search is None:
-            from app.domain.errors import ServiceUnavailable
-
-            raise ServiceUnavailable("search is not configured", retry_after_seconds=30)
-        return await search.rest(request, self)  # type: ignore[no-any-return]
+        """Gmail-style search (docs/search.md); each item also carries its ``highlights``."""
+        query = request.query_params.get("q")
+        if query is None:
+            raise ValidationError.on("q", "give a query: ?q=...")
+        try:
+            limit = int(request.query_params.get("limit", "20"))
+        except ValueError:
+            raise ValidationError.on("limit", "limit must be a number") from None
+        data = await self._graphql(request, SEARCH_QUERY, {
+            "query": query, "first": limit, "after": request.query_params.get("cursor") or None})
+        page = data["search"]
+        return JSONResponse({"items": [{**e["node"]["item"], "highlights": e["node"]["highlights"]}
+                                       for e in page["edges"]],
+                             "nextCursor": page["pageInfo"]["endCursor"] if page["pageInfo"]["hasNextPage"]
+                             else None, "total": page["totalCount"]})
 
     def routes(self) -> list[Route]:
         e = endpoint

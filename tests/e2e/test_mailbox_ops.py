@@ -128,3 +128,45 @@ async def test_threads_query_lists_conversations_by_latest_activity(api):
                              "participants { email } } } } }", token=b))["data"]["threads"]["edges"]
     assert [t["node"]["subject"] for t in threads] == ["newer", "older"]
     assert {p["email"] for p in threads[0]["node"]["participants"]} == {alice, bob}
+
+
+async def test_content_is_collected_when_no_view_references_it(api):
+    alice, a = await api.user("alice")
+    bob, b = await api.user("bob")
+    att = (await api.http.post("/api/attachments", files={"file": ("a.bin", b"\x00" * 5000)},
+                               headers={"Authorization": f"Bearer {a}"})).json()
+    await api.gql(SEND, {"input": {"to": [bob], "subject": "gc", "text": "x", "attachmentIds": [att["id"]]}}, a)
+    db = api.system.mongo.db
+    assert await db.messages.count_documents({}) == 1
+    for token, folder in ((a, "SENT"), (b, "INBOX")):
+        [item] = await inbox_ids(api, token, folder)
+        await api.gql(UPDATE, {"ids": [item], "set": {"folder": "TRASH"}}, token)
+        await api.gql('mutation($ids:[ID!]!){ deleteForever(ids:$ids){ __typename } }', {"ids": [item]}, token)
+        if token == a:
+            assert await db.messages.count_documents({}) == 1  # bob still has it
+    assert await db.messages.count_documents({}) == 0
+    assert await db.attachments.count_documents({}) == 0
+    assert await db["blobs.files"].count_documents({}) == 0
+
+
+async def test_a_user_may_send_from_an_alias_but_not_from_someone_else(api):
+    alice, a = await api.user("alice")
+    bob, b = await api.user("bob")
+    await api.system.accounts.add_alias(alice, "sales@example.test")
+    me = (await api.gql("{ me { addresses } }", token=a))["data"]["me"]["addresses"]
+    assert me == [alice, "sales@example.test"]
+    ok = await api.gql(SEND, {"input": {"from": "Sales <sales@example.test>", "to": [bob], "subject": "hi",
+                                        "text": "x"}}, a)
+    assert ok["data"]["sendEmail"]["__typename"] == "SendEmailSuccess"
+    node = (await api.gql(INBOX, {}, b))["data"]["messages"]["edges"][0]["node"]
+    assert node["from"] == {"email": "sales@example.test", "name": "Sales"}
+    bad = await api.gql(SEND, {"input": {"from": bob, "to": [alice], "subject": "spoof", "text": "x"}}, a)
+    assert bad["data"]["sendEmail"]["__typename"] == "ValidationError"
+
+
+async def test_mail_to_an_alias_lands_in_the_owners_inbox(api):
+    alice, a = await api.user("alice")
+    bob, b = await api.user("bob")
+    await api.system.accounts.add_alias(bob, "robert@example.test")
+    await api.gql(SEND, {"input": {"to": ["Robert <robert@example.test>"], "subject": "alias", "text": "x"}}, a)
+    assert len(await inbox_ids(api, b)) == 1

@@ -75,3 +75,34 @@ async def test_periodic_retraining_promotes_only_a_model_that_is_not_worse(api, 
     else:
         assert outcome.reason == "candidate was worse on the held-out period"
         assert await api.system.spam_feedback.promoted_model_path() is None
+
+
+async def test_inbound_mail_like_one_a_user_marked_spam_goes_to_their_spam_folder(api, settings):
+    """Feedback changes that user's future verdicts at once; other recipients are untouched."""
+    from app.mx.server import start_mx
+    from tests.support.mx import smtp_send
+
+    mx = await start_mx(settings, api.system)
+    try:
+        bob, b = await api.user("bob")
+        carol, c = await api.user("carol")
+
+        def raw(i: int) -> bytes:
+            return (f"From: Garden Club <club@garden.example>\r\nTo: {bob}, {carol}\r\n"
+                    f"Subject: Garden club newsletter {i}\r\nMessage-ID: <n{i}@garden.example>\r\n"
+                    f"Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\n{NEWSLETTER}\r\n").encode()
+
+        reply = await smtp_send(mx.port, raw(1), rcpts=[bob, carol], mail_from="club@garden.example")
+        assert reply["data"][0] == 250
+        [first] = await inbox_ids(api, b)
+        await api.gql(MARK, {"ids": [first]}, b)
+
+        reply = await smtp_send(mx.port, raw(2), rcpts=[bob, carol], mail_from="club@garden.example")
+        assert reply["data"][0] == 250
+        assert await inbox_ids(api, b) == [] and len(await inbox_ids(api, b, "SPAM")) == 2
+        assert len(await inbox_ids(api, c)) == 2  # carol never said anything: her inbox
+        spam = (await api.gql('{ messages(folder: SPAM) { edges { node { spam { isSpam score } } } } }',
+                              token=b))["data"]["messages"]["edges"][0]["node"]["spam"]
+        assert spam["isSpam"] is True
+    finally:
+        await mx.stop()

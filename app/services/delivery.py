@@ -1,0 +1,545 @@
+"""Outbound delivery (seed §8, DESIGN.md §5 "Deliver"): the deliver_domain use case and the sweep.
+
+``deliver_domain(message_id, domain)`` is what the arq job calls: MongoDB is the queue, and the
+job only says "mail for this domain is due now". The domain's lane (delivery_lanes.py) leases
+its due recipients (a conditional update), this service re-checks the suppression list and
+prepares each message once (raw MIME from the blob store, DKIM-signed), the lane sends, and the
+recorder (delivery_records.py) writes outcomes, events, notices and live status.
+
+Leases are taken per destination domain, and the pulls of every lane in one process are
+written together: requests that arrive while a lease is being written wait and go in the next
+one, so a busy worker writes one lease for hundreds of recipients instead of one per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from bson.errors import InvalidId
+
+from app.adapters.blob_batches import read_blobs
+from app.adapters.blobs import BlobStore
+from app.adapters.delivery_jobs import missing_jobs
+from app.adapters.dkim_signer import DkimKey, DkimSigner
+from app.adapters.dns_resolver import DnsResolver
+from app.adapters.live_status import publish_many
+from app.adapters.mongo import Mongo, in_transaction
+from app.adapters.queue import JobQueue
+from app.adapters.redis_store import RedisStore
+from app.adapters.smtp_transport import SmtpTransport, no_reply
+from app.adapters.throttle import DomainThrottle
+from app.config import Settings
+from app.domain.addresses import domain_of
+from app.domain.ids import parse_object_id
+from app.domain.outcomes import RetryPolicy, policy_from
+from app.services.accounts import Viewer
+from app.services.delivery_lanes import Lanes
+from app.services.delivery_records import OutcomeRecorder
+from app.services.notifier import Notifier
+from app.services.outbox import (
+    DUE_STATUSES,
+    PreparedMessage,
+    Work,
+    chunked,
+    is_due,
+    job_id,
+    status_event,
+)
+from app.services.suppression import SuppressionService
+
+log = structlog.get_logger(__name__)
+
+LEASE_BATCH = 500  # lane pulls folded into one lease round
+LEASE_MAX = 400  # recipients leased per round
+MAX_IN_FLIGHT = 2000  # leased recipients not yet recorded, per process
+PREPARED_CACHE = 512  # signed messages kept for their other domains and retries
+KEY_TTL = 60.0  # seconds a domain's DKIM key is cached
+CLOSE_GRACE = 30.0  # seconds shutdown waits for in-flight transactions
+SWEEP_LIMIT = 2000
+_MESSAGE_FIELDS = {"text_body": 0, "html_body": 0, "bcc": 0, "attachments": 0, "headers": 0}
+
+
+@dataclass
+class _Request:
+    """A lane's pull: up to ``limit`` more due recipients of ``domain``."""
+
+    domain: str
+    future: asyncio.Future[bool]
+    limit: int
+
+
+class DeliveryService:
+    def __init__(
+        self,
+        *,
+        mongo: Mongo,
+        redis: RedisStore,
+        queue: JobQueue,
+        blobs: BlobStore,
+        suppression: SuppressionService,
+        notifier: Notifier,
+        settings: Settings,
+        transport: SmtpTransport,
+        resolver: DnsResolver,
+        signer: DkimSigner,
+        throttle: DomainThrottle,
+        scheduling: Any = None,
+    ) -> None:
+        self.mongo = mongo
+        self.db = mongo.db
+        self.redis = redis
+        self.queue = queue
+        self.blobs = blobs
+        self.suppression = suppression
+        self.settings = settings
+        self.signer = signer
+        self.scheduling = scheduling  # SchedulingService: releases due scheduled sends
+        self.lease = timedelta(seconds=settings.delivery_lease_seconds)
+        self._policies = {
+            False: policy_from(
+                settings.queue_lifetime_seconds,
+                settings.retry_schedule,
+                settings.delay_notice_seconds,
+            ),
+            True: policy_from(
+                settings.transactional_lifetime_seconds,
+                settings.retry_schedule,
+                settings.delay_notice_seconds,
+            ),
+        }
+        self.recorder = OutcomeRecorder(
+            mongo=mongo,
+            redis=redis,
+            queue=queue,
+            blobs=blobs,
+            suppression=suppression,
+            notifier=notifier,
+            hostname=settings.hostname,
+            policy_for=self.policy_for,
+        )
+        self.recorder.on_settled(self._settled)
+        secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+        # A transaction is at most connect + MAIL + RCPT + DATA: never start one without that
+        # much lease left (and never let the margin eat more than half a short test lease).
+        margin = min(4 * settings.delivery_timeout_seconds, settings.delivery_lease_seconds / 2)
+        self.lanes = Lanes(
+            transport=transport,
+            resolver=resolver,
+            throttle=throttle,
+            recorder=self.recorder,
+            secret=secret,
+            relay_host=settings.relay_host,
+            lease_margin=timedelta(seconds=margin),
+            pull=self._pull,
+        )
+        self._requests: asyncio.Queue[_Request] | None = None
+        self._leaser: asyncio.Task[None] | None = None
+        self._preparing: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._room.set()
+        self._prepared: OrderedDict[ObjectId, PreparedMessage] = OrderedDict()
+        self._keys: dict[str, tuple[float, DkimKey | None]] = {}
+        self._closed = False
+
+    def policy_for(self, message: dict[str, Any]) -> RetryPolicy:
+        """Mail marked transactional gives up sooner (a stale password reset helps nobody)."""
+        return self._policies[bool(message.get("transactional"))]
+
+    # --- use cases -------------------------------------------------------------------------
+
+    async def deliver_domain(self, message_id: str, domain: str) -> dict[str, Any]:
+        """Deliver what is due for ``domain`` (the job says a message there became due).
+
+        The domain's lane leases its due recipients in MongoDB — this message's and any other
+        waiting for the same domain — and sends them over one connection. Returns at once;
+        outcomes are recorded as the lane gets through them. Idempotent: a job for mail that
+        is already on its way finds nothing more to do.
+        """
+        if self._closed:
+            raise RuntimeError("delivery is shutting down")
+        try:
+            ObjectId(message_id)
+        except (InvalidId, TypeError):
+            return {"domain": None}
+        domain = domain.strip().lower()
+        self._start()
+        self.lanes.note_waiting(domain)
+        return {"domain": domain}
+
+    async def sweep(self, now: datetime | None = None, limit: int = SWEEP_LIMIT) -> dict[str, int]:
+        """Wake every domain with due recipients whose job is gone (Redis flushed, worker
+        killed), and release scheduled sends whose time has come.
+
+        A lost lease (``sending`` past ``lease_until``) gets a job keyed by that lease; other
+        recipients the id their last deferral used, so a job still waiting in Redis is not
+        duplicated. One job per domain: it wakes the lane, which pulls all that is due.
+        """
+        now = now or datetime.now(UTC)
+        released = 0
+        if self.scheduling is not None:
+            scheduled = (
+                await self.db.recipients.find(
+                    {"delivery_status": "scheduled", "next_attempt_at": {"$lte": now}},
+                    {"message_id": 1},
+                )
+                .limit(limit)
+                .to_list()
+            )
+            released = len(
+                await self.scheduling.release_due(list({d["message_id"] for d in scheduled}))
+            )
+        fields = {
+            "message_id": 1,
+            "domain": 1,
+            "job_id": 1,
+            "lease_until": 1,
+            "local_user_id": 1,
+            "delivery_status": 1,
+            "next_attempt_at": 1,
+        }
+        # Lost leases first (few, and the reason the sweep exists), then the waiting ones.
+        docs = []
+        for statuses in (["sending"], ["queued", "deferred"]):
+            found = (
+                await self.db.recipients.find({"delivery_status": {"$in": statuses}}, fields)
+                .limit(limit)
+                .to_list()
+            )
+            docs += [d for d in found if is_due(d, now)]
+        # One job per domain is enough: it wakes the domain's lane, which pulls everything due.
+        wanted: dict[str, tuple[ObjectId, str]] = {}
+        seen: set[str] = set()
+        for d in docs:
+            if d["domain"] in seen:
+                continue
+            seen.add(d["domain"])
+            if d["delivery_status"] == "sending" and d.get("lease_until"):
+                jid = job_id(d["message_id"], d["domain"], d["lease_until"])
+            else:
+                jid = d.get("job_id") or job_id(d["message_id"], d["domain"])
+            wanted[jid] = (d["message_id"], d["domain"])
+        enqueued = 0
+        for jid in await missing_jobs(self.queue, list(wanted)):
+            message_id, domain = wanted[jid]
+            if await self.queue.enqueue("deliver_domain", str(message_id), domain, job_id=jid):
+                enqueued += 1
+        return {"due": len(docs), "enqueued": enqueued, "released": released}
+
+    async def events_for(self, viewer: Viewer, message_id: str) -> list[dict[str, Any]]:
+        """The delivery history of a message the viewer sent, oldest first (else empty)."""
+        mid = parse_object_id(message_id)
+        message = (
+            None
+            if mid is None
+            else await self.db.messages.find_one(
+                {"_id": mid, "sender_user_id": viewer.user_id}, {"_id": 1}
+            )
+        )
+        if message is None:  # someone else's message reads exactly like a missing one
+            return []
+        return (
+            await self.db.delivery_events.find({"message_id": mid})
+            .sort(  # type: ignore[no-any-return]
+                [("occurred_at", 1), ("_id", 1)]
+            )
+            .to_list()
+        )
+
+    async def close(self) -> None:
+        """Graceful stop: finish transactions in flight, give every other lease back."""
+        self._closed = True
+        if self._leaser is not None:
+            self._leaser.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._leaser
+        if self._requests is not None:
+            while not self._requests.empty():
+                self._requests.get_nowait().future.cancel()
+        if self._preparing:
+            await asyncio.wait(set(self._preparing), timeout=CLOSE_GRACE)
+        await self.lanes.close(CLOSE_GRACE)
+        await self.recorder.drain(CLOSE_GRACE)
+        await self.recorder.close()
+
+    # --- leasing ---------------------------------------------------------------------------
+
+    def _start(self) -> asyncio.Queue[_Request]:
+        if self._requests is None:
+            self._requests = asyncio.Queue()
+        if self._leaser is None or self._leaser.done():
+            self._leaser = asyncio.get_running_loop().create_task(self._lease_loop(self._requests))
+        return self._requests
+
+    async def _lease_loop(self, requests: asyncio.Queue[_Request]) -> None:
+        while True:
+            batch = [await requests.get()]
+            while not requests.empty() and len(batch) < LEASE_BATCH:
+                batch.append(requests.get_nowait())
+            await self._room.wait()
+            try:
+                await self._lease_requests(batch)
+            except Exception as e:
+                log.exception("leasing recipients failed", n=len(batch))
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_exception(e)
+
+    async def _lease_requests(self, batch: list[_Request]) -> None:
+        """One lease write for every lane that asked for more since the last one."""
+        now = datetime.now(UTC)
+        pulls: dict[str, int] = {}
+        for r in batch:
+            pulls[r.domain] = max(pulls.get(r.domain, 0), r.limit)
+        due, truncated = await self._due(pulls, now)
+        leased = await self._lease(due, now)
+        if leased is not None:
+            await self._hand_over(*leased)
+        found = Counter(d["domain"] for d in due)
+        for r in batch:
+            if not r.future.done():
+                # "more": this round could not see everything; the lane should ask again.
+                r.future.set_result(truncated or found[r.domain] >= pulls[r.domain])
+
+    async def _pull(self, domain: str, limit: int) -> bool:
+        """A lane asks for more of its domain's due recipients (they arrive through ``put``);
+        True when there may be more still."""
+        if self._closed or limit <= 0:
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._start().put_nowait(_Request(domain, future, limit))
+        try:
+            return await future
+        except Exception:
+            log.exception("pulling due recipients failed", domain=domain)
+            return False
+
+    async def _due(self, pulls: dict[str, int], now: datetime) -> tuple[list[dict[str, Any]], bool]:
+        """Due recipients of the asking domains, at most each one's limit and LEASE_MAX in all:
+        new ones first (each domain its fair share, queried side by side), then retries and
+        lost leases (one query each for all domains). Every query is an equality prefix of the
+        lane index (domain, status, next_attempt_at). Also says whether the round was cut
+        short (then every domain may have more)."""
+        share = max(10, LEASE_MAX // len(pulls))
+        queued = await asyncio.gather(
+            *(
+                self.db.recipients.find({"domain": domain, "delivery_status": "queued"})
+                .limit(min(limit, share))
+                .to_list()
+                for domain, limit in pulls.items()
+            )
+        )
+        taken: Counter[str] = Counter()
+        out: list[dict[str, Any]] = []
+        truncated = any(
+            len(docs) >= min(pulls[d], share) for d, docs in zip(pulls, queued, strict=True)
+        )
+        for d in (d for docs in queued for d in docs):
+            if is_due(d, now):
+                taken[d["domain"]] += 1
+                out.append(d)
+        domains = list(pulls)
+        for status, extra in (
+            ("deferred", {"next_attempt_at": {"$lte": now}}),
+            ("sending", {"lease_until": {"$lt": now}}),
+        ):
+            room = LEASE_MAX - len(out)
+            if room <= 0:
+                truncated = True
+                break
+            docs = (
+                await self.db.recipients.find(
+                    {"delivery_status": status, "domain": {"$in": domains}, **extra}
+                )
+                .limit(room * 2)
+                .to_list()
+            )
+            truncated = truncated or len(docs) >= room * 2
+            for d in docs:
+                if (
+                    len(out) < LEASE_MAX
+                    and taken[d["domain"]] < pulls[d["domain"]]
+                    and is_due(d, now)
+                ):
+                    taken[d["domain"]] += 1
+                    out.append(d)
+        return out, truncated or len(out) >= LEASE_MAX
+
+    async def _hand_over(
+        self, docs: list[dict[str, Any]], token: ObjectId, until: datetime
+    ) -> None:
+        try:
+            works = await self._prepare(docs, token, until)
+        except Exception:
+            # The leases stand; they expire and the sweep hands the recipients out again.
+            log.exception("preparing leased messages failed", n=len(docs))
+            return
+        for work in works:
+            self.lanes.put(work)
+
+    async def _lease(
+        self, candidates: list[dict[str, Any]], now: datetime
+    ) -> tuple[list[dict[str, Any]], ObjectId, datetime] | None:
+        """Lease ``candidates`` (read as due); returns the leased documents and the lease.
+
+        The conditional update_many is the lease: only documents still pending and still
+        carrying the lease token we read (none, or an expired one) change; whatever another
+        worker leased meanwhile carries a token we never saw and is left alone.
+        """
+        if not candidates:
+            return None
+        ids = [d["_id"] for d in candidates]
+        seen_tokens = list({d.get("lease_token") for d in candidates})
+        token, until = ObjectId(), now + self.lease
+        lease = {
+            "delivery_status": "sending",
+            "lease_until": until,
+            "lease_token": token,
+            "updated_at": now,
+        }
+
+        async def claim(session: Any) -> int:
+            modified = 0
+            for part in chunked(ids):  # one transaction: one journal flush for the round
+                result = await self.db.recipients.update_many(
+                    {
+                        "_id": {"$in": part},
+                        "delivery_status": {"$in": DUE_STATUSES},
+                        "lease_token": {"$in": seen_tokens},
+                    },
+                    {"$set": lease},
+                    session=session,
+                )
+                modified += result.modified_count
+            return modified
+
+        modified = await in_transaction(self.mongo, claim)
+        if modified == len(ids):
+            docs = [{**d, **lease} for d in candidates]
+        elif modified:
+            docs = [
+                d
+                for part in chunked(ids)
+                for d in await self.db.recipients.find(
+                    {"_id": {"$in": part}, "lease_token": token}
+                ).to_list()
+            ]
+        else:
+            return None
+        self._in_flight += len(docs)
+        if self._in_flight >= MAX_IN_FLIGHT:
+            self._room.clear()
+        return docs, token, until
+
+    def _settled(self, n: int) -> None:
+        self._in_flight -= n
+        if self._in_flight < MAX_IN_FLIGHT:
+            self._room.set()
+
+    # --- preparing -------------------------------------------------------------------------
+
+    async def _prepare(
+        self, docs: list[dict[str, Any]], token: ObjectId, until: datetime
+    ) -> list[Work]:
+        prepared = await self._prepared_messages({d["message_id"] for d in docs})
+        # Suppression is read from MongoDB right before the attempt (DESIGN.md §6): an address
+        # suppressed after the send was accepted is not mailed.
+        suppressed: set[str] = set()
+        for part in chunked([d["address"] for d in docs]):
+            suppressed |= await self.suppression.suppressed(part)
+        ready: list[Work] = []
+        gone: list[ObjectId] = []
+        for doc in docs:
+            message = prepared.get(doc["message_id"])
+            if message is None:
+                message = await self._placeholder(doc["message_id"])
+                if message is None:  # the message itself was deleted: nothing to deliver
+                    gone.append(doc["_id"])
+                    continue
+                self.recorder.attempted(
+                    Work(doc, message, token, until),
+                    no_reply("message content is unavailable"),
+                    None,
+                )
+                continue
+            work = Work(doc, message, token, until)
+            if doc["address_key"] in suppressed:
+                self.recorder.suppressed(work)
+            else:
+                ready.append(work)
+        if gone:
+            await self.db.recipients.update_many(
+                {"_id": {"$in": gone}, "lease_token": token},
+                {
+                    "$set": {
+                        "delivery_status": "canceled",
+                        "lease_until": None,
+                        "lease_token": None,
+                        "updated_at": datetime.now(UTC),
+                    }
+                },
+            )
+            self._settled(len(gone))
+        await publish_many(self.redis, [status_event(w.message.id, w.recipient) for w in ready])
+        return ready
+
+    async def _prepared_messages(self, ids: set[ObjectId]) -> dict[ObjectId, PreparedMessage]:
+        out = {i: self._prepared[i] for i in ids if i in self._prepared}
+        missing = [i for i in ids if i not in out]
+        if not missing:
+            return out
+        docs = [
+            d
+            for part in chunked(missing)
+            for d in await self.db.messages.find({"_id": {"$in": part}}, _MESSAGE_FIELDS).to_list()
+        ]
+        raws: dict[ObjectId, bytes] = {}
+        for part in chunked([d["raw_blob_id"] for d in docs if d.get("raw_blob_id")]):
+            raws.update(await read_blobs(self.db, part))
+        keys = await self._dkim_keys({domain_of(d["from"]["email"]) for d in docs})
+        for doc in docs:
+            raw = raws.get(doc.get("raw_blob_id"))  # type: ignore[arg-type]
+            if raw is None:
+                continue
+            sender_domain = domain_of(doc["from"]["email"])
+            key = keys.get(sender_domain)
+            data = self.signer.sign(raw, key) if key else raw
+            headers = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+            message = PreparedMessage(doc["_id"], doc, data, headers, sender_domain)
+            out[doc["_id"]] = message
+            self._prepared[doc["_id"]] = message
+            while len(self._prepared) > PREPARED_CACHE:
+                self._prepared.popitem(last=False)
+        return out
+
+    async def _placeholder(self, message_id: ObjectId) -> PreparedMessage | None:
+        doc = await self.db.messages.find_one({"_id": message_id}, _MESSAGE_FIELDS)
+        if doc is None:
+            return None
+        return PreparedMessage(doc["_id"], doc, b"", b"", domain_of(doc["from"]["email"]))
+
+    async def _dkim_keys(self, domains: set[str]) -> dict[str, DkimKey | None]:
+        now = time.monotonic()
+        out = {d: self._keys[d][1] for d in domains if d in self._keys and self._keys[d][0] > now}
+        missing = [d for d in domains if d not in out]
+        if missing:
+            found = {
+                d["_id"]: d
+                for d in await self.db.domains.find(
+                    {"_id": {"$in": missing}}, {"dkim": 1}
+                ).to_list()
+            }
+            for domain in missing:
+                dkim = (found.get(domain) or {}).get("dkim")
+                key = DkimKey(domain, dkim["selector"], dkim["private_key"]) if dkim else None
+                self._keys[domain] = (now + KEY_TTL, key)
+                out[domain] = key
+        return out

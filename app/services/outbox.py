@@ -1,0 +1,129 @@
+"""The durable outbox (DESIGN.md §6): what "due", "leased" and a delivery job id mean.
+
+MongoDB's ``recipients`` collection is the queue. A recipient is *due* when it is pending and
+its ``next_attempt_at`` has passed and nobody holds an unexpired lease on it. A *lease* is a
+conditional update (status ``sending``, ``lease_until``, a fresh ``lease_token``) so two workers
+never hold the same recipient; every outcome is written conditionally on that token.
+
+Queries select on indexed equality fields only (message, domain, status) and the time
+conditions are checked here in Python: range and negation predicates make the query planner
+(SecantusDB's, at least) scan the whole collection, and the candidate sets are small.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from app.domain.outcomes import RecipientState
+
+DUE_STATUSES = ["queued", "deferred", "sending"]
+IN_LIMIT = 100  # ids per "$in": beyond ~100 the server's cost per id grows with the list
+
+
+def chunked(values: list[Any], size: int = IN_LIMIT) -> list[list[Any]]:
+    """``values`` in slices small enough for one ``$in``."""
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def is_due(recipient: dict[str, Any], now: datetime) -> bool:
+    """Pending, due, not local, and not under an unexpired lease."""
+    lease = recipient.get("lease_until")
+    return (
+        recipient.get("delivery_status") in DUE_STATUSES
+        and not recipient.get("local_user_id")
+        and recipient["next_attempt_at"] <= now
+        and (lease is None or lease < now)
+    )
+
+
+def unleased_status(recipient: dict[str, Any]) -> str:
+    """The status a leased recipient goes back to when released without an attempt."""
+    return "deferred" if recipient.get("attempts", 0) else "queued"
+
+
+def job_id(message_id: ObjectId | str, domain: str, due: datetime | None = None) -> str:
+    """Deterministic arq job id: the send-time job has no suffix (sending.py enqueues it);
+    every later one is keyed by the due time, so a deferral and a sweep agree on it."""
+    base = f"deliver:{message_id}:{domain}"
+    return base if due is None else f"{base}:{int(due.timestamp() * 1000)}"
+
+
+def state_of(recipient: dict[str, Any]) -> RecipientState:
+    return RecipientState(
+        attempts=int(recipient.get("attempts") or 0),
+        queued_at=recipient.get("queued_at") or recipient["created_at"],
+        delay_notice_sent=bool(recipient.get("delay_notice_sent")),
+    )
+
+
+@dataclass(frozen=True)
+class PreparedMessage:
+    """A message ready for the wire: signed bytes plus what notices need."""
+
+    id: ObjectId
+    doc: dict[str, Any]  # the message document (no bodies)
+    data: bytes  # DKIM-signed RFC 5322 bytes
+    headers: bytes  # the original header block, for DSNs (RFC 3464 text/rfc822-headers)
+    sender_domain: str
+
+    @property
+    def sender_user_id(self) -> ObjectId:
+        return self.doc["sender_user_id"]  # type: ignore[no-any-return]
+
+
+@dataclass
+class Work:
+    """One leased recipient on its way through a lane to the recorder."""
+
+    recipient: dict[str, Any]
+    message: PreparedMessage
+    lease_token: ObjectId
+    lease_until: datetime
+
+    @property
+    def id(self) -> ObjectId:
+        return self.recipient["_id"]  # type: ignore[no-any-return]
+
+    @property
+    def address(self) -> str:
+        return self.recipient["address"]  # type: ignore[no-any-return]
+
+    @property
+    def domain(self) -> str:
+        return self.recipient["domain"]  # type: ignore[no-any-return]
+
+
+def status_event(message_id: ObjectId, recipient: dict[str, Any]) -> tuple[str, str]:
+    """The live-status event for a recipient doc: (channel, JSON) for the sender's channel.
+
+    Same fields as GraphQL ``RecipientStatus`` (camelCase) so a client can merge it as is.
+    """
+    reply = recipient.get("last_reply") or None
+    last = (
+        " ".join(str(p) for p in (reply.get("code"), reply.get("enhanced"), reply.get("text")) if p)
+        if reply
+        else None
+    )
+    pending = recipient["delivery_status"] in ("queued", "scheduled", "deferred", "sending")
+    next_at = recipient.get("next_attempt_at") if pending else None
+    body = {
+        "type": "delivery",
+        "messageId": str(message_id),
+        "recipientId": str(recipient["_id"]),  # the realtime subscription re-reads the doc by it
+        "recipient": {
+            "address": recipient["address"],
+            "type": recipient.get("type", "to"),
+            "status": recipient["delivery_status"],
+            "attempts": int(recipient.get("attempts") or 0),
+            "lastReply": last or None,
+            "bounceClass": recipient.get("bounce_class"),
+            "nextAttemptAt": next_at.isoformat() if next_at else None,
+            "updatedAt": recipient["updated_at"].isoformat(),
+        },
+    }
+    return f"user:{recipient['sender_user_id']}", json.dumps(body, separators=(",", ":"))

@@ -1,0 +1,464 @@
+"""Outbound delivery benchmark: mailhub's worker next to Postfix, same messages, same sink.
+
+    .venv/bin/python bench/outbound.py [--n 10000] [--domains 50] [--mode flow|drain]
+
+Both systems deliver the peers' fixed outbound corpus (msggen.py, seed 43: ~2 KB text messages,
+one recipient each, spread over d0..d49.test) to the peers' counting sink (sink.py, one aiosmtpd
+on 127.0.0.1:2600) on this machine, in this run:
+
+- Postfix (shared/peers: setup.sh instance, defaults): smtpload.py injects over SMTP with 20
+  connections while Postfix relays to the sink. Rate = messages / (last sink accept − first
+  injection). Queue-to-accepted latency per message = Postfix's own ``delay=`` (arrival in its
+  queue → remote 250), read from its log.
+- mailhub: one ``mailhub worker`` process, real MX lookups (dnsmasq: MX of every dN.test →
+  127.0.0.1), DKIM signing, VERP, per-recipient recording. The queue is filled the way
+  SendingService leaves it (message + recipient documents, raw MIME in GridFS, one
+  deliver_domain job per message) by a loader in this process, in bulk. ``flow``: the loader runs
+  while the worker delivers (like smtpload feeding Postfix). ``drain``: the queue is filled first,
+  then the worker starts. Rate = messages / (last sink accept − start). Queue-to-accepted
+  latency = recorded ``sent`` time − the recipient's ``created_at``.
+
+Needs: Debian postfix + dnsmasq, and BASE (default /tmp/peer-bench) set up by peers/setup.sh.
+Not part of the test suite. Results: docs/benchmarks-outbound.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bson import ObjectId
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.adapters.queue import JobQueue  # noqa: E402
+from app.bootstrap import build_system  # noqa: E402
+from app.config import Settings  # noqa: E402
+from app.domain.conversations import normalize_subject  # noqa: E402
+from app.embedded import EmbeddedStack  # noqa: E402
+from tests.support.dnsmasq import DnsServer  # noqa: E402
+
+SENDER = "bench@client.bench.test"
+SINK_PORT = 2600
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, int(round(p / 100.0 * len(ordered) + 0.5)) - 1))
+    return ordered[k]
+
+
+def read_sink(path: Path) -> tuple[int, float]:
+    try:
+        count, last = path.read_text().split()
+        return int(count), float(last)
+    except (FileNotFoundError, ValueError):
+        return 0, 0.0
+
+
+async def wait_sink(path: Path, base: int, target: int, within: float) -> tuple[int, float, float]:
+    """Wait until the sink has ``target`` messages; (count, last accept, first accept seen).
+
+    Start it before the queue is filled: it notes when the first message arrives."""
+    deadline = time.monotonic() + within
+    first = 0.0
+    while time.monotonic() < deadline:
+        count, last = read_sink(path)
+        if count > base and not first:
+            first = time.time()
+        if count >= target:
+            return count, last, first
+        await asyncio.sleep(0.02)
+    count, last = read_sink(path)
+    return count, last, first
+
+
+def corpus(base: Path, n: int, domains: int) -> list[tuple[str, bytes]]:
+    """The smtpload outbound corpus (same seed and recipient pattern), dot-stuffing undone."""
+    sys.path.insert(0, str(base / "bin"))
+    import msggen  # type: ignore[import-not-found]
+
+    out = []
+    for rcpt, _, data in msggen.build_corpus(
+        n, 43, "outbound", lambda r: f"rcpt@d{r.randrange(domains)}.test"
+    ):
+        out.append((rcpt, re.sub(rb"(?m)^\.\.", b".", data)))
+    return out
+
+
+# --------------------------------------------------------------------------------- Postfix
+
+
+def run_postfix(base: Path, n: int, sink_status: Path) -> dict[str, Any]:
+    etc = base / "etc"
+    running = subprocess.run(["postfix", "-c", str(etc), "status"], capture_output=True)
+    if running.returncode != 0:
+        subprocess.run(["postfix", "-c", str(etc), "start"], capture_output=True)
+        time.sleep(1.0)
+    try:
+        return _postfix_round(base, n, sink_status)
+    finally:
+        if running.returncode != 0:  # leave the peer instance as we found it
+            subprocess.run(["postfix", "-c", str(etc), "stop"], capture_output=True)
+
+
+def _postfix_round(base: Path, n: int, sink_status: Path) -> dict[str, Any]:
+    master = int((base / "spool/pid/master.pid").read_text().strip())
+    log = base / "log/postfix.log"
+    offset = log.stat().st_size if log.exists() else 0
+    python = base / "venv/bin/python"
+    command = [
+        str(python),
+        str(base / "bin/smtpload.py"),
+        "--port",
+        "2526",
+        "--n",
+        str(n),
+        "--mix",
+        "outbound",
+        "--seed",
+        "43",
+        "--rcpt-pattern",
+        "rcpt@d%d.test",
+        "--wait-sink",
+        str(sink_status),
+        "--wait-timeout",
+        "900",
+        "--timeout",
+        "900",
+        "--watch",
+        f"postfix={master}:tree",
+    ]
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=2000, env={**os.environ, "BASE": str(base)}
+    )
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    time.sleep(1.5)  # let the log catch up
+    delays = []
+    with open(log, "rb") as f:
+        f.seek(offset)
+        for line in f:
+            if b"status=sent" in line and b"relay=127.0.0.1" in line:
+                m = re.search(rb"delay=([\d.]+)", line)
+                if m:
+                    delays.append(float(m.group(1)))
+    return {
+        "delivered": out.get("delivered"),
+        "msgs_per_s": out.get("deliver_msgs_per_s"),
+        "inject_msgs_per_s": out.get("accept_msgs_per_s"),
+        "seconds": out.get("deliver_all_s"),
+        "latency_p50_ms": round(1000 * (percentile(delays, 50) or 0), 1),
+        "latency_p99_ms": round(1000 * (percentile(delays, 99) or 0), 1),
+        "latency_samples": len(delays),
+        "cpu": out.get("cpu_until_delivered"),
+    }
+
+
+# --------------------------------------------------------------------------------- mailhub
+
+
+class Loader:
+    """Fills the outbox as SendingService leaves it, in bulk (bench-only shortcut)."""
+
+    def __init__(self, system: Any, queue: JobQueue, user_id: ObjectId) -> None:
+        self.db = system.mongo.db
+        self.queue = queue
+        self.user_id = user_id
+
+    async def load(self, items: list[tuple[str, bytes]], batch: int = 250) -> float:
+        started = time.time()
+        for start in range(0, len(items), batch):
+            await self._batch(items[start : start + batch])
+        return time.time() - started
+
+    async def _batch(self, items: list[tuple[str, bytes]]) -> None:
+        now = datetime.now(UTC)
+        files, chunks, messages, recipients, events = [], [], [], [], []
+        for rcpt, raw in items:
+            blob_id, message_id, recipient_id = ObjectId(), ObjectId(), ObjectId()
+            files.append(
+                {
+                    "_id": blob_id,
+                    "length": len(raw),
+                    "chunkSize": 255 * 1024,
+                    "uploadDate": now,
+                    "filename": "message.eml",
+                    "metadata": {"kind": "raw"},
+                }
+            )
+            chunks.append({"files_id": blob_id, "n": 0, "data": raw})
+            head = raw.split(b"\r\n\r\n", 1)[0].decode()
+            subject = re.search(r"^Subject: (.*)$", head, re.M).group(1)  # type: ignore[union-attr]
+            mid = re.search(r"^Message-ID: (.*)$", head, re.M).group(1)  # type: ignore[union-attr]
+            domain = rcpt.split("@")[1]
+            messages.append(
+                {
+                    "_id": message_id,
+                    "rfc822_message_id": mid,
+                    "sender_user_id": self.user_id,
+                    "direction": "outbound",
+                    "status": "queued",
+                    "from": {"name": "Bench Sender", "email": SENDER},
+                    "to": [{"name": None, "email": rcpt}],
+                    "cc": [],
+                    "bcc": [],
+                    "subject": subject,
+                    "normalized_subject": normalize_subject(subject),
+                    "raw_blob_id": blob_id,
+                    "created_at": now,
+                    "size": len(raw),
+                    "in_reply_to": None,
+                    "references": [],
+                }
+            )
+            recipients.append(
+                {
+                    "_id": recipient_id,
+                    "message_id": message_id,
+                    "address": rcpt,
+                    "address_key": rcpt,
+                    "domain": domain,
+                    "type": "to",
+                    "local_user_id": None,
+                    "delivery_status": "queued",
+                    "attempts": 0,
+                    "next_attempt_at": now,
+                    "lease_until": None,
+                    "last_reply": None,
+                    "bounce_class": None,
+                    "created_at": now,
+                    "updated_at": now,
+                    "sender_user_id": self.user_id,
+                }
+            )
+            events.append(
+                {
+                    "message_id": message_id,
+                    "recipient": rcpt,
+                    "recipient_id": recipient_id,
+                    "event_type": "queued",
+                    "occurred_at": now,
+                    "sender_user_id": self.user_id,
+                    "sender_domain": "client.bench.test",
+                    "metadata": {},
+                }
+            )
+        await self.db["blobs.files"].insert_many(files)
+        await self.db["blobs.chunks"].insert_many(chunks)
+        await self.db.messages.insert_many(messages)
+        await self.db.recipients.insert_many(recipients)
+        await self.db.delivery_events.insert_many(events)
+        for r in recipients:
+            await self.queue.enqueue(
+                "deliver_domain",
+                str(r["message_id"]),
+                r["domain"],
+                job_id=f"deliver:{r['message_id']}:{r['domain']}",
+            )
+
+
+def worker_env(s: Settings) -> dict[str, str]:
+    return {
+        **os.environ,
+        "MAILHUB_MONGODB_URI": s.mongodb_uri or "",
+        "MAILHUB_MONGODB_DATABASE": s.mongodb_database,
+        "MAILHUB_REDIS_URL": s.redis_url or "",
+        "MAILHUB_REDIS_PREFIX": s.redis_prefix,
+        "MAILHUB_DNS_SERVERS": ",".join(s.dns_servers),
+        "MAILHUB_DELIVERY_PORT": str(s.delivery_port),
+        "MAILHUB_HOSTNAME": s.hostname,
+        "MAILHUB_SECRET_KEY": s.secret_key.get_secret_value() if s.secret_key else "",
+        "MAILHUB_LOG_LEVEL": "WARNING",
+        "MAILHUB_ENVIRONMENT": "production",
+    }
+
+
+async def run_mailhub(
+    urls: dict[str, str],
+    n: int,
+    domains: int,
+    items: list[tuple[str, bytes]],
+    sink_status: Path,
+    mode: str,
+    servers: dict[str, int],
+) -> dict[str, Any]:
+    dns = DnsServer(
+        mx={f"d{i}.test": [(10, f"mx.d{i}.test")] for i in range(domains)},
+        a={f"mx.d{i}.test": "127.0.0.1" for i in range(domains)},
+    ).start()
+    settings = Settings(
+        mongodb_uri=urls["mongodb"],
+        mongodb_database="bench" + ObjectId().__str__()[-6:],
+        redis_url=urls["redis"],
+        redis_prefix="bench",
+        hostname="mx.mailhub.bench",
+        secret_key="bench-secret-key-0123456789abcdef",
+        dns_servers=[dns.address],
+        delivery_port=SINK_PORT,
+        _env_file=None,
+    )  # type: ignore[call-arg]
+    system = await build_system(settings)
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        await system.accounts.add_domain("client.bench.test")
+        user = await system.accounts.create_user(SENDER, "bench password 123", "Bench Sender")
+        loader = Loader(system, system.queue, user["_id"])
+        # GridFS creates this index on its first upload; the bulk loader bypasses GridFS.
+        await system.mongo.db["blobs.chunks"].create_index([("files_id", 1), ("n", 1)], unique=True)
+        base_count = read_sink(sink_status)[0]
+        process = None
+
+        def start_worker() -> tuple[subprocess.Popen[bytes], float]:
+            started = time.time()
+            p = subprocess.Popen(
+                [sys.executable, "-c", "from app.cli import main; main(['worker'])"],
+                env=worker_env(settings),
+                cwd=ROOT,
+            )
+            return p, started
+
+        cpu: dict[str, float] = {}
+
+        def cpu_of(pid: int) -> float:
+            t = psutil.Process(pid).cpu_times()
+            return t.user + t.system
+
+        before = {name: cpu_of(pid) for name, pid in servers.items()}
+        waiting = asyncio.create_task(wait_sink(sink_status, base_count, base_count + n, 900))
+        if mode == "drain":
+            fill_seconds = await loader.load(items)
+            worker, t0 = start_worker()
+        else:
+            worker, _ = start_worker()
+            await asyncio.sleep(4.0)  # started and idle: process start-up is not delivery time
+            process = psutil.Process(worker.pid)
+            idle_cpu = process.cpu_times()
+            t0 = time.time()
+            fill_seconds = await loader.load(items)
+        process = psutil.Process(worker.pid)
+        count, last, first = await waiting
+        t = process.cpu_times()
+        worker_cpu = t.user + t.system
+        if mode != "drain":
+            worker_cpu -= idle_cpu.user + idle_cpu.system
+        for name, pid in servers.items():
+            cpu[name] = round(cpu_of(pid) - before[name], 1)
+        # Give the recorder a moment for the last outcomes, then read the latencies.
+        for _ in range(100):
+            if await system.mongo.db.recipients.count_documents({"delivery_status": "sent"}) >= n:
+                break
+            await asyncio.sleep(0.1)
+        lat = []
+        async for r in system.mongo.db.recipients.find(
+            {"delivery_status": "sent"}, {"created_at": 1, "last_attempt_at": 1}
+        ):
+            start = max(r["created_at"].timestamp(), t0)
+            lat.append(r["last_attempt_at"].timestamp() - start)
+        statuses = {
+            d["_id"]: d["n"]
+            async for d in await system.mongo.db.recipients.aggregate(
+                [{"$group": {"_id": "$delivery_status", "n": {"$sum": 1}}}]
+            )
+        }
+        delivered = count - base_count
+        return {
+            "mode": mode,
+            "delivered": delivered,
+            "statuses": statuses,
+            "msgs_per_s": round(delivered / (last - t0), 1) if last > t0 else None,
+            "seconds": round(last - t0, 2),
+            "fill_seconds": round(fill_seconds, 2),
+            "first_accept_after_s": round(first - t0, 2),
+            "msgs_per_s_after_first": round(delivered / (last - first), 1)
+            if last > first
+            else None,
+            "latency_p50_ms": round(1000 * (percentile(lat, 50) or 0), 1),
+            "latency_p99_ms": round(1000 * (percentile(lat, 99) or 0), 1),
+            "worker_cpu_s": round(worker_cpu, 1),
+            "server_cpu_s": cpu,
+        }
+    finally:
+        if worker is not None:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        await system.mongo.client.drop_database(settings.mongodb_database)
+        await system.close()
+        dns.stop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=10_000)
+    ap.add_argument("--domains", type=int, default=50)
+    ap.add_argument("--mode", choices=["flow", "drain"], default="flow")
+    ap.add_argument("--base", default=os.environ.get("BASE", "/tmp/peer-bench"))
+    ap.add_argument("--skip-postfix", action="store_true")
+    ap.add_argument("--skip-mailhub", action="store_true")
+    a = ap.parse_args()
+    base = Path(a.base)
+    work = Path(tempfile.mkdtemp(prefix="bench-outbound-"))
+    sink_status = work / "sink.status"
+    sink = subprocess.Popen(
+        [
+            sys.executable,
+            str(base / "bin/sink.py"),
+            "--port",
+            str(SINK_PORT),
+            "--status",
+            str(sink_status),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    stack = EmbeddedStack(work / "servers")
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "n": a.n,
+        "domains": a.domains,
+    }
+    try:
+        time.sleep(1.0)
+        if not a.skip_postfix:
+            results["postfix"] = run_postfix(base, a.n, sink_status)
+            print(json.dumps({"postfix": results["postfix"]}), flush=True)
+        if not a.skip_mailhub:
+            stack.start(mongo=True, redis=True, typesense=False)
+            urls = {"mongodb": stack.url("mongodb"), "redis": stack.url("redis")}
+            servers = {srv.name: srv.process.pid for srv in stack.servers}
+            servers["sink"] = sink.pid
+            items = corpus(base, a.n, a.domains)
+            results["mailhub"] = asyncio.run(
+                run_mailhub(urls, a.n, a.domains, items, sink_status, a.mode, servers)
+            )
+            print(json.dumps({"mailhub": results["mailhub"]}), flush=True)
+    finally:
+        stack.stop()
+        sink.send_signal(signal.SIGTERM)
+        sink.wait(10)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
