@@ -64,9 +64,13 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     if missing:
         raise ConfigError(f"set {', '.join(missing)} (or run `mailhub dev` for embedded servers)")
     if settings.environment == "production" and not settings.secret_key:
-        raise ConfigError("MAILHUB_SECRET_KEY: required in production (it signs cursors and bounce addresses)")
+        raise ConfigError(
+            "MAILHUB_SECRET_KEY: required in production (it signs cursors and bounce addresses)"
+        )
     assert settings.mongodb_uri and settings.redis_url
-    mongo = Mongo.open(settings.mongodb_uri, settings.mongodb_database, timeout_ms=settings.mongo_timeout_ms)
+    mongo = Mongo.open(
+        settings.mongodb_uri, settings.mongodb_database, timeout_ms=settings.mongo_timeout_ms
+    )
     if ensure:
         await ensure_indexes(mongo.db)
     redis = RedisStore(settings.redis_url, settings.redis_prefix)
@@ -78,16 +82,38 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     mailbox = MailboxService(mongo, settings, notifier)
     attachments = AttachmentService(mongo, blobs, settings)
     suppression = SuppressionService(mongo)
-    sending = SendingService(mongo=mongo, blobs=blobs, redis=redis, queue=queue, accounts=accounts,
-                             attachments=attachments, mailbox=mailbox, notifier=notifier, settings=settings,
-                             suppression=suppression)
+    sending = SendingService(
+        mongo=mongo,
+        blobs=blobs,
+        redis=redis,
+        queue=queue,
+        accounts=accounts,
+        attachments=attachments,
+        mailbox=mailbox,
+        notifier=notifier,
+        settings=settings,
+        suppression=suppression,
+    )
     hub = PubSubHub(settings.redis_url, settings.redis_prefix)
     realtime = RealtimeService(mongo, hub)
     notifier.on_release(content.collect)
     notifier.on_change(realtime.publish_changes)
-    system = System(settings=settings, mongo=mongo, redis=redis, queue=queue, blobs=blobs, notifier=notifier,
-                    accounts=accounts, mailbox=mailbox, content=content, attachments=attachments,
-                    sending=sending, suppression=suppression, hub=hub, realtime=realtime)
+    system = System(
+        settings=settings,
+        mongo=mongo,
+        redis=redis,
+        queue=queue,
+        blobs=blobs,
+        notifier=notifier,
+        accounts=accounts,
+        mailbox=mailbox,
+        content=content,
+        attachments=attachments,
+        sending=sending,
+        suppression=suppression,
+        hub=hub,
+        realtime=realtime,
+    )
     system.spam_feedback = SpamFeedbackService(mongo, blobs, mailbox)
     _add_inbound(system)
     system.inbound.feedback = system.spam_feedback
@@ -123,10 +149,15 @@ def _add_inbound(system: System) -> None:
     system.sending.reputation = system.reputation
     system.bounces = BounceProcessor(system.mongo, system.suppression, system.reputation, secret)
     system.inbound = InboundService(
-        mongo=system.mongo, blobs=system.blobs, settings=s,
+        mongo=system.mongo,
+        blobs=system.blobs,
+        settings=s,
         store=InboundStore(system.mongo, system.notifier, max_batch=s.mx_batch_max),
-        authenticator=MailAuthenticator(s.dns_servers, s.hostname), scorer=ModelScorer(s.spam_model_path),
-        bounces=system.bounces, scanner=ClamdScanner(s.clamd) if s.clamd else None)
+        authenticator=MailAuthenticator(s.dns_servers, s.hostname),
+        scorer=ModelScorer(s.spam_model_path),
+        bounces=system.bounces,
+        scanner=ClamdScanner(s.clamd) if s.clamd else None,
+    )
 
 
 def _add_delivery(system: System) -> None:
@@ -141,16 +172,38 @@ def _add_delivery(system: System) -> None:
     s = system.settings
     password = s.relay_password.get_secret_value() if s.relay_password else None
     relay = Relay(s.relay_host, s.relay_port, s.relay_username, password) if s.relay_host else None
-    transport = SmtpTransport(local_hostname=s.hostname, port=s.delivery_port, tls=s.delivery_tls,
-                              timeout=s.delivery_timeout_seconds, relay=relay)
-    throttle = DomainThrottle(system.redis, concurrency=s.domain_concurrency,
-                              rate_per_minute=s.domain_rate_per_minute,
-                              slot_ttl=float(s.delivery_lease_seconds))
+    transport = SmtpTransport(
+        local_hostname=s.hostname,
+        port=s.delivery_port,
+        tls=s.delivery_tls,
+        timeout=s.delivery_timeout_seconds,
+        relay=relay,
+    )
+    throttle = DomainThrottle(
+        system.redis,
+        concurrency=s.domain_concurrency,
+        rate_per_minute=s.domain_rate_per_minute,
+        slot_ttl=float(s.delivery_lease_seconds),
+    )
     system.scheduling = SchedulingService(
-        mongo=system.mongo, redis=system.redis, queue=system.queue, mailbox=system.mailbox,
-        notifier=system.notifier, sending=system.sending)
+        mongo=system.mongo,
+        redis=system.redis,
+        queue=system.queue,
+        mailbox=system.mailbox,
+        notifier=system.notifier,
+        sending=system.sending,
+    )
     system.delivery = DeliveryService(
-        mongo=system.mongo, redis=system.redis, queue=system.queue, blobs=system.blobs,
-        suppression=system.suppression, notifier=system.notifier, settings=s, transport=transport,
-        resolver=DnsResolver(s.dns_servers), signer=DkimSigner(), throttle=throttle,
-        scheduling=system.scheduling)
+        mongo=system.mongo,
+        redis=system.redis,
+        queue=system.queue,
+        blobs=system.blobs,
+        suppression=system.suppression,
+        notifier=system.notifier,
+        settings=s,
+        transport=transport,
+        resolver=DnsResolver(s.dns_servers),
+        signer=DkimSigner(),
+        throttle=throttle,
+        scheduling=system.scheduling,
+    )

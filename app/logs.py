@@ -14,8 +14,11 @@ from app.config import Settings
 def configure_logging(settings: Settings) -> None:
     level = getattr(logging, settings.log_level)
     logging.basicConfig(level=level, format="%(message)s")
-    renderer = (structlog.processors.JSONRenderer() if settings.log_json
-                else structlog.dev.ConsoleRenderer(colors=False))
+    renderer = (
+        structlog.processors.JSONRenderer()
+        if settings.log_json
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -50,43 +50,103 @@ async def seed(db, size: int) -> dict:
     user_id = ObjectId()
     token = f"mh_bench_{user_id}"
     now = datetime.now(UTC)
-    await db.users.insert_one({"_id": user_id, "email": f"u{size}@bench.test", "name": "Bench", "state": 0})
-    await db.api_tokens.insert_one({"_id": hash_token(token), "user_id": user_id, "email": f"u{size}@bench.test",
-                                    "name": "Bench", "created_at": now, "expires_at": now + timedelta(days=1)})
+    await db.users.insert_one(
+        {"_id": user_id, "email": f"u{size}@bench.test", "name": "Bench", "state": 0}
+    )
+    await db.api_tokens.insert_one(
+        {
+            "_id": hash_token(token),
+            "user_id": user_id,
+            "email": f"u{size}@bench.test",
+            "name": "Bench",
+            "created_at": now,
+            "expires_at": now + timedelta(days=1),
+        }
+    )
     shared = ObjectId()
     await db.messages.insert_one({"_id": shared, "subject": "bulk", "text_body": "hello " * 50})
     thread_id = ObjectId()
     batch = []
     for i in range(size):
-        batch.append({"_id": ObjectId(), "user_id": user_id, "message_id": ObjectId(), "role": "received",
-                      "thread_id": ObjectId(), "folder": "INBOX", "labels": [], "read": i % 3 == 0,
-                      "starred": False, "received_at": now - timedelta(seconds=size - i), "version": 1,
-                      "from": {"name": f"Sender {i % 97}", "email": f"s{i % 97}@remote.test"},
-                      "to": [{"name": None, "email": f"u{size}@bench.test"}], "cc": [],
-                      "subject": f"Message number {i}", "snippet": "Lorem ipsum dolor sit amet " * 4,
-                      "has_attachments": i % 10 == 0, "size": 2048})
+        batch.append(
+            {
+                "_id": ObjectId(),
+                "user_id": user_id,
+                "message_id": ObjectId(),
+                "role": "received",
+                "thread_id": ObjectId(),
+                "folder": "INBOX",
+                "labels": [],
+                "read": i % 3 == 0,
+                "starred": False,
+                "received_at": now - timedelta(seconds=size - i),
+                "version": 1,
+                "from": {"name": f"Sender {i % 97}", "email": f"s{i % 97}@remote.test"},
+                "to": [{"name": None, "email": f"u{size}@bench.test"}],
+                "cc": [],
+                "subject": f"Message number {i}",
+                "snippet": "Lorem ipsum dolor sit amet " * 4,
+                "has_attachments": i % 10 == 0,
+                "size": 2048,
+            }
+        )
         if len(batch) == 5000:
             await db.mailbox_items.insert_many(batch, ordered=False)
             batch = []
     if batch:
         await db.mailbox_items.insert_many(batch, ordered=False)
     # what filing maintains for every folder: totals and the oldest arrival
-    await db.mailbox_counters.insert_one({"user_id": user_id, "kind": "folder", "name": "INBOX",
-                                          "total": size + 20, "unread": size, "first_at": now - timedelta(days=31)})
+    await db.mailbox_counters.insert_one(
+        {
+            "user_id": user_id,
+            "kind": "folder",
+            "name": "INBOX",
+            "total": size + 20,
+            "unread": size,
+            "first_at": now - timedelta(days=31),
+        }
+    )
     thread_items, messages = [], []
     for i in range(20):
         mid = ObjectId()
         messages.append({"_id": mid, "subject": f"Re: plan {i}", "text_body": f"reply {i} " * 40})
-        thread_items.append({"_id": ObjectId(), "user_id": user_id, "message_id": mid, "role": "received",
-                             "thread_id": thread_id, "folder": "INBOX", "labels": [], "read": True,
-                             "starred": False, "received_at": now - timedelta(days=30, minutes=20 - i),
-                             "from": {"name": None, "email": "p@remote.test"}, "to": [], "cc": [],
-                             "subject": f"Re: plan {i}", "snippet": "", "has_attachments": False, "size": 1})
+        thread_items.append(
+            {
+                "_id": ObjectId(),
+                "user_id": user_id,
+                "message_id": mid,
+                "role": "received",
+                "thread_id": thread_id,
+                "folder": "INBOX",
+                "labels": [],
+                "read": True,
+                "starred": False,
+                "received_at": now - timedelta(days=30, minutes=20 - i),
+                "from": {"name": None, "email": "p@remote.test"},
+                "to": [],
+                "cc": [],
+                "subject": f"Re: plan {i}",
+                "snippet": "",
+                "has_attachments": False,
+                "size": 1,
+            }
+        )
     await db.messages.insert_many(messages)
     await db.mailbox_items.insert_many(thread_items)
-    await db.threads.insert_one({"_id": thread_id, "user_id": user_id, "subject": "plan", "message_count": 20,
-                                 "unread_count": 0, "latest_at": now, "folders": ["INBOX"], "labels": [],
-                                 "participants": [], "normalized_subject": "plan"})
+    await db.threads.insert_one(
+        {
+            "_id": thread_id,
+            "user_id": user_id,
+            "subject": "plan",
+            "message_count": 20,
+            "unread_count": 0,
+            "latest_at": now,
+            "folders": ["INBOX"],
+            "labels": [],
+            "participants": [],
+            "normalized_subject": "plan",
+        }
+    )
     return {"user_id": user_id, "token": token, "thread_id": thread_id}
 
 
@@ -98,7 +158,10 @@ async def naive_page(db, token: str, after: tuple | None) -> list:
     doc = await db.api_tokens.find_one({"_id": hash_token(token)})
     query: dict = {"user_id": doc["user_id"], "folder": "INBOX"}
     if after:
-        query["$or"] = [{"received_at": {"$lt": after[0]}}, {"received_at": after[0], "_id": {"$lt": after[1]}}]
+        query["$or"] = [
+            {"received_at": {"$lt": after[0]}},
+            {"received_at": after[0], "_id": {"$lt": after[1]}},
+        ]
     return await db.mailbox_items.find(query).sort(SORT).limit(51).to_list()
 
 
@@ -107,26 +170,49 @@ async def direct_page(db, token: str, after: tuple | None, span: float = 50.0) -
     doc = await db.api_tokens.find_one({"_id": hash_token(token)})
     query: dict = {"user_id": doc["user_id"], "folder": "INBOX"}
     if after:
-        ties = await db.mailbox_items.find({**query, "received_at": after[0], "_id": {"$lt": after[1]}}).sort(
-            SORT).limit(51).to_list()
+        ties = (
+            await db.mailbox_items.find(
+                {**query, "received_at": after[0], "_id": {"$lt": after[1]}}
+            )
+            .sort(SORT)
+            .limit(51)
+            .to_list()
+        )
         lower = after[0] - timedelta(seconds=max(60.0, 2 * span))
-        rest = await db.mailbox_items.find({**query, "received_at": {"$lt": after[0], "$gte": lower}}).sort(
-            SORT).limit(51 - len(ties)).to_list()
+        rest = (
+            await db.mailbox_items.find({**query, "received_at": {"$lt": after[0], "$gte": lower}})
+            .sort(SORT)
+            .limit(51 - len(ties))
+            .to_list()
+        )
         return ties + rest
-    counter = await db.mailbox_counters.find_one({"user_id": doc["user_id"], "kind": "folder", "name": "INBOX"})
+    counter = await db.mailbox_counters.find_one(
+        {"user_id": doc["user_id"], "kind": "folder", "name": "INBOX"}
+    )
     if counter.get("page_span") is not None:  # learned by earlier first pages
         window = max(60.0, 2 * counter["page_span"])
     else:
-        window = max(60.0, 2 * 51 / (counter["total"] / (datetime.now(UTC) - counter["first_at"]).total_seconds()))
+        window = max(
+            60.0,
+            2 * 51 / (counter["total"] / (datetime.now(UTC) - counter["first_at"]).total_seconds()),
+        )
     lower = datetime.now(UTC) - timedelta(seconds=window)
-    return await db.mailbox_items.find({**query, "received_at": {"$gte": lower}}).sort(SORT).limit(51).to_list()
+    return (
+        await db.mailbox_items.find({**query, "received_at": {"$gte": lower}})
+        .sort(SORT)
+        .limit(51)
+        .to_list()
+    )
 
 
 async def direct_thread(db, token: str, thread_id: ObjectId) -> list:
     doc = await db.api_tokens.find_one({"_id": hash_token(token)})
     await db.threads.find_one({"_id": thread_id, "user_id": doc["user_id"]})
-    items = await db.mailbox_items.find({"user_id": doc["user_id"], "thread_id": {"$in": [thread_id]}}).sort(
-        [("received_at", 1), ("_id", 1)]).to_list()
+    items = (
+        await db.mailbox_items.find({"user_id": doc["user_id"], "thread_id": {"$in": [thread_id]}})
+        .sort([("received_at", 1), ("_id", 1)])
+        .to_list()
+    )
     await db.messages.find({"_id": {"$in": [i["message_id"] for i in items]}}).to_list()
     return items
 
@@ -149,7 +235,10 @@ async def main() -> None:
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     stack = None
-    mongo_uri, redis_url = os.environ.get("MAILHUB_MONGODB_URI"), os.environ.get("MAILHUB_REDIS_URL")
+    mongo_uri, redis_url = (
+        os.environ.get("MAILHUB_MONGODB_URI"),
+        os.environ.get("MAILHUB_REDIS_URL"),
+    )
     if not (mongo_uri and redis_url):
         stack = EmbeddedStack(Path(tempfile.mkdtemp(prefix="bench-api-")))
         stack.start(mongo=not mongo_uri, redis=not redis_url, typesense=False)
@@ -160,13 +249,25 @@ async def main() -> None:
     started = time.monotonic()
     print(f"seeding {sizes} ...", file=sys.stderr, flush=True)
     seeded = {size: await seed(mongo.db, size) for size in sizes}
-    await ensure_indexes(mongo.db)  # after the bulk load: building once beats maintaining per insert
+    await ensure_indexes(
+        mongo.db
+    )  # after the bulk load: building once beats maintaining per insert
     print(f"seeded in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     port = free_port()
-    env = {**os.environ, "MAILHUB_MONGODB_URI": mongo_uri, "MAILHUB_MONGODB_DATABASE": dbname,
-           "MAILHUB_REDIS_URL": redis_url, "MAILHUB_SECRET_KEY": "bench-secret", "MAILHUB_LOG_LEVEL": "WARNING"}
-    api = subprocess.Popen([str(Path(sys.executable).parent / "mailhub"), "api", "--port", str(port)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "MAILHUB_MONGODB_URI": mongo_uri,
+        "MAILHUB_MONGODB_DATABASE": dbname,
+        "MAILHUB_REDIS_URL": redis_url,
+        "MAILHUB_SECRET_KEY": "bench-secret",
+        "MAILHUB_LOG_LEVEL": "WARNING",
+    }
+    api = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mailhub"), "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rows = []
     naive_rows = []
     try:
@@ -181,35 +282,64 @@ async def main() -> None:
                 headers = {"Authorization": f"Bearer {s['token']}"}
 
                 async def gql(query: str, variables: dict, headers=headers) -> dict:
-                    r = await http.post("/graphql", json={"query": query, "variables": variables}, headers=headers)
+                    r = await http.post(
+                        "/graphql", json={"query": query, "variables": variables}, headers=headers
+                    )
                     body = r.json()
                     assert not body.get("errors"), body
                     return body
 
                 first = await gql(PAGE, {"after": None})
                 # a cursor half-way down the mailbox: keyset pages cost the same anywhere
-                deep_item = await mongo.db.mailbox_items.find({"user_id": s["user_id"], "folder": "INBOX"}).sort(
-                    [("received_at", -1), ("_id", -1)]).skip(size // 2).limit(1).to_list()
+                deep_item = (
+                    await mongo.db.mailbox_items.find({"user_id": s["user_id"], "folder": "INBOX"})
+                    .sort([("received_at", -1), ("_id", -1)])
+                    .skip(size // 2)
+                    .limit(1)
+                    .to_list()
+                )
                 deep_after = (deep_item[0]["received_at"], deep_item[0]["_id"])
                 from app.domain.cursors import Cursor, encode_cursor
 
-                deep_cursor = encode_cursor(Cursor(deep_after[0], str(deep_after[1]), 50.0), b"bench-secret", "m")
+                deep_cursor = encode_cursor(
+                    Cursor(deep_after[0], str(deep_after[1]), 50.0), b"bench-secret", "m"
+                )
                 assert len(first["data"]["messages"]["edges"]) == 50
                 cases = [
-                    ("Inbox page 1 (50)", lambda: gql(PAGE, {"after": None}),
-                     lambda: direct_page(mongo.db, s["token"], None)),
-                    ("Inbox page mid-mailbox (50)", lambda: gql(PAGE, {"after": deep_cursor}),
-                     lambda: direct_page(mongo.db, s["token"], deep_after)),
-                    ("Thread of 20 with bodies", lambda: gql(THREAD, {"id": str(s["thread_id"])}),
-                     lambda: direct_thread(mongo.db, s["token"], s["thread_id"])),
+                    (
+                        "Inbox page 1 (50)",
+                        lambda: gql(PAGE, {"after": None}),
+                        lambda: direct_page(mongo.db, s["token"], None),
+                    ),
+                    (
+                        "Inbox page mid-mailbox (50)",
+                        lambda: gql(PAGE, {"after": deep_cursor}),
+                        lambda: direct_page(mongo.db, s["token"], deep_after),
+                    ),
+                    (
+                        "Thread of 20 with bodies",
+                        lambda: gql(THREAD, {"id": str(s["thread_id"])}),
+                        lambda: direct_thread(mongo.db, s["token"], s["thread_id"]),
+                    ),
                 ]
                 for name, via_graphql, via_driver in cases:
                     print(f"{size:,}: {name}", file=sys.stderr, flush=True)
                     g = await timed(via_graphql, args.rounds)
                     d = await timed(via_driver, args.rounds)
-                    rows.append((size, name, pct(g, 50), pct(g, 95), pct(d, 50), pct(d, 95),
-                                 statistics.median(g) / statistics.median(d)))
-                naive = await timed(lambda: naive_page(mongo.db, s["token"], None), max(5, args.rounds // 20))
+                    rows.append(
+                        (
+                            size,
+                            name,
+                            pct(g, 50),
+                            pct(g, 95),
+                            pct(d, 50),
+                            pct(d, 95),
+                            statistics.median(g) / statistics.median(d),
+                        )
+                    )
+                naive = await timed(
+                    lambda: naive_page(mongo.db, s["token"], None), max(5, args.rounds // 20)
+                )
                 naive_rows.append((size, pct(naive, 50), pct(naive, 95)))
     finally:
         api.terminate()
@@ -218,18 +348,30 @@ async def main() -> None:
         await mongo.close()
         if stack:
             stack.stop()
-    print("| mailbox | read | GraphQL p50 | GraphQL p95 | driver p50 | driver p95 | GraphQL/driver (p50) |")
+    print(
+        "| mailbox | read | GraphQL p50 | GraphQL p95 | driver p50 | driver p95 | GraphQL/driver (p50) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for size, name, gp50, gp95, dp50, dp95, ratio in rows:
-        print(f"| {size:,} | {name} | {gp50:.1f} ms | {gp95:.1f} ms | {dp50:.1f} ms | {dp95:.1f} ms | {ratio:.2f}× |")
+        print(
+            f"| {size:,} | {name} | {gp50:.1f} ms | {gp95:.1f} ms | {dp50:.1f} ms | {dp95:.1f} ms | {ratio:.2f}× |"
+        )
     print()
     for size, p50, p95 in naive_rows:
-        print(f"- reference, textbook find().sort().limit(51) on {size:,} items: p50 {p50:.1f} ms, p95 {p95:.1f} ms")
+        print(
+            f"- reference, textbook find().sort().limit(51) on {size:,} items: p50 {p50:.1f} ms, p95 {p95:.1f} ms"
+        )
     by = {(r[0], r[1]): r[2] for r in rows}
     if len(sizes) > 1:
         small, large = sizes[0], sizes[-1]
-        for name in ("Inbox page 1 (50)", "Inbox page mid-mailbox (50)", "Thread of 20 with bodies"):
-            print(f"- {name}: {large:,} vs {small:,} p50 ratio {by[(large, name)] / by[(small, name)]:.2f}×")
+        for name in (
+            "Inbox page 1 (50)",
+            "Inbox page mid-mailbox (50)",
+            "Thread of 20 with bodies",
+        ):
+            print(
+                f"- {name}: {large:,} vs {small:,} p50 ratio {by[(large, name)] / by[(small, name)]:.2f}×"
+            )
 
 
 if __name__ == "__main__":

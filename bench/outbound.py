@@ -19,7 +19,7 @@ on 127.0.0.1:2600) on this machine, in this run:
   latency = recorded ``sent`` time − the recipient's ``created_at``.
 
 Needs: Debian postfix + dnsmasq, and BASE (default /tmp/peer-bench) set up by peers/setup.sh.
-Not part of the test suite. Results: docs/benchmarks-outbound.md.
+Not part of the test suite. Results: docs/benchmarks.md.
 """
 
 from __future__ import annotations

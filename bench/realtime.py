@@ -56,8 +56,16 @@ async def make_users(db, n: int, offset: int) -> list[tuple[str, str, str]]:
         token = f"mh_rt_{uid}"
         users.append({"_id": uid, "email": email, "name": None, "state": 0, "password_hash": "x"})
         idents.append({"address": email, "user_id": uid, "primary": True, "created_at": now})
-        tokens.append({"_id": hash_token(token), "user_id": uid, "email": email, "name": None,
-                       "created_at": now, "expires_at": now + timedelta(days=1)})
+        tokens.append(
+            {
+                "_id": hash_token(token),
+                "user_id": uid,
+                "email": email,
+                "name": None,
+                "created_at": now,
+                "expires_at": now + timedelta(days=1),
+            }
+        )
         out.append((str(uid), email, token))
     await db.users.insert_many(users)
     await db.identities.insert_many(idents)
@@ -73,8 +81,9 @@ class Subscriber:
         self.task: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        async with websockets.connect(self.url, subprotocols=["graphql-transport-ws"], open_timeout=60,
-                                      ping_interval=None) as ws:
+        async with websockets.connect(
+            self.url, subprotocols=["graphql-transport-ws"], open_timeout=60, ping_interval=None
+        ) as ws:
             await ws.send(json.dumps({"type": "connection_init", "payload": {"token": self.token}}))
             assert json.loads(await ws.recv())["type"] == "connection_ack"
             await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": SUBSCRIBE}))
@@ -114,8 +123,10 @@ def wait_smtp(port: int) -> None:
 
 
 def send_one(port: int, to: str, i: int) -> float:
-    body = (f"From: Sender <sender@remote.test>\r\nTo: {to}\r\nSubject: realtime {i}\r\n"
-            f"Message-ID: <rt-{i}-{time.time_ns()}@remote.test>\r\n\r\nhello {i}\r\n")
+    body = (
+        f"From: Sender <sender@remote.test>\r\nTo: {to}\r\nSubject: realtime {i}\r\n"
+        f"Message-ID: <rt-{i}-{time.time_ns()}@remote.test>\r\n\r\nhello {i}\r\n"
+    )
     with smtplib.SMTP("127.0.0.1", port, timeout=30) as s:
         s.sendmail("sender@remote.test", [to], body.encode())
         return time.perf_counter()  # right after the 250 to DATA
@@ -137,14 +148,29 @@ async def main() -> None:
 
     await mongo.db.domains.insert_one({"_id": DOMAIN, "dkim": {"selector": "x", "private_key": ""}})
     http_port, smtp_port = free_port(), free_port()
-    env = {**os.environ, "MAILHUB_MONGODB_URI": stack.url("mongodb"), "MAILHUB_MONGODB_DATABASE": dbname,
-           "MAILHUB_REDIS_URL": stack.url("redis"), "MAILHUB_SECRET_KEY": "bench", "MAILHUB_LOG_LEVEL": "WARNING",
-           "MAILHUB_SMTP_PORT": str(smtp_port), "MAILHUB_HTTP_PORT": str(http_port)}
+    env = {
+        **os.environ,
+        "MAILHUB_MONGODB_URI": stack.url("mongodb"),
+        "MAILHUB_MONGODB_DATABASE": dbname,
+        "MAILHUB_REDIS_URL": stack.url("redis"),
+        "MAILHUB_SECRET_KEY": "bench",
+        "MAILHUB_LOG_LEVEL": "WARNING",
+        "MAILHUB_SMTP_PORT": str(smtp_port),
+        "MAILHUB_HTTP_PORT": str(http_port),
+    }
     mailhub = str(Path(sys.executable).parent / "mailhub")
-    api = subprocess.Popen([mailhub, "api", "--port", str(http_port)], env=env, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
-    mx = subprocess.Popen([mailhub, "mx", "--port", str(smtp_port)], env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+    api = subprocess.Popen(
+        [mailhub, "api", "--port", str(http_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    mx = subprocess.Popen(
+        [mailhub, "mx", "--port", str(smtp_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     rows = []
     offset = 0
     try:
@@ -159,9 +185,9 @@ async def main() -> None:
             rss_before = api_proc.memory_info().rss
             subs = [Subscriber(url, token) for _, _, token in users]
             for i in range(0, n, 200):  # connect in waves
-                for s in subs[i:i + 200]:
+                for s in subs[i : i + 200]:
                     s.task = asyncio.create_task(s.run())
-                await asyncio.gather(*(s.ready.wait() for s in subs[i:i + 200]))
+                await asyncio.gather(*(s.ready.wait() for s in subs[i : i + 200]))
             await asyncio.sleep(3)  # idle
             rss_idle = api_proc.memory_info().rss
             latencies = []

@@ -17,4 +17,6 @@ async def retrain_spam_model(ctx: dict[str, Any]) -> dict[str, Any]:
 
 FUNCTIONS = [retrain_spam_model]
 # Weekly, Sunday 03:17: retraining is CPU-heavy and feedback accumulates slowly.
-CRON_JOBS = [cron(retrain_spam_model, weekday=6, hour=3, minute=17, run_at_startup=False, timeout=3600)]
+CRON_JOBS = [
+    cron(retrain_spam_model, weekday=6, hour=3, minute=17, run_at_startup=False, timeout=3600)
+]

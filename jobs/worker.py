@@ -71,13 +71,17 @@ def run_worker(settings: Settings) -> int:
     if settings.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(settings.metrics_port, addr=settings.http_host)  # worker metrics: /metrics
+        start_http_server(
+            settings.metrics_port, addr=settings.http_host
+        )  # worker metrics: /metrics
     worker = Worker(**worker_options(settings))
     worker.run()
     return 0
 
 
-async def start_embedded_worker(settings: Settings, system: Any = None) -> Callable[[], Awaitable[None]]:
+async def start_embedded_worker(
+    settings: Settings, system: Any = None
+) -> Callable[[], Awaitable[None]]:
     """A worker inside the current event loop (`mailhub dev`, tests); returns its stop function."""
     worker = Worker(**worker_options(settings, system), handle_signals=False)
     task = asyncio.create_task(worker.async_run())

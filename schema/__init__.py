@@ -19,11 +19,10 @@ from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import EXCEPTION_HANDLERS, ErrorShaping
 from schema.mutation import Mutation
 from schema.query import Query
+from schema.realtime import RealtimeQuery, RealtimeSubscription
 from schema.search import SearchQuery
 from schema.spam import SpamMutation
 from schema.suppressions import SuppressionsMutation, SuppressionsQuery
-
-from schema.realtime import RealtimeQuery, RealtimeSubscription
 
 QUERIES: list[type] = [Query, RealtimeQuery, SearchQuery, SuppressionsQuery, DeliveryQuery]
 MUTATIONS: list[type] = [Mutation, SuppressionsMutation, DeliveryMutation, SpamMutation]
@@ -34,8 +33,10 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     subscription: Any = merge_types("Subscription", tuple(SUBSCRIPTIONS)) if SUBSCRIPTIONS else None
     # The limit rules are built once, not per request: the validation cache is keyed by the
     # rule classes, so per-request classes (what QueryDepthLimiter(...) makes) never hit it.
-    rules = [depth_rule(settings.graphql_max_depth, None, None),
-             aliases_rule(settings.graphql_max_aliases)]
+    rules = [
+        depth_rule(settings.graphql_max_depth, None, None),
+        aliases_rule(settings.graphql_max_aliases),
+    ]
     return strawberry.Schema(
         query=merge_types("Query", tuple(QUERIES)),
         mutation=merge_types("Mutation", tuple(MUTATIONS)),

@@ -24,9 +24,13 @@ log = structlog.get_logger(__name__)
 
 
 class ValidationHandler(strawberry.ExceptionHandler[E.ValidationError, T.ValidationErrorType]):
-    def handle(self, exception: E.ValidationError, *, field: Any, info: Any) -> T.ValidationErrorType:
-        return T.ValidationErrorType(message=exception.message, fields=[
-            T.FieldError(field=f.field, message=f.message) for f in exception.fields])
+    def handle(
+        self, exception: E.ValidationError, *, field: Any, info: Any
+    ) -> T.ValidationErrorType:
+        return T.ValidationErrorType(
+            message=exception.message,
+            fields=[T.FieldError(field=f.field, message=f.message) for f in exception.fields],
+        )
 
 
 class NotFoundHandler(strawberry.ExceptionHandler[E.NotFound, T.NotFoundType]):
@@ -36,7 +40,9 @@ class NotFoundHandler(strawberry.ExceptionHandler[E.NotFound, T.NotFoundType]):
 
 class RateLimitedHandler(strawberry.ExceptionHandler[E.RateLimited, T.RateLimitedType]):
     def handle(self, exception: E.RateLimited, *, field: Any, info: Any) -> T.RateLimitedType:
-        return T.RateLimitedType(message=exception.message, retry_after_seconds=exception.retry_after_seconds)
+        return T.RateLimitedType(
+            message=exception.message, retry_after_seconds=exception.retry_after_seconds
+        )
 
 
 class AuthErrorHandler(strawberry.ExceptionHandler[E.AuthError, T.AuthErrorType]):
@@ -45,7 +51,12 @@ class AuthErrorHandler(strawberry.ExceptionHandler[E.AuthError, T.AuthErrorType]
         return T.AuthErrorType(message=exception.message)
 
 
-EXCEPTION_HANDLERS = [ValidationHandler(), NotFoundHandler(), RateLimitedHandler(), AuthErrorHandler()]
+EXCEPTION_HANDLERS = [
+    ValidationHandler(),
+    NotFoundHandler(),
+    RateLimitedHandler(),
+    AuthErrorHandler(),
+]
 
 
 def shape_error(error: GraphQLError) -> GraphQLError:
@@ -59,13 +70,26 @@ def shape_error(error: GraphQLError) -> GraphQLError:
             extensions["fields"] = [{"field": f.field, "message": f.message} for f in domain.fields]
         if isinstance(domain, E.RateLimited | E.ServiceUnavailable):
             extensions["retryAfterSeconds"] = domain.retry_after_seconds
-        return GraphQLError(domain.message, nodes=error.nodes, path=error.path, original_error=domain,
-                            extensions=extensions)
+        return GraphQLError(
+            domain.message,
+            nodes=error.nodes,
+            path=error.path,
+            original_error=domain,
+            extensions=extensions,
+        )
     request_id = uuid.uuid4().hex[:12]
-    log.error("unexpected error in resolver", request_id=request_id, path=error.path,
-              exc_info=(type(original), original, original.__traceback__))
-    return GraphQLError(f"Internal error (request id {request_id})", nodes=error.nodes, path=error.path,
-                        extensions={"code": "INTERNAL_SERVER_ERROR", "requestId": request_id})
+    log.error(
+        "unexpected error in resolver",
+        request_id=request_id,
+        path=error.path,
+        exc_info=(type(original), original, original.__traceback__),
+    )
+    return GraphQLError(
+        f"Internal error (request id {request_id})",
+        nodes=error.nodes,
+        path=error.path,
+        extensions={"code": "INTERNAL_SERVER_ERROR", "requestId": request_id},
+    )
 
 
 class ErrorShaping(SchemaExtension):

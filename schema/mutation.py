@@ -25,11 +25,19 @@ class SendEmailInput:
     send_at: datetime | None = None
 
     def composition(self) -> Composition:
-        return Composition(to=list(self.to), cc=list(self.cc or []), bcc=list(self.bcc or []),
-                           subject=self.subject, text=self.text, html=self.html, from_=self.from_,
-                           attachment_ids=[str(a) for a in self.attachment_ids or []],
-                           in_reply_to=str(self.in_reply_to) if self.in_reply_to else None,
-                           idempotency_key=self.idempotency_key, send_at=self.send_at)
+        return Composition(
+            to=list(self.to),
+            cc=list(self.cc or []),
+            bcc=list(self.bcc or []),
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            from_=self.from_,
+            attachment_ids=[str(a) for a in self.attachment_ids or []],
+            in_reply_to=str(self.in_reply_to) if self.in_reply_to else None,
+            idempotency_key=self.idempotency_key,
+            send_at=self.send_at,
+        )
 
 
 @strawberry.input
@@ -46,10 +54,17 @@ class DraftInput:
     in_reply_to: strawberry.ID | None = None
 
     def composition(self) -> Composition:
-        return Composition(to=list(self.to or []), cc=list(self.cc or []), bcc=list(self.bcc or []),
-                           subject=self.subject or "", text=self.text, html=self.html, from_=self.from_,
-                           attachment_ids=[str(a) for a in self.attachment_ids or []],
-                           in_reply_to=str(self.in_reply_to) if self.in_reply_to else None)
+        return Composition(
+            to=list(self.to or []),
+            cc=list(self.cc or []),
+            bcc=list(self.bcc or []),
+            subject=self.subject or "",
+            text=self.text,
+            html=self.html,
+            from_=self.from_,
+            attachment_ids=[str(a) for a in self.attachment_ids or []],
+            in_reply_to=str(self.in_reply_to) if self.in_reply_to else None,
+        )
 
 
 @strawberry.input
@@ -66,18 +81,25 @@ class Mutation:
     @strawberry.mutation
     async def login(self, info: Info, email: str, password: str) -> T.LoginResult:
         token, user = await info.context.system.accounts.login(email, password, info.context.client)
-        return T.LoginSuccess(token=token, user=T.User(id=strawberry.ID(str(user["_id"])),
-                                                       email=user["email"], name=user.get("name")))
+        return T.LoginSuccess(
+            token=token,
+            user=T.User(
+                id=strawberry.ID(str(user["_id"])), email=user["email"], name=user.get("name")
+            ),
+        )
 
     @strawberry.mutation
     async def send_email(self, info: Info, input: SendEmailInput) -> T.SendEmailResult:
-        item = await info.context.system.sending.send_email(await info.context.viewer(), input.composition())
+        item = await info.context.system.sending.send_email(
+            await info.context.viewer(), input.composition()
+        )
         return T.SendEmailSuccess(item=T.MailboxItem(doc=item))
 
     @strawberry.mutation
     async def save_draft(self, info: Info, input: DraftInput) -> T.DraftResult:
         item = await info.context.system.sending.save_draft(
-            await info.context.viewer(), str(input.id) if input.id else None, input.composition())
+            await info.context.viewer(), str(input.id) if input.id else None, input.composition()
+        )
         return T.DraftSuccess(item=T.MailboxItem(doc=item))
 
     @strawberry.mutation
@@ -91,17 +113,24 @@ class Mutation:
         return T.SendEmailSuccess(item=T.MailboxItem(doc=item))
 
     @strawberry.mutation
-    async def update_messages(self, info: Info, ids: list[strawberry.ID],
-                              set: MessageStateInput) -> T.UpdateMessagesResult:
-        change = StateChange(read=set.read, starred=set.starred,
-                             folder=set.folder.value if set.folder else None,
-                             add_labels=tuple(set.add_labels or ()), remove_labels=tuple(set.remove_labels or ()))
+    async def update_messages(
+        self, info: Info, ids: list[strawberry.ID], set: MessageStateInput
+    ) -> T.UpdateMessagesResult:
+        change = StateChange(
+            read=set.read,
+            starred=set.starred,
+            folder=set.folder.value if set.folder else None,
+            add_labels=tuple(set.add_labels or ()),
+            remove_labels=tuple(set.remove_labels or ()),
+        )
         items = await info.context.system.mailbox.update_items(
-            await info.context.viewer(), [str(i) for i in ids], change)
+            await info.context.viewer(), [str(i) for i in ids], change
+        )
         return T.UpdateMessagesSuccess(items=[T.MailboxItem(doc=d) for d in items])
 
     @strawberry.mutation(description="Only items in TRASH or SPAM (and drafts).")
     async def delete_forever(self, info: Info, ids: list[strawberry.ID]) -> T.DeleteResult:
         deleted = await info.context.system.mailbox.delete_forever(
-            await info.context.viewer(), [str(i) for i in ids])
+            await info.context.viewer(), [str(i) for i in ids]
+        )
         return T.DeleteSuccess(ids=[strawberry.ID(i) for i in deleted])

@@ -24,15 +24,29 @@ class Query:
         return [T.Mailbox.of(d) for d in docs]
 
     @strawberry.field(description="Newest first. Without folder or label: the INBOX.")
-    async def messages(self, info: Info, folder: T.Folder | None = None, label: str | None = None,
-                       first: int = 50, after: str | None = None) -> T.MailboxItemConnection:
+    async def messages(
+        self,
+        info: Info,
+        folder: T.Folder | None = None,
+        label: str | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> T.MailboxItemConnection:
         page = await info.context.system.mailbox.list_items(
-            await info.context.viewer(), folder=_folder(folder), label=label, first=first, after=after)
+            await info.context.viewer(),
+            folder=_folder(folder),
+            label=label,
+            first=first,
+            after=after,
+        )
         return T.MailboxItemConnection(
-            edges=[T.MailboxItemEdge(cursor=c, node=T.MailboxItem(doc=d))
-                   for d, c in zip(page.nodes, page.cursors, strict=True)],
+            edges=[
+                T.MailboxItemEdge(cursor=c, node=T.MailboxItem(doc=d))
+                for d, c in zip(page.nodes, page.cursors, strict=True)
+            ],
             page_info=T.PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor),
-            scope={"folder": _folder(folder), "label": label})
+            scope={"folder": _folder(folder), "label": label},
+        )
 
     @strawberry.field
     async def message(self, info: Info, id: strawberry.ID) -> T.MailboxItem | None:
@@ -40,14 +54,28 @@ class Query:
         return T.MailboxItem(doc=doc) if doc else None
 
     @strawberry.field(description="Conversations, most recent activity first.")
-    async def threads(self, info: Info, folder: T.Folder | None = None, label: str | None = None,
-                      first: int = 50, after: str | None = None) -> T.ThreadConnection:
+    async def threads(
+        self,
+        info: Info,
+        folder: T.Folder | None = None,
+        label: str | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> T.ThreadConnection:
         page = await info.context.system.mailbox.list_threads(
-            await info.context.viewer(), folder=_folder(folder), label=label, first=first, after=after)
+            await info.context.viewer(),
+            folder=_folder(folder),
+            label=label,
+            first=first,
+            after=after,
+        )
         return T.ThreadConnection(
-            edges=[T.ThreadEdge(cursor=c, node=T.Thread(doc=d))
-                   for d, c in zip(page.nodes, page.cursors, strict=True)],
-            page_info=T.PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor))
+            edges=[
+                T.ThreadEdge(cursor=c, node=T.Thread(doc=d))
+                for d, c in zip(page.nodes, page.cursors, strict=True)
+            ],
+            page_info=T.PageInfo(has_next_page=page.has_next, end_cursor=page.end_cursor),
+        )
 
     @strawberry.field
     async def thread(self, info: Info, id: strawberry.ID) -> T.Thread | None:

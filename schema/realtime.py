@@ -46,20 +46,30 @@ ChangesResult = Annotated[Changes | CannotCalculateChanges, strawberry.union("Ch
 
 @strawberry.type
 class RealtimeQuery:
-    @strawberry.field(description="The viewer's current sync state (every event carries the state after it).")
+    @strawberry.field(
+        description="The viewer's current sync state (every event carries the state after it)."
+    )
     async def state(self, info: Info) -> str:
         return await info.context.system.realtime.current_state(await info.context.viewer())
 
-    @strawberry.field(description="Item ids created/updated/deleted since a state, for clients that were offline.")
+    @strawberry.field(
+        description="Item ids created/updated/deleted since a state, for clients that were offline."
+    )
     async def changes(self, info: Info, since: str) -> ChangesResult:
         realtime = info.context.system.realtime
         viewer = await info.context.viewer()
         try:
             c = await realtime.changes(viewer, since)
         except NoChanges as e:
-            return CannotCalculateChanges(message=str(e), new_state=await realtime.current_state(viewer))
-        return Changes(created=[strawberry.ID(i) for i in c.created], updated=[strawberry.ID(i) for i in c.updated],
-                       deleted=[strawberry.ID(i) for i in c.deleted], new_state=c.new_state)
+            return CannotCalculateChanges(
+                message=str(e), new_state=await realtime.current_state(viewer)
+            )
+        return Changes(
+            created=[strawberry.ID(i) for i in c.created],
+            updated=[strawberry.ID(i) for i in c.updated],
+            deleted=[strawberry.ID(i) for i in c.deleted],
+            new_state=c.new_state,
+        )
 
 
 async def _events(info: Info, listener: Listener) -> AsyncGenerator[dict[str, Any], None]:
@@ -72,8 +82,10 @@ async def _events(info: Info, listener: Listener) -> AsyncGenerator[dict[str, An
     while True:
         if listener.overflowed:
             await context.disconnect_slow_client()
-            raise GraphQLError("client too slow: subscription ended; reconnect and call `changes`",
-                               extensions={"code": "SLOW_CONSUMER"})
+            raise GraphQLError(
+                "client too slow: subscription ended; reconnect and call `changes`",
+                extensions={"code": "SLOW_CONSUMER"},
+            )
         timeout = max(0.05, next_check - time.monotonic())
         try:
             event = await asyncio.wait_for(listener.queue.get(), timeout)
@@ -101,11 +113,17 @@ class RealtimeSubscription:
                 if event["kind"] != "deleted":
                     doc = await system.mailbox.get_item(viewer, event["itemId"])
                     item = T.MailboxItem(doc=doc) if doc else None
-                yield MailboxEvent(type=event["kind"], item=item, item_id=strawberry.ID(event["itemId"]),
-                                   state=event.get("state") or "")
+                yield MailboxEvent(
+                    type=event["kind"],
+                    item=item,
+                    item_id=strawberry.ID(event["itemId"]),
+                    state=event.get("state") or "",
+                )
 
-    @strawberry.subscription(description="All folders and labels: once on subscribe, then after changes "
-                                         "(at most one per second).")
+    @strawberry.subscription(
+        description="All folders and labels: once on subscribe, then after changes "
+        "(at most one per second)."
+    )
     async def unread_counts(self, info: Info) -> AsyncGenerator[list[T.Mailbox], None]:
         system = info.context.system
         viewer = await info.context.viewer()
@@ -123,20 +141,31 @@ class RealtimeSubscription:
                 yield [T.Mailbox.of(d) for d in await system.mailbox.mailboxes(viewer)]
                 sent_at = time.monotonic()
 
-    @strawberry.subscription(description="Each recipient status change of a message the viewer sent.")
-    async def delivery_status(self, info: Info, message_id: strawberry.ID) -> AsyncGenerator[T.RecipientStatus, None]:
+    @strawberry.subscription(
+        description="Each recipient status change of a message the viewer sent."
+    )
+    async def delivery_status(
+        self, info: Info, message_id: strawberry.ID
+    ) -> AsyncGenerator[T.RecipientStatus, None]:
         system = info.context.system
         viewer = await info.context.viewer()
         oid = parse_object_id(str(message_id))
         owned = oid is not None and await system.mongo.db.mailbox_items.count_documents(
-            {"user_id": viewer.user_id, "message_id": oid, "role": "sent"}, limit=1)
+            {"user_id": viewer.user_id, "message_id": oid, "role": "sent"}, limit=1
+        )
         if not owned:
-            raise GraphQLError(f"no sent message with id {message_id}", extensions={"code": "NOT_FOUND"})
+            raise GraphQLError(
+                f"no sent message with id {message_id}", extensions={"code": "NOT_FOUND"}
+            )
         async with system.hub.listen(str(viewer.user_id)) as listener:
             async for event in _events(info, listener):
                 if event.get("type") != "delivery" or event.get("messageId") != str(message_id):
                     continue
                 rid = parse_object_id(event.get("recipientId"))
-                doc = await system.mongo.db.recipients.find_one({"_id": rid, "message_id": oid}) if rid else None
+                doc = (
+                    await system.mongo.db.recipients.find_one({"_id": rid, "message_id": oid})
+                    if rid
+                    else None
+                )
                 if doc:
                     yield T.RecipientStatus.of(doc)

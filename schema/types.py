@@ -55,9 +55,14 @@ class Mailbox:
 
     @staticmethod
     def of(d: dict[str, Any]) -> Mailbox:
-        return Mailbox(id=strawberry.ID(d["id"]), name=d["name"],
-                       folder=FolderValue(d["folder"]) if d["folder"] else None,
-                       is_label=d["is_label"], total=d["total"], unread=d["unread"])
+        return Mailbox(
+            id=strawberry.ID(d["id"]),
+            name=d["name"],
+            folder=FolderValue(d["folder"]) if d["folder"] else None,
+            is_label=d["is_label"],
+            total=d["total"],
+            unread=d["unread"],
+        )
 
 
 @strawberry.type
@@ -86,12 +91,19 @@ class RecipientStatus:
         reply = d.get("last_reply")
         text = None
         if reply:
-            text = " ".join(str(p) for p in (reply.get("code"), reply.get("enhanced"), reply.get("text")) if p)
+            text = " ".join(
+                str(p) for p in (reply.get("code"), reply.get("enhanced"), reply.get("text")) if p
+            )
         pending = d["delivery_status"] in ("queued", "scheduled", "deferred", "sending")
         return RecipientStatus(
-            address=d["address"], type=d["type"], status=d["delivery_status"],
-            attempts=d.get("attempts", 0), last_reply=text, bounce_class=d.get("bounce_class"),
-            next_attempt_at=d.get("next_attempt_at") if pending else None, updated_at=d["updated_at"],
+            address=d["address"],
+            type=d["type"],
+            status=d["delivery_status"],
+            attempts=d.get("attempts", 0),
+            last_reply=text,
+            bounce_class=d.get("bounce_class"),
+            next_attempt_at=d.get("next_attempt_at") if pending else None,
+            updated_at=d["updated_at"],
         )
 
 
@@ -159,8 +171,10 @@ class MailboxItem:
         message = await self._message(info)
         return await info.context.system.content.text_body(message)
 
-    @strawberry.field(description="Sanitized: no scripts, handlers, forms or frames; remote images "
-                                  "carry data-remote-image so a client can block them.")
+    @strawberry.field(
+        description="Sanitized: no scripts, handlers, forms or frames; remote images "
+        "carry data-remote-image so a client can block them."
+    )
     async def html_body(self, info: Info) -> str | None:
         message = await self._message(info)
         html = await info.context.system.content.html_body(message)
@@ -181,10 +195,17 @@ class MailboxItem:
     @strawberry.field
     async def attachments(self, info: Info) -> list[Attachment]:
         base = info.context.system.settings.base_url
-        return [Attachment(id=strawberry.ID(str(a["id"])), filename=a["filename"],
-                           content_type=a["content_type"], size=a["size"], sha256=a["sha256"],
-                           download_url=f"{base}/api/attachments/{a['id']}")
-                for a in (await self._message(info)).get("attachments") or []]
+        return [
+            Attachment(
+                id=strawberry.ID(str(a["id"])),
+                filename=a["filename"],
+                content_type=a["content_type"],
+                size=a["size"],
+                sha256=a["sha256"],
+                download_url=f"{base}/api/attachments/{a['id']}",
+            )
+            for a in (await self._message(info)).get("attachments") or []
+        ]
 
     @strawberry.field(description="Per-recipient delivery state; empty unless the viewer sent it.")
     async def recipients(self, info: Info) -> list[RecipientStatus]:
@@ -198,8 +219,12 @@ class MailboxItem:
         s = self.doc.get("spam")
         if not s:
             return None
-        return SpamVerdict(is_spam=s["is_spam"], score=s["score"], model_version=s["model_version"],
-                           reasons=list(s.get("reasons") or []))
+        return SpamVerdict(
+            is_spam=s["is_spam"],
+            score=s["score"],
+            model_version=s["model_version"],
+            reasons=list(s.get("reasons") or []),
+        )
 
     @strawberry.field
     async def auth_results(self, info: Info) -> str | None:
@@ -282,6 +307,7 @@ class ThreadConnection:
 
 # --- mutation results (CONTRACT.md: a success type or a typed error) ------------------------
 
+
 @strawberry.type
 class FieldError:
     field: str
@@ -337,9 +363,15 @@ class DeleteSuccess:
 
 
 LoginResult = Annotated[LoginSuccess | AuthErrorType, strawberry.union("LoginResult")]
-SendEmailResult = Annotated[SendEmailSuccess | ValidationErrorType | RateLimitedType | NotFoundType,
-                            strawberry.union("SendEmailResult")]
-DraftResult = Annotated[DraftSuccess | ValidationErrorType | NotFoundType, strawberry.union("DraftResult")]
-UpdateMessagesResult = Annotated[UpdateMessagesSuccess | ValidationErrorType | NotFoundType,
-                                 strawberry.union("UpdateMessagesResult")]
+SendEmailResult = Annotated[
+    SendEmailSuccess | ValidationErrorType | RateLimitedType | NotFoundType,
+    strawberry.union("SendEmailResult"),
+]
+DraftResult = Annotated[
+    DraftSuccess | ValidationErrorType | NotFoundType, strawberry.union("DraftResult")
+]
+UpdateMessagesResult = Annotated[
+    UpdateMessagesSuccess | ValidationErrorType | NotFoundType,
+    strawberry.union("UpdateMessagesResult"),
+]
 DeleteResult = Annotated[DeleteSuccess | NotFoundType, strawberry.union("DeleteResult")]

@@ -23,10 +23,17 @@ class BlobStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], bucket: str = "blobs") -> None:
         self._bucket = AsyncGridFSBucket(db, bucket_name=bucket, chunk_size_bytes=CHUNK)
 
-    async def put(self, data: bytes, *, filename: str = "blob", metadata: dict[str, Any] | None = None,
-                  session: Any = None) -> ObjectId:
-        return await self._bucket.upload_from_stream(filename, data, metadata=metadata or {},
-                                                     session=session)
+    async def put(
+        self,
+        data: bytes,
+        *,
+        filename: str = "blob",
+        metadata: dict[str, Any] | None = None,
+        session: Any = None,
+    ) -> ObjectId:
+        return await self._bucket.upload_from_stream(
+            filename, data, metadata=metadata or {}, session=session
+        )
 
     def open_upload(self, filename: str, metadata: dict[str, Any] | None = None) -> Any:
         """A streaming upload; call ``write`` per chunk, then ``close`` (or ``abort``)."""

@@ -84,13 +84,19 @@ class DnsResolver:
             if addresses:
                 return MxResult(LookupStatus.OK, (domain.rstrip(".").lower(),), implicit=True)
             return MxResult(LookupStatus.NO_DATA)
-        except (dns.exception.Timeout, dns.resolver.NoNameservers, dns.resolver.YXDOMAIN,
-                dns.exception.DNSException):
+        except (
+            dns.exception.Timeout,
+            dns.resolver.NoNameservers,
+            dns.resolver.YXDOMAIN,
+            dns.exception.DNSException,
+        ):
             return MxResult(LookupStatus.TEMPORARY)
         records = sorted(answer, key=lambda r: (r.preference, str(r.exchange)))
         if len(records) == 1 and records[0].exchange == dns.name.root:
             return MxResult(LookupStatus.OK, (), null_mx=True)
-        hosts = tuple(str(r.exchange).rstrip(".").lower() for r in records if r.exchange != dns.name.root)
+        hosts = tuple(
+            str(r.exchange).rstrip(".").lower() for r in records if r.exchange != dns.name.root
+        )
         return MxResult(LookupStatus.OK, hosts)
 
     async def addresses(self, host: str) -> list[str]:
@@ -113,5 +119,6 @@ class DnsResolver:
             return TxtResult(LookupStatus.NO_DATA)
         except dns.exception.DNSException:
             return TxtResult(LookupStatus.TEMPORARY)
-        return TxtResult(LookupStatus.OK, tuple(
-            b"".join(r.strings).decode("utf-8", "replace") for r in answer))
+        return TxtResult(
+            LookupStatus.OK, tuple(b"".join(r.strings).decode("utf-8", "replace") for r in answer)
+        )

@@ -25,8 +25,13 @@ from pymongo.write_concern import WriteConcern
 
 from app.domain.errors import DomainError, ServiceUnavailable
 
-_UNAVAILABLE = (AutoReconnect, ConnectionFailure, NetworkTimeout, ServerSelectionTimeoutError,
-                WTimeoutError)
+_UNAVAILABLE = (
+    AutoReconnect,
+    ConnectionFailure,
+    NetworkTimeout,
+    ServerSelectionTimeoutError,
+    WTimeoutError,
+)
 
 
 def connect(uri: str, *, timeout_ms: int = 3000) -> AsyncMongoClient[dict[str, Any]]:
@@ -53,7 +58,9 @@ class Mongo:
     @classmethod
     def open(cls, uri: str, database: str, *, timeout_ms: int = 3000) -> Mongo:
         client = connect(uri, timeout_ms=timeout_ms)
-        return cls(client, client.get_database(database, write_concern=WriteConcern("majority", j=True)))
+        return cls(
+            client, client.get_database(database, write_concern=WriteConcern("majority", j=True))
+        )
 
     async def close(self) -> None:
         await self.client.close()
@@ -75,9 +82,15 @@ def as_domain_error(exc: BaseException) -> DomainError | None:
     if isinstance(exc, DomainError):
         return exc
     if isinstance(exc, _UNAVAILABLE):
-        return ServiceUnavailable("the mail store is temporarily unavailable", retry_after_seconds=5)
-    if isinstance(exc, PyMongoError) and getattr(exc, "has_error_label", None) and (
-        exc.has_error_label("TransientTransactionError")  # type: ignore[attr-defined]
+        return ServiceUnavailable(
+            "the mail store is temporarily unavailable", retry_after_seconds=5
+        )
+    if (
+        isinstance(exc, PyMongoError)
+        and getattr(exc, "has_error_label", None)
+        and (
+            exc.has_error_label("TransientTransactionError")  # type: ignore[attr-defined]
+        )
     ):
         return ServiceUnavailable("the mail store is busy, retry", retry_after_seconds=1)
     return None

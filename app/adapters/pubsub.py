@@ -44,8 +44,9 @@ class Listener:
 
 class PubSubHub:
     def __init__(self, url: str, prefix: str) -> None:
-        self.client: aioredis.Redis = aioredis.Redis.from_url(url, socket_connect_timeout=3,
-                                                             health_check_interval=30)
+        self.client: aioredis.Redis = aioredis.Redis.from_url(
+            url, socket_connect_timeout=3, health_check_interval=30
+        )
         self.prefix = prefix
         self.listeners: dict[str, set[Listener]] = {}
         self.pubsub: Any = None
@@ -58,7 +59,9 @@ class PubSubHub:
     async def publish(self, user_id: str, event: dict[str, Any]) -> None:
         """Best effort (events are eventually consistent; `changes` is the source of truth)."""
         try:
-            await self.client.publish(self.channel(user_id), json.dumps(event, separators=(",", ":")))
+            await self.client.publish(
+                self.channel(user_id), json.dumps(event, separators=(",", ":"))
+            )
         except RedisError as e:
             log.warning("publish failed", error=str(e))
 
@@ -106,7 +109,11 @@ class PubSubHub:
                 continue
             if not message or message.get("type") != "message":
                 continue
-            channel = message["channel"].decode() if isinstance(message["channel"], bytes) else message["channel"]
+            channel = (
+                message["channel"].decode()
+                if isinstance(message["channel"], bytes)
+                else message["channel"]
+            )
             try:
                 event = json.loads(message["data"])
             except (ValueError, TypeError):

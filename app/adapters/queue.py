@@ -31,16 +31,24 @@ class JobQueue:
             self._pool = await create_pool(self.settings, default_queue_name=self.name)
         return self._pool
 
-    async def enqueue(self, function: str, *args: Any, job_id: str | None = None,
-                      defer_until: datetime | None = None) -> bool:
+    async def enqueue(
+        self,
+        function: str,
+        *args: Any,
+        job_id: str | None = None,
+        defer_until: datetime | None = None,
+    ) -> bool:
         """Enqueue once per ``job_id`` (arq ignores a duplicate id while the job exists)."""
         try:
             pool = await self.pool()
-            job = await pool.enqueue_job(function, *args, _job_id=job_id, _defer_until=defer_until,
-                                         _queue_name=self.name)
+            job = await pool.enqueue_job(
+                function, *args, _job_id=job_id, _defer_until=defer_until, _queue_name=self.name
+            )
             return job is not None
         except (RedisError, OSError, ConnectionError) as e:
-            log.warning("enqueue failed; the sweep will pick it up", function=function, error=str(e))
+            log.warning(
+                "enqueue failed; the sweep will pick it up", function=function, error=str(e)
+            )
             return False
 
     async def close(self) -> None:

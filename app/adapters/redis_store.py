@@ -26,7 +26,10 @@ class Verdict:
 class RedisStore:
     def __init__(self, url: str, prefix: str) -> None:
         self.client: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=3, socket_connect_timeout=3, health_check_interval=30,
+            url,
+            socket_timeout=3,
+            socket_connect_timeout=3,
+            health_check_interval=30,
         )
         self.prefix = prefix
 

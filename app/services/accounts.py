@@ -78,7 +78,8 @@ class AccountService:
         if existing is None:
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
             pem = key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             ).decode()
             existing = {
@@ -101,9 +102,14 @@ class AccountService:
         return [
             DnsRecord(domain, "MX", f"10 {host}."),
             DnsRecord(domain, "TXT", f"v=spf1 mx a:{host} -all"),
-            DnsRecord(f"{dkim['selector']}._domainkey.{domain}", "TXT",
-                      f"v=DKIM1; k=rsa; p={_dkim_public_key(dkim['private_key'])}"),
-            DnsRecord(f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"),
+            DnsRecord(
+                f"{dkim['selector']}._domainkey.{domain}",
+                "TXT",
+                f"v=DKIM1; k=rsa; p={_dkim_public_key(dkim['private_key'])}",
+            ),
+            DnsRecord(
+                f"_dmarc.{domain}", "TXT", f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"
+            ),
         ]
 
     async def is_hosted(self, domain: str) -> bool:
@@ -111,12 +117,16 @@ class AccountService:
 
     # --- users ---------------------------------------------------------------------------
 
-    async def create_user(self, email: str, password: str, name: str | None = None) -> dict[str, Any]:
+    async def create_user(
+        self, email: str, password: str, name: str | None = None
+    ) -> dict[str, Any]:
         address = parse_address(email, field="email")
         key = normalize_email(address.email)
         if not await self.is_hosted(domain_of(key)):
-            raise ValidationError.on("email", f"domain {domain_of(key)} is not hosted here; "
-                                              "run `mailhub domains add` first")
+            raise ValidationError.on(
+                "email",
+                f"domain {domain_of(key)} is not hosted here; run `mailhub domains add` first",
+            )
         if len(password) < 8:
             raise ValidationError.on("password", "password must be at least 8 characters")
         user = {
@@ -129,7 +139,12 @@ class AccountService:
         }
         try:
             await self.db.identities.insert_one(
-                {"address": key, "user_id": user["_id"], "primary": True, "created_at": user["created_at"]}
+                {
+                    "address": key,
+                    "user_id": user["_id"],
+                    "primary": True,
+                    "created_at": user["created_at"],
+                }
             )
         except Exception as e:
             if is_duplicate_key(e):
@@ -139,7 +154,7 @@ class AccountService:
         return user
 
     async def add_alias(self, user_email: str, alias: str) -> None:
-        """Give a user another address; mail to it lands in their mailbox, and they may send as it."""
+        """Give a user another address: mail to it lands in their mailbox; they may send as it."""
         user = await self.db.users.find_one({"email": normalize_email(user_email)})
         if user is None:
             raise NotFound(f"no user {user_email}")
@@ -148,7 +163,12 @@ class AccountService:
             raise ValidationError.on("alias", f"domain {domain_of(key)} is not hosted here")
         try:
             await self.db.identities.insert_one(
-                {"address": key, "user_id": user["_id"], "primary": False, "created_at": datetime.now(UTC)}
+                {
+                    "address": key,
+                    "user_id": user["_id"],
+                    "primary": False,
+                    "created_at": datetime.now(UTC),
+                }
             )
         except Exception as e:
             if is_duplicate_key(e):
@@ -160,12 +180,16 @@ class AccountService:
         return [d["address"] for d in docs]
 
     async def user_for_address(self, address: str) -> ObjectId | None:
-        doc = await self.db.identities.find_one({"address": normalize_email(address)}, {"user_id": 1})
+        doc = await self.db.identities.find_one(
+            {"address": normalize_email(address)}, {"user_id": 1}
+        )
         return doc["user_id"] if doc else None
 
     async def users_for_addresses(self, addresses: list[str]) -> dict[str, ObjectId]:
         keys = sorted({normalize_email(a) for a in addresses})
-        docs = await self.db.identities.find({"address": {"$in": keys}}, {"address": 1, "user_id": 1}).to_list()
+        docs = await self.db.identities.find(
+            {"address": {"$in": keys}}, {"address": 1, "user_id": 1}
+        ).to_list()
         return {d["address"]: d["user_id"] for d in docs}
 
     async def get_user(self, user_id: ObjectId) -> dict[str, Any]:
@@ -180,15 +204,20 @@ class AccountService:
         """Check a password and issue a bearer token (stored hashed, expiring, revocable)."""
         key = normalize_email(email or "")
         s = self.settings
-        per_client = await self.redis.hit(f"login-client:{client}", s.login_attempts_per_client,
-                                          s.login_window_seconds)
+        per_client = await self.redis.hit(
+            f"login-client:{client}", s.login_attempts_per_client, s.login_window_seconds
+        )
         if not per_client.allowed:
-            raise RateLimited("too many login attempts from this client",
-                              retry_after_seconds=per_client.retry_after_seconds)
+            raise RateLimited(
+                "too many login attempts from this client",
+                retry_after_seconds=per_client.retry_after_seconds,
+            )
         failures = await self.redis.peek(f"login-fail:{key}", s.login_window_seconds)
         if failures >= s.login_attempts_per_address:
-            raise RateLimited("too many failed logins for this address",
-                              retry_after_seconds=s.login_window_seconds)
+            raise RateLimited(
+                "too many failed logins for this address",
+                retry_after_seconds=s.login_window_seconds,
+            )
         user = await self.db.users.find_one({"email": key}) if key else None
         if user is None:
             identity = await self.db.identities.find_one({"address": key}) if key else None
@@ -199,27 +228,33 @@ class AccountService:
         await self.redis.reset(f"login-fail:{key}", s.login_window_seconds)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = datetime.now(UTC)
-        await self.db.api_tokens.insert_one({
-            "_id": hash_token(token),
-            "user_id": user["_id"],
-            # denormalized so authenticating a request is one read; disabling a user revokes
-            # every token (set_disabled), so these never outlive the account
-            "email": user["email"],
-            "name": user.get("name"),
-            "created_at": now,
-            "expires_at": now + timedelta(hours=s.token_ttl_hours),
-            "client": client,
-        })
+        await self.db.api_tokens.insert_one(
+            {
+                "_id": hash_token(token),
+                "user_id": user["_id"],
+                # denormalized so authenticating a request is one read; disabling a user revokes
+                # every token (set_disabled), so these never outlive the account
+                "email": user["email"],
+                "name": user.get("name"),
+                "created_at": now,
+                "expires_at": now + timedelta(hours=s.token_ttl_hours),
+                "client": client,
+            }
+        )
         if _hasher.check_needs_rehash(user["password_hash"]):
-            await self.db.users.update_one({"_id": user["_id"]},
-                                           {"$set": {"password_hash": _hasher.hash(password)}})
+            await self.db.users.update_one(
+                {"_id": user["_id"]}, {"$set": {"password_hash": _hasher.hash(password)}}
+            )
         user.pop("password_hash", None)
         return token, user
 
     @staticmethod
     def _password_ok(user: dict[str, Any] | None, password: str) -> bool:
         try:
-            return _hasher.verify(user["password_hash"] if user else _DUMMY_HASH, password or "") and user is not None
+            return (
+                _hasher.verify(user["password_hash"] if user else _DUMMY_HASH, password or "")
+                and user is not None
+            )
         except (VerificationError, InvalidHashError):
             return False
 
@@ -236,8 +271,10 @@ class AccountService:
         """Disable (or re-enable) a user; disabling revokes every token at once."""
         await self.db.users.update_one({"_id": user_id}, {"$set": {"disabled": disabled}})
         if disabled:
-            await self.db.api_tokens.update_many({"user_id": user_id, "revoked_at": None},
-                                                 {"$set": {"revoked_at": datetime.now(UTC)}})
+            await self.db.api_tokens.update_many(
+                {"user_id": user_id, "revoked_at": None},
+                {"$set": {"revoked_at": datetime.now(UTC)}},
+            )
 
     async def revoke(self, token: str) -> bool:
         result = await self.db.api_tokens.update_one(
@@ -246,7 +283,9 @@ class AccountService:
         return result.modified_count == 1
 
     async def token_is_live(self, token_id: str) -> bool:
-        doc = await self.db.api_tokens.find_one({"_id": token_id}, {"revoked_at": 1, "expires_at": 1})
+        doc = await self.db.api_tokens.find_one(
+            {"_id": token_id}, {"revoked_at": 1, "expires_at": 1}
+        )
         return bool(doc and not doc.get("revoked_at") and doc["expires_at"] > datetime.now(UTC))
 
 

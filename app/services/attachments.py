@@ -32,8 +32,13 @@ _SAFE_DECLARED = re.compile(r"^(text/(plain|csv|calendar)|application/(json|pdf|
 def clean_filename(name: str | None) -> str:
     """Keep the last path segment, drop control characters, bound the length."""
     name = (name or "").replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join(ch for ch in unicodedata.normalize("NFC", name)
-                   if unicodedata.category(ch)[0] != "C").strip().lstrip(".")
+    name = (
+        "".join(
+            ch for ch in unicodedata.normalize("NFC", name) if unicodedata.category(ch)[0] != "C"
+        )
+        .strip()
+        .lstrip(".")
+    )
     return name[:200] or "attachment"
 
 
@@ -49,7 +54,9 @@ def sniff_content_type(head: bytes, filename: str, declared: str | None) -> str:
     looks_text = bool(head) and b"\x00" not in head[:SNIFF_BYTES]
     if guessed and guessed.startswith("text/") and looks_text and guessed not in ("text/html",):
         return guessed
-    return "text/plain" if looks_text and not head.lstrip()[:1] == b"<" else "application/octet-stream"
+    return (
+        "text/plain" if looks_text and not head.lstrip()[:1] == b"<" else "application/octet-stream"
+    )
 
 
 @dataclass
@@ -107,19 +114,23 @@ class AttachmentService:
         self.blobs = blobs
         self.settings = settings
 
-    def begin_upload(self, viewer: Viewer, filename: str | None, declared_type: str | None) -> Upload:
+    def begin_upload(
+        self, viewer: Viewer, filename: str | None, declared_type: str | None
+    ) -> Upload:
         name = clean_filename(filename)
         stream = self.blobs.open_upload(name, {"owner": str(viewer.user_id), "kind": "attachment"})
         return Upload(self, viewer, name, declared_type, stream, self.settings.max_attachment_bytes)
 
-    async def upload_bytes(self, viewer: Viewer, filename: str, content_type: str | None,
-                           data: bytes) -> dict[str, Any]:
+    async def upload_bytes(
+        self, viewer: Viewer, filename: str, content_type: str | None, data: bytes
+    ) -> dict[str, Any]:
         upload = self.begin_upload(viewer, filename, content_type)
         await upload.write(data)
         return await upload.finish()
 
-    async def owned_ready(self, viewer: Viewer, ids: list[str], field: str = "attachmentIds"
-                          ) -> list[dict[str, Any]]:
+    async def owned_ready(
+        self, viewer: Viewer, ids: list[str], field: str = "attachmentIds"
+    ) -> list[dict[str, Any]]:
         """The viewer's finished uploads, in the order given; anything else is a clear error."""
         oids = []
         for i, raw in enumerate(ids):
@@ -127,15 +138,21 @@ class AttachmentService:
             if oid is None:
                 raise ValidationError.on(f"{field}[{i}]", f"no attachment {raw}")
             oids.append(oid)
-        docs = {d["_id"]: d for d in await self.db.attachments.find(
-            {"_id": {"$in": oids}, "owner_user_id": viewer.user_id}).to_list()}
+        docs = {
+            d["_id"]: d
+            for d in await self.db.attachments.find(
+                {"_id": {"$in": oids}, "owner_user_id": viewer.user_id}
+            ).to_list()
+        }
         out = []
         for i, oid in enumerate(oids):
             doc = docs.get(oid)
             if doc is None:
                 raise ValidationError.on(f"{field}[{i}]", f"no attachment {oid}")
             if doc.get("status") != "ready":
-                raise ValidationError.on(f"{field}[{i}]", f"attachment {oid} has not finished uploading")
+                raise ValidationError.on(
+                    f"{field}[{i}]", f"attachment {oid} has not finished uploading"
+                )
             if doc.get("scan_status") == "infected":
                 raise ValidationError.on(f"{field}[{i}]", f"attachment {oid} failed the virus scan")
             out.append(doc)
@@ -150,7 +167,8 @@ class AttachmentService:
         if doc.get("owner_user_id") == viewer.user_id:
             return doc
         visible = await self.db.mailbox_items.count_documents(
-            {"user_id": viewer.user_id, "message_id": {"$in": doc.get("message_ids", [])}}, limit=1)
+            {"user_id": viewer.user_id, "message_id": {"$in": doc.get("message_ids", [])}}, limit=1
+        )
         if not visible:
             raise NotFound("no such attachment")
         return doc

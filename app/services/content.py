@@ -30,7 +30,8 @@ class ContentService:
             if value is not None and len(value) > INLINE_BODY_LIMIT:
                 out[name] = None
                 out[name.replace("_body", "_blob_id")] = await self.blobs.put(
-                    value.encode("utf-8"), filename=f"{name}.txt", metadata={"kind": name})
+                    value.encode("utf-8"), filename=f"{name}.txt", metadata={"kind": name}
+                )
             else:
                 out[name] = value
         return out
@@ -52,7 +53,8 @@ class ContentService:
             if await self.db.mailbox_items.count_documents({"message_id": message_id}, limit=1):
                 continue
             if await self.db.recipients.count_documents(
-                    {"message_id": message_id, "delivery_status": {"$in": PENDING_DELIVERY}}, limit=1):
+                {"message_id": message_id, "delivery_status": {"$in": PENDING_DELIVERY}}, limit=1
+            ):
                 continue
             message = await self.db.messages.find_one_and_delete({"_id": message_id})
             if message is None:
@@ -67,7 +69,8 @@ class ContentService:
 
     async def _release_attachment(self, attachment: dict[str, Any], message_id: ObjectId) -> None:
         doc = await self.db.attachments.find_one_and_update(
-            {"_id": attachment["id"]}, {"$pull": {"message_ids": message_id}}, return_document=True)
+            {"_id": attachment["id"]}, {"$pull": {"message_ids": message_id}}, return_document=True
+        )
         if doc is None:
             if attachment.get("blob_id"):
                 await self.blobs.delete(attachment["blob_id"])
@@ -80,7 +83,9 @@ class ContentService:
     async def sweep_expired_uploads(self, now: Any) -> int:
         """Uploads never used by a message expire after a day (attachments.expires_at)."""
         count = 0
-        async for doc in self.db.attachments.find({"expires_at": {"$lte": now}, "message_ids": {"$size": 0}}):
+        async for doc in self.db.attachments.find(
+            {"expires_at": {"$lte": now}, "message_ids": {"$size": 0}}
+        ):
             await self.db.attachments.delete_one({"_id": doc["_id"]})
             await self.blobs.delete(doc["blob_id"])
             count += 1
@@ -88,5 +93,8 @@ class ContentService:
 
     async def sweep_orphans(self, limit: int = 500) -> int:
         """Messages with no views (a crash between steps, or a failed listener)."""
-        ids = [d["_id"] async for d in self.db.messages.find({}, {"_id": 1}).sort("_id", 1).limit(limit)]
+        ids = [
+            d["_id"]
+            async for d in self.db.messages.find({}, {"_id": 1}).sort("_id", 1).limit(limit)
+        ]
         return await self.collect(ids)

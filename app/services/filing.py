@@ -59,16 +59,30 @@ async def record_changes(db: Any, changes: list[Change], session: Any) -> None:
     now = datetime.now(UTC)
     for user_id, group in by_user.items():
         user = await db.users.find_one_and_update(
-            {"_id": user_id}, {"$inc": {"state": len(group)}}, projection={"state": 1},
-            return_document=ReturnDocument.AFTER, session=session)
+            {"_id": user_id},
+            {"$inc": {"state": len(group)}},
+            projection={"state": 1},
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
         if user is None:
             continue  # no such user (deleted meanwhile): nobody to sync
         end = int(user["state"])
         for offset, change in enumerate(group):
             change.state = end - len(group) + 1 + offset
-        await db.mailbox_changes.insert_many([
-            {"user_id": user_id, "seq": c.state, "item_id": c.item_id, "kind": c.kind, "at": now}
-            for c in group], session=session)
+        await db.mailbox_changes.insert_many(
+            [
+                {
+                    "user_id": user_id,
+                    "seq": c.state,
+                    "item_id": c.item_id,
+                    "kind": c.kind,
+                    "at": now,
+                }
+                for c in group
+            ],
+            session=session,
+        )
 
 
 def summary_of(message: dict[str, Any]) -> dict[str, Any]:
@@ -81,8 +95,13 @@ def _participants(message: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in people if p and p.get("email")]
 
 
-async def apply_counter_deltas(db: Any, user_id: ObjectId, deltas: dict[CounterKey, dict[str, int]],
-                               session: Any, arrived_at: datetime | None = None) -> None:
+async def apply_counter_deltas(
+    db: Any,
+    user_id: ObjectId,
+    deltas: dict[CounterKey, dict[str, int]],
+    session: Any,
+    arrived_at: datetime | None = None,
+) -> None:
     """Move the counters; ``arrived_at`` (the oldest entering view) keeps ``first_at``, the
     folder's oldest arrival, from which folder pages size their time window."""
     for (kind, name), change in deltas.items():
@@ -92,11 +111,13 @@ async def apply_counter_deltas(db: Any, user_id: ObjectId, deltas: dict[CounterK
         if arrived_at is not None and change["total"] > 0:
             update["$min"] = {"first_at": arrived_at}
         await db.mailbox_counters.update_one(
-            {"user_id": user_id, "kind": kind, "name": name}, update, upsert=True, session=session)
+            {"user_id": user_id, "kind": kind, "name": name}, update, upsert=True, session=session
+        )
 
 
-async def _resolve_thread(db: Any, user_id: ObjectId, message: dict[str, Any], now: datetime,
-                          session: Any) -> ObjectId:
+async def _resolve_thread(
+    db: Any, user_id: ObjectId, message: dict[str, Any], now: datetime, session: Any
+) -> ObjectId:
     """Header-first threading (seed §12, RFC 8621 §3); subject fallback only without headers."""
     refs = thread_lookup_ids(message.get("in_reply_to"), message.get("references") or ())
     own = message.get("rfc822_message_id")
@@ -113,8 +134,9 @@ async def _resolve_thread(db: Any, user_id: ObjectId, message: dict[str, Any], n
             thread_id = by_id[ref]
             if ref == own:
                 return thread_id  # a reply that arrived first already made this thread
-            thread = await db.threads.find_one({"_id": thread_id}, {"normalized_subject": 1},
-                                               session=session)
+            thread = await db.threads.find_one(
+                {"_id": thread_id}, {"normalized_subject": 1}, session=session
+            )
             thread_subject = (thread or {}).get("normalized_subject") or ""
             # RFC 8621 §3: a changed subject starts a new conversation even when it replies.
             if not subject_key or not thread_subject or thread_subject == subject_key:
@@ -122,29 +144,49 @@ async def _resolve_thread(db: Any, user_id: ObjectId, message: dict[str, Any], n
             break
     if not refs and subject_key:
         people = {p["email"].casefold() for p in _participants(message)}
-        candidates = await db.threads.find(
-            {"user_id": user_id, "normalized_subject": subject_key},
-            {"participant_keys": 1, "latest_at": 1}, session=session,
-        ).sort("latest_at", -1).limit(5).to_list()
+        candidates = (
+            await db.threads.find(
+                {"user_id": user_id, "normalized_subject": subject_key},
+                {"participant_keys": 1, "latest_at": 1},
+                session=session,
+            )
+            .sort("latest_at", -1)
+            .limit(5)
+            .to_list()
+        )
         for thread in candidates:
             age = (now - thread["latest_at"]).days if thread.get("latest_at") else 0
             if age <= THREAD_SUBJECT_WINDOW_DAYS and may_join_by_subject(
-                has_reference_headers=False, subject_key=subject_key,
-                thread_participants=set(thread.get("participant_keys") or ()), participants=people,
+                has_reference_headers=False,
+                subject_key=subject_key,
+                thread_participants=set(thread.get("participant_keys") or ()),
+                participants=people,
             ):
                 return thread["_id"]
     thread_id = ObjectId()
-    await db.threads.insert_one({
-        "_id": thread_id, "user_id": user_id, "normalized_subject": subject_key,
-        "subject": message.get("subject") or "", "latest_at": now, "message_count": 0,
-        "unread_count": 0, "folders": [], "labels": [], "participants": [], "participant_keys": [],
-        "created_at": now,
-    }, session=session)
+    await db.threads.insert_one(
+        {
+            "_id": thread_id,
+            "user_id": user_id,
+            "normalized_subject": subject_key,
+            "subject": message.get("subject") or "",
+            "latest_at": now,
+            "message_count": 0,
+            "unread_count": 0,
+            "folders": [],
+            "labels": [],
+            "participants": [],
+            "participant_keys": [],
+            "created_at": now,
+        },
+        session=session,
+    )
     return thread_id
 
 
-async def _register_refs(db: Any, user_id: ObjectId, thread_id: ObjectId, message: dict[str, Any],
-                         session: Any) -> None:
+async def _register_refs(
+    db: Any, user_id: ObjectId, thread_id: ObjectId, message: dict[str, Any], session: Any
+) -> None:
     # Registering the ids a message *refers to* lets a parent that arrives later find the
     # thread its reply already started.
     ids = [message.get("rfc822_message_id")] + list(
@@ -153,19 +195,33 @@ async def _register_refs(db: Any, user_id: ObjectId, thread_id: ObjectId, messag
     for rfc822_id in dict.fromkeys(i for i in ids if i):
         await db.thread_refs.update_one(
             {"user_id": user_id, "rfc822_id": rfc822_id},
-            {"$setOnInsert": {"thread_id": thread_id}}, upsert=True, session=session,
+            {"$setOnInsert": {"thread_id": thread_id}},
+            upsert=True,
+            session=session,
         )
 
 
 async def refresh_threads(db: Any, pairs: set[tuple[ObjectId, ObjectId]], session: Any) -> None:
     """Recompute each (user, thread) summary from its views: exact after any move or delete."""
     for user_id, thread_id in pairs:
-        items = await db.mailbox_items.find(
-            {"user_id": user_id, "thread_id": thread_id},
-            {"folder": 1, "labels": 1, "read": 1, "received_at": 1, "from": 1, "to": 1, "cc": 1,
-             "subject": 1},
-            session=session,
-        ).sort("received_at", 1).to_list()
+        items = (
+            await db.mailbox_items.find(
+                {"user_id": user_id, "thread_id": thread_id},
+                {
+                    "folder": 1,
+                    "labels": 1,
+                    "read": 1,
+                    "received_at": 1,
+                    "from": 1,
+                    "to": 1,
+                    "cc": 1,
+                    "subject": 1,
+                },
+                session=session,
+            )
+            .sort("received_at", 1)
+            .to_list()
+        )
         if not items:
             await db.threads.delete_one({"_id": thread_id, "user_id": user_id}, session=session)
             continue
@@ -173,20 +229,27 @@ async def refresh_threads(db: Any, pairs: set[tuple[ObjectId, ObjectId]], sessio
         for item in items:
             for person in _participants(item):
                 participants.setdefault(person["email"].casefold(), person)
-        await db.threads.update_one({"_id": thread_id, "user_id": user_id}, {"$set": {
-            "message_count": len(items),
-            "unread_count": sum(1 for i in items if not i.get("read")),
-            "latest_at": items[-1]["received_at"],
-            "subject": items[-1].get("subject") or "",
-            "folders": sorted({i["folder"] for i in items}),
-            "labels": sorted({label for i in items for label in i.get("labels") or ()}),
-            "participants": list(participants.values())[:MAX_PARTICIPANTS],
-            "participant_keys": list(participants)[:MAX_PARTICIPANTS],
-        }}, session=session)
+        await db.threads.update_one(
+            {"_id": thread_id, "user_id": user_id},
+            {
+                "$set": {
+                    "message_count": len(items),
+                    "unread_count": sum(1 for i in items if not i.get("read")),
+                    "latest_at": items[-1]["received_at"],
+                    "subject": items[-1].get("subject") or "",
+                    "folders": sorted({i["folder"] for i in items}),
+                    "labels": sorted({label for i in items for label in i.get("labels") or ()}),
+                    "participants": list(participants.values())[:MAX_PARTICIPANTS],
+                    "participant_keys": list(participants)[:MAX_PARTICIPANTS],
+                }
+            },
+            session=session,
+        )
 
 
-async def file_message(db: Any, message: dict[str, Any], views: list[ViewSpec], *, received_at: datetime,
-                       session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
+async def file_message(
+    db: Any, message: dict[str, Any], views: list[ViewSpec], *, received_at: datetime, session: Any
+) -> tuple[list[dict[str, Any]], list[Change]]:
     """Create the views of ``message`` for each spec; returns (items, changes)."""
     items: list[dict[str, Any]] = []
     changes: list[Change] = []
@@ -218,7 +281,9 @@ async def file_message(db: Any, message: dict[str, Any], views: list[ViewSpec], 
         await apply_counter_deltas(db, spec.user_id, deltas, session, arrived_at=received_at)
         touched.add((spec.user_id, thread_id))
         items.append(item)
-        changes.append(Change(spec.user_id, item["_id"], "created", thread_id, (item["folder"],), item))
+        changes.append(
+            Change(spec.user_id, item["_id"], "created", thread_id, (item["folder"],), item)
+        )
     await refresh_threads(db, touched, session)
     await record_changes(db, changes, session)
     return items, changes

@@ -171,13 +171,18 @@ class InboundService:
         folder = (
             Folder.SPAM if spam.is_spam or auth.dmarc.disposition == "quarantine" else Folder.INBOX
         )
-        personal = await self._personal_verdicts(raw, mailboxes, quarantine=auth.dmarc.disposition == "quarantine")
-        prepared = self.prepare(envelope, raw, parsed, auth, spam, folder.value, mailboxes, personal)
+        personal = await self._personal_verdicts(
+            raw, mailboxes, quarantine=auth.dmarc.disposition == "quarantine"
+        )
+        prepared = self.prepare(
+            envelope, raw, parsed, auth, spam, folder.value, mailboxes, personal
+        )
         result = await self.store.store(prepared)
         return Receipt(result.message_id, result.items, folder.value, applied)
 
-    async def _personal_verdicts(self, raw: bytes, mailboxes: list[LocalRecipient], *, quarantine: bool
-                                 ) -> dict[ObjectId, tuple[str, dict[str, Any]]]:
+    async def _personal_verdicts(
+        self, raw: bytes, mailboxes: list[LocalRecipient], *, quarantine: bool
+    ) -> dict[ObjectId, tuple[str, dict[str, Any]]]:
         """(folder, verdict) for recipients whose own spam feedback moves the global verdict."""
         if self.feedback is None:
             return {}
@@ -185,10 +190,12 @@ class InboundService:
         taught = await self.feedback.has_feedback(users)
         out: dict[ObjectId, tuple[str, dict[str, Any]]] = {}
         for user_id in taught:
-            v = await self.feedback.verdict_for_user(bounded_for_scoring(raw), user_id,
-                                                     getattr(self.scorer, "model", None))
-            verdict = SpamVerdict(bool(v.is_spam), float(v.score), str(v.model_version),
-                                  [str(r) for r in v.reasons])
+            v = await self.feedback.verdict_for_user(
+                bounded_for_scoring(raw), user_id, getattr(self.scorer, "model", None)
+            )
+            verdict = SpamVerdict(
+                bool(v.is_spam), float(v.score), str(v.model_version), [str(r) for r in v.reasons]
+            )
             folder = Folder.SPAM if verdict.is_spam or quarantine else Folder.INBOX
             out[user_id] = (folder.value, verdict.as_doc())
         return out

@@ -84,7 +84,9 @@ class MailboxService:
         self.db = mongo.db
         self.settings = settings
         self.notifier = notifier
-        self.cursor_key = (settings.secret_key.get_secret_value() if settings.secret_key else "dev").encode()
+        self.cursor_key = (
+            settings.secret_key.get_secret_value() if settings.secret_key else "dev"
+        ).encode()
 
     # --- reads ---------------------------------------------------------------------------
 
@@ -95,36 +97,63 @@ class MailboxService:
         out = []
         for folder in Folder:
             d = counts.get(("folder", folder.value), {})
-            out.append({"id": f"folder:{folder.value}", "name": folder.value.capitalize(),
-                        "folder": folder.value, "is_label": False,
-                        "total": max(0, d.get("total", 0)), "unread": max(0, d.get("unread", 0))})
+            out.append(
+                {
+                    "id": f"folder:{folder.value}",
+                    "name": folder.value.capitalize(),
+                    "folder": folder.value,
+                    "is_label": False,
+                    "total": max(0, d.get("total", 0)),
+                    "unread": max(0, d.get("unread", 0)),
+                }
+            )
         for (kind, name), d in sorted(counts.items()):
             if kind == "label" and d.get("total", 0) > 0:
-                out.append({"id": f"label:{name}", "name": name, "folder": None, "is_label": True,
-                            "total": d["total"], "unread": max(0, d.get("unread", 0))})
+                out.append(
+                    {
+                        "id": f"label:{name}",
+                        "name": name,
+                        "folder": None,
+                        "is_label": True,
+                        "total": d["total"],
+                        "unread": max(0, d.get("unread", 0)),
+                    }
+                )
         return out
 
-    async def list_items(self, viewer: Viewer, *, folder: str | None = None, label: str | None = None,
-                         first: int = 50, after: str | None = None) -> Page:
+    async def list_items(
+        self,
+        viewer: Viewer,
+        *,
+        folder: str | None = None,
+        label: str | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> Page:
         """A keyset page of views, newest first: one indexed query whatever the mailbox size."""
         check_page_size(first)
         query: dict[str, Any] = {"user_id": viewer.user_id}
         if label is not None:
             query["labels"] = check_label(label, "label")
         else:
-            query["folder"] = (folder or Folder.INBOX.value)
+            query["folder"] = folder or Folder.INBOX.value
         cursor = decode_cursor(after, self.cursor_key, "m") if after else None
         docs, known_span = await self._keyset_page(viewer, query, first + 1, cursor)
         nodes = docs[:first]
-        span = ((nodes[0]["received_at"] - nodes[-1]["received_at"]).total_seconds() if nodes else None)
+        span = (
+            (nodes[0]["received_at"] - nodes[-1]["received_at"]).total_seconds() if nodes else None
+        )
         if cursor is None and len(docs) > first and span is not None:
             await self._learn_page_span(viewer, query, span * (first + 1) / first, known_span)
-        cursors = [encode_cursor(Cursor(d["received_at"], str(d["_id"]), span), self.cursor_key, "m")
-                   for d in nodes]
+        cursors = [
+            encode_cursor(Cursor(d["received_at"], str(d["_id"]), span), self.cursor_key, "m")
+            for d in nodes
+        ]
         return Page(nodes, cursors, len(docs) > first)
 
-    async def _keyset_page(self, viewer: Viewer, query: dict[str, Any], limit: int,
-                           cursor: Cursor | None) -> tuple[list[dict[str, Any]], float | None]:
+    async def _keyset_page(
+        self, viewer: Viewer, query: dict[str, Any], limit: int, cursor: Cursor | None
+    ) -> tuple[list[dict[str, Any]], float | None]:
         """The next ``limit`` views after ``cursor`` in (received_at desc, _id desc) order.
 
         The query is bounded below by a time window sized from the folder's density (first
@@ -140,8 +169,14 @@ class MailboxService:
         known_span = None
         if cursor is not None:
             # ties with the cursor's timestamp come first: same received_at, smaller _id
-            found = await items.find({**query, "received_at": cursor.at,
-                                      "_id": {"$lt": parse_object_id(cursor.id)}}).sort(sort).limit(limit).to_list()
+            found = (
+                await items.find(
+                    {**query, "received_at": cursor.at, "_id": {"$lt": parse_object_id(cursor.id)}}
+                )
+                .sort(sort)
+                .limit(limit)
+                .to_list()
+            )
             if len(found) >= limit:
                 return found, None
             upper = {"$lt": cursor.at}
@@ -157,26 +192,38 @@ class MailboxService:
             if window > MAX_WINDOW:
                 break
             lower = start - timedelta(seconds=window)
-            got = await items.find({**query, "received_at": {**upper, "$gte": lower}}).sort(sort).limit(
-                need).to_list()
+            got = (
+                await items.find({**query, "received_at": {**upper, "$gte": lower}})
+                .sort(sort)
+                .limit(need)
+                .to_list()
+            )
             if len(got) >= need or (floor is not None and lower <= floor):
                 return found + got, known_span
             window *= WINDOW_GROWTH
-        rest = await items.find({**query, "received_at": upper} if upper else query).sort(sort).limit(
-            need).to_list()
+        rest = (
+            await items.find({**query, "received_at": upper} if upper else query)
+            .sort(sort)
+            .limit(need)
+            .to_list()
+        )
         return found + rest, known_span
 
     @staticmethod
     def _counter_key(viewer: Viewer, query: dict[str, Any]) -> dict[str, Any]:
-        kind, name = ("label", query["labels"]) if "labels" in query else ("folder", query["folder"])
+        kind, name = (
+            ("label", query["labels"]) if "labels" in query else ("folder", query["folder"])
+        )
         return {"user_id": viewer.user_id, "kind": kind, "name": name}
 
-    async def _first_window(self, viewer: Viewer, query: dict[str, Any], limit: int
-                            ) -> tuple[float, datetime | None, int | None, float | None]:
+    async def _first_window(
+        self, viewer: Viewer, query: dict[str, Any], limit: int
+    ) -> tuple[float, datetime | None, int | None, float | None]:
         """(window seconds, oldest arrival, total) for a first page, from the folder's counter:
         the span the last first page covered (learned), else the folder's average density."""
         doc = await self.db.mailbox_counters.find_one(
-            self._counter_key(viewer, query), {"total": 1, "first_at": 1, "page_span": 1})
+            self._counter_key(viewer, query), {"total": 1, "first_at": 1, "page_span": 1}
+        )
         total = int((doc or {}).get("total", 0))
         first_at = (doc or {}).get("first_at")
         known = (doc or {}).get("page_span")
@@ -187,20 +234,28 @@ class MailboxService:
         density = total / max(1.0, (datetime.now(UTC) - first_at).total_seconds())
         return max(WINDOW_MIN, 2 * limit / density), first_at, total, None
 
-    async def _learn_page_span(self, viewer: Viewer, query: dict[str, Any], span: float,
-                               known: float | None) -> None:
+    async def _learn_page_span(
+        self, viewer: Viewer, query: dict[str, Any], span: float, known: float | None
+    ) -> None:
         """Remember how much time a first page covers, so the next one queries just that.
         A hint only: written when it is missing or off by more than 2×."""
         if known is None or not known / 2 <= span <= known * 2:
-            await self.db.mailbox_counters.update_one(self._counter_key(viewer, query),
-                                                      {"$set": {"page_span": span}})
+            await self.db.mailbox_counters.update_one(
+                self._counter_key(viewer, query), {"$set": {"page_span": span}}
+            )
 
-    async def count(self, viewer: Viewer, *, folder: str | None = None, label: str | None = None) -> int:
+    async def count(
+        self, viewer: Viewer, *, folder: str | None = None, label: str | None = None
+    ) -> int:
         """Total views in a folder or label, from the counters (no counting of items)."""
-        kind, name = ("label", check_label(label, "label")) if label is not None else (
-            "folder", folder or Folder.INBOX.value)
+        kind, name = (
+            ("label", check_label(label, "label"))
+            if label is not None
+            else ("folder", folder or Folder.INBOX.value)
+        )
         doc = await self.db.mailbox_counters.find_one(
-            {"user_id": viewer.user_id, "kind": kind, "name": name}, {"total": 1})
+            {"user_id": viewer.user_id, "kind": kind, "name": name}, {"total": 1}
+        )
         return max(0, int((doc or {}).get("total", 0)))
 
     async def get_item(self, viewer: Viewer, item_id: str) -> dict[str, Any] | None:
@@ -215,8 +270,15 @@ class MailboxService:
             raise NotFound(f"no message with id {item_id}")
         return item
 
-    async def list_threads(self, viewer: Viewer, *, folder: str | None = None, label: str | None = None,
-                           first: int = 50, after: str | None = None) -> Page:
+    async def list_threads(
+        self,
+        viewer: Viewer,
+        *,
+        folder: str | None = None,
+        label: str | None = None,
+        first: int = 50,
+        after: str | None = None,
+    ) -> Page:
         check_page_size(first)
         query: dict[str, Any] = {"user_id": viewer.user_id}
         if label is not None:
@@ -227,11 +289,17 @@ class MailboxService:
             c = decode_cursor(after, self.cursor_key, "t")
             cid = parse_object_id(c.id)
             query["$or"] = [{"latest_at": {"$lt": c.at}}, {"latest_at": c.at, "_id": {"$lt": cid}}]
-        docs = await self.db.threads.find(query).sort([("latest_at", -1), ("_id", -1)]).limit(
-            first + 1).to_list()
+        docs = (
+            await self.db.threads.find(query)
+            .sort([("latest_at", -1), ("_id", -1)])
+            .limit(first + 1)
+            .to_list()
+        )
         nodes = docs[:first]
-        cursors = [encode_cursor(Cursor(d["latest_at"], str(d["_id"])), self.cursor_key, "t")
-                   for d in nodes]
+        cursors = [
+            encode_cursor(Cursor(d["latest_at"], str(d["_id"])), self.cursor_key, "t")
+            for d in nodes
+        ]
         return Page(nodes, cursors, len(docs) > first)
 
     async def get_thread(self, viewer: Viewer, thread_id: str) -> dict[str, Any] | None:
@@ -242,11 +310,16 @@ class MailboxService:
 
     # --- batch loads (one round trip per kind, whatever the page size) --------------------
 
-    async def items_of_threads(self, viewer: Viewer, thread_ids: list[ObjectId]
-                               ) -> dict[ObjectId, list[dict[str, Any]]]:
-        docs = await self.db.mailbox_items.find(
-            {"user_id": viewer.user_id, "thread_id": {"$in": thread_ids}}
-        ).sort([("received_at", 1), ("_id", 1)]).to_list()
+    async def items_of_threads(
+        self, viewer: Viewer, thread_ids: list[ObjectId]
+    ) -> dict[ObjectId, list[dict[str, Any]]]:
+        docs = (
+            await self.db.mailbox_items.find(
+                {"user_id": viewer.user_id, "thread_id": {"$in": thread_ids}}
+            )
+            .sort([("received_at", 1), ("_id", 1)])
+            .to_list()
+        )
         out: dict[ObjectId, list[dict[str, Any]]] = {t: [] for t in thread_ids}
         for d in docs:
             out[d["thread_id"]].append(d)
@@ -257,9 +330,14 @@ class MailboxService:
         docs = await self.db.messages.find({"_id": {"$in": message_ids}}).to_list()
         return {d["_id"]: d for d in docs}
 
-    async def recipients_by_message(self, message_ids: list[ObjectId]
-                                    ) -> dict[ObjectId, list[dict[str, Any]]]:
-        docs = await self.db.recipients.find({"message_id": {"$in": message_ids}}).sort("_id", 1).to_list()
+    async def recipients_by_message(
+        self, message_ids: list[ObjectId]
+    ) -> dict[ObjectId, list[dict[str, Any]]]:
+        docs = (
+            await self.db.recipients.find({"message_id": {"$in": message_ids}})
+            .sort("_id", 1)
+            .to_list()
+        )
         out: dict[ObjectId, list[dict[str, Any]]] = {m: [] for m in message_ids}
         for d in docs:
             out[d["message_id"]].append(d)
@@ -267,7 +345,9 @@ class MailboxService:
 
     # --- writes --------------------------------------------------------------------------
 
-    async def update_items(self, viewer: Viewer, ids: list[str], change: StateChange) -> list[dict[str, Any]]:
+    async def update_items(
+        self, viewer: Viewer, ids: list[str], change: StateChange
+    ) -> list[dict[str, Any]]:
         """Apply read/starred/folder/label changes to the viewer's views, all or nothing."""
         oids = parse_ids(ids)
         add = [check_label(label, "set.addLabels") for label in change.add_labels]
@@ -277,7 +357,8 @@ class MailboxService:
 
         async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
             docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session).to_list()
+                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
+            ).to_list()
             if len(docs) != len(oids):
                 raise NotFound("no such message")
             deltas: dict[CounterKey, dict[str, int]] = {}
@@ -301,11 +382,21 @@ class MailboxService:
                 after["version"] = before.get("version", 0) + 1
                 after["updated_at"] = now
                 merge_deltas(deltas, counter_deltas(before, after))
-                await self.db.mailbox_items.replace_one({"_id": before["_id"]}, after, session=session)
+                await self.db.mailbox_items.replace_one(
+                    {"_id": before["_id"]}, after, session=session
+                )
                 touched.add((viewer.user_id, before["thread_id"]))
                 updated.append(after)
-                changes.append(Change(viewer.user_id, after["_id"], "updated", after["thread_id"],
-                                      tuple({before["folder"], after["folder"]}), after))
+                changes.append(
+                    Change(
+                        viewer.user_id,
+                        after["_id"],
+                        "updated",
+                        after["thread_id"],
+                        tuple({before["folder"], after["folder"]}),
+                        after,
+                    )
+                )
             arrived = min((d["received_at"] for d in updated), default=None)
             await apply_counter_deltas(self.db, viewer.user_id, deltas, session, arrived_at=arrived)
             await refresh_threads(self.db, touched, session)
@@ -321,12 +412,17 @@ class MailboxService:
     def _move_target(item: dict[str, Any], target: Folder) -> Folder:
         home = ROLE_HOME[item["role"]]
         if item["role"] == "draft" and target not in (Folder.TRASH, Folder.DRAFTS):
-            raise ValidationError.on("set.folder", "a draft can only move to TRASH (or back to DRAFTS)")
+            raise ValidationError.on(
+                "set.folder", "a draft can only move to TRASH (or back to DRAFTS)"
+            )
         if target in MOVABLE or target == home:
             return target
-        raise ValidationError.on("set.folder", f"cannot move a message into {target.value}; "
-                                               f"allowed: {', '.join(sorted(f.value for f in MOVABLE))}"
-                                               f" or its own folder {home.value}")
+        raise ValidationError.on(
+            "set.folder",
+            f"cannot move a message into {target.value}; "
+            f"allowed: {', '.join(sorted(f.value for f in MOVABLE))}"
+            f" or its own folder {home.value}",
+        )
 
     async def delete_forever(self, viewer: Viewer, ids: list[str]) -> list[str]:
         """Remove views that are in TRASH or SPAM; content no view needs is collected."""
@@ -334,20 +430,30 @@ class MailboxService:
 
         async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
             docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session).to_list()
+                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
+            ).to_list()
             if len(docs) != len(oids):
                 raise NotFound("no such message")
             for d in docs:
-                if d["folder"] not in (Folder.TRASH.value, Folder.SPAM.value) and d["role"] != "draft":
-                    raise NotFound(f"message {d['_id']} is not in TRASH or SPAM; move it there first")
+                if (
+                    d["folder"] not in (Folder.TRASH.value, Folder.SPAM.value)
+                    and d["role"] != "draft"
+                ):
+                    raise NotFound(
+                        f"message {d['_id']} is not in TRASH or SPAM; move it there first"
+                    )
             deltas: dict[CounterKey, dict[str, int]] = {}
             for d in docs:
                 merge_deltas(deltas, counter_deltas(d, None))
             await self.db.mailbox_items.delete_many({"_id": {"$in": oids}}, session=session)
             await apply_counter_deltas(self.db, viewer.user_id, deltas, session)
-            await refresh_threads(self.db, {(viewer.user_id, d["thread_id"]) for d in docs}, session)
-            changes = [Change(viewer.user_id, d["_id"], "deleted", d["thread_id"], (d["folder"],))
-                       for d in docs]
+            await refresh_threads(
+                self.db, {(viewer.user_id, d["thread_id"]) for d in docs}, session
+            )
+            changes = [
+                Change(viewer.user_id, d["_id"], "deleted", d["thread_id"], (d["folder"],))
+                for d in docs
+            ]
             await record_changes(self.db, changes, session)
             return docs, changes
 

@@ -46,4 +46,6 @@ class Notifier:
             try:
                 await listener(payload)
             except Exception:
-                log.exception("after-commit listener failed", listener=getattr(listener, "__qualname__", "?"))
+                log.exception(
+                    "after-commit listener failed", listener=getattr(listener, "__qualname__", "?")
+                )

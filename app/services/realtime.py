@@ -42,15 +42,33 @@ class RealtimeService:
 
     async def publish_changes(self, changes: list[Change]) -> None:
         """Notifier listener: one small event per committed change, to its owner only."""
-        await asyncio.gather(*(self.hub.publish(str(c.user_id), {
-            "type": "mailbox", "kind": c.kind, "itemId": str(c.item_id),
-            "state": str(c.state) if c.state is not None else None, "folders": list(c.folders),
-        }) for c in changes))
+        await asyncio.gather(
+            *(
+                self.hub.publish(
+                    str(c.user_id),
+                    {
+                        "type": "mailbox",
+                        "kind": c.kind,
+                        "itemId": str(c.item_id),
+                        "state": str(c.state) if c.state is not None else None,
+                        "folders": list(c.folders),
+                    },
+                )
+                for c in changes
+            )
+        )
 
-    async def publish_delivery(self, sender_user_id: ObjectId, message_id: ObjectId,
-                               recipient: dict[str, Any]) -> None:
-        await self.hub.publish(str(sender_user_id), {
-            "type": "delivery", "messageId": str(message_id), "recipientId": str(recipient["_id"])})
+    async def publish_delivery(
+        self, sender_user_id: ObjectId, message_id: ObjectId, recipient: dict[str, Any]
+    ) -> None:
+        await self.hub.publish(
+            str(sender_user_id),
+            {
+                "type": "delivery",
+                "messageId": str(message_id),
+                "recipientId": str(recipient["_id"]),
+            },
+        )
 
     async def current_state(self, viewer: Viewer) -> str:
         user = await self.db.users.find_one({"_id": viewer.user_id}, {"state": 1})
@@ -63,18 +81,27 @@ class RealtimeService:
             if since_seq < 0:
                 raise ValueError
         except ValueError:
-            raise ValidationError.on("since", "since must be a state returned by the server") from None
+            raise ValidationError.on(
+                "since", "since must be a state returned by the server"
+            ) from None
         current = int(await self.current_state(viewer))
         if since_seq > current:
             raise ValidationError.on("since", "since is newer than the current state")
         if since_seq == current:
             return ChangeSet([], [], [], str(current))
-        docs = await self.db.mailbox_changes.find(
-            {"user_id": viewer.user_id, "seq": {"$gt": since_seq}}).sort("seq", 1).limit(MAX_CHANGES + 1).to_list()
+        docs = (
+            await self.db.mailbox_changes.find(
+                {"user_id": viewer.user_id, "seq": {"$gt": since_seq}}
+            )
+            .sort("seq", 1)
+            .limit(MAX_CHANGES + 1)
+            .to_list()
+        )
         # The log is trimmed oldest-first (TTL); a gap right after `since` means it was trimmed.
         if not docs or docs[0]["seq"] != since_seq + 1 or len(docs) > MAX_CHANGES:
             raise CannotCalculateChanges(
-                "that state is older than the retained change log; reload the mailbox")
+                "that state is older than the retained change log; reload the mailbox"
+            )
         first_kind: dict[ObjectId, str] = {}
         last_kind: dict[ObjectId, str] = {}
         for d in docs:

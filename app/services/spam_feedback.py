@@ -11,6 +11,7 @@ Two loops, as issue 5 asks:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,12 +52,15 @@ class SpamFeedbackService:
     async def mark(self, viewer: Viewer, ids: list[str], is_spam: bool) -> list[dict[str, Any]]:
         """Move received mail to SPAM (or back to INBOX) and record the user's label."""
         oids = parse_ids(ids)
-        docs = await self.db.mailbox_items.find({"_id": {"$in": oids}, "user_id": viewer.user_id},
-                                                {"role": 1, "message_id": 1}).to_list()
+        docs = await self.db.mailbox_items.find(
+            {"_id": {"$in": oids}, "user_id": viewer.user_id}, {"role": 1, "message_id": 1}
+        ).to_list()
         if len(docs) == len(oids) and any(d["role"] != "received" for d in docs):
             raise ValidationError.on("ids", "only received mail can be marked spam or not spam")
         folder = Folder.SPAM if is_spam else Folder.INBOX
-        items = await self.mailbox.update_items(viewer, [str(o) for o in oids], StateChange(folder=folder.value))
+        items = await self.mailbox.update_items(
+            viewer, [str(o) for o in oids], StateChange(folder=folder.value)
+        )
         for item in items:
             await self._learn(viewer.user_id, item["message_id"], is_spam)
         return items
@@ -69,8 +73,15 @@ class SpamFeedbackService:
             return
         previous = await self.db.spam_labels.find_one_and_update(
             {"user_id": user_id, "message_id": message_id},
-            {"$set": {"is_spam": is_spam, "raw_blob_id": message["raw_blob_id"], "at": datetime.now(UTC)}},
-            upsert=True)
+            {
+                "$set": {
+                    "is_spam": is_spam,
+                    "raw_blob_id": message["raw_blob_id"],
+                    "at": datetime.now(UTC),
+                }
+            },
+            upsert=True,
+        )
         if previous is not None and previous.get("is_spam") == is_spam:
             return  # the same label again teaches nothing new
         raw = await self.blobs.get(message["raw_blob_id"])
@@ -79,16 +90,23 @@ class SpamFeedbackService:
         change: dict[str, int] = {add: 1}
         if previous is not None:
             change[undo] = -1  # the user changed their mind: move the earlier vote
-        await self.db.spam_tokens.bulk_write([
-            UpdateOne({"user_id": user_id, "token": t}, {"$inc": change}, upsert=True) for t in tokens
-        ], ordered=False)
+        await self.db.spam_tokens.bulk_write(
+            [
+                UpdateOne({"user_id": user_id, "token": t}, {"$inc": change}, upsert=True)
+                for t in tokens
+            ],
+            ordered=False,
+        )
 
-    async def user_counts(self, user_id: ObjectId, tokens: list[str]) -> Mapping[str, tuple[int, int]]:
+    async def user_counts(
+        self, user_id: ObjectId, tokens: list[str]
+    ) -> Mapping[str, tuple[int, int]]:
         """The user's (spam, ham) counts for just these tokens: one indexed read."""
         if not tokens:
             return {}
         docs = await self.db.spam_tokens.find(
-            {"user_id": user_id, "token": {"$in": tokens}}, {"token": 1, "spam": 1, "ham": 1}).to_list()
+            {"user_id": user_id, "token": {"$in": tokens}}, {"token": 1, "spam": 1, "ham": 1}
+        ).to_list()
         return {d["token"]: (max(0, d.get("spam", 0)), max(0, d.get("ham", 0))) for d in docs}
 
     async def has_feedback(self, user_ids: list[ObjectId]) -> set[ObjectId]:
@@ -109,8 +127,12 @@ class SpamFeedbackService:
         from ml.model import save
         from ml.retrain import retrain
 
-        labels = await self.db.spam_labels.find({}, {"raw_blob_id": 1, "is_spam": 1}).sort(
-            "at", -1).limit(RETRAIN_MAX_LABELS).to_list()
+        labels = (
+            await self.db.spam_labels.find({}, {"raw_blob_id": 1, "is_spam": 1})
+            .sort("at", -1)
+            .limit(RETRAIN_MAX_LABELS)
+            .to_list()
+        )
         if not labels:
             return RetrainOutcome(False, None, 0, "no feedback yet")
         try:
@@ -126,18 +148,41 @@ class SpamFeedbackService:
         version = "fb-" + datetime.now(UTC).strftime("%Y%m%d%H%M%S")
         result = retrain(extra, corpus.messages, version=version)
         if not result.not_worse:
-            log.info("retrained spam model not promoted", auc=result.candidate_metrics.roc_auc,
-                     reference_auc=result.reference_metrics.roc_auc)
-            return RetrainOutcome(False, version, len(extra), "candidate was worse on the held-out period")
-        models_dir.mkdir(parents=True, exist_ok=True)
-        card = {"version": version, "feedback_labels": len(extra),
-                "held_out": {"auc": result.candidate_metrics.roc_auc, "ham_fpr": result.candidate_metrics.ham_fpr},
-                "reference": {"auc": result.reference_metrics.roc_auc, "ham_fpr": result.reference_metrics.ham_fpr}}
+            log.info(
+                "retrained spam model not promoted",
+                auc=result.candidate_metrics.roc_auc,
+                reference_auc=result.reference_metrics.roc_auc,
+            )
+            return RetrainOutcome(
+                False, version, len(extra), "candidate was worse on the held-out period"
+            )
+        await asyncio.to_thread(models_dir.mkdir, parents=True, exist_ok=True)
+        card = {
+            "version": version,
+            "feedback_labels": len(extra),
+            "held_out": {
+                "auc": result.candidate_metrics.roc_auc,
+                "ham_fpr": result.candidate_metrics.ham_fpr,
+            },
+            "reference": {
+                "auc": result.reference_metrics.roc_auc,
+                "ham_fpr": result.reference_metrics.ham_fpr,
+            },
+        }
         model_path, _ = save(result.candidate, models_dir, card)
-        await self.db.spam_models.insert_one({"version": version, "path": str(model_path),
-                                              "promoted_at": datetime.now(UTC), "card": card})
+        await self.db.spam_models.insert_one(
+            {
+                "version": version,
+                "path": str(model_path),
+                "promoted_at": datetime.now(UTC),
+                "card": card,
+            }
+        )
         return RetrainOutcome(True, version, len(extra), "promoted")
 
     async def promoted_model_path(self) -> Path | None:
         doc = await self.db.spam_models.find_one({}, sort=[("promoted_at", -1)])
-        return Path(doc["path"]) if doc and Path(doc["path"]).exists() else None
+        if doc is None:
+            return None
+        path = Path(doc["path"])
+        return path if await asyncio.to_thread(path.exists) else None

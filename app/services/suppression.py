@@ -24,21 +24,35 @@ class SuppressionService:
     def __init__(self, mongo: Mongo) -> None:
         self.db = mongo.db
 
-    async def suppressed(self, addresses: list[str], *, scope: str = GLOBAL, session: Any = None) -> set[str]:
+    async def suppressed(
+        self, addresses: list[str], *, scope: str = GLOBAL, session: Any = None
+    ) -> set[str]:
         """The normalized addresses among ``addresses`` that are suppressed now."""
         if not addresses:
             return set()
         keys = sorted({normalize_email(a) for a in addresses})
         docs = await self.db.suppressions.find(
             {"address": {"$in": keys}, "scope": {"$in": [GLOBAL, scope]}},
-            {"address": 1, "expires_at": 1}, session=session).to_list()
+            {"address": 1, "expires_at": 1},
+            session=session,
+        ).to_list()
         now = datetime.now(UTC)
         return {d["address"] for d in docs if not d.get("expires_at") or d["expires_at"] > now}
 
-    async def add(self, address: str, *, reason: str, scope: str = GLOBAL, bounce_class: str | None = None,
-                  rule: str | None = None, source_message_id: ObjectId | None = None,
-                  event_id: ObjectId | None = None, expires_at: datetime | None = None,
-                  added_by: ObjectId | None = None, session: Any = None) -> dict[str, Any]:
+    async def add(
+        self,
+        address: str,
+        *,
+        reason: str,
+        scope: str = GLOBAL,
+        bounce_class: str | None = None,
+        rule: str | None = None,
+        source_message_id: ObjectId | None = None,
+        event_id: ObjectId | None = None,
+        expires_at: datetime | None = None,
+        added_by: ObjectId | None = None,
+        session: Any = None,
+    ) -> dict[str, Any]:
         """Add (or refresh) a suppression; idempotent per (address, scope)."""
         if reason not in REASONS:
             raise ValueError(f"unknown suppression reason {reason!r}")
@@ -46,20 +60,35 @@ class SuppressionService:
         now = datetime.now(UTC)
         doc = await self.db.suppressions.find_one_and_update(
             {"address": key, "scope": scope},
-            {"$set": {"reason": reason, "bounce_class": bounce_class, "rule": rule,
-                      "source_message_id": source_message_id, "event_id": event_id,
-                      "expires_at": expires_at, "added_by": added_by, "updated_at": now},
-             "$setOnInsert": {"created_at": now}},
-            upsert=True, return_document=True, session=session)
+            {
+                "$set": {
+                    "reason": reason,
+                    "bounce_class": bounce_class,
+                    "rule": rule,
+                    "source_message_id": source_message_id,
+                    "event_id": event_id,
+                    "expires_at": expires_at,
+                    "added_by": added_by,
+                    "updated_at": now,
+                },
+                "$setOnInsert": {"created_at": now},
+            },
+            upsert=True,
+            return_document=True,
+            session=session,
+        )
         return doc  # type: ignore[no-any-return]
 
     async def remove(self, address: str, *, scope: str = GLOBAL) -> None:
-        result = await self.db.suppressions.delete_one({"address": normalize_email(address), "scope": scope})
+        result = await self.db.suppressions.delete_one(
+            {"address": normalize_email(address), "scope": scope}
+        )
         if result.deleted_count != 1:
             raise NotFound(f"{address} is not suppressed")
 
-    async def list(self, *, scope: str | None = None, limit: int = 100, after: str | None = None
-                   ) -> list[dict[str, Any]]:
+    async def list(
+        self, *, scope: str | None = None, limit: int = 100, after: str | None = None
+    ) -> list[dict[str, Any]]:
         query: dict[str, Any] = {}
         if scope:
             query["scope"] = {"$in": [GLOBAL, scope]}

@@ -18,9 +18,9 @@ from strawberry.asgi import GraphQL
 
 from app.bootstrap import System, build_system
 from app.config import Settings
+from app.web.rest import Rest
 from schema import build_schema
 from schema.context import Context
-from app.web.rest import Rest
 
 HTTP_REQUESTS = Counter("mailhub_http_requests_total", "HTTP requests", ["kind"])
 
@@ -41,8 +41,13 @@ class MailhubGraphQL(GraphQL):  # type: ignore[type-arg]
         self.system = system
 
     async def get_context(self, request: Any, response: Any) -> Context:
-        return Context(system=self.system, token=bearer_token(request.headers), client=client_of(request),
-                       request=request, response=response)
+        return Context(
+            system=self.system,
+            token=bearer_token(request.headers),
+            client=client_of(request),
+            request=request,
+            response=response,
+        )
 
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
         """A bad or expired token closes the socket with 4403 before any data flows."""
@@ -70,8 +75,11 @@ class SecurityHeaders:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", []))
                 names = {k.lower() for k, _ in headers}
-                for k, v in ((b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer"),
-                             (b"x-frame-options", b"DENY")):
+                for k, v in (
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                ):
                     if k not in names:
                         headers.append((k, v))
                 message["headers"] = headers
@@ -103,8 +111,11 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
         system = state["system"]
         checks = {"mongodb": await system.mongo.ping(), "redis": await system.redis.ping()}
         ok = all(checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
-                            status_code=200 if ok else 503, headers={} if ok else {"Retry-After": "5"})
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks},
+            status_code=200 if ok else 503,
+            headers={} if ok else {"Retry-After": "5"},
+        )
 
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
@@ -113,12 +124,22 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
         return RedirectResponse("/graphql")
 
     app = Starlette(
-        routes=[Route("/", root), Route("/healthz", healthz), Route("/readyz", readyz),
-                Route("/metrics", metrics)],
-        middleware=[Middleware(SecurityHeaders),
-                    Middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                               allow_methods=["GET", "POST", "OPTIONS"],
-                               allow_headers=["Authorization", "Content-Type"], max_age=600)],
+        routes=[
+            Route("/", root),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/metrics", metrics),
+        ],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=settings.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            ),
+        ],
         lifespan=lifespan,
     )
     if system is not None:
@@ -131,12 +152,21 @@ def wire(app: Starlette, system: System) -> None:
         return
     app.state.wired = True
     app.state.system = system
-    graphql = MailhubGraphQL(system, graphql_ide="graphiql", allowed_origins=system.settings.cors_origins,
-                             keep_alive=True, keep_alive_interval=15)
+    graphql = MailhubGraphQL(
+        system,
+        graphql_ide="graphiql",
+        allowed_origins=system.settings.cors_origins,
+        keep_alive=True,
+        keep_alive_interval=15,
+    )
 
     async def context_for(request: Request) -> Context:
-        return Context(system=system, token=bearer_token(request.headers), client=client_of(request),
-                       request=request)
+        return Context(
+            system=system,
+            token=bearer_token(request.headers),
+            client=client_of(request),
+            request=request,
+        )
 
     rest = Rest(system, graphql.schema, context_for)
     for route in rest.routes():

@@ -28,13 +28,31 @@ def error_response(exc: BaseException) -> JSONResponse:
     domain = as_domain_error(exc)
     if domain is None:
         request_id = uuid.uuid4().hex[:12]
-        log.error("unexpected error in REST handler", request_id=request_id,
-                  exc_info=(type(exc), exc, exc.__traceback__))
-        return JSONResponse({"error": {"code": "INTERNAL_SERVER_ERROR", "requestId": request_id,
-                                       "message": f"Internal error (request id {request_id})", "fields": []}},
-                            status_code=500)
-    body = {"error": {"code": domain.code, "message": domain.message, "fields": [
-        {"field": f.field, "message": f.message} for f in getattr(domain, "fields", [])]}}
+        log.error(
+            "unexpected error in REST handler",
+            request_id=request_id,
+            exc_info=(type(exc), exc, exc.__traceback__),
+        )
+        return JSONResponse(
+            {
+                "error": {
+                    "code": "INTERNAL_SERVER_ERROR",
+                    "requestId": request_id,
+                    "message": f"Internal error (request id {request_id})",
+                    "fields": [],
+                }
+            },
+            status_code=500,
+        )
+    body = {
+        "error": {
+            "code": domain.code,
+            "message": domain.message,
+            "fields": [
+                {"field": f.field, "message": f.message} for f in getattr(domain, "fields", [])
+            ],
+        }
+    }
     headers = {}
     if isinstance(domain, E.RateLimited | E.ServiceUnavailable):
         headers["Retry-After"] = str(domain.retry_after_seconds)

@@ -33,18 +33,25 @@ fragment ItemFields on MailboxItem {
 }
 """
 ITEM_QUERY = ITEM_FIELDS + "query Item($id: ID!) { message(id: $id) { ...ItemFields } }"
-FOLDER_QUERY = ITEM_FIELDS + """
+FOLDER_QUERY = (
+    ITEM_FIELDS
+    + """
 query Folder($folder: Folder, $first: Int!, $after: String) {
   messages(folder: $folder, first: $first, after: $after) {
     edges { node { ...ItemFields } } pageInfo { hasNextPage endCursor } totalCount
   }
 }"""
-SEARCH_QUERY = ITEM_FIELDS + """
+)
+SEARCH_QUERY = (
+    ITEM_FIELDS
+    + """
 query Search($query: String!, $first: Int!, $after: String) {
   search(query: $query, first: $first, after: $after) {
-    edges { node { highlights item { ...ItemFields } } } pageInfo { hasNextPage endCursor } totalCount
+    edges { node { highlights item { ...ItemFields } } }
+    pageInfo { hasNextPage endCursor } totalCount
   }
 }"""
+)
 MAX_JSON_BODY = 40 * 1024 * 1024
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -56,6 +63,7 @@ def endpoint(handler: Handler) -> Handler:
             return await handler(request)
         except Exception as e:
             return error_response(e)
+
     return wrapped
 
 
@@ -96,22 +104,31 @@ def composition_from_json(body: dict[str, Any]) -> Composition:
     except ValueError:
         raise ValidationError.on("sendAt", "sendAt must be an ISO 8601 date-time") from None
     return Composition(
-        from_=_optional_str(body, "from"), to=_strings(body, "to"), cc=_strings(body, "cc"),
-        bcc=_strings(body, "bcc"), subject=_optional_str(body, "subject") or "",
+        from_=_optional_str(body, "from"),
+        to=_strings(body, "to"),
+        cc=_strings(body, "cc"),
+        bcc=_strings(body, "bcc"),
+        subject=_optional_str(body, "subject") or "",
         text=_optional_str(body, "body") if "body" in body else _optional_str(body, "text"),
-        html=_optional_str(body, "html"), attachment_ids=_strings(body, "attachments"),
-        in_reply_to=_optional_str(body, "inReplyTo"), idempotency_key=_optional_str(body, "idempotencyKey"),
+        html=_optional_str(body, "html"),
+        attachment_ids=_strings(body, "attachments"),
+        in_reply_to=_optional_str(body, "inReplyTo"),
+        idempotency_key=_optional_str(body, "idempotencyKey"),
         send_at=when,
     )
 
 
 class Rest:
-    def __init__(self, system: Any, schema: Any, context_for: Callable[[Request], Awaitable[Any]]) -> None:
+    def __init__(
+        self, system: Any, schema: Any, context_for: Callable[[Request], Awaitable[Any]]
+    ) -> None:
         self.system = system
         self.schema = schema
         self.context_for = context_for
 
-    async def _graphql(self, request: Request, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+    async def _graphql(
+        self, request: Request, query: str, variables: dict[str, Any]
+    ) -> dict[str, Any]:
         context = await self.context_for(request)
         await context.viewer()
         result = await self.schema.execute(query, variable_values=variables, context_value=context)
@@ -131,16 +148,27 @@ class Rest:
     async def send(self, request: Request) -> Response:
         context = await self.context_for(request)
         body = await _json_body(request)
-        item = await self.system.sending.send_email(await context.viewer(), composition_from_json(body))
-        message = await self.system.mongo.db.messages.find_one({"_id": item["message_id"]}, {"status": 1})
-        return JSONResponse({"id": str(item["_id"]), "messageId": str(item["message_id"]),
-                             "status": (message or {}).get("status", "queued")}, status_code=202)
+        item = await self.system.sending.send_email(
+            await context.viewer(), composition_from_json(body)
+        )
+        message = await self.system.mongo.db.messages.find_one(
+            {"_id": item["message_id"]}, {"status": 1}
+        )
+        return JSONResponse(
+            {
+                "id": str(item["_id"]),
+                "messageId": str(item["message_id"]),
+                "status": (message or {}).get("status", "queued"),
+            },
+            status_code=202,
+        )
 
     async def draft(self, request: Request) -> Response:
         context = await self.context_for(request)
         body = await _json_body(request)
-        item = await self.system.sending.save_draft(await context.viewer(), _optional_str(body, "id"),
-                                                    composition_from_json(body))
+        item = await self.system.sending.save_draft(
+            await context.viewer(), _optional_str(body, "id"), composition_from_json(body)
+        )
         return JSONResponse({"id": str(item["_id"])}, status_code=201)
 
     async def folder(self, request: Request) -> Response:
@@ -149,12 +177,25 @@ class Rest:
             limit = int(request.query_params.get("limit", "50"))
         except ValueError:
             raise ValidationError.on("limit", "limit must be a number") from None
-        data = await self._graphql(request, FOLDER_QUERY, {
-            "folder": folder.value, "first": limit, "after": request.query_params.get("cursor") or None})
+        data = await self._graphql(
+            request,
+            FOLDER_QUERY,
+            {
+                "folder": folder.value,
+                "first": limit,
+                "after": request.query_params.get("cursor") or None,
+            },
+        )
         page = data["messages"]
-        return JSONResponse({"items": [e["node"] for e in page["edges"]],
-                             "nextCursor": page["pageInfo"]["endCursor"] if page["pageInfo"]["hasNextPage"]
-                             else None, "total": page["totalCount"]})
+        return JSONResponse(
+            {
+                "items": [e["node"] for e in page["edges"]],
+                "nextCursor": page["pageInfo"]["endCursor"]
+                if page["pageInfo"]["hasNextPage"]
+                else None,
+                "total": page["totalCount"],
+            }
+        )
 
     async def get_email(self, request: Request) -> Response:
         return JSONResponse(await self._item(request, request.path_params["id"]))
@@ -166,9 +207,13 @@ class Rest:
         for name, value in (("read", read), ("starred", starred)):
             if value is not None and not isinstance(value, bool):
                 raise ValidationError.on(name, f"{name} must be true or false")
-        change = StateChange(read=read, starred=starred,
-                             folder=parse_folder(folder).value if folder else None,
-                             add_labels=tuple(_strings(body, "add")), remove_labels=tuple(_strings(body, "remove")))
+        change = StateChange(
+            read=read,
+            starred=starred,
+            folder=parse_folder(folder).value if folder else None,
+            add_labels=tuple(_strings(body, "add")),
+            remove_labels=tuple(_strings(body, "remove")),
+        )
         item_id = request.path_params["id"]
         await self.system.mailbox.update_items(await context.viewer(), [item_id], change)
         return JSONResponse(await self._item(request, item_id))
@@ -182,20 +227,33 @@ class Rest:
 
             raise PayloadTooLarge(f"attachment larger than {limit // (1024 * 1024)} MB")
         doc = await stream_upload(request, viewer, self.system.attachments)
-        return JSONResponse({"id": str(doc["_id"]), "filename": doc["filename"],
-                             "contentType": doc["content_type"], "size": doc["size"], "sha256": doc["sha256"]},
-                            status_code=201)
+        return JSONResponse(
+            {
+                "id": str(doc["_id"]),
+                "filename": doc["filename"],
+                "contentType": doc["content_type"],
+                "size": doc["size"],
+                "sha256": doc["sha256"],
+            },
+            status_code=201,
+        )
 
     async def download(self, request: Request) -> Response:
         context = await self.context_for(request)
-        doc = await self.system.attachments.for_download(await context.viewer(), request.path_params["id"])
-        return StreamingResponse(self.system.blobs.stream(doc["blob_id"]), media_type=doc["content_type"], headers={
-            "Content-Disposition": self.system.attachments.content_disposition(doc["filename"]),
-            "Content-Length": str(doc["size"]),
-            "X-Content-Type-Options": "nosniff",
-            "Content-Security-Policy": "default-src 'none'; sandbox",
-            "Cache-Control": "private, no-store",
-        })
+        doc = await self.system.attachments.for_download(
+            await context.viewer(), request.path_params["id"]
+        )
+        return StreamingResponse(
+            self.system.blobs.stream(doc["blob_id"]),
+            media_type=doc["content_type"],
+            headers={
+                "Content-Disposition": self.system.attachments.content_disposition(doc["filename"]),
+                "Content-Length": str(doc["size"]),
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+                "Cache-Control": "private, no-store",
+            },
+        )
 
     async def search(self, request: Request) -> Response:
         """Gmail-style search (docs/search.md); each item also carries its ``highlights``."""
@@ -206,13 +264,24 @@ class Rest:
             limit = int(request.query_params.get("limit", "20"))
         except ValueError:
             raise ValidationError.on("limit", "limit must be a number") from None
-        data = await self._graphql(request, SEARCH_QUERY, {
-            "query": query, "first": limit, "after": request.query_params.get("cursor") or None})
+        data = await self._graphql(
+            request,
+            SEARCH_QUERY,
+            {"query": query, "first": limit, "after": request.query_params.get("cursor") or None},
+        )
         page = data["search"]
-        return JSONResponse({"items": [{**e["node"]["item"], "highlights": e["node"]["highlights"]}
-                                       for e in page["edges"]],
-                             "nextCursor": page["pageInfo"]["endCursor"] if page["pageInfo"]["hasNextPage"]
-                             else None, "total": page["totalCount"]})
+        return JSONResponse(
+            {
+                "items": [
+                    {**e["node"]["item"], "highlights": e["node"]["highlights"]}
+                    for e in page["edges"]
+                ],
+                "nextCursor": page["pageInfo"]["endCursor"]
+                if page["pageInfo"]["hasNextPage"]
+                else None,
+                "total": page["totalCount"],
+            }
+        )
 
     def routes(self) -> list[Route]:
         e = endpoint

@@ -18,7 +18,9 @@ def _header_params(value: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     return parse_options_header(value)
 
 
-async def stream_upload(request: Request, viewer: Viewer, attachments: AttachmentService) -> dict[str, Any]:
+async def stream_upload(
+    request: Request, viewer: Viewer, attachments: AttachmentService
+) -> dict[str, Any]:
     content_type, params = _header_params(request.headers.get("content-type", "").encode("latin-1"))
     if content_type != b"multipart/form-data" or b"boundary" not in params:
         raise ValidationError.on("file", "send multipart/form-data with a field named `file`")
@@ -46,11 +48,17 @@ async def stream_upload(request: Request, viewer: Viewer, attachments: Attachmen
     def on_part_end() -> None:
         pending.append(("end", None))
 
-    parser = MultipartParser(params[b"boundary"], {
-        "on_header_field": on_header_field, "on_header_value": on_header_value,
-        "on_header_end": on_header_end, "on_headers_finished": on_headers_finished,
-        "on_part_data": on_part_data, "on_part_end": on_part_end,
-    })
+    parser = MultipartParser(
+        params[b"boundary"],
+        {
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on_headers_finished,
+            "on_part_data": on_part_data,
+            "on_part_end": on_part_end,
+        },
+    )
     upload: Upload | None = None
     result: dict[str, Any] | None = None
     in_file = False
@@ -60,7 +68,9 @@ async def stream_upload(request: Request, viewer: Viewer, attachments: Attachmen
             for kind, value in pending:
                 if kind == "part":
                     _, disposition = _header_params(value.get("content-disposition", b""))
-                    in_file = disposition.get(b"name") == b"file" and upload is None and result is None
+                    in_file = (
+                        disposition.get(b"name") == b"file" and upload is None and result is None
+                    )
                     if in_file:
                         filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
                         declared = value.get("content-type", b"").decode("latin-1") or None

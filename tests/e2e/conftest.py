@@ -34,32 +34,48 @@ class Api:
     http: httpx.AsyncClient
     system: Any
 
-    async def gql(self, query: str, variables: dict[str, Any] | None = None, token: str | None = None,
-                  expect_errors: bool = False) -> dict[str, Any]:
+    async def gql(
+        self,
+        query: str,
+        variables: dict[str, Any] | None = None,
+        token: str | None = None,
+        expect_errors: bool = False,
+    ) -> dict[str, Any]:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        r = await self.http.post("/graphql", json={"query": query, "variables": variables or {}},
-                                 headers=headers)
+        r = await self.http.post(
+            "/graphql", json={"query": query, "variables": variables or {}}, headers=headers
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         if not expect_errors:
             assert not body.get("errors"), body["errors"]
         return body
 
-    async def user(self, local: str, password: str = "correct horse battery", name: str | None = None
-                   ) -> tuple[str, str]:
+    async def user(
+        self, local: str, password: str = "correct horse battery", name: str | None = None
+    ) -> tuple[str, str]:
         """Create a user and log in; returns (email, token)."""
         email = f"{local}@{DOMAIN}"
         await self.system.accounts.create_user(email, password, name or local.title())
-        body = await self.gql("mutation($e:String!,$p:String!){login(email:$e,password:$p){"
-                              "__typename ... on LoginSuccess{token}}}", {"e": email, "p": password})
+        body = await self.gql(
+            "mutation($e:String!,$p:String!){login(email:$e,password:$p){"
+            "__typename ... on LoginSuccess{token}}}",
+            {"e": email, "p": password},
+        )
         return email, body["data"]["login"]["token"]
 
 
 @pytest.fixture
 async def api(settings, system) -> AsyncIterator[Api]:  # type: ignore[no-untyped-def]
     port = free_port()
-    config = uvicorn.Config(create_app(settings, system), host="127.0.0.1", port=port, log_level="warning",
-                            ws="websockets-sansio", lifespan="on")
+    config = uvicorn.Config(
+        create_app(settings, system),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        ws="websockets-sansio",
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:

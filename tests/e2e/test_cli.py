@@ -21,15 +21,23 @@ def run(args, env):
 
 
 def test_domains_add_and_users_create_against_configured_servers(services, unique_name):
-    env = {**os.environ, "MAILHUB_MONGODB_URI": services.mongodb, "MAILHUB_REDIS_URL": services.redis,
-           "MAILHUB_MONGODB_DATABASE": unique_name, "MAILHUB_HOSTNAME": "mx.example.test"}
+    env = {
+        **os.environ,
+        "MAILHUB_MONGODB_URI": services.mongodb,
+        "MAILHUB_REDIS_URL": services.redis,
+        "MAILHUB_MONGODB_DATABASE": unique_name,
+        "MAILHUB_HOSTNAME": "mx.example.test",
+    }
     r = run(["domains", "add", "Example.TEST"], env)
     assert r.returncode == 0, r.stderr
     assert "example.test. IN MX 10 mx.example.test." in r.stdout
-    assert "._domainkey.example.test. IN TXT \"v=DKIM1; k=rsa; p=" in r.stdout
+    assert '._domainkey.example.test. IN TXT "v=DKIM1; k=rsa; p=' in r.stdout
     assert "_dmarc.example.test. IN TXT" in r.stdout and "v=spf1" in r.stdout
 
-    r = run(["users", "create", "ann@example.test", "--password", "a long password", "--name", "Ann"], env)
+    r = run(
+        ["users", "create", "ann@example.test", "--password", "a long password", "--name", "Ann"],
+        env,
+    )
     assert r.returncode == 0, r.stderr
     r = run(["users", "create", "ann@example.test", "--password", "a long password"], env)
     assert r.returncode == 1 and "already exists" in r.stderr
@@ -49,9 +57,22 @@ def test_bad_configuration_names_the_variable(services):
 def test_dev_starts_everything_seeds_demo_users_and_stops_cleanly(tmp_path):
     http_port, smtp_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHUB_")}
-    proc = subprocess.Popen([MAILHUB, "dev", "--data-dir", str(tmp_path / "var"), "--http-port", str(http_port),
-                             "--smtp-port", str(smtp_port)], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            MAILHUB,
+            "dev",
+            "--data-dir",
+            str(tmp_path / "var"),
+            "--http-port",
+            str(http_port),
+            "--smtp-port",
+            str(smtp_port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     output = []
     try:
         deadline = time.monotonic() + 90
@@ -68,9 +89,13 @@ def test_dev_starts_everything_seeds_demo_users_and_stops_cleanly(tmp_path):
 
         with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=5) as r:
             assert r.status == 200
-        q = 'mutation { login(email: "alice@demo.mailhub.test", password: "alice-demo-pass") ' \
-            '{ __typename ... on LoginSuccess { token } } }'
-        body = httpx.post(f"http://127.0.0.1:{http_port}/graphql", json={"query": q}, timeout=10).json()
+        q = (
+            'mutation { login(email: "alice@demo.mailhub.test", password: "alice-demo-pass") '
+            "{ __typename ... on LoginSuccess { token } } }"
+        )
+        body = httpx.post(
+            f"http://127.0.0.1:{http_port}/graphql", json={"query": q}, timeout=10
+        ).json()
         assert body["data"]["login"]["__typename"] == "LoginSuccess"
     finally:
         proc.send_signal(signal.SIGINT)

@@ -15,9 +15,21 @@ from app.web.app import create_app
 
 
 def start_mongo(port, path):
-    proc = subprocess.Popen([secantus_command(), "--host", "127.0.0.1", "--port", str(port),
-                             "--storage-path", str(path), "--log-level", "ERROR"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            secantus_command(),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(path),
+            "--log-level",
+            "ERROR",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 30
     while not _mongo_ready(f"mongodb://127.0.0.1:{port}/?directConnection=true"):
         assert time.monotonic() < deadline and proc.poll() is None, "mongo did not start"
@@ -28,22 +40,38 @@ def start_mongo(port, path):
 async def test_database_outage_is_a_typed_error_and_heals(services, tmp_path, unique_name):
     port = free_port()
     mongo = start_mongo(port, tmp_path / "db")
-    settings = Settings(mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-                        mongodb_database=unique_name, redis_url=services.redis, redis_prefix=unique_name,
-                        secret_key="k" * 32, mongo_timeout_ms=2000, _env_file=None)
+    settings = Settings(
+        mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        mongodb_database=unique_name,
+        redis_url=services.redis,
+        redis_prefix=unique_name,
+        secret_key="k" * 32,
+        mongo_timeout_ms=2000,
+        _env_file=None,
+    )
     system = await build_system(settings)
     await system.accounts.add_domain("example.test")
     await system.accounts.create_user("alice@example.test", "long password")
     token, _ = await system.accounts.login("alice@example.test", "long password", "test")
     http_port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, system), host="127.0.0.1", port=http_port,
-                                           log_level="critical", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, system),
+            host="127.0.0.1",
+            port=http_port,
+            log_level="critical",
+            lifespan="on",
+        )
+    )
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30,
-                                     headers={"Authorization": f"Bearer {token}"}) as http:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}",
+            timeout=30,
+            headers={"Authorization": f"Bearer {token}"},
+        ) as http:
             assert (await http.get("/api/mailbox/inbox")).status_code == 200
             mongo.kill()
             mongo.wait()

@@ -85,7 +85,7 @@ async def test_database_killed_mid_data_gives_451_and_the_retry_is_stored_once(
         writer.close()
 
         mongo = start_mongo(port, tmp_path / "db")
-        for _ in range(100):
+        for _ in range(300):
             if _mongo_ready(settings.mongodb_uri):
                 break
             await asyncio.sleep(0.1)

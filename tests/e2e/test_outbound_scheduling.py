@@ -113,7 +113,7 @@ async def test_a_scheduled_send_to_a_local_user_arrives_when_due(api):
         )["data"]["sendEmail"]
         assert sent["item"]["recipients"][0]["status"] == "scheduled"
         assert (await api.gql(FOLDER, {"f": "INBOX"}, bob_token))["data"]["messages"]["edges"] == []
-        for _ in range(100):
+        for _ in range(300):
             inbox = (await api.gql(FOLDER, {"f": "INBOX"}, bob_token))["data"]["messages"]["edges"]
             if inbox:
                 break

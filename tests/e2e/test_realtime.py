@@ -4,7 +4,6 @@ import asyncio
 
 import pytest
 from gql import Client, gql
-from gql.transport.exceptions import TransportClosed, TransportServerError
 from gql.transport.websockets import WebsocketsTransport
 
 from tests.e2e.test_mailbox_ops import UPDATE, inbox_ids
@@ -16,8 +15,11 @@ COUNTS = gql("subscription { unreadCounts { folder total unread } }")
 
 def ws_client(api, token):
     url = api.base.replace("http://", "ws://") + "/graphql"
-    transport = WebsocketsTransport(url=url, init_payload={"token": token} if token else {},
-                                    subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL])
+    transport = WebsocketsTransport(
+        url=url,
+        init_payload={"token": token} if token else {},
+        subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+    )
     return Client(transport=transport, fetch_schema_from_transport=False)
 
 
@@ -125,12 +127,21 @@ async def test_event_from_one_api_process_reaches_a_subscriber_on_another(api, s
     from app.embedded import free_port
 
     port = free_port()
-    env = {**os.environ, "MAILHUB_MONGODB_URI": settings.mongodb_uri,
-           "MAILHUB_MONGODB_DATABASE": settings.mongodb_database, "MAILHUB_REDIS_URL": settings.redis_url,
-           "MAILHUB_REDIS_PREFIX": settings.redis_prefix, "MAILHUB_SECRET_KEY": settings.secret_key.get_secret_value(),
-           "MAILHUB_LOG_LEVEL": "WARNING"}
-    other = subprocess.Popen([str(Path(sys.executable).parent / "mailhub"), "api", "--port", str(port)], env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "MAILHUB_MONGODB_URI": settings.mongodb_uri,
+        "MAILHUB_MONGODB_DATABASE": settings.mongodb_database,
+        "MAILHUB_REDIS_URL": settings.redis_url,
+        "MAILHUB_REDIS_PREFIX": settings.redis_prefix,
+        "MAILHUB_SECRET_KEY": settings.secret_key.get_secret_value(),
+        "MAILHUB_LOG_LEVEL": "WARNING",
+    }
+    other = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mailhub"), "api", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -150,7 +161,9 @@ async def test_event_from_one_api_process_reaches_a_subscriber_on_another(api, s
         async with ws_client(Other, b) as bob_ws:
             bob_next = asyncio.ensure_future(next_of(bob_ws.subscribe(EVENTS)))
             await asyncio.sleep(0.5)
-            await api.gql(SEND, {"input": {"to": [bob], "subject": "across processes", "text": "x"}}, a)
+            await api.gql(
+                SEND, {"input": {"to": [bob], "subject": "across processes", "text": "x"}}, a
+            )
             event = (await bob_next)["mailboxEvents"]
             assert event["item"]["subject"] == "across processes"
     finally:
@@ -162,8 +175,9 @@ async def test_legacy_graphql_ws_protocol_is_served(api):
     alice, a = await api.user("alice")
     bob, b = await api.user("bob")
     url = api.base.replace("http://", "ws://") + "/graphql"
-    transport = WebsocketsTransport(url=url, init_payload={"token": b},
-                                    subprotocols=[WebsocketsTransport.APOLLO_SUBPROTOCOL])
+    transport = WebsocketsTransport(
+        url=url, init_payload={"token": b}, subprotocols=[WebsocketsTransport.APOLLO_SUBPROTOCOL]
+    )
     async with Client(transport=transport, fetch_schema_from_transport=False) as session:
         bob_next = asyncio.ensure_future(next_of(session.subscribe(EVENTS)))
         await asyncio.sleep(0.5)
@@ -186,13 +200,28 @@ async def test_a_client_that_cannot_keep_up_is_disconnected(api, monkeypatch):
     async with websockets.connect(url, subprotocols=["graphql-transport-ws"], max_queue=1) as ws:
         await ws.send(json.dumps({"type": "connection_init", "payload": {"token": b}}))
         assert json.loads(await ws.recv())["type"] == "connection_ack"
-        await ws.send(json.dumps({"id": "1", "type": "subscribe", "payload": {
-            "query": "subscription { mailboxEvents { itemId } }"}}))
+        await ws.send(
+            json.dumps(
+                {
+                    "id": "1",
+                    "type": "subscribe",
+                    "payload": {"query": "subscription { mailboxEvents { itemId } }"},
+                }
+            )
+        )
         await asyncio.sleep(0.5)
         # a burst far beyond the bound while this client reads nothing
         for i in range(50):
-            await api.system.hub.publish(user_id, {"type": "mailbox", "kind": "updated",
-                                                   "itemId": "0" * 24, "state": str(i), "folders": []})
+            await api.system.hub.publish(
+                user_id,
+                {
+                    "type": "mailbox",
+                    "kind": "updated",
+                    "itemId": "0" * 24,
+                    "state": str(i),
+                    "folders": [],
+                },
+            )
         with pytest.raises(websockets.ConnectionClosed) as closed:
             for _ in range(100):
                 await asyncio.wait_for(ws.recv(), 10)

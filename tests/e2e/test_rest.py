@@ -10,8 +10,9 @@ def auth(token):
 
 
 async def upload(api, token, name, data, content_type="application/octet-stream"):
-    return await api.http.post("/api/attachments", files={"file": (name, data, content_type)},
-                               headers=auth(token))
+    return await api.http.post(
+        "/api/attachments", files={"file": (name, data, content_type)}, headers=auth(token)
+    )
 
 
 async def test_seed_send_request_delivers_and_reads_back(api):
@@ -24,9 +25,19 @@ async def test_seed_send_request_delivers_and_reads_back(api):
     assert att["size"] == len(pdf) and att["sha256"] == hashlib.sha256(pdf).hexdigest()
     assert att["contentType"] == "application/pdf"
 
-    r = await api.http.post("/api/emails/send", headers=auth(a), json={
-        "from": alice, "to": [bob], "cc": [], "bcc": [], "subject": "Hello", "body": "Hi Bob",
-        "attachments": [att["id"]]})
+    r = await api.http.post(
+        "/api/emails/send",
+        headers=auth(a),
+        json={
+            "from": alice,
+            "to": [bob],
+            "cc": [],
+            "bcc": [],
+            "subject": "Hello",
+            "body": "Hi Bob",
+            "attachments": [att["id"]],
+        },
+    )
     assert r.status_code == 202, r.text
     sent = r.json()
     assert set(sent) == {"id", "messageId", "status"} and sent["status"] == "queued"
@@ -47,8 +58,11 @@ async def test_seed_send_request_delivers_and_reads_back(api):
     assert download.headers["content-disposition"].startswith("attachment;")
     assert download.headers["x-content-type-options"] == "nosniff"
 
-    r = await api.http.post(f"/api/emails/{item['id']}/labels", headers=auth(b),
-                            json={"add": ["Reports"], "read": True, "starred": True})
+    r = await api.http.post(
+        f"/api/emails/{item['id']}/labels",
+        headers=auth(b),
+        json={"add": ["Reports"], "read": True, "starred": True},
+    )
     assert r.status_code == 200
     assert r.json()["labels"] == ["Reports"] and r.json()["read"] and r.json()["starred"]
 
@@ -59,25 +73,37 @@ async def test_attachments_are_private_until_shared_by_a_message(api):
     att = (await upload(api, a, "secret.txt", b"top secret")).json()
     assert (await api.http.get(f"/api/attachments/{att['id']}", headers=auth(e))).status_code == 404
     assert (await api.http.get(f"/api/attachments/{att['id']}")).status_code == 401
-    r = await api.http.post("/api/emails/send", headers=auth(e),
-                            json={"to": [alice], "subject": "steal", "body": "x", "attachments": [att["id"]]})
+    r = await api.http.post(
+        "/api/emails/send",
+        headers=auth(e),
+        json={"to": [alice], "subject": "steal", "body": "x", "attachments": [att["id"]]},
+    )
     assert r.status_code == 400 and r.json()["error"]["fields"][0]["field"] == "attachmentIds[0]"
 
 
 async def test_oversize_upload_is_refused_and_leaves_nothing_behind(api):
     alice, a = await api.user("alice")
-    api.system.attachments.settings = api.system.settings.model_copy(update={"max_attachment_bytes": 1024 * 1024})
+    api.system.attachments.settings = api.system.settings.model_copy(
+        update={"max_attachment_bytes": 1024 * 1024}
+    )
     big = b"x" * (1024 * 1024 + 10)
 
     async def chunks():
         boundary = b"BOUNDARY"
-        yield b"--" + boundary + b'\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n'
+        yield (
+            b"--"
+            + boundary
+            + b'\r\nContent-Disposition: form-data; name="file"; filename="big.bin"\r\n\r\n'
+        )
         for i in range(0, len(big), 65536):
-            yield big[i:i + 65536]
+            yield big[i : i + 65536]
         yield b"\r\n--" + boundary + b"--\r\n"
 
-    r = await api.http.post("/api/attachments", content=chunks(), headers={
-        **auth(a), "Content-Type": "multipart/form-data; boundary=BOUNDARY"})
+    r = await api.http.post(
+        "/api/attachments",
+        content=chunks(),
+        headers={**auth(a), "Content-Type": "multipart/form-data; boundary=BOUNDARY"},
+    )
     assert r.status_code == 413 and r.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
     db = api.system.mongo.db
     assert await db.attachments.count_documents({}) == 0
@@ -87,7 +113,9 @@ async def test_oversize_upload_is_refused_and_leaves_nothing_behind(api):
 
 async def test_uploaded_html_disguised_as_image_is_not_served_as_image(api):
     _, a = await api.user("alice")
-    att = (await upload(api, a, "cat.png", b"<html><script>alert(1)</script></html>", "image/png")).json()
+    att = (
+        await upload(api, a, "cat.png", b"<html><script>alert(1)</script></html>", "image/png")
+    ).json()
     assert att["contentType"] not in ("image/png", "text/html")
 
 
@@ -107,8 +135,11 @@ async def test_rest_errors_are_json_with_codes(api):
 
 async def test_drafts_endpoint_creates_a_draft(api):
     alice, a = await api.user("alice")
-    r = await api.http.post("/api/emails/drafts", headers=auth(a), json={"to": ["x@remote.test"],
-                                                                          "subject": "later", "body": "..."})
+    r = await api.http.post(
+        "/api/emails/drafts",
+        headers=auth(a),
+        json={"to": ["x@remote.test"], "subject": "later", "body": "..."},
+    )
     assert r.status_code == 201
     page = (await api.gql(INBOX, {"folder": "DRAFTS"}, a))["data"]["messages"]
     assert [e["node"]["id"] for e in page["edges"]] == [r.json()["id"]]

@@ -44,7 +44,9 @@ async def test_page_cost_does_not_grow_with_page_size(api, settings, counter):
         alice, a = await api.user("alice")
         bob, b = await api.user("bob")
         for i in range(30):
-            await api.gql(SEND, {"input": {"to": [bob], "cc": [alice], "subject": f"s{i}", "text": "x"}}, a)
+            await api.gql(
+                SEND, {"input": {"to": [bob], "cc": [alice], "subject": f"s{i}", "text": "x"}}, a
+            )
 
         from schema import build_schema
         from schema.context import Context
@@ -54,7 +56,9 @@ async def test_page_cost_does_not_grow_with_page_size(api, settings, counter):
         async def cost(query, first, token):
             ctx = Context(system=system, token=token, client="test")
             counter.commands.clear()
-            result = await schema.execute(query, variable_values={"first": first}, context_value=ctx)
+            result = await schema.execute(
+                query, variable_values={"first": first}, context_value=ctx
+            )
             assert not result.errors, result.errors
             return len([c for c in counter.commands if c in ("find", "aggregate", "count")])
 

@@ -16,8 +16,10 @@ async def test_requests_without_a_valid_token_are_unauthenticated(api):
 
 async def test_wrong_password_is_an_auth_error_and_attempts_are_rate_limited(api):
     await api.user("alice")
-    q = 'mutation($p:String!){ login(email:"alice@example.test", password:$p){ __typename ' \
-        '... on AuthError { message } } }'
+    q = (
+        'mutation($p:String!){ login(email:"alice@example.test", password:$p){ __typename '
+        "... on AuthError { message } } }"
+    )
     r = await api.gql(q, {"p": "nope"})
     assert r["data"]["login"]["__typename"] == "AuthError"
     limit = api.system.settings.login_attempts_per_address
@@ -30,7 +32,9 @@ async def test_wrong_password_is_an_auth_error_and_attempts_are_rate_limited(api
 
 async def test_revoked_token_stops_working(api):
     _, token = await api.user("alice")
-    assert (await api.gql("{ me { email } }", token=token))["data"]["me"]["email"] == "alice@example.test"
+    assert (await api.gql("{ me { email } }", token=token))["data"]["me"][
+        "email"
+    ] == "alice@example.test"
     assert await api.system.accounts.revoke(token)
     body = await api.gql("{ me { email } }", token=token, expect_errors=True)
     assert body["errors"][0]["extensions"]["code"] == "UNAUTHENTICATED"
@@ -43,8 +47,12 @@ async def test_another_users_ids_behave_like_missing_ones(api):
     await api.gql(SEND, {"input": {"to": [bob], "subject": "private", "text": "secret"}}, a)
     [item] = await inbox_ids(api, b)
     thread_id = (await api.gql(INBOX, {}, b))["data"]["messages"]["edges"][0]["node"]["threadId"]
-    assert (await api.gql('query($id:ID!){ message(id:$id){ id } }', {"id": item}, e))["data"]["message"] is None
-    assert (await api.gql('query($id:ID!){ thread(id:$id){ id } }', {"id": thread_id}, e))["data"]["thread"] is None
+    assert (await api.gql("query($id:ID!){ message(id:$id){ id } }", {"id": item}, e))["data"][
+        "message"
+    ] is None
+    assert (await api.gql("query($id:ID!){ thread(id:$id){ id } }", {"id": thread_id}, e))["data"][
+        "thread"
+    ] is None
     r = await api.gql(UPDATE, {"ids": [item], "set": {"read": True}}, e)
     assert r["data"]["updateMessages"]["__typename"] == "NotFound"
     # nothing changed for bob, and eve's counts reveal nothing
@@ -52,7 +60,9 @@ async def test_another_users_ids_behave_like_missing_ones(api):
     assert node["read"] is False
     eve_boxes = (await api.gql("{ mailboxes { total } }", token=e))["data"]["mailboxes"]
     assert all(box["total"] == 0 for box in eve_boxes)
-    assert (await api.http.get(f"/api/emails/{item}", headers={"Authorization": f"Bearer {e}"})).status_code == 404
+    assert (
+        await api.http.get(f"/api/emails/{item}", headers={"Authorization": f"Bearer {e}"})
+    ).status_code == 404
     # bob's cursor pages only through eve's own (empty) inbox
     page = (await api.gql(INBOX, {"first": 1}, b))["data"]["messages"]
     cursor = page["edges"][0]["cursor"]
@@ -60,15 +70,18 @@ async def test_another_users_ids_behave_like_missing_ones(api):
     assert eve_page["edges"] == [] and eve_page["totalCount"] == 0
 
 
-@pytest.mark.parametrize("field,value", [
-    ("subject", "hi\r\nBcc: victim@evil.test"),
-    ("subject", "nul\x00byte"),
-    ("to", ["bob@example.test\r\nBcc: x@evil.test"]),
-    ("to", ["not-an-address"]),
-    ("to", ["a@b@c.test"]),
-    ("from", "Bob <bob@example.test>"),
-    ("cc", ["carol@example..test"]),
-])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("subject", "hi\r\nBcc: victim@evil.test"),
+        ("subject", "nul\x00byte"),
+        ("to", ["bob@example.test\r\nBcc: x@evil.test"]),
+        ("to", ["not-an-address"]),
+        ("to", ["a@b@c.test"]),
+        ("from", "Bob <bob@example.test>"),
+        ("cc", ["carol@example..test"]),
+    ],
+)
 async def test_header_injection_and_bad_addresses_are_validation_errors(api, field, value):
     alice, a = await api.user("alice")
     await api.user("bob")
@@ -90,14 +103,25 @@ async def test_too_many_recipients_is_rejected(api):
 async def test_xss_payloads_never_leave_the_api(api):
     alice, a = await api.user("alice")
     bob, b = await api.user("bob")
-    html = ('<p onclick="steal()">hi</p><script>alert(1)</script><img src=x onerror=alert(2)>'
-            '<a href="javascript:alert(3)">x</a><iframe src="https://evil.test"></iframe>'
-            '<svg onload=alert(4)></svg><form action="https://evil.test"><input name=p></form>'
-            '<img src="https://tracker.test/p.gif">')
+    html = (
+        '<p onclick="steal()">hi</p><script>alert(1)</script><img src=x onerror=alert(2)>'
+        '<a href="javascript:alert(3)">x</a><iframe src="https://evil.test"></iframe>'
+        '<svg onload=alert(4)></svg><form action="https://evil.test"><input name=p></form>'
+        '<img src="https://tracker.test/p.gif">'
+    )
     await api.gql(SEND, {"input": {"to": [bob], "subject": "xss", "html": html}}, a)
     node = (await api.gql(INBOX, {}, b))["data"]["messages"]["edges"][0]["node"]
     out = node["htmlBody"].lower()
-    for bad in ("<script", "onerror", "onclick", "javascript:", "<iframe", "onload", "<form", "<input"):
+    for bad in (
+        "<script",
+        "onerror",
+        "onclick",
+        "javascript:",
+        "<iframe",
+        "onload",
+        "<form",
+        "<input",
+    ):
         assert bad not in out, bad
     assert "tracker.test/p.gif" in out and "data-remote-image" in out
 
@@ -108,8 +132,9 @@ async def test_malformed_cursor_is_a_clear_error(api, cursor):
     body = await api.gql(INBOX, {"after": cursor}, a, expect_errors=True)
     assert body["errors"][0]["extensions"]["code"] == "VALIDATION_ERROR"
     assert "cursor" in body["errors"][0]["message"]
-    r = await api.http.get("/api/mailbox/inbox", params={"cursor": cursor},
-                           headers={"Authorization": f"Bearer {a}"})
+    r = await api.http.get(
+        "/api/mailbox/inbox", params={"cursor": cursor}, headers={"Authorization": f"Bearer {a}"}
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "VALIDATION_ERROR"
 
 

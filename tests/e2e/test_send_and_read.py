@@ -18,9 +18,18 @@ INBOX = """query($folder: Folder, $first: Int, $after: String) {
 async def test_local_send_arrives_in_recipient_inbox(api):
     alice, alice_token = await api.user("alice")
     bob, bob_token = await api.user("bob")
-    body = await api.gql(SEND, {"input": {"to": [bob], "subject": "Lunch?", "text": "Tacos at noon?",
-                                          "html": "<p>Tacos <b>at noon</b>?<script>alert(1)</script></p>"}},
-                         alice_token)
+    body = await api.gql(
+        SEND,
+        {
+            "input": {
+                "to": [bob],
+                "subject": "Lunch?",
+                "text": "Tacos at noon?",
+                "html": "<p>Tacos <b>at noon</b>?<script>alert(1)</script></p>",
+            }
+        },
+        alice_token,
+    )
     sent = body["data"]["sendEmail"]
     assert sent["__typename"] == "SendEmailSuccess"
     assert sent["item"]["folder"] == "SENT" and sent["item"]["read"] is True
@@ -34,7 +43,9 @@ async def test_local_send_arrives_in_recipient_inbox(api):
     assert node["textBody"].strip() == "Tacos at noon?"
     assert "<script" not in node["htmlBody"] and "<b>at noon</b>" in node["htmlBody"]
 
-    boxes = (await api.gql("{ mailboxes { name folder total unread } }", token=bob_token))["data"]["mailboxes"]
+    boxes = (await api.gql("{ mailboxes { name folder total unread } }", token=bob_token))["data"][
+        "mailboxes"
+    ]
     inbox_box = next(b for b in boxes if b["folder"] == "INBOX")
     assert (inbox_box["total"], inbox_box["unread"]) == (1, 1)
 
@@ -42,16 +53,36 @@ async def test_local_send_arrives_in_recipient_inbox(api):
 async def test_reply_joins_the_thread_for_both_users(api):
     alice, alice_token = await api.user("alice")
     bob, bob_token = await api.user("bob")
-    first = (await api.gql(SEND, {"input": {"to": [bob], "subject": "Plan", "text": "v1"}}, alice_token))
-    bob_item = (await api.gql(INBOX, {"folder": "INBOX"}, bob_token))["data"]["messages"]["edges"][0]["node"]
-    reply = await api.gql(SEND, {"input": {"to": [alice], "subject": "Re: Plan", "text": "ok",
-                                           "inReplyTo": bob_item["id"]}}, bob_token)
+    first = await api.gql(
+        SEND, {"input": {"to": [bob], "subject": "Plan", "text": "v1"}}, alice_token
+    )
+    bob_item = (await api.gql(INBOX, {"folder": "INBOX"}, bob_token))["data"]["messages"]["edges"][
+        0
+    ]["node"]
+    reply = await api.gql(
+        SEND,
+        {
+            "input": {
+                "to": [alice],
+                "subject": "Re: Plan",
+                "text": "ok",
+                "inReplyTo": bob_item["id"],
+            }
+        },
+        bob_token,
+    )
     assert reply["data"]["sendEmail"]["item"]["threadId"] == bob_item["threadId"]
-    alice_inbox = (await api.gql(INBOX, {"folder": "INBOX"}, alice_token))["data"]["messages"]["edges"]
+    alice_inbox = (await api.gql(INBOX, {"folder": "INBOX"}, alice_token))["data"]["messages"][
+        "edges"
+    ]
     alice_sent_thread = first["data"]["sendEmail"]["item"]["threadId"]
     assert alice_inbox[0]["node"]["threadId"] == alice_sent_thread
-    thread = (await api.gql("query($id: ID!){ thread(id: $id) { messageCount unreadCount subject "
-                            "messages { subject folder } } }", {"id": alice_sent_thread}, alice_token))
+    thread = await api.gql(
+        "query($id: ID!){ thread(id: $id) { messageCount unreadCount subject "
+        "messages { subject folder } } }",
+        {"id": alice_sent_thread},
+        alice_token,
+    )
     t = thread["data"]["thread"]
     assert t["messageCount"] == 2 and t["unreadCount"] == 1
     assert [m["folder"] for m in t["messages"]] == ["SENT", "INBOX"]
@@ -61,13 +92,18 @@ async def test_bcc_is_visible_only_to_the_sender(api):
     alice, alice_token = await api.user("alice")
     bob, bob_token = await api.user("bob")
     carol, carol_token = await api.user("carol")
-    body = await api.gql(SEND, {"input": {"to": [bob], "bcc": [carol], "subject": "secret", "text": "x"}},
-                         alice_token)
+    body = await api.gql(
+        SEND,
+        {"input": {"to": [bob], "bcc": [carol], "subject": "secret", "text": "x"}},
+        alice_token,
+    )
     assert [b["email"] for b in body["data"]["sendEmail"]["item"]["bcc"]] == [carol]
     for token in (bob_token, carol_token):
         node = (await api.gql(INBOX, {}, token))["data"]["messages"]["edges"][0]["node"]
         assert node["bcc"] == []
-    raw = await api.system.blobs.get((await api.system.mongo.db.messages.find_one({}))["raw_blob_id"])
+    raw = await api.system.blobs.get(
+        (await api.system.mongo.db.messages.find_one({}))["raw_blob_id"]
+    )
     assert b"\nBcc:" not in raw and carol.encode() not in raw
 
 

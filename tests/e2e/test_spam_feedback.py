@@ -8,13 +8,17 @@ MARK = """mutation($ids: [ID!]!) { markSpam(ids: $ids) { __typename
 UNMARK = """mutation($ids: [ID!]!) { markNotSpam(ids: $ids) { __typename
   ... on UpdateMessagesSuccess { items { id folder } } } }"""
 
-NEWSLETTER = ("Garden club newsletter: tulip bulbs are in, compost workshop on Saturday, "
-              "seed swap table by the greenhouse, volunteers for the herb beds welcome.")
+NEWSLETTER = (
+    "Garden club newsletter: tulip bulbs are in, compost workshop on Saturday, "
+    "seed swap table by the greenhouse, volunteers for the herb beds welcome."
+)
 
 
 def similar(i):
-    return (f"Subject: Garden club newsletter {i}\r\n\r\nTulip bulbs are in, compost workshop on "
-            f"Saturday, seed swap table by the greenhouse, volunteers for the herb beds welcome.\r\n").encode()
+    return (
+        f"Subject: Garden club newsletter {i}\r\n\r\nTulip bulbs are in, compost workshop on "
+        f"Saturday, seed swap table by the greenhouse, volunteers for the herb beds welcome.\r\n"
+    ).encode()
 
 
 async def test_marking_spam_moves_the_item_and_teaches_only_that_user(api):
@@ -28,11 +32,22 @@ async def test_marking_spam_moves_the_item_and_teaches_only_that_user(api):
     assert not before.is_spam  # a friendly newsletter is ham for the global model
 
     for i in range(2):
-        await api.gql(SEND, {"input": {"to": [bob, carol], "subject": f"Garden club newsletter {i}",
-                                       "text": NEWSLETTER}}, a)
+        await api.gql(
+            SEND,
+            {
+                "input": {
+                    "to": [bob, carol],
+                    "subject": f"Garden club newsletter {i}",
+                    "text": NEWSLETTER,
+                }
+            },
+            a,
+        )
     ids = await inbox_ids(api, b)
     r = (await api.gql(MARK, {"ids": ids}, b))["data"]["markSpam"]
-    assert r["__typename"] == "UpdateMessagesSuccess" and {i["folder"] for i in r["items"]} == {"SPAM"}
+    assert r["__typename"] == "UpdateMessagesSuccess" and {i["folder"] for i in r["items"]} == {
+        "SPAM"
+    }
     assert await inbox_ids(api, b) == [] and len(await inbox_ids(api, b, "SPAM")) == 2
 
     after = await feedback.verdict_for_user(similar(7), bob_id)
@@ -63,8 +78,11 @@ async def test_periodic_retraining_promotes_only_a_model_that_is_not_worse(api, 
     alice, a = await api.user("alice")
     bob, b = await api.user("bob")
     for i in range(3):
-        await api.gql(SEND, {"input": {"to": [bob], "subject": f"Garden club newsletter {i}",
-                                       "text": NEWSLETTER}}, a)
+        await api.gql(
+            SEND,
+            {"input": {"to": [bob], "subject": f"Garden club newsletter {i}", "text": NEWSLETTER}},
+            a,
+        )
     await api.gql(MARK, {"ids": await inbox_ids(api, b)}, b)
     outcome = await api.system.spam_feedback.retrain(tmp_path / "models", DATA_DIR / TARBALL)
     assert outcome.labels == 3
@@ -88,21 +106,30 @@ async def test_inbound_mail_like_one_a_user_marked_spam_goes_to_their_spam_folde
         carol, c = await api.user("carol")
 
         def raw(i: int) -> bytes:
-            return (f"From: Garden Club <club@garden.example>\r\nTo: {bob}, {carol}\r\n"
-                    f"Subject: Garden club newsletter {i}\r\nMessage-ID: <n{i}@garden.example>\r\n"
-                    f"Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\n{NEWSLETTER}\r\n").encode()
+            return (
+                f"From: Garden Club <club@garden.example>\r\nTo: {bob}, {carol}\r\n"
+                f"Subject: Garden club newsletter {i}\r\nMessage-ID: <n{i}@garden.example>\r\n"
+                f"Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\n{NEWSLETTER}\r\n"
+            ).encode()
 
-        reply = await smtp_send(mx.port, raw(1), rcpts=[bob, carol], mail_from="club@garden.example")
+        reply = await smtp_send(
+            mx.port, raw(1), rcpts=[bob, carol], mail_from="club@garden.example"
+        )
         assert reply["data"][0] == 250
         [first] = await inbox_ids(api, b)
         await api.gql(MARK, {"ids": [first]}, b)
 
-        reply = await smtp_send(mx.port, raw(2), rcpts=[bob, carol], mail_from="club@garden.example")
+        reply = await smtp_send(
+            mx.port, raw(2), rcpts=[bob, carol], mail_from="club@garden.example"
+        )
         assert reply["data"][0] == 250
         assert await inbox_ids(api, b) == [] and len(await inbox_ids(api, b, "SPAM")) == 2
         assert len(await inbox_ids(api, c)) == 2  # carol never said anything: her inbox
-        spam = (await api.gql('{ messages(folder: SPAM) { edges { node { spam { isSpam score } } } } }',
-                              token=b))["data"]["messages"]["edges"][0]["node"]["spam"]
+        spam = (
+            await api.gql(
+                "{ messages(folder: SPAM) { edges { node { spam { isSpam score } } } } }", token=b
+            )
+        )["data"]["messages"]["edges"][0]["node"]["spam"]
         assert spam["isSpam"] is True
     finally:
         await mx.stop()

@@ -81,7 +81,7 @@ async def test_a_bounce_files_a_threaded_dsn_in_the_senders_inbox(settings):
     async with outbound_world(settings, sink_options=options) as w:
         item = await w.send(["gone@ok.test"], subject="Quarterly report")
         await w.wait_statuses(item["message_id"], {"gone@ok.test": "bounced"})
-        for _ in range(100):
+        for _ in range(600):  # up to 30 s: the DSN is filed after the outcome is recorded
             inbox = await w.db.mailbox_items.find(
                 {"user_id": w.sender.user_id, "folder": "INBOX"}
             ).to_list()
@@ -185,7 +185,7 @@ async def test_a_delay_notice_is_sent_once_after_the_delay_threshold(settings):
         settings, sink_options=options, retry_schedule=[1], delay_notice_seconds=1
     ) as w:
         item = await w.send(["bob@ok.test"])
-        for _ in range(200):
+        for _ in range(600):
             doc = (await w.recipients(item["message_id"]))["bob@ok.test"]
             if doc["attempts"] >= 3:
                 break
@@ -230,7 +230,7 @@ async def test_each_status_change_is_published_to_the_senders_channel(settings):
         item = await w.send(["bob@ok.test"])
         await w.wait_statuses(item["message_id"], {"bob@ok.test": "sent"})
         seen = []
-        for _ in range(50):
+        for _ in range(300):
             message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if message:
                 event = json.loads(message["data"])

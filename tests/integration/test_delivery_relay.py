@@ -29,7 +29,7 @@ async def test_mail_goes_out_through_a_postfix_relay_over_tls_and_still_verifies
                     ) from None
                 reply = docs["bob@anywhere.example"]["last_reply"]
                 assert reply["code"] == 250 and "queued as" in reply["text"]  # Postfix took it
-                for _ in range(200):
+                for _ in range(600):
                     if far.received:
                         break
                     await asyncio.sleep(0.05)

@@ -5,9 +5,11 @@ LONG_DKIM = "v=DKIM1; k=rsa; p=" + "A" * 392
 
 
 async def test_mx_lookup_against_a_real_dns_server():
-    with DnsServer(mx={"two.test": [(20, "mx2.two.test"), (10, "mx1.two.test")], "null.test": [(0, ".")]},
-                   a={"mx1.two.test": "127.0.0.1", "mx2.two.test": "127.0.0.2", "bare.test": "127.0.0.3"},
-                   txt={"two.test": ["v=spf1 -all"], "s1._domainkey.two.test": [LONG_DKIM]}) as dns:
+    with DnsServer(
+        mx={"two.test": [(20, "mx2.two.test"), (10, "mx1.two.test")], "null.test": [(0, ".")]},
+        a={"mx1.two.test": "127.0.0.1", "mx2.two.test": "127.0.0.2", "bare.test": "127.0.0.3"},
+        txt={"two.test": ["v=spf1 -all"], "s1._domainkey.two.test": [LONG_DKIM]},
+    ) as dns:
         r = DnsResolver([dns.address])
         mx = await r.mx("two.test")
         assert mx.status is LookupStatus.OK and mx.hosts == ("mx1.two.test", "mx2.two.test")

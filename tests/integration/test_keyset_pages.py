@@ -17,21 +17,42 @@ async def test_paging_returns_every_item_once_in_order(mongo, first_at_known):
     rng = random.Random(7)
     user = ObjectId()
     now = datetime.now(UTC).replace(microsecond=0)
-    stamps = ([now - timedelta(milliseconds=rng.randrange(1000)) for _ in range(80)]  # a burst
-              + [now - timedelta(days=rng.randrange(1, 3000)) for _ in range(60)]  # years of gaps
-              + [now - timedelta(hours=5)] * 45  # one timestamp, many items (ties)
-              + [now + timedelta(days=2)])  # clock skew: dated in the future
-    docs = [{"_id": ObjectId(), "user_id": user, "message_id": ObjectId(), "role": "received",
-             "folder": "INBOX", "labels": [], "read": False, "received_at": at, "thread_id": ObjectId()}
-            for at in stamps]
+    stamps = (
+        [now - timedelta(milliseconds=rng.randrange(1000)) for _ in range(80)]  # a burst
+        + [now - timedelta(days=rng.randrange(1, 3000)) for _ in range(60)]  # years of gaps
+        + [now - timedelta(hours=5)] * 45  # one timestamp, many items (ties)
+        + [now + timedelta(days=2)]
+    )  # clock skew: dated in the future
+    docs = [
+        {
+            "_id": ObjectId(),
+            "user_id": user,
+            "message_id": ObjectId(),
+            "role": "received",
+            "folder": "INBOX",
+            "labels": [],
+            "read": False,
+            "received_at": at,
+            "thread_id": ObjectId(),
+        }
+        for at in stamps
+    ]
     await mongo.db.mailbox_items.insert_many(docs)
-    counter = {"user_id": user, "kind": "folder", "name": "INBOX", "total": len(docs), "unread": len(docs)}
+    counter = {
+        "user_id": user,
+        "kind": "folder",
+        "name": "INBOX",
+        "total": len(docs),
+        "unread": len(docs),
+    }
     if first_at_known:
         counter["first_at"] = min(stamps)
     await mongo.db.mailbox_counters.insert_one(counter)
     service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None), Notifier())
     viewer = Viewer(user, "me@example.test")
-    expected = [d["_id"] for d in sorted(docs, key=lambda d: (d["received_at"], d["_id"]), reverse=True)]
+    expected = [
+        d["_id"] for d in sorted(docs, key=lambda d: (d["received_at"], d["_id"]), reverse=True)
+    ]
     for size in (1, 7, 50, 100):
         seen, after = [], None
         while True:

@@ -17,7 +17,12 @@ async def test_every_declared_index_exists_after_startup(mongo):
 
 async def test_unique_view_per_user_message_and_role(mongo):
     items = mongo.db.mailbox_items
-    doc = {"user_id": "u1", "message_id": "m1", "role": "received", "received_at": datetime.now(UTC)}
+    doc = {
+        "user_id": "u1",
+        "message_id": "m1",
+        "role": "received",
+        "received_at": datetime.now(UTC),
+    }
     await items.insert_one(dict(doc))
     from pymongo.errors import DuplicateKeyError
 

@@ -11,22 +11,39 @@ from app.services.filing import ViewSpec, file_message
 USER = ObjectId()
 
 
-def message(mid, subject, *, in_reply_to=None, references=(), sender="ann@remote.test",
-            to="me@example.test"):
-    return {"_id": ObjectId(), "rfc822_message_id": mid, "in_reply_to": in_reply_to,
-            "references": list(references), "subject": subject, "normalized_subject": normalize_subject(subject),
-            "from": {"name": None, "email": sender}, "to": [{"name": None, "email": to}], "cc": [],
-            "snippet": "", "has_attachments": False, "size": 10}
+def message(
+    mid, subject, *, in_reply_to=None, references=(), sender="ann@remote.test", to="me@example.test"
+):
+    return {
+        "_id": ObjectId(),
+        "rfc822_message_id": mid,
+        "in_reply_to": in_reply_to,
+        "references": list(references),
+        "subject": subject,
+        "normalized_subject": normalize_subject(subject),
+        "from": {"name": None, "email": sender},
+        "to": [{"name": None, "email": to}],
+        "cc": [],
+        "snippet": "",
+        "has_attachments": False,
+        "size": 10,
+    }
 
 
 async def deliver(mongo, msg, at=None):
-    await mongo.db.users.update_one({"_id": USER}, {"$setOnInsert": {"email": "me@example.test", "state": 0}},
-                                    upsert=True)
+    await mongo.db.users.update_one(
+        {"_id": USER}, {"$setOnInsert": {"email": "me@example.test", "state": 0}}, upsert=True
+    )
 
     async def work(session):
         await mongo.db.messages.insert_one(msg, session=session)
-        items, _ = await file_message(mongo.db, msg, [ViewSpec(USER, "received", "INBOX")],
-                                      received_at=at or datetime.now(UTC), session=session)
+        items, _ = await file_message(
+            mongo.db,
+            msg,
+            [ViewSpec(USER, "received", "INBOX")],
+            received_at=at or datetime.now(UTC),
+            session=session,
+        )
         return items[0]
 
     return await in_transaction(mongo, work)
@@ -34,33 +51,43 @@ async def deliver(mongo, msg, at=None):
 
 async def test_reply_joins_its_parent_by_headers(mongo):
     parent = await deliver(mongo, message("<p@x>", "Budget"))
-    reply = await deliver(mongo, message("<r@x>", "Re: Budget", in_reply_to="<p@x>", references=["<p@x>"]))
+    reply = await deliver(
+        mongo, message("<r@x>", "Re: Budget", in_reply_to="<p@x>", references=["<p@x>"])
+    )
     assert reply["thread_id"] == parent["thread_id"]
     thread = await mongo.db.threads.find_one({"_id": parent["thread_id"]})
     assert thread["message_count"] == 2 and thread["unread_count"] == 2
 
 
 async def test_reply_that_arrives_before_its_parent_is_joined_when_the_parent_arrives(mongo):
-    reply = await deliver(mongo, message("<r2@x>", "Re: Trip", in_reply_to="<p2@x>", references=["<p2@x>"]))
+    reply = await deliver(
+        mongo, message("<r2@x>", "Re: Trip", in_reply_to="<p2@x>", references=["<p2@x>"])
+    )
     parent = await deliver(mongo, message("<p2@x>", "Trip"))
     assert parent["thread_id"] == reply["thread_id"]
 
 
 async def test_a_reply_with_a_changed_subject_starts_a_new_conversation(mongo):
     parent = await deliver(mongo, message("<p3@x>", "Budget"))
-    other = await deliver(mongo, message("<r3@x>", "Completely different topic", in_reply_to="<p3@x>"))
+    other = await deliver(
+        mongo, message("<r3@x>", "Completely different topic", in_reply_to="<p3@x>")
+    )
     assert other["thread_id"] != parent["thread_id"]
 
 
 async def test_subject_only_grouping_needs_missing_headers_and_shared_participants(mongo):
     first = await deliver(mongo, message("<a@x>", "Weekly report"))
     same_people = await deliver(mongo, message("<b@x>", "RE: Weekly report"))
-    strangers = await deliver(mongo, message("<c@x>", "Weekly report", sender="zed@else.test", to="other@else.test"))
+    strangers = await deliver(
+        mongo, message("<c@x>", "Weekly report", sender="zed@else.test", to="other@else.test")
+    )
     assert same_people["thread_id"] == first["thread_id"]
     assert strangers["thread_id"] != first["thread_id"]
 
 
 async def test_subject_match_is_not_used_for_old_conversations(mongo):
-    old = await deliver(mongo, message("<o@x>", "Hello"), at=datetime.now(UTC) - timedelta(days=400))
+    old = await deliver(
+        mongo, message("<o@x>", "Hello"), at=datetime.now(UTC) - timedelta(days=400)
+    )
     new = await deliver(mongo, message("<n@x>", "Hello"))
     assert new["thread_id"] != old["thread_id"]

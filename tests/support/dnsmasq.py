@@ -37,14 +37,18 @@ def _free_udp_tcp_port() -> int:
 
 
 def _txt_value(value: str) -> str:
-    chunks = [value[i:i + 255] for i in range(0, len(value), 255)] or [""]
+    chunks = [value[i : i + 255] for i in range(0, len(value), 255)] or [""]
     return ",".join('"' + c.replace("\\", "\\\\").replace('"', '\\"') + '"' for c in chunks)
 
 
 class DnsServer:
-    def __init__(self, *, mx: dict[str, list[tuple[int, str]]] | None = None,
-                 a: dict[str, str | list[str]] | None = None,
-                 txt: dict[str, list[str]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        mx: dict[str, list[tuple[int, str]]] | None = None,
+        a: dict[str, str | list[str]] | None = None,
+        txt: dict[str, list[str]] | None = None,
+    ) -> None:
         self.mx, self.a, self.txt = mx or {}, a or {}, txt or {}
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -55,10 +59,19 @@ class DnsServer:
         return f"127.0.0.1:{self.port}"
 
     def _config(self) -> str:
-        lines = ["no-resolv", "no-hosts", "no-poll", "bind-interfaces", "listen-address=127.0.0.1",
-                 f"port={self.port}", "log-facility=-", "cache-size=0", "no-negcache",
-                 # answer NXDOMAIN for everything not configured instead of forwarding
-                 "address=/#/"]
+        lines = [
+            "no-resolv",
+            "no-hosts",
+            "no-poll",
+            "bind-interfaces",
+            "listen-address=127.0.0.1",
+            f"port={self.port}",
+            "log-facility=-",
+            "cache-size=0",
+            "no-negcache",
+            # answer NXDOMAIN for everything not configured instead of forwarding
+            "address=/#/",
+        ]
         # "address=/#/" with no IP makes every other name NXDOMAIN; names below need explicit records
         for name, records in self.mx.items():
             for pref, host in records:
@@ -77,16 +90,29 @@ class DnsServer:
         conf = self.dir / "dnsmasq.conf"
         conf.write_text(self._config())
         self.process = subprocess.Popen(
-            [binary, "--keep-in-foreground", f"--conf-file={conf}", f"--pid-file={self.dir / 'pid'}",
-             "--user=root"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            [
+                binary,
+                "--keep-in-foreground",
+                f"--conf-file={conf}",
+                f"--pid-file={self.dir / 'pid'}",
+                "--user=root",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"dnsmasq exited: {self.process.stderr.read().decode() if self.process.stderr else ''}")
+                raise RuntimeError(
+                    f"dnsmasq exited: {self.process.stderr.read().decode() if self.process.stderr else ''}"
+                )
             try:
-                dns.query.udp(dns.message.make_query("probe.invalid", "A"), "127.0.0.1", timeout=0.3,
-                              port=self.port)
+                dns.query.udp(
+                    dns.message.make_query("probe.invalid", "A"),
+                    "127.0.0.1",
+                    timeout=0.3,
+                    port=self.port,
+                )
                 return self
             except Exception:
                 time.sleep(0.05)
@@ -101,5 +127,7 @@ class DnsServer:
     def __enter__(self) -> DnsServer:
         return self.start()
 
-    def __exit__(self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]) -> None:
+    def __exit__(
+        self, *exc: tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
+    ) -> None:
         self.stop()

@@ -97,7 +97,7 @@ class Outbound:
         return {d["address"]: d for d in docs}
 
     async def wait_statuses(
-        self, message_id: Any, want: dict[str, str], within: float = 15.0
+        self, message_id: Any, want: dict[str, str], within: float = 45.0
     ) -> dict[str, dict[str, Any]]:
         """Poll until each listed recipient has the wanted status; returns the recipient docs."""
         deadline = time.monotonic() + within

@@ -10,17 +10,26 @@ def view(folder="INBOX", labels=(), read=False):
 
 def test_new_unread_item_counts_in_folder_and_labels():
     d = counter_deltas(None, view(labels=["Work"]))
-    assert d == {("folder", "INBOX"): {"total": 1, "unread": 1}, ("label", "Work"): {"total": 1, "unread": 1}}
+    assert d == {
+        ("folder", "INBOX"): {"total": 1, "unread": 1},
+        ("label", "Work"): {"total": 1, "unread": 1},
+    }
 
 
 def test_reading_moves_only_unread():
     d = counter_deltas(view(labels=["Work"]), view(labels=["Work"], read=True))
-    assert d == {("folder", "INBOX"): {"total": 0, "unread": -1}, ("label", "Work"): {"total": 0, "unread": -1}}
+    assert d == {
+        ("folder", "INBOX"): {"total": 0, "unread": -1},
+        ("label", "Work"): {"total": 0, "unread": -1},
+    }
 
 
 def test_move_to_trash_shifts_between_folders_keeping_labels():
     d = counter_deltas(view(read=True), view("TRASH", read=True))
-    assert d == {("folder", "INBOX"): {"total": -1, "unread": 0}, ("folder", "TRASH"): {"total": 1, "unread": 0}}
+    assert d == {
+        ("folder", "INBOX"): {"total": -1, "unread": 0},
+        ("folder", "TRASH"): {"total": 1, "unread": 0},
+    }
 
 
 def test_delete_removes_everything_the_view_contributed():
