@@ -14,6 +14,8 @@ from app.config import Settings
 def configure_logging(settings: Settings) -> None:
     level = getattr(logging, settings.log_level)
     logging.basicConfig(level=level, format="%(message)s")
+    # arq logs every job start/finish at INFO (every sweep, every few seconds): keep it for DEBUG
+    logging.getLogger("arq").setLevel(level if level <= logging.DEBUG else logging.WARNING)
     renderer = (
         structlog.processors.JSONRenderer()
         if settings.log_json
