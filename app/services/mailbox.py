@@ -41,6 +41,22 @@ PENDING_DELIVERY = ["queued", "scheduled", "sending", "deferred"]
 
 
 @dataclass(frozen=True)
+class Listing:
+    """A newest-first keyset listing: which collection, ordered by which time field."""
+
+    collection: str
+    time_field: str
+    span_field: str  # on the folder counter: the span the last first page covered
+    cursor_kind: str
+
+
+ITEMS = Listing("mailbox_items", "received_at", "page_span", "m")
+# A thread is in a folder when any of its views is, so its latest_at is never older than the
+# folder's first arrival: the same counter bounds both listings.
+THREADS = Listing("threads", "latest_at", "thread_page_span", "t")
+
+
+@dataclass(frozen=True)
 class Page:
     nodes: list[dict[str, Any]]
     cursors: list[str]
@@ -137,24 +153,35 @@ class MailboxService:
             query["labels"] = check_label(label, "label")
         else:
             query["folder"] = folder or Folder.INBOX.value
-        cursor = decode_cursor(after, self.cursor_key, "m") if after else None
-        docs, known_span = await self._keyset_page(viewer, query, first + 1, cursor)
+        return await self._page(ITEMS, viewer, query, first, after)
+
+    async def _page(
+        self, listing: Listing, viewer: Viewer, query: dict[str, Any], first: int, after: str | None
+    ) -> Page:
+        cursor = decode_cursor(after, self.cursor_key, listing.cursor_kind) if after else None
+        docs, known_span = await self._keyset_page(listing, viewer, query, first + 1, cursor)
         nodes = docs[:first]
-        span = (
-            (nodes[0]["received_at"] - nodes[-1]["received_at"]).total_seconds() if nodes else None
-        )
+        key = listing.time_field
+        span = (nodes[0][key] - nodes[-1][key]).total_seconds() if nodes else None
         if cursor is None and len(docs) > first and span is not None:
-            await self._learn_page_span(viewer, query, span * (first + 1) / first, known_span)
+            await self._learn_page_span(
+                listing, viewer, query, span * (first + 1) / first, known_span
+            )
         cursors = [
-            encode_cursor(Cursor(d["received_at"], str(d["_id"]), span), self.cursor_key, "m")
+            encode_cursor(Cursor(d[key], str(d["_id"]), span), self.cursor_key, listing.cursor_kind)
             for d in nodes
         ]
         return Page(nodes, cursors, len(docs) > first)
 
     async def _keyset_page(
-        self, viewer: Viewer, query: dict[str, Any], limit: int, cursor: Cursor | None
+        self,
+        listing: Listing,
+        viewer: Viewer,
+        query: dict[str, Any],
+        limit: int,
+        cursor: Cursor | None,
     ) -> tuple[list[dict[str, Any]], float | None]:
-        """The next ``limit`` views after ``cursor`` in (received_at desc, _id desc) order.
+        """The next ``limit`` documents after ``cursor`` in (time desc, _id desc) order.
 
         The query is bounded below by a time window sized from the folder's density (first
         page) or from the previous page's span (cursor), widened ×8 until it holds a page.
@@ -162,8 +189,9 @@ class MailboxService:
         sorts every match before limiting, so an unbounded query costs O(folder size). The
         window keeps a page O(page size) on both, at the price of an occasional second query.
         """
-        sort = [("received_at", -1), ("_id", -1)]
-        items = self.db.mailbox_items
+        field = listing.time_field
+        sort = [(field, -1), ("_id", -1)]
+        items = self.db[listing.collection]
         found: list[dict[str, Any]] = []
         upper: dict[str, Any] = {}
         known_span = None
@@ -171,7 +199,7 @@ class MailboxService:
             # ties with the cursor's timestamp come first: same received_at, smaller _id
             found = (
                 await items.find(
-                    {**query, "received_at": cursor.at, "_id": {"$lt": parse_object_id(cursor.id)}}
+                    {**query, field: cursor.at, "_id": {"$lt": parse_object_id(cursor.id)}}
                 )
                 .sort(sort)
                 .limit(limit)
@@ -184,7 +212,9 @@ class MailboxService:
             window, floor = max(WINDOW_MIN, 2 * (cursor.span or 0)), None
         else:
             start = datetime.now(UTC)
-            window, floor, total, known_span = await self._first_window(viewer, query, limit)
+            window, floor, total, known_span = await self._first_window(
+                listing, viewer, query, limit
+            )
             if total == 0:
                 return [], known_span
         need = limit - len(found)
@@ -193,7 +223,7 @@ class MailboxService:
                 break
             lower = start - timedelta(seconds=window)
             got = (
-                await items.find({**query, "received_at": {**upper, "$gte": lower}})
+                await items.find({**query, field: {**upper, "$gte": lower}})
                 .sort(sort)
                 .limit(need)
                 .to_list()
@@ -202,7 +232,7 @@ class MailboxService:
                 return found + got, known_span
             window *= WINDOW_GROWTH
         rest = (
-            await items.find({**query, "received_at": upper} if upper else query)
+            await items.find({**query, field: upper} if upper else query)
             .sort(sort)
             .limit(need)
             .to_list()
@@ -211,22 +241,23 @@ class MailboxService:
 
     @staticmethod
     def _counter_key(viewer: Viewer, query: dict[str, Any]) -> dict[str, Any]:
-        kind, name = (
-            ("label", query["labels"]) if "labels" in query else ("folder", query["folder"])
-        )
+        if "labels" in query:
+            kind, name = "label", query["labels"]
+        else:
+            kind, name = "folder", query.get("folder") or query["folders"]
         return {"user_id": viewer.user_id, "kind": kind, "name": name}
 
     async def _first_window(
-        self, viewer: Viewer, query: dict[str, Any], limit: int
+        self, listing: Listing, viewer: Viewer, query: dict[str, Any], limit: int
     ) -> tuple[float, datetime | None, int | None, float | None]:
         """(window seconds, oldest arrival, total) for a first page, from the folder's counter:
         the span the last first page covered (learned), else the folder's average density."""
         doc = await self.db.mailbox_counters.find_one(
-            self._counter_key(viewer, query), {"total": 1, "first_at": 1, "page_span": 1}
+            self._counter_key(viewer, query), {"total": 1, "first_at": 1, listing.span_field: 1}
         )
         total = int((doc or {}).get("total", 0))
         first_at = (doc or {}).get("first_at")
-        known = (doc or {}).get("page_span")
+        known = (doc or {}).get(listing.span_field)
         if known is not None:
             return max(WINDOW_MIN, 2 * float(known)), first_at, total, known
         if total <= 0 or first_at is None:
@@ -235,13 +266,18 @@ class MailboxService:
         return max(WINDOW_MIN, 2 * limit / density), first_at, total, None
 
     async def _learn_page_span(
-        self, viewer: Viewer, query: dict[str, Any], span: float, known: float | None
+        self,
+        listing: Listing,
+        viewer: Viewer,
+        query: dict[str, Any],
+        span: float,
+        known: float | None,
     ) -> None:
         """Remember how much time a first page covers, so the next one queries just that.
         A hint only: written when it is missing or off by more than 2×."""
         if known is None or not known / 2 <= span <= known * 2:
             await self.db.mailbox_counters.update_one(
-                self._counter_key(viewer, query), {"$set": {"page_span": span}}
+                self._counter_key(viewer, query), {"$set": {listing.span_field: span}}
             )
 
     async def count(
@@ -285,22 +321,7 @@ class MailboxService:
             query["labels"] = check_label(label, "label")
         else:
             query["folders"] = folder or Folder.INBOX.value
-        if after:
-            c = decode_cursor(after, self.cursor_key, "t")
-            cid = parse_object_id(c.id)
-            query["$or"] = [{"latest_at": {"$lt": c.at}}, {"latest_at": c.at, "_id": {"$lt": cid}}]
-        docs = (
-            await self.db.threads.find(query)
-            .sort([("latest_at", -1), ("_id", -1)])
-            .limit(first + 1)
-            .to_list()
-        )
-        nodes = docs[:first]
-        cursors = [
-            encode_cursor(Cursor(d["latest_at"], str(d["_id"])), self.cursor_key, "t")
-            for d in nodes
-        ]
-        return Page(nodes, cursors, len(docs) > first)
+        return await self._page(THREADS, viewer, query, first, after)
 
     async def get_thread(self, viewer: Viewer, thread_id: str) -> dict[str, Any] | None:
         oid = parse_object_id(thread_id)

@@ -68,3 +68,48 @@ async def test_an_empty_folder_answers_without_scanning(mongo):
     service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None), Notifier())
     page = await service.list_items(Viewer(ObjectId(), "x@example.test"), folder="INBOX")
     assert page.nodes == [] and not page.has_next
+
+
+async def test_thread_pages_are_exact_too(mongo):
+    rng = random.Random(11)
+    user = ObjectId()
+    now = datetime.now(UTC).replace(microsecond=0)
+    stamps = [now - timedelta(seconds=rng.randrange(10**8)) for _ in range(120)] + [now] * 30
+    docs = [
+        {
+            "_id": ObjectId(),
+            "user_id": user,
+            "folders": ["INBOX"],
+            "labels": [],
+            "latest_at": at,
+            "subject": "t",
+            "message_count": 1,
+            "unread_count": 0,
+        }
+        for at in stamps
+    ]
+    await mongo.db.threads.insert_many(docs)
+    await mongo.db.mailbox_counters.insert_one(
+        {
+            "user_id": user,
+            "kind": "folder",
+            "name": "INBOX",
+            "total": len(docs),
+            "unread": 0,
+            "first_at": min(stamps),
+        }
+    )
+    service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None), Notifier())
+    viewer = Viewer(user, "me@example.test")
+    expected = [
+        d["_id"] for d in sorted(docs, key=lambda d: (d["latest_at"], d["_id"]), reverse=True)
+    ]
+    for size in (3, 50):
+        seen, after = [], None
+        while True:
+            page = await service.list_threads(viewer, folder="INBOX", first=size, after=after)
+            seen += [d["_id"] for d in page.nodes]
+            if not page.has_next:
+                break
+            after = page.end_cursor
+        assert seen == expected, size
