@@ -106,6 +106,8 @@ def cmd_api(args: argparse.Namespace) -> int:
         host=settings.http_host,
         port=settings.http_port,
         ws="websockets-sansio",
+        # events are small JSON frames: compression would cost ~50 KB of zlib state per socket
+        ws_per_message_deflate=False,
         proxy_headers=True,
         log_level=settings.log_level.lower(),
     )
@@ -194,6 +196,8 @@ async def _dev_main(settings: Settings, stack: Any) -> int:
         host=settings.http_host,
         port=settings.http_port,
         ws="websockets-sansio",
+        # events are small JSON frames: compression would cost ~50 KB of zlib state per socket
+        ws_per_message_deflate=False,
         log_level="warning",
         lifespan="on",
     )

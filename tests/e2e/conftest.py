@@ -74,6 +74,8 @@ async def api(settings, system) -> AsyncIterator[Api]:  # type: ignore[no-untype
         port=port,
         log_level="warning",
         ws="websockets-sansio",
+        # events are small JSON frames: compression would cost ~50 KB of zlib state per socket
+        ws_per_message_deflate=False,
         lifespan="on",
     )
     server = uvicorn.Server(config)
