@@ -46,14 +46,15 @@ class Listing:
 
     collection: str
     time_field: str
+    folder_field: str  # views have one folder; threads list every folder they have views in
     span_field: str  # on the folder counter: the span the last first page covered
     cursor_kind: str
 
 
-ITEMS = Listing("mailbox_items", "received_at", "page_span", "m")
+ITEMS = Listing("mailbox_items", "received_at", "folder", "page_span", "m")
 # A thread is in a folder when any of its views is, so its latest_at is never older than the
 # folder's first arrival: the same counter bounds both listings.
-THREADS = Listing("threads", "latest_at", "thread_page_span", "t")
+THREADS = Listing("threads", "latest_at", "folders", "thread_page_span", "t")
 
 
 @dataclass(frozen=True)
@@ -147,17 +148,23 @@ class MailboxService:
         after: str | None = None,
     ) -> Page:
         """A keyset page of views, newest first: one indexed query whatever the mailbox size."""
+        return await self._page(ITEMS, viewer, folder, label, first, after)
+
+    async def _page(
+        self,
+        listing: Listing,
+        viewer: Viewer,
+        folder: str | None,
+        label: str | None,
+        first: int,
+        after: str | None,
+    ) -> Page:
         check_page_size(first)
         query: dict[str, Any] = {"user_id": viewer.user_id}
         if label is not None:
             query["labels"] = check_label(label, "label")
         else:
-            query["folder"] = folder or Folder.INBOX.value
-        return await self._page(ITEMS, viewer, query, first, after)
-
-    async def _page(
-        self, listing: Listing, viewer: Viewer, query: dict[str, Any], first: int, after: str | None
-    ) -> Page:
+            query[listing.folder_field] = folder or Folder.INBOX.value
         cursor = decode_cursor(after, self.cursor_key, listing.cursor_kind) if after else None
         docs, known_span = await self._keyset_page(listing, viewer, query, first + 1, cursor)
         nodes = docs[:first]
@@ -315,13 +322,8 @@ class MailboxService:
         first: int = 50,
         after: str | None = None,
     ) -> Page:
-        check_page_size(first)
-        query: dict[str, Any] = {"user_id": viewer.user_id}
-        if label is not None:
-            query["labels"] = check_label(label, "label")
-        else:
-            query["folders"] = folder or Folder.INBOX.value
-        return await self._page(THREADS, viewer, query, first, after)
+        """Conversations with a view in the folder (or label), most recent activity first."""
+        return await self._page(THREADS, viewer, folder, label, first, after)
 
     async def get_thread(self, viewer: Viewer, thread_id: str) -> dict[str, Any] | None:
         oid = parse_object_id(thread_id)
