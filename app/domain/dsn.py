@@ -19,12 +19,13 @@ import hashlib
 import quopri
 import re
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses, parseaddr
 
 from app.domain.errors import ValidationError
+from app.domain.report_parts import FIELD, part_text, parts, raw_header, subparts
 
 ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
 KINDS = ("failure", "delay")
@@ -84,7 +85,6 @@ _PER_RECIPIENT = frozenset(
     }
 )
 _ADDRESS_FIELDS = frozenset({"original-recipient", "final-recipient"})
-_FIELD = re.compile(r"^([A-Za-z0-9-]+)[ \t]*:[ \t]*(.*)$")
 _STATUS = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 
 
@@ -98,7 +98,7 @@ def parse_dsn(raw: bytes) -> ParsedDsn | None:
     delay warnings).
     """
     message = email.message_from_bytes(raw)
-    report = next((p for p in _parts(message) if p.get_content_type() == "multipart/report"), None)
+    report = next((p for p in parts(message) if p.get_content_type() == "multipart/report"), None)
     if report is not None:
         if str(report.get_param("report-type", "")).lower() != "delivery-status":
             return None
@@ -111,15 +111,15 @@ def parse_dsn(raw: bytes) -> ParsedDsn | None:
 def _parse_report(report: email.message.Message) -> ParsedDsn | None:
     status_text: str | None = None
     original: email.message.Message | None = None
-    for index, part in enumerate(_parts(report)):
+    for index, part in enumerate(parts(report)):
         content_type = part.get_content_type()
         if content_type in _STATUS_TYPES and status_text is None:
-            status_text = _part_text(part)
+            status_text = part_text(part)
         elif content_type in _ORIGINAL_TYPES and original is None:
             original = part
         elif content_type == "text/plain" and status_text is None and index > 1:
             # Mislabelled status part: RFC 6522 puts the machine-readable part second.
-            text = _part_text(part)
+            text = part_text(part)
             if re.search(r"^(final|original)-recipient\s*:", text, re.I | re.M):
                 status_text = text
     if status_text is None:
@@ -151,7 +151,7 @@ def _parse_status_fields(text: str) -> tuple[dict[str, str], list[dict[str, str]
     groups: list[dict[str, str]] = []
     current: dict[str, str] | None = None
     for line in unfolded.splitlines():
-        match = _FIELD.match(line)
+        match = FIELD.match(line)
         if not match:
             continue
         name, value = match.group(1).lower(), " ".join(match.group(2).split())
@@ -232,12 +232,10 @@ def _parse_plain_bounce(message: email.message.Message) -> ParsedDsn | None:
     )
     if not looks_like_bounce:
         return None
-    text = next(
-        (_part_text(p) for p in _parts(message) if p.get_content_type() == "text/plain"), ""
-    )
+    text = next((part_text(p) for p in parts(message) if p.get_content_type() == "text/plain"), "")
     marker = _ORIGINAL_MARKER.search(text)
     human = text[: marker.start()] if marker else text
-    attached = next((p for p in _parts(message) if p.get_content_type() in _ORIGINAL_TYPES), None)
+    attached = next((p for p in parts(message) if p.get_content_type() in _ORIGINAL_TYPES), None)
     if attached is not None:
         original_headers, original_id = _original_of(attached)
     elif marker is not None:
@@ -318,69 +316,23 @@ def _first_diagnostic(lines: Sequence[str]) -> tuple[str, str | None] | None:
 # Shared helpers -------------------------------------------------------------------------------
 
 
-def _parts(message: email.message.Message) -> Iterator[email.message.Message]:
-    """Depth-first MIME parts, not descending into attached messages (the original may be a
-    bounce or report itself)."""
-    yield message
-    if message.get_content_maintype() == "multipart":
-        for part in _subparts(message):
-            yield from _parts(part)
-
-
-def _subparts(part: email.message.Message) -> list[email.message.Message]:
-    """Parts of a multipart, or the blocks/message the parser made of a message/* part."""
-    payload = part.get_payload()
-    if not isinstance(payload, list):
-        return []
-    return [p for p in payload if isinstance(p, email.message.Message)]
-
-
-def _content(part: email.message.Message) -> bytes:
-    data = None if part.is_multipart() else part.get_payload(decode=True)
-    return data if isinstance(data, bytes) else b""
-
-
-def _part_text(part: email.message.Message) -> str:
-    """A part's content as text, whether the parser split it into header blocks or not."""
-    if part.is_multipart():
-        return "\n\n".join(_block_text(block) for block in _subparts(part))
-    return _decode(_content(part), part.get_content_charset())
-
-
-def _block_text(block: email.message.Message) -> str:
-    head = "\n".join(f"{name}: {_raw(value)}" for name, value in block.raw_items())
-    return head + "\n\n" + _content(block).decode("utf-8", "replace")
-
-
-def _decode(data: bytes, charset: str | None) -> str:
-    try:
-        return data.decode(charset or "utf-8", "replace")
-    except LookupError:  # "unknown-8bit" and other labels Python has no codec for
-        return data.decode("utf-8", "replace")
-
-
-def _raw(value: object) -> str:
-    # compat32 keeps undecodable header bytes as surrogate escapes; recover them as UTF-8.
-    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
 def _original_of(part: email.message.Message | None) -> tuple[str | None, str | None]:
     if part is None:
         return None, None
-    inner_messages = _subparts(part)
+    inner_messages = subparts(part)
     if inner_messages:
         inner = inner_messages[0]
-        lines = [f"{name}: {_raw(value)}" for name, value in inner.raw_items()]
+        lines = [f"{name}: {raw_header(value)}" for name, value in inner.raw_items()]
         headers = re.sub(r"\r\n?", "\n", "\n".join(lines))
         message_id = inner.get("Message-ID")
         return headers or None, " ".join(str(message_id).split()) if message_id else None
-    return _headers_from_text(_part_text(part))
+    return _headers_from_text(part_text(part))
 
 
 def _headers_from_text(text: str) -> tuple[str | None, str | None]:
     text = re.sub(r"\r\n?", "\n", text).lstrip("\n")
     block = text.split("\n\n", 1)[0].rstrip("\n")
-    if not _FIELD.match(block.split("\n", 1)[0]):
+    if not FIELD.match(block.split("\n", 1)[0]):
         return None, None
     parsed = email.message_from_string(block + "\n\n")
     message_id = parsed.get("Message-ID")

@@ -12,8 +12,9 @@ from __future__ import annotations
 import email
 import email.message
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
+
+from app.domain.report_parts import FIELD, part_text, parts, raw_header, subparts
 
 _ORIGINAL_TYPES = (
     "message/rfc822",
@@ -22,7 +23,6 @@ _ORIGINAL_TYPES = (
     "message/rfc822-headers",
     "message/global-headers",
 )
-_FIELD = re.compile(r"^([A-Za-z0-9-]+)[ \t]*:[ \t]*(.*)$")
 
 
 @dataclass(frozen=True)
@@ -47,19 +47,19 @@ def parse_feedback_report(raw: bytes) -> FeedbackReport | None:
     field). A missing Feedback-Type is read as "other" rather than guessing "abuse".
     """
     message = email.message_from_bytes(raw)
-    report = next((p for p in _parts(message) if p.get_content_type() == "multipart/report"), None)
+    report = next((p for p in parts(message) if p.get_content_type() == "multipart/report"), None)
     if report is None or str(report.get_param("report-type", "")).lower() != "feedback-report":
         return None
     fields: dict[str, list[str]] | None = None
     original: email.message.Message | None = None
-    for part in _parts(report):
+    for part in parts(report):
         content_type = part.get_content_type()
         if content_type == "message/feedback-report" and fields is None:
-            fields = _fields(_part_text(part))
+            fields = _fields(part_text(part))
         elif content_type in _ORIGINAL_TYPES and original is None:
             original = part
         elif content_type == "text/plain" and fields is None:
-            candidate = _fields(_part_text(part))
+            candidate = _fields(part_text(part))
             if "feedback-type" in candidate:
                 fields = candidate
     if fields is None:
@@ -93,7 +93,7 @@ def _fields(text: str) -> dict[str, list[str]]:
     head = re.split(r"\r?\n[ \t]*\r?\n", re.sub(r"\r\n?", "\n", text).lstrip("\n"), maxsplit=1)[0]
     fields: dict[str, list[str]] = {}
     for line in re.sub(r"\n(?=[ \t])", "", head).split("\n"):
-        match = _FIELD.match(line)
+        match = FIELD.match(line)
         if match:
             value = " ".join(match.group(2).split())
             fields.setdefault(match.group(1).lower(), []).append(value)
@@ -103,55 +103,13 @@ def _fields(text: str) -> dict[str, list[str]]:
 def _original_headers(part: email.message.Message | None) -> str | None:
     if part is None:
         return None
-    inner_messages = _subparts(part)
+    inner_messages = subparts(part)
     if inner_messages:
-        lines = [f"{name}: {_raw(value)}" for name, value in inner_messages[0].raw_items()]
+        lines = [f"{name}: {raw_header(value)}" for name, value in inner_messages[0].raw_items()]
         return re.sub(r"\r\n?", "\n", "\n".join(lines)) or None
-    text = re.sub(r"\r\n?", "\n", _part_text(part)).lstrip("\n")
+    text = re.sub(r"\r\n?", "\n", part_text(part)).lstrip("\n")
     block = text.split("\n\n", 1)[0].rstrip("\n")
-    return block if block and _FIELD.match(block.split("\n", 1)[0]) else None
-
-
-def _parts(message: email.message.Message) -> Iterator[email.message.Message]:
-    # Not into attached messages: the original may itself be a report.
-    yield message
-    if message.get_content_maintype() == "multipart":
-        for part in _subparts(message):
-            yield from _parts(part)
-
-
-def _subparts(part: email.message.Message) -> list[email.message.Message]:
-    payload = part.get_payload()
-    if not isinstance(payload, list):
-        return []
-    return [p for p in payload if isinstance(p, email.message.Message)]
-
-
-def _content(part: email.message.Message) -> bytes:
-    data = None if part.is_multipart() else part.get_payload(decode=True)
-    return data if isinstance(data, bytes) else b""
-
-
-def _part_text(part: email.message.Message) -> str:
-    if part.is_multipart():  # message/* parts arrive parsed as messages
-        blocks = []
-        for block in _subparts(part):
-            head = "\n".join(f"{name}: {_raw(value)}" for name, value in block.raw_items())
-            blocks.append(head + "\n\n" + _content(block).decode("utf-8", "replace"))
-        return "\n\n".join(blocks)
-    return _decode(_content(part), part.get_content_charset())
-
-
-def _decode(data: bytes, charset: str | None) -> str:
-    try:
-        return data.decode(charset or "utf-8", "replace")
-    except LookupError:  # "unknown-8bit" and other labels Python has no codec for
-        return data.decode("utf-8", "replace")
-
-
-def _raw(value: object) -> str:
-    # compat32 keeps undecodable header bytes as surrogate escapes; recover them as UTF-8.
-    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return block if block and FIELD.match(block.split("\n", 1)[0]) else None
 
 
 def _bare_address(value: str | None) -> str | None:
