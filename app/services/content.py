@@ -92,9 +92,21 @@ class ContentService:
         return count
 
     async def sweep_orphans(self, limit: int = 500) -> int:
-        """Messages with no views (a crash between steps, or a failed listener)."""
+        """Messages with no views (a crash between steps, or a failed listener).
+
+        Each run checks the next ``limit`` messages after where the previous run stopped (kept
+        in ``sweep_positions``), wrapping around at the end, so every message is visited.
+        """
+        position = await self.db.sweep_positions.find_one({"_id": "orphan_messages"})
+        after = (position or {}).get("after")
+        query = {"_id": {"$gt": after}} if after is not None else {}
         ids = [
             d["_id"]
-            async for d in self.db.messages.find({}, {"_id": 1}).sort("_id", 1).limit(limit)
+            async for d in self.db.messages.find(query, {"_id": 1}).sort("_id", 1).limit(limit)
         ]
+        await self.db.sweep_positions.update_one(
+            {"_id": "orphan_messages"},
+            {"$set": {"after": ids[-1] if len(ids) == limit else None}},
+            upsert=True,
+        )
         return await self.collect(ids)

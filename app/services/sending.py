@@ -28,7 +28,7 @@ from app.domain.addresses import (
 )
 from app.domain.conversations import normalize_subject
 from app.domain.errors import NotFound, RateLimited, ValidationError
-from app.domain.folders import Folder
+from app.domain.folders import Folder, counter_deltas
 from app.domain.html_safety import html_to_text, make_snippet, sanitize_html
 from app.domain.mime import (
     OutgoingAttachment,
@@ -39,7 +39,15 @@ from app.domain.mime import (
 )
 from app.services.accounts import AccountService, Viewer
 from app.services.attachments import AttachmentService
-from app.services.filing import Change, ViewSpec, file_message, record_changes, summary_of
+from app.services.filing import (
+    Change,
+    ViewSpec,
+    apply_counter_deltas,
+    file_message,
+    record_changes,
+    refresh_threads,
+    summary_of,
+)
 from app.services.mailbox import MailboxService
 from app.services.notifier import Notifier
 from app.services.suppression import SuppressionService
@@ -466,9 +474,6 @@ class SendingService:
     async def _remove_draft(
         self, viewer: Viewer, item: dict[str, Any], session: Any
     ) -> list[Change]:
-        from app.domain.folders import counter_deltas
-        from app.services.filing import apply_counter_deltas, refresh_threads
-
         result = await self.db.mailbox_items.delete_one(
             {"_id": item["_id"], "user_id": viewer.user_id, "role": "draft"}, session=session
         )

@@ -40,3 +40,32 @@ async def test_blob_round_trip_and_delete(mongo):
     await blobs.delete(blob_id)
     with pytest.raises(NotFound):
         await blobs.get(blob_id)
+
+
+async def test_orphan_sweep_moves_on_and_eventually_visits_every_message(mongo):
+    from bson import ObjectId
+
+    from app.services.content import ContentService
+
+    blobs = BlobStore(mongo.db)
+    content = ContentService(mongo, blobs)
+    kept = [ObjectId() for _ in range(5)]
+    orphans = [ObjectId() for _ in range(5)]
+    for mid in sorted(kept + orphans):
+        await mongo.db.messages.insert_one({"_id": mid, "status": "sent"})
+    for mid in kept:
+        await mongo.db.mailbox_items.insert_one(
+            {
+                "user_id": "u",
+                "message_id": mid,
+                "role": "received",
+                "received_at": datetime.now(UTC),
+            }
+        )
+    removed = 0
+    # ids are increasing: the 5 kept messages come first, so a sweep that restarted from the
+    # beginning every run would only ever look at kept messages
+    for _ in range(4):
+        removed += await content.sweep_orphans(limit=3)
+    assert removed == 5
+    assert {d["_id"] async for d in mongo.db.messages.find({})} == set(kept)
