@@ -12,6 +12,7 @@ from strawberry.types import Info
 
 from app.domain.folders import Folder as FolderValue
 from app.domain.html_safety import sanitize_html
+from app.domain.outcomes import UNFINISHED
 
 Folder = strawberry.enum(FolderValue, name="Folder")
 
@@ -94,7 +95,7 @@ class RecipientStatus:
             text = " ".join(
                 str(p) for p in (reply.get("code"), reply.get("enhanced"), reply.get("text")) if p
             )
-        pending = d["delivery_status"] in ("queued", "scheduled", "deferred", "sending")
+        pending = d["delivery_status"] in UNFINISHED
         return RecipientStatus(
             address=d["address"],
             type=d["type"],

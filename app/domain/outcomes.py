@@ -26,6 +26,7 @@ from app.domain.retry import (
 # Statuses (DESIGN.md §3). A recipient in one of FINAL never changes again.
 PENDING = ("queued", "deferred", "sending")
 FINAL = ("sent", "bounced", "suppressed", "expired", "canceled")
+UNFINISHED = ("scheduled", *PENDING)  # delivery still owes this recipient something
 
 
 @dataclass(frozen=True)

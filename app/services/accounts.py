@@ -179,12 +179,6 @@ class AccountService:
         docs = await self.db.identities.find({"user_id": user_id}).sort("primary", -1).to_list()
         return [d["address"] for d in docs]
 
-    async def user_for_address(self, address: str) -> ObjectId | None:
-        doc = await self.db.identities.find_one(
-            {"address": normalize_email(address)}, {"user_id": 1}
-        )
-        return doc["user_id"] if doc else None
-
     async def users_for_addresses(self, addresses: list[str]) -> dict[str, ObjectId]:
         keys = sorted({normalize_email(a) for a in addresses})
         docs = await self.db.identities.find(

@@ -11,11 +11,11 @@ from bson import ObjectId
 
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo
+from app.domain.outcomes import UNFINISHED
 
 log = structlog.get_logger(__name__)
 
 INLINE_BODY_LIMIT = 256 * 1024
-PENDING_DELIVERY = ["queued", "scheduled", "sending", "deferred"]
 
 
 class ContentService:
@@ -53,7 +53,7 @@ class ContentService:
             if await self.db.mailbox_items.count_documents({"message_id": message_id}, limit=1):
                 continue
             if await self.db.recipients.count_documents(
-                {"message_id": message_id, "delivery_status": {"$in": PENDING_DELIVERY}}, limit=1
+                {"message_id": message_id, "delivery_status": {"$in": list(UNFINISHED)}}, limit=1
             ):
                 continue
             message = await self.db.messages.find_one_and_delete({"_id": message_id})

@@ -37,7 +37,6 @@ WINDOW_GROWTH = 8
 WINDOW_ROUNDS = 6
 MAX_WINDOW = 60 * 365 * 86400.0  # beyond this, drop the bound
 MAX_BATCH = 500
-PENDING_DELIVERY = ["queued", "scheduled", "sending", "deferred"]
 
 
 @dataclass(frozen=True)

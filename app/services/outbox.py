@@ -19,7 +19,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.domain.outcomes import RecipientState
+from app.domain.outcomes import UNFINISHED, RecipientState
 
 DUE_STATUSES = ["queued", "deferred", "sending"]
 IN_LIMIT = 100  # ids per "$in": beyond ~100 the server's cost per id grows with the list
@@ -109,7 +109,7 @@ def status_event(message_id: ObjectId, recipient: dict[str, Any]) -> tuple[str, 
         if reply
         else None
     )
-    pending = recipient["delivery_status"] in ("queued", "scheduled", "deferred", "sending")
+    pending = recipient["delivery_status"] in UNFINISHED
     next_at = recipient.get("next_attempt_at") if pending else None
     body = {
         "type": "delivery",
