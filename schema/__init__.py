@@ -17,6 +17,7 @@ from strawberry.tools import merge_types
 from app.config import Settings
 from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import EXCEPTION_HANDLERS, ErrorShaping
+from schema.execution import FastExecutionContext
 from schema.mutation import Mutation
 from schema.query import Query
 from schema.realtime import RealtimeQuery, RealtimeSubscription
@@ -51,4 +52,5 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             ErrorShaping,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        execution_context_class=FastExecutionContext,
     )

@@ -132,8 +132,6 @@ class MailboxItem:
     starred: bool = False
     received_at: datetime = datetime.min
     from_: Address = strawberry.field(name="from", default=None)  # type: ignore[assignment]
-    to: list[Address] = strawberry.field(default_factory=list)
-    cc: list[Address] = strawberry.field(default_factory=list)
     subject: str = ""
     snippet: str = ""
     has_attachments: bool = False
@@ -150,12 +148,18 @@ class MailboxItem:
         self.starred = bool(d.get("starred"))
         self.received_at = d["received_at"]
         self.from_ = Address.of(d.get("from"))
-        self.to = addresses(d.get("to"))
-        self.cc = addresses(d.get("cc"))
         self.subject = d.get("subject") or ""
         self.snippet = d.get("snippet") or ""
         self.has_attachments = bool(d.get("has_attachments"))
         self.size = int(d.get("size") or 0)
+
+    @strawberry.field
+    def to(self) -> list[Address]:
+        return addresses(self.doc.get("to"))
+
+    @strawberry.field
+    def cc(self) -> list[Address]:
+        return addresses(self.doc.get("cc"))
 
     @strawberry.field(description="Empty unless the viewer sent the message.")
     async def bcc(self, info: Info) -> list[Address]:
