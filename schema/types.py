@@ -4,11 +4,13 @@ not carry (bodies, attachments, recipients) comes through the request's batch lo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
 import strawberry
 from strawberry.types import Info
+from strawberry.types.nodes import SelectedField
 
 from app.domain.folders import Folder as FolderValue
 from app.domain.html_safety import sanitize_html
@@ -123,6 +125,8 @@ class MailboxItem:
     lazily through the request's batch loaders."""
 
     doc: strawberry.Private[dict[str, Any]]
+    # the message document, when it was loaded together with the list (see with_messages)
+    message_doc: strawberry.Private[dict[str, Any] | None] = None
     id: strawberry.ID = strawberry.ID("")
     message_id: strawberry.ID = strawberry.ID("")
     thread_id: strawberry.ID = strawberry.ID("")
@@ -161,56 +165,76 @@ class MailboxItem:
     def cc(self) -> list[Address]:
         return addresses(self.doc.get("cc"))
 
+    # Content fields read the message document. When a list loaded the documents with its
+    # items (with_messages), they complete at once; otherwise they wait for the request's
+    # batch loader. Each returns its value or an awaitable of it; graphql-core takes both.
+
     @strawberry.field(description="Empty unless the viewer sent the message.")
-    async def bcc(self, info: Info) -> list[Address]:
+    def bcc(self, info: Info) -> list[Address]:
         if self.doc.get("role") not in ("sent", "draft"):
             return []
-        return addresses((await self._message(info)).get("bcc"))
+        return self._from_message(info, lambda m: addresses(m.get("bcc")))
 
     @strawberry.field
-    async def reply_to(self, info: Info) -> list[Address]:
-        return addresses((await self._message(info)).get("reply_to"))
+    def reply_to(self, info: Info) -> list[Address]:
+        return self._from_message(info, lambda m: addresses(m.get("reply_to")))
 
     @strawberry.field
-    async def text_body(self, info: Info) -> str | None:
+    def text_body(self, info: Info) -> str | None:
+        message = self.message_doc
+        if message is not None and not message.get("text_blob_id"):
+            return message.get("text_body")  # type: ignore[no-any-return]
+        return self._text_body(info)  # type: ignore[return-value]
+
+    async def _text_body(self, info: Info) -> str | None:
         message = await self._message(info)
-        return await info.context.system.content.text_body(message)
+        return await info.context.system.content.text_body(message)  # type: ignore[no-any-return]
 
     @strawberry.field(
         description="Sanitized: no scripts, handlers, forms or frames; remote images "
         "carry data-remote-image so a client can block them."
     )
-    async def html_body(self, info: Info) -> str | None:
+    def html_body(self, info: Info) -> str | None:
+        message = self.message_doc
+        if message is not None and not message.get("html_blob_id"):
+            html = message.get("html_body")
+            return sanitize_html(html) if html else None
+        return self._html_body(info)  # type: ignore[return-value]
+
+    async def _html_body(self, info: Info) -> str | None:
         message = await self._message(info)
         html = await info.context.system.content.html_body(message)
         return sanitize_html(html) if html else None
 
     @strawberry.field
-    async def rfc822_message_id(self, info: Info) -> str | None:
-        return (await self._message(info)).get("rfc822_message_id")
+    def rfc822_message_id(self, info: Info) -> str | None:
+        return self._from_message(info, lambda m: m.get("rfc822_message_id"))
 
     @strawberry.field
-    async def in_reply_to(self, info: Info) -> str | None:
-        return (await self._message(info)).get("in_reply_to")
+    def in_reply_to(self, info: Info) -> str | None:
+        return self._from_message(info, lambda m: m.get("in_reply_to"))
 
     @strawberry.field
-    async def references(self, info: Info) -> list[str]:
-        return list((await self._message(info)).get("references") or [])
+    def references(self, info: Info) -> list[str]:
+        return self._from_message(info, lambda m: list(m.get("references") or []))
 
     @strawberry.field
-    async def attachments(self, info: Info) -> list[Attachment]:
+    def attachments(self, info: Info) -> list[Attachment]:
         base = info.context.system.settings.base_url
-        return [
-            Attachment(
-                id=strawberry.ID(str(a["id"])),
-                filename=a["filename"],
-                content_type=a["content_type"],
-                size=a["size"],
-                sha256=a["sha256"],
-                download_url=f"{base}/api/attachments/{a['id']}",
-            )
-            for a in (await self._message(info)).get("attachments") or []
-        ]
+        return self._from_message(
+            info,
+            lambda m: [
+                Attachment(
+                    id=strawberry.ID(str(a["id"])),
+                    filename=a["filename"],
+                    content_type=a["content_type"],
+                    size=a["size"],
+                    sha256=a["sha256"],
+                    download_url=f"{base}/api/attachments/{a['id']}",
+                )
+                for a in m.get("attachments") or []
+            ],
+        )
 
     @strawberry.field(description="Per-recipient delivery state; empty unless the viewer sent it.")
     async def recipients(self, info: Info) -> list[RecipientStatus]:
@@ -232,13 +256,60 @@ class MailboxItem:
         )
 
     @strawberry.field
-    async def auth_results(self, info: Info) -> str | None:
+    def auth_results(self, info: Info) -> str | None:
         if self.doc.get("role") != "received":
             return None
-        return (await self._message(info)).get("auth_results")
+        return self._from_message(info, lambda m: m.get("auth_results"))
+
+    def _from_message(self, info: Info, pick: Callable[[dict[str, Any]], Any]) -> Any:
+        """``pick(message)`` now if the message was loaded with the list, else an awaitable."""
+        if self.message_doc is not None:
+            return pick(self.message_doc)
+
+        async def later() -> Any:
+            return pick(await self._message(info))
+
+        return later()
 
     async def _message(self, info: Info) -> dict[str, Any]:
         return await info.context.loader("messages").load(self.doc["message_id"]) or {}
+
+
+# The MailboxItem fields that read the message document (not the mailbox item).
+MESSAGE_FIELDS = frozenset(
+    {
+        "bcc",
+        "replyTo",
+        "textBody",
+        "htmlBody",
+        "rfc822MessageId",
+        "inReplyTo",
+        "references",
+        "attachments",
+        "authResults",
+    }
+)
+
+
+def selects_message_content(selections: Any) -> bool:
+    """Whether a selection (fragments included) asks for a field of MESSAGE_FIELDS."""
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            if selection.name in MESSAGE_FIELDS:
+                return True
+        elif selects_message_content(selection.selections):  # a fragment
+            return True
+    return False
+
+
+async def with_messages(info: Info, docs: list[dict[str, Any]]) -> list[MailboxItem]:
+    """Items for ``docs``; their message documents loaded in the same batch when the
+    selection reads message content, so a thread's bodies cost one query and no
+    per-item awaiting."""
+    if not docs or not selects_message_content(info.selected_fields[0].selections):
+        return [MailboxItem(doc=d) for d in docs]
+    messages = await info.context.loader("messages").load_many([d["message_id"] for d in docs])
+    return [MailboxItem(doc=d, message_doc=m or {}) for d, m in zip(docs, messages, strict=True)]
 
 
 @strawberry.type
@@ -295,7 +366,7 @@ class Thread:
     @strawberry.field(description="Oldest first.")
     async def messages(self, info: Info) -> list[MailboxItem]:
         docs = await info.context.loader("thread_items").load(self.doc["_id"])
-        return [MailboxItem(doc=d) for d in docs]
+        return await with_messages(info, docs)
 
 
 @strawberry.type

@@ -68,3 +68,29 @@ async def test_page_cost_does_not_grow_with_page_size(api, settings, counter):
         assert small == large <= 5, (small, large)
     finally:
         await system.close()
+
+
+THREAD_BODIES = """query($id: ID!) { thread(id: $id) { messages {
+  id ... on MailboxItem { textBody } ...Content } } }
+fragment Content on MailboxItem { htmlBody inReplyTo references attachments { filename } }"""
+ONE = """query($id: ID!) { message(id: $id) { id textBody htmlBody inReplyTo references
+  attachments { filename } } }"""
+
+
+async def test_thread_bodies_loaded_with_the_list_match_the_single_message_reads(api):
+    """A thread's message documents are loaded with its items when the selection (fragments
+    included) reads content; what that gives must be what a single-message read gives."""
+    alice, a = await api.user("alice")
+    bob, b = await api.user("bob")
+    first = await api.gql(
+        SEND, {"input": {"to": [bob], "subject": "plan", "text": "one", "html": "<p>one</p>"}}, a
+    )
+    thread_id = first["data"]["sendEmail"]["item"]["threadId"]
+    await api.gql(SEND, {"input": {"to": [bob], "subject": "Re: plan", "text": "two"}}, a)
+    thread = (await api.gql(THREAD_BODIES, {"id": thread_id}, a))["data"]["thread"]
+    assert len(thread["messages"]) == 2
+    for item in thread["messages"]:
+        single = (await api.gql(ONE, {"id": item["id"]}, a))["data"]["message"]
+        assert item == single
+    assert thread["messages"][0]["textBody"].strip() == "one"
+    assert "<p>one</p>" in thread["messages"][0]["htmlBody"]
