@@ -23,6 +23,12 @@ class SendEmailInput:
     in_reply_to: strawberry.ID | None = None
     idempotency_key: str | None = None
     send_at: datetime | None = None
+    transactional: bool = strawberry.field(
+        default=False,
+        description="Receipts, password resets: expires from the queue sooner "
+        "(MAILHUB_TRANSACTIONAL_LIFETIME_SECONDS) and is not held by a reputation pause, "
+        "which stops bulk mail only.",
+    )
 
     def composition(self) -> Composition:
         return Composition(
@@ -37,6 +43,7 @@ class SendEmailInput:
             in_reply_to=str(self.in_reply_to) if self.in_reply_to else None,
             idempotency_key=self.idempotency_key,
             send_at=self.send_at,
+            transactional=self.transactional,
         )
 
 

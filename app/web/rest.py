@@ -97,6 +97,13 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _optional_bool(body: dict[str, Any], name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise ValidationError.on(name, f"{name} must be true or false")
+    return value
+
+
 def composition_from_json(body: dict[str, Any]) -> Composition:
     send_at = _optional_str(body, "sendAt")
     try:
@@ -115,6 +122,7 @@ def composition_from_json(body: dict[str, Any]) -> Composition:
         in_reply_to=_optional_str(body, "inReplyTo"),
         idempotency_key=_optional_str(body, "idempotencyKey"),
         send_at=when,
+        transactional=_optional_bool(body, "transactional"),
     )
 
 

@@ -360,3 +360,17 @@ async def test_high_bounce_rate_pauses_the_senders_sending(api, settings):
     )
     assert refused["data"]["sendEmail"]["__typename"] == "ValidationError"
     assert "sending is paused" in refused["data"]["sendEmail"]["message"]
+    # the pause holds bulk mail only: a password reset still goes out
+    receipt = await api.gql(
+        SEND,
+        {
+            "input": {
+                "to": ["x@remote.test"],
+                "subject": "reset",
+                "text": "your code",
+                "transactional": True,
+            }
+        },
+        token=token,
+    )
+    assert receipt["data"]["sendEmail"]["__typename"] == "SendEmailSuccess", receipt

@@ -179,6 +179,27 @@ async def test_temporary_failures_expire_after_the_queue_lifetime_with_a_failure
         assert [n["dsn"]["kind"] for n in notices] == ["failure"]
 
 
+async def test_transactional_mail_expires_after_its_shorter_lifetime(settings):
+    options = {
+        "ok": {"rcpt": {"t@ok.test": "451 4.4.1 try later", "b@ok.test": "451 4.4.1 try later"}}
+    }
+    async with outbound_world(
+        settings,
+        sink_options=options,
+        retry_schedule=[1],
+        queue_lifetime_seconds=3600,
+        transactional_lifetime_seconds=2,
+    ) as w:
+        urgent = await w.send(["t@ok.test"], transactional=True)
+        bulk = await w.send(["b@ok.test"])
+        docs = await w.wait_statuses(urgent["message_id"], {"t@ok.test": "expired"})
+        assert docs["t@ok.test"]["attempts"] >= 2
+        message = await w.db.messages.find_one({"_id": urgent["message_id"]})
+        assert message["transactional"] is True
+        other = (await w.recipients(bulk["message_id"]))["b@ok.test"]
+        assert other["delivery_status"] == "deferred"  # the 1 h lifetime still holds it
+
+
 async def test_a_delay_notice_is_sent_once_after_the_delay_threshold(settings):
     options = {"ok": {"rcpt": {"bob@ok.test": "451 4.7.0 greylisted"}}}
     async with outbound_world(

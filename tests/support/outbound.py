@@ -83,12 +83,19 @@ class Outbound:
         subject: str = "Hello",
         text: str = "Hi there.\n",
         send_at: datetime | None = None,
+        transactional: bool = False,
     ) -> dict[str, Any]:
         """Send as the sender user through the real SendingService; returns the Sent view."""
         return await self.system.sending.send_email(
             self.sender,
             Composition(
-                to=to, cc=cc or [], bcc=bcc or [], subject=subject, text=text, send_at=send_at
+                to=to,
+                cc=cc or [],
+                bcc=bcc or [],
+                subject=subject,
+                text=text,
+                send_at=send_at,
+                transactional=transactional,
             ),
         )
 
