@@ -92,7 +92,7 @@ def _build_plan(parent_type: GraphQLObjectType) -> dict[str, PlainField]:
 
 
 def _is_a(object_type: GraphQLObjectType, value: Any) -> bool:
-    return object_type.is_type_of is None or object_type.is_type_of(value, None) is True
+    return object_type.is_type_of is None or object_type.is_type_of(value, None) is True  # type: ignore[arg-type]
 
 
 # --- whole plain selections, compiled to Python ---------------------------------------------
@@ -263,7 +263,7 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         plan = field_plan(object_type)
         if not plan:
             return None
-        shape = []
+        shape: list[tuple[str, str, Any]] = []
         for response_name, details in grouped_field_set.items():
             node = details[0].node
             field_name = node.name.value
