@@ -248,6 +248,23 @@ async def direct_thread(db, token: str, thread_id: ObjectId) -> list:
     return items
 
 
+async def timed_pairs(a, b, rounds: int) -> tuple[list[float], list[float]]:
+    """Time ``a`` and ``b`` alternately, so both see the same machine (a load spike from
+    elsewhere lands on both, not on whichever block ran at that moment)."""
+    for _ in range(10):
+        await a()
+        await b()
+    out_a, out_b = [], []
+    for _ in range(rounds):
+        t = time.perf_counter()
+        await a()
+        out_a.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        await b()
+        out_b.append(time.perf_counter() - t)
+    return out_a, out_b
+
+
 async def timed(fn, rounds: int) -> list[float]:
     for _ in range(10):
         await fn()
@@ -356,8 +373,7 @@ async def main() -> None:
                 ]
                 for name, via_graphql, via_driver in cases:
                     print(f"{size:,}: {name}", file=sys.stderr, flush=True)
-                    g = await timed(via_graphql, args.rounds)
-                    d = await timed(via_driver, args.rounds)
+                    g, d = await timed_pairs(via_graphql, via_driver, args.rounds)
                     rows.append(
                         (
                             size,
