@@ -250,6 +250,7 @@ def _mongo_ready(url: str) -> bool:
     from pymongo import MongoClient
 
     try:
+        client: MongoClient[dict[str, object]]
         with MongoClient(url, serverSelectionTimeoutMS=500) as client:
             client.admin.command("ping")
         return True

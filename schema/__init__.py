@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
+from graphql.validation import ASTValidationRule
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
 from strawberry.extensions.max_aliases import create_validator as aliases_rule
 from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
@@ -34,7 +35,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     subscription: Any = merge_types("Subscription", tuple(SUBSCRIPTIONS)) if SUBSCRIPTIONS else None
     # The limit rules are built once, not per request: the validation cache is keyed by the
     # rule classes, so per-request classes (what QueryDepthLimiter(...) makes) never hit it.
-    rules = [
+    rules: list[type[ASTValidationRule]] = [
         depth_rule(settings.graphql_max_depth, None, None),
         aliases_rule(settings.graphql_max_aliases),
     ]

@@ -51,7 +51,7 @@ class AuthErrorHandler(strawberry.ExceptionHandler[E.AuthError, T.AuthErrorType]
         return T.AuthErrorType(message=exception.message)
 
 
-EXCEPTION_HANDLERS = [
+EXCEPTION_HANDLERS: list[strawberry.ExceptionHandler[Any, Any]] = [
     ValidationHandler(),
     NotFoundHandler(),
     RateLimitedHandler(),
@@ -96,5 +96,6 @@ class ErrorShaping(SchemaExtension):
     def on_operation(self) -> Iterator[None]:
         yield
         result = self.execution_context.result
-        if result is not None and getattr(result, "errors", None):
-            result.errors = [shape_error(e) for e in result.errors]
+        errors = getattr(result, "errors", None) if result is not None else None
+        if errors:
+            result.errors = [shape_error(e) for e in errors]  # type: ignore[union-attr]

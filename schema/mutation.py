@@ -5,6 +5,7 @@ from datetime import datetime
 import strawberry
 from strawberry.types import Info
 
+from app.domain.folders import Folder as FolderValue
 from app.services.mailbox import StateChange
 from app.services.sending import Composition
 from schema import types as T
@@ -78,7 +79,7 @@ class DraftInput:
 class MessageStateInput:
     read: bool | None = None
     starred: bool | None = None
-    folder: T.Folder | None = None
+    folder: FolderValue | None = None
     add_labels: list[str] | None = None
     remove_labels: list[str] | None = None
 

@@ -27,7 +27,7 @@ class Query:
     async def messages(
         self,
         info: Info,
-        folder: T.Folder | None = None,
+        folder: FolderValue | None = None,
         label: str | None = None,
         first: int = 50,
         after: str | None = None,
@@ -57,7 +57,7 @@ class Query:
     async def threads(
         self,
         info: Info,
-        folder: T.Folder | None = None,
+        folder: FolderValue | None = None,
         label: str | None = None,
         first: int = 50,
         after: str | None = None,

@@ -51,7 +51,7 @@ class User:
 class Mailbox:
     id: strawberry.ID
     name: str
-    folder: Folder | None
+    folder: FolderValue | None
     is_label: bool
     total: int
     unread: int
@@ -130,7 +130,7 @@ class MailboxItem:
     id: strawberry.ID = strawberry.ID("")
     message_id: strawberry.ID = strawberry.ID("")
     thread_id: strawberry.ID = strawberry.ID("")
-    folder: Folder = FolderValue.INBOX
+    folder: FolderValue = FolderValue.INBOX
     labels: list[str] = strawberry.field(default_factory=list)
     read: bool = False
     starred: bool = False

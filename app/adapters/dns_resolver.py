@@ -51,7 +51,7 @@ def parse_nameservers(servers: list[str]) -> list[tuple[str, int]]:
     return out
 
 
-def _configure(resolver: dns.resolver.Resolver, servers: list[str], timeout: float) -> None:
+def _configure(resolver: dns.resolver.BaseResolver, servers: list[str], timeout: float) -> None:
     if servers:
         parsed = parse_nameservers(servers)
         resolver.nameservers = [h for h, _ in parsed]

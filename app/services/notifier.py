@@ -18,7 +18,7 @@ from app.services.filing import Change
 log = structlog.get_logger(__name__)
 
 ChangeListener = Callable[[list[Change]], Awaitable[None]]
-ReleaseListener = Callable[[list[ObjectId]], Awaitable[None]]
+ReleaseListener = Callable[[list[ObjectId]], Awaitable[object]]
 
 
 class Notifier:

@@ -413,6 +413,8 @@ class SendingService:
                     session=session,
                     return_document=True,
                 )
+                if updated is None:  # deleted meanwhile (another tab): nothing is changed
+                    raise NotFound(f"no draft with id {draft_item['_id']}")
                 changes = [
                     Change(
                         viewer.user_id,

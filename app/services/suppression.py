@@ -77,7 +77,7 @@ class SuppressionService:
             return_document=True,
             session=session,
         )
-        return doc  # type: ignore[no-any-return]
+        return doc  # type: ignore[return-value]
 
     async def remove(self, address: str, *, scope: str = GLOBAL) -> None:
         result = await self.db.suppressions.delete_one(

@@ -35,7 +35,7 @@ def client_of(request: Any) -> str:
     return request.client.host if request.client else "unknown"
 
 
-class MailhubGraphQL(GraphQL):  # type: ignore[type-arg]
+class MailhubGraphQL(GraphQL[Context, None]):
     def __init__(self, system: System, **kwargs: Any) -> None:
         super().__init__(build_schema(system.settings), **kwargs)
         self.system = system
