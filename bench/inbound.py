@@ -11,7 +11,8 @@ What it does (everything on loopback, bounded in time):
    group-committed store before its 250;
 3. ``peers/smtpload.py`` (fixed-seed inbound mix: 70% ~2 KB, 25% ~50 KB HTML, 5% ~1 MB
    attachment; 20 connections) against each, alternating, ``--rounds`` times;
-4. checks that mailhub stored exactly what it accepted, prints a table and writes JSON.
+4. checks that mailhub stored exactly what it accepted, prints a table (with each server's CPU per
+   accepted message) and writes JSON.
 """
 
 from __future__ import annotations
@@ -148,6 +149,18 @@ def load(
     return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def cpu_per_message(run: dict[str, Any]) -> dict[str, float | None]:
+    """Server CPU milliseconds per accepted message while sending (smtpload's process sampling)."""
+    cpu = run.get("cpu_during_send") or {}
+    accepted = run.get("accepted") or 0
+    return {
+        name: round(1000 * cpu[f"{name}_cpu_s"] / accepted, 2)
+        if accepted and f"{name}_cpu_s" in cpu
+        else None
+        for name in ("mailhub", "database")
+    }
+
+
 def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     def col(key: str) -> list[float]:
         return [r[key] for r in runs if r.get(key) is not None]
@@ -273,10 +286,13 @@ def main() -> int:
             after = asyncio.run(stored_count(settings))
             run["stored"] = after - before
             results["mailhub"].append(run)
+            run["cpu_ms_per_msg"] = cpu_per_message(run)
             print(
                 f"   mailhub  {run['accept_msgs_per_s']:>7} msg/s  "
                 f"p50 {run['eod_to_250_p50_ms']} ms  "
-                f"p99 {run['eod_to_250_p99_ms']} ms  stored {run['stored']}/{run['accepted']}",
+                f"p99 {run['eod_to_250_p99_ms']} ms  stored {run['stored']}/{run['accepted']}  "
+                f"CPU/msg: mx {run['cpu_ms_per_msg']['mailhub']} ms, "
+                f"database {run['cpu_ms_per_msg']['database']} ms",
                 flush=True,
             )
             if run["stored"] != run["accepted"]:

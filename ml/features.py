@@ -32,6 +32,13 @@ _DATE = re.compile(
     re.I,
 )
 _LINKISH = re.compile(r"(?:https?://|www\.)[^\s<>\"']+|[\w.+-]+@[\w-]+(?:\.[\w-]+)+", re.I)
+# _LINKISH without its address branch, for text with no "@" (where that branch cannot match).
+# The same matches, written so that the regex engine can skip to an "h" or "w" instead of
+# trying every position: under re.I, "s" also matches "ſ" and no other of these letters has a
+# non-ASCII twin.
+_URLISH = re.compile(r"[HhWw](?:(?<=[Hh])[Tt][Tt][Pp][Ssſ]?://|(?<=[Ww])[Ww][Ww]\.)[^\s<>\"']+")
+_DIGIT = re.compile(r"\d")
+_DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _QUOTED_LINE = re.compile(r"^[ \t]*>", re.M)
 _IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af]")
@@ -53,30 +60,67 @@ def _number_shape(digits: str) -> str:
     return "num:" + ("d" * len(digits) if len(digits) <= 4 else "5+")
 
 
+def _may_hold_date(text: str) -> bool:
+    """False only when ``_DATE`` cannot match: every branch needs a digit but the bare weekday
+    one (``Mon, March``), which needs a day name. The regex tries every position and costs more
+    than the rest of tokenizing, so text without either (most of it) skips it. Under re.I "ı"
+    matches "i" and "ſ" matches "s" though ``str.lower`` keeps them: text with those is searched.
+    """
+    if _has_digit(text) or "ı" in text or "ſ" in text:
+        return True
+    lowered = text.lower()
+    return any(day in lowered for day in _DAY_NAMES)
+
+
+def _has_digit(text: str) -> bool:
+    """``_DIGIT.search(text)``; in ASCII text (most of it) ten substring scans are faster."""
+    if text.isascii():
+        return any(digit in text for digit in "0123456789")
+    return _DIGIT.search(text) is not None
+
+
+def _runs(text: str) -> tuple[bool, list[str]]:
+    """Whether a date shape was seen, and the word runs of ``text`` with dates blanked out."""
+    if _may_hold_date(text) and _DATE.search(text):
+        return True, _RUN.findall(_DATE.sub(" ", text))
+    return False, _RUN.findall(text)
+
+
 def _run_tokens(text: str, prefix: str, pairs: bool = False) -> list[str]:
     """Words (case-folded), number and date shapes of a text, in order; with ``pairs``, also
     each two adjacent words (``pair:click_here``): phrases carry what single words do not."""
-    out: list[str] = []
-    if _DATE.search(text):
-        out.append("shape:DATE")
-        text = _DATE.sub(" ", text)
+    dated, runs = _runs(text)
+    return _tokens_of_runs(dated, runs, prefix, pairs)
+
+
+def _tokens_of_runs(dated: bool, runs: list[str], prefix: str, pairs: bool) -> list[str]:
+    out: list[str] = ["shape:DATE"] if dated else []
+    append = out.append
     previous = ""
-    for run in _RUN.findall(text):
-        if pairs and run.isalpha() and len(run) <= _MAX_WORD:
+    for run in runs:
+        if run.isalpha():  # never also a digit run
+            if len(run) > _MAX_WORD:
+                append("shape:LONG_TOKEN")
+                continue
             word = run.casefold()
-            if previous:
-                out.append(f"pair:{previous}_{word}")
-            previous = word
-        if run.isdigit():
-            out.append(_number_shape(run))
-        elif len(run) > _MAX_WORD:
-            out.append("shape:LONG_TOKEN")
-        elif run.isalpha():
+            if pairs:
+                if previous:
+                    append(f"pair:{previous}_{word}")
+                previous = word
             if len(run) > 1:
-                out.append(prefix + run.casefold())
+                append(prefix + word)
+        elif run.isdigit():
+            append(_number_shape(run))
+        elif len(run) > _MAX_WORD:
+            append("shape:LONG_TOKEN")
         else:  # letters and digits mixed: ids, codes, obfuscation (v1agra)
-            out.append("shape:ALNUM")
+            append("shape:ALNUM")
     return out
+
+
+def _without_links(text: str) -> str:
+    """``_LINKISH.sub(" ", text)``; its address branch needs an "@", so most text skips it."""
+    return _LINKISH.sub(" ", text) if "@" in text else _URLISH.sub(" ", text)
 
 
 def registrable_domain(host: str) -> str:
@@ -111,10 +155,16 @@ def _ratio(part: int, whole: int) -> float:
     return part / whole if whole else 0.0
 
 
-def _shape_tokens(text: MessageText) -> list[str]:
-    """Structural signals that survive the loss of headers, case and formatting."""
+def _shape_tokens(text: MessageText, body_runs: list[str] | None = None) -> list[str]:
+    """Structural signals that survive the loss of headers, case and formatting.
+
+    ``body_runs``: ``_RUN.findall(text.body)`` when the caller has it already. The digit, "@"
+    and ASCII checks below only skip searches that could not match.
+    """
     out: list[str] = []
     subject, body = text.subject, text.body
+    digits = _has_digit(body)
+    ascii_body = body.isascii()
     letters = [c for c in subject if c.isalpha()]
     if not subject.strip():
         out.append("shape:NO_SUBJECT")
@@ -124,29 +174,31 @@ def _shape_tokens(text: MessageText) -> list[str]:
         out.append("shape:EXCLAIM_SUBJECT")
     if _MONEY.search(subject):
         out.append("shape:MONEY_SUBJECT")
-    words = [w for w in _RUN.findall(body) if w.isalpha() and len(w) > 2]
+    runs = _RUN.findall(body) if body_runs is None else body_runs
+    words = [w for w in runs if len(w) > 2 and w.isalpha()]
     out.append("shape:WORDS_" + _bucket(len(words)))
-    if len(words) >= 10 and _ratio(sum(w.isupper() for w in words), len(words)) > 0.3:
+    if len(words) >= 10 and _ratio(sum(map(str.isupper, words)), len(words)) > 0.3:
         out.append("shape:ALLCAPS_BODY")
     if body.count("!") >= 3:
         out.append("shape:EXCLAIM_BODY")
     if "!!" in body or "!!" in subject:
         out.append("shape:EXCLAIM_RUN")
-    if _MONEY.search(body):
+    if digits and _MONEY.search(body):
         out.append("shape:MONEY")
-    if _PERCENT.search(body):
+    if digits and _PERCENT.search(body):
         out.append("shape:PERCENT")
-    if _PHONE.search(body):
+    if digits and _PHONE.search(body):
         out.append("shape:PHONE")
-    if _EMAIL_ADDRESS.search(body):
+    if "@" in body and _EMAIL_ADDRESS.search(body):
         out.append("shape:EMAIL_ADDRESS")
-    if len(_QUOTED_LINE.findall(body)) >= 2:
+    if ">" in body and len(_QUOTED_LINE.findall(body)) >= 2:
         out.append("shape:QUOTED_REPLY")  # RFC 3676 §4.5 quoting: a conversation
-    if _CJK.search(body) or _CJK.search(subject):
+    if (not ascii_body and _CJK.search(body)) or _CJK.search(subject):
         out.append("shape:SCRIPT_CJK")
-    if _CYRILLIC.search(body):
+    if not ascii_body and _CYRILLIC.search(body):
         out.append("shape:SCRIPT_CYRILLIC")
-    if body and _ratio(sum(ord(c) > 127 for c in body[:4000]), len(body[:4000])) > 0.2:
+    head = body[:4000]
+    if head and not head.isascii() and _ratio(sum(ord(c) > 127 for c in head), len(head)) > 0.2:
         out.append("shape:MOSTLY_NON_ASCII")
     if text.html:
         out.append("shape:HTML")
@@ -164,9 +216,12 @@ def text_tokens(text: MessageText) -> list[str]:
     found = _run_tokens(text.subject, "subject:")
     # Link targets are read as hosts below; the words of their paths (/click/, /remove/) are
     # a server's naming, not what the message says.
-    found += _run_tokens(_LINKISH.sub(" ", text.body), "word:", pairs=True)
+    linkless = _without_links(text.body)
+    dated, runs = _runs(linkless)
+    found += _tokens_of_runs(dated, runs, "word:", True)
     found += _url_tokens(text.urls)
-    found += _shape_tokens(text)
+    # With no link or date blanked out, the body's runs are the ones just found.
+    found += _shape_tokens(text, runs if not dated and linkless == text.body else None)
     return list(dict.fromkeys(found))
 
 

@@ -43,6 +43,12 @@ _FOOTER_LINES = 40
 # RFC 2919 list tags in the Subject: "Re: [ILUG] ...".
 _SUBJECT_TAG = re.compile(r"\[[^\]\s]{1,30}\]\s*")
 _URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}]+", re.I)
+# _URL's matches, spelled so that the regex engine skips ahead to an "h" or "w" instead of trying
+# every position (5 times faster on a long body): under re.I "s" also matches "ſ", and no other
+# of these letters has a twin outside ASCII.
+_URL_FAST = re.compile(
+    r"[HhWw](?:(?<=[Hh])[Tt][Tt][Pp][Ssſ]?://|(?<=[Ww])[Ww][Ww]\.)[^\s<>\"'()\[\]{}]+"
+)
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,10 @@ class _HtmlText(HTMLParser):
     def handle_endtag(self, tag: str) -> None:
         if tag in self._SKIP and self._skip_depth:
             self._skip_depth -= 1
+
+    def updatepos(self, i: int, j: int) -> int:
+        """Skip the line/column bookkeeping (it only feeds ``getpos()``, which we never ask)."""
+        return j
 
     def handle_data(self, data: str) -> None:
         if not self._skip_depth:
@@ -212,7 +222,7 @@ def read_message(raw: bytes | str | Message) -> MessageText:
             images += count
         texts.append(strip_list_footer(text))
     body = "\n".join(texts)
-    links.extend(_URL.findall(body))
+    links.extend(_URL_FAST.findall(body))
     return MessageText(
         subject=_SUBJECT_TAG.sub("", decode_subject(msg.get("Subject"))),
         body=body,

@@ -7,6 +7,8 @@ apply the Platt sigmoid. ``tests/unit/test_spam_features.py`` holds this equal t
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 from dataclasses import dataclass
 from email.message import Message
@@ -17,6 +19,11 @@ import numpy as np
 
 from ml.features import message_tokens
 from ml.model import SpamModel, bucket_of, load, newest_model_path
+
+try:  # FeatureHasher's own hashing loop, without the sparse matrix (which loses token order)
+    from sklearn.feature_extraction._hashing_fast import transform as _hashing_transform
+except ImportError:  # pragma: no cover - a scikit-learn that moved it: hash token by token
+    _hashing_transform = None
 
 REASONS = 5
 
@@ -48,16 +55,24 @@ class Evidence:
     mean_log_odds: float
 
 
+def token_buckets(tokens: list[str], n_features: int) -> np.ndarray:
+    """``bucket_of`` of every token, in order, hashed in one C loop (an HTML mail has thousands)."""
+    if _hashing_transform is None:
+        return np.array([bucket_of(t, n_features) for t in tokens], dtype=np.int64)
+    pairs = zip(tokens, itertools.repeat(1))  # (token, count) as FeatureHasher passes them
+    indices, _, _ = _hashing_transform([pairs], n_features, np.float64, False, 0)
+    return np.asarray(indices, dtype=np.int64)
+
+
 def weigh(tokens: list[str], model: SpamModel) -> Evidence:
-    """Each distinct bucket counts once, as in the Boolean training matrix."""
-    n_features = model.config.n_features
-    first_token: dict[int, str] = {}
-    for token in tokens:
-        first_token.setdefault(bucket_of(token, n_features), token)
-    buckets = np.fromiter(first_token, dtype=np.int64, count=len(first_token))
-    values = model.token_log_odds[buckets]
-    mean = float(values.sum()) / max(len(buckets), 1)
-    return Evidence(tuple(first_token.values()), tuple(values.tolist()), mean)
+    """Each distinct bucket counts once, as in the Boolean training matrix; buckets keep their
+    order of first appearance and are named by their first token."""
+    hashed = token_buckets(tokens, model.config.n_features)
+    _, first = np.unique(hashed, return_index=True)
+    first.sort()
+    values = model.token_log_odds[hashed[first]]
+    mean = float(values.sum()) / max(len(first), 1)
+    return Evidence(tuple([tokens[i] for i in first.tolist()]), tuple(values.tolist()), mean)
 
 
 def calibrated_logit(mean_log_odds: float, model: SpamModel) -> float:
@@ -78,12 +93,17 @@ def calibrated_logit_to_probability(logit: float) -> float:
 def reasons(evidence: Evidence, towards_spam: bool, limit: int = REASONS) -> list[str]:
     """The tokens that pushed hardest in the verdict's direction, strongest first."""
     sign = 1.0 if towards_spam else -1.0
-    ranked = sorted(
-        (sign * value, token)
-        for token, value in zip(evidence.tokens, evidence.log_odds, strict=True)
-        if sign * value > 0
+    # The largest (value, token) pairs: what the tail of a full sort gives, as the pairs are
+    # distinct (a token names one bucket).
+    ranked = heapq.nlargest(
+        limit,
+        (
+            (sign * value, token)
+            for token, value in zip(evidence.tokens, evidence.log_odds, strict=True)
+            if sign * value > 0
+        ),
     )
-    return [token for _, token in reversed(ranked[-limit:])]
+    return [token for _, token in ranked]
 
 
 def verdict_from(evidence: Evidence, logit: float, model: SpamModel) -> Verdict:

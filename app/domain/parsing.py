@@ -17,6 +17,8 @@ from email import policy as email_policy
 from email.message import Message
 from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
+from typing import Any
 
 from app.domain.addresses import (
     Address,
@@ -42,6 +44,35 @@ _EXTENSIONS = {"text/calendar": ".ics", "text/vcard": ".vcf", "text/x-vcard": ".
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _FILENAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+_SHARED_HEADER_CHARS = 1000  # longer header values are parsed afresh, never remembered
+
+
+class _ParsePolicy(email_policy.EmailPolicy):
+    """``email.policy.default``, remembering the header objects it parses.
+
+    The stdlib parses a header into a new object on every ``get()``: Content-Type alone several
+    times per part (the parser's multipart and boundary checks, then type, charset, name and
+    format=flowed here), and that is most of the cost of parsing a short message. A header
+    object depends only on its name and value and is never changed once made, so one shared
+    object per distinct short value gives the same results.
+    """
+
+    def header_fetch_parse(self, name: str, value: str) -> Any:
+        if (
+            self is _PARSE_POLICY
+            and type(value) is str  # not already a header object
+            and len(value) <= _SHARED_HEADER_CHARS
+        ):
+            return _parsed_header(name, value)
+        return super().header_fetch_parse(name, value)
+
+
+_PARSE_POLICY = _ParsePolicy()  # the defaults, as email.policy.default
+
+
+@lru_cache(maxsize=2048)
+def _parsed_header(name: str, value: str) -> Any:
+    return email_policy.EmailPolicy.header_fetch_parse(_PARSE_POLICY, name, value)
 
 
 @dataclass(frozen=True)
@@ -89,7 +120,7 @@ def parse_message(raw: bytes) -> ParsedMessage:
 
 
 def _parse(raw: bytes) -> ParsedMessage:
-    msg = BytesParser(policy=email_policy.default).parsebytes(raw)
+    msg = BytesParser(policy=_PARSE_POLICY).parsebytes(raw)
     body = _Bodies()
     _collect(msg, body, depth=0)
     text_body, html_body = body.text, body.html

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP, Envelope
 
 from app.config import Settings
+from app.mx.data import DataOutcome, read_data
 from app.mx.handler import MxHandler
 from app.mx.limits import ClientLimits, ErrorBudget
 
@@ -129,6 +130,50 @@ class MxSMTP(SMTP):
             self.counted_ip = None
         self.sessions.discard(self)
         super().connection_lost(error)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA command with the message read in chunks (``app.mx.data``), not lines.
+
+        Same checks, replies and limits as aiosmtpd 1.4's: 503 without recipients, 501 with an
+        argument, 354, then 500 for a line over ``smtp_max_line_bytes`` or 552 past
+        ``smtp_max_message_bytes`` — both told once the end marker has arrived (RFC 5321
+        §4.2.5) — else the handler's reply.
+        """
+        if self._decode_data:  # not how the MX runs: keep aiosmtpd's own path for it
+            await super().smtp_DATA(arg)
+            return
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            outcome, content = await read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:  # the connection went away during DATA
+            log.info("connection lost during DATA")
+            self._writer.close()
+            raise
+        if outcome is not DataOutcome.OK:
+            if outcome is DataOutcome.TOO_LONG:
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            else:
+                await self.push("552 Error: Too much mail data")
+            self._set_post_data_state()
+            return
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: str) -> None:  # type: ignore[override]
         status = with_enhanced_code(status)

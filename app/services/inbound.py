@@ -8,12 +8,14 @@ anything else is refused right there (never an open relay). DATA: header limits,
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
 
@@ -35,6 +37,51 @@ from app.services.content import INLINE_BODY_LIMIT
 from app.services.inbound_store import BlobWrite, InboundStore, InboundView, PreparedInbound
 
 DOMAIN_CACHE_SECONDS = 5.0  # hosted domains change rarely; users are always read fresh
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SharedLookup(Generic[K, V]):
+    """Concurrent lookups by key share one query: keys asked while a query runs go in the next.
+
+    Every answer comes from a query sent after the question was asked, so it is as fresh as a
+    query of its own; under load the MX sends one ``$in`` query where it sent one per message.
+    A failed query fails everyone who waited for it.
+    """
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]]) -> None:
+        self._fetch = fetch
+        self._waiting: list[tuple[list[K], asyncio.Future[dict[K, V]]]] = []
+        self._runner: asyncio.Task[None] | None = None
+
+    async def get(self, keys: list[K]) -> dict[K, V]:
+        """The values found for ``keys`` (a key with none is left out)."""
+        loop = asyncio.get_running_loop()
+        if self._runner is not None and self._runner.get_loop() is not loop:
+            # A loop that closed with a query in flight (tests run one loop after another).
+            self._runner = None
+            self._waiting = [w for w in self._waiting if w[1].get_loop() is loop]
+        future: asyncio.Future[dict[K, V]] = loop.create_future()
+        self._waiting.append((keys, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            keys = list(dict.fromkeys(k for wanted, _ in batch for k in wanted))
+            try:
+                found = await self._fetch(keys)
+            except Exception as e:  # every waiter must get an answer
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for wanted, future in batch:
+                if not future.done():
+                    future.set_result({k: found[k] for k in wanted if k in found})
 
 
 @dataclass
@@ -94,6 +141,9 @@ class InboundService:
         self._domains: tuple[float, frozenset[str]] = (0.0, frozenset())
         secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self._verp_secret = secret.encode()
+        # One query for the RCPTs and the DATAs of all sessions that ask at the same time.
+        self._identities: SharedLookup[str, ObjectId] = SharedLookup(self._users_by_address)
+        self._taught: SharedLookup[ObjectId, bool] = SharedLookup(self._users_with_feedback)
 
     # --- RCPT ------------------------------------------------------------------------------
 
@@ -115,14 +165,23 @@ class InboundService:
                 verp = parse_verp_address(key, secret=self._verp_secret)
                 if verp is not None:
                     return LocalRecipient(key, verp=verp)
-            identity = await self.db.identities.find_one({"address": key}, {"user_id": 1})
+            user_id = (await self._identities.get([key])).get(key)
         except DomainError:
             raise
         except Exception as e:
             raise _unavailable(e) from e
-        if identity is None:
+        if user_id is None:
             raise Rejected("unknown user", reply="550 5.1.1 No such user here")
-        return LocalRecipient(key, user_id=identity["user_id"])
+        return LocalRecipient(key, user_id=user_id)
+
+    async def _users_by_address(self, addresses: list[str]) -> dict[str, ObjectId]:
+        found = self.db.identities.find(
+            {"address": {"$in": addresses}}, {"address": 1, "user_id": 1}
+        )
+        return {d["address"]: d["user_id"] async for d in found}
+
+    async def _users_with_feedback(self, users: list[ObjectId]) -> dict[ObjectId, bool]:
+        return dict.fromkeys(await self.feedback.has_feedback(users), True)
 
     async def _hosted_domains(self) -> frozenset[str]:
         loaded_at, domains = self._domains
@@ -187,7 +246,7 @@ class InboundService:
         if self.feedback is None:
             return {}
         users = [r.user_id for r in mailboxes if r.user_id is not None]
-        taught = await self.feedback.has_feedback(users)
+        taught = await self._taught.get(users)
         out: dict[ObjectId, tuple[str, dict[str, Any]]] = {}
         for user_id in taught:
             v = await self.feedback.verdict_for_user(

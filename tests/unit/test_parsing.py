@@ -313,3 +313,18 @@ def test_a_part_the_stdlib_cannot_decode_does_not_hide_the_others():
     assert msg.subject == "Mixed"
     assert msg.html_body == "<p>fine</p>"
     assert msg.text_body == "café"
+
+
+def test_shared_header_objects_parse_exactly_like_the_stdlib_default_policy(monkeypatch):
+    from email import policy
+
+    from app.domain import parsing
+
+    data = Path(__file__).resolve().parent.parent / "data"
+    raws = [p.read_bytes() for p in sorted(data.rglob("*.eml"))]
+    long_type = "text/plain; charset=utf-8; x-note=" + "n" * 2000  # past the shared-value size
+    raws.append(f"Subject: long\r\nContent-Type: {long_type}\r\n\r\nbody\r\n".encode())
+    ours = [parse_message(raw) for raw in raws]
+    again = [parse_message(raw) for raw in raws]  # now from the remembered header objects
+    monkeypatch.setattr(parsing, "_PARSE_POLICY", policy.default)
+    assert ours == again == [parse_message(raw) for raw in raws]

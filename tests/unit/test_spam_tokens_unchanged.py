@@ -1,0 +1,238 @@
+"""The fast tokenizer and scorer give exactly what the committed model was trained and judged with.
+
+``reference_text_tokens`` is the tokenizer as it was when ``spam-nb-1.0.0`` was trained (the
+regex-per-position version); the shortcuts in ``ml.features`` and ``ml.message_text`` only skip
+searches that cannot match, so both must agree token for token, in order, on any input. The
+same for ``weigh`` (hashing all tokens in one call) and ``reasons`` (a heap instead of a sort).
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ml import features as f
+from ml.message_text import _URL, _URL_FAST, MessageText, read_message
+from ml.model import SpamModel, TrainingConfig, bucket_of, fit
+from ml.scoring import Evidence, reasons, weigh
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+
+
+def _reference_run_tokens(text: str, prefix: str, pairs: bool = False) -> list[str]:
+    out: list[str] = []
+    if f._DATE.search(text):
+        out.append("shape:DATE")
+        text = f._DATE.sub(" ", text)
+    previous = ""
+    for run in f._RUN.findall(text):
+        if pairs and run.isalpha() and len(run) <= f._MAX_WORD:
+            word = run.casefold()
+            if previous:
+                out.append(f"pair:{previous}_{word}")
+            previous = word
+        if run.isdigit():
+            out.append(f._number_shape(run))
+        elif len(run) > f._MAX_WORD:
+            out.append("shape:LONG_TOKEN")
+        elif run.isalpha():
+            if len(run) > 1:
+                out.append(prefix + run.casefold())
+        else:
+            out.append("shape:ALNUM")
+    return out
+
+
+def _reference_shape_tokens(text: MessageText) -> list[str]:
+    out: list[str] = []
+    subject, body = text.subject, text.body
+    letters = [c for c in subject if c.isalpha()]
+    if not subject.strip():
+        out.append("shape:NO_SUBJECT")
+    elif len(letters) >= 5 and f._ratio(sum(c.isupper() for c in letters), len(letters)) > 0.7:
+        out.append("shape:ALLCAPS_SUBJECT")
+    if "!" in subject:
+        out.append("shape:EXCLAIM_SUBJECT")
+    if f._MONEY.search(subject):
+        out.append("shape:MONEY_SUBJECT")
+    words = [w for w in f._RUN.findall(body) if w.isalpha() and len(w) > 2]
+    out.append("shape:WORDS_" + f._bucket(len(words)))
+    if len(words) >= 10 and f._ratio(sum(w.isupper() for w in words), len(words)) > 0.3:
+        out.append("shape:ALLCAPS_BODY")
+    if body.count("!") >= 3:
+        out.append("shape:EXCLAIM_BODY")
+    if "!!" in body or "!!" in subject:
+        out.append("shape:EXCLAIM_RUN")
+    if f._MONEY.search(body):
+        out.append("shape:MONEY")
+    if f._PERCENT.search(body):
+        out.append("shape:PERCENT")
+    if f._PHONE.search(body):
+        out.append("shape:PHONE")
+    if f._EMAIL_ADDRESS.search(body):
+        out.append("shape:EMAIL_ADDRESS")
+    if len(f._QUOTED_LINE.findall(body)) >= 2:
+        out.append("shape:QUOTED_REPLY")
+    if f._CJK.search(body) or f._CJK.search(subject):
+        out.append("shape:SCRIPT_CJK")
+    if f._CYRILLIC.search(body):
+        out.append("shape:SCRIPT_CYRILLIC")
+    if body and f._ratio(sum(ord(c) > 127 for c in body[:4000]), len(body[:4000])) > 0.2:
+        out.append("shape:MOSTLY_NON_ASCII")
+    if text.html:
+        out.append("shape:HTML")
+        if text.images and len(words) < 50:
+            out.append("shape:IMAGES_LITTLE_TEXT")
+    if text.images:
+        out.append("shape:IMAGES")
+    for ctype in sorted(set(text.attachments)):
+        out.append("shape:ATTACHMENT_" + ctype.split("/")[0].upper())
+    return out
+
+
+def reference_text_tokens(text: MessageText) -> list[str]:
+    found = _reference_run_tokens(text.subject, "subject:")
+    found += _reference_run_tokens(f._LINKISH.sub(" ", text.body), "word:", pairs=True)
+    found += f._url_tokens(text.urls)
+    found += _reference_shape_tokens(text)
+    return list(dict.fromkeys(found))
+
+
+# Letters that case-fold onto the ones the shortcuts look for (ſ → s, ı/İ → i, K → k), digits
+# (ASCII and not),
+# the characters links, addresses, money and dates are made of, CJK and Cyrillic.
+_ALPHABET = list("hHtTpPsSſwWwW:/.@-_+ monMONtueTUEfriFRIsatSUNıİK0123456789٣$€%!>\n\t中ж,()")
+_PIECES = [
+    "http://a.example/x",
+    "HTTPS://B.Example.CO.UK/p?q=1",
+    "httpſ://x.org",
+    "WWW.shop.test",
+    "www.",
+    "mail me@example.com now",
+    "a.b+c@d-e.f.g",
+    "Mon, 21 Aug 2002",
+    "on fri, march 3",
+    "Sat Dec",
+    "10:54 pm +0200",
+    "2002-08-21",
+    "8/21/02",
+    "$100",
+    "50 USD",
+    "99 %",
+    "(555) 123-4567",
+    "> quoted\n> again",
+    "FREE MONEY!!!",
+    "v1agra",
+    "a" * 25,
+    "1" * 25,
+    "frı sat ſun",
+]
+
+
+def _random_text(rng: random.Random) -> str:
+    parts = []
+    for _ in range(rng.randint(0, 30)):
+        if rng.random() < 0.3:
+            parts.append(rng.choice(_PIECES))
+        else:
+            parts.append("".join(rng.choice(_ALPHABET) for _ in range(rng.randint(1, 12))))
+    return " ".join(parts) if rng.random() < 0.5 else "".join(parts)
+
+
+def test_fast_regexes_match_exactly_what_the_originals_match() -> None:
+    rng = random.Random(7)
+    for _ in range(5000):
+        text = _random_text(rng)
+        assert _URL_FAST.findall(text) == _URL.findall(text), text
+        assert f._without_links(text) == f._LINKISH.sub(" ", text), text
+        if "@" not in text:
+            assert f._URLISH.sub(" ", text) == f._LINKISH.sub(" ", text), text
+        assert f._may_hold_date(text) or not f._DATE.search(text), text
+        assert f._has_digit(text) == bool(f._DIGIT.search(text)), text
+
+
+def test_tokens_of_random_text_are_unchanged() -> None:
+    rng = random.Random(11)
+    for _ in range(3000):
+        body = _random_text(rng)
+        text = MessageText(
+            subject=_random_text(rng)[:80],
+            body=body,
+            html=rng.random() < 0.3,
+            urls=tuple(_URL.findall(body)),
+            images=rng.choice([0, 0, 1, 3]),
+            attachments=tuple(rng.sample(["image/png", "application/pdf"], rng.randint(0, 2))),
+        )
+        assert f.text_tokens(text) == reference_text_tokens(text), text
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in DATA.rglob("*.eml")),
+    ids=lambda p: str(p.relative_to(DATA)),
+)
+def test_tokens_of_the_test_messages_are_unchanged(path: Path) -> None:
+    text = read_message(path.read_bytes())
+    assert f.text_tokens(text) == reference_text_tokens(text)
+
+
+def test_tokens_of_a_large_html_newsletter_are_unchanged() -> None:
+    rng = random.Random(3)
+    words = ["lorem", "Ipsum", "FREE", "offer", "click", "here", "Mon", "2002", "x1y"]
+    rows = []
+    for n in range(800):
+        line = " ".join(rng.choice(words) for _ in range(12))
+        rows.append(f'<p>{line}</p><td><a href="https://t{n % 7}.example/c/{n}">{line}</a></td>')
+        if n % 50 == 0:
+            rows.append(f'<img src="http://10.0.0.{n % 9}/i.png">')
+    raw = (
+        "Subject: Weekly news\r\nContent-Type: text/html; charset=utf-8\r\n\r\n<html><body>"
+        + "\r\n".join(rows)
+        + "</body></html>\r\n"
+    ).encode()
+    text = read_message(raw)
+    assert text.html and len(text.body) > 20_000
+    assert f.text_tokens(text) == reference_text_tokens(text)
+
+
+def _reference_weigh(
+    tokens: list[str], model: SpamModel
+) -> tuple[tuple[str, ...], tuple[float, ...], float]:
+    """``ml.scoring.weigh`` as it was: a bucket per token in Python, the first token names it."""
+    first_token: dict[int, str] = {}
+    for token in tokens:
+        first_token.setdefault(bucket_of(token, model.config.n_features), token)
+    buckets = np.fromiter(first_token, dtype=np.int64, count=len(first_token))
+    values = model.token_log_odds[buckets]
+    mean = float(values.sum()) / max(len(buckets), 1)
+    return tuple(first_token.values()), tuple(values.tolist()), mean
+
+
+def _reference_reasons(evidence: Evidence, towards_spam: bool, limit: int = 5) -> list[str]:
+    sign = 1.0 if towards_spam else -1.0
+    ranked = sorted(
+        (sign * value, token)
+        for token, value in zip(evidence.tokens, evidence.log_odds, strict=True)
+        if sign * value > 0
+    )
+    return [token for _, token in reversed(ranked[-limit:])]
+
+
+@pytest.mark.parametrize("n_features", [2**6, 2**20])
+def test_weighing_and_reasons_are_unchanged(n_features: int) -> None:
+    rng = random.Random(n_features)
+    texts = [_random_text(rng) for _ in range(400)]
+    token_lists = [f.message_tokens(f"Subject: {t[:40]}\n\n{t}".encode()) for t in texts]
+    labels = [i % 3 == 0 for i in range(len(token_lists))]
+    config = TrainingConfig(n_features=n_features, calibration_folds=3, min_df=1)
+    model = fit(token_lists, labels, config, "0.1")  # 2**6 buckets: collisions everywhere
+    for tokens in [*token_lists, [], ["word:x"], ["word:x", "word:x"]]:
+        evidence = weigh(tokens, model)
+        assert (evidence.tokens, evidence.log_odds, evidence.mean_log_odds) == _reference_weigh(
+            tokens, model
+        )
+        for towards_spam in (True, False):
+            assert reasons(evidence, towards_spam) == _reference_reasons(evidence, towards_spam)
