@@ -13,6 +13,9 @@ What it does (everything on loopback, bounded in time):
    attachment; 20 connections) against each, alternating, ``--rounds`` times;
 4. checks that mailhub stored exactly what it accepted, prints a table (with each server's CPU per
    accepted message) and writes JSON.
+5. the same load against the peers' "Python floor" (``fsync_server.py``: bare aiosmtpd that only
+   writes each message to a file and fsyncs it before 250; one process, as the kit runs it) —
+   what any Python MX on aiosmtpd starts from on this machine (``--no-floor`` skips it).
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ def main() -> int:
     parser.add_argument("--mx-processes", type=int, default=2)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--skip-postfix", action="store_true")
+    parser.add_argument("--no-floor", action="store_true", help="skip the Python floor")
     default_out = Path(tempfile.gettempdir()) / "mailhub-bench-inbound.json"
     parser.add_argument("--out", default=str(default_out))
     args = parser.parse_args()
@@ -202,8 +206,9 @@ def main() -> int:
         }
     )
     mx: subprocess.Popen[bytes] | None = None
+    floor: subprocess.Popen[bytes] | None = None
     postfix_started = False
-    results: dict[str, list[dict[str, Any]]] = {"postfix": [], "mailhub": []}
+    results: dict[str, list[dict[str, Any]]] = {"postfix": [], "mailhub": [], "pyfloor": []}
     try:
         postfix_pid = 0
         if not args.skip_postfix:
@@ -245,6 +250,23 @@ def main() -> int:
         )  # noqa: SIM115
         wait_port(port)
         time.sleep(1.0)  # every worker process listening
+        floor_port = free_port()
+        if not args.no_floor:
+            floor = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(peers / "fsync_server.py"),
+                    "--port",
+                    str(floor_port),
+                    "--dir",
+                    str(work / "pyfloor"),
+                    "--max-seconds",
+                    "7200",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_port(floor_port)
         cache = work / "cache"
         for round_no in range(1, args.rounds + 1):
             print(f"== round {round_no}", flush=True)
@@ -297,6 +319,17 @@ def main() -> int:
             )
             if run["stored"] != run["accepted"]:
                 print("   !! stored count differs from accepted count", flush=True)
+            if floor is not None:
+                run = load(
+                    peers, floor_port, args.n, args.conc, [f"pyfloor={floor.pid}"], [], cache, seed
+                )
+                results["pyfloor"].append(run)
+                print(
+                    f"   pyfloor  {run['accept_msgs_per_s']:>7} msg/s  "
+                    f"p50 {run['eod_to_250_p50_ms']} ms  "
+                    f"p99 {run['eod_to_250_p99_ms']} ms",
+                    flush=True,
+                )
         summary = {name: summarize(name, runs) for name, runs in results.items() if runs}
         report = {
             "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
@@ -308,6 +341,9 @@ def main() -> int:
         print(json.dumps(summary, indent=2))
         return 0
     finally:
+        if floor is not None and floor.poll() is None:
+            floor.terminate()
+            floor.wait(30)
         if mx is not None and mx.poll() is None:
             mx.send_signal(signal.SIGTERM)
             try:
