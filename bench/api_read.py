@@ -208,6 +208,23 @@ async def naive_page(db, token: str, after: tuple | None) -> list:
     return await db.mailbox_items.find(query).sort(SORT).limit(51).to_list()
 
 
+async def windowed(db, query: dict, upper: dict, start, window: float, floor, need: int) -> list:
+    """MailboxService._keyset_page's window loop: widen ×8 until the window holds a page."""
+    for _ in range(6):
+        lower = start - timedelta(seconds=window)
+        got = (
+            await db.mailbox_items.find({**query, "received_at": {**upper, "$gte": lower}})
+            .sort(SORT)
+            .limit(need)
+            .to_list()
+        )
+        if len(got) >= need or (floor is not None and lower <= floor):
+            return got
+        window *= 8
+    rest = {**query, "received_at": upper} if upper else query
+    return await db.mailbox_items.find(rest).sort(SORT).limit(need).to_list()
+
+
 async def direct_page(db, token: str, after: tuple | None, span: float = 50.0) -> list:
     """The reads mailhub issues for a page, written out with the driver (no GraphQL, no services)."""
     doc = await db.api_tokens.find_one({"_id": hash_token(token)})
@@ -221,14 +238,9 @@ async def direct_page(db, token: str, after: tuple | None, span: float = 50.0) -
             .limit(51)
             .to_list()
         )
-        lower = after[0] - timedelta(seconds=max(60.0, 2 * span))
-        rest = (
-            await db.mailbox_items.find({**query, "received_at": {"$lt": after[0], "$gte": lower}})
-            .sort(SORT)
-            .limit(51 - len(ties))
-            .to_list()
-        )
-        return ties + rest
+        upper = {"$lt": after[0]}
+        window = max(60.0, 2 * span)
+        return ties + await windowed(db, query, upper, after[0], window, None, 51 - len(ties))
     counter = await db.mailbox_counters.find_one(
         {"user_id": doc["user_id"], "kind": "folder", "name": "INBOX"}
     )
@@ -239,13 +251,7 @@ async def direct_page(db, token: str, after: tuple | None, span: float = 50.0) -
             60.0,
             2 * 51 / (counter["total"] / (datetime.now(UTC) - counter["first_at"]).total_seconds()),
         )
-    lower = datetime.now(UTC) - timedelta(seconds=window)
-    return (
-        await db.mailbox_items.find({**query, "received_at": {"$gte": lower}})
-        .sort(SORT)
-        .limit(51)
-        .to_list()
-    )
+    return await windowed(db, query, {}, datetime.now(UTC), window, counter["first_at"], 51)
 
 
 async def direct_thread(db, token: str, thread_id: ObjectId) -> list:

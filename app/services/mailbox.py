@@ -46,7 +46,7 @@ class Listing:
     collection: str
     time_field: str
     folder_field: str  # views have one folder; threads list every folder they have views in
-    span_field: str  # on the folder counter: the span the last first page covered
+    span_field: str  # on the folder counter: how far back from now the last first page reached
     cursor_kind: str
 
 
@@ -169,10 +169,12 @@ class MailboxService:
         nodes = docs[:first]
         key = listing.time_field
         span = (nodes[0][key] - nodes[-1][key]).total_seconds() if nodes else None
-        if cursor is None and len(docs) > first and span is not None:
-            await self._learn_page_span(
-                listing, viewer, query, span * (first + 1) / first, known_span
-            )
+        if cursor is None and len(docs) > first:
+            # How far back from now this first page reached: the next first page's window.
+            # (The page's own span is not enough: in a mailbox whose newest mail is a week
+            # old, a window of twice the page's span holds nothing and has to widen.)
+            reach = (datetime.now(UTC) - docs[first][key]).total_seconds()
+            await self._learn_page_span(listing, viewer, query, reach, known_span)
         cursors = [
             encode_cursor(Cursor(d[key], str(d["_id"]), span), self.cursor_key, listing.cursor_kind)
             for d in nodes
@@ -257,7 +259,7 @@ class MailboxService:
         self, listing: Listing, viewer: Viewer, query: dict[str, Any], limit: int
     ) -> tuple[float, datetime | None, int | None, float | None]:
         """(window seconds, oldest arrival, total) for a first page, from the folder's counter:
-        the span the last first page covered (learned), else the folder's average density."""
+        how far back the last first page reached (learned), else the folder's average density."""
         doc = await self.db.mailbox_counters.find_one(
             self._counter_key(viewer, query), {"total": 1, "first_at": 1, listing.span_field: 1}
         )
@@ -279,7 +281,7 @@ class MailboxService:
         span: float,
         known: float | None,
     ) -> None:
-        """Remember how much time a first page covers, so the next one queries just that.
+        """Remember how far back a first page reached, so the next one queries just that.
         A hint only: written when it is missing or off by more than 2×."""
         if known is None or not known / 2 <= span <= known * 2:
             await self.db.mailbox_counters.update_one(

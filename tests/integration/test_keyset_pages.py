@@ -113,3 +113,71 @@ async def test_thread_pages_are_exact_too(mongo):
                 break
             after = page.end_cursor
         assert seen == expected, size
+
+
+async def test_a_first_page_of_old_mail_needs_one_query_once_learned(settings, mongo):
+    """The learned window is measured from now: a mailbox whose newest mail is a month old
+    does not widen its window on every first page."""
+    from pymongo import monitoring
+
+    from app.adapters.mongo import Mongo
+
+    class Finds(monitoring.CommandListener):
+        active = True
+        count = 0
+
+        def started(self, event):  # type: ignore[no-untyped-def]
+            if self.active and event.command_name == "find":
+                if event.command.get("find") == "mailbox_items":
+                    self.count += 1
+
+        def succeeded(self, event):  # type: ignore[no-untyped-def]
+            pass
+
+        def failed(self, event):  # type: ignore[no-untyped-def]
+            pass
+
+    finds = Finds()
+    monitoring.register(finds)  # before the client is made, so it reports to the listener
+    watched = Mongo.open(settings.mongodb_uri, settings.mongodb_database)
+    try:
+        user = ObjectId()
+        newest = datetime.now(UTC) - timedelta(days=30)
+        docs = [
+            {
+                "_id": ObjectId(),
+                "user_id": user,
+                "message_id": ObjectId(),
+                "role": "received",
+                "folder": "INBOX",
+                "labels": [],
+                "read": False,
+                "received_at": newest - timedelta(seconds=i),
+                "thread_id": ObjectId(),
+            }
+            for i in range(300)
+        ]
+        await mongo.db.mailbox_items.insert_many(docs)
+        await mongo.db.mailbox_counters.insert_one(
+            {
+                "user_id": user,
+                "kind": "folder",
+                "name": "INBOX",
+                "total": 300,
+                "unread": 300,
+                "first_at": newest - timedelta(seconds=299),
+                "page_span": 50.0,  # what a first page's own span would teach
+            }
+        )
+        service = MailboxService(watched, Settings(secret_key="k" * 32, _env_file=None), Notifier())
+        viewer = Viewer(user, "me@example.test")
+        first = await service.list_items(viewer, folder="INBOX", first=50)
+        assert [d["_id"] for d in first.nodes] == [d["_id"] for d in docs[:50]]
+        assert finds.count > 1  # the 100 s window missed a month-old page and widened
+        finds.count = 0
+        again = await service.list_items(viewer, folder="INBOX", first=50)
+        assert [d["_id"] for d in again.nodes] == [d["_id"] for d in docs[:50]]
+        assert finds.count == 1
+    finally:
+        finds.active = False
+        await watched.close()
