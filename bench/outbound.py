@@ -72,7 +72,9 @@ def read_sink(path: Path) -> tuple[int, float]:
         return 0, 0.0
 
 
-async def wait_sink(path: Path, base: int, target: int, within: float) -> tuple[int, float, float]:
+async def wait_sink(
+    path: Path, base: int, target: int, within: float, on_first: Any = None
+) -> tuple[int, float, float]:
     """Wait until the sink has ``target`` messages; (count, last accept, first accept seen).
 
     Start it before the queue is filled: it notes when the first message arrives."""
@@ -82,6 +84,8 @@ async def wait_sink(path: Path, base: int, target: int, within: float) -> tuple[
         count, last = read_sink(path)
         if count > base and not first:
             first = time.time()
+            if on_first is not None:
+                on_first()
         if count >= target:
             return count, last, first
         await asyncio.sleep(0.02)
@@ -273,6 +277,77 @@ class Loader:
             )
 
 
+def monitor_commands() -> None:
+    """BENCH_COMMANDS=<file>: the worker counts its MongoDB commands (and the documents they
+    carry or return) per command and collection, written to <file> as JSON at exit."""
+    import atexit
+    from collections import Counter
+
+    from pymongo import monitoring
+
+    counts: Counter[str] = Counter()
+    docs: Counter[str] = Counter()
+    started: dict[int, str] = {}
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event: Any) -> None:
+            cmd = event.command
+            name = event.command_name
+            coll = cmd.get(name) if isinstance(cmd.get(name), str) else ""
+            key = f"{name} {coll}"
+            counts[key] += 1
+            for field in ("documents", "updates", "deletes"):
+                if field in cmd:
+                    docs[key] += len(cmd[field])
+            started[event.request_id] = key
+
+        def succeeded(self, event: Any) -> None:
+            key = started.pop(event.request_id, "?")
+            reply = event.reply
+            cursor = reply.get("cursor") if isinstance(reply, dict) else None
+            if cursor:
+                docs[key + " (returned)"] += len(
+                    cursor.get("firstBatch") or cursor.get("nextBatch") or []
+                )
+            if isinstance(reply, dict) and "nModified" in reply:
+                docs[key + " (modified)"] += reply["nModified"]
+
+        def failed(self, event: Any) -> None:
+            started.pop(event.request_id, None)
+
+    monitoring.register(Listener())
+    path = os.environ["BENCH_COMMANDS"]
+
+    def dump() -> None:
+        Path(path).write_text(json.dumps({"commands": counts, "documents": docs}, indent=1))
+
+    atexit.register(dump)
+
+
+def profile_start(worker_pid: int, servers: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """BENCH_PYSPY=<dir>: py-spy flame graphs of the worker and SecantusDB (not in pyproject)."""
+    out = os.environ.get("BENCH_PYSPY")
+    if not out:
+        return []
+    spy = Path(sys.executable).parent / "py-spy"
+    return [
+        subprocess.Popen(
+            [str(spy), "record", "-p", str(pid), "-o", f"{out}/{name}.txt", "-f", fmt, "-r", "200"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in (("worker", worker_pid), ("mongodb", servers["mongodb"]))
+        for fmt in ("raw",)
+    ]
+
+
+def profile_stop(spies: list[subprocess.Popen[bytes]]) -> None:
+    for p in spies:
+        p.send_signal(signal.SIGINT)
+    for p in spies:
+        p.wait(60)
+
+
 def worker_env(s: Settings) -> dict[str, str]:
     return {
         **os.environ,
@@ -326,8 +401,11 @@ async def run_mailhub(
 
         def start_worker() -> tuple[subprocess.Popen[bytes], float]:
             started = time.time()
+            code = "from app.cli import main; main(['worker'])"
+            if os.environ.get("BENCH_COMMANDS"):
+                code = f"import bench.outbound as b; b.monitor_commands(); {code}"
             p = subprocess.Popen(
-                [sys.executable, "-c", "from app.cli import main; main(['worker'])"],
+                [sys.executable, "-c", code],
                 env=worker_env(settings),
                 cwd=ROOT,
             )
@@ -340,15 +418,28 @@ async def run_mailhub(
             return t.user + t.system
 
         before = {name: cpu_of(pid) for name, pid in servers.items()}
-        waiting = asyncio.create_task(wait_sink(sink_status, base_count, base_count + n, 900))
+        own_before = time.process_time()
+        at_first: dict[str, float] = {}
+
+        def first_accept() -> None:  # the worker's start-up CPU, as far as the first accept
+            if worker is not None:
+                at_first["worker"] = cpu_of(worker.pid)
+
+        waiting = asyncio.create_task(
+            wait_sink(sink_status, base_count, base_count + n, 900, first_accept)
+        )
         if mode == "drain":
             fill_seconds = await loader.load(items)
+            at_start = {name: cpu_of(pid) for name, pid in servers.items()}
             worker, t0 = start_worker()
+            spies = profile_start(worker.pid, servers)
         else:
             worker, _ = start_worker()
             await asyncio.sleep(4.0)  # started and idle: process start-up is not delivery time
             process = psutil.Process(worker.pid)
             idle_cpu = process.cpu_times()
+            at_start = {name: cpu_of(pid) for name, pid in servers.items()}
+            spies = profile_start(worker.pid, servers)
             t0 = time.time()
             fill_seconds = await loader.load(items)
         process = psutil.Process(worker.pid)
@@ -359,6 +450,10 @@ async def run_mailhub(
             worker_cpu -= idle_cpu.user + idle_cpu.system
         for name, pid in servers.items():
             cpu[name] = round(cpu_of(pid) - before[name], 1)
+        delivery_cpu = {
+            name: round(cpu_of(pid) - at_start[name], 1) for name, pid in servers.items()
+        }
+        profile_stop(spies)
         # Give the recorder a moment for the last outcomes, then read the latencies.
         for _ in range(100):
             if await system.mongo.db.recipients.count_documents({"delivery_status": "sent"}) >= n:
@@ -392,14 +487,28 @@ async def run_mailhub(
             "latency_p99_ms": round(1000 * (percentile(lat, 99) or 0), 1),
             "worker_cpu_s": round(worker_cpu, 1),
             "server_cpu_s": cpu,
+            # this process: the loader's bulk inserts and enqueues (flow: while the worker runs)
+            "loader_cpu_s": round(time.process_time() - own_before, 1),
+            # from worker start (drain) or loader start (flow): delivery without the drain's fill
+            "server_cpu_since_start_s": delivery_cpu,
+            "mongodb_cpu_ms_per_msg": round(1000 * delivery_cpu["mongodb"] / max(1, delivered), 2),
+            "worker_cpu_ms_per_msg": round(1000 * worker_cpu / max(1, delivered), 2),
+            # after the first accept: delivery without the process start-up
+            "worker_cpu_until_first_accept_s": round(at_first.get("worker", 0.0), 2),
+            "worker_cpu_ms_per_msg_after_first": round(
+                1000 * (t.user + t.system - at_first.get("worker", 0.0)) / max(1, delivered), 2
+            ),
         }
     finally:
         if worker is not None:
             worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
+            for _ in range(600):  # not worker.wait(): the client's monitors must keep running
+                if worker.poll() is not None:
+                    break
+                await asyncio.sleep(0.1)
+            else:
                 worker.kill()
+                worker.wait()
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
         dns.stop()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,9 +46,43 @@ class DkimKey:
 
 
 class _OpenSslDkim(dkim.DKIM):  # type: ignore[misc]
-    """dkimpy's DKIM with its ``gen_header`` RSA call replaced (the rest is dkimpy 1.1.8's)."""
+    """dkimpy's DKIM with its RSA work replaced (the rest is dkimpy 1.1.8's): ``sign`` without
+    dkimpy's pure-Python parse of the PEM key on every call (a quarter of the signing time;
+    the key is parsed once, by OpenSSL), ``gen_header`` with OpenSSL's RSA."""
 
     openssl_key: rsa.RSAPrivateKey
+
+    def sign_relaxed(self, selector: bytes, domain: bytes, include_headers: list[bytes]) -> bytes:
+        """dkimpy's ``sign`` for rsa-sha256, relaxed/relaxed, no ``l=``, ``i=@domain``."""
+        canon_policy = dkim.CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
+        include = tuple(x.lower() for x in include_headers)
+        self.include_headers = include
+        if b"from" not in include:
+            raise dkim.ParameterError("The From header field MUST be signed")
+        for x in set(include).intersection(self.should_not_sign):
+            raise dkim.ParameterError(f"The {x!r} header field SHOULD NOT be signed")
+        body = canon_policy.canonicalize_body(self.body)
+        self.hasher = hashlib.sha256
+        bodyhash = base64.b64encode(hashlib.sha256(body).digest())
+        sigfields = [
+            (b"v", b"1"),
+            (b"a", b"rsa-sha256"),
+            (b"c", canon_policy.to_c_value()),
+            (b"d", domain),
+            (b"i", b"@" + domain),
+            (b"q", b"dns/txt"),
+            (b"s", selector),
+            (b"t", str(int(time.time())).encode("ascii")),
+            (b"h", b" : ".join(include)),
+            (b"bh", bodyhash),
+            # Force b= to fold onto its own line (as dkimpy does).
+            (b"b", b"0" * 60),
+        ]
+        res = self.gen_header(sigfields, include, canon_policy, b"DKIM-Signature", None)
+        self.domain = domain
+        self.selector = selector
+        self.signature_fields = dict(sigfields)
+        return b"DKIM-Signature: " + res
 
     def gen_header(
         self,
@@ -77,19 +112,18 @@ class _OpenSslDkim(dkim.DKIM):  # type: ignore[misc]
 
 
 class DkimSigner:
-    """Signs outgoing messages; parsed keys are cached by PEM digest."""
+    """Signs outgoing messages; parsed keys are cached by PEM."""
 
     def __init__(self) -> None:
         self._keys: dict[str, rsa.RSAPrivateKey] = {}
 
     def _openssl_key(self, pem: str) -> rsa.RSAPrivateKey:
-        digest = hashlib.sha256(pem.encode()).hexdigest()
-        key = self._keys.get(digest)
+        key = self._keys.get(pem)
         if key is None:
             loaded = serialization.load_pem_private_key(pem.encode(), password=None)
             if not isinstance(loaded, rsa.RSAPrivateKey):
                 raise ValueError("DKIM key is not an RSA key")
-            key = self._keys[digest] = loaded
+            key = self._keys[pem] = loaded
         return key
 
     def signature_header(self, message: bytes, key: DkimKey) -> bytes:
@@ -98,14 +132,7 @@ class DkimSigner:
         signer.openssl_key = self._openssl_key(key.private_key_pem)
         present = {name.lower() for name, _ in signer.headers}
         include = [h for h in SIGNED if h in present] + [b"from"]
-        header: bytes = signer.sign(
-            key.selector.encode(),
-            key.domain.encode(),
-            key.private_key_pem.encode(),
-            canonicalize=(b"relaxed", b"relaxed"),
-            include_headers=include,
-        )
-        return header
+        return signer.sign_relaxed(key.selector.encode(), key.domain.encode(), include)
 
     def sign(self, message: bytes, key: DkimKey) -> bytes:
         """``message`` with a DKIM-Signature for ``key.domain`` in front."""

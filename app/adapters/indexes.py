@@ -157,7 +157,6 @@ INDEXES: list[Index] = [
         {"partialFilterExpression": {"expires_at": {"$type": "date"}}},
     ),
     # --- outbound ---
-    Index("recipients", [("message_id", ASC)], "MailboxItem.recipients of a sent message"),
     Index(
         "recipients",
         [("delivery_status", ASC), ("next_attempt_at", ASC)],
@@ -192,7 +191,9 @@ INDEXES: list[Index] = [
     Index(
         "recipients",
         [("message_id", ASC), ("address_key", ASC)],
-        "bounce processing without VERP: the recipient of a message by address",
+        "bounce processing without VERP: the recipient of a message by address; its prefix "
+        "serves MailboxItem.recipients (a separate message_id index cost every recipient "
+        "write another index update)",
     ),
     Index(
         "reputation_events",

@@ -1,14 +1,17 @@
 """Outbound delivery (seed §8, DESIGN.md §5 "Deliver"): the deliver_domain use case and the sweep.
 
 ``deliver_domain(message_id, domain)`` is what the arq job calls: MongoDB is the queue, and the
-job only says "mail for this domain is due now". The domain's lane (delivery_lanes.py) leases
-its due recipients (a conditional update), this service re-checks the suppression list and
-prepares each message once (raw MIME from the blob store, DKIM-signed), the lane sends, and the
-recorder (delivery_records.py) writes outcomes, events, notices and live status.
+job only says "mail for this domain is due now". The domain's lane (delivery_lanes.py) pulls its
+due recipients, this service re-checks the suppression list and prepares each message once (raw
+MIME from the blob store, DKIM-signed), the lane sends, and the recorder (delivery_records.py)
+writes outcomes, events, notices and live status.
 
-Leases are taken per destination domain, and the pulls of every lane in one process are
-written together: requests that arrive while a lease is being written wait and go in the next
-one, so a busy worker writes one lease for hundreds of recipients instead of one per job.
+Leases are per destination domain (outbox.py): a worker process takes a domain's lease (one
+small ``domain_leases`` document) before it pulls that domain's mail, renews it while it works
+and gives it back when the domain's lane is idle and every outcome is recorded. Recipients need
+no lease write of their own, so a delivered recipient costs one write (its outcome) instead of
+two. The pulls of every lane in one process are served together: requests that arrive while a
+round is being read wait and go in the next one.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Any
 import structlog
 from bson import ObjectId
 from bson.errors import InvalidId
+from pymongo import UpdateOne
+from pymongo.errors import DuplicateKeyError
 
 from app.adapters.blob_batches import read_blobs
 from app.adapters.blobs import BlobStore
@@ -31,7 +36,7 @@ from app.adapters.delivery_jobs import missing_jobs
 from app.adapters.dkim_signer import DkimKey, DkimSigner
 from app.adapters.dns_resolver import DnsResolver
 from app.adapters.live_status import publish_many
-from app.adapters.mongo import Mongo, in_transaction
+from app.adapters.mongo import Mongo
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.adapters.smtp_transport import SmtpTransport, no_reply
@@ -45,7 +50,7 @@ from app.services.delivery_lanes import Lanes
 from app.services.delivery_records import OutcomeRecorder
 from app.services.notifier import Notifier
 from app.services.outbox import (
-    DUE_STATUSES,
+    DomainLease,
     PreparedMessage,
     Work,
     chunked,
@@ -57,13 +62,17 @@ from app.services.suppression import SuppressionService
 
 log = structlog.get_logger(__name__)
 
-LEASE_BATCH = 500  # lane pulls folded into one lease round
-LEASE_MAX = 400  # recipients leased per round
-MAX_IN_FLIGHT = 2000  # leased recipients not yet recorded, per process
+LEASE_BATCH = 500  # lane pulls folded into one round
+LEASE_MAX = 5000  # recipients handed out per round (each domain at least LEASE_MAX // domains)
+PREPARE_CHUNK = 50  # recipients prepared (read, signed) and handed to lanes at a time
+IDLE_HOLD = 2.0  # seconds an idle domain's lease is kept for more of its mail
+HELD_RETRY = 5.0  # at most this long before asking again for a domain another worker holds
+MAX_IN_FLIGHT = 6000  # recipients handed out and not yet recorded, per process
 PREPARED_CACHE = 512  # signed messages kept for their other domains and retries
 KEY_TTL = 60.0  # seconds a domain's DKIM key is cached
 CLOSE_GRACE = 30.0  # seconds shutdown waits for in-flight transactions
 SWEEP_LIMIT = 2000
+_GONE = PreparedMessage(ObjectId(b"\0" * 12), {}, b"", b"", "")  # a deleted message's placeholder
 _MESSAGE_FIELDS = {"text_body": 0, "html_body": 0, "bcc": 0, "attachments": 0, "headers": 0}
 
 
@@ -139,11 +148,25 @@ class DeliveryService:
             relay_host=settings.relay_host,
             lease_margin=timedelta(seconds=margin),
             pull=self._pull,
+            on_idle=self._lane_idle,
         )
         self._requests: asyncio.Queue[_Request] | None = None
         self._leaser: asyncio.Task[None] | None = None
         self._preparing: set[asyncio.Task[None]] = set()
-        self._in_flight = 0
+        # Domain leases: this process's token, the leases it holds, one lock for taking,
+        # renewing and giving them back, and timers (retry a domain held elsewhere, give back
+        # an idle one).
+        self._token = ObjectId()
+        self._held: dict[str, DomainLease] = {}
+        self._lease_lock = asyncio.Lock()
+        self._renewer: asyncio.Task[None] | None = None
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        # Recipients handed to lanes whose outcome is not committed yet: a pull sees them as
+        # still due, so they are left out; so are those settled while a round was reading.
+        self._in_flight: dict[ObjectId, str] = {}
+        self._domain_in_flight: Counter[str] = Counter()
+        self._settled_in_round: set[ObjectId] | None = None
+        self._round_domains: set[str] = set()
         self._room = asyncio.Event()
         self._room.set()
         self._prepared: OrderedDict[ObjectId, PreparedMessage] = OrderedDict()
@@ -255,7 +278,8 @@ class DeliveryService:
         )
 
     async def close(self) -> None:
-        """Graceful stop: finish transactions in flight, give every other lease back."""
+        """Graceful stop: finish transactions in flight, give everything else back to the
+        outbox, write every outcome, then give the domain leases back."""
         self._closed = True
         if self._leaser is not None:
             self._leaser.cancel()
@@ -269,6 +293,15 @@ class DeliveryService:
         await self.lanes.close(CLOSE_GRACE)
         await self.recorder.drain(CLOSE_GRACE)
         await self.recorder.close()
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._renewer
+        if not self.recorder.backlog:  # every outcome written: another worker may go on
+            await self._release(list(self._held))
 
     # --- leasing ---------------------------------------------------------------------------
 
@@ -284,30 +317,59 @@ class DeliveryService:
             batch = [await requests.get()]
             while not requests.empty() and len(batch) < LEASE_BATCH:
                 batch.append(requests.get_nowait())
-            await self._room.wait()
             try:
+                await self._room.wait()
                 await self._lease_requests(batch)
             except Exception as e:
-                log.exception("leasing recipients failed", n=len(batch))
+                log.exception("pulling due recipients failed", n=len(batch))
                 for request in batch:
                     if not request.future.done():
                         request.future.set_exception(e)
+            finally:  # stopped (close) mid-round: nobody waits for an answer forever
+                for request in batch:
+                    if not request.future.done():
+                        request.future.set_result(False)
 
     async def _lease_requests(self, batch: list[_Request]) -> None:
-        """One lease write for every lane that asked for more since the last one."""
+        """One round for every lane that asked for more since the last one: take the leases
+        of domains not held yet, read their due recipients, hand them to the lanes."""
         now = datetime.now(UTC)
         pulls: dict[str, int] = {}
         for r in batch:
             pulls[r.domain] = max(pulls.get(r.domain, 0), r.limit)
-        due, truncated = await self._due(pulls, now)
-        leased = await self._lease(due, now)
-        if leased is not None:
-            await self._hand_over(*leased)
+        self._round_domains = set(pulls)  # not idle (their leases stay) until handed over
+        try:
+            await self._round(batch, pulls, now)
+        finally:
+            self._round_domains = set()
+
+    async def _round(self, batch: list[_Request], pulls: dict[str, int], now: datetime) -> None:
+        held = await self._hold(list(pulls), now)
+        mine = {domain: limit for domain, limit in pulls.items() if domain in held}
+        leases = {domain: self._held[domain] for domain in mine}  # a lost one: until = now
+        due: list[dict[str, Any]] = []
+        truncated = False
+        if mine:
+            self._settled_in_round = set()
+            try:
+                due, truncated = await self._due(mine, now)
+                # Outcomes committed while the round was reading may have been read as due.
+                due = [d for d in due if d["_id"] not in self._settled_in_round]
+            finally:
+                self._settled_in_round = None
+            for d in due:  # from here until their outcome is committed, nobody pulls them
+                self._in_flight[d["_id"]] = d["domain"]
+                self._domain_in_flight[d["domain"]] += 1
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                self._room.clear()
         found = Counter(d["domain"] for d in due)
         for r in batch:
             if not r.future.done():
                 # "more": this round could not see everything; the lane should ask again.
-                r.future.set_result(truncated or found[r.domain] >= pulls[r.domain])
+                more = r.domain in mine and (truncated or found[r.domain] >= pulls[r.domain])
+                r.future.set_result(more)
+        if due:
+            await self._hand_over(due, leases)
 
     async def _pull(self, domain: str, limit: int) -> bool:
         """A lane asks for more of its domain's due recipients (they arrive through ``put``);
@@ -323,30 +385,35 @@ class DeliveryService:
             return False
 
     async def _due(self, pulls: dict[str, int], now: datetime) -> tuple[list[dict[str, Any]], bool]:
-        """Due recipients of the asking domains, at most each one's limit and LEASE_MAX in all:
-        new ones first (each domain its fair share, queried side by side), then retries and
-        lost leases (one query each for all domains). Every query is an equality prefix of the
-        lane index (domain, status, next_attempt_at). Also says whether the round was cut
-        short (then every domain may have more)."""
-        share = max(10, LEASE_MAX // len(pulls))
-        queued = await asyncio.gather(
-            *(
-                self.db.recipients.find({"domain": domain, "delivery_status": "queued"})
-                .limit(min(limit, share))
-                .to_list()
-                for domain, limit in pulls.items()
-            )
-        )
+        """Due recipients of the asking (held) domains, at most each one's limit and LEASE_MAX
+        in all: new ones first (each domain its fair share, queried side by side), then
+        retries and lost per-recipient leases (one query each for all domains). Every query
+        is an equality prefix of the lane index (domain, status, next_attempt_at). Recipients
+        already on their way are skipped. Also says whether the round was cut short (then
+        every domain may have more)."""
+        share = max(25, LEASE_MAX // len(pulls))
+        wanted = {domain: min(limit, share) for domain, limit in pulls.items()}
+        # One query after the other: side by side they cost SecantusDB (one thread per
+        # connection) more CPU than they save in latency, and a round is rare.
+        queued = [
+            await self.db.recipients.find({"domain": domain, "delivery_status": "queued"})
+            .limit(n + self._domain_in_flight[domain])
+            .to_list()
+            for domain, n in wanted.items()
+        ]
         taken: Counter[str] = Counter()
         out: list[dict[str, Any]] = []
         truncated = any(
-            len(docs) >= min(pulls[d], share) for d, docs in zip(pulls, queued, strict=True)
+            len(docs) >= wanted[d] + self._domain_in_flight[d]
+            for d, docs in zip(wanted, queued, strict=True)
         )
         for d in (d for docs in queued for d in docs):
-            if is_due(d, now):
-                taken[d["domain"]] += 1
-                out.append(d)
+            if d["_id"] not in self._in_flight and taken[d["domain"]] < wanted[d["domain"]]:
+                if is_due(d, now):
+                    taken[d["domain"]] += 1
+                    out.append(d)
         domains = list(pulls)
+        busy = sum(self._domain_in_flight[d] for d in domains)
         for status, extra in (
             ("deferred", {"next_attempt_at": {"$lte": now}}),
             ("sending", {"lease_until": {"$lt": now}}),
@@ -359,13 +426,14 @@ class DeliveryService:
                 await self.db.recipients.find(
                     {"delivery_status": status, "domain": {"$in": domains}, **extra}
                 )
-                .limit(room * 2)
+                .limit(room * 2 + busy)
                 .to_list()
             )
-            truncated = truncated or len(docs) >= room * 2
+            truncated = truncated or len(docs) >= room * 2 + busy
             for d in docs:
                 if (
                     len(out) < LEASE_MAX
+                    and d["_id"] not in self._in_flight
                     and taken[d["domain"]] < pulls[d["domain"]]
                     and is_due(d, now)
                 ):
@@ -373,81 +441,161 @@ class DeliveryService:
                     out.append(d)
         return out, truncated or len(out) >= LEASE_MAX
 
-    async def _hand_over(
-        self, docs: list[dict[str, Any]], token: ObjectId, until: datetime
-    ) -> None:
-        try:
-            works = await self._prepare(docs, token, until)
-        except Exception:
-            # The leases stand; they expire and the sweep hands the recipients out again.
-            log.exception("preparing leased messages failed", n=len(docs))
-            return
-        for work in works:
-            self.lanes.put(work)
+    async def _hand_over(self, docs: list[dict[str, Any]], leases: dict[str, DomainLease]) -> None:
+        """Prepare and hand to the lanes a chunk at a time, so sending starts early."""
+        for index, part in enumerate(chunked(docs, PREPARE_CHUNK)):
+            try:
+                works = await self._prepare(part, leases)
+            except Exception:
+                # Back to the outbox as they are (still due): the next pull or sweep retries.
+                log.exception("preparing messages failed", n=len(docs))
+                self._settle_ids([d["_id"] for d in docs[index * PREPARE_CHUNK :]])
+                return
+            for work in works:
+                self.lanes.put(work)
 
-    async def _lease(
-        self, candidates: list[dict[str, Any]], now: datetime
-    ) -> tuple[list[dict[str, Any]], ObjectId, datetime] | None:
-        """Lease ``candidates`` (read as due); returns the leased documents and the lease.
+    async def _hold(self, domains: list[str], now: datetime) -> set[str]:
+        """The domains among ``domains`` whose lease this process holds (taking the free
+        ones); a domain held by another worker is asked about again when its lease may end."""
+        async with self._lease_lock:
+            need = [d for d in domains if d not in self._held or self._held[d].until <= now]
+            until = now + self.lease
+            results = await asyncio.gather(
+                *(self._take_lease(d, now, until) for d in need), return_exceptions=True
+            )
+            for domain, result in zip(need, results, strict=True):
+                if isinstance(result, BaseException):
+                    if not isinstance(result, DuplicateKeyError):
+                        log.warning("taking a domain lease failed", domain=domain, error=result)
+                    self._held.pop(domain, None)
+                    self._later("retry", domain, HELD_RETRY, self._retry_domain)
+                    continue
+                lease = self._held.get(domain)
+                if lease is None:
+                    self._held[domain] = DomainLease(domain, until)
+                else:
+                    lease.until = until
+            if self._held and (self._renewer is None or self._renewer.done()):
+                self._renewer = asyncio.get_running_loop().create_task(self._renew_loop())
+            return {d for d in domains if d in self._held}
 
-        The conditional update_many is the lease: only documents still pending and still
-        carrying the lease token we read (none, or an expired one) change; whatever another
-        worker leased meanwhile carries a token we never saw and is left alone.
-        """
-        if not candidates:
-            return None
-        ids = [d["_id"] for d in candidates]
-        seen_tokens = list({d.get("lease_token") for d in candidates})
-        token, until = ObjectId(), now + self.lease
-        lease = {
-            "delivery_status": "sending",
-            "lease_until": until,
-            "lease_token": token,
-            "updated_at": now,
-        }
+    async def _take_lease(self, domain: str, now: datetime, until: datetime) -> None:
+        """Ours, or free (never taken, expired): take it. Held by another worker: the upsert's
+        insert collides on ``_id`` (DuplicateKeyError)."""
+        await self.db.domain_leases.update_one(
+            {"_id": domain, "$or": [{"token": self._token}, {"until": {"$lt": now}}]},
+            {"$set": {"token": self._token, "until": until, "taken_at": now}},
+            upsert=True,
+        )
 
-        async def claim(session: Any) -> int:
-            modified = 0
-            for part in chunked(ids):  # one transaction: one journal flush for the round
-                result = await self.db.recipients.update_many(
-                    {
-                        "_id": {"$in": part},
-                        "delivery_status": {"$in": DUE_STATUSES},
-                        "lease_token": {"$in": seen_tokens},
-                    },
-                    {"$set": lease},
-                    session=session,
+    async def _renew_loop(self) -> None:
+        every = max(0.2, self.lease.total_seconds() / 4)
+        while self._held and not self._closed:
+            await asyncio.sleep(every)
+            try:
+                await self._renew()
+            except Exception:
+                log.exception("renewing domain leases failed")
+
+    async def _renew(self) -> None:
+        async with self._lease_lock:
+            domains = list(self._held)
+            if not domains:
+                return
+            now = datetime.now(UTC)
+            until = now + self.lease
+            kept: set[str] = set()
+            for part in chunked(domains):
+                result = await self.db.domain_leases.update_many(
+                    {"_id": {"$in": part}, "token": self._token}, {"$set": {"until": until}}
                 )
-                modified += result.modified_count
-            return modified
+                if result.matched_count == len(part):
+                    kept.update(part)
+                else:
+                    kept.update(
+                        d["_id"]
+                        for d in await self.db.domain_leases.find(
+                            {"_id": {"$in": part}, "token": self._token}, {"_id": 1}
+                        ).to_list()
+                    )
+            for domain in domains:
+                lease = self._held[domain]
+                if domain in kept:
+                    lease.until = until
+                else:  # taken over (we were too slow): lanes stop starting transactions
+                    log.warning("domain lease lost", domain=domain)
+                    lease.until = now
+                    self._held.pop(domain)
 
-        modified = await in_transaction(self.mongo, claim)
-        if modified == len(ids):
-            docs = [{**d, **lease} for d in candidates]
-        elif modified:
-            docs = [
-                d
-                for part in chunked(ids)
-                for d in await self.db.recipients.find(
-                    {"_id": {"$in": part}, "lease_token": token}
-                ).to_list()
-            ]
-        else:
-            return None
-        self._in_flight += len(docs)
-        if self._in_flight >= MAX_IN_FLIGHT:
-            self._room.clear()
-        return docs, token, until
+    def _lane_idle(self, domain: str) -> None:
+        self._later("release", domain, IDLE_HOLD, self._release_if_idle)
 
-    def _settled(self, n: int) -> None:
-        self._in_flight -= n
-        if self._in_flight < MAX_IN_FLIGHT:
+    def _later(self, kind: str, domain: str, delay: float, callback: Any) -> None:
+        if self._closed or (kind, domain) in self._timers:
+            return
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.pop((kind, domain), None)
+            callback(domain)
+
+        self._timers[(kind, domain)] = loop.call_later(delay, fire)
+
+    def _retry_domain(self, domain: str) -> None:
+        if not self._closed:
+            self.lanes.note_waiting(domain)
+
+    def _release_if_idle(self, domain: str) -> None:
+        if domain in self._held and self._idle(domain):
+            task = asyncio.get_running_loop().create_task(self._release([domain]))
+            self._preparing.add(task)
+            task.add_done_callback(self._preparing.discard)
+
+    def _idle(self, domain: str) -> bool:
+        return (
+            domain not in self.lanes.lanes
+            and not self._domain_in_flight[domain]
+            and domain not in self._round_domains
+        )
+
+    async def _release(self, domains: list[str]) -> None:
+        """Give idle domains' leases back, so another worker can take them at once."""
+        async with self._lease_lock:
+            gone = [d for d in domains if d in self._held and (self._closed or self._idle(d))]
+            for domain in gone:
+                self._held.pop(domain)
+            try:
+                for part in chunked(gone):
+                    await self.db.domain_leases.delete_many(
+                        {"_id": {"$in": part}, "token": self._token}
+                    )
+            except Exception:
+                log.exception("giving domain leases back failed", n=len(gone))  # they expire
+
+    def _settled(self, works: list[Work]) -> None:
+        self._settle_ids([w.id for w in works])
+
+    def _settle_ids(self, ids: list[ObjectId]) -> None:
+        domains = set()
+        for i in ids:
+            domain = self._in_flight.pop(i, None)
+            if domain is not None:
+                self._domain_in_flight[domain] -= 1
+                if not self._domain_in_flight[domain]:
+                    del self._domain_in_flight[domain]
+                    domains.add(domain)
+            if self._settled_in_round is not None:
+                self._settled_in_round.add(i)
+        if len(self._in_flight) < MAX_IN_FLIGHT:
             self._room.set()
+        for domain in domains:
+            if domain not in self.lanes.lanes:
+                self._lane_idle(domain)
 
     # --- preparing -------------------------------------------------------------------------
 
     async def _prepare(
-        self, docs: list[dict[str, Any]], token: ObjectId, until: datetime
+        self, docs: list[dict[str, Any]], leases: dict[str, DomainLease]
     ) -> list[Work]:
         prepared = await self._prepared_messages({d["message_id"] for d in docs})
         # Suppression is read from MongoDB right before the attempt (DESIGN.md §6): an address
@@ -456,39 +604,55 @@ class DeliveryService:
         for part in chunked([d["address"] for d in docs]):
             suppressed |= await self.suppression.suppressed(part)
         ready: list[Work] = []
-        gone: list[ObjectId] = []
+        gone: list[Work] = []
         for doc in docs:
+            lease = leases[doc["domain"]]
             message = prepared.get(doc["message_id"])
             if message is None:
                 message = await self._placeholder(doc["message_id"])
                 if message is None:  # the message itself was deleted: nothing to deliver
-                    gone.append(doc["_id"])
+                    gone.append(Work(doc, _GONE, lease))
                     continue
                 self.recorder.attempted(
-                    Work(doc, message, token, until),
-                    no_reply("message content is unavailable"),
-                    None,
+                    Work(doc, message, lease), no_reply("message content is unavailable"), None
                 )
                 continue
-            work = Work(doc, message, token, until)
+            work = Work(doc, message, lease)
             if doc["address_key"] in suppressed:
                 self.recorder.suppressed(work)
             else:
                 ready.append(work)
         if gone:
-            await self.db.recipients.update_many(
-                {"_id": {"$in": gone}, "lease_token": token},
-                {
-                    "$set": {
-                        "delivery_status": "canceled",
-                        "lease_until": None,
-                        "lease_token": None,
-                        "updated_at": datetime.now(UTC),
-                    }
-                },
+            now = datetime.now(UTC)
+            await self.db.recipients.bulk_write(
+                [
+                    UpdateOne(
+                        w.owned,
+                        {
+                            "$set": {
+                                "delivery_status": "canceled",
+                                "lease_until": None,
+                                "lease_token": None,
+                                "updated_at": now,
+                            }
+                        },
+                    )
+                    for w in gone
+                ],
+                ordered=False,
             )
-            self._settled(len(gone))
-        await publish_many(self.redis, [status_event(w.message.id, w.recipient) for w in ready])
+            self._settled(gone)
+        # Live status: on its way (MongoDB keeps it queued; the domain lease says who has it).
+        now = datetime.now(UTC)
+        await publish_many(
+            self.redis,
+            [
+                status_event(
+                    w.message.id, {**w.recipient, "delivery_status": "sending", "updated_at": now}
+                )
+                for w in ready
+            ],
+        )
         return ready
 
     async def _prepared_messages(self, ids: set[ObjectId]) -> dict[ObjectId, PreparedMessage]:
@@ -505,7 +669,9 @@ class DeliveryService:
         for part in chunked([d["raw_blob_id"] for d in docs if d.get("raw_blob_id")]):
             raws.update(await read_blobs(self.db, part))
         keys = await self._dkim_keys({domain_of(d["from"]["email"]) for d in docs})
-        for doc in docs:
+        for index, doc in enumerate(docs):
+            if index % 10 == 9:
+                await asyncio.sleep(0)  # signing is CPU work: let the lanes' sessions move on
             raw = raws.get(doc.get("raw_blob_id"))  # type: ignore[arg-type]
             if raw is None:
                 continue

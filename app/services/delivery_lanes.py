@@ -76,6 +76,7 @@ class Lanes:
         relay_host: str | None,
         lease_margin: timedelta,
         pull: Callable[[str, int], Awaitable[bool]],
+        on_idle: Callable[[str], None] | None = None,
     ) -> None:
         self.transport = transport
         self.resolver = resolver
@@ -85,6 +86,7 @@ class Lanes:
         self.relay_host = relay_host
         self.lease_margin = lease_margin
         self.pull = pull  # (domain, limit) -> leases more (put() here); True if more remain
+        self.on_idle = on_idle  # (domain) -> called when a lane has nothing left and ends
         self.lanes: dict[str, Lane] = {}
         self.senders = 0
         self.closing = False
@@ -173,6 +175,8 @@ class Lanes:
                         self.recorder.attempted(work, route.failure, None)
                     self._fail_all(lane, route.failure)
                     continue
+                while self.recorder.crowded and not self.closing:
+                    await self.recorder.room()  # outcomes first: keep the duplicate window short
                 wait = await self.throttle.take_rate(lane.domain, len(chunk))
                 if wait:
                     lane.queue.extendleft(reversed(chunk))
@@ -198,6 +202,8 @@ class Lanes:
                 self._maybe_spawn(lane)  # work (or a pull request) arrived while we wound down
                 if lane.senders == 0 and not lane.queue and not lane.wants_pull:
                     self.lanes.pop(lane.domain, None)
+                    if self.on_idle is not None:
+                        self.on_idle(lane.domain)
 
     async def _refill(self, lane: Lane) -> None:
         if not lane.wants_pull or lane.pulling or self.closing:
@@ -237,7 +243,15 @@ class Lanes:
                         self._fail_all(lane, e.outcome)
                         return None
                 reused, host = session.transactions > 0, session.host
-                result = await session.send(envelope)
+                try:
+                    result = await session.send(envelope)
+                except BaseException:
+                    # Unexpected (a bug, or cancelled): this and the rest of the chunk go back
+                    # to the outbox, due again soon, instead of being forgotten mid-flight.
+                    retry = datetime.now(UTC) + _jittered(THROTTLE_RETRY)
+                    for rest in chunk[index:]:
+                        self.recorder.release(rest, retry)
+                    raise
                 if result.broken:
                     self.transport.release(session)
                     session = None

@@ -1,9 +1,15 @@
 """The durable outbox (DESIGN.md §6): what "due", "leased" and a delivery job id mean.
 
 MongoDB's ``recipients`` collection is the queue. A recipient is *due* when it is pending and
-its ``next_attempt_at`` has passed and nobody holds an unexpired lease on it. A *lease* is a
-conditional update (status ``sending``, ``lease_until``, a fresh ``lease_token``) so two workers
-never hold the same recipient; every outcome is written conditionally on that token.
+its ``next_attempt_at`` has passed (and, for a ``sending`` recipient left by an older release,
+its ``lease_until`` has passed too).
+
+A *lease* is taken per destination domain, not per recipient: a ``domain_leases`` document
+(``_id`` = domain, ``token``, ``until``) says which worker process delivers that domain's mail
+until when. Only the holder pulls the domain's due recipients, so a recipient needs no write of
+its own before the attempt: its outcome is its one write, conditional on the recipient still
+being pending with the attempt count the worker read (a worker whose lease ran out and was
+taken over cannot write over the new holder's outcome).
 
 Queries select on indexed equality fields only (message, domain, status) and the time
 conditions are checked here in Python: range and negation predicates make the query planner
@@ -22,7 +28,7 @@ from bson import ObjectId
 from app.domain.outcomes import UNFINISHED, RecipientState
 
 DUE_STATUSES = ["queued", "deferred", "sending"]
-IN_LIMIT = 100  # ids per "$in": beyond ~100 the server's cost per id grows with the list
+IN_LIMIT = 50  # ids per "$in": SecantusDB matches each candidate against the whole list
 
 
 def chunked(values: list[Any], size: int = IN_LIMIT) -> list[list[Any]]:
@@ -31,7 +37,8 @@ def chunked(values: list[Any], size: int = IN_LIMIT) -> list[list[Any]]:
 
 
 def is_due(recipient: dict[str, Any], now: datetime) -> bool:
-    """Pending, due, not local, and not under an unexpired lease."""
+    """Pending, due, not local, and not under an unexpired per-recipient lease (older releases
+    leased recipients one by one; such a lease still counts until it expires)."""
     lease = recipient.get("lease_until")
     return (
         recipient.get("delivery_status") in DUE_STATUSES
@@ -77,13 +84,29 @@ class PreparedMessage:
 
 
 @dataclass
+class DomainLease:
+    """This process's lease on one destination domain; ``until`` moves on with each renewal."""
+
+    domain: str
+    until: datetime
+
+
+@dataclass
 class Work:
-    """One leased recipient on its way through a lane to the recorder."""
+    """One recipient of a leased domain on its way through a lane to the recorder."""
 
     recipient: dict[str, Any]
     message: PreparedMessage
-    lease_token: ObjectId
-    lease_until: datetime
+    lease: DomainLease
+
+    @property
+    def lease_until(self) -> datetime:
+        return self.lease.until
+
+    @property
+    def owned(self) -> dict[str, Any]:
+        """The filter an outcome is written under: still pending, attempted by nobody else."""
+        return {"_id": self.id, **owned_filter(int(self.recipient.get("attempts") or 0))}
 
     @property
     def id(self) -> ObjectId:
@@ -96,6 +119,14 @@ class Work:
     @property
     def domain(self) -> str:
         return self.recipient["domain"]  # type: ignore[no-any-return]
+
+
+def owned_filter(attempts: int) -> dict[str, Any]:
+    """Still pending and still at the attempt count a worker read (see ``Work.owned``)."""
+    return {
+        "delivery_status": {"$in": DUE_STATUSES},
+        "attempts": attempts if attempts else {"$in": [0, None]},
+    }
 
 
 def status_event(message_id: ObjectId, recipient: dict[str, Any]) -> tuple[str, str]:

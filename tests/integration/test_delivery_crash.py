@@ -116,7 +116,10 @@ async def test_a_killed_worker_and_a_flushed_redis_lose_nothing_and_duplicate_no
                     expected
                 )
 
-            await _wait(all_sent, 60, "every recipient to be sent")
+            # 120 s: a worker killed inside a transaction leaves it open, and the server aborts
+            # it (releasing the recipients it wrote) only after transactionLifetimeLimitSeconds
+            # (60 s, SecantusDB as mongod); until then those recipients cannot be recorded.
+            await _wait(all_sent, 120, "every recipient to be sent")
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(30)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import asyncio
 import email
 import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+from bson import ObjectId
+
+from app.domain.bounces import SmtpOutcome
 from app.domain.verp import parse_verp_address
+from app.services.outbox import DomainLease, PreparedMessage, Work
 from tests.support.outbound import SENDER_DOMAIN, outbound_world
 
 
@@ -263,3 +269,67 @@ async def test_each_status_change_is_published_to_the_senders_channel(settings):
         assert [e["recipient"]["status"] for e in seen] == ["sending", "sent"]
         assert seen[-1]["messageId"] == str(item["message_id"])
         assert seen[-1]["recipient"]["lastReply"].startswith("250")
+
+
+async def test_a_domain_leased_by_another_worker_waits_for_its_lease(settings):
+    async with outbound_world(settings, delivery_lease_seconds=30) as w:
+        # Another worker process holds ok.test: this one must not deliver there meanwhile.
+        now = datetime.now(UTC)
+        await w.db.domain_leases.insert_one(
+            {"_id": "ok.test", "token": ObjectId(), "until": now + timedelta(seconds=30)}
+        )
+        item = await w.send(["bob@ok.test", "carol@implicit.test"])
+        await w.wait_statuses(item["message_id"], {"carol@implicit.test": "sent"})
+        await asyncio.sleep(1.0)
+        doc = (await w.recipients(item["message_id"]))["bob@ok.test"]
+        assert doc["delivery_status"] == "queued" and doc["attempts"] == 0
+        assert w.sinks["ok"].received == []
+        # Its lease runs out (the other worker died): this worker takes the domain over.
+        await w.db.domain_leases.update_one(
+            {"_id": "ok.test"}, {"$set": {"until": datetime.now(UTC) - timedelta(seconds=1)}}
+        )
+        await w.wait_statuses(item["message_id"], {"bob@ok.test": "sent"}, within=20)
+        assert [r.rcpt_tos for r in w.sinks["ok"].received] == [["bob@ok.test"]]
+
+
+async def test_a_domain_lease_is_held_while_delivering_and_given_back_when_idle(settings):
+    async with outbound_world(settings) as w:
+        item = await w.send(["bob@ok.test", "ann@ok.test"])
+        await w.wait_statuses(item["message_id"], {"bob@ok.test": "sent", "ann@ok.test": "sent"})
+        token = w.system.delivery._token
+        lease = await w.db.domain_leases.find_one({"_id": "ok.test"})
+        assert lease is None or lease["token"] == token  # ours, or already given back
+        for _ in range(100):  # given back once the lane is idle (another worker may take it)
+            if await w.db.domain_leases.find_one({"_id": "ok.test"}) is None:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the idle domain's lease was not given back")
+        # One write per delivered recipient: the outcome (no lease write on the recipient).
+        events = await w.db.delivery_events.find({"message_id": item["message_id"]}).to_list()
+        assert sorted(e["event_type"] for e in events) == ["queued", "queued", "sent", "sent"]
+
+
+async def test_an_outcome_is_dropped_when_someone_else_attempted_the_recipient(settings):
+    """A worker whose domain lease ran out must not write over the new holder's outcome."""
+    async with outbound_world(settings, worker=False) as w:
+        item = await w.send(["bob@ok.test"])
+        doc = (await w.recipients(item["message_id"]))["bob@ok.test"]
+        recorder = w.system.delivery.recorder
+        message = PreparedMessage(item["message_id"], {}, b"", b"", SENDER_DOMAIN)
+        lease = DomainLease("ok.test", datetime.now(UTC) + timedelta(seconds=60))
+        # Meanwhile another worker attempted it and recorded a deferral.
+        await w.db.recipients.update_one(
+            {"_id": doc["_id"]}, {"$set": {"delivery_status": "deferred", "attempts": 1}}
+        )
+        settled: list[Any] = []
+        recorder.on_settled(settled.extend)
+        recorder.attempted(Work(doc, message, lease), SmtpOutcome(250, "2.0.0", "OK"), "mx")
+        for _ in range(100):
+            if settled:
+                break
+            await asyncio.sleep(0.05)
+        after = (await w.recipients(item["message_id"]))["bob@ok.test"]
+        assert after["delivery_status"] == "deferred" and after["attempts"] == 1
+        events = await w.db.delivery_events.find({"recipient_id": doc["_id"]}).to_list()
+        assert [e["event_type"] for e in events] == ["queued"]
