@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import secrets
 from dataclasses import dataclass
@@ -25,7 +26,15 @@ from app.domain.ids import parse_object_id
 _hasher = PasswordHasher()
 # Verifying against this keeps a login for an unknown address as slow as a wrong password,
 # so timing does not reveal which addresses exist.
-_DUMMY_HASH = _hasher.hash("not-a-real-password")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the address is unknown, so a login takes as long either way.
+    Made on first use: an argon2 hash costs ~130 ms, which no process should pay to start."""
+    return _hasher.hash("not-a-real-password")
+
+
 TOKEN_PREFIX = "mh_"
 
 
@@ -246,7 +255,7 @@ class AccountService:
     def _password_ok(user: dict[str, Any] | None, password: str) -> bool:
         try:
             return (
-                _hasher.verify(user["password_hash"] if user else _DUMMY_HASH, password or "")
+                _hasher.verify(user["password_hash"] if user else _dummy_hash(), password or "")
                 and user is not None
             )
         except (VerificationError, InvalidHashError):

@@ -30,6 +30,17 @@ async def test_wrong_password_is_an_auth_error_and_attempts_are_rate_limited(api
     assert r["errors"][0]["extensions"]["retryAfterSeconds"] > 0
 
 
+async def test_an_unknown_address_fails_login_like_a_wrong_password(api):
+    await api.user("alice")
+    q = (
+        'mutation($e:String!){ login(email:$e, password:"whatever it is"){ __typename '
+        "... on AuthError { message } } }"
+    )
+    unknown = (await api.gql(q, {"e": "nobody@example.test"}))["data"]["login"]
+    wrong = (await api.gql(q, {"e": "alice@example.test"}))["data"]["login"]
+    assert unknown == wrong and unknown["__typename"] == "AuthError"
+
+
 async def test_revoked_token_stops_working(api):
     _, token = await api.user("alice")
     assert (await api.gql("{ me { email } }", token=token))["data"]["me"][
