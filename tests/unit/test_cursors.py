@@ -62,4 +62,6 @@ def test_cursor_bytes_are_the_json_encoding(ident, span, kind):
     signature = hmac.new(KEY, payload, hashlib.sha256).digest()[:12]
     expected = base64.urlsafe_b64encode(payload + signature).decode().rstrip("=")
     assert encode_cursor(Cursor(at, ident, span), KEY, kind) == expected
-    assert decode_cursor(expected, KEY, kind) == Cursor(at, ident, None if span is None else round(span, 3))
+    assert decode_cursor(expected, KEY, kind) == Cursor(
+        at, ident, None if span is None else round(span, 3)
+    )
