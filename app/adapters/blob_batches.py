@@ -1,4 +1,4 @@
-"""Many blobs in two queries: the delivery hot path reads the raw MIME of a whole batch.
+"""Many blobs in one or two queries: the delivery hot path reads the raw MIME of a whole batch.
 
 ``BlobStore.get`` costs two round trips per blob (files, then chunks). Here the chunks of every
 requested blob come back in one sorted query over GridFS's own (files_id, n) index, following
@@ -7,6 +7,7 @@ the GridFS spec's collection layout that ``BlobStore`` writes (bucket "blobs").
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from bson import ObjectId
@@ -14,14 +15,32 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 
 async def read_blobs(
-    db: AsyncDatabase[dict[str, Any]], blob_ids: list[ObjectId], bucket: str = "blobs"
+    db: AsyncDatabase[dict[str, Any]],
+    blob_ids: list[ObjectId],
+    bucket: str = "blobs",
+    lengths: Mapping[ObjectId, int | None] | None = None,
 ) -> dict[ObjectId, bytes]:
-    """Blob id → content for the ids that exist (complete files only)."""
+    """Blob id → content for the ids that exist (complete files only).
+
+    ``lengths``: the sizes the caller already knows (a message document records its raw
+    size), so the files query is skipped for them; a blob whose chunks do not add up to the
+    known size is read the careful way (its files document decides), so a wrong hint costs a
+    query, never a wrong or partial blob."""
     if not blob_ids:
         return {}
     ids = list(dict.fromkeys(blob_ids))
-    files = await db[f"{bucket}.files"].find({"_id": {"$in": ids}}, {"length": 1}).to_list()
-    lengths = {f["_id"]: int(f["length"]) for f in files}
+    known = {i: n for i in ids if lengths and (n := lengths.get(i)) is not None}
+    out = await _read_chunks(db, bucket, known) if known else {}
+    rest = [i for i in ids if i not in out]
+    if rest:
+        files = await db[f"{bucket}.files"].find({"_id": {"$in": rest}}, {"length": 1}).to_list()
+        out.update(await _read_chunks(db, bucket, {f["_id"]: int(f["length"]) for f in files}))
+    return out
+
+
+async def _read_chunks(
+    db: AsyncDatabase[dict[str, Any]], bucket: str, lengths: dict[ObjectId, int]
+) -> dict[ObjectId, bytes]:
     parts: dict[ObjectId, list[bytes]] = {i: [] for i in lengths}
     cursor = db[f"{bucket}.chunks"].find(
         {"files_id": {"$in": list(lengths)}}, {"files_id": 1, "n": 1, "data": 1}

@@ -666,8 +666,9 @@ class DeliveryService:
             for d in await self.db.messages.find({"_id": {"$in": part}}, _MESSAGE_FIELDS).to_list()
         ]
         raws: dict[ObjectId, bytes] = {}
-        for part in chunked([d["raw_blob_id"] for d in docs if d.get("raw_blob_id")]):
-            raws.update(await read_blobs(self.db, part))
+        sizes = {d["raw_blob_id"]: d.get("size") for d in docs if d.get("raw_blob_id")}
+        for part in chunked(list(sizes)):
+            raws.update(await read_blobs(self.db, part, lengths=sizes))
         keys = await self._dkim_keys({domain_of(d["from"]["email"]) for d in docs})
         for index, doc in enumerate(docs):
             if index % 10 == 9:
