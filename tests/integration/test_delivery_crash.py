@@ -12,6 +12,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
+
+from app.embedded import EmbeddedStack
 from tests.support.outbound import Outbound, outbound_world
 
 LEASE_SECONDS = 3
@@ -63,7 +66,22 @@ async def _wait(predicate: Any, seconds: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_a_killed_worker_and_a_flushed_redis_lose_nothing_and_duplicate_nothing(settings):
+@pytest.fixture
+def private_database(settings, tmp_path):  # type: ignore[no-untyped-def]
+    """A SecantusDB of this test's own: the killed worker leaves a transaction open (the server
+    aborts it only after 60 s), and its locks must not reach the tests that run next."""
+    stack = EmbeddedStack(tmp_path / "servers")
+    stack.start(mongo=True, redis=False, typesense=False)
+    try:
+        yield settings.model_copy(update={"mongodb_uri": stack.url("mongodb")})
+    finally:
+        stack.stop()
+
+
+async def test_a_killed_worker_and_a_flushed_redis_lose_nothing_and_duplicate_nothing(
+    private_database,
+):
+    settings = private_database
     slow = {"data_delay": 0.08}
     async with outbound_world(
         settings,
