@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 from graphql import (
@@ -137,8 +138,15 @@ class _Generator:
             self.env[name] = value
         return name
 
-    def function(self, object_type: GraphQLObjectType, shape: Shape) -> Callable[[Any], Any]:
+    def function(
+        self, object_type: GraphQLObjectType, shape: Shape, *, item: bool = False
+    ) -> Callable[[Any], Any]:
+        """``complete(src)`` for one object of ``object_type``; as a list ``item`` it first
+        checks what the list's general path would (present, of the item type)."""
         self.lines = []
+        if item:
+            self.emit(1, "if src is None: raise ValueError")
+            self.type_check(object_type, "src", 1)
         result = self.object(object_type, shape, "src", 1)
         source = "def complete(src):\n" + "\n".join(self.lines) + f"\n    return {result}\n"
         namespace = dict(self.env)
@@ -190,7 +198,7 @@ class _Generator:
                 self.emit(inner_depth, f"{value} = {built}")
             else:  # OBJECT_LIST: items completed by a generated function of their own
                 assert plain.object_type is not None and plain.item_type is not None
-                item = self.name("item", _Generator().item_function(plain, sub))
+                item = self.name("item", _Generator().function(plain.object_type, sub, item=True))
                 inner_depth = depth
                 if not plain.non_null:
                     self.emit(depth, f"if {value} is not None:")
@@ -212,17 +220,6 @@ class _Generator:
         if object_type.is_type_of is not None:
             check = self.name("is_a", object_type.is_type_of)
             self.emit(depth, f"if {check}({value}, None) is not True: raise ValueError")
-
-    def item_function(self, plain: PlainField, shape: Shape) -> Callable[[Any], Any]:
-        assert plain.object_type is not None
-        self.lines = []
-        self.emit(1, "if src is None: raise ValueError")
-        self.type_check(plain.object_type, "src", 1)
-        result = self.object(plain.object_type, shape, "src", 1)
-        source = "def complete(src):\n" + "\n".join(self.lines) + f"\n    return {result}\n"
-        namespace = dict(self.env)
-        exec(compile(source, f"<plain items of {plain.object_type.name}>", "exec"), namespace)
-        return namespace["complete"]  # type: ignore[no-any-return]
 
 
 # Scalars whose output coercion returns a value of exactly this type unchanged.
@@ -340,6 +337,7 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
             for response_name, details, plain, exact in self._compile(
                 parent_type, grouped_field_set
             ):
+                result: Any = Undefined
                 if plain is not None:
                     if plain.kind == LEAF:  # inline: most fields are leaves
                         try:
@@ -360,26 +358,18 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
                                 results[response_name] = value
                                 continue
                     else:
+                        field_path = Path(path, response_name, parent_type.name)
                         result = self._plain_object(
-                            plain,
-                            source_value,
-                            details,
-                            Path(path, response_name, parent_type.name),
-                            position_context,
+                            plain, source_value, details, field_path, position_context
                         )
-                        if result is not Undefined:
-                            results[response_name] = result
-                            if is_awaitable(result):
-                                awaitable_fields.append(response_name)
-                            continue
-                    # not completed here (nothing has run yet): the general path does it
-                result = self.execute_field(
-                    parent_type,
-                    source_value,
-                    details,
-                    Path(path, response_name, parent_type.name),
-                    position_context,
-                )
+                if result is Undefined:  # not completed above (nothing has run yet)
+                    result = self.execute_field(
+                        parent_type,
+                        source_value,
+                        details,
+                        Path(path, response_name, parent_type.name),
+                        position_context,
+                    )
                 if result is not Undefined:
                     results[response_name] = result
                     if is_awaitable(result):
@@ -423,20 +413,14 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if plain.kind == OBJECT:
             if not _is_a(object_type, value):
                 return Undefined
-            grouped, no_defer = self._subselection(object_type, details)
-            try:
-                if no_defer and position_context is None:
-                    done = self.execute_fields(object_type, value, field_path, grouped, None)
-                else:
-                    done = self.collect_and_execute_subfields(
-                        object_type, details, field_path, value, position_context
-                    )
-            except Exception as error:
-                self.handle_field_error(error, plain.field_type, details, field_path)
-                return None
-            if self.is_awaitable(done):
-                return self._await_guarded(done, plain.field_type, details, field_path)
-            return done
+            return self._guarded(
+                lambda: self._execute_object(
+                    object_type, details, field_path, value, position_context
+                ),
+                plain.field_type,
+                details,
+                field_path,
+            )
         # OBJECT_LIST: the shortcut only when every item is a present object of the item type
         if (
             not isinstance(value, list | tuple)
@@ -462,8 +446,6 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         items: list[Any] | tuple[Any, ...],
         position_context: Any,
     ) -> Any:
-        grouped_field_set, no_defer = self._subselection(object_type, details)
-        direct = no_defer and position_context is None
         item_type = plain.item_type
         assert item_type is not None
         completed: list[Any] = []
@@ -471,20 +453,20 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         try:
             for index, item in enumerate(items):
                 item_path = list_path.add_key(index, None)
-                try:
-                    if direct:
-                        done = self.execute_fields(
-                            object_type, item, item_path, grouped_field_set, None
-                        )
-                    else:
-                        done = self.collect_and_execute_subfields(
-                            object_type, details, item_path, item, position_context
-                        )
-                except Exception as error:
-                    self.handle_field_error(error, item_type, details, item_path)
-                    done = None
+                done = self._guarded(
+                    partial(
+                        self._execute_object,
+                        object_type,
+                        details,
+                        item_path,
+                        item,
+                        position_context,
+                    ),
+                    item_type,
+                    details,
+                    item_path,
+                )
                 if self.is_awaitable(done):
-                    done = self._await_guarded(done, item_type, details, item_path)
                     awaitable_indices.append(index)
                 completed.append(done)
         except Exception:
@@ -501,6 +483,23 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
             return completed
 
         return get_completed()
+
+    def _execute_object(
+        self,
+        object_type: GraphQLObjectType,
+        details: Any,
+        path: Path,
+        value: Any,
+        position_context: Any,
+    ) -> Any:
+        """graphql-core's collect_and_execute_subfields; without @defer in the selection that
+        comes down to execute_fields on the memoized selection, called here directly."""
+        grouped, no_defer = self._subselection(object_type, details)
+        if no_defer and position_context is None:
+            return self.execute_fields(object_type, value, path, grouped, None)
+        return self.collect_and_execute_subfields(
+            object_type, details, path, value, position_context
+        )
 
     def _guarded(
         self,
