@@ -12,6 +12,21 @@ from app.services.mailbox import MailboxService
 from app.services.notifier import Notifier
 
 
+def inbox_item(user: ObjectId, received_at: datetime) -> dict:
+    """A received Inbox view, as filing writes it (the fields the listing reads)."""
+    return {
+        "_id": ObjectId(),
+        "user_id": user,
+        "message_id": ObjectId(),
+        "role": "received",
+        "folder": "INBOX",
+        "labels": [],
+        "read": False,
+        "received_at": received_at,
+        "thread_id": ObjectId(),
+    }
+
+
 @pytest.mark.parametrize("first_at_known", [True, False])
 async def test_paging_returns_every_item_once_in_order(mongo, first_at_known):
     rng = random.Random(7)
@@ -23,20 +38,7 @@ async def test_paging_returns_every_item_once_in_order(mongo, first_at_known):
         + [now - timedelta(hours=5)] * 45  # one timestamp, many items (ties)
         + [now + timedelta(days=2)]
     )  # clock skew: dated in the future
-    docs = [
-        {
-            "_id": ObjectId(),
-            "user_id": user,
-            "message_id": ObjectId(),
-            "role": "received",
-            "folder": "INBOX",
-            "labels": [],
-            "read": False,
-            "received_at": at,
-            "thread_id": ObjectId(),
-        }
-        for at in stamps
-    ]
+    docs = [inbox_item(user, at) for at in stamps]
     await mongo.db.mailbox_items.insert_many(docs)
     counter = {
         "user_id": user,
@@ -143,20 +145,7 @@ async def test_a_first_page_of_old_mail_needs_one_query_once_learned(settings, m
     try:
         user = ObjectId()
         newest = datetime.now(UTC) - timedelta(days=30)
-        docs = [
-            {
-                "_id": ObjectId(),
-                "user_id": user,
-                "message_id": ObjectId(),
-                "role": "received",
-                "folder": "INBOX",
-                "labels": [],
-                "read": False,
-                "received_at": newest - timedelta(seconds=i),
-                "thread_id": ObjectId(),
-            }
-            for i in range(300)
-        ]
+        docs = [inbox_item(user, newest - timedelta(seconds=i)) for i in range(300)]
         await mongo.db.mailbox_items.insert_many(docs)
         await mongo.db.mailbox_counters.insert_one(
             {
