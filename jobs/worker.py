@@ -19,6 +19,7 @@ from arq.worker import Worker
 from app.adapters.queue import queue_name
 from app.bootstrap import build_system
 from app.config import Settings
+from app.tasks import stop_task
 from jobs import delivery, indexing, maintenance, spam
 
 JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam]
@@ -174,10 +175,6 @@ async def start_embedded_worker(
             # arq 0.28 calls redis-py's deprecated close(); harmless, and not ours to fix
             warnings.simplefilter("ignore", DeprecationWarning)
             await worker.close()
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, Exception):
-            pass
+        await stop_task(task)
 
     return stop

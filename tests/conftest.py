@@ -86,3 +86,31 @@ async def mongo(settings) -> AsyncIterator[object]:  # type: ignore[no-untyped-d
     yield m
     await m.client.drop_database(settings.mongodb_database)
     await m.close()
+
+
+@pytest.fixture(autouse=True)
+async def _dump_tasks_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A hung async test shows only the idle event loop in pytest-timeout's dump; ten seconds
+    before the timeout, print where every asyncio task is waiting instead."""
+    import asyncio
+    import sys
+
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0]) if marker and marker.args else 120.0
+    loop = asyncio.get_running_loop()
+
+    def dump() -> None:
+        print(f"\n--- {request.node.nodeid}: asyncio tasks near the timeout ---", file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            print(f"{task!r}", file=sys.stderr)
+            awaited = task.get_coro()
+            while awaited is not None:  # the whole await chain, not just the outer frame
+                frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "ag_frame", None)
+                if frame is not None:
+                    code = frame.f_code
+                    print(f"  {code.co_filename}:{frame.f_lineno} {code.co_name}", file=sys.stderr)
+                awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "ag_await", None)
+
+    handle = loop.call_later(max(1.0, timeout - 10), dump)
+    yield
+    handle.cancel()

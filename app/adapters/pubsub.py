@@ -20,6 +20,8 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from app.tasks import stop_task
+
 log = structlog.get_logger(__name__)
 
 # Per listener. Large enough for a bulk change (updateMessages takes at most 500 ids), small
@@ -122,10 +124,7 @@ class PubSubHub:
                 listener.offer(event)
 
     async def close(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.reader
+        await stop_task(self.reader)
         if self.pubsub is not None:
             with contextlib.suppress(Exception):
                 await self.pubsub.aclose()

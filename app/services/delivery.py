@@ -17,7 +17,6 @@ round is being read wait and go in the next one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from app.services.outbox import (
     status_event,
 )
 from app.services.suppression import SuppressionService
+from app.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -281,10 +281,7 @@ class DeliveryService:
         """Graceful stop: finish transactions in flight, give everything else back to the
         outbox, write every outcome, then give the domain leases back."""
         self._closed = True
-        if self._leaser is not None:
-            self._leaser.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._leaser
+        await stop_task(self._leaser)
         if self._requests is not None:
             while not self._requests.empty():
                 self._requests.get_nowait().future.cancel()
@@ -296,10 +293,7 @@ class DeliveryService:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._renewer
+        await stop_task(self._renewer)
         if not self.recorder.backlog:  # every outcome written: another worker may go on
             await self._release(list(self._held))
 

@@ -48,6 +48,7 @@ from app.services.outbox import (
     unleased_status,
 )
 from app.services.suppression import SuppressionService
+from app.tasks import stop_task
 
 log = structlog.get_logger(__name__)
 
@@ -258,12 +259,7 @@ class OutcomeRecorder:
     _busy = False
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await stop_task(self._task)
 
     async def _flush(self, batch: _Batch) -> None:
         self._busy = True
