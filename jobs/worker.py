@@ -12,7 +12,14 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
+import structlog
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import SerializationError, deserialize_job_raw
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 
@@ -24,34 +31,53 @@ from jobs import delivery, indexing, maintenance, spam
 
 JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam]
 
+log = structlog.get_logger(__name__)
+
 JOB_TIMEOUT_SECONDS = 120  # shorter than any lease a job takes (delivery leases are 5 min)
 
 
 # arq 0.28's start_jobs claims each job with WATCH, EXISTS, ZSCORE, MULTI/PSETEX/EXEC: four
 # round trips per job, a third of the worker's CPU when every sent message is a job. This
 # script makes the same checks and the same claim for all the ids of one poll at once, and is
-# just as atomic (a Lua script runs alone on the server).
+# just as atomic (a Lua script runs alone on the server). For the ids of inline jobs (below) it
+# also returns the job's data, so they need no round trip of their own.
 _CLAIM = """
 local out = {}
-for i = 4, #ARGV do
+local inline = ARGV[5]
+for i = 6, #ARGV do
   local id = ARGV[i]
   local key = ARGV[3] .. id
   if redis.call('exists', key) == 0 then
     local score = redis.call('zscore', KEYS[1], id)
     if score and tonumber(score) > 0 and tonumber(score) <= tonumber(ARGV[2]) then
       redis.call('psetex', key, ARGV[1], '1')
+      local data = ''
+      if inline ~= '' and string.sub(id, 1, #inline) == inline then
+        data = redis.call('get', ARGV[4] .. id) or ''
+      end
       out[#out + 1] = id
       out[#out + 1] = score
+      out[#out + 1] = data
     end
   end
 end
 return out
 """
 
+# Inline jobs: those whose ids start with this prefix are deliver_domain jobs (outbox.job_id),
+# one per sent message. The function only wakes its domain's lane and returns at once, so the
+# worker runs a poll's worth of them in its own loop and finishes them with one transaction,
+# instead of a task, two Redis transactions and two log lines each (arq's run_job) — most of
+# the worker's per-message overhead besides delivery itself. Anything unusual (no data, another
+# function, an exception) goes through arq's run_job as before, retries and max_tries included.
+INLINE_PREFIX = "deliver:"
+INLINE_FUNCTIONS = frozenset({"deliver_domain"})
+INLINE_TIMEOUT = 5.0  # seconds an inline job may take (deliver_domain returns at once)
+
 
 class BatchClaimWorker(Worker):  # type: ignore[misc]
     """arq's Worker with one Redis round trip to claim a poll's jobs instead of four per job,
-    and a shutdown that survives a job cancelled at an awkward moment."""
+    inline deliver jobs, and a shutdown that survives a job cancelled at an awkward moment."""
 
     async def close(self) -> None:
         """arq 0.28's close, except that a job cancelled by the shutdown while it was between
@@ -86,23 +112,80 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
         try:
             claimed = await self._claim(
                 keys=[self.queue_name],
-                args=[timeout_ms, timestamp_ms(), in_progress_key_prefix, *wanted],
+                args=[
+                    timeout_ms,
+                    timestamp_ms(),
+                    in_progress_key_prefix,
+                    job_key_prefix,
+                    INLINE_PREFIX if self._inline_ok() else "",
+                    *wanted,
+                ],
             )
         except BaseException:
             for _ in wanted:
                 self._release_sem_dec_counter_on_complete()
             raise
-        started: dict[str, int] = {}
-        for i in range(0, len(claimed), 2):
-            started[claimed[i].decode()] = int(float(claimed[i + 1]))
+        started: dict[str, tuple[int, bytes]] = {}
+        for i in range(0, len(claimed), 3):
+            started[claimed[i].decode()] = (int(float(claimed[i + 1])), claimed[i + 2])
+        finished: list[str] = []
         for job_id in wanted:
-            score = started.get(job_id)
-            if score is None:  # running elsewhere, finished, or deferred meanwhile
+            found = started.get(job_id)
+            if found is None:  # running elsewhere, finished, or deferred meanwhile
+                self._release_sem_dec_counter_on_complete()
+                continue
+            score, data = found
+            if data and await self._run_inline(job_id, score, data):
+                finished.append(job_id)
                 self._release_sem_dec_counter_on_complete()
                 continue
             t = self.loop.create_task(self.run_job(job_id, score))
             t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = t
+        if finished:
+            await self._finish_inline(finished)
+
+    def _inline_ok(self) -> bool:
+        """Inline jobs keep no result (keep_result=0), as arq's finish would not either."""
+        if not hasattr(self, "_inline"):
+            self._inline = all(
+                name in self.functions and self.functions[name].keep_result_s == 0
+                for name in INLINE_FUNCTIONS
+            )
+        return bool(self._inline)
+
+    async def _run_inline(self, job_id: str, score: int, data: bytes) -> bool:
+        """Run one inline job in this loop; False hands it to arq's run_job instead."""
+        try:
+            name, args, kwargs, _, _ = deserialize_job_raw(data, deserializer=self.job_deserializer)
+        except SerializationError:
+            return False
+        if name not in INLINE_FUNCTIONS:
+            return False
+        ctx = {**self.ctx, "job_id": job_id, "job_try": 1, "score": score}
+        try:
+            async with asyncio.timeout(INLINE_TIMEOUT):
+                await self.functions[name].coroutine(ctx, *args, **kwargs)
+        except Exception:
+            log.warning("inline job failed; arq runs it again", job_id=job_id, exc_info=True)
+            return False
+        self.jobs_complete += 1
+        return True
+
+    async def _finish_inline(self, job_ids: list[str]) -> None:
+        """What arq's finish_job does for a finished job that keeps no result, for all of them
+        in one transaction."""
+        async with self.pool.pipeline(transaction=True) as tr:
+            tr.delete(
+                *(
+                    prefix + job_id
+                    for job_id in job_ids
+                    for prefix in (in_progress_key_prefix, retry_key_prefix, job_key_prefix)
+                )
+            )
+            tr.zrem(abort_jobs_ss, *job_ids)
+            tr.zrem(self.queue_name, *job_ids)
+            await tr.execute()
 
 
 def _collect(name: str) -> list[Any]:
