@@ -72,6 +72,7 @@ PREPARED_CACHE = 512  # signed messages kept for their other domains and retries
 KEY_TTL = 60.0  # seconds a domain's DKIM key is cached
 CLOSE_GRACE = 30.0  # seconds shutdown waits for in-flight transactions
 SWEEP_LIMIT = 2000
+SWEEP_GRACE = 60.0  # seconds a recipient is overdue before a periodic sweep wakes its domain
 _GONE = PreparedMessage(ObjectId(b"\0" * 12), {}, b"", b"", "")  # a deleted message's placeholder
 _MESSAGE_FIELDS = {"text_body": 0, "html_body": 0, "bcc": 0, "attachments": 0, "headers": 0}
 
@@ -172,6 +173,7 @@ class DeliveryService:
         self._prepared: OrderedDict[ObjectId, PreparedMessage] = OrderedDict()
         self._keys: dict[str, tuple[float, DkimKey | None]] = {}
         self._closed = False
+        self._swept = False  # the first sweep of a process looks at everything due
 
     def policy_for(self, message: dict[str, Any]) -> RetryPolicy:
         """Mail marked transactional gives up sooner (a stale password reset helps nobody)."""
@@ -198,15 +200,25 @@ class DeliveryService:
         self.lanes.note_waiting(domain)
         return {"domain": domain}
 
-    async def sweep(self, now: datetime | None = None, limit: int = SWEEP_LIMIT) -> dict[str, int]:
+    async def sweep(
+        self, now: datetime | None = None, limit: int = SWEEP_LIMIT, grace: float | None = None
+    ) -> dict[str, int]:
         """Wake every domain with due recipients whose job is gone (Redis flushed, worker
         killed), and release scheduled sends whose time has come.
 
         A lost lease (``sending`` past ``lease_until``) gets a job keyed by that lease; other
         recipients the id their last deferral used, so a job still waiting in Redis is not
         duplicated. One job per domain: it wakes the lane, which pulls all that is due.
+
+        The first sweep of a process looks at everything due; later ones only at recipients
+        due for more than ``grace`` seconds (SWEEP_GRACE): a healthy worker takes a recipient
+        long before that, so a backlog being worked through is not read again every 15 s. Each
+        status is one range of the (delivery_status, next_attempt_at) index.
         """
         now = now or datetime.now(UTC)
+        if grace is None:
+            grace = SWEEP_GRACE if self._swept else 0.0
+        self._swept = True
         released = 0
         if self.scheduling is not None:
             scheduled = (
@@ -230,13 +242,14 @@ class DeliveryService:
             "next_attempt_at": 1,
         }
         # Lost leases first (few, and the reason the sweep exists), then the waiting ones.
+        overdue = now - timedelta(seconds=grace)
         docs = []
-        for statuses in (["sending"], ["queued", "deferred"]):
-            found = (
-                await self.db.recipients.find({"delivery_status": {"$in": statuses}}, fields)
-                .limit(limit)
-                .to_list()
-            )
+        for query in (
+            {"delivery_status": "sending"},
+            {"delivery_status": "queued", "next_attempt_at": {"$lte": overdue}},
+            {"delivery_status": "deferred", "next_attempt_at": {"$lte": overdue}},
+        ):
+            found = await self.db.recipients.find(query, fields).limit(limit).to_list()
             docs += [d for d in found if is_due(d, now)]
         # One job per domain is enough: it wakes the domain's lane, which pulls everything due.
         wanted: dict[str, tuple[ObjectId, str]] = {}
