@@ -96,14 +96,18 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
         self._pool = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
+        inline = INLINE_PREFIX if self._inline_ok() else ""
         wanted: list[str] = []
-        for job_id_b in job_ids:  # the same slot accounting as arq's start_jobs
-            await self.sem.acquire()
-            if self.job_counter >= self.max_jobs:
-                self.sem.release()
-                break
+        for job_id_b in job_ids:
+            job_id = job_id_b.decode()
+            if inline and job_id.startswith(inline):  # runs in this loop: takes no slot
+                wanted.append(job_id)
+                continue
+            if self.job_counter >= self.max_jobs:  # no slot: left for a later poll
+                continue
+            await self.sem.acquire()  # the same slot accounting as arq's start_jobs
             self.job_counter = self.job_counter + 1
-            wanted.append(job_id_b.decode())
+            wanted.append(job_id)
         if not wanted:
             return
         if not hasattr(self, "_claim"):
@@ -117,33 +121,52 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
                     timestamp_ms(),
                     in_progress_key_prefix,
                     job_key_prefix,
-                    INLINE_PREFIX if self._inline_ok() else "",
+                    inline,
                     *wanted,
                 ],
             )
         except BaseException:
-            for _ in wanted:
-                self._release_sem_dec_counter_on_complete()
+            for job_id in wanted:
+                if not (inline and job_id.startswith(inline)):
+                    self._release_sem_dec_counter_on_complete()
             raise
         started: dict[str, tuple[int, bytes]] = {}
         for i in range(0, len(claimed), 3):
             started[claimed[i].decode()] = (int(float(claimed[i + 1])), claimed[i + 2])
         finished: list[str] = []
         for job_id in wanted:
+            slotless = bool(inline) and job_id.startswith(inline)
             found = started.get(job_id)
             if found is None:  # running elsewhere, finished, or deferred meanwhile
-                self._release_sem_dec_counter_on_complete()
+                if not slotless:
+                    self._release_sem_dec_counter_on_complete()
                 continue
             score, data = found
-            if data and await self._run_inline(job_id, score, data):
-                finished.append(job_id)
-                self._release_sem_dec_counter_on_complete()
+            if slotless:
+                if data and await self._run_inline(job_id, score, data):
+                    finished.append(job_id)
+                else:  # to arq's run_job after all (rare): claimed already, so run it now
+                    self.tasks[job_id] = self.loop.create_task(self.run_job(job_id, score))
                 continue
             t = self.loop.create_task(self.run_job(job_id, score))
             t.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = t
         if finished:
             await self._finish_inline(finished)
+
+    async def _poll_iteration(self) -> None:
+        """arq reads the queue only while a slot is free; deliver jobs need none, so with every
+        slot taken (long jobs) they are still read and run."""
+        if self.job_counter >= self.max_jobs and self.allow_pick_jobs and self._inline_ok():
+            job_ids = await self.pool.zrangebyscore(
+                self.queue_name,
+                min=float("-inf"),
+                max=timestamp_ms(),
+                start=self._queue_read_offset,
+                num=self.queue_read_limit,
+            )
+            await self.start_jobs(job_ids)
+        await super()._poll_iteration()
 
     def _inline_ok(self) -> bool:
         """Inline jobs keep no result (keep_result=0), as arq's finish would not either."""
@@ -220,6 +243,9 @@ def worker_options(settings: Settings, system: Any = None) -> dict[str, Any]:
         "on_shutdown": shutdown,
         "job_timeout": JOB_TIMEOUT_SECONDS,
         "max_jobs": 20,
+        # ids read per poll; inline deliver jobs take no slot, so a backlog of them (one per
+        # sent message) drains in a few polls and never holds cron jobs (the sweep) back long
+        "queue_read_limit": 500,
         # arq polls Redis for due jobs; 0.5 s (its default) would be most of the time from a
         # change to "searchable" or to the first delivery attempt. 50 ms costs little.
         "poll_delay": 0.05,

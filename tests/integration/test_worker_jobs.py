@@ -3,6 +3,7 @@ anything unusual still goes through arq's own run_job (retries, max_tries)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import warnings
 from collections import Counter
@@ -11,6 +12,7 @@ from typing import Any
 from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
+from app.tasks import stop_task
 from jobs import delivery as jobs_delivery
 from jobs.worker import BatchClaimWorker, worker_options
 
@@ -124,4 +126,40 @@ async def test_a_job_another_worker_holds_is_left_alone(settings) -> None:  # ty
         assert await pool.zscore(options["queue_name"], "deliver:m-held:a") is not None
         assert worker.job_counter == 0  # its slot was given back
     finally:
+        await pool.aclose()
+
+
+async def test_deliver_jobs_take_no_slot_from_the_jobs_arq_runs(settings) -> None:  # type: ignore[no-untyped-def]
+    """A job holding the only slot does not hold back deliver jobs (one per sent message)."""
+    release = asyncio.Event()
+
+    class _SlowSweep(_Delivery):
+        async def sweep(self) -> dict[str, int]:
+            self.sweeps += 1
+            await release.wait()
+            return {}
+
+    delivery = _SlowSweep()
+    options = {**_options(settings, delivery), "max_jobs": 1}
+    options["ctx"]["system"] = _System(delivery)
+    pool = await create_pool(options["redis_settings"], default_queue_name=options["queue_name"])
+    worker = _Worker(**options, handle_signals=False)
+    running = asyncio.create_task(worker.async_run())
+    try:
+        deadline = asyncio.get_running_loop().time() + 30
+        while not delivery.sweeps:  # the start-up sweep holds the only slot
+            assert asyncio.get_running_loop().time() < deadline, "the sweep never started"
+            await asyncio.sleep(0.02)
+        for n in range(50):
+            await pool.enqueue_job("deliver_domain", f"m{n}", "a.test", _job_id=f"deliver:m{n}:a")
+        while sum(delivery.calls.values()) < 50:
+            assert asyncio.get_running_loop().time() < deadline, "deliver jobs waited for a slot"
+            await asyncio.sleep(0.02)
+        assert delivery.sweeps == 1 and not release.is_set()  # still holding its slot
+    finally:
+        release.set()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            await worker.close()
+        await stop_task(running)
         await pool.aclose()
