@@ -677,15 +677,14 @@ class DeliveryService:
         for part in chunked(list(sizes)):
             raws.update(await read_blobs(self.db, part, lengths=sizes))
         keys = await self._dkim_keys({domain_of(d["from"]["email"]) for d in docs})
-        for index, doc in enumerate(docs):
-            if index % 10 == 9:
-                await asyncio.sleep(0)  # signing is CPU work: let the lanes' sessions move on
-            raw = raws.get(doc.get("raw_blob_id"))  # type: ignore[arg-type]
-            if raw is None:
-                continue
+        todo = [
+            (doc, raw, keys.get(domain_of(doc["from"]["email"])))
+            for doc in docs
+            if (raw := raws.get(doc.get("raw_blob_id"))) is not None  # type: ignore[arg-type]
+        ]
+        signed = await self.signer.sign_many([(raw, key) for _, raw, key in todo])
+        for (doc, raw, _), data in zip(todo, signed, strict=True):
             sender_domain = domain_of(doc["from"]["email"])
-            key = keys.get(sender_domain)
-            data = self.signer.sign(raw, key) if key else raw
             headers = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
             message = PreparedMessage(doc["_id"], doc, data, headers, sender_domain)
             out[doc["_id"]] = message

@@ -142,3 +142,18 @@ def test_what_the_lean_path_does_not_parse_goes_to_dkimpy(message: bytes) -> Non
     )
     with mock.patch("time.time", return_value=1_772_366_400):
         assert signer.signature_header(message, KEY) == _dkimpy(message)
+
+
+async def test_sign_many_signs_each_message_with_its_key_or_leaves_it() -> None:
+    other = DkimKey("other.test", "s2", PEM)
+    messages = [
+        (b"From: a@example.test\r\nSubject: one\r\n\r\nx\r\n", KEY),
+        (b"From: a@example.test\r\nSubject: unsigned\r\n\r\ny\r\n", None),
+        (b"From: a@example.test\nSubject: bare LF\n\nz\n", KEY),  # dkimpy's own path
+        (b"From: b@other.test\r\nSubject: two\r\n\r\nw\r\n", other),
+    ]
+    with mock.patch("time.time", return_value=1_772_366_400):
+        signed = await SIGNER.sign_many(messages)
+        expected = [SIGNER.signature_header(m, k) + m if k else m for m, k in messages]
+    assert signed == expected
+    assert b"d=other.test" in signed[3] and signed[1] == messages[1][0]
