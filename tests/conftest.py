@@ -89,6 +89,15 @@ async def mongo(settings) -> AsyncIterator[object]:  # type: ignore[no-untyped-d
 
 
 @pytest.fixture(autouse=True)
+def _watch_async_tests(request: pytest.FixtureRequest) -> None:
+    """The dump below for async tests only (an async fixture costs every test a few ms)."""
+    import inspect
+
+    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        request.getfixturevalue("_dump_tasks_before_timeout")
+
+
+@pytest.fixture
 async def _dump_tasks_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     """A hung async test shows only the idle event loop in pytest-timeout's dump; ten seconds
     before the timeout, print where every asyncio task is waiting instead."""
