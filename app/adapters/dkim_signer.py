@@ -74,21 +74,9 @@ class _OpenSslDkim(dkim.DKIM):  # type: ignore[misc]
             raise dkim.ParameterError(f"The {x!r} header field SHOULD NOT be signed")
         body = canon_policy.canonicalize_body(self.body)
         self.hasher = hashlib.sha256
-        bodyhash = base64.b64encode(hashlib.sha256(body).digest())
-        sigfields = [
-            (b"v", b"1"),
-            (b"a", b"rsa-sha256"),
-            (b"c", canon_policy.to_c_value()),
-            (b"d", domain),
-            (b"i", b"@" + domain),
-            (b"q", b"dns/txt"),
-            (b"s", selector),
-            (b"t", str(int(time.time())).encode("ascii")),
-            (b"h", b" : ".join(include)),
-            (b"bh", bodyhash),
-            # Force b= to fold onto its own line (as dkimpy does).
-            (b"b", b"0" * 60),
-        ]
+        sigfields = _tags(
+            selector, domain, include, base64.b64encode(hashlib.sha256(body).digest())
+        )
         res = self.gen_header(sigfields, include, canon_policy, b"DKIM-Signature", None)
         self.domain = domain
         self.selector = selector
@@ -113,13 +101,7 @@ class _OpenSslDkim(dkim.DKIM):  # type: ignore[misc]
         self.signed_headers = dkim.hash_headers(
             h, canon_policy, headers, include_headers, header, dict(fields)
         )
-        signature = self.openssl_key.sign(
-            h.digest(), padding.PKCS1v15(), Prehashed(hashes.SHA256())
-        )
-        idx = [i for i in range(len(fields)) if fields[i][0] == b"b"][0]
-        fields[idx] = (b"b", base64.b64encode(signature))
-        header_value = b"; ".join(b"=".join(x) for x in fields) + self.linesep
-        return dkim.fold(header_value, namelen=len(header_name), linesep=self.linesep)  # type: ignore[no-any-return]
+        return _folded_with_signature(fields, _rsa_sign(self.openssl_key, h.digest()))
 
 
 _NAMELEN = len(b"DKIM-Signature")
@@ -186,6 +168,25 @@ def _parse(message: bytes) -> tuple[list[list[bytes]], bytes] | None:
     return headers, body
 
 
+def _tags(
+    selector: bytes, domain: bytes, include: tuple[bytes, ...], bodyhash: bytes
+) -> list[tuple[bytes, bytes]]:
+    """dkimpy's tag list for rsa-sha256, relaxed/relaxed, ``i=@domain``, ``b=`` last."""
+    return [
+        (b"v", b"1"),
+        (b"a", b"rsa-sha256"),
+        (b"c", b"relaxed/relaxed"),
+        (b"d", domain),
+        (b"i", b"@" + domain),
+        (b"q", b"dns/txt"),
+        (b"s", selector),
+        (b"t", str(int(time.time())).encode("ascii")),
+        (b"h", b" : ".join(include)),
+        (b"bh", bodyhash),
+        (b"b", b"0" * 60),  # forces b= to fold onto its own line, as dkimpy does
+    ]
+
+
 @dataclass
 class _Unsigned:
     """A lean signature up to its RSA step: the tag list and the digest to sign."""
@@ -203,20 +204,9 @@ def _lean_unsigned(message: bytes, selector: bytes, domain: bytes) -> _Unsigned 
     include = tuple(h for h in SIGNED if h in present) + (b"from",)
     if b"from" not in present:
         return None  # dkimpy's error for this case
-    bodyhash = base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
-    fields = [
-        (b"v", b"1"),
-        (b"a", b"rsa-sha256"),
-        (b"c", b"relaxed/relaxed"),
-        (b"d", domain),
-        (b"i", b"@" + domain),
-        (b"q", b"dns/txt"),
-        (b"s", selector),
-        (b"t", str(int(time.time())).encode("ascii")),
-        (b"h", b" : ".join(include)),
-        (b"bh", bodyhash),
-        (b"b", b"0" * 60),  # forces b= to fold onto its own line, as dkimpy does
-    ]
+    fields = _tags(
+        selector, domain, include, base64.b64encode(hashlib.sha256(_relaxed_body(body)).digest())
+    )
     value = dkim.fold(b"; ".join(b"=".join(x) for x in fields), namelen=_NAMELEN, linesep=b"\r\n")
     value = dkim.RE_BTAG.sub(b"\\1", value)
     h = hashlib.sha256()
@@ -230,10 +220,15 @@ def _rsa_sign(key: rsa.RSAPrivateKey, digest: bytes) -> bytes:
     return key.sign(digest, padding.PKCS1v15(), Prehashed(hashes.SHA256()))
 
 
-def _signed(unsigned: _Unsigned, signature: bytes) -> bytes:
-    fields = [*unsigned.fields[:-1], (b"b", base64.b64encode(signature))]
+def _folded_with_signature(fields: list[tuple[bytes, bytes]], signature: bytes) -> bytes:
+    """The header value (folded, CRLF-terminated) with ``b=`` set to ``signature``."""
+    fields = [*fields[:-1], (b"b", base64.b64encode(signature))]
     value = b"; ".join(b"=".join(x) for x in fields) + b"\r\n"
-    return b"DKIM-Signature: " + dkim.fold(value, namelen=_NAMELEN, linesep=b"\r\n")  # type: ignore[no-any-return]
+    return dkim.fold(value, namelen=_NAMELEN, linesep=b"\r\n")  # type: ignore[no-any-return]
+
+
+def _signed(unsigned: _Unsigned, signature: bytes) -> bytes:
+    return b"DKIM-Signature: " + _folded_with_signature(unsigned.fields, signature)
 
 
 def _lean_signature_header(
@@ -309,7 +304,3 @@ class DkimSigner:
         present = {name.lower() for name, _ in signer.headers}
         include = [h for h in SIGNED if h in present] + [b"from"]
         return signer.sign_relaxed(key.selector.encode(), key.domain.encode(), include)
-
-    def sign(self, message: bytes, key: DkimKey) -> bytes:
-        """``message`` with a DKIM-Signature for ``key.domain`` in front."""
-        return self.signature_header(message, key) + message
