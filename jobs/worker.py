@@ -95,12 +95,23 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
         await self.pool.close(close_connection_pool=True)
         self._pool = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Inline jobs keep no result (keep_result=0), as arq's finish would not either.
+        inline = all(
+            name in self.functions and self.functions[name].keep_result_s == 0
+            for name in INLINE_FUNCTIONS
+        )
+        self._inline_prefix = INLINE_PREFIX if inline else ""
+
+    def _inline(self, job_id: str) -> bool:
+        return bool(self._inline_prefix) and job_id.startswith(self._inline_prefix)
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        inline = INLINE_PREFIX if self._inline_ok() else ""
         wanted: list[str] = []
         for job_id_b in job_ids:
             job_id = job_id_b.decode()
-            if inline and job_id.startswith(inline):  # runs in this loop: takes no slot
+            if self._inline(job_id):  # runs in this loop: takes no slot
                 wanted.append(job_id)
                 continue
             if self.job_counter >= self.max_jobs:  # no slot: left for a later poll
@@ -121,13 +132,13 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
                     timestamp_ms(),
                     in_progress_key_prefix,
                     job_key_prefix,
-                    inline,
+                    self._inline_prefix,
                     *wanted,
                 ],
             )
         except BaseException:
             for job_id in wanted:
-                if not (inline and job_id.startswith(inline)):
+                if not self._inline(job_id):
                     self._release_sem_dec_counter_on_complete()
             raise
         started: dict[str, tuple[int, bytes]] = {}
@@ -135,14 +146,14 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
             started[claimed[i].decode()] = (int(float(claimed[i + 1])), claimed[i + 2])
         finished: list[str] = []
         for job_id in wanted:
-            slotless = bool(inline) and job_id.startswith(inline)
+            inline = self._inline(job_id)
             found = started.get(job_id)
             if found is None:  # running elsewhere, finished, or deferred meanwhile
-                if not slotless:
+                if not inline:
                     self._release_sem_dec_counter_on_complete()
                 continue
             score, data = found
-            if slotless:
+            if inline:
                 if data and await self._run_inline(job_id, score, data):
                     finished.append(job_id)
                 else:  # to arq's run_job after all (rare): claimed already, so run it now
@@ -157,7 +168,7 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
     async def _poll_iteration(self) -> None:
         """arq reads the queue only while a slot is free; deliver jobs need none, so with every
         slot taken (long jobs) they are still read and run."""
-        if self.job_counter >= self.max_jobs and self.allow_pick_jobs and self._inline_ok():
+        if self.job_counter >= self.max_jobs and self.allow_pick_jobs and self._inline_prefix:
             job_ids = await self.pool.zrangebyscore(
                 self.queue_name,
                 min=float("-inf"),
@@ -167,15 +178,6 @@ class BatchClaimWorker(Worker):  # type: ignore[misc]
             )
             await self.start_jobs(job_ids)
         await super()._poll_iteration()
-
-    def _inline_ok(self) -> bool:
-        """Inline jobs keep no result (keep_result=0), as arq's finish would not either."""
-        if not hasattr(self, "_inline"):
-            self._inline = all(
-                name in self.functions and self.functions[name].keep_result_s == 0
-                for name in INLINE_FUNCTIONS
-            )
-        return bool(self._inline)
 
     async def _run_inline(self, job_id: str, score: int, data: bytes) -> bool:
         """Run one inline job in this loop; False hands it to arq's run_job instead."""
