@@ -72,37 +72,33 @@ def read_sink(path: Path) -> tuple[int, float]:
         return 0, 0.0
 
 
-TIMELINE: list[int] = []  # messages the sink accepted in each second since the first accept
-
-
 async def wait_sink(
     path: Path, base: int, target: int, within: float, on_first: Any = None
-) -> tuple[int, float, float]:
-    """Wait until the sink has ``target`` messages; (count, last accept, first accept seen).
+) -> tuple[int, float, float, list[int]]:
+    """Wait until the sink has ``target`` messages; (count, last accept, first accept seen,
+    messages accepted by the end of each second since the first accept).
 
-    Start it before the queue is filled: it notes when the first message arrives, and fills
-    TIMELINE (a stall or a slow start shows there, not in the average)."""
+    Start it before the queue is filled: it notes when the first message arrives; the
+    per-second counts show a stall or a slow start that the average hides."""
     deadline = time.monotonic() + within
     first = 0.0
-    TIMELINE.clear()
+    timeline: list[int] = []
     while time.monotonic() < deadline:
         count, last = read_sink(path)
         if count > base and not first:
             first = time.time()
-            if os.environ.get("BENCH_TRACE"):
-                print(f"TRACE first accept {first:.3f}", file=sys.stderr)
             if on_first is not None:
                 on_first()
         if first:
             second = int(time.time() - first)
-            while len(TIMELINE) <= second:
-                TIMELINE.append(count - base)
-            TIMELINE[second] = count - base
+            while len(timeline) <= second:
+                timeline.append(count - base)
+            timeline[second] = count - base
         if count >= target:
-            return count, last, first
+            return count, last, first, timeline
         await asyncio.sleep(0.02)
     count, last = read_sink(path)
-    return count, last, first
+    return count, last, first, timeline
 
 
 def corpus(base: Path, n: int, domains: int) -> list[tuple[str, bytes]]:
@@ -455,7 +451,7 @@ async def run_mailhub(
             t0 = time.time()
             fill_seconds = await loader.load(items)
         process = psutil.Process(worker.pid)
-        count, last, first = await waiting
+        count, last, first, timeline = await waiting
         t = process.cpu_times()
         worker_cpu = t.user + t.system
         if mode != "drain":
@@ -498,7 +494,7 @@ async def run_mailhub(
             "latency_p50_ms": round(1000 * (percentile(lat, 50) or 0), 1),
             "latency_p99_ms": round(1000 * (percentile(lat, 99) or 0), 1),
             # accepted in each second after the first accept (stalls show here)
-            "per_second": [b - a for a, b in zip([0, *TIMELINE], TIMELINE, strict=False)],
+            "per_second": [b - a for a, b in zip([0, *timeline], timeline, strict=False)],
             "worker_cpu_s": round(worker_cpu, 1),
             "server_cpu_s": cpu,
             # this process: the loader's bulk inserts and enqueues (flow: while the worker runs)
