@@ -153,7 +153,7 @@ class DeliveryService:
         )
         self._requests: asyncio.Queue[_Request] | None = None
         self._leaser: asyncio.Task[None] | None = None
-        self._preparing: set[asyncio.Task[None]] = set()
+        self._releasing: set[asyncio.Task[None]] = set()  # leases being given back (close waits)
         # Domain leases: this process's token, the leases it holds, one lock for taking,
         # renewing and giving them back, and timers (retry a domain held elsewhere, give back
         # an idle one).
@@ -298,8 +298,8 @@ class DeliveryService:
         if self._requests is not None:
             while not self._requests.empty():
                 self._requests.get_nowait().future.cancel()
-        if self._preparing:
-            await asyncio.wait(set(self._preparing), timeout=CLOSE_GRACE)
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=CLOSE_GRACE)
         await self.lanes.close(CLOSE_GRACE)
         await self.recorder.drain(CLOSE_GRACE)
         await self.recorder.close()
@@ -555,8 +555,8 @@ class DeliveryService:
     def _release_if_idle(self, domain: str) -> None:
         if domain in self._held and self._idle(domain):
             task = asyncio.get_running_loop().create_task(self._release([domain]))
-            self._preparing.add(task)
-            task.add_done_callback(self._preparing.discard)
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
 
     def _idle(self, domain: str) -> bool:
         return (
