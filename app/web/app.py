@@ -1,4 +1,5 @@
-"""The ASGI application: GraphQL (+ GraphiQL) at /graphql, the REST facade, health, metrics."""
+"""The ASGI application: GraphQL (+ GraphiQL) at /graphql, the REST facade, health, metrics,
+and the webmail SPA at / (app/web/frontends.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
 from app.bootstrap import System, build_system
 from app.config import Settings
+from app.web import frontends
 from app.web.rest import Rest
 from schema import build_schema
 from schema.context import Context
@@ -36,9 +38,10 @@ def client_of(request: Any) -> str:
 
 
 class MailhubGraphQL(GraphQL[Context, None]):
-    def __init__(self, system: System, **kwargs: Any) -> None:
+    def __init__(self, system: System, graphiql: frontends.BuiltApp, **kwargs: Any) -> None:
         super().__init__(build_schema(system.settings), **kwargs)
         self.system = system
+        self.graphiql = graphiql
 
     async def get_context(self, request: Any, response: Any) -> Context:
         return Context(
@@ -60,6 +63,11 @@ class MailhubGraphQL(GraphQL[Context, None]):
         except DomainError as e:
             raise ConnectionRejectionError({"message": e.message}) from e
         return {"userId": str(viewer.user_id)}
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL build instead of Strawberry's CDN page: it works offline and under a
+        same-origin CSP (GET /graphql with Accept: text/html and no ?query=)."""
+        return self.graphiql.page(request)
 
 
 class SecurityHeaders:
@@ -120,12 +128,8 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
-    async def root(request: Request) -> Response:
-        return RedirectResponse("/graphql")
-
     app = Starlette(
         routes=[
-            Route("/", root),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
@@ -152,8 +156,10 @@ def wire(app: Starlette, system: System) -> None:
         return
     app.state.wired = True
     app.state.system = system
+    pages = frontends.Frontends(system.settings.static_dir)
     graphql = MailhubGraphQL(
         system,
+        pages.graphiql,
         graphql_ide="graphiql",
         allowed_origins=system.settings.cors_origins,
         keep_alive=True,
@@ -178,3 +184,4 @@ def wire(app: Starlette, system: System) -> None:
     from starlette.routing import WebSocketRoute
 
     app.router.routes.append(WebSocketRoute("/graphql", graphql))
+    app.router.routes.extend(pages.routes())  # last: its SPA fallback takes client routes
