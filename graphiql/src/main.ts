@@ -14,14 +14,22 @@ import "./page.css";
 
 const EXAMPLE_QUERY = `# mailhub GraphiQL
 #
-# 1. Log in:  mutation { login(email: "you@example.org", password: "...") {
-#               __typename ... on LoginSuccess { token } } }
-# 2. Put the token in the Headers pane below:  { "Authorization": "Bearer <token>" }
-# 3. Ask:     { me { email } }
+# 1. Log in (mutation below), copy the token.
+# 2. Headers pane:  { "Authorization": "Bearer <token>" }
+# 3. Ask:           { me { email } }
 #
-# Subscriptions (e.g. subscription { unreadCounts { folder unread } }) use the same token.
+# Subscriptions use the same token, e.g.
+#   subscription { unreadCounts { folder unread } }
 #
 # Run: Ctrl-Enter.  Complete: Ctrl-Space.
+
+mutation {
+  login(email: "alice@demo.mailhub.test", password: "alice-demo-pass") {
+    __typename
+    ... on LoginSuccess { token }
+    ... on AuthError { message }
+  }
+}
 `;
 
 const endpoint = new URL("/graphql", window.location.href);
