@@ -8,7 +8,7 @@ the delivery workers; the job enqueued after commit is only the fast path.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -74,6 +74,40 @@ class Composition:
     # transactional mail (receipts, password resets): a shorter queue lifetime, and it still
     # goes out while the sender's bulk sending is paused by the reputation rules
     transactional: bool = False
+
+
+# The fields of a Composition a draft holds; a partial update names the ones it changes.
+DRAFT_FIELDS = frozenset(
+    {"from_", "to", "cc", "bcc", "subject", "text", "html", "attachment_ids", "in_reply_to"}
+)
+
+
+def patch_draft(saved: Composition, patch: Composition, present: frozenset[str]) -> Composition:
+    """CONTRACT.md "Drafts: partial updates": the fields ``present`` in the input take the
+    patch's value (a cleared field arrives as its empty value: ``None``, ``[]``, ``""``); every
+    other field keeps the saved draft's."""
+    unknown = present - DRAFT_FIELDS
+    if unknown:
+        raise ValueError(f"not draft fields: {sorted(unknown)}")
+    return replace(saved, **{name: getattr(patch, name) for name in present})
+
+
+def composition_of_draft(draft: dict[str, Any]) -> Composition:
+    """What a stored draft message holds, as the Composition that would save it again."""
+    return Composition(
+        from_=(draft.get("from") or {}).get("email"),
+        to=[a["email"] for a in draft.get("to", [])],
+        cc=[a["email"] for a in draft.get("cc", [])],
+        bcc=[a["email"] for a in draft.get("bcc", [])],
+        subject=draft.get("subject") or "",
+        # a text derived from the html is not the writer's: it follows the html when that changes
+        text=draft.get("text_body") if draft.get("draft_text_given", True) else None,
+        html=draft.get("html_body"),
+        attachment_ids=[str(a["id"]) for a in draft.get("attachments", [])],
+        in_reply_to=str(draft["draft_in_reply_to_item"])
+        if draft.get("draft_in_reply_to_item")
+        else None,
+    )
 
 
 def addr_doc(a: Address) -> dict[str, Any]:
@@ -338,9 +372,25 @@ class SendingService:
     # --- drafts --------------------------------------------------------------------------
 
     async def save_draft(
-        self, viewer: Viewer, draft_id: str | None, c: Composition
+        self,
+        viewer: Viewer,
+        draft_id: str | None,
+        c: Composition,
+        present: frozenset[str] = DRAFT_FIELDS,
     ) -> dict[str, Any]:
-        """Create or update a draft. Addresses must parse; nothing else is required yet."""
+        """Create or update a draft. Addresses must parse; nothing else is required yet.
+
+        Updating (``draft_id``) changes only the fields in ``present`` (the ones the client
+        sent; a cleared one arrives empty) and keeps the rest of the saved draft."""
+        draft_item = None
+        if draft_id is not None:
+            draft_item = await self._draft_item(viewer, draft_id)
+            saved = await self.db.messages.find_one(
+                {"_id": draft_item["message_id"], "status": "draft"}
+            )
+            if saved is None:
+                raise NotFound(f"no draft with id {draft_id}")
+            c = patch_draft(composition_of_draft(saved), c, present)
         now = datetime.now(UTC)
         sender = await self._sender_address(viewer, c.from_)
         to, cc, bcc = (
@@ -364,7 +414,11 @@ class SendingService:
         )
         fields = self._content_fields(sender, to, cc, bcc, c.subject or "", c.text, c.html, uploads)
         fields.update(
-            {"draft_in_reply_to_item": parent["_id"] if parent else None, "updated_at": now}
+            {
+                "draft_in_reply_to_item": parent["_id"] if parent else None,
+                "draft_text_given": c.text is not None,
+                "updated_at": now,
+            }
         )
         if parent:
             parent_msg = await self.db.messages.find_one({"_id": parent["message_id"]}) or {}
@@ -373,7 +427,7 @@ class SendingService:
                 list(parent_msg.get("references") or []) + [parent_msg.get("rfc822_message_id")]
             )[-MAX_REFERENCES:]
 
-        if draft_id is None:
+        if draft_item is None:
             message = {
                 "_id": ObjectId(),
                 "sender_user_id": viewer.user_id,
@@ -399,23 +453,23 @@ class SendingService:
 
             item, changes = await in_transaction(self.mongo, create)
         else:
-            draft_item = await self._draft_item(viewer, draft_id)
+            existing = draft_item
 
             async def update(session: Any) -> tuple[dict[str, Any], list[Change]]:
                 await self.db.messages.update_one(
-                    {"_id": draft_item["message_id"], "status": "draft"},
+                    {"_id": existing["message_id"], "status": "draft"},
                     {"$set": fields},
                     session=session,
                 )
                 summary = summary_of(fields)
                 updated = await self.db.mailbox_items.find_one_and_update(
-                    {"_id": draft_item["_id"]},
+                    {"_id": existing["_id"]},
                     {"$set": {**summary, "received_at": now}, "$inc": {"version": 1}},
                     session=session,
                     return_document=True,
                 )
                 if updated is None:  # deleted meanwhile (another tab): nothing is changed
-                    raise NotFound(f"no draft with id {draft_item['_id']}")
+                    raise NotFound(f"no draft with id {existing['_id']}")
                 changes = [
                     Change(
                         viewer.user_id,
@@ -454,20 +508,7 @@ class SendingService:
         draft = await self.db.messages.find_one({"_id": item["message_id"]})
         if draft is None:
             raise NotFound(f"no draft with id {draft_id}")
-        composition = Composition(
-            from_=(draft.get("from") or {}).get("email"),
-            to=[a["email"] for a in draft.get("to", [])],
-            cc=[a["email"] for a in draft.get("cc", [])],
-            bcc=[a["email"] for a in draft.get("bcc", [])],
-            subject=draft.get("subject") or "",
-            text=draft.get("text_body"),
-            html=draft.get("html_body"),
-            attachment_ids=[str(a["id"]) for a in draft.get("attachments", [])],
-            in_reply_to=str(draft["draft_in_reply_to_item"])
-            if draft.get("draft_in_reply_to_item")
-            else None,
-        )
-        sent = await self.send_email(viewer, composition, replacing_draft=item)
+        sent = await self.send_email(viewer, composition_of_draft(draft), replacing_draft=item)
         await self.notifier.content_released([item["message_id"]])
         return sent
 
