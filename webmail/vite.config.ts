@@ -5,6 +5,7 @@
 import { defineConfig } from 'vite';
 import react from '@vitejs/plugin-react';
 
+declare const process: { env: Record<string, string | undefined> };
 const api = process.env.MAILHUB_DEV_API ?? 'http://127.0.0.1:8000';
 
 export default defineConfig({

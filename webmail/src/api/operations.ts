@@ -30,7 +30,7 @@ export const LOGIN = `mutation Login($email: String!, $password: String!) {
   }
 }`;
 
-export const ME = `query Me { me { id email name } state mailboxes { id name folder isLabel total unread } }`;
+export const ME = `query Me { me { id email name addresses } state mailboxes { id name folder isLabel total unread } }`;
 
 export const MAILBOXES = `query Mailboxes { mailboxes { id name folder isLabel total unread } }`;
 

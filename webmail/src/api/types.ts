@@ -14,6 +14,8 @@ export interface User {
   id: string;
   email: string;
   name: string | null;
+  /** The viewer's addresses, primary first (docs/api.md); only asked for by `me`. */
+  addresses?: string[];
 }
 
 export interface Mailbox {

@@ -42,8 +42,8 @@ export function escapeHtml(s: string): string {
 }
 
 /** Sanitized body HTML with remote images either kept or blocked (src moved aside). */
-export function prepareBody(html: string, showImages: boolean, win: Window = window): Srcdoc {
-  const purify = DOMPurify(win);
+export function prepareBody(html: string, showImages: boolean): Srcdoc {
+  const purify = DOMPurify(window as unknown as Parameters<typeof DOMPurify>[0]);
   const body = purify.sanitize(html, {
     WHOLE_DOCUMENT: false,
     RETURN_DOM: true,
