@@ -1,0 +1,178 @@
+import { useVirtualizer } from '@tanstack/react-virtual';
+import { useEffect, useRef } from 'react';
+import type { MailboxItem } from '../api/types';
+import { addressLabel, FOLDER_NAMES, shortDate } from '../lib/format';
+import { parseHighlight } from '../lib/highlight';
+import { itemHref } from '../lib/route';
+import type { ListKey } from '../state/cache';
+import { useMail } from './context';
+import { useStore } from './hooks';
+
+export const ROW_HEIGHT = 68;
+
+function listTitle(route: ReturnType<typeof useMail>['route']): string {
+  const spec = route.list;
+  if (spec.kind === 'folder') return FOLDER_NAMES[spec.folder];
+  if (spec.kind === 'label') return spec.label;
+  return spec.query ? `Search: ${spec.query}` : 'All mail';
+}
+
+/**
+ * The open list, virtualised: only the rows in view (plus a few) are in the DOM, so ten thousand
+ * rows scroll like ten. Scrolling near the end asks for the next keyset page.
+ */
+export function MessageList({ listKey }: { listKey: ListKey }) {
+  const { controller, route, actions } = useMail();
+  const state = useStore(controller.mail);
+  const list = state.lists[listKey];
+  const ids = list?.ids ?? [];
+  const scrollRef = useRef<HTMLDivElement>(null);
+  const hasMore = list ? list.hasNextPage : true;
+
+  useEffect(() => {
+    void controller.loadList(listKey, true);
+  }, [controller, listKey]);
+
+  const virtualizer = useVirtualizer({
+    count: ids.length + (hasMore && list?.loaded ? 1 : 0),
+    getScrollElement: () => scrollRef.current,
+    estimateSize: () => ROW_HEIGHT,
+    overscan: 12,
+  });
+  const rows = virtualizer.getVirtualItems();
+  const lastIndex = rows.length ? rows[rows.length - 1]!.index : -1;
+
+  useEffect(() => {
+    if (list?.loaded && list.hasNextPage && !list.loading && !list.error && lastIndex >= ids.length - 20) {
+      void controller.loadList(listKey, false);
+    }
+  }, [controller, listKey, list, lastIndex, ids.length]);
+
+  // Keep the open message in view when j/k moves past the edge.
+  const openIndex = route.itemId ? ids.indexOf(route.itemId) : -1;
+  useEffect(() => {
+    if (openIndex >= 0) virtualizer.scrollToIndex(openIndex, { align: 'auto' });
+  }, [openIndex, virtualizer]);
+
+  const title = listTitle(route);
+  const total = list?.totalCount ?? ids.length;
+
+  return (
+    <section className="list-pane" aria-labelledby="list-title">
+      <div className="list-head">
+        <h1 id="list-title">{title}</h1>
+        <span className="muted">{list?.loaded ? `${total} ${total === 1 ? 'message' : 'messages'}` : ''}</span>
+        <button type="button" className="ghost" onClick={() => void controller.loadList(listKey, true)}>
+          Refresh
+        </button>
+      </div>
+      {list?.error && (
+        <p className="error" role="alert">
+          {list.error}{' '}
+          <button type="button" onClick={() => void controller.loadList(listKey, !list.loaded)}>
+            Try again
+          </button>
+        </p>
+      )}
+      <div ref={scrollRef} className="list-scroll" data-testid="message-list-scroll">
+        {list?.loaded && ids.length === 0 && !list.loading ? (
+          <p className="empty">{route.list.kind === 'search' ? 'No messages match your search.' : 'No messages here.'}</p>
+        ) : (
+          <div role="list" aria-label="Messages" aria-busy={list?.loading ?? true} className="list" style={{ height: virtualizer.getTotalSize() }}>
+            {rows.map((row) => {
+              const id = ids[row.index];
+              const item = id ? state.items[id] : undefined;
+              const style = { transform: `translateY(${row.start}px)`, height: ROW_HEIGHT };
+              if (!item) {
+                return (
+                  <div key={`more-${row.index}`} role="listitem" className="row loading-row" style={style} aria-setsize={-1}>
+                    Loading more…
+                  </div>
+                );
+              }
+              return (
+                <Row
+                  key={item.id}
+                  item={item}
+                  style={style}
+                  index={row.index}
+                  setSize={hasMore ? -1 : ids.length}
+                  open={item.id === route.itemId}
+                  href={itemHref(route.list, item.id)}
+                  highlights={list?.highlights[item.id]}
+                  onStar={() => actions.star(item)}
+                />
+              );
+            })}
+          </div>
+        )}
+      </div>
+    </section>
+  );
+}
+
+function Row({
+  item,
+  style,
+  index,
+  setSize,
+  open,
+  href,
+  highlights,
+  onStar,
+}: {
+  item: MailboxItem;
+  style: React.CSSProperties;
+  index: number;
+  setSize: number;
+  open: boolean;
+  href: string;
+  highlights: string[] | undefined;
+  onStar: () => void;
+}) {
+  const who = item.folder === 'SENT' || item.folder === 'DRAFTS' ? `To: ${item.to.map(addressLabel).join(', ') || '(no recipients)'}` : addressLabel(item.from);
+  const highlight = highlights?.[0];
+  return (
+    <div
+      role="listitem"
+      className={`row${item.read ? '' : ' unread'}${open ? ' open' : ''}`}
+      style={style}
+      aria-posinset={index + 1}
+      aria-setsize={setSize}
+      aria-current={open ? 'true' : undefined}
+      data-item-id={item.id}
+    >
+      <button type="button" className={`star${item.starred ? ' on' : ''}`} aria-pressed={item.starred} aria-label={item.starred ? 'Unstar' : 'Star'} onClick={onStar}>
+        {item.starred ? '★' : '☆'}
+      </button>
+      <a className="row-link" href={href}>
+        <span className="row-top">
+          <span className="from">
+            {!item.read && <span className="sr-only">Unread, </span>}
+            {who}
+          </span>
+          <span className="date">{shortDate(item.receivedAt)}</span>
+        </span>
+        <span className="subject">
+          {item.subject || '(no subject)'}
+          {item.hasAttachments && (
+            <span className="clip" title="Has attachments">
+              {' '}
+              📎<span className="sr-only">Has attachments</span>
+            </span>
+          )}
+          {item.labels.map((l) => (
+            <span key={l} className="chip">
+              {l}
+            </span>
+          ))}
+        </span>
+        <span className="snippet">
+          {highlight
+            ? parseHighlight(highlight).map((r, i) => (r.mark ? <mark key={i}>{r.text}</mark> : <span key={i}>{r.text}</span>))
+            : item.snippet}
+        </span>
+      </a>
+    </div>
+  );
+}
