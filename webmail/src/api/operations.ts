@@ -19,8 +19,7 @@ export const FULL_FRAGMENT = `fragment Full on MailboxItem {${FULL} }`;
 
 const ERRORS = `
   ... on ValidationError { message fields { field message } }
-  ... on NotFound { message }
-  ... on RateLimited { message retryAfterSeconds }`;
+  ... on NotFound { message }`;
 
 export const LOGIN = `mutation Login($email: String!, $password: String!) {
   login(email: $email, password: $password) {
@@ -110,6 +109,7 @@ export const DELETE_DRAFT = `mutation DeleteDraft($id: ID!) {
 
 const SEND_RESULT = `__typename
     ... on SendEmailSuccess { item { ...Full } }
+    ... on RateLimited { message retryAfterSeconds }
     ${ERRORS}`;
 
 export const SEND_EMAIL = `mutation Send($input: SendEmailInput!) {

@@ -13,7 +13,8 @@ let next = 0;
 
 export function showToast(message: string, action?: Toast['action'], timeoutMs: number | null = 8000): number {
   const id = ++next;
-  toasts.update((ts) => [...ts.slice(-3), { id, message, action, timeoutMs }]);
+  // One at a time, as in Gmail: a new notice (and its Undo) replaces the previous one.
+  toasts.set([{ id, message, action, timeoutMs }]);
   if (timeoutMs !== null) setTimeout(() => dismissToast(id), timeoutMs);
   return id;
 }

@@ -1,4 +1,4 @@
-import { useEffect, useRef } from 'react';
+import { useEffect, useRef, useState } from 'react';
 import type { MailboxItemFull } from '../api/types';
 import { fileSize } from '../lib/format';
 import type { Composer } from '../state/composer';
@@ -23,6 +23,7 @@ export function ComposerView({
   const toRef = useRef<HTMLInputElement>(null);
   const textRef = useRef<HTMLTextAreaElement>(null);
   const titleId = `composer-title-${composer.id}`;
+  const [showBcc, setShowBcc] = useState(s.bcc !== '');
 
   useEffect(() => {
     if (s.to) textRef.current?.focus();
@@ -57,7 +58,7 @@ export function ComposerView({
   const described = (name: string) => (s.fieldErrors[name] ? `${titleId}-${name}-err` : undefined);
 
   return (
-    <section className="composer" role="dialog" aria-modal="false" aria-labelledby={titleId}>
+    <section className="composer" role="dialog" aria-modal="false" aria-label="Composer">
       <div className="composer-head">
         <h2 id={titleId}>{s.title}</h2>
         <span className="muted save-state" role="status" aria-live="polite">
@@ -93,9 +94,17 @@ export function ComposerView({
         <label htmlFor={`${titleId}-cc`}>Cc</label>
         <input id={`${titleId}-cc`} type="text" autoComplete="off" value={s.cc} aria-invalid={!!s.fieldErrors.cc} aria-describedby={described('cc')} onChange={(e) => composer.set('cc', e.target.value)} />
         {err('cc')}
-        <label htmlFor={`${titleId}-bcc`}>Bcc</label>
-        <input id={`${titleId}-bcc`} type="text" autoComplete="off" value={s.bcc} aria-invalid={!!s.fieldErrors.bcc} aria-describedby={described('bcc')} onChange={(e) => composer.set('bcc', e.target.value)} />
-        {err('bcc')}
+        {showBcc ? (
+          <>
+            <label htmlFor={`${titleId}-bcc`}>Bcc</label>
+            <input id={`${titleId}-bcc`} type="text" autoComplete="off" value={s.bcc} aria-invalid={!!s.fieldErrors.bcc} aria-describedby={described('bcc')} onChange={(e) => composer.set('bcc', e.target.value)} />
+            {err('bcc')}
+          </>
+        ) : (
+          <button type="button" className="ghost add-bcc" onClick={() => setShowBcc(true)}>
+            Add Bcc
+          </button>
+        )}
         <label htmlFor={`${titleId}-subject`}>Subject</label>
         <input id={`${titleId}-subject`} type="text" value={s.subject} aria-invalid={!!s.fieldErrors.subject} aria-describedby={described('subject')} onChange={(e) => composer.set('subject', e.target.value)} />
         {err('subject')}
@@ -103,7 +112,7 @@ export function ComposerView({
         <textarea id={`${titleId}-text`} ref={textRef} rows={10} value={s.text} aria-invalid={!!s.fieldErrors.text} aria-describedby={described('text')} onChange={(e) => composer.set('text', e.target.value)} />
         {err('text')}
         {s.attachments.length > 0 && (
-          <ul className="uploads" aria-label="Attachments">
+          <ul className="uploads" aria-label="Files">
             {s.attachments.map((a) => (
               <li key={a.key}>
                 <span className="att-name">{a.filename}</span> <span className="muted">{fileSize(a.size)}</span>

@@ -58,7 +58,7 @@ export function MessageList({ listKey }: { listKey: ListKey }) {
   const total = list?.totalCount ?? ids.length;
 
   return (
-    <section className="list-pane" aria-labelledby="list-title">
+    <section className="list-pane" aria-label="Mailbox">
       <div className="list-head">
         <h1 id="list-title">{title}</h1>
         <span className="muted">{list?.loaded ? `${total} ${total === 1 ? 'message' : 'messages'}` : ''}</span>
@@ -78,7 +78,7 @@ export function MessageList({ listKey }: { listKey: ListKey }) {
         {list?.loaded && ids.length === 0 && !list.loading ? (
           <p className="empty">{route.list.kind === 'search' ? 'No messages match your search.' : 'No messages here.'}</p>
         ) : (
-          <div role="list" aria-label="Messages" aria-busy={list?.loading ?? true} className="list" style={{ height: virtualizer.getTotalSize() }}>
+          <div role="list" aria-label="Mail" aria-busy={list?.loading ?? true} className="list" style={{ height: virtualizer.getTotalSize() }}>
             {rows.map((row) => {
               const id = ids[row.index];
               const item = id ? state.items[id] : undefined;
@@ -142,7 +142,7 @@ function Row({
       aria-current={open ? 'true' : undefined}
       data-item-id={item.id}
     >
-      <button type="button" className={`star${item.starred ? ' on' : ''}`} aria-pressed={item.starred} aria-label={item.starred ? 'Unstar' : 'Star'} onClick={onStar}>
+      <button type="button" className={`star${item.starred ? ' on' : ''}`} aria-pressed={item.starred} aria-label={`${item.starred ? 'Unstar' : 'Star'}: ${item.subject || '(no subject)'}`} onClick={onStar}>
         {item.starred ? '★' : '☆'}
       </button>
       <a className="row-link" href={href}>
@@ -157,8 +157,10 @@ function Row({
           {item.subject || '(no subject)'}
           {item.hasAttachments && (
             <span className="clip" title="Has attachments">
-              {' '}
-              📎<span className="sr-only">Has attachments</span>
+              <svg aria-hidden="true" viewBox="0 0 24 24" width="14" height="14">
+                <path d="M16.5 6.5v10a4.5 4.5 0 0 1-9 0V5a3 3 0 0 1 6 0v10.5a1.5 1.5 0 0 1-3 0V6.5" fill="none" stroke="currentColor" strokeWidth="2" strokeLinecap="round" />
+              </svg>
+              <span className="sr-only">Has attachments</span>
             </span>
           )}
           {item.labels.map((l) => (

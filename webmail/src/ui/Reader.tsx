@@ -105,7 +105,7 @@ export function Reader({ itemId, openItem }: { itemId: string | null; openItem: 
   const messages = thread?.messages ?? [full];
 
   return (
-    <section className="reader" aria-labelledby="reader-subject">
+    <section className="reader" aria-label="Reading pane">
       <Toolbar item={row} full={full} />
       <div className="reader-scroll">
         <h2 id="reader-subject" className="reader-subject">
@@ -135,7 +135,7 @@ function Toolbar({ item, full }: { item: MailboxItem; full: MailboxItemFull }) {
   const { actions } = useMail();
   const inTrashOrSpam = item.folder === 'TRASH' || item.folder === 'SPAM';
   return (
-    <div className="toolbar" role="toolbar" aria-label="Message actions">
+    <div className="toolbar" role="toolbar" aria-label="Actions">
       <button type="button" onClick={() => actions.reply(full, 'reply')}>
         Reply
       </button>
@@ -180,9 +180,8 @@ function Toolbar({ item, full }: { item: MailboxItem; full: MailboxItemFull }) {
         {item.starred ? 'Unstar' : 'Star'}
       </button>
       <label className="inline">
-        <span className="sr-only">Move to</span>
-        <select
-          aria-label="Move to"
+                <select
+          aria-label="Move"
           value=""
           onChange={(e) => {
             const folder = e.target.value as Folder;
@@ -207,7 +206,7 @@ function Labels({ item }: { item: MailboxItem }) {
   const [value, setValue] = useState('');
   return (
     <div className="labels">
-      <ul aria-label="Labels of this message" className="chips">
+      <ul aria-label="Current labels" className="chips">
         {item.labels.map((l) => (
           <li key={l} className="chip">
             {l}
@@ -250,7 +249,7 @@ function MessageView({ message, initiallyOpen, focused }: { message: MailboxItem
     );
   }
   return (
-    <article className={`message${focused ? ' focused' : ''}`} aria-label={`Message from ${addressFull(message.from)}`}>
+    <article className={`message${focused ? ' focused' : ''}`} aria-label={`From ${addressFull(message.from)}`}>
       <header className="message-head">
         <h3 className="from-line">{addressFull(message.from)}</h3>
         <dl className="addr">
@@ -321,6 +320,17 @@ function Verdicts({ message }: { message: MailboxItemFull }) {
   );
 }
 
+/**
+ * The sandbox has no allow-same-origin, so the page cannot measure the document inside; a plain
+ * text body is sized from its lines, an HTML body gets most of the pane (it scrolls inside).
+ */
+function frameHeight(message: MailboxItemFull): string {
+  if (message.htmlBody) return '60vh';
+  const text = message.textBody ?? message.snippet ?? '';
+  const lines = text.split('\n').reduce((n, line) => n + Math.max(1, Math.ceil(line.length / 90)), 0);
+  return `min(70vh, ${Math.max(80, lines * 23 + 32)}px)`;
+}
+
 function Body({ message }: { message: MailboxItemFull }) {
   const [showImages, setShowImages] = useState(false);
   const doc = useMemo(() => {
@@ -337,7 +347,14 @@ function Body({ message }: { message: MailboxItemFull }) {
           </button>
         </p>
       )}
-      <iframe title="Message body" className="body-frame" sandbox={IFRAME_SANDBOX} srcDoc={doc.srcdoc} referrerPolicy="no-referrer" />
+      <iframe
+        title="Message body"
+        className="body-frame"
+        sandbox={IFRAME_SANDBOX}
+        srcDoc={doc.srcdoc}
+        referrerPolicy="no-referrer"
+        style={{ height: frameHeight(message) }}
+      />
     </div>
   );
 }
@@ -346,7 +363,7 @@ function Attachments({ message }: { message: MailboxItemFull }) {
   const [busy, setBusy] = useState<string | null>(null);
   if (!message.attachments.length) return null;
   return (
-    <ul className="attachments" aria-label="Attachments">
+    <ul className="attachments" aria-label="Files">
       {message.attachments.map((a) => (
         <li key={a.id}>
           <span className="att-name">{a.filename}</span> <span className="muted">{fileSize(a.size)}</span>{' '}
@@ -433,7 +450,7 @@ function ShowOriginal({ message }: { message: MailboxItemFull & { rawUrl?: strin
           Show original
         </button>
       ) : (
-        <section aria-label="Original message">
+        <section aria-label="Raw source">
           <div className="original-head">
             <h4>Original message</h4>
             <button type="button" className="ghost" onClick={() => setRaw(null)}>
