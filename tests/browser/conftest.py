@@ -54,6 +54,15 @@ class Mailhub:
     smtp_port: int
     system: Any
     http: httpx.AsyncClient
+    settings: Any = None
+    stop_worker: Callable[[], Awaitable[None]] | None = None
+
+    async def start_worker(self) -> None:
+        """The delivery worker (started by the fixture unless ``mailhub_worker`` is False)."""
+        from jobs.worker import start_embedded_worker
+
+        if self.stop_worker is None:
+            self.stop_worker = await start_embedded_worker(self.settings, self.system)
 
     async def user(self, local: str, name: str | None = None) -> str:
         email = f"{local}@{DOMAIN}"
@@ -87,20 +96,36 @@ class Mailhub:
 
 
 @pytest.fixture
-async def mailhub(settings, zone) -> AsyncIterator[Mailhub]:  # type: ignore[no-untyped-def]
-    from app.mx.server import start_mx
-    from jobs.worker import start_embedded_worker
+def mailhub_overrides() -> dict[str, Any]:
+    """Settings a test module changes (override this fixture), e.g. the undo window."""
+    return {}
 
-    missing = [a.name for a in (Frontends(settings.static_dir).graphiql,) if not a.index.is_file()]
+
+@pytest.fixture
+def mailhub_worker() -> bool:
+    """False: the test starts the worker itself (``await mailhub.start_worker()``)."""
+    return True
+
+
+@pytest.fixture
+async def mailhub(settings, zone, mailhub_overrides, mailhub_worker) -> AsyncIterator[Mailhub]:  # type: ignore[no-untyped-def]
+    from app.mx.server import start_mx
+
+    frontends = Frontends(settings.static_dir)
+    missing = [a.name for a in (frontends.graphiql, frontends.webmail) if not a.index.is_file()]
     if missing:
         pytest.fail(f"{', '.join(missing)} not built: run `make assets` (make test does)")
     settings = settings.model_copy(
-        update={"dns_servers": [zone.address], "smtp_port": 0, "http_port": free_port()}
+        update={
+            "dns_servers": [zone.address],
+            "smtp_port": 0,
+            "http_port": free_port(),
+            **mailhub_overrides,
+        }
     )
     system = await build_system(settings)
     await system.accounts.add_domain(DOMAIN)
     mx = await start_mx(settings, system)
-    stop_worker = await start_embedded_worker(settings, system)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings, system),
@@ -118,15 +143,19 @@ async def mailhub(settings, zone) -> AsyncIterator[Mailhub]:  # type: ignore[no-
         if serving.done():
             serving.result()
     base = f"http://127.0.0.1:{settings.http_port}"
-    try:
-        async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-            yield Mailhub(base, mx.port, system, http)
-    finally:
-        server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(serving, 10)
-        with contextlib.suppress(Exception):
-            await stop_worker()
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        hub = Mailhub(base, mx.port, system, http, settings)
+        try:
+            if mailhub_worker:
+                await hub.start_worker()
+            yield hub
+        finally:
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(serving, 10)
+            if hub.stop_worker is not None:
+                with contextlib.suppress(Exception):
+                    await hub.stop_worker()
         await mx.stop(grace=2)
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
@@ -151,6 +180,7 @@ class Offline:
     blocked: list[str] = field(default_factory=list)
     console_errors: list[str] = field(default_factory=list)
     page_errors: list[str] = field(default_factory=list)
+    dialogs: list[str] = field(default_factory=list)
 
     def csp_violations(self) -> list[str]:
         return [m for m in self.console_errors if "Content Security Policy" in m]
@@ -184,6 +214,12 @@ async def new_context(
             lambda m: offline.console_errors.append(m.text) if m.type == "error" else None,
         )
         page.on("pageerror", lambda e: offline.page_errors.append(str(e)))
+
+        async def record_dialog(dialog: Any) -> None:
+            offline.dialogs.append(f"{dialog.type}: {dialog.message}")
+            await dialog.dismiss()
+
+        page.on("dialog", record_dialog)
         contexts.append((name, context))
         return context, page
 
