@@ -85,7 +85,6 @@ export function Mail({ user }: { user: User }) {
       trash: (item) => (item.folder === 'TRASH' ? undefined : moveWithUndo(item, 'TRASH', 'Moved to Trash.')),
       move: (item, folder) => moveWithUndo(item, folder, `Moved to ${FOLDER_NAMES[folder]}.`),
       deleteForever: (item) => {
-        if (!window.confirm('Delete this message forever? This cannot be undone.')) return;
         controller
           .deleteForever([item.id])
           .then(() => showToast('Deleted forever.'))
