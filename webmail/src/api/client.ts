@@ -60,6 +60,7 @@ export class MailhubClient {
   private connectedListeners = new Set<(wasRetry: boolean) => void>();
   private statusListeners = new Set<(s: ConnectionStatus) => void>();
   private everConnected = false;
+  private wakeRetry: (() => void) | null = null;
   status: ConnectionStatus = 'closed';
   onUnauthenticated: () => void;
 
@@ -148,10 +149,17 @@ export class MailhubClient {
     return () => this.statusListeners.delete(listener);
   }
 
-  /** Drops the socket so it reconnects (used when the browser comes back online). */
+  /**
+   * The browser is back online: retry at once if a reconnect is waiting, else drop the socket
+   * (it may be half-dead after a network change) so it reconnects and catches up.
+   */
   reconnect(): void {
-    const ws = this.ws;
-    if (ws) ws.terminate();
+    if (this.status === 'reconnecting' && this.wakeRetry) {
+      this.wakeRetry();
+      this.wakeRetry = null;
+    } else {
+      this.ws?.terminate();
+    }
   }
 
   private setStatus(status: ConnectionStatus): void {
@@ -171,9 +179,11 @@ export class MailhubClient {
       lazy: true,
       keepAlive: 20_000,
       retryAttempts: Number.POSITIVE_INFINITY,
-      retryWait: async (retries) => {
-        await new Promise((r) => setTimeout(r, Math.min(10_000, 500 * 2 ** retries)));
-      },
+      retryWait: (retries) =>
+        new Promise<void>((resolve) => {
+          this.wakeRetry = resolve;
+          setTimeout(resolve, Math.min(5_000, 500 * 2 ** retries));
+        }),
       shouldRetry: (e) => !isForbidden(e),
       on: {
         connected: () => {

@@ -141,3 +141,12 @@ export const SUB_DELIVERY_STATUS = `subscription DeliveryStatus($messageId: ID!)
     address type status attempts lastReply bounceClass nextAttemptAt updatedAt
   }
 }`;
+
+export const THREADS = `query Threads($folder: Folder, $label: String, $first: Int!, $after: String) {
+  threads(folder: $folder, label: $label, first: $first, after: $after) {
+    edges { cursor node {
+      id subject participants { name email } messageCount unreadCount latestAt messages { id folder }
+    } }
+    pageInfo { hasNextPage endCursor }
+  }
+}`;

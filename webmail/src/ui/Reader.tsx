@@ -133,6 +133,7 @@ export function Reader({ itemId, openItem }: { itemId: string | null; openItem: 
 
 function Toolbar({ item, full }: { item: MailboxItem; full: MailboxItemFull }) {
   const { actions } = useMail();
+  const [confirming, setConfirming] = useState(false);
   const inTrashOrSpam = item.folder === 'TRASH' || item.folder === 'SPAM';
   return (
     <div className="toolbar" role="toolbar" aria-label="Actions">
@@ -157,9 +158,28 @@ function Toolbar({ item, full }: { item: MailboxItem; full: MailboxItemFull }) {
         </button>
       )}
       {inTrashOrSpam && (
-        <button type="button" className="danger" onClick={() => actions.deleteForever(item)}>
+        <button type="button" className="danger" aria-expanded={confirming} onClick={() => setConfirming(true)}>
           Delete forever
         </button>
+      )}
+      {confirming && (
+        <div role="alertdialog" aria-labelledby="confirm-delete" className="confirm">
+          <span id="confirm-delete">Delete this message forever? This cannot be undone.</span>
+          <button
+            type="button"
+            className="danger"
+            autoFocus
+            onClick={() => {
+              setConfirming(false);
+              actions.deleteForever(item);
+            }}
+          >
+            Yes, delete forever
+          </button>
+          <button type="button" onClick={() => setConfirming(false)}>
+            Cancel
+          </button>
+        </div>
       )}
       {item.folder === 'SPAM' ? (
         <button type="button" onClick={() => actions.spam(item, false)}>
