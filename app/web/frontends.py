@@ -44,22 +44,28 @@ _CSP_HOST = re.compile(r"^[A-Za-z0-9.-]+(:\d{1,5})?$|^\[[0-9A-Fa-f:.]+\](:\d{1,5
 API_PREFIXES = ("/api/", "/graphql", "/graphiql/", "/assets/", "/webhooks/", "/u/", "/t/")
 
 
-def content_security_policy(request: Request, *, inline_styles: bool) -> str:
+def content_security_policy(request: Request, *, reader: bool) -> str:
     """Same-origin only. ``connect-src`` names ws(s) of this host explicitly because CSP2
-    browsers do not let 'self' cover websockets. ``inline_styles``: the webmail renders
-    sanitized message HTML (style attributes) in a sandboxed srcdoc iframe, which inherits
-    this policy; styles cannot run code, scripts stay 'self' only."""
+    browsers do not let 'self' cover websockets. ``reader``: the webmail renders sanitized
+    message HTML in a sandboxed srcdoc iframe, which inherits this policy, so it allows what
+    mail needs to look like mail (inline styles, and remote images after the person asked);
+    styles and images cannot run code, scripts stay 'self' only."""
     connect = ["'self'"]
     host = request.headers.get("host", "")
     if _CSP_HOST.match(host):
         connect += [f"ws://{host}", f"wss://{host}"]
-    style = "'self' 'unsafe-inline'" if inline_styles else "'self'"
+    style = "'self' 'unsafe-inline'" if reader else "'self'"
+    # The reader shows a message's remote images once the person asks (Show images). Its
+    # iframe is a srcdoc document, which inherits this policy: without http(s) here that button
+    # could never work. Until then the iframe's own stricter policy blocks them; scripts and
+    # connections stay same-origin either way.
+    images = "'self' data: blob: https: http:" if reader else "'self' data: blob:"
     return "; ".join(
         [
             "default-src 'self'",
             "script-src 'self'",
             f"style-src {style}",
-            "img-src 'self' data: blob:",
+            f"img-src {images}",
             "font-src 'self' data:",
             f"connect-src {' '.join(connect)}",
             # the reader's iframe is srcdoc (about:srcdoc, inherits this policy); attachments
@@ -80,14 +86,14 @@ class BuiltApp:
     name: str
     source: str  # the npm project that builds it
     directory: Path
-    inline_styles: bool
+    reader: bool  # shows mail in a srcdoc iframe (see content_security_policy)
 
     @property
     def index(self) -> Path:
         return self.directory / "index.html"
 
     def page(self, request: Request) -> Response:
-        csp = content_security_policy(request, inline_styles=self.inline_styles)
+        csp = content_security_policy(request, reader=self.reader)
         if not self.index.is_file():
             return self.not_built_page(csp)
         return HTMLResponse(
@@ -168,8 +174,8 @@ class Frontends:
 
     def __init__(self, static_dir: Path | None = None) -> None:
         root = static_dir or PACKAGE_STATIC
-        self.webmail = BuiltApp("The webmail", "webmail", root / "webmail", inline_styles=True)
-        self.graphiql = BuiltApp("GraphiQL", "graphiql", root / "graphiql", inline_styles=False)
+        self.webmail = BuiltApp("The webmail", "webmail", root / "webmail", reader=True)
+        self.graphiql = BuiltApp("GraphiQL", "graphiql", root / "graphiql", reader=False)
 
     def routes(self) -> list[BaseRoute]:
         """The app's last routes: hashed files, ``/``, then the SPA fallback."""

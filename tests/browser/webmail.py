@@ -65,3 +65,15 @@ async def send_mail(mailhub: Any, token: str, to: str, subject: str, text: str) 
 async def items(mailhub: Any, token: str, folder: str) -> list[dict[str, Any]]:
     body = await mailhub.gql(FOLDER, {"folder": folder}, token)
     return [e["node"] for e in body["data"]["messages"]["edges"]]
+
+
+async def filed_in(mailhub: Any, token: str, subject: str) -> str:
+    """The folder (as the sidebar names it) the spam filter put an inbound message in."""
+    found = [
+        folder
+        for folder in ("INBOX", "SPAM")
+        for i in await items(mailhub, token, folder)
+        if i["subject"] == subject
+    ]
+    assert len(found) == 1, found
+    return found[0].capitalize()
