@@ -10,8 +10,9 @@ Both are Vite builds written into ``app/web/static/{webmail,graphiql}`` by ``mak
 ``make test`` (node is needed to build them, never to run them). When a build is missing the
 page answers 503 with the command that builds it, instead of a blank page.
 
-Every page carries a Content-Security-Policy naming only this origin: a script injected into a
-message can neither run nor send anything anywhere.
+Every page carries a Content-Security-Policy that allows scripts, styles, fonts and connections
+from this origin only (the webmail also shows remote images, once the reader asks): a script
+injected into a message can neither run nor send anything anywhere.
 """
 
 from __future__ import annotations

@@ -59,6 +59,12 @@ async def test_root_serves_the_webmail_with_a_same_origin_policy(api):
             assert not [s for s in sources if s.startswith(("http", "*"))], directive
 
 
+async def test_a_forged_host_header_cannot_add_sources_to_the_policy(api):
+    r = await api.http.get("/", headers={**HTML, "Host": "x; script-src *"})
+    csp = csp_of(r)
+    assert csp["connect-src"] == ["'self'"] and csp["script-src"] == ["'self'"]
+
+
 async def test_hashed_assets_are_cached_for_a_year(api):
     r = await api.http.get("/assets/index-Ab12Cd34.js")
     assert r.status_code == 200 and r.text == "console.log('webmail');" * 200
