@@ -12,6 +12,12 @@ idf (from the training corpus) keeps common words like ``word:the`` from making 
 enough to overturn any global verdict (the global logit is clipped to ±``GLOBAL_LOGIT_LIMIT``
 first); one that shares only common words barely moves. Marking not-spam works the same way
 in the other direction, and a token marked both ways cancels out.
+
+The same clicks move the user's own **probably-spam threshold** (``moved_probable_threshold``):
+a message marked spam that was not even flagged lowers it by ``THRESHOLD_STEP``; a flagged
+message marked not spam raises it by as much. It stays between ``PROBABLE_FLOOR`` and the
+model's spam threshold — at the top, the flag never shows: the user has said it only annoys.
+Agreeing clicks leave it where it is.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from ml.scoring import Verdict, calibrated_logit, load_model, verdict_from, weig
 
 STRENGTH = 25.0  # K above
 GLOBAL_LOGIT_LIMIT = 20.0
+THRESHOLD_STEP = 0.05
+PROBABLE_FLOOR = 0.5  # below it the flag would be wrong about most of what it marks
 
 
 def tokens_for_feedback(raw: bytes | str | Message) -> list[str]:
@@ -66,11 +74,27 @@ def score_for_user(
     raw: bytes | str | Message,
     user_counts: Mapping[str, tuple[int, int]],
     model: SpamModel | None = None,
+    probable_threshold: float | None = None,
 ) -> Verdict:
-    """The global verdict, moved by what this user marked spam / not spam before."""
+    """The global verdict, moved by what this user marked spam / not spam before, and flagged
+    "probably spam" at the user's own threshold (default: the model's)."""
     model = model or load_model()
     evidence = weigh(message_tokens(raw), model)
     base = calibrated_logit(evidence.mean_log_odds, model)
     base = max(-GLOBAL_LOGIT_LIMIT, min(GLOBAL_LOGIT_LIMIT, base))
     shift = personal_shift(evidence.tokens, user_counts, model)
-    return verdict_from(evidence, base + shift, model)
+    return verdict_from(evidence, base + shift, model, probable_threshold)
+
+
+def moved_probable_threshold(
+    current: float, score: float, marked_spam: bool, spam_threshold: float
+) -> float:
+    """A user's probably-spam threshold after they marked a message of this ``score``."""
+    flagged = current <= score < spam_threshold
+    if marked_spam and score < current:
+        moved = current - THRESHOLD_STEP  # a miss: flag more
+    elif not marked_spam and flagged:
+        moved = current + THRESHOLD_STEP  # a false flag: flag less
+    else:
+        return current
+    return round(min(spam_threshold, max(PROBABLE_FLOOR, moved)), 6)
