@@ -14,6 +14,7 @@ import scipy
 import sklearn
 import skops
 
+from app.domain.errors import ValidationError
 from ml.adaptation import AdaptationConfig
 from ml.corpus import TARBALL_SHA256, TIME_SPLIT, Corpus, content_sha256
 from ml.evaluation import Metrics, cross_validate, time_split
@@ -152,6 +153,12 @@ def adapt_to_mail(
     over ``unlabeled`` (name, raw) messages, written to ``out`` only if not worse on the
     held-out later period. The version names the unlabeled mail's content, so the same inputs
     give the same file, byte for byte."""
+    if len(unlabeled) < adaptation.min_unlabeled:
+        raise ValidationError.on(
+            "unlabeled",
+            f"{len(unlabeled)} unlabeled messages; adapting needs at least "
+            f"{adaptation.min_unlabeled}",
+        )
     digest = content_sha256(("unlabeled", name, raw) for name, raw in unlabeled)
     version = version or f"{VERSION}-adapted-{digest[:12]}"
     result = retrain(
