@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.domain.errors import ValidationError
 from ml.adaptation import AdaptationConfig, adapt
 from ml.corpus import CorpusMessage
 from ml.evaluation import Metrics, metrics
@@ -63,7 +64,11 @@ def retrain(
     ``unlabeled`` messages when there are at least ``adaptation.min_unlabeled``, and compare."""
     tokens = [message_tokens(m.raw) for m in corpus]
     labels = np.array([m.is_spam for m in corpus])
-    late = np.array([m.is_late for m in corpus])
+    late = np.array([m.is_late for m in corpus], dtype=bool)
+    if len(set(labels[late].tolist())) < 2 or len(set(labels[~late].tolist())) < 2:
+        raise ValidationError.on(
+            "corpus", "the corpus needs spam and ham both before and after the time split"
+        )
     extra_tokens = [message_tokens(raw) for raw, _ in extra_labeled]
     extra_labels = [is_spam for _, is_spam in extra_labeled]
     unlabeled_tokens = [message_tokens(raw) for raw in unlabeled]
