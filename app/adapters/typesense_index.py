@@ -55,6 +55,8 @@ def collection_schema(name: str) -> dict[str, Any]:
             f("label_keys", "string[]"),
             f("read", "bool"),
             f("starred", "bool"),
+            # Optional: collections created before it existed accept documents without it.
+            f("probable_spam", "bool", optional=True),
             f("has_attachment", "bool"),
             f("from", "string"),
             f("to", "string[]"),

@@ -15,7 +15,14 @@ from ml.corpus import CorpusMessage
 from ml.evaluation import metrics
 from ml.features import message_tokens
 from ml.model import TrainingConfig, fit, model_bytes, predict_proba
-from ml.personal import PROBABLE_FLOOR, THRESHOLD_STEP, moved_probable_threshold, score_for_user
+from ml.personal import (
+    MAX_OFFSET,
+    PROBABLE_FLOOR,
+    THRESHOLD_STEP,
+    moved_probable_offset,
+    score_for_user,
+    user_probable_threshold,
+)
 from ml.retrain import retrain
 from ml.scoring import score
 
@@ -139,10 +146,11 @@ def test_probably_spam_is_flagged_between_the_two_thresholds(model) -> None:
     verdict = score(raw, model)
     assert model.probable_threshold < verdict.score < model.threshold  # a message in between
     assert verdict.probable and not verdict.is_spam
-    flagged = score_for_user(raw, {}, model, probable_threshold=verdict.score - 0.01)
-    assert flagged.probable and not flagged.is_spam
-    unflagged = score_for_user(raw, {}, model, probable_threshold=verdict.score + 0.01)
+    # a user whose threshold was moved above this score sees no flag
+    offset = verdict.score - model.probable_threshold + 0.01
+    unflagged = score_for_user(raw, {}, model, probable_offset=offset)
     assert not unflagged.probable and not unflagged.is_spam
+    assert unflagged.score == pytest.approx(verdict.score)
 
 
 def test_definite_spam_is_never_also_probable(model) -> None:
@@ -151,17 +159,19 @@ def test_definite_spam_is_never_also_probable(model) -> None:
 
 
 def test_a_missed_spam_lowers_the_users_threshold_and_a_false_flag_raises_it() -> None:
-    start = 0.7
-    lowered = moved_probable_threshold(start, 0.6, marked_spam=True, spam_threshold=0.99)
-    assert lowered == pytest.approx(start - THRESHOLD_STEP)
-    raised = moved_probable_threshold(start, 0.8, marked_spam=False, spam_threshold=0.99)
-    assert raised == pytest.approx(start + THRESHOLD_STEP)
+    missed = moved_probable_offset(0.0, was_spam=False, was_probable=False, marked_spam=True)
+    assert missed == pytest.approx(-THRESHOLD_STEP)
+    false_flag = moved_probable_offset(0.0, was_spam=False, was_probable=True, marked_spam=False)
+    assert false_flag == pytest.approx(THRESHOLD_STEP)
 
 
-def test_agreeing_feedback_leaves_the_threshold_and_it_stays_in_bounds() -> None:
-    assert moved_probable_threshold(0.7, 0.8, marked_spam=True, spam_threshold=0.99) == 0.7
-    assert moved_probable_threshold(0.7, 0.2, marked_spam=False, spam_threshold=0.99) == 0.7
-    floor = moved_probable_threshold(PROBABLE_FLOOR, 0.1, marked_spam=True, spam_threshold=0.99)
-    assert floor == PROBABLE_FLOOR
-    top = moved_probable_threshold(0.97, 0.98, marked_spam=False, spam_threshold=0.99)
-    assert top == 0.99
+def test_agreeing_feedback_leaves_the_threshold_where_it_is() -> None:
+    assert moved_probable_offset(0.1, was_spam=False, was_probable=True, marked_spam=True) == 0.1
+    assert moved_probable_offset(0.1, was_spam=True, was_probable=False, marked_spam=True) == 0.1
+    assert moved_probable_offset(0.1, was_spam=False, was_probable=False, marked_spam=False) == 0.1
+
+
+def test_a_users_threshold_stays_between_the_floor_and_the_spam_threshold(model) -> None:
+    assert user_probable_threshold(model, -1.0) == PROBABLE_FLOOR
+    assert user_probable_threshold(model, +1.0) == model.threshold
+    assert moved_probable_offset(MAX_OFFSET, False, True, marked_spam=False) == MAX_OFFSET
