@@ -521,8 +521,9 @@ def live_verdict(node: Node, values: dict[str, Any]) -> bool | None:
     """Does the item's *current* state satisfy the query? None when it depends on content.
 
     Three-valued (Kleene) logic over a tree in normal form: state leaves (folder, labels,
-    read, starred, probable_spam) are decided from MongoDB, content leaves are unknown. A False means the
-    index is behind a change (moved, relabelled, read) and the hit must not be shown.
+    read, starred, probable_spam) are decided from MongoDB, content leaves are unknown. A False
+    means the index is behind a change (moved, relabelled, read, a flag answered) and the hit
+    must not be shown.
     """
     if isinstance(node, Cond):
         if node.field not in LIVE_FIELDS:
