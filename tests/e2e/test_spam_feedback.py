@@ -137,7 +137,9 @@ async def test_inbound_mail_like_one_a_user_marked_spam_goes_to_their_spam_folde
 
 ITEMS = """query($folder: Folder) { messages(folder: $folder) { edges { node {
   id subject folder spam { isSpam probable score } } } } }"""
-SEARCH = """query($q: String!) { search(query: $q, first: 20) { edges { node { item { id } } } } }"""
+SEARCH = (
+    """query($q: String!) { search(query: $q, first: 20) { edges { node { item { id } } } } }"""
+)
 
 
 async def test_probable_spam_is_flagged_in_the_inbox_and_feedback_moves_the_users_threshold(
@@ -197,3 +199,26 @@ async def test_probable_spam_is_flagged_in_the_inbox_and_feedback_moves_the_user
         assert await feedback.probable_offset(bob_id) == 0.0
     finally:
         await mx.stop()
+
+
+async def test_retraining_reads_only_recent_inbound_mail_as_its_unlabeled_stream(api):
+    from datetime import UTC, datetime, timedelta
+
+    from bson import ObjectId
+
+    from app.services.feedback.spam import RETRAIN_INBOUND_DAYS
+
+    system = api.system
+    now = datetime.now(UTC)
+
+    async def stored(direction: str, age: timedelta, text: str) -> None:
+        blob = await system.blobs.put(f"Subject: {text}\r\n\r\n{text}\r\n".encode())
+        # an ObjectId starts with its creation time, which is what the date range reads
+        doc = {"_id": ObjectId.from_datetime(now - age), "direction": direction}
+        await system.mongo.db.messages.insert_one({**doc, "raw_blob_id": blob})
+
+    await stored("inbound", timedelta(days=1), "fresh inbound")
+    await stored("inbound", timedelta(days=RETRAIN_INBOUND_DAYS + 5), "old inbound")
+    await stored("outbound", timedelta(days=1, seconds=1), "fresh outbound")
+    stream = await system.spam_feedback.recent_inbound(now)
+    assert [raw.split(b"\r\n")[0] for raw in stream] == [b"Subject: fresh inbound"]
