@@ -18,7 +18,7 @@ from starlette.routing import Route
 from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
 from app.services.mailbox.service import StateChange
-from app.services.sending.service import Composition
+from app.services.sending.compose import Composition
 from app.web.errors import error_response
 from app.web.uploads import stream_upload
 
@@ -29,7 +29,7 @@ fragment ItemFields on MailboxItem {
   subject snippet textBody htmlBody rfc822MessageId inReplyTo references
   attachments { id filename contentType size sha256 downloadUrl } hasAttachments size
   recipients { address type status attempts lastReply bounceClass nextAttemptAt updatedAt }
-  spam { isSpam score modelVersion reasons } authResults rawUrl
+  spam { isSpam probable score modelVersion reasons } authResults rawUrl
 }
 """
 ITEM_QUERY = ITEM_FIELDS + "query Item($id: ID!) { message(id: $id) { ...ItemFields } }"
@@ -191,7 +191,7 @@ class Rest:
         context = await self.context_for(request)
         body = await _json_body(request)
         present = frozenset(field for key, field in DRAFT_JSON_FIELDS.items() if key in body)
-        item = await self.system.sending.save_draft(
+        item = await self.system.drafts.save_draft(
             await context.viewer(),
             _optional_str(body, "id"),
             composition_from_json(body),

@@ -2,7 +2,7 @@
 
 import pytest
 
-from app.services.sending.service import DRAFT_FIELDS, Composition, patch_draft
+from app.services.sending.compose import DRAFT_FIELDS, Composition, patch_draft
 
 SAVED = Composition(
     to=["bob@remote.test"], cc=["carol@remote.test"], subject="Plan", text="body", html="<p>b</p>"
