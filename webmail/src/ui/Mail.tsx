@@ -53,14 +53,20 @@ export function Mail({ user }: { user: User }) {
 
   const myAddresses = useMemo(() => me?.addresses ?? [user.email], [me, user.email]);
 
+  // The open composer also lives in a ref so opening another one can close it without side
+  // effects inside a state updater (StrictMode runs those twice).
+  const composerRef = useRef<Composer | null>(null);
+  const showComposer = useCallback((next: Composer | null) => {
+    composerRef.current = next;
+    setComposer(next);
+  }, []);
   const openComposer = useCallback(
     (init: ComposerInit) => {
-      setComposer((current) => {
-        if (current) void current.close();
-        return new Composer(init, client, uploadAttachment);
-      });
+      const current = composerRef.current;
+      if (current) void current.close();
+      showComposer(new Composer(init, client, uploadAttachment));
     },
-    [],
+    [showComposer],
   );
 
   const afterLeaving = useCallback(
@@ -139,7 +145,7 @@ export function Mail({ user }: { user: User }) {
 
   const onSent = useCallback(
     (item: MailboxItemFull, scheduled: string | null) => {
-      setComposer(null);
+      showComposer(null);
       const cancellable = item.recipients.some((r) => r.status === 'scheduled');
       const undo = async () => {
         try {
@@ -154,7 +160,7 @@ export function Mail({ user }: { user: User }) {
       else if (cancellable) showToast('Message sent.', { label: 'Undo', run: () => void undo() }, 10000);
       else showToast('Message sent.');
     },
-    [openComposer],
+    [openComposer, showComposer],
   );
 
   // Keyboard shortcuts
@@ -203,7 +209,10 @@ export function Mail({ user }: { user: User }) {
           searchRef.current?.select();
           break;
         case 'close':
-          if (showShortcuts) setShowShortcuts(false);
+          if (composer && e.target instanceof Element && e.target.closest('.composer')) {
+            void composer.close();
+            showComposer(null);
+          } else if (showShortcuts) setShowShortcuts(false);
           else if (route.itemId) navigate(listHref(route.list));
           else return;
           break;
@@ -212,7 +221,17 @@ export function Mail({ user }: { user: User }) {
     };
     window.addEventListener('keydown', onKey);
     return () => window.removeEventListener('keydown', onKey);
-  }, [actions, controller, key, navigate, openComposer, openItem, route, showShortcuts, threadMode]);
+  }, [actions, composer, controller, key, navigate, openComposer, openItem, route, showComposer, showShortcuts, threadMode]);
+
+  // The tab title shows the Inbox's unread count.
+  const mailboxes = useStore(controller.mailboxes);
+  const inboxUnread = mailboxes.find((m) => m.folder === 'INBOX' && !m.isLabel)?.unread ?? 0;
+  useEffect(() => {
+    document.title = inboxUnread ? `Inbox (${inboxUnread}) – mailhub` : 'mailhub';
+    return () => {
+      document.title = 'mailhub';
+    };
+  }, [inboxUnread]);
 
   const api: MailApi = { controller, user: me ?? user, route, navigate, openComposer, actions };
   const query = route.list.kind === 'search' ? route.list.query : '';
@@ -256,7 +275,7 @@ export function Mail({ user }: { user: User }) {
           <ComposerView
             key={composer.id}
             composer={composer}
-            onClosed={() => setComposer(null)}
+            onClosed={() => showComposer(null)}
             onSent={onSent}
           />
         )}
