@@ -40,6 +40,8 @@ export function Mail({ user }: { user: User }) {
     });
   }, []);
   const threadMode = conversations && route.list.kind !== 'search';
+  const conversationsRef = useRef(threadMode);
+  conversationsRef.current = threadMode;
   const [startError, setStartError] = useState<string | null>(null);
   const searchRef = useRef<HTMLInputElement>(null);
   const status = useStore(controller.status);
@@ -69,14 +71,22 @@ export function Mail({ user }: { user: User }) {
     [showComposer],
   );
 
-  const afterLeaving = useCallback(
-    (item: MailboxItem) => {
-      // The open message left this list: show the next one, as j would.
-      if (route.itemId !== item.id) return;
-      const ids = controller.mail.get().lists[key]?.ids ?? [];
-      const index = ids.indexOf(item.id);
-      const next = ids.slice(index + 1).find((id) => id !== item.id) ?? ids.slice(0, Math.max(0, index)).reverse()[0];
-      navigate(next ? itemHref(route.list, next) : listHref(route.list));
+  /**
+   * Runs an action that takes the open message out of this list, then shows the next one (as j
+   * would). The next one is chosen before the action: an optimistic move removes the row at once.
+   */
+  const leaving = useCallback(
+    (item: MailboxItem, run: () => void) => {
+      if (route.itemId !== item.id) {
+        run();
+        return;
+      }
+      const threadRows = conversationsRef.current ? controller.threadLists.get()[key]?.rows : undefined;
+      const ids = threadRows ? threadRows.map((r) => r.openId) : (controller.mail.get().lists[key]?.ids ?? []);
+      const index = threadRows ? threadRows.findIndex((r) => r.itemIds.includes(item.id)) : ids.indexOf(item.id);
+      const next = index >= 0 ? (ids[index + 1] ?? ids[index - 1]) : undefined;
+      run();
+      navigate(next && next !== item.id ? itemHref(route.list, next) : listHref(route.list));
     },
     [controller, key, navigate, route],
   );
@@ -84,40 +94,41 @@ export function Mail({ user }: { user: User }) {
   const actions: Actions = useMemo(() => {
     const moveWithUndo = (item: MailboxItem, folder: Folder, done: string) => {
       const from = item.folder;
-      controller
-        .move([item.id], folder)
-        .then(() =>
-          showToast(done, {
-            label: 'Undo',
-            run: () => void controller.move([item.id], from).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
-          }),
-        )
-        .catch((e: unknown) => showToast(`Could not move the message: ${describe(e)}`));
-      afterLeaving(item);
+      leaving(item, () =>
+        controller
+          .move([item.id], folder)
+          .then(() =>
+            showToast(done, {
+              label: 'Undo',
+              run: () => void controller.move([item.id], from).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
+            }),
+          )
+          .catch((e: unknown) => showToast(`Could not move the message: ${describe(e)}`)),
+      );
     };
     return {
       archive: (item) => (item.folder === 'ARCHIVE' ? undefined : moveWithUndo(item, 'ARCHIVE', 'Archived.')),
       trash: (item) => (item.folder === 'TRASH' ? undefined : moveWithUndo(item, 'TRASH', 'Moved to Trash.')),
       move: (item, folder) => moveWithUndo(item, folder, `Moved to ${FOLDER_NAMES[folder]}.`),
-      deleteForever: (item) => {
-        controller
-          .deleteForever([item.id])
-          .then(() => showToast('Deleted forever.'))
-          .catch((e: unknown) => showToast(`Could not delete: ${describe(e)}`));
-        afterLeaving(item);
-      },
-      spam: (item, isSpam) => {
-        controller
-          .markSpam([item.id], isSpam)
-          .then(() =>
-            showToast(isSpam ? 'Marked as spam.' : 'Not spam: moved to Inbox.', {
-              label: 'Undo',
-              run: () => void controller.markSpam([item.id], !isSpam).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
-            }),
-          )
-          .catch((e: unknown) => showToast(`Could not change spam status: ${describe(e)}`));
-        afterLeaving(item);
-      },
+      deleteForever: (item) =>
+        leaving(item, () =>
+          controller
+            .deleteForever([item.id])
+            .then(() => showToast('Deleted forever.'))
+            .catch((e: unknown) => showToast(`Could not delete: ${describe(e)}`)),
+        ),
+      spam: (item, isSpam) =>
+        leaving(item, () =>
+          controller
+            .markSpam([item.id], isSpam)
+            .then(() =>
+              showToast(isSpam ? 'Marked as spam.' : 'Not spam: moved to Inbox.', {
+                label: 'Undo',
+                run: () => void controller.markSpam([item.id], !isSpam).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
+              }),
+            )
+            .catch((e: unknown) => showToast(`Could not change spam status: ${describe(e)}`)),
+        ),
       star: (item) =>
         void controller.update([item.id], { starred: !item.starred }).catch((e: unknown) => showToast(`Could not star: ${describe(e)}`)),
       setRead: (item, read) =>
@@ -141,7 +152,7 @@ export function Mail({ user }: { user: User }) {
         }
       },
     };
-  }, [controller, afterLeaving, myAddresses, openComposer]);
+  }, [controller, leaving, myAddresses, openComposer]);
 
   const onSent = useCallback(
     (item: MailboxItemFull, scheduled: string | null) => {
