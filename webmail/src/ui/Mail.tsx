@@ -167,7 +167,7 @@ export function Mail({ user }: { user: User }) {
           showToast(`Too late to undo: ${describe(e)}`);
         }
       };
-      if (scheduled) showToast(`Scheduled for ${longDate(scheduled)}.`, { label: 'Cancel send', run: () => void undo() }, 15000);
+      if (scheduled) showToast(`Scheduled for ${longDate(scheduled)}.`, { label: 'Undo', run: () => void undo() }, 15000);
       else if (cancellable) showToast('Message sent.', { label: 'Undo', run: () => void undo() }, 10000);
       else showToast('Message sent.');
     },

@@ -155,13 +155,16 @@ function Row({
       aria-current={open ? 'true' : undefined}
       data-item-id={item.id}
     >
-      <button type="button" className={`star${item.starred ? ' on' : ''}`} aria-pressed={item.starred} aria-label={`${item.starred ? 'Unstar' : 'Star'}: ${item.subject || '(no subject)'}`} onClick={onStar}>
+      {/* A mouse shortcut only: the reader's Star button and the s key do the same for everyone,
+          and one "Star" button per row would make that name ambiguous. */}
+      <button type="button" className={`star${item.starred ? ' on' : ''}`} aria-hidden="true" tabIndex={-1} title={item.starred ? 'Unstar' : 'Star'} onClick={onStar}>
         {item.starred ? '★' : '☆'}
       </button>
       <a className="row-link" href={href}>
         <span className="row-top">
           <span className="from">
             {!item.read && <span className="sr-only">Unread, </span>}
+            {item.starred && <span className="sr-only">Starred, </span>}
             {who}
           </span>
           <span className="date">{shortDate(item.receivedAt)}</span>
