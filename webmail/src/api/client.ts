@@ -172,7 +172,10 @@ export class MailhubClient {
     const url = new URL(this.endpoint, window.location.href);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     this.setStatus('connecting');
-    this.ws = createClient({
+    // Events of a socket that was replaced (new token) or disposed (sign-out) are ignored.
+    let socket: WsClient | null = null;
+    const current = () => socket !== null && this.ws === socket;
+    socket = createClient({
       url: url.toString(),
       // The server reads {"token": ...}; Authorization is sent too for proxies that expect it.
       connectionParams: () => ({ token: this.token, Authorization: `Bearer ${this.token}` }),
@@ -187,22 +190,25 @@ export class MailhubClient {
       shouldRetry: (e) => !isForbidden(e),
       on: {
         connected: () => {
+          if (!current()) return;
           const wasRetry = this.everConnected;
           this.everConnected = true;
           this.setStatus('connected');
           for (const l of this.connectedListeners) l(wasRetry);
         },
         closed: (event) => {
+          if (!current()) return;
           if (isForbidden(event)) {
             this.setStatus('closed');
             this.onUnauthenticated();
-          } else if (this.ws) {
+          } else {
             this.setStatus('reconnecting');
           }
         },
       },
     });
-    return this.ws;
+    this.ws = socket;
+    return socket;
   }
 }
 
