@@ -84,7 +84,8 @@ export class MailhubClient {
     this.setStatus('closed');
   }
 
-  async request<T>(query: string, variables: Record<string, unknown> = {}): Promise<T> {
+  /** `keepalive`: the request outlives the page (the last draft save when the tab closes). */
+  async request<T>(query: string, variables: Record<string, unknown> = {}, options: { keepalive?: boolean } = {}): Promise<T> {
     const headers: Record<string, string> = { 'Content-Type': 'application/json' };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     let response: Response;
@@ -93,6 +94,7 @@ export class MailhubClient {
         method: 'POST',
         headers,
         body: JSON.stringify({ query, variables }),
+        keepalive: options.keepalive ?? false,
       });
     } catch {
       throw new GraphQLRequestError('The server cannot be reached. Check your connection.', 'NETWORK');

@@ -258,8 +258,16 @@ function Labels({ item }: { item: MailboxItem }) {
 }
 
 function MessageView({ message, initiallyOpen, focused }: { message: MailboxItemFull; initiallyOpen: boolean; focused: boolean }) {
-  const [open, setOpen] = useState(initiallyOpen);
-  const { actions } = useMail();
+  const [open, setOpen] = useState(initiallyOpen && message.folder !== 'DRAFTS');
+  const { actions, openComposer } = useMail();
+  if (message.folder === 'DRAFTS') {
+    return (
+      <button type="button" className="collapsed draft" onClick={() => openComposer(initFromDraft(message))}>
+        <strong>Draft</strong> <span className="muted">{longDate(message.receivedAt)}</span>
+        <span className="snippet">{message.snippet || '(empty)'}</span>
+      </button>
+    );
+  }
   if (!open) {
     return (
       <button type="button" className="collapsed" onClick={() => setOpen(true)} aria-expanded="false">
