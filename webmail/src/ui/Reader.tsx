@@ -5,6 +5,7 @@ import { addressFull, fileSize, FOLDER_NAMES, longDate } from '../lib/format';
 import { IFRAME_SANDBOX, prepareBody, textDocument } from '../lib/html';
 import { listHref } from '../lib/route';
 import { initFromDraft } from '../state/composer';
+import { mergeStatus } from '../state/delivery';
 import type { Store } from '../state/store';
 import { showToast } from '../state/toasts';
 import { useMail } from './context';
@@ -415,16 +416,21 @@ function Attachments({ message }: { message: MailboxItemFull }) {
   );
 }
 
-function mergeStatus(list: RecipientStatus[], s: RecipientStatus): RecipientStatus[] {
-  const i = list.findIndex((r) => r.address.toLowerCase() === s.address.toLowerCase() && r.type === s.type);
-  if (i < 0) return [...list, s];
-  return list.map((r, j) => (j === i ? s : r));
-}
-
 function DeliveryStatus({ message }: { message: MailboxItemFull }) {
   const { controller } = useMail();
   const [recipients, setRecipients] = useState(message.recipients);
-  useEffect(() => controller.watchDelivery(message.messageId, (s) => setRecipients((list) => mergeStatus(list, s))), [controller, message.messageId]);
+  useEffect(() => {
+    const merge = (updates: RecipientStatus[]) => setRecipients((list) => updates.reduce(mergeStatus, list));
+    const stop = controller.watchDelivery(message.messageId, (s) => merge([s]));
+    // A change between opening the message and the subscription starting is read once more.
+    const again = setTimeout(() => {
+      controller.message(message.id).then((m) => m && merge(m.recipients), () => {});
+    }, 1500);
+    return () => {
+      stop();
+      clearTimeout(again);
+    };
+  }, [controller, message.id, message.messageId]);
   return (
     <table className="delivery">
       <caption>Delivery status</caption>
