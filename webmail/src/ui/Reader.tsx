@@ -1,5 +1,5 @@
 import { useEffect, useMemo, useState } from 'react';
-import { fetchBlob, fetchText, rawPath, saveBlob } from '../api/rest';
+import { fetchBlob, rawPath, saveBlob } from '../api/rest';
 import type { Folder, MailboxItem, MailboxItemFull, RecipientStatus, Thread } from '../api/types';
 import { addressFull, fileSize, FOLDER_NAMES, longDate } from '../lib/format';
 import { IFRAME_SANDBOX, prepareBody, textDocument } from '../lib/html';
@@ -462,7 +462,8 @@ function DeliveryStatus({ message }: { message: MailboxItemFull }) {
 }
 
 function ShowOriginal({ message }: { message: MailboxItemFull & { rawUrl?: string | null } }) {
-  const [raw, setRaw] = useState<string | null>(null);
+  // The bytes are kept as they came (Download original saves them unchanged); the text is for reading.
+  const [raw, setRaw] = useState<{ text: string; blob: Blob } | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   return (
@@ -475,8 +476,8 @@ function ShowOriginal({ message }: { message: MailboxItemFull & { rawUrl?: strin
           onClick={() => {
             setBusy(true);
             setError(null);
-            fetchText(rawPath(message.id, message.rawUrl))
-              .then(setRaw)
+            fetchBlob(rawPath(message.id, message.rawUrl))
+              .then(async (blob) => setRaw({ blob, text: await blob.text() }))
               .catch((e: unknown) => setError(e instanceof Error ? e.message : String(e)))
               .finally(() => setBusy(false));
           }}
@@ -487,12 +488,15 @@ function ShowOriginal({ message }: { message: MailboxItemFull & { rawUrl?: strin
         <section aria-label="Raw source">
           <div className="original-head">
             <h4>Original message</h4>
+            <button type="button" className="ghost" onClick={() => saveBlob(raw.blob, `${message.subject.replace(/[^\w.-]+/g, '_').slice(0, 60) || 'message'}.eml`)}>
+              Download original
+            </button>
             <button type="button" className="ghost" onClick={() => setRaw(null)}>
               Hide original
             </button>
           </div>
           <pre className="raw" tabIndex={0}>
-            {raw}
+            {raw.text}
           </pre>
         </section>
       )}
