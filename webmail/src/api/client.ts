@@ -84,7 +84,8 @@ export class MailhubClient {
     this.setStatus('closed');
   }
 
-  async request<T>(query: string, variables: Record<string, unknown> = {}): Promise<T> {
+  /** `keepalive`: the request outlives the page (the last draft save when the tab closes). */
+  async request<T>(query: string, variables: Record<string, unknown> = {}, options: { keepalive?: boolean } = {}): Promise<T> {
     const headers: Record<string, string> = { 'Content-Type': 'application/json' };
     if (this.token) headers.Authorization = `Bearer ${this.token}`;
     let response: Response;
@@ -93,6 +94,7 @@ export class MailhubClient {
         method: 'POST',
         headers,
         body: JSON.stringify({ query, variables }),
+        keepalive: options.keepalive ?? false,
       });
     } catch {
       throw new GraphQLRequestError('The server cannot be reached. Check your connection.', 'NETWORK');
@@ -172,7 +174,10 @@ export class MailhubClient {
     const url = new URL(this.endpoint, window.location.href);
     url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
     this.setStatus('connecting');
-    this.ws = createClient({
+    // Events of a socket that was replaced (new token) or disposed (sign-out) are ignored.
+    let socket: WsClient | null = null;
+    const current = () => socket !== null && this.ws === socket;
+    socket = createClient({
       url: url.toString(),
       // The server reads {"token": ...}; Authorization is sent too for proxies that expect it.
       connectionParams: () => ({ token: this.token, Authorization: `Bearer ${this.token}` }),
@@ -187,22 +192,25 @@ export class MailhubClient {
       shouldRetry: (e) => !isForbidden(e),
       on: {
         connected: () => {
+          if (!current()) return;
           const wasRetry = this.everConnected;
           this.everConnected = true;
           this.setStatus('connected');
           for (const l of this.connectedListeners) l(wasRetry);
         },
         closed: (event) => {
+          if (!current()) return;
           if (isForbidden(event)) {
             this.setStatus('closed');
             this.onUnauthenticated();
-          } else if (this.ws) {
+          } else {
             this.setStatus('reconnecting');
           }
         },
       },
     });
-    return this.ws;
+    this.ws = socket;
+    return socket;
   }
 }
 

@@ -95,10 +95,6 @@ export async function fetchBlob(url: string): Promise<Blob> {
   return (await get(sameOriginPath(url))).blob();
 }
 
-export async function fetchText(path: string): Promise<string> {
-  return (await get(path)).text();
-}
-
 /** Saves a blob under a name through a temporary object URL. */
 export function saveBlob(blob: Blob, filename: string): void {
   const href = URL.createObjectURL(blob);

@@ -22,13 +22,18 @@ export function addressFull(a: Address): string {
   return a.name ? `${a.name} <${a.email}>` : a.email;
 }
 
+// Formatters are built once: a list row formats its date on every render while scrolling.
+const TIME = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const DAY = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
+const DATE = new Intl.DateTimeFormat(undefined, { year: 'numeric', month: 'numeric', day: 'numeric' });
+
 /** Today: the time; this year: day and month; else the date. */
 export function shortDate(iso: string, now: Date = new Date()): string {
   const d = new Date(iso);
   if (Number.isNaN(d.getTime())) return '';
-  if (d.toDateString() === now.toDateString()) return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-  if (d.getFullYear() === now.getFullYear()) return d.toLocaleDateString([], { month: 'short', day: 'numeric' });
-  return d.toLocaleDateString();
+  if (d.getFullYear() === now.getFullYear() && d.getMonth() === now.getMonth() && d.getDate() === now.getDate()) return TIME.format(d);
+  if (d.getFullYear() === now.getFullYear()) return DAY.format(d);
+  return DATE.format(d);
 }
 
 export function longDate(iso: string): string {

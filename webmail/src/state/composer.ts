@@ -147,7 +147,7 @@ export class Composer {
   }
 
   /** Saves what changed since the last save (one save at a time, in order). */
-  async save(): Promise<void> {
+  async save(options: { keepalive?: boolean } = {}): Promise<void> {
     if (this.timer) {
       clearTimeout(this.timer);
       this.timer = null;
@@ -162,7 +162,7 @@ export class Composer {
       try {
         const id = this.state.draftId;
         const input = id ? { id, ...diff } : diff;
-        const data = await this.client.request<{ saveDraft: DraftResult }>(SAVE_DRAFT, { input });
+        const data = await this.client.request<{ saveDraft: DraftResult }>(SAVE_DRAFT, { input }, options);
         const r = data.saveDraft;
         if (r.__typename !== 'DraftSuccess') throw new MutationFailed(r);
         this.saved = current;

@@ -84,10 +84,15 @@ export class MailController {
 
   constructor(private readonly client: MailhubClient) {}
 
+  private generation = 0;
+
   async start(): Promise<void> {
+    const generation = ++this.generation;
+    this.status.set(this.client.status);
     this.stops.push(this.client.onStatus((s) => this.status.set(s)));
     this.stops.push(this.client.onConnected(() => void this.afterConnect()));
     const data = await this.client.request<{ me: User; state: string; mailboxes: Mailbox[] }>(ME);
+    if (generation !== this.generation) return; // stopped meanwhile
     this.me.set(data.me);
     this.syncState = laterState(this.syncState, data.state);
     this.mailboxes.set(data.mailboxes);
@@ -101,6 +106,7 @@ export class MailController {
   }
 
   stop(): void {
+    this.generation += 1;
     for (const s of this.stops.splice(0)) s();
     if (this.threadRefresh) clearTimeout(this.threadRefresh);
   }

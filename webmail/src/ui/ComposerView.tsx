@@ -34,7 +34,7 @@ export function ComposerView({
 
   // Leaving the page with unsaved changes: save now.
   useEffect(() => {
-    const flush = () => void composer.save().catch(() => {});
+    const flush = () => void composer.save({ keepalive: true }).catch(() => {});
     window.addEventListener('pagehide', flush);
     return () => window.removeEventListener('pagehide', flush);
   }, [composer]);

@@ -40,6 +40,8 @@ export function Mail({ user }: { user: User }) {
     });
   }, []);
   const threadMode = conversations && route.list.kind !== 'search';
+  const conversationsRef = useRef(threadMode);
+  conversationsRef.current = threadMode;
   const [startError, setStartError] = useState<string | null>(null);
   const searchRef = useRef<HTMLInputElement>(null);
   const status = useStore(controller.status);
@@ -53,24 +55,38 @@ export function Mail({ user }: { user: User }) {
 
   const myAddresses = useMemo(() => me?.addresses ?? [user.email], [me, user.email]);
 
+  // The open composer also lives in a ref so opening another one can close it without side
+  // effects inside a state updater (StrictMode runs those twice).
+  const composerRef = useRef<Composer | null>(null);
+  const showComposer = useCallback((next: Composer | null) => {
+    composerRef.current = next;
+    setComposer(next);
+  }, []);
   const openComposer = useCallback(
     (init: ComposerInit) => {
-      setComposer((current) => {
-        if (current) void current.close();
-        return new Composer(init, client, uploadAttachment);
-      });
+      const current = composerRef.current;
+      if (current) void current.close();
+      showComposer(new Composer(init, client, uploadAttachment));
     },
-    [],
+    [showComposer],
   );
 
-  const afterLeaving = useCallback(
-    (item: MailboxItem) => {
-      // The open message left this list: show the next one, as j would.
-      if (route.itemId !== item.id) return;
-      const ids = controller.mail.get().lists[key]?.ids ?? [];
-      const index = ids.indexOf(item.id);
-      const next = ids.slice(index + 1).find((id) => id !== item.id) ?? ids.slice(0, Math.max(0, index)).reverse()[0];
-      navigate(next ? itemHref(route.list, next) : listHref(route.list));
+  /**
+   * Runs an action that takes the open message out of this list, then shows the next one (as j
+   * would). The next one is chosen before the action: an optimistic move removes the row at once.
+   */
+  const leaving = useCallback(
+    (item: MailboxItem, run: () => void) => {
+      if (route.itemId !== item.id) {
+        run();
+        return;
+      }
+      const threadRows = conversationsRef.current ? controller.threadLists.get()[key]?.rows : undefined;
+      const ids = threadRows ? threadRows.map((r) => r.openId) : (controller.mail.get().lists[key]?.ids ?? []);
+      const index = threadRows ? threadRows.findIndex((r) => r.itemIds.includes(item.id)) : ids.indexOf(item.id);
+      const next = index >= 0 ? (ids[index + 1] ?? ids[index - 1]) : undefined;
+      run();
+      navigate(next && next !== item.id ? itemHref(route.list, next) : listHref(route.list));
     },
     [controller, key, navigate, route],
   );
@@ -78,40 +94,41 @@ export function Mail({ user }: { user: User }) {
   const actions: Actions = useMemo(() => {
     const moveWithUndo = (item: MailboxItem, folder: Folder, done: string) => {
       const from = item.folder;
-      controller
-        .move([item.id], folder)
-        .then(() =>
-          showToast(done, {
-            label: 'Undo',
-            run: () => void controller.move([item.id], from).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
-          }),
-        )
-        .catch((e: unknown) => showToast(`Could not move the message: ${describe(e)}`));
-      afterLeaving(item);
+      leaving(item, () =>
+        controller
+          .move([item.id], folder)
+          .then(() =>
+            showToast(done, {
+              label: 'Undo',
+              run: () => void controller.move([item.id], from).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
+            }),
+          )
+          .catch((e: unknown) => showToast(`Could not move the message: ${describe(e)}`)),
+      );
     };
     return {
       archive: (item) => (item.folder === 'ARCHIVE' ? undefined : moveWithUndo(item, 'ARCHIVE', 'Archived.')),
       trash: (item) => (item.folder === 'TRASH' ? undefined : moveWithUndo(item, 'TRASH', 'Moved to Trash.')),
       move: (item, folder) => moveWithUndo(item, folder, `Moved to ${FOLDER_NAMES[folder]}.`),
-      deleteForever: (item) => {
-        controller
-          .deleteForever([item.id])
-          .then(() => showToast('Deleted forever.'))
-          .catch((e: unknown) => showToast(`Could not delete: ${describe(e)}`));
-        afterLeaving(item);
-      },
-      spam: (item, isSpam) => {
-        controller
-          .markSpam([item.id], isSpam)
-          .then(() =>
-            showToast(isSpam ? 'Marked as spam.' : 'Not spam: moved to Inbox.', {
-              label: 'Undo',
-              run: () => void controller.markSpam([item.id], !isSpam).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
-            }),
-          )
-          .catch((e: unknown) => showToast(`Could not change spam status: ${describe(e)}`));
-        afterLeaving(item);
-      },
+      deleteForever: (item) =>
+        leaving(item, () =>
+          controller
+            .deleteForever([item.id])
+            .then(() => showToast('Deleted forever.'))
+            .catch((e: unknown) => showToast(`Could not delete: ${describe(e)}`)),
+        ),
+      spam: (item, isSpam) =>
+        leaving(item, () =>
+          controller
+            .markSpam([item.id], isSpam)
+            .then(() =>
+              showToast(isSpam ? 'Marked as spam.' : 'Not spam: moved to Inbox.', {
+                label: 'Undo',
+                run: () => void controller.markSpam([item.id], !isSpam).catch((e: unknown) => showToast(`Could not undo: ${describe(e)}`)),
+              }),
+            )
+            .catch((e: unknown) => showToast(`Could not change spam status: ${describe(e)}`)),
+        ),
       star: (item) =>
         void controller.update([item.id], { starred: !item.starred }).catch((e: unknown) => showToast(`Could not star: ${describe(e)}`)),
       setRead: (item, read) =>
@@ -135,11 +152,11 @@ export function Mail({ user }: { user: User }) {
         }
       },
     };
-  }, [controller, afterLeaving, myAddresses, openComposer]);
+  }, [controller, leaving, myAddresses, openComposer]);
 
   const onSent = useCallback(
     (item: MailboxItemFull, scheduled: string | null) => {
-      setComposer(null);
+      showComposer(null);
       const cancellable = item.recipients.some((r) => r.status === 'scheduled');
       const undo = async () => {
         try {
@@ -150,11 +167,11 @@ export function Mail({ user }: { user: User }) {
           showToast(`Too late to undo: ${describe(e)}`);
         }
       };
-      if (scheduled) showToast(`Scheduled for ${longDate(scheduled)}.`, { label: 'Cancel send', run: () => void undo() }, 15000);
+      if (scheduled) showToast(`Scheduled for ${longDate(scheduled)}.`, { label: 'Undo', run: () => void undo() }, 15000);
       else if (cancellable) showToast('Message sent.', { label: 'Undo', run: () => void undo() }, 10000);
       else showToast('Message sent.');
     },
-    [openComposer],
+    [openComposer, showComposer],
   );
 
   // Keyboard shortcuts
@@ -203,7 +220,10 @@ export function Mail({ user }: { user: User }) {
           searchRef.current?.select();
           break;
         case 'close':
-          if (showShortcuts) setShowShortcuts(false);
+          if (composer && e.target instanceof Element && e.target.closest('.composer')) {
+            void composer.close();
+            showComposer(null);
+          } else if (showShortcuts) setShowShortcuts(false);
           else if (route.itemId) navigate(listHref(route.list));
           else return;
           break;
@@ -212,7 +232,17 @@ export function Mail({ user }: { user: User }) {
     };
     window.addEventListener('keydown', onKey);
     return () => window.removeEventListener('keydown', onKey);
-  }, [actions, controller, key, navigate, openComposer, openItem, route, showShortcuts, threadMode]);
+  }, [actions, composer, controller, key, navigate, openComposer, openItem, route, showComposer, showShortcuts, threadMode]);
+
+  // The tab title shows the Inbox's unread count.
+  const mailboxes = useStore(controller.mailboxes);
+  const inboxUnread = mailboxes.find((m) => m.folder === 'INBOX' && !m.isLabel)?.unread ?? 0;
+  useEffect(() => {
+    document.title = inboxUnread ? `Inbox (${inboxUnread}) – mailhub` : 'mailhub';
+    return () => {
+      document.title = 'mailhub';
+    };
+  }, [inboxUnread]);
 
   const api: MailApi = { controller, user: me ?? user, route, navigate, openComposer, actions };
   const query = route.list.kind === 'search' ? route.list.query : '';
@@ -256,7 +286,7 @@ export function Mail({ user }: { user: User }) {
           <ComposerView
             key={composer.id}
             composer={composer}
-            onClosed={() => setComposer(null)}
+            onClosed={() => showComposer(null)}
             onSent={onSent}
           />
         )}

@@ -1,5 +1,5 @@
 import { useVirtualizer } from '@tanstack/react-virtual';
-import { useEffect, useRef } from 'react';
+import { memo, useCallback, useEffect, useRef } from 'react';
 import type { MailboxItem } from '../api/types';
 import { addressLabel, FOLDER_NAMES, shortDate } from '../lib/format';
 import { parseHighlight } from '../lib/highlight';
@@ -63,6 +63,16 @@ export function MessageList({
   }, [openIndex, virtualizer]);
 
   const title = listTitle(route);
+  const items = state.items;
+  const itemsRef = useRef(items);
+  itemsRef.current = items;
+  const onStar = useCallback(
+    (id: string) => {
+      const item = itemsRef.current[id];
+      if (item) actions.star(item);
+    },
+    [actions],
+  );
   const total = list?.totalCount ?? ids.length;
 
   return (
@@ -95,8 +105,8 @@ export function MessageList({
             {rows.map((row) => {
               const id = ids[row.index];
               const item = id ? state.items[id] : undefined;
-              const style = { transform: `translateY(${row.start}px)`, height: ROW_HEIGHT };
               if (!item) {
+                const style = { transform: `translateY(${row.start}px)`, height: ROW_HEIGHT };
                 return (
                   <div key={`more-${row.index}`} role="listitem" className="row loading-row" style={style} aria-setsize={-1}>
                     Loading more…
@@ -107,13 +117,13 @@ export function MessageList({
                 <Row
                   key={item.id}
                   item={item}
-                  style={style}
+                  start={row.start}
                   index={row.index}
                   setSize={hasMore ? -1 : ids.length}
                   open={item.id === route.itemId}
                   href={itemHref(route.list, item.id)}
-                  highlights={list?.highlights[item.id]}
-                  onStar={() => actions.star(item)}
+                  highlight={list?.highlights[item.id]?.[0]}
+                  onStar={onStar}
                 />
               );
             })}
@@ -124,27 +134,28 @@ export function MessageList({
   );
 }
 
-function Row({
+/** One row; memoised on plain props so scrolling renders only the rows that enter the view. */
+const Row = memo(function Row({
   item,
-  style,
+  start,
   index,
   setSize,
   open,
   href,
-  highlights,
+  highlight,
   onStar,
 }: {
   item: MailboxItem;
-  style: React.CSSProperties;
+  start: number;
   index: number;
   setSize: number;
   open: boolean;
   href: string;
-  highlights: string[] | undefined;
-  onStar: () => void;
+  highlight: string | undefined;
+  onStar: (id: string) => void;
 }) {
+  const style = { transform: `translateY(${start}px)`, height: ROW_HEIGHT };
   const who = item.folder === 'SENT' || item.folder === 'DRAFTS' ? `To: ${item.to.map(addressLabel).join(', ') || '(no recipients)'}` : addressLabel(item.from);
-  const highlight = highlights?.[0];
   return (
     <div
       role="listitem"
@@ -155,13 +166,16 @@ function Row({
       aria-current={open ? 'true' : undefined}
       data-item-id={item.id}
     >
-      <button type="button" className={`star${item.starred ? ' on' : ''}`} aria-pressed={item.starred} aria-label={`${item.starred ? 'Unstar' : 'Star'}: ${item.subject || '(no subject)'}`} onClick={onStar}>
+      {/* A mouse shortcut only: the reader's Star button and the s key do the same for everyone,
+          and one "Star" button per row would make that name ambiguous. */}
+      <button type="button" className={`star${item.starred ? ' on' : ''}`} aria-hidden="true" tabIndex={-1} title={item.starred ? 'Unstar' : 'Star'} onClick={() => onStar(item.id)}>
         {item.starred ? '★' : '☆'}
       </button>
       <a className="row-link" href={href}>
         <span className="row-top">
           <span className="from">
             {!item.read && <span className="sr-only">Unread, </span>}
+            {item.starred && <span className="sr-only">Starred, </span>}
             {who}
           </span>
           <span className="date">{shortDate(item.receivedAt)}</span>
@@ -190,4 +204,4 @@ function Row({
       </a>
     </div>
   );
-}
+});

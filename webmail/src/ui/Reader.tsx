@@ -1,10 +1,11 @@
 import { useEffect, useMemo, useState } from 'react';
-import { fetchBlob, fetchText, rawPath, saveBlob } from '../api/rest';
+import { fetchBlob, rawPath, saveBlob } from '../api/rest';
 import type { Folder, MailboxItem, MailboxItemFull, RecipientStatus, Thread } from '../api/types';
 import { addressFull, fileSize, FOLDER_NAMES, longDate } from '../lib/format';
 import { IFRAME_SANDBOX, prepareBody, textDocument } from '../lib/html';
 import { listHref } from '../lib/route';
 import { initFromDraft } from '../state/composer';
+import { mergeStatus } from '../state/delivery';
 import type { Store } from '../state/store';
 import { showToast } from '../state/toasts';
 import { useMail } from './context';
@@ -258,8 +259,16 @@ function Labels({ item }: { item: MailboxItem }) {
 }
 
 function MessageView({ message, initiallyOpen, focused }: { message: MailboxItemFull; initiallyOpen: boolean; focused: boolean }) {
-  const [open, setOpen] = useState(initiallyOpen);
-  const { actions } = useMail();
+  const [open, setOpen] = useState(initiallyOpen && message.folder !== 'DRAFTS');
+  const { actions, openComposer } = useMail();
+  if (message.folder === 'DRAFTS') {
+    return (
+      <button type="button" className="collapsed draft" onClick={() => openComposer(initFromDraft(message))}>
+        <strong>Draft</strong> <span className="muted">{longDate(message.receivedAt)}</span>
+        <span className="snippet">{message.snippet || '(empty)'}</span>
+      </button>
+    );
+  }
   if (!open) {
     return (
       <button type="button" className="collapsed" onClick={() => setOpen(true)} aria-expanded="false">
@@ -407,16 +416,21 @@ function Attachments({ message }: { message: MailboxItemFull }) {
   );
 }
 
-function mergeStatus(list: RecipientStatus[], s: RecipientStatus): RecipientStatus[] {
-  const i = list.findIndex((r) => r.address.toLowerCase() === s.address.toLowerCase() && r.type === s.type);
-  if (i < 0) return [...list, s];
-  return list.map((r, j) => (j === i ? s : r));
-}
-
 function DeliveryStatus({ message }: { message: MailboxItemFull }) {
   const { controller } = useMail();
   const [recipients, setRecipients] = useState(message.recipients);
-  useEffect(() => controller.watchDelivery(message.messageId, (s) => setRecipients((list) => mergeStatus(list, s))), [controller, message.messageId]);
+  useEffect(() => {
+    const merge = (updates: RecipientStatus[]) => setRecipients((list) => updates.reduce(mergeStatus, list));
+    const stop = controller.watchDelivery(message.messageId, (s) => merge([s]));
+    // A change between opening the message and the subscription starting is read once more.
+    const again = setTimeout(() => {
+      controller.message(message.id).then((m) => m && merge(m.recipients), () => {});
+    }, 1500);
+    return () => {
+      stop();
+      clearTimeout(again);
+    };
+  }, [controller, message.id, message.messageId]);
   return (
     <table className="delivery">
       <caption>Delivery status</caption>
@@ -448,7 +462,8 @@ function DeliveryStatus({ message }: { message: MailboxItemFull }) {
 }
 
 function ShowOriginal({ message }: { message: MailboxItemFull & { rawUrl?: string | null } }) {
-  const [raw, setRaw] = useState<string | null>(null);
+  // The bytes are kept as they came (Download original saves them unchanged); the text is for reading.
+  const [raw, setRaw] = useState<{ text: string; blob: Blob } | null>(null);
   const [error, setError] = useState<string | null>(null);
   const [busy, setBusy] = useState(false);
   return (
@@ -461,8 +476,8 @@ function ShowOriginal({ message }: { message: MailboxItemFull & { rawUrl?: strin
           onClick={() => {
             setBusy(true);
             setError(null);
-            fetchText(rawPath(message.id, message.rawUrl))
-              .then(setRaw)
+            fetchBlob(rawPath(message.id, message.rawUrl))
+              .then(async (blob) => setRaw({ blob, text: await blob.text() }))
               .catch((e: unknown) => setError(e instanceof Error ? e.message : String(e)))
               .finally(() => setBusy(false));
           }}
@@ -473,12 +488,15 @@ function ShowOriginal({ message }: { message: MailboxItemFull & { rawUrl?: strin
         <section aria-label="Raw source">
           <div className="original-head">
             <h4>Original message</h4>
+            <button type="button" className="ghost" onClick={() => saveBlob(raw.blob, `${message.subject.replace(/[^\w.-]+/g, '_').slice(0, 60) || 'message'}.eml`)}>
+              Download original
+            </button>
             <button type="button" className="ghost" onClick={() => setRaw(null)}>
               Hide original
             </button>
           </div>
           <pre className="raw" tabIndex={0}>
-            {raw}
+            {raw.text}
           </pre>
         </section>
       )}
