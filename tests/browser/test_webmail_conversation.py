@@ -84,6 +84,12 @@ async def test_alice_and_bob_exchange_mail_with_an_attachment_live(
         == hashlib.sha256(report.read_bytes()).hexdigest()
     )
 
+    # "show original": the raw message, fetched with bob's token from rawUrl
+    await bob_page.get_by_role("button", name="Show original").click()
+    original = bob_page.get_by_role("region", name="Raw source")
+    await expect(original).to_contain_text(f"Subject: {SUBJECT}")
+    await expect(original).to_contain_text("Content-Disposition: attachment")
+
     # bob replies
     await (
         bob_page.get_by_role("toolbar", name="Actions")

@@ -85,7 +85,11 @@ async def test_search_labels_archive_delete_undo_and_spam(
     # delete, then undo: back in the Inbox
     await open_folder(page, "Inbox")
     await open_message(page, "Old newsletter")
-    await page.get_by_role("toolbar", name="Actions").get_by_role("button", name="Delete").click()
+    await (
+        page.get_by_role("toolbar", name="Actions")
+        .get_by_role("button", name="Delete", exact=True)
+        .click()
+    )
     await expect(row(page, "Old newsletter")).to_have_count(0)
     await toast_action(page, "Moved to Trash.", "Undo")
     await expect(row(page, "Old newsletter")).to_be_visible()
