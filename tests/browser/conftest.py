@@ -56,6 +56,36 @@ class Mailhub:
     http: httpx.AsyncClient
     settings: Any = None
     stop_worker: Callable[[], Awaitable[None]] | None = None
+    api: tuple[uvicorn.Server, asyncio.Task[None]] | None = None
+
+    async def start_api(self) -> None:
+        """The HTTP/websocket server on the fixture's port (again, after ``stop_api``)."""
+        server = uvicorn.Server(
+            uvicorn.Config(
+                create_app(self.settings, self.system),
+                host="127.0.0.1",
+                port=self.settings.http_port,
+                log_level="warning",
+                ws="websockets-sansio",
+                ws_per_message_deflate=False,
+                lifespan="on",
+            )
+        )
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            await asyncio.sleep(0.02)
+            if serving.done():
+                serving.result()
+        self.api = (server, serving)
+
+    async def stop_api(self) -> None:
+        """Every browser loses its websocket (the MX and the worker keep running)."""
+        if self.api is not None:
+            server, serving = self.api
+            server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(serving, 10)
+            self.api = None
 
     async def start_worker(self) -> None:
         """The delivery worker (started by the fixture unless ``mailhub_worker`` is False)."""
@@ -126,33 +156,16 @@ async def mailhub(settings, zone, mailhub_overrides, mailhub_worker) -> AsyncIte
     system = await build_system(settings)
     await system.accounts.add_domain(DOMAIN)
     mx = await start_mx(settings, system)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, system),
-            host="127.0.0.1",
-            port=settings.http_port,
-            log_level="warning",
-            ws="websockets-sansio",
-            ws_per_message_deflate=False,
-            lifespan="on",
-        )
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-        if serving.done():
-            serving.result()
     base = f"http://127.0.0.1:{settings.http_port}"
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
         hub = Mailhub(base, mx.port, system, http, settings)
         try:
+            await hub.start_api()
             if mailhub_worker:
                 await hub.start_worker()
             yield hub
         finally:
-            server.should_exit = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(serving, 10)
+            await hub.stop_api()
             if hub.stop_worker is not None:
                 with contextlib.suppress(Exception):
                     await hub.stop_worker()
