@@ -394,3 +394,8 @@ def test_shared_header_objects_parse_exactly_like_the_stdlib_default_policy(monk
     again = [parse_message(raw) for raw in raws]  # now from the remembered header objects
     monkeypatch.setattr(parsing, "_PARSE_POLICY", policy.default)
     assert ours == again == [parse_message(raw) for raw in raws]
+
+
+def test_a_subject_with_raw_latin1_bytes_inside_an_encoded_word_is_decoded():
+    raw = b"Subject: =?iso-8859-1?Q?Die_Hasen_und_die_Fr\xf6sche?=\r\n\r\nbody\r\n"
+    assert parse_message(raw).subject == "Die Hasen und die Frösche"
