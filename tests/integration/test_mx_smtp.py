@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -263,3 +265,33 @@ async def test_starttls_is_offered_with_a_certificate_and_mail_flows_over_it(
         items = await h.items(bob)
     assert offered and code == 250, text
     assert [i["subject"] for i in items] == ["over TLS"]
+
+
+async def test_a_normal_quit_logs_no_lost_connection_but_a_dropped_client_still_does(
+    settings, zone, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    async with running_mx(settings, zone) as h:
+
+        def polite() -> None:
+            with smtplib.SMTP("127.0.0.1", h.port, timeout=10) as c:
+                c.ehlo("client.pass.test")  # the with-block ends with QUIT
+
+        await asyncio.to_thread(polite)
+        await asyncio.sleep(0.2)  # the server side of the close runs after the client's
+        after_quit = [r.getMessage() for r in caplog.records if "Connection lost" in r.msg]
+
+        def rude() -> None:
+            with socket.create_connection(("127.0.0.1", h.port), timeout=10) as s:
+                s.recv(1024)
+                s.sendall(b"EHLO client.pass.test\r\n")
+                s.recv(1024)  # then hang up without QUIT
+
+        await asyncio.to_thread(rude)
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            dropped = [r for r in caplog.records if "Connection lost" in r.msg]
+            if dropped:
+                break
+    assert after_quit == []
+    assert [r.levelno for r in dropped] == [logging.INFO]
