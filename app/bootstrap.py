@@ -13,14 +13,14 @@ from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.config import ConfigError, Settings
 from app.services.accounts import AccountService
-from app.services.attachments import AttachmentService
-from app.services.content import ContentService
-from app.services.mailbox import MailboxService
-from app.services.notifier import Notifier
-from app.services.realtime import RealtimeService
-from app.services.sending import SendingService
-from app.services.spam_feedback import SpamFeedbackService
-from app.services.suppression import SuppressionService
+from app.services.after_commit import Notifier
+from app.services.feedback.spam import SpamFeedbackService
+from app.services.feedback.suppression import SuppressionService
+from app.services.mailbox.content import ContentService
+from app.services.mailbox.realtime import RealtimeService
+from app.services.mailbox.service import MailboxService
+from app.services.sending.attachments import AttachmentService
+from app.services.sending.service import SendingService
 
 
 @dataclass
@@ -124,7 +124,7 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
 
 def _add_search(system: System) -> None:
     """Search (issue 6): the index jobs follow every committed change."""
-    from app.services.search import build_search
+    from app.services.search.service import build_search
 
     system.search = build_search(system.settings, system.mongo, system.queue, system.content)
     if system.search is not None:
@@ -136,11 +136,11 @@ def _add_inbound(system: System) -> None:
     from app.adapters.clamav import ClamdScanner
     from app.adapters.mail_auth import MailAuthenticator
     from app.adapters.spam_scorer import ModelScorer
-    from app.services.bounce_processing import BounceProcessor
-    from app.services.inbound import InboundService
-    from app.services.inbound_store import InboundStore
-    from app.services.reputation import ReputationService
-    from app.services.suppression_views import SuppressionViews
+    from app.services.feedback.bounces import BounceProcessor
+    from app.services.feedback.reputation import ReputationService
+    from app.services.feedback.suppression_views import SuppressionViews
+    from app.services.inbound.group_commit import InboundStore
+    from app.services.inbound.pipeline import InboundService
 
     s = system.settings
     secret = s.secret_key.get_secret_value().encode() if s.secret_key else b""
@@ -166,8 +166,8 @@ def _add_delivery(system: System) -> None:
     from app.adapters.dns_resolver import DnsResolver
     from app.adapters.smtp_transport import Relay, SmtpTransport
     from app.adapters.throttle import DomainThrottle
-    from app.services.delivery import DeliveryService
-    from app.services.scheduling import SchedulingService
+    from app.services.delivery.service import DeliveryService
+    from app.services.sending.scheduling import SchedulingService
 
     s = system.settings
     password = s.relay_password.get_secret_value() if s.relay_password else None

@@ -135,7 +135,7 @@ def cmd_mx(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from app.services.search import reindex_command
+    from app.services.search.service import reindex_command
 
     return reindex_command(_settings())
 

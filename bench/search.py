@@ -45,8 +45,8 @@ from app.bootstrap import build_system  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.domain.search_query import compile_query, owner_filter, parse_query, viewer_filter  # noqa: E402
 from app.embedded import EmbeddedStack, free_port  # noqa: E402
-from app.services.search import search_params  # noqa: E402
-from app.services.search_indexing import search_document  # noqa: E402
+from app.services.search.indexing import search_document  # noqa: E402
+from app.services.search.service import search_params  # noqa: E402
 
 WORDS = (
     "invoice receipt budget meeting quarterly report lunch travel flight hotel project plan "

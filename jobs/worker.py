@@ -24,9 +24,9 @@ from arq.utils import timestamp_ms
 from arq.worker import Worker
 
 from app.adapters.queue import queue_name
+from app.background import stop_task
 from app.bootstrap import build_system
 from app.config import Settings
-from app.tasks import stop_task
 from jobs import delivery, indexing, maintenance, spam
 
 JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam]

@@ -13,7 +13,7 @@ from bson import ObjectId
 from strawberry.dataloader import DataLoader
 
 from app.bootstrap import System
-from app.services.accounts import Viewer
+from app.domain.viewer import Viewer
 
 
 @dataclass

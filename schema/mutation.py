@@ -6,8 +6,8 @@ import strawberry
 from strawberry.types import Info
 
 from app.domain.folders import Folder as FolderValue
-from app.services.mailbox import StateChange
-from app.services.sending import Composition
+from app.services.mailbox.service import StateChange
+from app.services.sending.service import Composition
 from schema import types as T
 
 

@@ -13,7 +13,7 @@ from strawberry.types import Info
 
 from app.adapters.pubsub import Listener
 from app.domain.ids import parse_object_id
-from app.services.realtime import CannotCalculateChanges as NoChanges
+from app.services.mailbox.realtime import CannotCalculateChanges as NoChanges
 from schema import types as T
 
 COUNTS_INTERVAL = 1.0  # unreadCounts: at most one frame per second per subscription

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from app.tasks import stop_task
+from app.background import stop_task
 
 log = structlog.get_logger(__name__)
 

@@ -13,7 +13,7 @@ from prometheus_client import Counter, Histogram
 
 from app.domain.errors import DomainError, ServiceUnavailable
 from app.mx.limits import ClientLimits
-from app.services.inbound import Envelope, InboundService, LocalRecipient, Rejected
+from app.services.inbound.pipeline import Envelope, InboundService, LocalRecipient, Rejected
 
 log = structlog.get_logger(__name__)
 

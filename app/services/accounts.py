@@ -22,6 +22,7 @@ from app.config import Settings
 from app.domain.addresses import domain_of, normalize_email, parse_address
 from app.domain.errors import AuthError, Conflict, NotFound, RateLimited, ValidationError
 from app.domain.ids import parse_object_id
+from app.domain.viewer import Viewer
 
 _hasher = PasswordHasher()
 # Verifying against this keeps a login for an unknown address as slow as a wrong password,
@@ -36,16 +37,6 @@ def _dummy_hash() -> str:
 
 
 TOKEN_PREFIX = "mh_"
-
-
-@dataclass(frozen=True)
-class Viewer:
-    """The authenticated user a request acts for; every query is scoped to ``user_id``."""
-
-    user_id: ObjectId
-    email: str
-    name: str | None = None
-    token_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -292,4 +283,4 @@ class AccountService:
         return bool(doc and not doc.get("revoked_at") and doc["expires_at"] > datetime.now(UTC))
 
 
-__all__ = ["AccountService", "DnsRecord", "Viewer", "hash_token", "parse_object_id"]
+__all__ = ["AccountService", "DnsRecord", "hash_token", "parse_object_id"]

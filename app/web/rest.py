@@ -17,8 +17,8 @@ from starlette.routing import Route
 
 from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
-from app.services.mailbox import StateChange
-from app.services.sending import Composition
+from app.services.mailbox.service import StateChange
+from app.services.sending.service import Composition
 from app.web.errors import error_response
 from app.web.uploads import stream_upload
 

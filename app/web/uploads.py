@@ -10,8 +10,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from app.domain.errors import ValidationError
-from app.services.accounts import Viewer
-from app.services.attachments import AttachmentService, Upload
+from app.domain.viewer import Viewer
+from app.services.sending.attachments import AttachmentService, Upload
 
 
 def _header_params(value: bytes) -> tuple[bytes, dict[bytes, bytes]]:

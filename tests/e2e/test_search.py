@@ -12,7 +12,7 @@ from bson import ObjectId
 
 from app.adapters.typesense_index import TypesenseIndex
 from app.embedded import free_port
-from app.services.search import reindex_command
+from app.services.search.service import reindex_command
 from jobs.worker import start_embedded_worker
 
 SEND = """mutation($input: SendEmailInput!) { sendEmail(input: $input) { __typename

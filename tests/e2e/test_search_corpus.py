@@ -16,7 +16,7 @@ from bson import ObjectId
 
 from app.bootstrap import build_system
 from app.config import Settings
-from app.services.accounts import Viewer
+from app.domain.viewer import Viewer
 
 OWNER_ITEMS, OTHER_ITEMS = 2200, 400
 PEOPLE = [

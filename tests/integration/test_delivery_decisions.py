@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app.adapters.dkim_signer import DkimKey, DkimSigner
 from app.domain.bounces import NO_REPLY, SmtpOutcome
 from app.domain.outcomes import RecipientState, RetryPolicy, decide, dsn_report
-from app.services.outbox import is_due, job_id
+from app.services.delivery.outbox import is_due, job_id
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 POLICY = RetryPolicy(

@@ -12,7 +12,7 @@ from bson import ObjectId
 
 from app.domain.bounces import SmtpOutcome
 from app.domain.verp import parse_verp_address
-from app.services.outbox import DomainLease, PreparedMessage, Work
+from app.services.delivery.outbox import DomainLease, PreparedMessage, Work
 from tests.support.outbound import SENDER_DOMAIN, outbound_world
 
 

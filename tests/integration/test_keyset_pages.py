@@ -7,9 +7,9 @@ import pytest
 from bson import ObjectId
 
 from app.config import Settings
-from app.services.accounts import Viewer
-from app.services.mailbox import MailboxService
-from app.services.notifier import Notifier
+from app.domain.viewer import Viewer
+from app.services.after_commit import Notifier
+from app.services.mailbox.service import MailboxService
 
 
 def inbox_item(user: ObjectId, received_at: datetime) -> dict:

@@ -45,7 +45,7 @@ async def test_blob_round_trip_and_delete(mongo):
 async def test_orphan_sweep_moves_on_and_eventually_visits_every_message(mongo):
     from bson import ObjectId
 
-    from app.services.content import ContentService
+    from app.services.mailbox.content import ContentService
 
     blobs = BlobStore(mongo.db)
     content = ContentService(mongo, blobs)

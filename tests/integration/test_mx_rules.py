@@ -11,9 +11,9 @@ from bson import ObjectId
 from app.domain.errors import ValidationError
 from app.mx.limits import ClientLimits, ErrorBudget
 from app.mx.server import with_enhanced_code
-from app.services.bounce_processing import report_from_webhook
-from app.services.inbound_store import GRIDFS_CHUNK, BlobWrite, gridfs_documents
-from app.services.reputation import Counts, Thresholds
+from app.services.feedback.bounces import report_from_webhook
+from app.services.feedback.reputation import Counts, Thresholds
+from app.services.inbound.group_commit import GRIDFS_CHUNK, BlobWrite, gridfs_documents
 
 
 def test_connection_limit_counts_open_connections_per_ip_and_frees_on_close():

@@ -6,7 +6,7 @@ from bson import ObjectId
 
 from app.adapters.mongo import in_transaction
 from app.domain.conversations import normalize_subject
-from app.services.filing import ViewSpec, file_message
+from app.services.mailbox.filing import ViewSpec, file_message
 
 USER = ObjectId()
 

@@ -12,8 +12,8 @@ from app.adapters.typesense_index import TypesenseIndex
 from app.domain.errors import ServiceUnavailable, ValidationError
 from app.domain.search_query import compile_query, owner_filter, parse_query, viewer_filter
 from app.embedded import free_port
-from app.services.search import search_params
-from app.services.search_indexing import search_document
+from app.services.search.indexing import search_document
+from app.services.search.service import search_params
 
 NOW = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 ALICE, MALLORY = ObjectId(), ObjectId()

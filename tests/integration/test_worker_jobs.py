@@ -12,7 +12,7 @@ from typing import Any
 from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
-from app.tasks import stop_task
+from app.background import stop_task
 from jobs import delivery as jobs_delivery
 from jobs.worker import BatchClaimWorker, worker_options
 

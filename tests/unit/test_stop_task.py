@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from app.tasks import stop_task
+from app.background import stop_task
 
 
 async def _swallows_one_cancel(started: asyncio.Event) -> None:

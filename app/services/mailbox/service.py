@@ -14,6 +14,7 @@ from bson import ObjectId
 
 from app.adapters.mongo import Mongo, in_transaction
 from app.config import Settings
+from app.domain.changes import Change
 from app.domain.cursors import Cursor, decode_cursor, encode_cursor
 from app.domain.errors import NotFound, ValidationError
 from app.domain.folders import (
@@ -26,9 +27,9 @@ from app.domain.folders import (
     merge_deltas,
 )
 from app.domain.ids import parse_object_id
-from app.services.accounts import Viewer
-from app.services.filing import Change, apply_counter_deltas, record_changes, refresh_threads
-from app.services.notifier import Notifier
+from app.domain.viewer import Viewer
+from app.services.after_commit import Notifier
+from app.services.mailbox.filing import apply_counter_deltas, record_changes, refresh_threads
 
 MAX_PAGE = 100
 WINDOW_MIN = 60.0  # seconds

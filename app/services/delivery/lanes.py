@@ -31,8 +31,8 @@ from app.adapters.smtp_transport import (
 from app.adapters.throttle import DomainThrottle
 from app.domain.bounces import SmtpOutcome
 from app.domain.verp import make_verp_address
-from app.services.delivery_records import OutcomeRecorder
-from app.services.outbox import Work
+from app.services.delivery.outbox import Work
+from app.services.delivery.outcomes import OutcomeRecorder
 
 log = structlog.get_logger(__name__)
 

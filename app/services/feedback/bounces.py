@@ -30,8 +30,8 @@ from app.domain.errors import ValidationError
 from app.domain.feedback_reports import parse_feedback_report
 from app.domain.ids import parse_object_id
 from app.domain.verp import parse_verp_address
-from app.services.reputation import ReputationService
-from app.services.suppression import SuppressionService
+from app.services.feedback.reputation import ReputationService
+from app.services.feedback.suppression import SuppressionService
 
 log = structlog.get_logger(__name__)
 

@@ -25,10 +25,10 @@ from pymongo import UpdateOne
 from app.adapters.mongo import Mongo
 from app.adapters.queue import JobQueue
 from app.adapters.typesense_index import TypesenseIndex
+from app.domain.changes import Change
 from app.domain.ids import parse_object_id
 from app.domain.search_terms import address_terms, filename_terms, label_term, word_terms
-from app.services.content import ContentService
-from app.services.filing import Change
+from app.services.mailbox.content import ContentService
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ from bson import ObjectId
 from app.adapters.mongo import Mongo
 from app.domain.addresses import normalize_email, parse_address
 from app.domain.errors import NotFound
-from app.services.accounts import Viewer
-from app.services.suppression import GLOBAL, SuppressionService
+from app.domain.viewer import Viewer
+from app.services.feedback.suppression import GLOBAL, SuppressionService
 
 MAX_PAGE = 200
 

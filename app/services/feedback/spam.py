@@ -26,8 +26,8 @@ from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo
 from app.domain.errors import ValidationError
 from app.domain.folders import Folder
-from app.services.accounts import Viewer
-from app.services.mailbox import MailboxService, StateChange, parse_ids
+from app.domain.viewer import Viewer
+from app.services.mailbox.service import MailboxService, StateChange, parse_ids
 
 log = structlog.get_logger(__name__)
 

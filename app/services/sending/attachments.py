@@ -22,7 +22,7 @@ from app.adapters.mongo import Mongo
 from app.config import Settings
 from app.domain.errors import NotFound, PayloadTooLarge, ValidationError
 from app.domain.ids import parse_object_id
-from app.services.accounts import Viewer
+from app.domain.viewer import Viewer
 
 UNREFERENCED_TTL = timedelta(days=1)
 SNIFF_BYTES = 8192

@@ -30,18 +30,18 @@ from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from app.adapters.mongo import Mongo, as_domain_error, in_transaction, is_duplicate_key
+from app.domain.changes import Change
 from app.domain.conversations import may_join_by_subject, thread_lookup_ids
 from app.domain.errors import DomainError, ServiceUnavailable
 from app.domain.folders import CounterKey, counter_deltas, merge_deltas
-from app.services import filing
-from app.services.filing import (
+from app.services.after_commit import Notifier
+from app.services.mailbox.filing import (
     MAX_PARTICIPANTS,
     THREAD_SUBJECT_WINDOW_DAYS,
-    Change,
     refresh_threads,
     summary_of,
 )
-from app.services.notifier import Notifier
+from app.services.mailbox import filing
 
 log = structlog.get_logger(__name__)
 

@@ -34,9 +34,9 @@ from app.domain.search_query import (
     parse_query,
     viewer_filter,
 )
-from app.services.accounts import Viewer
-from app.services.mailbox import check_page_size
-from app.services.search_indexing import MARK_END, MARK_START, SearchIndexer, tiebreak_of
+from app.domain.viewer import Viewer
+from app.services.mailbox.service import check_page_size
+from app.services.search.indexing import MARK_END, MARK_START, SearchIndexer, tiebreak_of
 
 log = structlog.get_logger(__name__)
 

@@ -40,15 +40,15 @@ from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.adapters.smtp_transport import SmtpTransport, no_reply
 from app.adapters.throttle import DomainThrottle
+from app.background import stop_task
 from app.config import Settings
 from app.domain.addresses import domain_of
 from app.domain.ids import parse_object_id
 from app.domain.outcomes import RetryPolicy, policy_from
-from app.services.accounts import Viewer
-from app.services.delivery_lanes import Lanes
-from app.services.delivery_records import OutcomeRecorder
-from app.services.notifier import Notifier
-from app.services.outbox import (
+from app.domain.viewer import Viewer
+from app.services.after_commit import Notifier
+from app.services.delivery.lanes import Lanes
+from app.services.delivery.outbox import (
     DomainLease,
     PreparedMessage,
     Work,
@@ -57,8 +57,8 @@ from app.services.outbox import (
     job_id,
     status_event,
 )
-from app.services.suppression import SuppressionService
-from app.tasks import stop_task
+from app.services.delivery.outcomes import OutcomeRecorder
+from app.services.feedback.suppression import SuppressionService
 
 log = structlog.get_logger(__name__)
 

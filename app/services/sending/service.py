@@ -26,6 +26,7 @@ from app.domain.addresses import (
     parse_address,
     parse_address_list,
 )
+from app.domain.changes import Change
 from app.domain.conversations import normalize_subject
 from app.domain.errors import NotFound, RateLimited, ValidationError
 from app.domain.folders import Folder, counter_deltas
@@ -37,10 +38,11 @@ from app.domain.mime import (
     check_header_value,
     make_message_id,
 )
-from app.services.accounts import AccountService, Viewer
-from app.services.attachments import AttachmentService
-from app.services.filing import (
-    Change,
+from app.domain.viewer import Viewer
+from app.services.accounts import AccountService
+from app.services.after_commit import Notifier
+from app.services.feedback.suppression import SuppressionService
+from app.services.mailbox.filing import (
     ViewSpec,
     apply_counter_deltas,
     file_message,
@@ -48,9 +50,8 @@ from app.services.filing import (
     refresh_threads,
     summary_of,
 )
-from app.services.mailbox import MailboxService
-from app.services.notifier import Notifier
-from app.services.suppression import SuppressionService
+from app.services.mailbox.service import MailboxService
+from app.services.sending.attachments import AttachmentService
 
 MAX_SUBJECT = 998
 MAX_REFERENCES = 20

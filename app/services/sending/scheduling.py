@@ -20,13 +20,14 @@ from app.adapters.mongo import Mongo, in_transaction
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.domain.addresses import domain_of
+from app.domain.changes import Change
 from app.domain.errors import NotFound, ValidationError
 from app.domain.folders import Folder, counter_deltas
-from app.services.accounts import Viewer
-from app.services.filing import Change, apply_counter_deltas, refresh_threads
-from app.services.mailbox import MailboxService
-from app.services.notifier import Notifier
-from app.services.outbox import status_event
+from app.domain.viewer import Viewer
+from app.services.after_commit import Notifier
+from app.services.delivery.outbox import status_event
+from app.services.mailbox.filing import apply_counter_deltas, refresh_threads
+from app.services.mailbox.service import MailboxService
 
 
 class SchedulingService:

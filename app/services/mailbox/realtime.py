@@ -16,9 +16,9 @@ from bson import ObjectId
 
 from app.adapters.mongo import Mongo
 from app.adapters.pubsub import PubSubHub
+from app.domain.changes import Change
 from app.domain.errors import ValidationError
-from app.services.accounts import Viewer
-from app.services.filing import Change
+from app.domain.viewer import Viewer
 
 MAX_CHANGES = 5000
 

@@ -6,13 +6,14 @@ so a message, its views, its threads and the counters change together or not at 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ReturnDocument
 
+from app.domain.changes import Change
 from app.domain.conversations import may_join_by_subject, thread_lookup_ids
 from app.domain.folders import CounterKey, counter_deltas, merge_deltas
 
@@ -32,19 +33,6 @@ class ViewSpec:
     labels: tuple[str, ...] = ()
     dedupe_key: str | None = None
     spam: dict[str, Any] | None = None
-
-
-@dataclass
-class Change:
-    """A committed change to one view, addressed to its owner (STYLE.md §5)."""
-
-    user_id: ObjectId
-    item_id: ObjectId
-    kind: str  # created | updated | deleted
-    thread_id: ObjectId | None = None
-    folders: tuple[str, ...] = ()
-    item: dict[str, Any] | None = field(default=None, repr=False)
-    state: int | None = None  # the owner's sync state after this change (set when recorded)
 
 
 async def record_changes(db: Any, changes: list[Change], session: Any) -> None:

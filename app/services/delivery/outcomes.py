@@ -32,13 +32,14 @@ from app.adapters.live_status import publish_many
 from app.adapters.mongo import Mongo, in_transaction
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
+from app.background import stop_task
 from app.domain.bounces import SmtpOutcome
+from app.domain.changes import Change
 from app.domain.outcomes import Decision, decide, dsn_report
 from app.domain.retry import retry_until
-from app.services.filing import Change
-from app.services.notices import Notice, build_notice, file_notice, store_raw
-from app.services.notifier import Notifier
-from app.services.outbox import (
+from app.services.after_commit import Notifier
+from app.services.delivery.notices import Notice, build_notice, file_notice, store_raw
+from app.services.delivery.outbox import (
     DUE_STATUSES,
     Work,
     chunked,
@@ -47,8 +48,7 @@ from app.services.outbox import (
     status_event,
     unleased_status,
 )
-from app.services.suppression import SuppressionService
-from app.tasks import stop_task
+from app.services.feedback.suppression import SuppressionService
 
 log = structlog.get_logger(__name__)
 

@@ -32,9 +32,9 @@ from app.domain.folders import Folder
 from app.domain.html_safety import make_snippet
 from app.domain.parsing import ParsedMessage, parse_message
 from app.domain.verp import parse_verp_address
-from app.services.bounce_processing import BounceProcessor
-from app.services.content import INLINE_BODY_LIMIT
-from app.services.inbound_store import BlobWrite, InboundStore, InboundView, PreparedInbound
+from app.services.feedback.bounces import BounceProcessor
+from app.services.inbound.group_commit import BlobWrite, InboundStore, InboundView, PreparedInbound
+from app.services.mailbox.content import INLINE_BODY_LIMIT
 
 DOMAIN_CACHE_SECONDS = 5.0  # hosted domains change rarely; users are always read fresh
 

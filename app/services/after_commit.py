@@ -13,7 +13,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from app.services.filing import Change
+from app.domain.changes import Change
 
 log = structlog.get_logger(__name__)
 
