@@ -58,7 +58,7 @@ from app.services.delivery.outbox import (
     status_event,
 )
 from app.services.delivery.outcomes import OutcomeRecorder
-from app.services.feedback.suppression import SuppressionService
+from app.services.feedback.suppression import GLOBAL, SuppressionService, user_scope
 
 log = structlog.get_logger(__name__)
 
@@ -607,9 +607,13 @@ class DeliveryService:
         prepared = await self._prepared_messages({d["message_id"] for d in docs})
         # Suppression is read from MongoDB right before the attempt (DESIGN.md §6): an address
         # suppressed after the send was accepted is not mailed.
-        suppressed: set[str] = set()
+        # (a user's own entries stop only that user's mail: app/services/feedback/suppression.py)
+        senders = {m.id: user_scope(m.sender_user_id) for m in prepared.values()}
+        suppressed: set[tuple[str, str]] = set()
         for part in chunked([d["address"] for d in docs]):
-            suppressed |= await self.suppression.suppressed(part)
+            suppressed |= await self.suppression.suppressed_in_scopes(
+                part, sorted(set(senders.values()))
+            )
         ready: list[Work] = []
         gone: list[Work] = []
         for doc in docs:
@@ -625,7 +629,10 @@ class DeliveryService:
                 )
                 continue
             work = Work(doc, message, lease)
-            if doc["address_key"] in suppressed:
+            if (doc["address_key"], GLOBAL) in suppressed or (
+                doc["address_key"],
+                senders.get(message.id, GLOBAL),
+            ) in suppressed:
                 self.recorder.suppressed(work)
             else:
                 ready.append(work)

@@ -41,7 +41,7 @@ from app.domain.mime import (
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
-from app.services.feedback.suppression import SuppressionService
+from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.mailbox.filing import (
     ViewSpec,
     apply_counter_deltas,
@@ -217,7 +217,8 @@ class SendingService:
             message["transactional"] = True
         local_users = await self.accounts.users_for_addresses([a.email for a in everyone])
         suppressed = await self.suppression.suppressed(
-            [a.email for a in everyone if normalize_email(a.email) not in local_users]
+            [a.email for a in everyone if normalize_email(a.email) not in local_users],
+            scope=user_scope(viewer.user_id),
         )
         recipients = self._recipient_docs(
             message, to, cc, bcc, local_users, suppressed, now, send_at
