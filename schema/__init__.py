@@ -11,14 +11,13 @@ from typing import Any
 import strawberry
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
-from strawberry.extensions.max_aliases import create_validator as aliases_rule
-from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.tools import merge_types
 
 from app.config import Settings
 from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import EXCEPTION_HANDLERS, ErrorShaping
 from schema.execution import FastExecutionContext
+from schema.limits import create_limits_rule
 from schema.mutation import Mutation
 from schema.query import Query
 from schema.realtime import RealtimeQuery, RealtimeSubscription
@@ -36,8 +35,9 @@ def build_schema(settings: Settings) -> strawberry.Schema:
     # The limit rules are built once, not per request: the validation cache is keyed by the
     # rule classes, so per-request classes (what QueryDepthLimiter(...) makes) never hit it.
     rules: list[type[ASTValidationRule]] = [
-        depth_rule(settings.graphql_max_depth, None, None),
-        aliases_rule(settings.graphql_max_aliases),
+        create_limits_rule(
+            settings.graphql_max_depth, settings.graphql_max_aliases, settings.graphql_max_fields
+        )
     ]
     return strawberry.Schema(
         query=merge_types("Query", tuple(QUERIES)),
