@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
+from graphql import GraphQLError
 from graphql.validation import ASTValidationRule
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
 from strawberry.tools import merge_types
 
 from app.config import Settings
 from schema.delivery import DeliveryMutation, DeliveryQuery
-from schema.errors import EXCEPTION_HANDLERS, ErrorShaping
+from schema.errors import EXCEPTION_HANDLERS, ErrorShaping, log_client_errors
 from schema.execution import FastExecutionContext
 from schema.limits import create_limits_rule
 from schema.mutation import Mutation
@@ -30,6 +31,13 @@ MUTATIONS: list[type] = [Mutation, SuppressionsMutation, DeliveryMutation, SpamM
 SUBSCRIPTIONS: list[type] = [RealtimeSubscription]
 
 
+class MailhubSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Instead of Strawberry's error log (a traceback for every error, even a bad token):
+        one info line per client error; bugs are logged where they are masked."""
+        log_client_errors(errors)
+
+
 def build_schema(settings: Settings) -> strawberry.Schema:
     subscription: Any = merge_types("Subscription", tuple(SUBSCRIPTIONS)) if SUBSCRIPTIONS else None
     # The limit rules are built once, not per request: the validation cache is keyed by the
@@ -39,7 +47,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             settings.graphql_max_depth, settings.graphql_max_aliases, settings.graphql_max_fields
         )
     ]
-    return strawberry.Schema(
+    return MailhubSchema(
         query=merge_types("Query", tuple(QUERIES)),
         mutation=merge_types("Mutation", tuple(MUTATIONS)),
         subscription=subscription,
