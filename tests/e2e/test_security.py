@@ -89,6 +89,9 @@ async def test_another_users_ids_behave_like_missing_ones(api):
     [
         ("subject", "hi\r\nBcc: victim@evil.test"),
         ("subject", "nul\x00byte"),
+        ("subject", "vertical\x0btab"),
+        ("subject", "form\x0cfeed"),
+        ("subject", "file\x1cseparator"),
         ("to", ["bob@example.test\r\nBcc: x@evil.test"]),
         ("to", ["not-an-address"]),
         ("to", ["a@b@c.test"]),
