@@ -94,6 +94,7 @@ async def test_another_users_ids_behave_like_missing_ones(api):
         ("subject", "file\x1cseparator"),
         ("to", ["bob@example.test\r\nBcc: x@evil.test"]),
         ("to", ["not-an-address"]),
+        ("to", ["moc.elpmaxe\u202e@example.test"]),
         ("to", ["a@b@c.test"]),
         ("from", "Bob <bob@example.test>"),
         ("cc", ["carol@example..test"]),
