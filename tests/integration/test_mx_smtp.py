@@ -295,3 +295,34 @@ async def test_a_normal_quit_logs_no_lost_connection_but_a_dropped_client_still_
                 break
     assert after_quit == []
     assert [r.levelno for r in dropped] == [logging.INFO]
+
+
+async def test_postmaster_is_accepted_for_every_hosted_domain_and_reaches_its_first_user(
+    settings, zone
+):
+    """RFC 5321 §4.5.1: "postmaster" (with a hosted domain, or with none) is always accepted."""
+    async with running_mx(settings, zone) as h:
+        _, bob = await h.user("bob")  # the domain's first user
+        await h.user("carol")
+        for rcpt in (f"postmaster@{DOMAIN}", f"PostMaster@{DOMAIN}", "postmaster"):
+            reply = await smtp_send(h.port, message(subject=f"to {rcpt}"), rcpts=[rcpt])
+            assert reply["rcpt"][rcpt][0] == 250, reply
+            assert reply["data"][0] == 250, reply
+        items = await h.items(bob)
+    assert sorted(i["subject"] for i in items) == sorted(
+        [f"to postmaster@{DOMAIN}", f"to PostMaster@{DOMAIN}", "to postmaster"]
+    )
+
+
+async def test_a_postmaster_alias_takes_precedence_and_other_domains_are_still_refused(
+    settings, zone
+):
+    async with running_mx(settings, zone) as h:
+        await h.user("bob")
+        carol_email, carol = await h.user("carol")
+        await h.system.accounts.add_alias(carol_email, f"postmaster@{DOMAIN}")
+        reply = await smtp_send(h.port, message(), rcpts=[f"postmaster@{DOMAIN}"])
+        assert reply["data"][0] == 250, reply
+        assert len(await h.items(carol)) == 1
+        relay = await smtp_send(h.port, message(), rcpts=["postmaster@elsewhere.test"])
+    assert relay["rcpt"]["postmaster@elsewhere.test"][0] == 550
