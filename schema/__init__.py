@@ -10,7 +10,7 @@ from typing import Any
 
 import strawberry
 from graphql import GraphQLError
-from graphql.validation import ASTValidationRule
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
 from strawberry.tools import merge_types
 
@@ -47,6 +47,8 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             settings.graphql_max_depth, settings.graphql_max_aliases, settings.graphql_max_fields
         )
     ]
+    if not settings.graphql_introspection:  # open by default: docs/api.md says why
+        rules.append(NoSchemaIntrospectionCustomRule)
     return MailhubSchema(
         query=merge_types("Query", tuple(QUERIES)),
         mutation=merge_types("Mutation", tuple(MUTATIONS)),

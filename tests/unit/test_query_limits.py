@@ -48,3 +48,27 @@ def test_cyclic_and_unknown_fragments_are_left_to_the_standard_rules():
     cyclic = "{ ...A } fragment A on Query { ...B } fragment B on Query { ...A }"
     assert errors(cyclic) == []
     assert validate(SCHEMA, parse(cyclic))  # NoFragmentCyclesRule reports it
+
+
+INTROSPECTION = "{ __schema { queryType { name } types { name fields { name } } } }"
+
+
+async def test_introspection_is_open_by_default_and_bounded_like_any_document():
+    """The schema is the published contract (CONTRACT.md, GraphiQL): introspection answers
+    anonymous clients, within the same limits as every other document (docs/api.md)."""
+    result = await build_schema(Settings(_env_file=None)).execute(INTROSPECTION)
+    assert result.errors is None and result.data["__schema"]["queryType"]["name"] == "Query"
+    nested = "ofType { " * 1500 + "name" + " }" * 1500
+    deep = "{ __schema { types { fields { type { " + nested + " } } } } }"
+    result = await build_schema(Settings(_env_file=None)).execute(deep)
+    assert result.errors and result.data is None  # the parser's nesting or the token limit
+    doubled = doubling_fragments(20).replace("__typename", "__schema { types { name } }")
+    result = await build_schema(Settings(_env_file=None)).execute(doubled)
+    assert result.errors and "expands to more than" in result.errors[0].message
+
+
+async def test_introspection_can_be_turned_off():
+    schema = build_schema(Settings(graphql_introspection=False, _env_file=None))
+    result = await schema.execute(INTROSPECTION)
+    assert result.errors and "introspection" in result.errors[0].message.lower()
+    assert (await schema.execute("{ __typename }")).errors is None
