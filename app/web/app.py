@@ -29,6 +29,7 @@ from schema.context import Context
 
 HTTP_REQUESTS = Counter("mailhub_http_requests_total", "HTTP requests", ["kind"])
 log = structlog.get_logger(__name__)
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}  # Strawberry's refusals; else 400
 
 
 def bearer_token(headers: Any) -> str | None:
@@ -56,8 +57,9 @@ class MailhubGraphQL(GraphQL[Context, None]):
         try:
             response = await self.run(request)
         except HTTPException as e:
-            log.info("client error", code="BAD_REQUEST", message=e.reason[:200])
-            response = graphql_error_response(e.reason, "BAD_REQUEST", e.status_code)
+            code = _HTTP_CODES.get(e.status_code, "BAD_REQUEST")
+            log.info("client error", code=code, message=e.reason[:200])
+            response = graphql_error_response(e.reason, code, e.status_code)
         except Exception as e:  # a bug: masked, logged once with a request id
             request_id = uuid.uuid4().hex[:12]
             log.error(
