@@ -58,7 +58,14 @@ def test_nothing_missing_passes_quietly(tmp_path: Path) -> None:
 
 def test_make_test_stops_before_pytest_when_a_peer_is_missing(tmp_path: Path) -> None:
     lookup = _fake_bin(tmp_path, [p for p in PROGRAMS if p != "dnsmasq"])
-    done = _run(["make", "--no-print-directory", "test"], lookup, MAILHUB_PEERS_INSTALL="no")
+    # MAKEFLAGS cleared: under `make test -j` the venv prerequisite could start alongside
+    done = _run(
+        ["make", "--no-print-directory", "test"],
+        lookup,
+        MAILHUB_PEERS_INSTALL="no",
+        MAKEFLAGS="",
+        MAKELEVEL="",
+    )
     assert done.returncode != 0
     assert "missing: dnsmasq-base" in done.stderr
     assert "pytest" not in done.stdout + done.stderr
