@@ -1,21 +1,33 @@
-"""Inbound benchmark: mailhub's MX next to Postfix, same load client, same message mix, same run.
+"""Inbound benchmark: mailhub's MX next to the stack an operator would run instead, same run.
 
-    .venv/bin/python bench/inbound.py [--n 3000] [--conc 20] [--rounds 3] [--mx-processes 2]
+    .venv/bin/python bench/inbound.py [--n 1500] [--conc 20] [--rounds 1] [--mx-processes N]
+                                      [--compare-log-level] [--no-fullstack] [--skip-postfix]
+                                      [--no-floor]
 
-What it does (everything on loopback, bounded in time):
-1. the Postfix peer from ``shared/peers/setup.sh`` (virtual domain bench.test → Maildir), started
-   with ``postfix -c $BASE/etc start``;
-2. mailhub: embedded SecantusDB, Redis and Typesense, dnsmasq publishing SPF/DMARC for the client
-   domain, hosted domain ``bench.test`` with users u0..u49, and ``mailhub mx`` as its own
-   process(es) — so every message goes through SPF/DKIM/DMARC, the spam model and the durable
-   group-committed store before its 250;
-3. ``peers/smtpload.py`` (fixed-seed inbound mix: 70% ~2 KB, 25% ~50 KB HTML, 5% ~1 MB
-   attachment; 20 connections) against each, alternating, ``--rounds`` times;
-4. checks that mailhub stored exactly what it accepted, prints a table (with each server's CPU per
-   accepted message) and writes JSON.
-5. the same load against the peers' "Python floor" (``fsync_server.py``: bare aiosmtpd that only
-   writes each message to a file and fsyncs it before 250; one process, as the kit runs it) —
-   what any Python MX on aiosmtpd starts from on this machine (``--no-floor`` skips it).
+Every server gets the same load client (``peers/smtpload.py``), the same fixed-seed inbound mix
+(70% ~2 KB text, 25% ~50 KB HTML, 5% ~1 MB attachment) and the same 20 connections, one after
+the other in each round (a new seed per round, the same for every server):
+
+1. **bare Postfix** (``peers/setup.sh``: virtual domain bench.test → Maildir, Postfix defaults);
+2. **mailhub**: ``mailhub mx`` as an operator runs it — its own processes
+   (``MAILHUB_MX_PROCESSES``: ``--mx-processes``, default one per core) and otherwise **default
+   settings**. The benchmark sets only what a deployment must (database/Redis/Typesense URLs,
+   hostname, secret, DNS servers, the port) and prints every setting it passes. Every message goes
+   through SPF/DKIM/DMARC (dnsmasq publishes SPF/DMARC for the client domain), the spam model and
+   the durable group-committed store before its 250 (embedded SecantusDB, Redis, Typesense);
+3. **the full stack** (``peers/fullstack_setup.sh``: Postfix + rspamd milter + Redis Bayes +
+   Dovecot LMTP writing indexed Maildir; set up once under ``--fs-base``, Bayes trained on the
+   same SpamAssassin corpus) — what an operator deploys to do mailhub's MX work;
+4. with ``--compare-log-level``: mailhub again, identical but for ``MAILHUB_LOG_LEVEL=WARNING``
+   (its own processes and database), to price the default log level in the same run;
+5. the peers' **Python floor** (``fsync_server.py``: bare aiosmtpd that writes each message to a
+   file and fsyncs it before 250; one process).
+
+For each run: accepted msg/s, end-of-DATA → 250 p50/p99, server CPU per accepted message (every
+process of that server, children included), and for mailhub the database's CPU and the
+**documents written per message** (a pymongo CommandListener in every MX process counts the
+documents each insert/update command carries). mailhub's stored count must equal its accepted
+count. Results go to ``--out`` as JSON.
 """
 
 from __future__ import annotations
@@ -32,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +55,15 @@ from app.config import Settings  # noqa: E402
 from app.embedded import EmbeddedStack, free_port  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
 
+FULLSTACK_PORT = 2527  # fixed by peers/fullstack_setup.sh
+POSTFIX_PORT = 2526  # fixed by peers/setup.sh
+
 
 def peers_dir() -> Path:
     for candidate in (
         os.environ.get("MAILHUB_PEERS_DIR"),
         ROOT.parent / "shared" / "peers",
+        Path("/work/shared/peers"),
     ):
         if candidate and (Path(candidate) / "smtpload.py").exists():
             return Path(candidate)
@@ -63,13 +80,28 @@ def wait_port(port: int, timeout: float = 60) -> None:
     raise SystemExit(f"nothing listens on {port}")
 
 
+def port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def settle() -> None:
+    """Let the previous server's deferred disk writes land before the next one is measured."""
+    os.sync()
+    time.sleep(3)
+
+
+# --- bare Postfix --------------------------------------------------------------------------
+
+
 def start_postfix(peers: Path, base: Path) -> int:
     if not (base / "etc" / "main.cf").exists():
         subprocess.run(
             ["bash", str(peers / "setup.sh")], env={**os.environ, "BASE": str(base)}, check=True
         )
     subprocess.run(["postfix", "-c", str(base / "etc"), "start"], check=False, capture_output=True)
-    wait_port(2526)
+    wait_port(POSTFIX_PORT)
     return int((base / "spool" / "pid" / "master.pid").read_text().split()[0])
 
 
@@ -92,6 +124,202 @@ def postfix_queue_empty(base: Path, timeout: float = 120) -> None:
         time.sleep(0.5)
 
 
+# --- the full stack (Postfix + rspamd milter + Redis + Dovecot LMTP) -------------------------
+
+
+class FullStack:
+    """The kit's full-stack peer under ``base``: set up once (trains Bayes), started here if it
+    was not running, stopped again at the end only if this run started it."""
+
+    def __init__(self, peers: Path, base: Path) -> None:
+        self.peers = peers
+        self.base = base
+        self.started = False
+
+    def _ctl(self, *args: str, check: bool = True) -> str:
+        out = subprocess.run(
+            ["bash", str(self.peers / "fullstack_ctl.sh"), *args],
+            env={**os.environ, "FS_BASE": str(self.base)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if check and out.returncode != 0:
+            raise SystemExit(f"fullstack_ctl.sh {' '.join(args)} failed: {out.stderr[-2000:]}")
+        return out.stdout
+
+    def start(self) -> None:
+        if not (self.base / "fullstack.env").exists():
+            print(f"== setting up the full-stack peer in {self.base} (once, ~1-2 min)", flush=True)
+            subprocess.run(
+                ["bash", str(self.peers / "fullstack_setup.sh")],
+                env={**os.environ, "FS_BASE": str(self.base)},
+                check=True,
+                timeout=1200,
+                stdout=subprocess.DEVNULL,
+            )
+            self.started = True  # setup leaves it running
+        if "postfix  running" not in self._ctl("status"):
+            if port_busy(FULLSTACK_PORT):
+                raise SystemExit(f"127.0.0.1:{FULLSTACK_PORT} is taken by another instance")
+            self._ctl("start")
+            self.started = True
+        wait_port(FULLSTACK_PORT)
+
+    def pids(self) -> dict[str, int]:
+        out = {}
+        for line in self._ctl("pids").split():
+            name, _, pid = line.partition("=")
+            if pid:
+                out[name] = int(pid)
+        return out
+
+    def watch(self) -> list[str]:
+        return [
+            f"{name}={pid}:tree" if name in ("postfix", "rspamd", "dovecot") else f"{name}={pid}"
+            for name, pid in self.pids().items()
+        ]
+
+    def clean(self) -> None:
+        self._ctl("clean")
+
+    def stop(self) -> None:
+        if self.started:
+            self._ctl("stop", check=False)
+
+
+# --- mailhub ---------------------------------------------------------------------------------
+
+
+def count_commands(directory: str) -> None:
+    """Count, in this process and every process forked from it, the MongoDB commands and the
+    documents each write command carries; a thread writes ``<directory>/<pid>.json`` every half
+    second (`mailhub mx` children leave with ``os._exit``: no atexit)."""
+    import threading
+    from collections import Counter
+
+    from pymongo import monitoring
+
+    state: dict[str, Any] = {"pid": None}
+
+    def writer(pid: int, commands: Counter[str], documents: Counter[str]) -> None:
+        path = Path(directory) / f"{pid}.json"
+        while True:
+            time.sleep(0.5)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"commands": commands, "documents": documents}))
+            tmp.replace(path)
+
+    class Listener(monitoring.CommandListener):
+        def started(self, event: Any) -> None:
+            if state["pid"] != os.getpid():  # first command of this process (after a fork)
+                state.update(pid=os.getpid(), commands=Counter(), documents=Counter())
+                threading.Thread(
+                    target=writer,
+                    args=(os.getpid(), state["commands"], state["documents"]),
+                    daemon=True,
+                ).start()
+            cmd = event.command
+            name = event.command_name
+            coll = cmd.get(name) if isinstance(cmd.get(name), str) else ""
+            key = f"{name} {coll}"
+            state["commands"][key] += 1
+            for part in ("documents", "updates", "deletes"):
+                if part in cmd:
+                    state["documents"][key] += len(cmd[part])
+
+        def succeeded(self, event: Any) -> None:
+            pass
+
+        def failed(self, event: Any) -> None:
+            pass
+
+    monitoring.register(Listener())
+
+
+def read_commands(directory: Path) -> dict[str, dict[str, int]]:
+    total: dict[str, dict[str, int]] = {"commands": {}, "documents": {}}
+    for path in directory.glob("*.json"):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        for kind in total:
+            for key, n in data.get(kind, {}).items():
+                total[kind][key] = total[kind].get(key, 0) + n
+    return total
+
+
+def command_delta(
+    before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]
+) -> dict[str, dict[str, int]]:
+    return {
+        kind: {
+            k: v - before[kind].get(k, 0)
+            for k, v in sorted(after[kind].items())
+            if v - before[kind].get(k, 0)
+        }
+        for kind in after
+    }
+
+
+WRITE_COMMANDS = ("insert", "update", "delete", "findAndModify")
+
+
+@dataclass
+class Mailhub:
+    """One `mailhub mx` deployment: its processes, its own database, its own port."""
+
+    name: str
+    env: dict[str, str]  # every MAILHUB_* setting it runs with
+    shown: dict[str, str]  # the settings the benchmark chose (printed with the results)
+    work: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+    commands_dir: Path = field(default_factory=Path)
+
+    def settings(self) -> Settings:
+        return Settings(
+            **{
+                k.removeprefix("MAILHUB_").lower(): v
+                for k, v in self.env.items()
+                if k != "MAILHUB_DNS_SERVERS"
+            },
+            _env_file=None,
+        )  # type: ignore[arg-type]
+
+    def start(self) -> None:
+        asyncio.run(prepare_mailhub(self.settings()))
+        self.commands_dir = self.work / f"commands-{self.name}"
+        self.commands_dir.mkdir(parents=True)
+        code = (
+            f"import bench.inbound as b; b.count_commands({str(self.commands_dir)!r}); "
+            "from app.cli import main; raise SystemExit(main(['mx']))"
+        )
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.work / f"{self.name}.log", "wb"),  # noqa: SIM115
+        )
+        wait_port(self.port)
+        time.sleep(2.0)  # every worker process listening
+
+    def log_lines(self) -> int:
+        path = self.work / f"{self.name}.log"
+        return sum(1 for _ in path.open("rb")) if path.exists() else 0
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
 async def prepare_mailhub(settings: Settings) -> None:
     from app.bootstrap import build_system
 
@@ -112,6 +340,9 @@ async def stored_count(settings: Settings) -> int:
         return await mongo.db.mailbox_items.count_documents({})
     finally:
         await mongo.close()
+
+
+# --- load and results ------------------------------------------------------------------------
 
 
 def load(
@@ -145,58 +376,97 @@ def load(
     ]
     for w in watch:
         argv += ["--watch", w]
+    before = os.getloadavg()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=1500, check=False)
     if out.returncode != 0:
         raise SystemExit(f"smtpload failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    run: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    run["loadavg_before"] = [round(x, 2) for x in before]
+    return run
 
 
-def cpu_per_message(run: dict[str, Any]) -> dict[str, float | None]:
-    """Server CPU milliseconds per accepted message while sending (smtpload's process sampling)."""
+def cpu_per_message(run: dict[str, Any], names: list[str]) -> dict[str, float]:
+    """Server CPU milliseconds per accepted message while sending (smtpload's process sampling),
+    per watched server and in all ("total")."""
     cpu = run.get("cpu_during_send") or {}
     accepted = run.get("accepted") or 0
-    return {
+    out = {
         name: round(1000 * cpu[f"{name}_cpu_s"] / accepted, 2)
+        for name in names
         if accepted and f"{name}_cpu_s" in cpu
-        else None
-        for name in ("mailhub", "database")
     }
+    out["total"] = round(sum(out.values()), 2)
+    return out
 
 
 def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     def col(key: str) -> list[float]:
         return [r[key] for r in runs if r.get(key) is not None]
 
+    def median(values: list[float]) -> float | None:
+        return round(statistics.median(values), 2) if values else None
+
     rates = col("accept_msgs_per_s")
-    return {
+    out = {
         "name": name,
         "runs": len(runs),
         "accepted": sum(r["accepted"] for r in runs),
         "failed": sum(r["failed"] for r in runs),
         "msgs_per_s": (min(rates), statistics.median(rates), max(rates)) if rates else None,
-        "p50_ms": statistics.median(col("eod_to_250_p50_ms")) if col("eod_to_250_p50_ms") else None,
-        "p99_ms": statistics.median(col("eod_to_250_p99_ms")) if col("eod_to_250_p99_ms") else None,
+        "p50_ms": median(col("eod_to_250_p50_ms")),
+        "p99_ms": median(col("eod_to_250_p99_ms")),
+        "server_cpu_ms_per_msg": median([r["cpu_ms_per_msg"]["total"] for r in runs]),
     }
+    if runs and "documents_written_per_msg" in runs[0]:
+        out["documents_written_per_msg"] = median([r["documents_written_per_msg"] for r in runs])
+        out["mx_cpu_ms_per_msg"] = median([r["cpu_ms_per_msg"]["mailhub"] for r in runs])
+        out["database_cpu_ms_per_msg"] = median([r["cpu_ms_per_msg"]["database"] for r in runs])
+        out["log_lines_per_msg"] = median([r["log_lines_per_msg"] for r in runs])
+    return out
+
+
+def show(name: str, run: dict[str, Any], note: str = "") -> None:
+    cpu = run["cpu_ms_per_msg"]
+    parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total")
+    print(
+        f"   {name:<16} {run['accept_msgs_per_s']:>7} msg/s  p50 {run['eod_to_250_p50_ms']} ms  "
+        f"p99 {run['eod_to_250_p99_ms']} ms  CPU/msg {cpu['total']} ms ({parts}){note}",
+        flush=True,
+    )
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--n", type=int, default=1500)
     parser.add_argument("--conc", type=int, default=20)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--mx-processes", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--skip-postfix", action="store_true")
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument(
+        "--mx-processes",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="MAILHUB_MX_PROCESSES (default: one per core, the production layout)",
+    )
+    parser.add_argument(
+        "--batch", type=int, default=None, help="MAILHUB_MX_BATCH_MAX (default: not set)"
+    )
+    parser.add_argument("--skip-postfix", action="store_true", help="skip bare Postfix")
+    parser.add_argument("--no-fullstack", action="store_true", help="skip the full-stack peer")
     parser.add_argument("--no-floor", action="store_true", help="skip the Python floor")
-    default_out = Path(tempfile.gettempdir()) / "mailhub-bench-inbound.json"
-    parser.add_argument("--out", default=str(default_out))
+    parser.add_argument(
+        "--compare-log-level",
+        action="store_true",
+        help="also run mailhub with MAILHUB_LOG_LEVEL=WARNING in the same rounds",
+    )
+    tmp = Path(tempfile.gettempdir())
+    parser.add_argument("--fs-base", default=str(tmp / "fullstack-bench"))
+    parser.add_argument("--out", default=str(tmp / "mailhub-bench-inbound.json"))
     args = parser.parse_args()
 
     peers = peers_dir()
     work = Path(tempfile.mkdtemp(prefix="mailhub-bench-"))
-    base = Path(os.environ.get("BASE") or Path(tempfile.gettempdir()) / "peer-bench")
+    base = Path(os.environ.get("BASE") or tmp / "peer-bench")
     stack = EmbeddedStack(work / "servers")
     dns = DnsServer(
         txt={
@@ -204,51 +474,57 @@ def main() -> int:
             "_dmarc.client.bench.test": ["v=DMARC1; p=none"],
         }
     )
-    mx: subprocess.Popen[bytes] | None = None
+    fullstack = None if args.no_fullstack else FullStack(peers, Path(args.fs_base))
+    mailhubs: list[Mailhub] = []
     floor: subprocess.Popen[bytes] | None = None
     postfix_started = False
-    results: dict[str, list[dict[str, Any]]] = {"postfix": [], "mailhub": [], "pyfloor": []}
+    results: dict[str, list[dict[str, Any]]] = {}
+    started_at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     try:
         postfix_pid = 0
         if not args.skip_postfix:
             postfix_pid = start_postfix(peers, base)
             postfix_started = True
+        if fullstack is not None:
+            fullstack.start()
         stack.start()
         dns.start()
-        port = free_port()
-        env = {
-            "MAILHUB_MONGODB_URI": stack.url("mongodb"),
-            "MAILHUB_MONGODB_DATABASE": "bench",
-            "MAILHUB_REDIS_URL": stack.url("redis"),
-            "MAILHUB_REDIS_PREFIX": "bench",
-            "MAILHUB_TYPESENSE_URL": stack.url("typesense"),
-            "MAILHUB_TYPESENSE_API_KEY": stack.typesense_api_key,
-            "MAILHUB_SECRET_KEY": "bench-secret-0123456789",
-            "MAILHUB_HOSTNAME": "mx.bench.test",
-            "MAILHUB_DNS_SERVERS": dns.address,
-            "MAILHUB_SMTP_PORT": str(port),
-            "MAILHUB_MX_PROCESSES": str(args.mx_processes),
-            "MAILHUB_MX_BATCH_MAX": str(args.batch),
-            "MAILHUB_LOG_LEVEL": "WARNING",
-        }
-        settings = Settings(
-            **{
-                k.removeprefix("MAILHUB_").lower(): v
+        variants = [("mailhub", {})]
+        if args.compare_log_level:
+            variants.append(("mailhub-warning", {"MAILHUB_LOG_LEVEL": "WARNING"}))
+        for name, extra in variants:
+            port = free_port()
+            # What a deployment must say (where its servers are, who it is); all else default.
+            env = {
+                "MAILHUB_MONGODB_URI": stack.url("mongodb"),
+                "MAILHUB_MONGODB_DATABASE": name.replace("-", "_"),
+                "MAILHUB_REDIS_URL": stack.url("redis"),
+                "MAILHUB_REDIS_PREFIX": name,
+                "MAILHUB_TYPESENSE_URL": stack.url("typesense"),
+                "MAILHUB_TYPESENSE_API_KEY": stack.typesense_api_key,
+                "MAILHUB_SECRET_KEY": "bench-secret-0123456789",
+                "MAILHUB_HOSTNAME": "mx.bench.test",
+                "MAILHUB_DNS_SERVERS": dns.address,
+                "MAILHUB_SMTP_PORT": str(port),
+                "MAILHUB_MX_PROCESSES": str(args.mx_processes),
+                **({"MAILHUB_MX_BATCH_MAX": str(args.batch)} if args.batch else {}),
+                **extra,
+            }
+            # Printed with the results: everything but the addresses and the secret.
+            shown = {
+                k: v
                 for k, v in env.items()
-                if k not in ("MAILHUB_DNS_SERVERS",)
-            },
-            _env_file=None,
-        )  # type: ignore[arg-type]
-        asyncio.run(prepare_mailhub(settings))
-        mx = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "mx"],
-            cwd=ROOT,
-            env={**os.environ, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=open(work / "mx.log", "wb"),
-        )  # noqa: SIM115
-        wait_port(port)
-        time.sleep(1.0)  # every worker process listening
+                if k.startswith("MAILHUB_MX") or k == "MAILHUB_LOG_LEVEL"
+            }
+            mailhubs.append(Mailhub(name, env, shown, work, port))
+        for hub in mailhubs:
+            hub.start()
+            print(
+                f"== {hub.name}: mailhub mx on :{hub.port}; settings the benchmark sets beyond "
+                f"addresses/hostname/secret: {hub.shown or 'none'} (everything else default)",
+                flush=True,
+            )
         floor_port = free_port()
         if not args.no_floor:
             floor = subprocess.Popen(
@@ -266,18 +542,21 @@ def main() -> int:
                 stderr=subprocess.DEVNULL,
             )
             wait_port(floor_port)
+        database = next(srv.process.pid for srv in stack.servers if srv.name == "mongodb")
         cache = work / "cache"
+        print(f"== {started_at}, {os.cpu_count()} cores; {uptime_before}", flush=True)
         for round_no in range(1, args.rounds + 1):
             print(f"== round {round_no}", flush=True)
-            # A new seed per round (the same for both servers): a repeated corpus would only
+            # A new seed per round (the same for every server): a repeated corpus would only
             # measure mailhub's retry deduplication, which stores nothing.
             seed = 41 + round_no
             if postfix_started:
                 postfix_queue_empty(base)
                 clean_maildirs(base)
+                settle()
                 run = load(
                     peers,
-                    2526,
+                    POSTFIX_PORT,
                     args.n,
                     args.conc,
                     [f"postfix={postfix_pid}:tree"],
@@ -285,70 +564,50 @@ def main() -> int:
                     cache,
                     seed,
                 )
-                results["postfix"].append(run)
-                print(
-                    f"   postfix  {run['accept_msgs_per_s']:>7} msg/s  "
-                    f"p50 {run['eod_to_250_p50_ms']} ms  "
-                    f"p99 {run['eod_to_250_p99_ms']} ms",
-                    flush=True,
-                )
-            before = asyncio.run(stored_count(settings))
-            database = next(srv.process.pid for srv in stack.servers if srv.name == "mongodb")
-            run = load(
-                peers,
-                port,
-                args.n,
-                args.conc,
-                [f"mailhub={mx.pid}:tree", f"database={database}"],
-                [],
-                cache,
-                seed,
-            )
-            after = asyncio.run(stored_count(settings))
-            run["stored"] = after - before
-            results["mailhub"].append(run)
-            run["cpu_ms_per_msg"] = cpu_per_message(run)
-            print(
-                f"   mailhub  {run['accept_msgs_per_s']:>7} msg/s  "
-                f"p50 {run['eod_to_250_p50_ms']} ms  "
-                f"p99 {run['eod_to_250_p99_ms']} ms  stored {run['stored']}/{run['accepted']}  "
-                f"CPU/msg: mx {run['cpu_ms_per_msg']['mailhub']} ms, "
-                f"database {run['cpu_ms_per_msg']['database']} ms",
-                flush=True,
-            )
-            if run["stored"] != run["accepted"]:
-                print("   !! stored count differs from accepted count", flush=True)
+                run["cpu_ms_per_msg"] = cpu_per_message(run, ["postfix"])
+                results.setdefault("postfix", []).append(run)
+                show("postfix", run)
+            for index, hub in enumerate(mailhubs):
+                if index == 1 and fullstack is not None:
+                    run_fullstack(fullstack, peers, args, cache, seed, results)
+                run_mailhub(hub, peers, args, cache, seed, database, results)
+            if fullstack is not None and len(mailhubs) == 1:
+                run_fullstack(fullstack, peers, args, cache, seed, results)
             if floor is not None:
+                settle()
                 run = load(
                     peers, floor_port, args.n, args.conc, [f"pyfloor={floor.pid}"], [], cache, seed
                 )
-                results["pyfloor"].append(run)
-                print(
-                    f"   pyfloor  {run['accept_msgs_per_s']:>7} msg/s  "
-                    f"p50 {run['eod_to_250_p50_ms']} ms  "
-                    f"p99 {run['eod_to_250_p99_ms']} ms",
-                    flush=True,
-                )
+                run["cpu_ms_per_msg"] = cpu_per_message(run, ["pyfloor"])
+                results.setdefault("pyfloor", []).append(run)
+                show("pyfloor", run)
         summary = {name: summarize(name, runs) for name, runs in results.items() if runs}
+        ratios = ratio_lines(summary)
         report = {
             "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+            "started": started_at,
+            "uptime_before": uptime_before,
+            "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout,
             "command": " ".join(sys.argv),
+            "settings": {hub.name: hub.shown for hub in mailhubs},
             "summary": summary,
+            "ratios": ratios,
             "runs": results,
         }
         Path(args.out).write_text(json.dumps(report, indent=2))
         print(json.dumps(summary, indent=2))
+        for line in ratios:
+            print(line)
+        print(f"== done; {report['uptime_after'].strip()}; JSON: {args.out}", flush=True)
         return 0
     finally:
         if floor is not None and floor.poll() is None:
             floor.terminate()
             floor.wait(30)
-        if mx is not None and mx.poll() is None:
-            mx.send_signal(signal.SIGTERM)
-            try:
-                mx.wait(30)
-            except subprocess.TimeoutExpired:
-                mx.kill()
+        for hub in mailhubs:
+            hub.stop()
+        if fullstack is not None:
+            fullstack.stop()
         if postfix_started:
             subprocess.run(
                 ["postfix", "-c", str(base / "etc"), "stop"], check=False, capture_output=True
@@ -356,6 +615,96 @@ def main() -> int:
         dns.stop()
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def run_mailhub(
+    hub: Mailhub,
+    peers: Path,
+    args: argparse.Namespace,
+    cache: Path,
+    seed: int,
+    database: int,
+    results: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert hub.process is not None
+    settle()
+    settings = hub.settings()
+    before = asyncio.run(stored_count(settings))
+    commands_before = read_commands(hub.commands_dir)
+    lines_before = hub.log_lines()
+    run = load(
+        peers,
+        hub.port,
+        args.n,
+        args.conc,
+        [f"mailhub={hub.process.pid}:tree", f"database={database}"],
+        [],
+        cache,
+        seed,
+    )
+    time.sleep(1.0)  # the command counters are written every half second
+    run["stored"] = asyncio.run(stored_count(settings)) - before
+    run["settings"] = hub.shown
+    accepted = max(run["accepted"], 1)
+    commands = command_delta(commands_before, read_commands(hub.commands_dir))
+    run["mongodb_commands"] = commands
+    written = sum(n for k, n in commands["documents"].items() if k.split()[0] in WRITE_COMMANDS)
+    run["documents_written_per_msg"] = round(written / accepted, 2)
+    run["commands_per_msg"] = round(sum(commands["commands"].values()) / accepted, 2)
+    run["log_lines_per_msg"] = round((hub.log_lines() - lines_before) / accepted, 2)
+    run["cpu_ms_per_msg"] = cpu_per_message(run, ["mailhub", "database"])
+    results.setdefault(hub.name, []).append(run)
+    show(
+        hub.name,
+        run,
+        f"  stored {run['stored']}/{run['accepted']}  docs written/msg "
+        f"{run['documents_written_per_msg']}  commands/msg {run['commands_per_msg']}  "
+        f"log lines/msg {run['log_lines_per_msg']}",
+    )
+    if run["stored"] != run["accepted"]:
+        print("   !! stored count differs from accepted count", flush=True)
+
+
+def run_fullstack(
+    fullstack: FullStack,
+    peers: Path,
+    args: argparse.Namespace,
+    cache: Path,
+    seed: int,
+    results: dict[str, list[dict[str, Any]]],
+) -> None:
+    fullstack.clean()  # waits for an empty queue, then empties the mailboxes and indexes
+    settle()
+    watch = fullstack.watch()
+    run = load(
+        peers,
+        FULLSTACK_PORT,
+        args.n,
+        args.conc,
+        watch,
+        ["--wait-maildir", str(fullstack.base / "mail"), "--wait-timeout", "600"],
+        cache,
+        seed,
+    )
+    run["cpu_ms_per_msg"] = cpu_per_message(run, [w.split("=")[0] for w in watch])
+    results.setdefault("fullstack", []).append(run)
+    show("fullstack", run, f"  delivered {run.get('delivered')}")
+
+
+def ratio_lines(summary: dict[str, Any]) -> list[str]:
+    """mailhub's median rate against each peer's, and the log level's price."""
+
+    def rate(name: str) -> float | None:
+        s = summary.get(name)
+        return s["msgs_per_s"][1] if s and s.get("msgs_per_s") else None
+
+    lines = []
+    ours = rate("mailhub")
+    for peer in ("fullstack", "postfix", "pyfloor", "mailhub-warning"):
+        theirs = rate(peer)
+        if ours and theirs:
+            lines.append(f"mailhub / {peer}: {ours} / {theirs} msg/s = {ours / theirs:.2f}x")
+    return lines
 
 
 if __name__ == "__main__":
