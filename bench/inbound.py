@@ -280,14 +280,12 @@ class Mailhub:
     commands_dir: Path = field(default_factory=Path)
 
     def settings(self) -> Settings:
-        return Settings(
-            **{
-                k.removeprefix("MAILHUB_").lower(): v
-                for k, v in self.env.items()
-                if k != "MAILHUB_DNS_SERVERS"
-            },
-            _env_file=None,
-        )  # type: ignore[arg-type]
+        values: dict[str, Any] = {
+            k.removeprefix("MAILHUB_").lower(): v
+            for k, v in self.env.items()
+            if k != "MAILHUB_DNS_SERVERS"
+        }
+        return Settings(**values, _env_file=None)  # type: ignore[call-arg]
 
     def start(self) -> None:
         asyncio.run(prepare_mailhub(self.settings()))
@@ -490,7 +488,7 @@ def main() -> int:
             fullstack.start()
         stack.start()
         dns.start()
-        variants = [("mailhub", {})]
+        variants: list[tuple[str, dict[str, str]]] = [("mailhub", {})]
         if args.compare_log_level:
             variants.append(("mailhub-warning", {"MAILHUB_LOG_LEVEL": "WARNING"}))
         for name, extra in variants:
@@ -587,7 +585,9 @@ def main() -> int:
             "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
             "started": started_at,
             "uptime_before": uptime_before,
-            "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout,
+            "uptime_after": subprocess.run(
+                ["uptime"], capture_output=True, text=True
+            ).stdout.strip(),
             "command": " ".join(sys.argv),
             "settings": {hub.name: hub.shown for hub in mailhubs},
             "summary": summary,
@@ -598,7 +598,7 @@ def main() -> int:
         print(json.dumps(summary, indent=2))
         for line in ratios:
             print(line)
-        print(f"== done; {report['uptime_after'].strip()}; JSON: {args.out}", flush=True)
+        print(f"== done; {report['uptime_after']}; JSON: {args.out}", flush=True)
         return 0
     finally:
         if floor is not None and floor.poll() is None:
