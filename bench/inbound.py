@@ -299,8 +299,10 @@ class Mailhub:
             [sys.executable, "-c", code],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.work / f"{self.name}.log", "wb"),  # noqa: SIM115
+            # Both streams into one file, as a service manager would keep them: structlog
+            # writes to stdout, the stdlib loggers (aiosmtpd's among them) to stderr.
+            stdout=open(self.work / f"{self.name}.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
         )
         wait_port(self.port)
         time.sleep(2.0)  # every worker process listening

@@ -88,6 +88,12 @@ class MxHandler:
             )
         except Rejected as e:
             MX_MESSAGES.labels("rejected").inc()
+            log.info(
+                "message rejected",
+                client_ip=_ip(session),
+                mail_from=envelope.mail_from,
+                reply=e.reply,
+            )
             return e.reply
         except ServiceUnavailable as e:
             MX_MESSAGES.labels("tempfail").inc()
@@ -99,8 +105,22 @@ class MxHandler:
             return TEMPFAIL
         finally:
             self.in_flight -= 1
-            MX_STORE_SECONDS.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            MX_STORE_SECONDS.observe(elapsed)
         MX_MESSAGES.labels("accepted").inc()
+        # The one line per accepted message (per-command lines are aiosmtpd's, at DEBUG).
+        log.info(
+            "message accepted",
+            id=str(receipt.message_id) if receipt.message_id else None,
+            client_ip=_ip(session),
+            mail_from=envelope.mail_from,
+            recipients=len(envelope.rcpt_tos),
+            stored=receipt.stored_views,
+            folder=receipt.folder,
+            reports=receipt.reports,
+            size=len(envelope.original_content or b""),
+            ms=round(elapsed * 1000, 1),
+        )
         return f"250 2.0.0 OK {receipt.message_id or 'duplicate'}"
 
 

@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+import structlog.testing
 
 from tests.support.mx import DOMAIN, MailZone, mail_zone, message, running_mx, smtp_send, swaks
 
@@ -326,3 +327,25 @@ async def test_a_postmaster_alias_takes_precedence_and_other_domains_are_still_r
         assert len(await h.items(carol)) == 1
         relay = await smtp_send(h.port, message(), rcpts=["postmaster@elsewhere.test"])
     assert relay["rcpt"]["postmaster@elsewhere.test"][0] == 550
+
+
+async def test_one_structured_log_line_per_accepted_message(settings, zone):
+    async with running_mx(settings, zone) as h:
+        _, bob = await h.user("bob")
+        with structlog.testing.capture_logs() as logs:
+            reply = await smtp_send(h.port, message(subject="Logged"))
+            refused = await smtp_send(h.port, message(), rcpts=[f"nobody@{DOMAIN}"])
+        items = await h.items(bob)
+    assert reply["data"][0] == 250 and refused["rcpt"][f"nobody@{DOMAIN}"][0] == 550
+    accepted = [e for e in logs if e["event"] == "message accepted"]
+    assert len(accepted) == 1
+    line = accepted[0]
+    assert line["log_level"] == "info"
+    assert line["id"] == str(items[0]["message_id"])
+    assert (line["client_ip"], line["recipients"], line["stored"], line["folder"]) == (
+        "127.0.0.1",
+        1,
+        1,
+        "INBOX",
+    )
+    assert line["size"] > 0 and line["ms"] >= 0
