@@ -460,6 +460,11 @@ def main() -> int:
         help="also run mailhub with MAILHUB_LOG_LEVEL=WARNING in the same rounds",
     )
     tmp = Path(tempfile.gettempdir())
+    parser.add_argument(
+        "--pyspy",
+        metavar="DIR",
+        help="py-spy flame data (raw) of the MX processes during each mailhub run, into DIR",
+    )
     parser.add_argument("--fs-base", default=str(tmp / "fullstack-bench"))
     parser.add_argument("--out", default=str(tmp / "mailhub-bench-inbound.json"))
     args = parser.parse_args()
@@ -634,6 +639,27 @@ def run_mailhub(
     before = asyncio.run(stored_count(settings))
     commands_before = read_commands(hub.commands_dir)
     lines_before = hub.log_lines()
+    spy = None
+    if args.pyspy:  # py-spy is not a dependency: `pip install py-spy` into the venv first
+        Path(args.pyspy).mkdir(parents=True, exist_ok=True)
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--subprocesses",
+                "-p",
+                str(hub.process.pid),
+                "-r",
+                "100",
+                "-f",
+                "raw",
+                "-o",
+                f"{args.pyspy}/{hub.name}-{seed}.txt",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
     run = load(
         peers,
         hub.port,
@@ -644,6 +670,9 @@ def run_mailhub(
         cache,
         seed,
     )
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
     time.sleep(1.0)  # the command counters are written every half second
     run["stored"] = asyncio.run(stored_count(settings)) - before
     run["settings"] = hub.shown
