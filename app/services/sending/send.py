@@ -27,7 +27,7 @@ from app.services.after_commit import Notifier
 from app.services.feedback.reputation import ReputationService
 from app.services.feedback.suppression import SuppressionService
 from app.services.mailbox.filing import ViewSpec, file_message
-from app.services.mailbox.service import MailboxService
+from app.services.mailbox.queries import MailboxService
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.compose import (
     Composition,
