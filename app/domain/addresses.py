@@ -29,6 +29,10 @@ _PLAIN_PHRASE = re.compile(
 )
 _BARE_ADDR_SPEC = re.compile(r"[^\s<>\"(),;:@\[\]]+@[^\s<>\"(),;:@\[\]]+\.[^\s<>\"(),;:@\[\]]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # TAB is fine; LF is judged separately
+# Bidirectional controls (Unicode TR 9: marks, embeddings, overrides, isolates) and invisible
+# characters make an address display as another one ("Trojan Source", CVE-2021-42574). ZWNJ
+# and ZWJ stay: Persian names and emoji sequences need them.
+_DECEPTIVE = re.compile("[\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _Fail = Callable[[str], ValidationError]
@@ -64,6 +68,8 @@ def parse_address(text: str, field: str = "address") -> Address:
         raise fail("address must not contain NUL characters")
     if _CONTROL.search(text):
         raise fail("address must not contain control characters")
+    if _DECEPTIVE.search(text):
+        raise fail("address must not contain bidirectional control or invisible characters")
 
     name, addr_spec = _split_name_and_spec(text.strip(), fail)
     email = _validate_addr_spec(addr_spec, fail)

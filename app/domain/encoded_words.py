@@ -140,12 +140,13 @@ def decode_header_words(text: str) -> str:
     for match in _ENCODED_WORD.finditer(text):
         between = text[pos : match.start()]
         charset, kind, payload = match.group(1), match.group(2).lower(), match.group(3)
-        data = _decode_word_payload(kind, payload)
-        if data is None:  # not decodable: keep the word verbatim
+        decoded = _decode_word_payload(kind, payload, charset)
+        if decoded is None:  # not decodable: keep the word verbatim
             flush()
             out.append(between + match.group(0))
             pos = match.end()
             continue
+        data, charset = decoded
         adjacent = bool(pending) and not between.strip()
         if not adjacent:
             flush()
@@ -160,12 +161,26 @@ def decode_header_words(text: str) -> str:
     return "".join(out)
 
 
-def _decode_word_payload(kind: str, payload: str) -> bytes | None:
+def _decode_word_payload(kind: str, payload: str, charset: str) -> tuple[bytes, str] | None:
+    """The bytes of an encoded word and the charset they are in (``None``: not decodable).
+
+    A Q word may carry raw 8-bit characters (malformed, RFC 2047 §5, but common): they arrive
+    here already read as text and go back to bytes in the word's declared charset, or as UTF-8
+    when that charset cannot hold them.
+    """
     try:
         if kind == "b":
             padded = payload + "=" * (-len(payload) % 4)
-            return base64.b64decode(padded.encode("ascii"), validate=False)
+            return base64.b64decode(padded.encode("ascii"), validate=False), charset
         # RFC 2047 §4.2: "_" is always a space in the Q encoding.
-        return quopri.decodestring(payload.replace("_", " ").encode("ascii"), header=False)
+        text = payload.replace("_", " ")
+        if not text.isascii():
+            try:
+                encoded, charset = text.encode(_lookup_codec(charset) or "utf-8"), charset
+            except (UnicodeEncodeError, LookupError):
+                encoded, charset = text.encode("utf-8"), "utf-8"
+        else:
+            encoded = text.encode("ascii")
+        return quopri.decodestring(encoded, header=False), charset
     except (binascii.Error, ValueError, UnicodeEncodeError):
         return None
