@@ -651,26 +651,29 @@ def run_mailhub(
     before = asyncio.run(stored_count(settings))
     commands_before = read_commands(hub.commands_dir)
     lines_before = hub.log_lines()
-    spy = None
+    spies = []
     if args.pyspy:  # py-spy is not a dependency: `pip install py-spy` into the venv first
         Path(args.pyspy).mkdir(parents=True, exist_ok=True)
-        spy = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "py-spy"),
-                "record",
-                "--subprocesses",
-                "-p",
-                str(hub.process.pid),
-                "-r",
-                "100",
-                "-f",
-                "raw",
-                "-o",
-                f"{args.pyspy}/{hub.name}-{seed}.txt",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        for name, pid in ((hub.name, hub.process.pid), ("database", database)):
+            spies.append(
+                subprocess.Popen(
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "--subprocesses",
+                        "-p",
+                        str(pid),
+                        "-r",
+                        "100",
+                        "-f",
+                        "raw",
+                        "-o",
+                        f"{args.pyspy}/{name}-{seed}.txt",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(1.0)
     run = load(
         peers,
@@ -682,8 +685,9 @@ def run_mailhub(
         cache,
         seed,
     )
-    if spy is not None:
+    for spy in spies:
         spy.send_signal(signal.SIGINT)
+    for spy in spies:
         spy.wait(60)
     time.sleep(1.0)  # the command counters are written every half second
     run["stored"] = asyncio.run(stored_count(settings)) - before

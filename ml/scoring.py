@@ -49,13 +49,41 @@ def load_model(path: Path | str | None = None) -> SpamModel:
     return _load_cached(Path(path).resolve() if path else newest_model_path())
 
 
-@dataclass(frozen=True)
 class Evidence:
-    """A message's tokens and what each says, before calibration."""
+    """A message's tokens and what each says, before calibration.
 
-    tokens: tuple[str, ...]
-    log_odds: tuple[float, ...]
-    mean_log_odds: float
+    ``tokens`` (each distinct bucket named by its first token, in order of first appearance) and
+    ``log_odds`` are built when first asked: an HTML mail has ~10,000 of them, and scoring needs
+    only the mean and the five strongest (``reasons`` reads the arrays).
+    """
+
+    __slots__ = ("_all_tokens", "_first", "values", "mean_log_odds", "_tokens", "_log_odds")
+
+    def __init__(
+        self, all_tokens: list[str], first: np.ndarray, values: np.ndarray, mean: float
+    ) -> None:
+        self._all_tokens = all_tokens
+        self._first = first  # index in all_tokens of each distinct bucket's first token
+        self.values = values  # float64 log-odds of each distinct bucket, same order
+        self.mean_log_odds = mean
+        self._tokens: tuple[str, ...] | None = None
+        self._log_odds: tuple[float, ...] | None = None
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        if self._tokens is None:
+            all_tokens = self._all_tokens
+            self._tokens = tuple([all_tokens[i] for i in self._first.tolist()])
+        return self._tokens
+
+    @property
+    def log_odds(self) -> tuple[float, ...]:
+        if self._log_odds is None:
+            self._log_odds = tuple(self.values.tolist())
+        return self._log_odds
+
+    def token_at(self, index: int) -> str:
+        return self._all_tokens[int(self._first[index])]
 
 
 def token_buckets(tokens: list[str], n_features: int) -> np.ndarray:
@@ -75,7 +103,7 @@ def weigh(tokens: list[str], model: SpamModel) -> Evidence:
     first.sort()
     values = model.token_log_odds[hashed[first]]
     mean = float(values.sum()) / max(len(first), 1)
-    return Evidence(tuple([tokens[i] for i in first.tolist()]), tuple(values.tolist()), mean)
+    return Evidence(tokens, first, values, mean)
 
 
 def calibrated_logit(mean_log_odds: float, model: SpamModel) -> float:
@@ -96,15 +124,18 @@ def calibrated_logit_to_probability(logit: float) -> float:
 def reasons(evidence: Evidence, towards_spam: bool, limit: int = REASONS) -> list[str]:
     """The tokens that pushed hardest in the verdict's direction, strongest first."""
     sign = 1.0 if towards_spam else -1.0
+    signed = sign * evidence.values  # the same doubles as ``sign * value`` one by one
+    candidates = np.flatnonzero(signed > 0)
+    if len(candidates) > limit:
+        # Only values at least the limit-th largest can rank (ties at that value all stay in,
+        # so the tie-break on the token below sees every one of them).
+        cut = len(candidates) - limit
+        kth = np.partition(signed[candidates], cut)[cut]
+        candidates = candidates[signed[candidates] >= kth]
     # The largest (value, token) pairs: what the tail of a full sort gives, as the pairs are
     # distinct (a token names one bucket).
     ranked = heapq.nlargest(
-        limit,
-        (
-            (sign * value, token)
-            for token, value in zip(evidence.tokens, evidence.log_odds, strict=True)
-            if sign * value > 0
-        ),
+        limit, ((float(signed[i]), evidence.token_at(i)) for i in candidates.tolist())
     )
     return [token for _, token in ranked]
 
