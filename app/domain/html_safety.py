@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from html.parser import HTMLParser
 
 import nh3
@@ -296,8 +297,17 @@ def make_snippet(text: str, length: int = 200) -> str:
     whitespace collapsed, cut at a word boundary with "…" so the result is at most ``length``."""
     if not text:
         return ""
-    own = " ".join(_own_lines(text.splitlines()))
-    collapsed = " ".join(own.split()) or " ".join(text.split())
+    # Only the first ``length`` characters of the sender's own words can show: stop reading
+    # lines once there are more (a long body is otherwise matched line by line to the end).
+    words: list[str] = []
+    chars = -1
+    for line in _own_lines(text.splitlines()):
+        for word in line.split():
+            words.append(word)
+            chars += len(word) + 1
+        if chars > length:
+            break
+    collapsed = " ".join(words) or " ".join(text.split())
     if len(collapsed) <= length:
         return collapsed
     cut = collapsed[: max(1, length - 1)]
@@ -308,9 +318,8 @@ def make_snippet(text: str, length: int = 200) -> str:
     return cut.rstrip(" ,;:.-") + "…"
 
 
-def _own_lines(lines: list[str]) -> list[str]:
-    """The lines the sender wrote, without quoted history."""
-    kept: list[str] = []
+def _own_lines(lines: list[str]) -> Iterator[str]:
+    """The lines the sender wrote, without quoted history (lazily: callers may stop early)."""
     skip_next = False
     for i, line in enumerate(lines):
         if skip_next:
@@ -329,5 +338,4 @@ def _own_lines(lines: list[str]) -> list[str]:
         ):
             skip_next = True
             continue
-        kept.append(line)
-    return kept
+        yield line
