@@ -13,6 +13,8 @@ from typing import Any
 from bson import ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.adapters.blobs import INLINE_FIELD
+
 
 async def read_blobs(
     db: AsyncDatabase[dict[str, Any]],
@@ -33,8 +35,16 @@ async def read_blobs(
     out = await _read_chunks(db, bucket, known) if known else {}
     rest = [i for i in ids if i not in out]
     if rest:
-        files = await db[f"{bucket}.files"].find({"_id": {"$in": rest}}, {"length": 1}).to_list()
-        out.update(await _read_chunks(db, bucket, {f["_id"]: int(f["length"]) for f in files}))
+        files = (
+            await db[f"{bucket}.files"]
+            .find({"_id": {"$in": rest}}, {"length": 1, INLINE_FIELD: 1})
+            .to_list()
+        )
+        # A blob written inline (``BlobStore``'s one-document form) has no chunks to read.
+        out.update({f["_id"]: bytes(f[INLINE_FIELD]) for f in files if INLINE_FIELD in f})
+        chunked = {f["_id"]: int(f["length"]) for f in files if INLINE_FIELD not in f}
+        if chunked:
+            out.update(await _read_chunks(db, bucket, chunked))
     return out
 
 

@@ -2,6 +2,11 @@
 
 Services see ``BlobStore``; object storage would be a second implementation of the same
 methods (DESIGN.md §8).
+
+A blob of at most one chunk may be written *inline*: its bytes in its files document
+(``INLINE_FIELD``) and no chunk document — one document instead of two, which the inbound
+group commit uses for the raw MIME of most messages. Every read here (and
+``blob_batches.read_blobs``) takes either form; ``delete`` removes both alike.
 """
 
 from __future__ import annotations
@@ -10,13 +15,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from bson import ObjectId
-from gridfs import AsyncGridFSBucket
+from gridfs import AsyncGridFSBucket, AsyncGridOut
 from gridfs.errors import NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
 from app.domain.errors import NotFound
 
 CHUNK = 255 * 1024
+INLINE_FIELD = "inline_data"  # a files document's own copy of a blob of at most CHUNK bytes
 
 
 class BlobStore:
@@ -39,29 +45,37 @@ class BlobStore:
         """A streaming upload; call ``write`` per chunk, then ``close`` (or ``abort``)."""
         return self._bucket.open_upload_stream(filename, metadata=metadata or {})
 
-    async def get(self, blob_id: ObjectId) -> bytes:
+    async def _open(self, blob_id: ObjectId) -> tuple[AsyncGridOut, bytes | None]:
+        """The download stream (its files document read) and the inline bytes, if inline."""
         try:
             stream = await self._bucket.open_download_stream(blob_id)
         except NoFile as e:
             raise NotFound("blob not found") from e
-        return await stream.read()
+        inline = getattr(stream, INLINE_FIELD, None)  # a files document field, if present
+        return stream, (bytes(inline) if inline is not None else None)
+
+    async def get(self, blob_id: ObjectId) -> bytes:
+        stream, inline = await self._open(blob_id)
+        return inline if inline is not None else await stream.read()
 
     async def stream(self, blob_id: ObjectId) -> AsyncIterator[bytes]:
-        try:
-            stream = await self._bucket.open_download_stream(blob_id)
-        except NoFile as e:
-            raise NotFound("blob not found") from e
+        stream, inline = await self._open(blob_id)
+        if inline is not None:
+            if inline:
+                yield inline
+            return
         while chunk := await stream.readchunk():
             yield chunk
 
     async def open_stream(self, blob_id: ObjectId) -> tuple[int, AsyncIterator[bytes]]:
         """(length, chunks): a missing blob is NotFound now, before a response has started."""
-        try:
-            stream = await self._bucket.open_download_stream(blob_id)
-        except NoFile as e:
-            raise NotFound("blob not found") from e
+        stream, inline = await self._open(blob_id)
 
         async def chunks() -> AsyncIterator[bytes]:
+            if inline is not None:
+                if inline:
+                    yield inline
+                return
             while chunk := await stream.readchunk():
                 yield chunk
 

@@ -27,3 +27,39 @@ async def test_an_unfinished_upload_is_not_a_blob(mongo) -> None:
     await mongo.db["blobs.chunks"].insert_one({"files_id": blob_id, "n": 0, "data": whole[:CHUNK]})
     assert await read_blobs(mongo.db, [blob_id]) == {}
     assert await read_blobs(mongo.db, [blob_id], lengths={blob_id: len(whole)}) == {}
+
+
+async def test_blobs_written_inline_read_like_chunked_ones(mongo) -> None:
+    """The inbound group commit writes blobs of at most one chunk as one files document."""
+    from datetime import UTC, datetime
+
+    from app.services.inbound.group_commit import BlobWrite, gridfs_documents
+
+    blobs = BlobStore(mongo.db)
+    now = datetime.now(UTC)
+    written = {
+        "empty": b"",
+        "small": b"Subject: hi\r\n\r\nhello\r\n",
+        "one chunk": b"x" * CHUNK,
+        "two chunks": bytes(range(256)) * (CHUNK // 256 + 3),
+    }
+    ids = {}
+    for name, data in written.items():
+        file_doc, chunks = gridfs_documents(BlobWrite(ObjectId(), data, name, {}), now)
+        await mongo.db["blobs.files"].insert_one(file_doc)
+        if chunks:
+            await mongo.db["blobs.chunks"].insert_many(chunks)
+        ids[name] = file_doc["_id"]
+    assert await mongo.db["blobs.chunks"].count_documents({}) == 2  # only the two-chunk blob's
+    for name, data in written.items():
+        blob_id = ids[name]
+        assert await blobs.get(blob_id) == data, name
+        assert b"".join([c async for c in blobs.stream(blob_id)]) == data, name
+        length, chunks = await blobs.open_stream(blob_id)
+        assert length == len(data) and b"".join([c async for c in chunks]) == data, name
+    by_id = {ids[name]: data for name, data in written.items()}
+    assert await read_blobs(mongo.db, list(by_id)) == by_id
+    hinted = await read_blobs(mongo.db, list(by_id), lengths={i: len(d) for i, d in by_id.items()})
+    assert hinted == by_id
+    await blobs.delete(ids["small"])
+    assert await read_blobs(mongo.db, [ids["small"]]) == {}

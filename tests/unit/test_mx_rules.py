@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from bson import ObjectId
 
+from app.adapters.blobs import INLINE_FIELD
 from app.domain.errors import ValidationError
 from app.mx.limits import ClientLimits, ErrorBudget
 from app.mx.server import with_enhanced_code
@@ -104,3 +105,13 @@ def test_gridfs_documents_split_into_bucket_chunks():
     assert file_doc["length"] == len(data) and file_doc["chunkSize"] == GRIDFS_CHUNK
     assert [c["n"] for c in chunks] == [0, 1, 2]
     assert b"".join(bytes(c["data"]) for c in chunks) == data
+    assert INLINE_FIELD not in file_doc
+
+
+def test_a_blob_of_at_most_one_chunk_is_one_inline_files_document():
+    for data in (b"", b"Subject: hi\r\n\r\nhello\r\n", b"x" * GRIDFS_CHUNK):
+        blob = BlobWrite(ObjectId(), data, "m.eml", {"kind": "raw"})
+        file_doc, chunks = gridfs_documents(blob, datetime.now(UTC))
+        assert chunks == []
+        assert bytes(file_doc[INLINE_FIELD]) == data and file_doc["length"] == len(data)
+        assert file_doc["metadata"] == {"kind": "raw"}

@@ -29,6 +29,7 @@ from bson import Binary, ObjectId
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
+from app.adapters.blobs import CHUNK, INLINE_FIELD
 from app.adapters.mongo import Mongo, as_domain_error, in_transaction, is_duplicate_key
 from app.domain.changes import Change
 from app.domain.conversations import may_join_by_subject, thread_lookup_ids
@@ -44,7 +45,7 @@ from app.services.mailbox.filing import (
 
 log = structlog.get_logger(__name__)
 
-GRIDFS_CHUNK = 255 * 1024  # the chunk size BlobStore uses, so its reader sees the same layout
+GRIDFS_CHUNK = CHUNK  # the chunk size BlobStore uses, so its reader sees the same layout
 BUCKET = "blobs"
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 CONFLICT_RETRIES = 8
@@ -87,18 +88,11 @@ class StoreResult:
 
 
 def gridfs_documents(blob: BlobWrite, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The GridFS files/chunks documents of one blob (the spec layout AsyncGridFSBucket reads)."""
-    chunks = [
-        {
-            "_id": ObjectId(),
-            "files_id": blob.blob_id,
-            "n": n,
-            "data": Binary(blob.data[start : start + GRIDFS_CHUNK]),
-        }
-        for n, start in enumerate(range(0, max(len(blob.data), 1), GRIDFS_CHUNK))
-    ]
-    if not blob.data:
-        chunks = []
+    """The GridFS files/chunks documents of one blob (the spec layout AsyncGridFSBucket reads).
+
+    A blob of at most one chunk (the raw MIME of most mail) goes inline, as ``BlobStore`` reads
+    it: its bytes in the files document and no chunk — one document written instead of two.
+    """
     file_doc = {
         "_id": blob.blob_id,
         "length": len(blob.data),
@@ -107,6 +101,18 @@ def gridfs_documents(blob: BlobWrite, now: datetime) -> tuple[dict[str, Any], li
         "filename": blob.filename,
         "metadata": blob.metadata,
     }
+    if len(blob.data) <= GRIDFS_CHUNK:
+        file_doc[INLINE_FIELD] = Binary(blob.data)
+        return file_doc, []
+    chunks = [
+        {
+            "_id": ObjectId(),
+            "files_id": blob.blob_id,
+            "n": n,
+            "data": Binary(blob.data[start : start + GRIDFS_CHUNK]),
+        }
+        for n, start in enumerate(range(0, len(blob.data), GRIDFS_CHUNK))
+    ]
     return file_doc, chunks
 
 
