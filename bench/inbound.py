@@ -191,52 +191,6 @@ class FullStack:
 # --- mailhub ---------------------------------------------------------------------------------
 
 
-def count_commands(directory: str) -> None:
-    """Count, in this process and every process forked from it, the MongoDB commands and the
-    documents each write command carries; a thread writes ``<directory>/<pid>.json`` every half
-    second (`mailhub mx` children leave with ``os._exit``: no atexit)."""
-    import threading
-    from collections import Counter
-
-    from pymongo import monitoring
-
-    state: dict[str, Any] = {"pid": None}
-
-    def writer(pid: int, commands: Counter[str], documents: Counter[str]) -> None:
-        path = Path(directory) / f"{pid}.json"
-        while True:
-            time.sleep(0.5)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"commands": commands, "documents": documents}))
-            tmp.replace(path)
-
-    class Listener(monitoring.CommandListener):
-        def started(self, event: Any) -> None:
-            if state["pid"] != os.getpid():  # first command of this process (after a fork)
-                state.update(pid=os.getpid(), commands=Counter(), documents=Counter())
-                threading.Thread(
-                    target=writer,
-                    args=(os.getpid(), state["commands"], state["documents"]),
-                    daemon=True,
-                ).start()
-            cmd = event.command
-            name = event.command_name
-            coll = cmd.get(name) if isinstance(cmd.get(name), str) else ""
-            key = f"{name} {coll}"
-            state["commands"][key] += 1
-            for part in ("documents", "updates", "deletes"):
-                if part in cmd:
-                    state["documents"][key] += len(cmd[part])
-
-        def succeeded(self, event: Any) -> None:
-            pass
-
-        def failed(self, event: Any) -> None:
-            pass
-
-    monitoring.register(Listener())
-
-
 def read_commands(directory: Path) -> dict[str, dict[str, int]]:
     total: dict[str, dict[str, int]] = {"commands": {}, "documents": {}}
     for path in directory.glob("*.json"):
@@ -275,6 +229,7 @@ class Mailhub:
     shown: dict[str, str]  # the settings the benchmark chose (printed with the results)
     work: Path
     port: int
+    root: Path | None = None  # another checkout's code (a "before" next to this one)
     process: subprocess.Popen[bytes] | None = None
     commands_dir: Path = field(default_factory=Path)
 
@@ -290,14 +245,16 @@ class Mailhub:
         asyncio.run(prepare_mailhub(self.settings()))
         self.commands_dir = self.work / f"commands-{self.name}"
         self.commands_dir.mkdir(parents=True)
+        root = self.root or ROOT
         code = (
-            f"import bench.inbound as b; b.count_commands({str(self.commands_dir)!r}); "
+            f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import mongo_commands; "
+            f"mongo_commands.count_commands({str(self.commands_dir)!r}); sys.path.pop(0); "
             "from app.cli import main; raise SystemExit(main(['mx']))"
         )
         self.process = subprocess.Popen(
             [sys.executable, "-c", code],
-            cwd=ROOT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **self.env},
+            cwd=root,
+            env={**os.environ, "PYTHONPATH": str(root), **self.env},
             # Both streams into one file, as a service manager would keep them: structlog
             # writes to stdout, the stdlib loggers (aiosmtpd's among them) to stderr.
             stdout=open(self.work / f"{self.name}.log", "wb"),  # noqa: SIM115
@@ -465,7 +422,7 @@ def main() -> int:
         default=[],
         metavar="NAME:KEY=VALUE[,KEY=VALUE]",
         help="also run mailhub with these MAILHUB_* settings in the same rounds (repeatable), "
-        "e.g. mx1:MAILHUB_MX_PROCESSES=1",
+        "e.g. mx1:MAILHUB_MX_PROCESSES=1; ROOT=<dir> runs another checkout's code (a 'before')",
     )
     tmp = Path(tempfile.gettempdir())
     parser.add_argument(
@@ -510,6 +467,7 @@ def main() -> int:
             name, _, pairs = spec.partition(":")
             values = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
             variants.append((f"mailhub-{name}", values))
+        roots = {name: values.pop("ROOT", None) for name, values in variants}
         for name, extra in variants:
             port = free_port()
             # What a deployment must say (where its servers are, who it is); all else default.
@@ -534,7 +492,10 @@ def main() -> int:
                 for k, v in env.items()
                 if k.startswith("MAILHUB_MX") or k == "MAILHUB_LOG_LEVEL" or k in extra
             }
-            mailhubs.append(Mailhub(name, env, shown, work, port))
+            root = roots[name]
+            if root:
+                shown["code"] = root
+            mailhubs.append(Mailhub(name, env, shown, work, port, Path(root) if root else None))
         for hub in mailhubs:
             hub.start()
             print(
@@ -661,6 +622,7 @@ def run_mailhub(
                         str(Path(sys.executable).parent / "py-spy"),
                         "record",
                         "--subprocesses",
+                        "--gil",
                         "-p",
                         str(pid),
                         "-r",
