@@ -47,12 +47,21 @@ class System:
     delivery: Any = None  # issue 3: DeliveryService, SchedulingService
     scheduling: Any = None
     spam_feedback: Any = None  # issue 5: SpamFeedbackService
+    templates: Any = None  # issue 14: TemplateStore, TemplateRenderer, TemplateSender
+    renderer: Any = None
+    template_sender: Any = None
+    event_log: Any = None  # issue 14: EventLog, WebhookService
+    webhooks: Any = None
 
     async def close(self) -> None:
         if self.delivery is not None:  # first: in-flight deliveries record their outcomes
             await self.delivery.close()
         if self.search is not None:
             await self.search.close()
+        if self.webhooks is not None:
+            await self.webhooks.client.close()
+        if self.renderer is not None:
+            self.renderer.close()
         await self.hub.close()
         await self.queue.close()
         await self.redis.close()
@@ -119,7 +128,39 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     system.inbound.feedback = system.spam_feedback
     _add_delivery(system)
     _add_search(system)
+    _add_sending_api(system)
     return system
+
+
+def _add_sending_api(system: System) -> None:
+    """Templates, the event log and outbound webhooks (issue 14)."""
+    from app.adapters.webhook_http import WebhookClient
+    from app.domain.templates import RenderLimits
+    from app.services.events.log import EventLog
+    from app.services.events.webhooks import WebhookService
+    from app.services.templates.render import TemplateRenderer
+    from app.services.templates.sending import TemplateSender
+    from app.services.templates.store import TemplateStore
+
+    s = system.settings
+    system.templates = TemplateStore(system.mongo)
+    system.renderer = TemplateRenderer(
+        system.templates,
+        RenderLimits(
+            max_output_chars=s.template_max_output_chars, max_seconds=s.template_render_seconds
+        ),
+    )
+    system.template_sender = TemplateSender(system.renderer, system.sending)
+    system.event_log = EventLog(
+        system.mongo, settle_seconds=s.event_settle_seconds, retention_days=s.event_retention_days
+    )
+    system.webhooks = WebhookService(
+        system.mongo,
+        system.queue,
+        system.event_log,
+        WebhookClient(s.webhook_timeout_seconds, s.webhook_allow_private),
+        s,
+    )
 
 
 def _add_search(system: System) -> None:
