@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,9 +56,12 @@ class Receiver:
     script: list[int] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     url: str = ""
+    before: Callable[[], Awaitable[None]] | None = None  # awaited first (to stall a request)
 
     async def handle(self, request: Request) -> Response:
         body = await request.body()
+        if self.before is not None:
+            await self.before()
         status = self.script.pop(0) if self.script else 200
         self.deliveries.append(
             Delivery(

@@ -47,8 +47,11 @@ MAX_ENDPOINTS_PER_USER = 20
 SECRET_PREFIX = "whsec_"
 
 
-def job_id(endpoint_id: ObjectId) -> str:
-    return f"webhook:{endpoint_id}"
+def job_id(endpoint_id: ObjectId, lease_seconds: float) -> str:
+    """One queued job per endpoint and lease period. Not one per endpoint: arq keeps the id of
+    a job whose worker died until the job's timeout, and the endpoint must not wait for that
+    once its lease has expired (the lease, not the job id, keeps one POST at a time)."""
+    return f"webhook:{endpoint_id}:{int(time.time() // lease_seconds)}"
 
 
 class WebhookService:
@@ -66,7 +69,8 @@ class WebhookService:
         self.client = client
         self.settings = settings
         # the lease outlives one POST (timeout) with margin; a killed worker's lease expires
-        self.lease = timedelta(seconds=settings.webhook_timeout_seconds * 2 + 5)
+        self.lease_seconds = settings.webhook_timeout_seconds * 2 + 5
+        self.lease = timedelta(seconds=self.lease_seconds)
 
     # --- endpoints -------------------------------------------------------------------------
 
@@ -135,7 +139,7 @@ class WebhookService:
                 continue
             if await self.log.has_after(ep["user_id"], ep["events"], ep.get("cursor")):
                 await self.queue.enqueue(
-                    "deliver_webhook", str(ep["_id"]), job_id=job_id(ep["_id"])
+                    "deliver_webhook", str(ep["_id"]), job_id=job_id(ep["_id"], self.lease_seconds)
                 )
                 enqueued += 1
         return enqueued
@@ -192,7 +196,7 @@ class WebhookService:
                 released = True
                 if len(events) == self.settings.webhook_batch_size:  # more waiting: go on now
                     await self.queue.enqueue(
-                        "deliver_webhook", str(ep["_id"]), job_id=f"{job_id(ep['_id'])}:{token}"
+                        "deliver_webhook", str(ep["_id"]), job_id=f"webhook:{ep['_id']}:{token}"
                     )
                 return {"sent": len(events), "status": result.status}
             failures = int(ep.get("failures") or 0) + 1
@@ -225,7 +229,7 @@ class WebhookService:
             await self.queue.enqueue(
                 "deliver_webhook",
                 str(ep["_id"]),
-                job_id=f"{job_id(ep['_id'])}:retry:{failures}:{token}",
+                job_id=f"webhook:{ep['_id']}:retry:{token}",
                 defer_until=next_at,
             )
             return {"sent": 0, "error": result.error, "retry_in": delay}
