@@ -35,13 +35,13 @@ from app.domain.conversations import may_join_by_subject, thread_lookup_ids
 from app.domain.errors import DomainError, ServiceUnavailable
 from app.domain.folders import CounterKey, counter_deltas, merge_deltas
 from app.services.after_commit import Notifier
-from app.services.mailbox import filing
 from app.services.mailbox.filing import (
     MAX_PARTICIPANTS,
     THREAD_SUBJECT_WINDOW_DAYS,
     refresh_threads,
     summary_of,
 )
+from app.services.mailbox import filing
 
 log = structlog.get_logger(__name__)
 
