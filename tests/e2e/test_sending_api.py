@@ -9,6 +9,8 @@ import time
 from email import policy
 from typing import Any
 
+import pytest
+
 from tests.support.http_servers import ApiClient, mailhub_api
 from tests.support.outbound import outbound_world
 
@@ -286,3 +288,26 @@ async def test_a_key_is_limited_to_its_scopes_and_stops_at_once_when_revoked(set
         )
         assert r.status_code == 401
         assert await w.db.messages.count_documents({}) == 1
+
+
+async def test_revoking_a_key_ends_its_subscriptions_at_once(api):
+    """The revocation event on the user's channel ends the subscription; the periodic token
+    check (30 s by default, unchanged here) is only the fallback."""
+    from gql import gql
+
+    from tests.e2e.test_realtime import next_of, ws_client
+
+    assert api.system.settings.ws_token_check_seconds >= 30
+    _, token = await api.user("alice")
+    created = (await api.gql(CREATE_KEY, {"n": "live", "s": ["read"]}, token))["data"]
+    key, key_id = created["createApiKey"]["key"], created["createApiKey"]["apiKey"]["id"]
+    async with ws_client(api, key) as ws:
+        events = ws.subscribe(gql("subscription { mailboxEvents { type itemId } }"))
+        pending = asyncio.ensure_future(next_of(events, timeout=10))
+        await asyncio.sleep(0.5)  # subscribed
+        revoked = await api.gql(
+            "mutation($id: ID!) { revokeApiKey(id: $id) { __typename } }", {"id": key_id}, token
+        )
+        assert revoked["data"]["revokeApiKey"]["__typename"] == "DeleteSuccess"
+        with pytest.raises(StopAsyncIteration):  # well before the 30 s periodic check
+            await pending
