@@ -135,9 +135,26 @@ def cmd_mx(args: argparse.Namespace) -> int:
 
 
 def cmd_reindex(args: argparse.Namespace) -> int:
-    from app.services.search.service import reindex_command
-
     return reindex_command(_settings())
+
+
+def reindex_command(settings: Settings) -> int:
+    """`mailhub reindex`: rebuild the search index while search keeps working."""
+
+    async def work(system: Any) -> int:
+        if system.search is None:
+            print("mailhub: set MAILHUB_TYPESENSE_URL to use search")
+            return 2
+        report = await system.search.reindex()
+        print(
+            f"reindexed {report.documents} items into {report.collection} in "
+            f"{report.seconds:.1f} s ({report.caught_up} changed during the copy; "
+            f"previous collection {report.previous or 'none'} dropped)"
+        )
+        return 0
+
+    result: int = asyncio.run(_with_system(settings, work))
+    return result
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -225,6 +242,7 @@ def _print_banner(settings: Settings, stack: Any, urls: list[tuple[str, str]]) -
     if stack is not None:
         for s in stack.servers:
             print(f"  {s.name:<10} {s.url}")
+    print(f"  Webmail    http://{settings.http_host}:{settings.http_port}/")
     print(f"  GraphiQL   http://{settings.http_host}:{settings.http_port}/graphql")
     print(f"  REST       http://{settings.http_host}:{settings.http_port}/api/...")
     for name, url in urls:

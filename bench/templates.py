@@ -41,7 +41,7 @@ from app.config import Settings  # noqa: E402
 from app.domain.errors import ServiceUnavailable  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
-from app.services.sending.service import Composition  # noqa: E402
+from app.services.sending.compose import Composition  # noqa: E402
 from app.services.templates.sending import TemplateRef  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
 

@@ -116,6 +116,10 @@ class SpamVerdict:
     score: float
     model_version: str
     reasons: list[str]
+    probable: bool = strawberry.field(
+        description="Probably spam: kept in the Inbox with a visible flag, at the recipient's "
+        "own threshold (moved by their markSpam / markNotSpam). Never true with isSpam."
+    )
 
 
 @strawberry.type
@@ -218,6 +222,15 @@ class MailboxItem:
     def references(self, info: Info) -> list[str]:
         return self._from_message(info, lambda m: list(m.get("references") or []))
 
+    @strawberry.field(
+        description="The original RFC 822 bytes (GET with the bearer token, message/rfc822); "
+        "null for a draft, which has none until it is sent."
+    )
+    def raw_url(self, info: Info) -> str | None:
+        if self.doc.get("role") == "draft":
+            return None
+        return f"{info.context.system.settings.base_url}/api/emails/{self.id}/raw"
+
     @strawberry.field
     def attachments(self, info: Info) -> list[Attachment]:
         base = info.context.system.settings.base_url
@@ -253,6 +266,7 @@ class MailboxItem:
             score=s["score"],
             model_version=s["model_version"],
             reasons=list(s.get("reasons") or []),
+            probable=bool(s.get("probable")),  # verdicts stored before it existed: not flagged
         )
 
     @strawberry.field

@@ -14,7 +14,8 @@ from typing import Any
 
 from app.domain.errors import ValidationError
 from app.domain.viewer import Viewer
-from app.services.sending.service import Composition, SendingService
+from app.services.sending.compose import Composition
+from app.services.sending.send import SendingService
 from app.services.templates.render import TemplateRenderer
 
 
