@@ -279,3 +279,34 @@ async def test_a_worker_killed_mid_post_loses_no_event_and_repeats_ids(settings)
         again = {e["id"] for e in stalled.events}
         assert len(again) == 5 and all(seen[i] == 2 for i in again)
         assert sum(seen.values()) == len(expected) + 5
+
+
+async def test_dispatch_skips_a_quiet_stretch_but_never_past_an_event(settings):
+    from datetime import UTC, datetime, timedelta
+
+    from app.domain.viewer import Viewer
+
+    async with outbound_world(settings, worker=False, **FAST) as w:
+        viewer = Viewer(w.sender.user_id, w.sender.email)
+        _, endpoint = await w.system.webhooks.create(viewer, "http://127.0.0.1:9/h", ["sent"])
+        old = ObjectId.from_datetime(datetime.now(UTC) - timedelta(minutes=10))
+        await w.db.webhooks.update_one({"_id": endpoint["_id"]}, {"$set": {"cursor": old}})
+        event_id = ObjectId.from_datetime(datetime.now(UTC) - timedelta(minutes=5))
+        await w.db.delivery_events.insert_one(
+            {
+                "_id": event_id,
+                "sender_user_id": viewer.user_id,
+                "event_type": "sent",
+                "occurred_at": event_id.generation_time,
+                "metadata": {},
+            }
+        )
+        assert await w.system.webhooks.dispatch() == 1  # an event is due: a job, no skipping
+        doc = await w.db.webhooks.find_one({"_id": endpoint["_id"]})
+        assert doc["cursor"] == old
+
+        await w.db.webhooks.update_one({"_id": endpoint["_id"]}, {"$set": {"cursor": event_id}})
+        assert await w.system.webhooks.dispatch() == 0  # quiet since: the cursor moves up
+        doc = await w.db.webhooks.find_one({"_id": endpoint["_id"]})
+        assert doc["cursor"] > event_id
+        assert await w.system.event_log.read(viewer.user_id, ["sent"], doc["cursor"], 10) == []
