@@ -119,7 +119,7 @@ class WebhookService:
         result = await self.db.webhooks.delete_one({"_id": oid, "user_id": viewer.user_id})
         return result.deleted_count == 1
 
-    async def list(self, viewer: Viewer) -> list[dict[str, Any]]:
+    async def of_user(self, viewer: Viewer) -> list[dict[str, Any]]:
         return await self.db.webhooks.find({"user_id": viewer.user_id}).sort("_id", 1).to_list()
 
     # --- delivery --------------------------------------------------------------------------
