@@ -9,9 +9,10 @@ Every server gets the same load client (``peers/smtpload.py``), the same fixed-s
 the other in each round (a new seed per round, the same for every server):
 
 1. **bare Postfix** (``peers/setup.sh``: virtual domain bench.test → Maildir, Postfix defaults);
-2. **mailhub**: ``mailhub mx`` as an operator runs it — its own processes
-   (``MAILHUB_MX_PROCESSES`` only with ``--mx-processes``) and otherwise **default settings**. The benchmark sets only what a deployment must (database/Redis/Typesense URLs,
-   hostname, secret, DNS servers, the port) and prints every setting it passes. Every message goes
+2. **mailhub**: ``mailhub mx`` as an operator runs it, with **default settings**: the benchmark
+   sets only what a deployment must (database/Redis/Typesense URLs, hostname, secret, DNS
+   servers, the port; ``MAILHUB_MX_PROCESSES`` only with ``--mx-processes``) and prints every
+   other setting it passes. Every message goes
    through SPF/DKIM/DMARC (dnsmasq publishes SPF/DMARC for the client domain), the spam model and
    the durable group-committed store before its 250 (embedded SecantusDB, Redis, Typesense);
 3. **the full stack** (``peers/fullstack_setup.sh``: Postfix + rspamd milter + Redis Bayes +
