@@ -342,10 +342,13 @@ def load(
     return run
 
 
-def cpu_per_message(run: dict[str, Any], names: list[str]) -> dict[str, float]:
+def cpu_per_message(
+    run: dict[str, Any], names: list[str], phase: str = "cpu_during_send"
+) -> dict[str, float]:
     """Server CPU milliseconds per accepted message while sending (smtpload's process sampling),
-    per watched server and in all ("total")."""
-    cpu = run.get("cpu_during_send") or {}
+    per watched server and in all ("total"); ``phase="cpu_until_delivered"``: until the last
+    message reached its Maildir (a peer's delivery after its 250 included)."""
+    cpu = run.get(phase) or {}
     accepted = run.get("accepted") or 0
     out = {
         name: round(1000 * cpu[f"{name}_cpu_s"] / accepted, 2)
@@ -696,9 +699,16 @@ def run_fullstack(
         cache,
         seed,
     )
-    run["cpu_ms_per_msg"] = cpu_per_message(run, [w.split("=")[0] for w in watch])
+    names = [w.split("=")[0] for w in watch]
+    run["cpu_ms_per_msg"] = cpu_per_message(run, names)
+    run["cpu_ms_per_msg_until_delivered"] = cpu_per_message(run, names, "cpu_until_delivered")
     results.setdefault("fullstack", []).append(run)
-    show("fullstack", run, f"  delivered {run.get('delivered')}")
+    show(
+        "fullstack",
+        run,
+        f"  delivered {run.get('delivered')}, CPU/msg until delivered "
+        f"{run['cpu_ms_per_msg_until_delivered']['total']} ms",
+    )
 
 
 def ratio_lines(summary: dict[str, Any]) -> list[str]:
