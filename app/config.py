@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=12, ge=2)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=4000, ge=100)
+    # schema/execution.py's shortcut past graphql-core's per-field work (docs/overrides.md);
+    # off = graphql-core's own execution, e.g. to rule the shortcut out while debugging
+    graphql_fast_execution: bool = True
     mongo_timeout_ms: int = Field(default=3000, ge=100)
     ws_token_check_seconds: float = Field(
         default=30.0, gt=0

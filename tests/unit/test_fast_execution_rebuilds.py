@@ -50,3 +50,13 @@ def test_a_rebuilt_schema_never_uses_a_plan_of_a_dead_type() -> None:
     wrong = [a for a in answers if a != {"named": {"value": "five"}, "counted": {"value": 5}}]
     assert wrong == []
     assert [r for r in alive if r() is not None] == [], "the caches die with their schema"
+
+
+def test_the_setting_turns_the_shortcut_off() -> None:
+    from app.config import Settings
+    from schema import build_schema
+
+    on = build_schema(Settings(_env_file=None))
+    off = build_schema(Settings(_env_file=None, graphql_fast_execution=False))
+    assert on.execution_context_class is FastExecutionContext
+    assert off.execution_context_class is not FastExecutionContext
