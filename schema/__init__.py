@@ -53,7 +53,5 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             ErrorShaping,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        execution_context_class=(
-            FastExecutionContext if settings.graphql_fast_execution else None
-        ),
+        execution_context_class=(FastExecutionContext if settings.graphql_fast_execution else None),
     )
