@@ -39,7 +39,7 @@ class Query:
 def test_a_rebuilt_schema_never_uses_a_plan_of_a_dead_type() -> None:
     answers = []
     alive: list[weakref.ref[strawberry.Schema]] = []
-    for _ in range(200):
+    for _ in range(100):
         schema = strawberry.Schema(query=Query, execution_context_class=FastExecutionContext)
         result = schema.execute_sync("{ named { value } counted { value } }")
         assert result.errors is None
