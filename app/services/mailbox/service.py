@@ -486,3 +486,11 @@ class MailboxService:
         await self.notifier.committed(changes)
         await self.notifier.content_released([d["message_id"] for d in docs])
         return [str(o) for o in oids]
+
+    async def message_status(self, viewer: Viewer, message_id: ObjectId) -> str | None:
+        """The sending status of one of the viewer's messages (queued, scheduled, sent, …);
+        None when it is not the viewer's message."""
+        message = await self.db.messages.find_one(
+            {"_id": message_id, "sender_user_id": viewer.user_id}, {"status": 1}
+        )
+        return message.get("status") if message else None
