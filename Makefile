@@ -21,9 +21,11 @@ run: $(STAMP)  ## the whole system on embedded servers; prints the GraphiQL URL
 test: $(STAMP)  ## the whole suite; pytest starts the servers it needs (exit 5 = no tests is not a pass)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, ruff format --check, mypy, and the layer contracts in pyproject.toml (import-linter)
 	$(BIN)/ruff check app schema jobs ml tests bench
 	$(BIN)/ruff format --check app schema jobs ml tests bench
+	$(BIN)/mypy app schema jobs ml
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format app schema jobs ml tests bench
