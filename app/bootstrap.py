@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.adapters.blobs import BlobStore
 from app.adapters.indexes import ensure_indexes
@@ -21,6 +21,9 @@ from app.services.mailbox.realtime import RealtimeService
 from app.services.mailbox.service import MailboxService
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.service import SendingService
+
+if TYPE_CHECKING:
+    from app.adapters.job_worker import BatchClaimWorker
 
 
 @dataclass
@@ -206,4 +209,15 @@ def _add_delivery(system: System) -> None:
         signer=DkimSigner(),
         throttle=throttle,
         scheduling=system.scheduling,
+    )
+
+
+def job_worker(settings: Settings, options: dict[str, Any], **kwargs: Any) -> BatchClaimWorker:
+    """The arq worker of `mailhub worker` (app/adapters/job_worker.py) running the jobs that
+    ``options`` (jobs/worker.py) name, on the queue ``JobQueue`` enqueues to."""
+    from app.adapters.job_worker import BatchClaimWorker, connection_options
+
+    assert settings.redis_url
+    return BatchClaimWorker(
+        **connection_options(settings.redis_url, settings.redis_prefix), **options, **kwargs
     )
