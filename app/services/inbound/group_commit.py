@@ -41,7 +41,6 @@ from app.services.mailbox.filing import (
     refresh_threads,
     summary_of,
 )
-from app.services.mailbox import filing
 
 log = structlog.get_logger(__name__)
 
@@ -265,8 +264,7 @@ class InboundStore:
         ]
         if counters:
             await db.mailbox_counters.bulk_write(counters, ordered=False, session=session)
-        if hasattr(filing, "record_changes"):  # the per-user sync log that file_message keeps too
-            await record_changes_batched(db, changes, session, now)
+        await record_changes_batched(db, changes, session, now)  # the sync log, as file_message
         return results, changes
 
     async def _without_duplicates(
