@@ -35,7 +35,7 @@ from app.adapters.redis_store import RedisStore
 from app.background import stop_task
 from app.domain.bounces import SmtpOutcome
 from app.domain.changes import Change
-from app.domain.outcomes import Decision, decide, dsn_report
+from app.domain.outcomes import Decision, decide, dsn_report, status_event
 from app.domain.retry import retry_until
 from app.services.after_commit import Notifier
 from app.services.delivery.notices import Notice, build_notice, file_notice, store_raw
@@ -45,7 +45,6 @@ from app.services.delivery.outbox import (
     chunked,
     job_id,
     state_of,
-    status_event,
     unleased_status,
 )
 from app.services.feedback.suppression import SuppressionService
