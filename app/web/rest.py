@@ -29,7 +29,7 @@ fragment ItemFields on MailboxItem {
   subject snippet textBody htmlBody rfc822MessageId inReplyTo references
   attachments { id filename contentType size sha256 downloadUrl } hasAttachments size
   recipients { address type status attempts lastReply bounceClass nextAttemptAt updatedAt }
-  spam { isSpam score modelVersion reasons } authResults
+  spam { isSpam probable score modelVersion reasons } authResults
 }
 """
 ITEM_QUERY = ITEM_FIELDS + "query Item($id: ID!) { message(id: $id) { ...ItemFields } }"

@@ -252,7 +252,11 @@ class InboundService:
                 bounded_for_scoring(raw), user_id, getattr(self.scorer, "model", None)
             )
             verdict = SpamVerdict(
-                bool(v.is_spam), float(v.score), str(v.model_version), [str(r) for r in v.reasons]
+                bool(v.is_spam),
+                float(v.score),
+                str(v.model_version),
+                [str(r) for r in v.reasons],
+                bool(v.probable),
             )
             folder = Folder.SPAM if verdict.is_spam or quarantine else Folder.INBOX
             out[user_id] = (folder.value, verdict.as_doc())
