@@ -1,8 +1,8 @@
 """MongoDB connection (PyMongo's native async client) and error translation.
 
 Only adapters import pymongo (an import-linter contract in pyproject.toml). Services build their
-bulk writes with the request types re-exported here (``UpdateOne``, ``UpdateMany``,
-``ReturnDocument``) and ask about a failure with the predicates below (``is_duplicate_key``,
+bulk writes and hints with the names re-exported here (``UpdateOne``, ``UpdateMany``,
+``ReturnDocument``, ``ASCENDING``, ``DESCENDING``) and ask about a failure with the predicates below (``is_duplicate_key``,
 ``is_transient``, ``is_unreachable``), catching ``DatabaseError`` where they must react to one.
 The edges see ``ServiceUnavailable`` when the database cannot be reached (``as_domain_error``),
 so the API can answer 503 / a typed GraphQL error within the server-selection timeout and
@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
@@ -32,6 +32,8 @@ from pymongo.write_concern import WriteConcern
 from app.domain.errors import DomainError, ServiceUnavailable
 
 __all__ = [
+    "ASCENDING",
+    "DESCENDING",
     "DatabaseError",
     "Mongo",
     "ReturnDocument",
