@@ -90,6 +90,10 @@ class System:
         await self.redis.close()
         await self.mongo.close()
 
+    async def readiness(self) -> dict[str, bool]:
+        """Whether each backing system this process needs answers (the api's ``/readyz``)."""
+        return {"mongodb": await self.mongo.ping(), "redis": await self.redis.ping()}
+
 
 async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     missing = settings.missing_services()
