@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     # schema/execution.py's shortcut past graphql-core's per-field work (docs/overrides.md);
     # off = graphql-core's own execution, e.g. to rule the shortcut out while debugging
     graphql_fast_execution: bool = True
+    # fields once every fragment spread is expanded (schema/limits.py): what execution walks
+    graphql_max_fields: int = Field(default=5000, ge=100)
+    # the schema is the published contract: introspection is open unless turned off here
+    graphql_introspection: bool = True
     mongo_timeout_ms: int = Field(default=3000, ge=100)
     ws_token_check_seconds: float = Field(
         default=30.0, gt=0
