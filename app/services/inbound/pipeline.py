@@ -438,6 +438,13 @@ class InboundService:
         )
         return f"Authentication-Results: {auth.header}\r\n{received}".encode("utf-8", "replace")
 
+    def load_spam_model(self) -> None:
+        """Load the spam model before the MX accepts mail: a missing or bad one stops the MX
+        at start, loudly, not at its first message (scorers without a model: nothing to do)."""
+        load = getattr(self.scorer, "load", None)
+        if load is not None:
+            load()
+
 
 def _addr(a: Any) -> dict[str, Any]:
     return {"name": a.name, "email": a.email}
