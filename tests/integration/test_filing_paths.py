@@ -13,7 +13,6 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
-import pytest
 from bson import ObjectId
 
 from app.adapters.indexes import ensure_indexes
@@ -153,11 +152,6 @@ async def documents(mongo: Mongo) -> dict[str, list[dict]]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the two filing paths drifted (issue 12): group commit's counters lack first_at, and "
-    "a thread a reply started is not recounted when its parent arrives in a later batch",
-)
 async def test_filing_one_at_a_time_and_as_a_batch_write_the_same_documents(settings):
     single = await fresh_database(settings, "_single")
     batched = await fresh_database(settings, "_batched")
