@@ -1,10 +1,11 @@
 """Durable store of inbound mail with group commit (DESIGN.md §6: durable before 250).
 
-Concurrent SMTP sessions hand their prepared messages to one committer; it writes everything
-that queued up while the previous transaction ran — raw MIME and attachments as GridFS files,
-attachment docs, messages, views, thread records and folder counters — in ONE transaction, with
-set-wise reads and ``insert_many``/``bulk_write`` instead of per-message round trips. A session
-gets its answer when that transaction commits (journaled, majority), and only then says 250.
+Concurrent SMTP sessions hand their prepared messages to one committer (``app.batching``);
+it writes everything that queued up while the previous transaction ran — raw MIME and
+attachments as GridFS files, attachment docs, messages, views, thread records and folder
+counters — in ONE transaction, with set-wise reads and ``insert_many``/``bulk_write`` instead
+of per-message round trips. A session gets its answer when that transaction commits
+(journaled, majority), and only then says 250; listeners hear of the new views after that.
 
 Views, threads, counters and change records come from the one filing path
 (``app.services.mailbox.filing.file_messages``) that every message takes: the pure planner
@@ -30,6 +31,7 @@ from bson import Binary, ObjectId
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
 from app.adapters.mongo import Mongo, as_domain_error, in_transaction, is_duplicate_key
+from app.batching import Batcher, Waiter
 from app.domain.changes import Change
 from app.domain.errors import DomainError, ServiceUnavailable
 from app.services.after_commit import Notifier
@@ -108,43 +110,25 @@ class InboundStore:
         self.mongo = mongo
         self.db = mongo.db
         self.notifier = notifier
-        self.max_batch = max_batch
-        self._queue: list[tuple[PreparedInbound, asyncio.Future[StoreResult]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        # A batch: what queued while the previous transaction ran, up to max_batch messages
+        # and about MAX_BATCH_BYTES of blobs (always at least one message).
+        self._batcher: Batcher[PreparedInbound, StoreResult] = Batcher(
+            self._commit_batch,
+            max_items=max_batch,
+            max_size=MAX_BATCH_BYTES,
+            size_of=lambda prepared: prepared.size,
+            failed=_storage_error,
+        )
 
     async def store(self, prepared: PreparedInbound) -> StoreResult:
         """Queue one message for the next group commit; returns once it is durable."""
-        future: asyncio.Future[StoreResult] = asyncio.get_running_loop().create_future()
-        self._queue.append((prepared, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run())
-        return await future
+        return await self._batcher.submit(prepared)
 
-    async def _run(self) -> None:
-        while self._queue:
-            batch: list[tuple[PreparedInbound, asyncio.Future[StoreResult]]] = []
-            size = 0
-            while (
-                self._queue
-                and len(batch) < self.max_batch
-                and (not batch or size < MAX_BATCH_BYTES)
-            ):
-                item = self._queue.pop(0)
-                batch.append(item)
-                size += item[0].size
-            live = [(p, f) for p, f in batch if not f.done()]  # a client that hung up still commits
-            try:
-                results, changes = await self._commit([p for p, _ in live])
-            except Exception as e:  # every waiter must get an answer
-                error = _storage_error(e)
-                for _, future in live:
-                    if not future.done():
-                        future.set_exception(error)
-                continue
-            for (_, future), result in zip(live, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
-            await self.notifier.committed(changes)
+    async def _commit_batch(self, waiters: list[Waiter[PreparedInbound, StoreResult]]) -> None:
+        results, changes = await self._commit([w.item for w in waiters])
+        for waiter, result in zip(waiters, results, strict=True):
+            waiter.answer(result)  # durable: the session may say 250 now
+        await self.notifier.committed(changes)
 
     async def _commit(self, batch: list[PreparedInbound]) -> tuple[list[StoreResult], list[Change]]:
         try:
