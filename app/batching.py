@@ -10,7 +10,8 @@ delivery outcomes go into MongoDB a few hundred at a time.
 Every answer comes from a batch that started after the question was asked, so it is as fresh
 as a call of its own. A caller that has gone (its task was cancelled) is left out of the next
 batch. ``close`` stops the runner (``stop_task``: Python 3.11 can swallow a cancel) and
-cancels every waiter still without an answer, so nobody waits forever.
+cancels every waiter still without an answer, so nobody waits forever; items handed in
+without a waiter stay counted, so an owner can tell that some were never processed.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ class Waiter(Generic[T, R]):
     def waiting(self) -> bool:
         """Someone still awaits an answer."""
         return self._future is not None and not self._future.done()
+
+    @property
+    def asked(self) -> bool:
+        """Queued with ``submit`` (a caller wants an answer), not handed in with ``put``."""
+        return self._future is not None
 
     @property
     def gone(self) -> bool:
@@ -127,8 +133,6 @@ class Batcher(Generic[T, R]):
 
     def put(self, item: T) -> None:
         """Queue ``item`` for the next batch; nobody waits for its answer."""
-        if self._closed:
-            raise RuntimeError("the batcher is closed")
         loop = asyncio.get_running_loop()
         self._forget_other_loops(loop)
         self._queue.append(Waiter(item, None))
@@ -141,15 +145,17 @@ class Batcher(Generic[T, R]):
 
     async def close(self) -> None:
         """Stop the runner; every waiter without an answer is cancelled. Items handed in with
-        ``put`` and not processed yet are dropped (``idle`` tells whether any are left)."""
+        ``put`` and not processed stay queued (``queued`` counts them) but no runner takes
+        them any more; submitting after close raises."""
         self._closed = True
         await stop_task(self._runner)
-        for waiter in [*self._batch, *self._queue]:
+        for waiter in self._queue:
             waiter.cancel()
-        self._queue.clear()
-        self._batch = []
+        self._queue = deque(w for w in self._queue if not w.asked)
 
     def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._closed:
+            return
         if self._runner is None or self._runner.done():
             self._runner = loop.create_task(self._run())
 
@@ -178,6 +184,8 @@ class Batcher(Generic[T, R]):
             except BaseException:  # cancelled (close): nobody waits for an answer forever
                 for waiter in batch:
                     waiter.cancel()
+                # what was handed in without a waiter was not processed: it stays queued
+                self._queue.extendleft(w for w in reversed(batch) if not w.asked)
                 raise
             else:
                 for waiter in batch:

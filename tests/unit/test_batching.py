@@ -172,3 +172,20 @@ async def test_a_lingering_runner_gathers_a_burst_that_arrives_after_the_first_i
     rest = [asyncio.create_task(batcher.submit(i)) for i in (2, 3)]
     assert [await first] + [await t for t in rest] == [2, 4, 6]
     assert process.batches == [[1, 2, 3]]
+
+
+async def test_items_put_without_a_waiter_stay_counted_when_close_stops_their_batch():
+    started = asyncio.Event()
+
+    async def hangs(waiters: list[Waiter[str, None]]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    batcher: Batcher[str, None] = Batcher(hangs)
+    batcher.put("being written")
+    await started.wait()
+    batcher.put("queued")
+    await batcher.close()
+    assert batcher.queued == 2 and not batcher.idle  # neither was written: the owner can tell
+    batcher.put("after close")  # accepted and counted, never processed
+    assert batcher.queued == 3

@@ -32,7 +32,7 @@ from app.adapters.live_status import publish_many
 from app.adapters.mongo import Mongo, in_transaction
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
-from app.background import stop_task
+from app.batching import Batcher, Waiter
 from app.domain.bounces import SmtpOutcome
 from app.domain.changes import Change
 from app.domain.outcomes import Decision, decide, dsn_report
@@ -81,10 +81,33 @@ class _Release:
 
 
 @dataclass
+class _Suppressed:
+    work: Work
+
+
+_Outcome = _Attempt | _Suppressed | _Release
+
+
+@dataclass
 class _Batch:
     attempts: list[_Attempt] = field(default_factory=list)
     suppressed: list[Work] = field(default_factory=list)
     releases: list[_Release] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, outcomes: list[_Outcome]) -> _Batch:
+        batch = cls()
+        for outcome in outcomes:
+            if isinstance(outcome, _Attempt):
+                batch.attempts.append(outcome)
+            elif isinstance(outcome, _Suppressed):
+                batch.suppressed.append(outcome.work)
+            else:
+                batch.releases.append(outcome)
+        return batch
+
+    def outcomes(self) -> list[_Outcome]:
+        return [*self.attempts, *(_Suppressed(w) for w in self.suppressed), *self.releases]
 
     def __len__(self) -> int:
         return len(self.attempts) + len(self.suppressed) + len(self.releases)
@@ -130,9 +153,12 @@ class OutcomeRecorder:
         self.hostname = hostname
         self.policy_for = policy_for  # (message doc) -> RetryPolicy
         self.rng = rng
-        self._pending = _Batch()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        # Outcomes gather while the previous transaction runs (a few ms' worth once one is in);
+        # the next transaction writes up to FLUSH_MAX of them.
+        self._outcomes: Batcher[_Outcome, None] = Batcher(
+            self._record, max_items=FLUSH_MAX, linger=FLUSH_LINGER
+        )
+        self._failures = 0  # transactions failed in a row (the retry backoff grows with it)
         self._done_callbacks: list[Any] = []  # called with the works settled
         self._writing = 0  # outcomes in the transaction being written
         self._room = asyncio.Event()
@@ -140,36 +166,29 @@ class OutcomeRecorder:
     # --- intake (never blocks the caller) -------------------------------------------------
 
     def attempted(self, work: Work, reply: SmtpOutcome, mx: str | None) -> None:
-        self._pending.attempts.append(_Attempt(work, reply, mx))
-        self._kick()
+        self._outcomes.put(_Attempt(work, reply, mx))
 
     def suppressed(self, work: Work) -> None:
-        self._pending.suppressed.append(work)
-        self._kick()
+        self._outcomes.put(_Suppressed(work))
 
     def release(self, work: Work, due: datetime) -> None:
         """Give a recipient back without an attempt (throttled, shutting down, lease too short)."""
-        self._pending.releases.append(_Release(work, due))
-        self._kick()
+        self._outcomes.put(_Release(work, due))
 
     def on_settled(self, callback: Any) -> None:
         """``callback(works)`` once their outcomes are committed (or given up on)."""
         self._done_callbacks.append(callback)
 
-    def _kick(self) -> None:
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        """Outcomes waiting for a transaction (not counting the one being written)."""
+        return self._outcomes.queued
 
     @property
     def crowded(self) -> bool:
         """So many outcomes wait to be written that lanes should pause: every one of them is
         an accepted message a crash would send again (the duplicate window)."""
-        return len(self._pending) + self._writing >= BACKLOG_MAX
+        return self._outcomes.queued + self._writing >= BACKLOG_MAX
 
     async def room(self) -> None:
         """Wait (at most ROOM_WAIT seconds) for the backlog to shrink below BACKLOG_MAX."""
@@ -180,31 +199,26 @@ class OutcomeRecorder:
 
     # --- flushing -------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if len(self._pending) < FLUSH_MAX:
-                await asyncio.sleep(FLUSH_LINGER)
-            while len(self._pending):
-                batch = self._take(FLUSH_MAX)
-                self._writing = len(batch)
-                try:
-                    left = await self._write_around_conflicts(batch)
-                except Exception:
-                    log.exception("recording delivery outcomes failed; retrying", n=len(batch))
-                    left = batch
-                finally:
-                    self._writing = 0
-                    if not self.crowded:
-                        self._room.set()
-                if not len(left):
-                    failures = 0
-                    continue
-                failures += 1
-                self._put_back(left)
-                await asyncio.sleep(min(RETRY_MAX, 0.5 * 2**failures))
+    async def _record(self, waiters: list[Waiter[_Outcome, None]]) -> None:
+        """Write one batch; what could not be written goes back to the front of the queue
+        and is tried again, with whatever arrived meanwhile, after a growing pause."""
+        batch = _Batch.of([w.item for w in waiters])
+        self._writing = len(batch)
+        try:
+            left = await self._write_around_conflicts(batch)
+        except Exception:
+            log.exception("recording delivery outcomes failed; retrying", n=len(batch))
+            left = batch
+        finally:
+            self._writing = 0
+            if not self.crowded:
+                self._room.set()
+        if not len(left):
+            self._failures = 0
+            return
+        self._failures += 1
+        self._outcomes.put_back(left.outcomes())
+        await asyncio.sleep(min(RETRY_MAX, 0.5 * 2**self._failures))
 
     async def _write_around_conflicts(self, batch: _Batch) -> _Batch:
         """Write ``batch``; returns the part that could not be written yet.
@@ -230,45 +244,21 @@ class OutcomeRecorder:
                     left.extend(half)
         return left
 
-    def _take(self, limit: int) -> _Batch:
-        p, out = self._pending, _Batch()
-        out.attempts, p.attempts = p.attempts[:limit], p.attempts[limit:]
-        room = limit - len(out)
-        out.suppressed, p.suppressed = p.suppressed[:room], p.suppressed[room:]
-        room = limit - len(out)
-        out.releases, p.releases = p.releases[:room], p.releases[room:]
-        return out
-
-    def _put_back(self, batch: _Batch) -> None:
-        self._pending.attempts[:0] = batch.attempts
-        self._pending.suppressed[:0] = batch.suppressed
-        self._pending.releases[:0] = batch.releases
-
     async def drain(self, grace: float) -> None:
         """Wait until everything handed in so far is written (shutdown)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while len(self._pending) or (
-            self._task is not None and not self._task.done() and self._busy
-        ):
+        while not self._outcomes.idle:
             if loop.time() > deadline:
-                log.warning("delivery outcomes not recorded before shutdown", n=len(self._pending))
+                log.warning("delivery outcomes not recorded before shutdown", n=self.backlog)
                 return
             await asyncio.sleep(0.02)
 
-    _busy = False
-
     async def close(self) -> None:
-        await stop_task(self._task)
+        """Stop writing; outcomes not written yet stay in ``backlog``."""
+        await self._outcomes.close()
 
     async def _flush(self, batch: _Batch) -> None:
-        self._busy = True
-        try:
-            await self._flush_once(batch)
-        finally:
-            self._busy = False
-
-    async def _flush_once(self, batch: _Batch) -> None:
         now = datetime.now(UTC)
         decisions = {
             id(a): decide(

@@ -41,6 +41,7 @@ from app.adapters.redis_store import RedisStore
 from app.adapters.smtp_transport import SmtpTransport, no_reply
 from app.adapters.throttle import DomainThrottle
 from app.background import stop_task
+from app.batching import Batcher, Waiter
 from app.config import Settings
 from app.domain.addresses import domain_of
 from app.domain.ids import parse_object_id
@@ -77,12 +78,11 @@ _GONE = PreparedMessage(ObjectId(b"\0" * 12), {}, b"", b"", "")  # a deleted mes
 _MESSAGE_FIELDS = {"text_body": 0, "html_body": 0, "bcc": 0, "attachments": 0, "headers": 0}
 
 
-@dataclass
-class _Request:
-    """A lane's pull: up to ``limit`` more due recipients of ``domain``."""
+@dataclass(frozen=True)
+class _Pull:
+    """A lane asks for up to ``limit`` more due recipients of ``domain``."""
 
     domain: str
-    future: asyncio.Future[bool]
     limit: int
 
 
@@ -151,8 +151,8 @@ class DeliveryService:
             pull=self._pull,
             on_idle=self._lane_idle,
         )
-        self._requests: asyncio.Queue[_Request] | None = None
-        self._leaser: asyncio.Task[None] | None = None
+        # Lane pulls asked while a leasing round runs are folded into the next round.
+        self._leasing: Batcher[_Pull, bool] = Batcher(self._lease_round, max_items=LEASE_BATCH)
         self._releasing: set[asyncio.Task[None]] = set()  # leases being given back (close waits)
         # Domain leases: this process's token, the leases it holds, one lock for taking,
         # renewing and giving them back, and timers (retry a domain held elsewhere, give back
@@ -196,7 +196,6 @@ class DeliveryService:
         except (InvalidId, TypeError):
             return {"domain": None}
         domain = domain.strip().lower()
-        self._start()
         self.lanes.note_waiting(domain)
         return {"domain": domain}
 
@@ -294,10 +293,7 @@ class DeliveryService:
         """Graceful stop: finish transactions in flight, give everything else back to the
         outbox, write every outcome, then give the domain leases back."""
         self._closed = True
-        await stop_task(self._leaser)
-        if self._requests is not None:
-            while not self._requests.empty():
-                self._requests.get_nowait().future.cancel()
+        await self._leasing.close()  # a round in progress stops; queued pulls are cancelled
         if self._releasing:
             await asyncio.wait(set(self._releasing), timeout=CLOSE_GRACE)
         await self.lanes.close(CLOSE_GRACE)
@@ -312,45 +308,34 @@ class DeliveryService:
 
     # --- leasing ---------------------------------------------------------------------------
 
-    def _start(self) -> asyncio.Queue[_Request]:
-        if self._requests is None:
-            self._requests = asyncio.Queue()
-        if self._leaser is None or self._leaser.done():
-            self._leaser = asyncio.get_running_loop().create_task(self._lease_loop(self._requests))
-        return self._requests
+    async def _lease_round(self, pulls: list[Waiter[_Pull, bool]]) -> None:
+        try:
+            await self._room.wait()
+            await self._lease_requests(pulls)
+        except Exception as e:
+            log.exception("pulling due recipients failed", n=len(pulls))
+            for pull in pulls:
+                pull.fail(e)
+        finally:  # stopped (close) mid-round: nobody waits for an answer forever
+            for pull in pulls:
+                pull.answer(False)
 
-    async def _lease_loop(self, requests: asyncio.Queue[_Request]) -> None:
-        while True:
-            batch = [await requests.get()]
-            while not requests.empty() and len(batch) < LEASE_BATCH:
-                batch.append(requests.get_nowait())
-            try:
-                await self._room.wait()
-                await self._lease_requests(batch)
-            except Exception as e:
-                log.exception("pulling due recipients failed", n=len(batch))
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(e)
-            finally:  # stopped (close) mid-round: nobody waits for an answer forever
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_result(False)
-
-    async def _lease_requests(self, batch: list[_Request]) -> None:
+    async def _lease_requests(self, batch: list[Waiter[_Pull, bool]]) -> None:
         """One round for every lane that asked for more since the last one: take the leases
         of domains not held yet, read their due recipients, hand them to the lanes."""
         now = datetime.now(UTC)
         pulls: dict[str, int] = {}
         for r in batch:
-            pulls[r.domain] = max(pulls.get(r.domain, 0), r.limit)
+            pulls[r.item.domain] = max(pulls.get(r.item.domain, 0), r.item.limit)
         self._round_domains = set(pulls)  # not idle (their leases stay) until handed over
         try:
             await self._round(batch, pulls, now)
         finally:
             self._round_domains = set()
 
-    async def _round(self, batch: list[_Request], pulls: dict[str, int], now: datetime) -> None:
+    async def _round(
+        self, batch: list[Waiter[_Pull, bool]], pulls: dict[str, int], now: datetime
+    ) -> None:
         held = await self._hold(list(pulls), now)
         mine = {domain: limit for domain, limit in pulls.items() if domain in held}
         leases = {domain: self._held[domain] for domain in mine}  # a lost one: until = now
@@ -371,10 +356,11 @@ class DeliveryService:
                 self._room.clear()
         found = Counter(d["domain"] for d in due)
         for r in batch:
-            if not r.future.done():
-                # "more": this round could not see everything; the lane should ask again.
-                more = r.domain in mine and (truncated or found[r.domain] >= pulls[r.domain])
-                r.future.set_result(more)
+            # "more": this round could not see everything; the lane should ask again. The
+            # lanes have their answer before the hand-over, so sending starts with the first
+            # prepared chunk.
+            domain = r.item.domain
+            r.answer(domain in mine and (truncated or found[domain] >= pulls[domain]))
         if due:
             await self._hand_over(due, leases)
 
@@ -383,10 +369,8 @@ class DeliveryService:
         True when there may be more still."""
         if self._closed or limit <= 0:
             return False
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._start().put_nowait(_Request(domain, future, limit))
         try:
-            return await future
+            return await self._leasing.submit(_Pull(domain, limit))
         except Exception:
             log.exception("pulling due recipients failed", domain=domain)
             return False
