@@ -38,7 +38,7 @@ from app.domain.changes import Change
 from app.domain.outcomes import Decision, decide, dsn_report
 from app.domain.retry import retry_until
 from app.services.after_commit import Notifier
-from app.services.delivery.notices import Notice, build_notice, file_notice, store_raw
+from app.services.delivery.notices import Notice, build_notice, file_notices, store_raw
 from app.services.delivery.outbox import (
     DUE_STATUSES,
     Work,
@@ -333,13 +333,15 @@ class OutcomeRecorder:
                 raise _LeaseLost  # roll back, then write only what we still hold
             if events:
                 await self.db.delivery_events.insert_many(events, session=session)
-            changes: list[Change] = []
-            for index, (notice, blob_id) in enumerate(notices):
-                if set(notice.recipient_ids) <= owned:
-                    changes += await file_notice(
-                        self.db, notice, blob_id, hostname=self.hostname, now=now, session=session
-                    )
-                    filed.add(index)
+            ours = [i for i, (n, _) in enumerate(notices) if set(n.recipient_ids) <= owned]
+            changes = await file_notices(
+                self.db,
+                [notices[i] for i in ours],
+                hostname=self.hostname,
+                now=now,
+                session=session,
+            )
+            filed.update(ours)
             for a in batch.attempts:
                 d = decisions[id(a)]
                 if d.suppress and a.work.id in owned:
