@@ -13,6 +13,7 @@ import hashlib
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from bson import ObjectId
 
 from app.adapters.indexes import ensure_indexes
@@ -20,7 +21,7 @@ from app.adapters.mongo import Mongo, in_transaction
 from app.domain.conversations import normalize_subject
 from app.services.after_commit import Notifier
 from app.services.inbound.group_commit import InboundStore, InboundView, PreparedInbound
-from app.services.mailbox.filing import ViewSpec, file_message
+from app.services.mailbox.filing import Filing, ViewSpec, file_message, load_thread_context
 
 ANN = ObjectId()
 BEN = ObjectId()
@@ -169,3 +170,36 @@ async def test_filing_one_at_a_time_and_as_a_batch_write_the_same_documents(sett
         for mongo in (single, batched):
             await mongo.client.drop_database(mongo.db.name)
             await mongo.close()
+
+
+@pytest.mark.parametrize("batch_users", [[ANN], [ANN, BEN]], ids=["one user", "two users"])
+async def test_the_thread_context_holds_only_the_batch_s_users_threads(mongo, batch_users):
+    other = ObjectId()  # has a thread with the same subject and the same Message-IDs
+    await mongo.db.users.insert_many(
+        [{"_id": u, "email": f"{u}@example.test", "state": 0} for u in (ANN, BEN, other)]
+    )
+    for user in (ANN, BEN, other):
+        await in_transaction(
+            mongo,
+            lambda session, user=user: file_message(
+                mongo.db,
+                message("<p@x>", "Weekly report", sender="eve@remote.test"),
+                [ViewSpec(user, "received", "INBOX")],
+                received_at=datetime.now(UTC),
+                session=session,
+            ),
+        )
+    reply = message("<r@x>", "Re: Weekly report", sender="eve@remote.test", in_reply_to="<p@x>")
+    plain = message("<s@x>", "Weekly report", sender="eve@remote.test")
+    views = [ViewSpec(u, "received", "INBOX") for u in batch_users]
+    filings = [Filing(reply, views, datetime.now(UTC)), Filing(plain, views, datetime.now(UTC))]
+    context = await in_transaction(
+        mongo, lambda session: load_thread_context(mongo.db, filings, session)
+    )
+    threads = {
+        t["_id"]: t["user_id"] for t in await mongo.db.threads.find({}, {"user_id": 1}).to_list()
+    }
+    assert {user for user, _ in context.refs} == set(batch_users)
+    assert {threads[t] for t in context.subjects} == set(batch_users)
+    assert {user for user, _ in context.by_subject} == set(batch_users)
+    assert all(threads[t] != other for t in context.refs.values())

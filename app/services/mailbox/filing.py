@@ -13,12 +13,12 @@ thread recounts and the per-user change log.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ReturnDocument, UpdateOne
+from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
 
 from app.domain.changes import Change
 from app.domain.filing_plan import (
@@ -72,31 +72,43 @@ async def load_thread_context(db: Any, filings: Sequence[Filing], session: Any) 
     context = ThreadContext()
     if not wanted.user_ids:
         return context
-    users = _one_or_any(sorted(wanted.user_ids))
+    users, index = _scoped(wanted.user_ids)
     if wanted.rfc822_ids:
-        for doc in await db.thread_refs.find(
-            {"rfc822_id": {"$in": sorted(wanted.rfc822_ids)}, "user_id": users},
-            {"_id": 0, "user_id": 1, "rfc822_id": 1, "thread_id": 1},
-            session=session,
-        ).to_list():
+        for doc in (
+            await db.thread_refs.find(
+                {"rfc822_id": {"$in": sorted(wanted.rfc822_ids)}, "user_id": users},
+                {"_id": 0, "user_id": 1, "rfc822_id": 1, "thread_id": 1},
+                session=session,
+            )
+            .hint(index("rfc822_id", ("user_id", "rfc822_id")))
+            .to_list()
+        ):
             context.refs[(doc["user_id"], doc["rfc822_id"])] = doc["thread_id"]
     thread_ids = sorted(set(context.refs.values()))
     if thread_ids:
-        for doc in await db.threads.find(
-            {"_id": {"$in": thread_ids}, "user_id": users},
-            {"normalized_subject": 1},
-            session=session,
-        ).to_list():
+        for doc in (
+            await db.threads.find(
+                {"_id": {"$in": thread_ids}, "user_id": users},
+                {"normalized_subject": 1},
+                session=session,
+            )
+            .hint([("_id", ASCENDING)])
+            .to_list()
+        ):
             context.subjects[doc["_id"]] = doc.get("normalized_subject") or ""
     if wanted.subjects:
-        query = db.threads.find(
-            {
-                "normalized_subject": {"$in": sorted({s for _, s in wanted.subjects})},
-                "user_id": users,
-            },
-            {"user_id": 1, "normalized_subject": 1, "participant_keys": 1, "latest_at": 1},
-            session=session,
-        ).sort("latest_at", -1)
+        query = (
+            db.threads.find(
+                {
+                    "normalized_subject": {"$in": sorted({s for _, s in wanted.subjects})},
+                    "user_id": users,
+                },
+                {"user_id": 1, "normalized_subject": 1, "participant_keys": 1, "latest_at": 1},
+                session=session,
+            )
+            .hint(index("normalized_subject", ("user_id", "normalized_subject", "latest_at")))
+            .sort("latest_at", -1)
+        )
         if len(wanted.subjects) == 1:
             query = query.limit(SUBJECT_CANDIDATES)
         for doc in await query.to_list():
@@ -114,9 +126,25 @@ async def load_thread_context(db: Any, filings: Sequence[Filing], session: Any) 
     return context
 
 
-def _one_or_any(ids: list[ObjectId]) -> Any:
-    # An equality on user_id lets the (user_id, …) compound indexes serve a single user's batch.
-    return ids[0] if len(ids) == 1 else {"$in": ids}
+def _scoped(user_ids: frozenset[ObjectId]) -> tuple[Any, Callable[..., list[tuple[str, int]]]]:
+    """The user_id condition of a batch's queries, and the index (app/adapters/indexes.py)
+    each query is to use.
+
+    Every query names the batch's users, so no other user's thread is ever read. The index is
+    stated because engines plan these differently: with one user, the compound (user_id, …)
+    index serves the equality; with several, ``$in`` on both fields makes the engine the tests
+    run on scan the whole collection, so the one-field index on the other key is used and the
+    user condition filters what it finds (that engine also scans for ``_id $in`` beside a
+    user_id condition unless told to use ``_id``).
+    """
+    ids = sorted(user_ids)
+
+    def index(one_field: str, compound: tuple[str, ...]) -> list[tuple[str, int]]:
+        if len(ids) == 1:
+            return [(f, DESCENDING if f == "latest_at" else ASCENDING) for f in compound]
+        return [(one_field, ASCENDING)]
+
+    return (ids[0] if len(ids) == 1 else {"$in": ids}), index
 
 
 async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
