@@ -1,56 +1,84 @@
-"""One function wires concrete adapters into services for every process (api, worker, mx)."""
+"""One function wires concrete adapters into services for every process (api, worker, mx, dev).
+
+``build_system`` is the only place that chooses adapters and passes each service its
+dependencies through its constructor; nothing is attached to a service after it is built.
+Listeners of committed changes (live events, the search index, blob collection) are
+registered on the ``Notifier`` here too.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from app.adapters.blobs import BlobStore
+from app.adapters.clamav import ClamdScanner
+from app.adapters.dkim_signer import DkimSigner
+from app.adapters.dns_resolver import DnsResolver
 from app.adapters.indexes import ensure_indexes
+from app.adapters.mail_auth import MailAuthenticator
 from app.adapters.mongo import Mongo
 from app.adapters.pubsub import PubSubHub
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
+from app.adapters.smtp_transport import Relay, SmtpTransport
+from app.adapters.spam_scorer import ModelScorer
+from app.adapters.throttle import DomainThrottle
+from app.adapters.typesense_index import TypesenseIndex
 from app.config import ConfigError, Settings
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
+from app.services.delivery.service import DeliveryService
+from app.services.feedback.bounces import BounceProcessor
+from app.services.feedback.reputation import ReputationService
 from app.services.feedback.spam import SpamFeedbackService
 from app.services.feedback.suppression import SuppressionService
+from app.services.feedback.suppression_views import SuppressionViews
+from app.services.inbound.group_commit import InboundStore
+from app.services.inbound.pipeline import InboundService
 from app.services.mailbox.content import ContentService
 from app.services.mailbox.realtime import RealtimeService
 from app.services.mailbox.service import MailboxService
+from app.services.search.indexing import SearchIndexer
+from app.services.search.service import SearchService
 from app.services.sending.attachments import AttachmentService
-from app.services.sending.service import SendingService
+from app.services.sending.drafts import DraftService
+from app.services.sending.scheduling import SchedulingService
+from app.services.sending.send import SendingService
 
 
 @dataclass
 class System:
+    """Every service of one process. Each process builds them all (they are cheap to build);
+    the worker uses delivery, the MX inbound, the API the rest."""
+
     settings: Settings
     mongo: Mongo
     redis: RedisStore
     queue: JobQueue
     blobs: BlobStore
+    hub: PubSubHub
     notifier: Notifier
     accounts: AccountService
     mailbox: MailboxService
     content: ContentService
-    attachments: AttachmentService
-    sending: SendingService
-    suppression: SuppressionService
-    hub: PubSubHub
     realtime: RealtimeService
-    reputation: Any = None  # issue 4: ReputationService, BounceProcessor, InboundService
-    bounces: Any = None
-    inbound: Any = None
-    suppression_views: Any = None
-    search: Any = None  # issue 6: SearchService; None without MAILHUB_TYPESENSE_URL
-    delivery: Any = None  # issue 3: DeliveryService, SchedulingService
-    scheduling: Any = None
-    spam_feedback: Any = None  # issue 5: SpamFeedbackService
+    attachments: AttachmentService
+    suppression: SuppressionService
+    suppression_views: SuppressionViews
+    reputation: ReputationService
+    bounces: BounceProcessor
+    spam_feedback: SpamFeedbackService
+    sending: SendingService
+    drafts: DraftService
+    scheduling: SchedulingService
+    delivery: DeliveryService
+    inbound: InboundService
+    # The one optional capability: without MAILHUB_TYPESENSE_URL there is no search (the API
+    # answers searches with a "search is not configured" error; everything else works).
+    search: SearchService | None
 
     async def close(self) -> None:
-        if self.delivery is not None:  # first: in-flight deliveries record their outcomes
-            await self.delivery.close()
+        await self.delivery.close()  # first: in-flight deliveries record their outcomes
         if self.search is not None:
             await self.search.close()
         await self.hub.close()
@@ -76,12 +104,19 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     redis = RedisStore(settings.redis_url, settings.redis_prefix)
     queue = JobQueue(settings.redis_url, settings.redis_prefix)
     blobs = BlobStore(mongo.db)
+    hub = PubSubHub(settings.redis_url, settings.redis_prefix)
+    secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
+
     notifier = Notifier()
     accounts = AccountService(mongo, redis, settings)
     content = ContentService(mongo, blobs)
     mailbox = MailboxService(mongo, settings, notifier)
+    realtime = RealtimeService(mongo, hub)
     attachments = AttachmentService(mongo, blobs, settings)
     suppression = SuppressionService(mongo)
+    reputation = ReputationService(mongo, settings)
+    bounces = BounceProcessor(mongo, suppression, reputation, secret)
+    spam_feedback = SpamFeedbackService(mongo, blobs, mailbox)
     sending = SendingService(
         mongo=mongo,
         blobs=blobs,
@@ -93,83 +128,112 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         notifier=notifier,
         settings=settings,
         suppression=suppression,
+        reputation=reputation,
     )
-    hub = PubSubHub(settings.redis_url, settings.redis_prefix)
-    realtime = RealtimeService(mongo, hub)
+    drafts = DraftService(
+        mongo=mongo,
+        accounts=accounts,
+        attachments=attachments,
+        mailbox=mailbox,
+        notifier=notifier,
+        settings=settings,
+        sending=sending,
+    )
+    scheduling = SchedulingService(
+        mongo=mongo,
+        redis=redis,
+        queue=queue,
+        mailbox=mailbox,
+        notifier=notifier,
+        hostname=settings.hostname,
+    )
+    search = _search(settings, mongo, queue, content)
+
     notifier.on_release(content.collect)
     notifier.on_change(realtime.publish_changes)
-    system = System(
+    if search is not None:  # the index jobs follow every committed change
+        notifier.on_change(search.indexer.on_change)
+
+    return System(
         settings=settings,
         mongo=mongo,
         redis=redis,
         queue=queue,
         blobs=blobs,
+        hub=hub,
         notifier=notifier,
         accounts=accounts,
         mailbox=mailbox,
         content=content,
-        attachments=attachments,
-        sending=sending,
-        suppression=suppression,
-        hub=hub,
         realtime=realtime,
-    )
-    system.spam_feedback = SpamFeedbackService(mongo, blobs, mailbox)
-    _add_inbound(system)
-    system.inbound.feedback = system.spam_feedback
-    _add_delivery(system)
-    _add_search(system)
-    return system
-
-
-def _add_search(system: System) -> None:
-    """Search (issue 6): the index jobs follow every committed change."""
-    from app.services.search.service import build_search
-
-    system.search = build_search(system.settings, system.mongo, system.queue, system.content)
-    if system.search is not None:
-        system.notifier.on_change(system.search.indexer.on_change)
-
-
-def _add_inbound(system: System) -> None:
-    """The MX side: reputation, bounce processing and the inbound pipeline (issue 4)."""
-    from app.adapters.clamav import ClamdScanner
-    from app.adapters.mail_auth import MailAuthenticator
-    from app.adapters.spam_scorer import ModelScorer
-    from app.services.feedback.bounces import BounceProcessor
-    from app.services.feedback.reputation import ReputationService
-    from app.services.feedback.suppression_views import SuppressionViews
-    from app.services.inbound.group_commit import InboundStore
-    from app.services.inbound.pipeline import InboundService
-
-    s = system.settings
-    secret = s.secret_key.get_secret_value().encode() if s.secret_key else b""
-    system.reputation = ReputationService(system.mongo, s)
-    system.suppression_views = SuppressionViews(system.mongo, system.suppression)
-    system.sending.reputation = system.reputation
-    system.bounces = BounceProcessor(system.mongo, system.suppression, system.reputation, secret)
-    system.inbound = InboundService(
-        mongo=system.mongo,
-        blobs=system.blobs,
-        settings=s,
-        store=InboundStore(system.mongo, system.notifier, max_batch=s.mx_batch_max),
-        authenticator=MailAuthenticator(s.dns_servers, s.hostname),
-        scorer=ModelScorer(s.spam_model_path),
-        bounces=system.bounces,
-        scanner=ClamdScanner(s.clamd) if s.clamd else None,
+        attachments=attachments,
+        suppression=suppression,
+        suppression_views=SuppressionViews(mongo, suppression),
+        reputation=reputation,
+        bounces=bounces,
+        spam_feedback=spam_feedback,
+        sending=sending,
+        drafts=drafts,
+        scheduling=scheduling,
+        delivery=_delivery(settings, mongo, redis, queue, blobs, suppression, notifier, scheduling),
+        inbound=_inbound(settings, mongo, blobs, notifier, bounces, spam_feedback),
+        search=search,
     )
 
 
-def _add_delivery(system: System) -> None:
-    """Outbound delivery (issue 3): SMTP transport, DKIM, domain throttles, scheduling."""
-    from app.adapters.dkim_signer import DkimSigner
-    from app.adapters.dns_resolver import DnsResolver
-    from app.adapters.smtp_transport import Relay, SmtpTransport
-    from app.adapters.throttle import DomainThrottle
-    from app.services.delivery.service import DeliveryService
-    from app.services.sending.scheduling import SchedulingService
+def _search(
+    settings: Settings, mongo: Mongo, queue: JobQueue, content: ContentService
+) -> SearchService | None:
+    """Search over Typesense, or None when no Typesense URL is configured."""
+    if not settings.typesense_url:
+        return None
+    key = settings.typesense_api_key.get_secret_value() if settings.typesense_api_key else ""
+    index = TypesenseIndex(
+        settings.typesense_url,
+        key,
+        settings.typesense_collection,
+        timeout_seconds=settings.typesense_timeout_seconds,
+    )
+    indexer = SearchIndexer(mongo, index, queue, content, body_chars=settings.search_body_chars)
+    return SearchService(mongo, index, indexer, settings)
 
-    s = system.settings
+
+def _inbound(
+    settings: Settings,
+    mongo: Mongo,
+    blobs: BlobStore,
+    notifier: Notifier,
+    bounces: BounceProcessor,
+    feedback: SpamFeedbackService,
+) -> InboundService:
+    """The MX side: authentication, the spam model, virus scanning (when clamd is set), bounce
+    reports, and the group commit that files accepted mail."""
+    return InboundService(
+        mongo=mongo,
+        blobs=blobs,
+        settings=settings,
+        store=InboundStore(mongo, notifier, max_batch=settings.mx_batch_max),
+        authenticator=MailAuthenticator(settings.dns_servers, settings.hostname),
+        scorer=ModelScorer(settings.spam_model_path),
+        bounces=bounces,
+        feedback=feedback,
+        scanner=ClamdScanner(settings.clamd) if settings.clamd else None,
+    )
+
+
+def _delivery(
+    settings: Settings,
+    mongo: Mongo,
+    redis: RedisStore,
+    queue: JobQueue,
+    blobs: BlobStore,
+    suppression: SuppressionService,
+    notifier: Notifier,
+    scheduling: SchedulingService,
+) -> DeliveryService:
+    """Outbound delivery: SMTP transport (direct to MX, or through a relay), DNS, DKIM and the
+    per-domain throttles."""
+    s = settings
     password = s.relay_password.get_secret_value() if s.relay_password else None
     relay = Relay(s.relay_host, s.relay_port, s.relay_username, password) if s.relay_host else None
     transport = SmtpTransport(
@@ -180,30 +244,22 @@ def _add_delivery(system: System) -> None:
         relay=relay,
     )
     throttle = DomainThrottle(
-        system.redis,
+        redis,
         concurrency=s.domain_concurrency,
         rate_per_minute=s.domain_rate_per_minute,
         slot_ttl=float(s.delivery_lease_seconds),
     )
-    system.scheduling = SchedulingService(
-        mongo=system.mongo,
-        redis=system.redis,
-        queue=system.queue,
-        mailbox=system.mailbox,
-        notifier=system.notifier,
-        sending=system.sending,
-    )
-    system.delivery = DeliveryService(
-        mongo=system.mongo,
-        redis=system.redis,
-        queue=system.queue,
-        blobs=system.blobs,
-        suppression=system.suppression,
-        notifier=system.notifier,
+    return DeliveryService(
+        mongo=mongo,
+        redis=redis,
+        queue=queue,
+        blobs=blobs,
+        suppression=suppression,
+        notifier=notifier,
         settings=s,
         transport=transport,
         resolver=DnsResolver(s.dns_servers),
         signer=DkimSigner(),
         throttle=throttle,
-        scheduling=system.scheduling,
+        scheduling=scheduling,
     )

@@ -7,7 +7,7 @@ from strawberry.types import Info
 
 from app.domain.folders import Folder as FolderValue
 from app.services.mailbox.service import StateChange
-from app.services.sending.service import Composition
+from app.services.sending.compose import Composition
 from schema import types as T
 
 
@@ -105,19 +105,19 @@ class Mutation:
 
     @strawberry.mutation
     async def save_draft(self, info: Info, input: DraftInput) -> T.DraftResult:
-        item = await info.context.system.sending.save_draft(
+        item = await info.context.system.drafts.save_draft(
             await info.context.viewer(), str(input.id) if input.id else None, input.composition()
         )
         return T.DraftSuccess(item=T.MailboxItem(doc=item))
 
     @strawberry.mutation
     async def delete_draft(self, info: Info, id: strawberry.ID) -> T.DeleteResult:
-        ids = await info.context.system.sending.delete_draft(await info.context.viewer(), str(id))
+        ids = await info.context.system.drafts.delete_draft(await info.context.viewer(), str(id))
         return T.DeleteSuccess(ids=[strawberry.ID(i) for i in ids])
 
     @strawberry.mutation
     async def send_draft(self, info: Info, id: strawberry.ID) -> T.SendEmailResult:
-        item = await info.context.system.sending.send_draft(await info.context.viewer(), str(id))
+        item = await info.context.system.drafts.send_draft(await info.context.viewer(), str(id))
         return T.SendEmailSuccess(item=T.MailboxItem(doc=item))
 
     @strawberry.mutation

@@ -18,7 +18,7 @@ from starlette.routing import Route
 from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
 from app.services.mailbox.service import StateChange
-from app.services.sending.service import Composition
+from app.services.sending.compose import Composition
 from app.web.errors import error_response
 from app.web.uploads import stream_upload
 
@@ -174,7 +174,7 @@ class Rest:
     async def draft(self, request: Request) -> Response:
         context = await self.context_for(request)
         body = await _json_body(request)
-        item = await self.system.sending.save_draft(
+        item = await self.system.drafts.save_draft(
             await context.viewer(), _optional_str(body, "id"), composition_from_json(body)
         )
         return JSONResponse({"id": str(item["_id"])}, status_code=201)

@@ -11,8 +11,8 @@ import pytest
 from bson import ObjectId
 
 from app.adapters.typesense_index import TypesenseIndex
+from app.cli import reindex_command
 from app.embedded import free_port
-from app.services.search.service import reindex_command
 from jobs.worker import start_embedded_worker
 
 SEND = """mutation($input: SendEmailInput!) { sendEmail(input: $input) { __typename

@@ -296,7 +296,7 @@ async def test_a_domain_lease_is_held_while_delivering_and_given_back_when_idle(
     async with outbound_world(settings) as w:
         item = await w.send(["bob@ok.test", "ann@ok.test"])
         await w.wait_statuses(item["message_id"], {"bob@ok.test": "sent", "ann@ok.test": "sent"})
-        token = w.system.delivery._token
+        token = w.system.delivery.leases.token
         lease = await w.db.domain_leases.find_one({"_id": "ok.test"})
         assert lease is None or lease["token"] == token  # ours, or already given back
         for _ in range(100):  # given back once the lane is idle (another worker may take it)

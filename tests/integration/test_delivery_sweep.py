@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from app.services.delivery.service import SWEEP_GRACE
+from app.services.delivery.sweep import SWEEP_GRACE
 from tests.support.outbound import outbound_world
 
 

@@ -34,7 +34,7 @@ from app.adapters.dns_resolver import sync_resolver
 from app.bootstrap import System, build_system
 from app.domain.viewer import Viewer
 from app.embedded import free_port
-from app.services.sending.service import Composition
+from app.services.sending.compose import Composition
 from tests.support.dnsmasq import DnsServer
 from tests.support.smtp_sinks import Sink
 

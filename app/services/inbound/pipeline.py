@@ -33,6 +33,7 @@ from app.domain.html_safety import make_snippet
 from app.domain.parsing import ParsedMessage, parse_message
 from app.domain.verp import parse_verp_address
 from app.services.feedback.bounces import BounceProcessor
+from app.services.feedback.spam import SpamFeedbackService
 from app.services.inbound.group_commit import BlobWrite, InboundStore, InboundView, PreparedInbound
 from app.services.mailbox.content import INLINE_BODY_LIMIT
 
@@ -106,6 +107,7 @@ class InboundService:
         authenticator: MailAuthenticator,
         scorer: Scorer,
         bounces: BounceProcessor,
+        feedback: SpamFeedbackService,
         scanner: ClamdScanner | None = None,
     ) -> None:
         self.db = mongo.db
@@ -116,8 +118,7 @@ class InboundService:
         self.scorer = scorer
         self.bounces = bounces
         self.scanner = scanner
-        # issue 5: per-user adjustment from markSpam/markNotSpam (set by bootstrap)
-        self.feedback: Any = None
+        self.feedback = feedback  # per-user adjustment from markSpam/markNotSpam
         self._domains: tuple[float, frozenset[str]] = (0.0, frozenset())
         secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self._verp_secret = secret.encode()
@@ -223,8 +224,6 @@ class InboundService:
         self, raw: bytes, mailboxes: list[LocalRecipient], *, quarantine: bool
     ) -> dict[ObjectId, tuple[str, dict[str, Any]]]:
         """(folder, verdict) for recipients whose own spam feedback moves the global verdict."""
-        if self.feedback is None:
-            return {}
         users = [r.user_id for r in mailboxes if r.user_id is not None]
         taught = await self._taught.get(users)
         out: dict[ObjectId, tuple[str, dict[str, Any]]] = {}

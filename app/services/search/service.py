@@ -10,7 +10,6 @@ TRASH a moment ago, say) is dropped when its current state contradicts the query
 
 from __future__ import annotations
 
-import asyncio
 import html
 import time
 from dataclasses import dataclass
@@ -319,43 +318,3 @@ class SearchService:
         if previous and previous != target:
             await self.index.drop_collection(previous)
         return ReindexReport(target, previous, copied, len(touched), time.perf_counter() - started)
-
-
-def reindex_command(settings: Settings) -> int:
-    """`mailhub reindex`: rebuild the search index while search keeps working."""
-    from app.bootstrap import build_system
-
-    async def run() -> int:
-        system = await build_system(settings)
-        try:
-            if system.search is None:
-                print("mailhub: set MAILHUB_TYPESENSE_URL to use search")
-                return 2
-            report = await system.search.reindex()
-            print(
-                f"reindexed {report.documents} items into {report.collection} in "
-                f"{report.seconds:.1f} s ({report.caught_up} changed during the copy; "
-                f"previous collection {report.previous or 'none'} dropped)"
-            )
-            return 0
-        finally:
-            await system.close()
-
-    return asyncio.run(run())
-
-
-def build_search(
-    settings: Settings, mongo: Mongo, queue: Any, content: Any
-) -> SearchService | None:
-    """The search service over Typesense, or None when no Typesense URL is configured."""
-    if not settings.typesense_url:
-        return None
-    key = settings.typesense_api_key.get_secret_value() if settings.typesense_api_key else ""
-    index = TypesenseIndex(
-        settings.typesense_url,
-        key,
-        settings.typesense_collection,
-        timeout_seconds=settings.typesense_timeout_seconds,
-    )
-    indexer = SearchIndexer(mongo, index, queue, content, body_chars=settings.search_body_chars)
-    return SearchService(mongo, index, indexer, settings)

@@ -28,6 +28,7 @@ from app.services.after_commit import Notifier
 from app.services.delivery.outbox import status_event
 from app.services.mailbox.filing import apply_counter_deltas, refresh_threads
 from app.services.mailbox.service import MailboxService
+from app.services.sending.send import deliver_locally
 
 
 class SchedulingService:
@@ -39,7 +40,7 @@ class SchedulingService:
         queue: JobQueue,
         mailbox: MailboxService,
         notifier: Notifier,
-        sending: Any,
+        hostname: str,
     ) -> None:
         self.mongo = mongo
         self.db = mongo.db
@@ -47,7 +48,7 @@ class SchedulingService:
         self.queue = queue
         self.mailbox = mailbox
         self.notifier = notifier
-        self.sending = sending  # SendingService.deliver_locally files the local Inbox views
+        self.hostname = hostname  # the MX named in local deliveries' replies
 
     async def release_due(self, message_ids: list[ObjectId]) -> list[ObjectId]:
         """Hand every scheduled message among ``message_ids`` whose time has come to delivery."""
@@ -77,6 +78,7 @@ class SchedulingService:
             if result.modified_count != 1:
                 return None
             message = await self.db.messages.find_one({"_id": message_id}, session=session)
+            assert message is not None  # updated a moment ago in this transaction
             recipients = await self.db.recipients.find(
                 {"message_id": message_id, "delivery_status": "scheduled"}, session=session
             ).to_list()
@@ -93,7 +95,9 @@ class SchedulingService:
                 },
                 session=session,
             )
-            changes = await self.sending.deliver_locally(message, recipients, now, session)
+            changes = await deliver_locally(
+                self.db, message, recipients, now, session, hostname=self.hostname
+            )
             return await self.db.recipients.find(
                 {"message_id": message_id}, session=session
             ).to_list(), changes

@@ -1,0 +1,167 @@
+"""Preparing outbound mail for the lanes: the raw MIME from the blob store, DKIM-signed once.
+
+A message going to several domains (or retried) is read and signed once and kept in a small
+cache; each sender domain's DKIM key is cached for KEY_TTL seconds. Suppression is read from
+MongoDB right before the attempt (DESIGN.md §6): an address suppressed after the send was
+accepted is not mailed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo import UpdateOne
+
+from app.adapters.blob_batches import read_blobs
+from app.adapters.dkim_signer import DkimKey, DkimSigner
+from app.adapters.live_status import publish_many
+from app.adapters.redis_store import RedisStore
+from app.adapters.smtp_transport import no_reply
+from app.domain.addresses import domain_of
+from app.services.delivery.outbox import DomainLease, PreparedMessage, Work, chunked, status_event
+from app.services.delivery.outcomes import OutcomeRecorder
+from app.services.feedback.suppression import SuppressionService
+
+PREPARED_CACHE = 512  # signed messages kept for their other domains and retries
+KEY_TTL = 60.0  # seconds a domain's DKIM key is cached
+_GONE = PreparedMessage(ObjectId(b"\0" * 12), {}, b"", b"", "")  # a deleted message's placeholder
+_MESSAGE_FIELDS = {"text_body": 0, "html_body": 0, "bcc": 0, "attachments": 0, "headers": 0}
+
+
+class MessagePreparer:
+    def __init__(
+        self,
+        *,
+        db: Any,
+        redis: RedisStore,
+        suppression: SuppressionService,
+        signer: DkimSigner,
+        recorder: OutcomeRecorder,
+    ) -> None:
+        self.db = db
+        self.redis = redis
+        self.suppression = suppression
+        self.signer = signer
+        self.recorder = recorder
+        self._prepared: OrderedDict[ObjectId, PreparedMessage] = OrderedDict()
+        self._keys: dict[str, tuple[float, DkimKey | None]] = {}
+
+    async def prepare(
+        self, docs: list[dict[str, Any]], leases: dict[str, DomainLease]
+    ) -> tuple[list[Work], list[Work]]:
+        """The recipients ready for a lane, and those whose message was deleted (canceled
+        here; the caller settles them). Suppressed recipients and messages whose content is
+        unavailable go straight to the recorder."""
+        prepared = await self._prepared_messages({d["message_id"] for d in docs})
+        suppressed: set[str] = set()
+        for part in chunked([d["address"] for d in docs]):
+            suppressed |= await self.suppression.suppressed(part)
+        ready: list[Work] = []
+        gone: list[Work] = []
+        for doc in docs:
+            lease = leases[doc["domain"]]
+            message = prepared.get(doc["message_id"])
+            if message is None:
+                message = await self._placeholder(doc["message_id"])
+                if message is None:  # the message itself was deleted: nothing to deliver
+                    gone.append(Work(doc, _GONE, lease))
+                    continue
+                self.recorder.attempted(
+                    Work(doc, message, lease), no_reply("message content is unavailable"), None
+                )
+                continue
+            work = Work(doc, message, lease)
+            if doc["address_key"] in suppressed:
+                self.recorder.suppressed(work)
+            else:
+                ready.append(work)
+        if gone:
+            now = datetime.now(UTC)
+            await self.db.recipients.bulk_write(
+                [
+                    UpdateOne(
+                        w.owned,
+                        {
+                            "$set": {
+                                "delivery_status": "canceled",
+                                "lease_until": None,
+                                "lease_token": None,
+                                "updated_at": now,
+                            }
+                        },
+                    )
+                    for w in gone
+                ],
+                ordered=False,
+            )
+        # Live status: on its way (MongoDB keeps it queued; the domain lease says who has it).
+        now = datetime.now(UTC)
+        await publish_many(
+            self.redis,
+            [
+                status_event(
+                    w.message.id, {**w.recipient, "delivery_status": "sending", "updated_at": now}
+                )
+                for w in ready
+            ],
+        )
+        return ready, gone
+
+    async def _prepared_messages(self, ids: set[ObjectId]) -> dict[ObjectId, PreparedMessage]:
+        out = {i: self._prepared[i] for i in ids if i in self._prepared}
+        missing = [i for i in ids if i not in out]
+        if not missing:
+            return out
+        docs = [
+            d
+            for part in chunked(missing)
+            for d in await self.db.messages.find({"_id": {"$in": part}}, _MESSAGE_FIELDS).to_list()
+        ]
+        raws: dict[ObjectId, bytes] = {}
+        sizes = {d["raw_blob_id"]: d.get("size") for d in docs if d.get("raw_blob_id")}
+        for part in chunked(list(sizes)):
+            raws.update(await read_blobs(self.db, part, lengths=sizes))
+        keys = await self._dkim_keys({domain_of(d["from"]["email"]) for d in docs})
+        todo = [
+            (doc, raw, keys.get(domain_of(doc["from"]["email"])))
+            for doc in docs
+            if (raw := raws.get(doc.get("raw_blob_id"))) is not None  # type: ignore[arg-type]
+        ]
+        signed = await self.signer.sign_many([(raw, key) for _, raw, key in todo])
+        for (doc, raw, _), data in zip(todo, signed, strict=True):
+            sender_domain = domain_of(doc["from"]["email"])
+            headers = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
+            message = PreparedMessage(doc["_id"], doc, data, headers, sender_domain)
+            out[doc["_id"]] = message
+            self._prepared[doc["_id"]] = message
+            while len(self._prepared) > PREPARED_CACHE:
+                self._prepared.popitem(last=False)
+        return out
+
+    async def _placeholder(self, message_id: ObjectId) -> PreparedMessage | None:
+        doc = await self.db.messages.find_one({"_id": message_id}, _MESSAGE_FIELDS)
+        if doc is None:
+            return None
+        return PreparedMessage(doc["_id"], doc, b"", b"", domain_of(doc["from"]["email"]))
+
+    async def _dkim_keys(self, domains: set[str]) -> dict[str, DkimKey | None]:
+        now = time.monotonic()
+        out = {d: self._keys[d][1] for d in domains if d in self._keys and self._keys[d][0] > now}
+        missing = [d for d in domains if d not in out]
+        if missing:
+            found = {
+                d["_id"]: d
+                for d in await self.db.domains.find(
+                    {"_id": {"$in": missing}}, {"dkim": 1}
+                ).to_list()
+            }
+            for domain in missing:
+                dkim = (found.get(domain) or {}).get("dkim")
+                key = DkimKey(domain, dkim["selector"], dkim["private_key"]) if dkim else None
+                self._keys[domain] = (now + KEY_TTL, key)
+                out[domain] = key
+        return out

@@ -1,0 +1,242 @@
+"""Pull rounds: the lanes' requests for more due recipients, served together from MongoDB.
+
+A lane asks for up to ``limit`` more of its domain's due recipients (``pull``). Requests that
+arrive while a round is being read wait and go in the next one: one round takes the leases of
+the domains not held yet (leases.py), reads their due recipients (new ones first, each domain
+its fair share, then retries and lost per-recipient leases), prepares them (prepare.py) and
+hands them to the lanes a chunk at a time. From the hand-over until the outcome is committed a
+recipient is "in flight": a pull sees it as still due, so it is left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from bson import ObjectId
+
+from app.batching import Batcher, Waiter
+from app.services.delivery.leases import DomainLeases
+from app.services.delivery.outbox import DomainLease, Work, chunked, is_due
+from app.services.delivery.prepare import MessagePreparer
+
+log = structlog.get_logger(__name__)
+
+LEASE_BATCH = 500  # lane pulls folded into one round
+LEASE_MAX = 5000  # recipients handed out per round (each domain at least LEASE_MAX // domains)
+PREPARE_CHUNK = 50  # recipients prepared (read, signed) and handed to lanes at a time
+MAX_IN_FLIGHT = 6000  # recipients handed out and not yet recorded, per process
+
+
+@dataclass(frozen=True)
+class _Pull:
+    """A lane asks for up to ``limit`` more due recipients of ``domain``."""
+
+    domain: str
+    limit: int
+
+
+class PullRounds:
+    """Serves the lanes' pulls. ``hand_to(work)`` gives a prepared recipient to its lane;
+    ``lane_busy(domain)`` says whether a lane still runs for the domain (then the lane, not a
+    settled outcome, says when the domain is idle)."""
+
+    def __init__(
+        self,
+        *,
+        db: Any,
+        leases: DomainLeases,
+        preparer: MessagePreparer,
+        hand_to: Callable[[Work], None],
+        lane_busy: Callable[[str], bool],
+    ) -> None:
+        self.db = db
+        self.leases = leases
+        self.preparer = preparer
+        self._hand_to = hand_to
+        self._lane_busy = lane_busy
+        # Pulls asked while a round runs are folded into the next round (app.batching).
+        self._rounds: Batcher[_Pull, bool] = Batcher(self._serve, max_items=LEASE_BATCH)
+        # Recipients handed to lanes whose outcome is not committed yet: a pull sees them as
+        # still due, so they are left out; so are those settled while a round was reading.
+        self._in_flight: dict[ObjectId, str] = {}
+        self._domain_in_flight: Counter[str] = Counter()
+        self._settled_in_round: set[ObjectId] | None = None
+        self._round_domains: set[str] = set()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._closed = False
+
+    async def pull(self, domain: str, limit: int) -> bool:
+        """A lane asks for more of its domain's due recipients (they arrive through
+        ``hand_to``); True when there may be more still."""
+        if self._closed or limit <= 0:
+            return False
+        try:
+            return await self._rounds.submit(_Pull(domain, limit))
+        except Exception:
+            log.exception("pulling due recipients failed", domain=domain)
+            return False
+
+    def idle(self, domain: str) -> bool:
+        """Nothing of ``domain`` is in flight or in the round being read."""
+        return not self._domain_in_flight[domain] and domain not in self._round_domains
+
+    def settled(self, works: list[Work]) -> None:
+        """Their outcomes are committed: they are no longer in flight."""
+        self._settle_ids([w.id for w in works])
+
+    async def stop(self) -> None:
+        """No more rounds; pulls waiting for one get no answer (their lanes are closing)."""
+        self._closed = True
+        await self._rounds.close()  # a round in progress stops; queued pulls are cancelled
+
+    async def _serve(self, pulls: list[Waiter[_Pull, bool]]) -> None:
+        """One round for the pulls queued since the last one."""
+        try:
+            await self._room.wait()
+            await self._lease_requests(pulls)
+        except Exception as e:
+            log.exception("pulling due recipients failed", n=len(pulls))
+            for pull in pulls:
+                pull.fail(e)
+        finally:  # stopped (close) mid-round: nobody waits for an answer forever
+            for pull in pulls:
+                pull.answer(False)
+
+    async def _lease_requests(self, batch: list[Waiter[_Pull, bool]]) -> None:
+        """One round for every lane that asked for more since the last one: take the leases
+        of domains not held yet, read their due recipients, hand them to the lanes."""
+        now = datetime.now(UTC)
+        pulls: dict[str, int] = {}
+        for r in batch:
+            pulls[r.item.domain] = max(pulls.get(r.item.domain, 0), r.item.limit)
+        self._round_domains = set(pulls)  # not idle (their leases stay) until handed over
+        try:
+            await self._round(batch, pulls, now)
+        finally:
+            self._round_domains = set()
+
+    async def _round(
+        self, batch: list[Waiter[_Pull, bool]], pulls: dict[str, int], now: datetime
+    ) -> None:
+        held = await self.leases.hold(list(pulls), now)
+        mine = {domain: limit for domain, limit in pulls.items() if domain in held}
+        leases = {domain: self.leases.held[domain] for domain in mine}  # a lost one: until = now
+        due: list[dict[str, Any]] = []
+        truncated = False
+        if mine:
+            self._settled_in_round = set()
+            try:
+                due, truncated = await self._due(mine, now)
+                # Outcomes committed while the round was reading may have been read as due.
+                due = [d for d in due if d["_id"] not in self._settled_in_round]
+            finally:
+                self._settled_in_round = None
+            for d in due:  # from here until their outcome is committed, nobody pulls them
+                self._in_flight[d["_id"]] = d["domain"]
+                self._domain_in_flight[d["domain"]] += 1
+            if len(self._in_flight) >= MAX_IN_FLIGHT:
+                self._room.clear()
+        found = Counter(d["domain"] for d in due)
+        for r in batch:
+            # "more": this round could not see everything; the lane should ask again. The
+            # lanes have their answer before the hand-over, so sending starts with the first
+            # prepared chunk.
+            domain = r.item.domain
+            r.answer(domain in mine and (truncated or found[domain] >= pulls[domain]))
+        if due:
+            await self._hand_over(due, leases)
+
+    async def _due(self, pulls: dict[str, int], now: datetime) -> tuple[list[dict[str, Any]], bool]:
+        """Due recipients of the asking (held) domains, at most each one's limit and LEASE_MAX
+        in all: new ones first (each domain its fair share, queried side by side), then
+        retries and lost per-recipient leases (one query each for all domains). Every query
+        is an equality prefix of the lane index (domain, status, next_attempt_at). Recipients
+        already on their way are skipped. Also says whether the round was cut short (then
+        every domain may have more)."""
+        share = max(25, LEASE_MAX // len(pulls))
+        wanted = {domain: min(limit, share) for domain, limit in pulls.items()}
+        # One query after the other: side by side they cost SecantusDB (one thread per
+        # connection) more CPU than they save in latency, and a round is rare.
+        queued = [
+            await self.db.recipients.find({"domain": domain, "delivery_status": "queued"})
+            .limit(n + self._domain_in_flight[domain])
+            .to_list()
+            for domain, n in wanted.items()
+        ]
+        taken: Counter[str] = Counter()
+        out: list[dict[str, Any]] = []
+        truncated = any(
+            len(docs) >= wanted[d] + self._domain_in_flight[d]
+            for d, docs in zip(wanted, queued, strict=True)
+        )
+        for d in (d for docs in queued for d in docs):
+            if d["_id"] not in self._in_flight and taken[d["domain"]] < wanted[d["domain"]]:
+                if is_due(d, now):
+                    taken[d["domain"]] += 1
+                    out.append(d)
+        domains = list(pulls)
+        busy = sum(self._domain_in_flight[d] for d in domains)
+        for status, extra in (
+            ("deferred", {"next_attempt_at": {"$lte": now}}),
+            ("sending", {"lease_until": {"$lt": now}}),
+        ):
+            room = LEASE_MAX - len(out)
+            if room <= 0:
+                truncated = True
+                break
+            docs = (
+                await self.db.recipients.find(
+                    {"delivery_status": status, "domain": {"$in": domains}, **extra}
+                )
+                .limit(room * 2 + busy)
+                .to_list()
+            )
+            truncated = truncated or len(docs) >= room * 2 + busy
+            for d in docs:
+                if (
+                    len(out) < LEASE_MAX
+                    and d["_id"] not in self._in_flight
+                    and taken[d["domain"]] < pulls[d["domain"]]
+                    and is_due(d, now)
+                ):
+                    taken[d["domain"]] += 1
+                    out.append(d)
+        return out, truncated or len(out) >= LEASE_MAX
+
+    async def _hand_over(self, docs: list[dict[str, Any]], leases: dict[str, DomainLease]) -> None:
+        """Prepare and hand to the lanes a chunk at a time, so sending starts early."""
+        for index, part in enumerate(chunked(docs, PREPARE_CHUNK)):
+            try:
+                works, gone = await self.preparer.prepare(part, leases)
+            except Exception:
+                # Back to the outbox as they are (still due): the next pull or sweep retries.
+                log.exception("preparing messages failed", n=len(docs))
+                self._settle_ids([d["_id"] for d in docs[index * PREPARE_CHUNK :]])
+                return
+            self.settled(gone)
+            for work in works:
+                self._hand_to(work)
+
+    def _settle_ids(self, ids: list[ObjectId]) -> None:
+        domains = set()
+        for i in ids:
+            domain = self._in_flight.pop(i, None)
+            if domain is not None:
+                self._domain_in_flight[domain] -= 1
+                if not self._domain_in_flight[domain]:
+                    del self._domain_in_flight[domain]
+                    domains.add(domain)
+            if self._settled_in_round is not None:
+                self._settled_in_round.add(i)
+        if len(self._in_flight) < MAX_IN_FLIGHT:
+            self._room.set()
+        for domain in domains:
+            if not self._lane_busy(domain):
+                self.leases.release_when_idle(domain)

@@ -1,0 +1,96 @@
+"""The periodic sweep: wake domains whose delivery job is gone, release due scheduled sends.
+
+MongoDB is the queue; a Redis job only says "mail for this domain is due now". When that job
+is lost (Redis flushed, worker killed mid-lease) the sweep puts it back, one per domain.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+
+from app.adapters.delivery_jobs import missing_jobs
+from app.adapters.queue import JobQueue
+from app.services.delivery.outbox import is_due, job_id
+from app.services.sending.scheduling import SchedulingService
+
+SWEEP_LIMIT = 2000
+SWEEP_GRACE = 60.0  # seconds a recipient is overdue before a periodic sweep wakes its domain
+
+
+class Sweeper:
+    def __init__(self, *, db: Any, queue: JobQueue, scheduling: SchedulingService) -> None:
+        self.db = db
+        self.queue = queue
+        self.scheduling = scheduling
+        self._swept = False  # the first sweep of a process looks at everything due
+
+    async def sweep(
+        self, now: datetime | None = None, limit: int = SWEEP_LIMIT, grace: float | None = None
+    ) -> dict[str, int]:
+        """Wake every domain with due recipients whose job is gone (Redis flushed, worker
+        killed), and release scheduled sends whose time has come.
+
+        A lost lease (``sending`` past ``lease_until``) gets a job keyed by that lease; other
+        recipients the id their last deferral used, so a job still waiting in Redis is not
+        duplicated. One job per domain: it wakes the lane, which pulls all that is due.
+
+        The first sweep of a process looks at everything due; later ones only at recipients
+        due for more than ``grace`` seconds (SWEEP_GRACE): a healthy worker takes a recipient
+        long before that, so a backlog being worked through is not read again every 15 s. Each
+        status is one range of the (delivery_status, next_attempt_at) index.
+        """
+        now = now or datetime.now(UTC)
+        if grace is None:
+            grace = SWEEP_GRACE if self._swept else 0.0
+        self._swept = True
+        scheduled = (
+            await self.db.recipients.find(
+                {"delivery_status": "scheduled", "next_attempt_at": {"$lte": now}},
+                {"message_id": 1},
+            )
+            .limit(limit)
+            .to_list()
+        )
+        released = len(
+            await self.scheduling.release_due(list({d["message_id"] for d in scheduled}))
+        )
+        fields = {
+            "message_id": 1,
+            "domain": 1,
+            "job_id": 1,
+            "lease_until": 1,
+            "local_user_id": 1,
+            "delivery_status": 1,
+            "next_attempt_at": 1,
+        }
+        # Lost leases first (few, and the reason the sweep exists), then the waiting ones.
+        overdue = now - timedelta(seconds=grace)
+        docs = []
+        for query in (
+            {"delivery_status": "sending"},
+            {"delivery_status": "queued", "next_attempt_at": {"$lte": overdue}},
+            {"delivery_status": "deferred", "next_attempt_at": {"$lte": overdue}},
+        ):
+            found = await self.db.recipients.find(query, fields).limit(limit).to_list()
+            docs += [d for d in found if is_due(d, now)]
+        # One job per domain is enough: it wakes the domain's lane, which pulls everything due.
+        wanted: dict[str, tuple[ObjectId, str]] = {}
+        seen: set[str] = set()
+        for d in docs:
+            if d["domain"] in seen:
+                continue
+            seen.add(d["domain"])
+            if d["delivery_status"] == "sending" and d.get("lease_until"):
+                jid = job_id(d["message_id"], d["domain"], d["lease_until"])
+            else:
+                jid = d.get("job_id") or job_id(d["message_id"], d["domain"])
+            wanted[jid] = (d["message_id"], d["domain"])
+        enqueued = 0
+        for jid in await missing_jobs(self.queue, list(wanted)):
+            message_id, domain = wanted[jid]
+            if await self.queue.enqueue("deliver_domain", str(message_id), domain, job_id=jid):
+                enqueued += 1
+        return {"due": len(docs), "enqueued": enqueued, "released": released}

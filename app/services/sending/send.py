@@ -1,0 +1,329 @@
+"""Sending (seed §7): validate, build the RFC 5322 message, store it, file the views.
+
+A send is one transaction: the message, its recipients, the sender's Sent view and the Inbox
+views of recipients hosted here all exist, or none do. Remote recipients stay ``queued`` for
+the delivery workers; the job enqueued after commit is only the fast path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.adapters.blobs import BlobStore
+from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
+from app.adapters.queue import JobQueue
+from app.adapters.redis_store import RedisStore
+from app.config import Settings
+from app.domain.addresses import domain_of, normalize_email
+from app.domain.changes import Change
+from app.domain.errors import RateLimited, ValidationError
+from app.domain.folders import Folder
+from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime, make_message_id
+from app.domain.viewer import Viewer
+from app.services.accounts import AccountService
+from app.services.after_commit import Notifier
+from app.services.feedback.reputation import ReputationService
+from app.services.feedback.suppression import SuppressionService
+from app.services.mailbox.filing import ViewSpec, file_message
+from app.services.mailbox.service import MailboxService
+from app.services.sending.attachments import AttachmentService
+from app.services.sending.compose import (
+    Composition,
+    check_recipient_count,
+    check_send_at,
+    check_subject,
+    checked_body_size,
+    message_doc,
+    parse_recipients,
+    recipient_docs,
+    references_after,
+    sender_address,
+)
+
+MAX_IDEMPOTENCY_KEY = 200
+
+# More work for the send's own transaction (sending a draft removes the draft in it).
+AlsoInTransaction = Callable[[Any], Awaitable[object]]
+
+
+class SendingService:
+    def __init__(
+        self,
+        *,
+        mongo: Mongo,
+        blobs: BlobStore,
+        redis: RedisStore,
+        queue: JobQueue,
+        accounts: AccountService,
+        attachments: AttachmentService,
+        mailbox: MailboxService,
+        notifier: Notifier,
+        settings: Settings,
+        suppression: SuppressionService,
+        reputation: ReputationService,
+    ) -> None:
+        self.mongo = mongo
+        self.db = mongo.db
+        self.blobs = blobs
+        self.redis = redis
+        self.queue = queue
+        self.accounts = accounts
+        self.attachments = attachments
+        self.mailbox = mailbox
+        self.notifier = notifier
+        self.settings = settings
+        self.suppression = suppression
+        self.reputation = reputation  # paused senders are refused
+
+    async def send_email(
+        self,
+        viewer: Viewer,
+        c: Composition,
+        *,
+        also_in_transaction: AlsoInTransaction | None = None,
+    ) -> dict[str, Any]:
+        """Validate and accept a message; returns the viewer's Sent view."""
+        if c.idempotency_key is not None:
+            if not 1 <= len(c.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+                raise ValidationError.on("idempotencyKey", f"1 to {MAX_IDEMPOTENCY_KEY} characters")
+            earlier = await self._idempotent_result(viewer, c.idempotency_key)
+            if earlier is not None:
+                return earlier
+        now = datetime.now(UTC)
+        sender = await sender_address(self.accounts, viewer, c.from_)
+        if not c.transactional:  # read at send time (§6)
+            await self.reputation.check_can_send(viewer.user_id, domain_of(sender.email))
+        parsed = parse_recipients(c)
+        everyone = parsed.everyone
+        check_recipient_count(everyone, self.settings.max_recipients)
+        subject = c.subject or ""
+        check_subject(subject)
+        body_size = checked_body_size(c, self.settings.max_body_bytes)
+        uploads = await self.attachments.owned_ready(viewer, c.attachment_ids)
+        if body_size + sum(a["size"] for a in uploads) > self.settings.max_message_bytes:
+            raise ValidationError.on(
+                "attachmentIds",
+                f"message larger than {self.settings.max_message_bytes // (1024 * 1024)} MB",
+            )
+        send_at = check_send_at(c.send_at, now)
+        if self.settings.undo_seconds:  # the undo window: every send waits, cancelSend can stop it
+            send_at = max(send_at or now, now + timedelta(seconds=self.settings.undo_seconds))
+        parent = (
+            await self.mailbox.require_item(viewer, c.in_reply_to, "inReplyTo")
+            if c.in_reply_to
+            else None
+        )
+        parent_msg = (
+            (await self.db.messages.find_one({"_id": parent["message_id"]})) if parent else None
+        )
+
+        verdict = await self.redis.hit(
+            f"send-hour:{viewer.user_id}",
+            self.settings.send_limit_per_hour,
+            3600,
+            cost=len(everyone),
+        )
+        if verdict.allowed:
+            verdict = await self.redis.hit(
+                f"send-day:{viewer.user_id}",
+                self.settings.send_limit_per_day,
+                86400,
+                cost=len(everyone),
+            )
+        if not verdict.allowed:
+            raise RateLimited(
+                "sending limit reached; try again later",
+                retry_after_seconds=verdict.retry_after_seconds,
+            )
+
+        in_reply_to = parent_msg.get("rfc822_message_id") if parent_msg else None
+        references = tuple(references_after(parent_msg)) if parent_msg and in_reply_to else ()
+        outgoing = OutgoingMessage(
+            from_=sender,
+            to=tuple(parsed.to),
+            cc=tuple(parsed.cc),
+            bcc=tuple(parsed.bcc),
+            subject=subject,
+            text=c.text,
+            html=c.html,
+            attachments=tuple(
+                [
+                    OutgoingAttachment(
+                        a["filename"], a["content_type"], await self.blobs.get(a["blob_id"])
+                    )
+                    for a in uploads
+                ]
+            ),
+            message_id=make_message_id(self.settings.hostname),
+            date=now,
+            in_reply_to=in_reply_to,
+            references=references,
+        )
+        raw = build_mime(outgoing)
+        raw_blob = await self.blobs.put(raw, filename="message.eml", metadata={"kind": "raw"})
+        message = message_doc(viewer, outgoing, uploads, raw, raw_blob, now, send_at)
+        if c.transactional:
+            message["transactional"] = True
+        local_users = await self.accounts.users_for_addresses([a.email for a in everyone])
+        suppressed = await self.suppression.suppressed(
+            [a.email for a in everyone if normalize_email(a.email) not in local_users]
+        )
+        recipients = recipient_docs(message, parsed, local_users, suppressed, now, send_at)
+
+        async def work(session: Any) -> tuple[dict[str, Any], list[Change]]:
+            if also_in_transaction is not None:
+                await also_in_transaction(session)
+            await self.db.messages.insert_one(message, session=session)
+            await self.db.recipients.insert_many(recipients, session=session)
+            await self.db.delivery_events.insert_many(
+                [
+                    {
+                        "message_id": message["_id"],
+                        "recipient": r["address"],
+                        "recipient_id": r["_id"],
+                        "event_type": "suppressed"
+                        if r["delivery_status"] == "suppressed"
+                        else "queued",
+                        "occurred_at": now,
+                        "sender_user_id": viewer.user_id,
+                        "sender_domain": domain_of(sender.email),
+                        "metadata": {},
+                    }
+                    for r in recipients
+                ],
+                session=session,
+            )
+            views = [ViewSpec(viewer.user_id, "sent", Folder.SENT.value, read=True)]
+            items, changes = await file_message(
+                self.db, message, views, received_at=now, session=session
+            )
+            if send_at is None:
+                changes += await deliver_locally(
+                    self.db, message, recipients, now, session, hostname=self.settings.hostname
+                )
+            if c.idempotency_key:
+                await self.db.idempotency_keys.insert_one(
+                    {
+                        "_id": f"{viewer.user_id}:{c.idempotency_key}",
+                        "item_id": items[0]["_id"],
+                        "created_at": now,
+                    },
+                    session=session,
+                )
+            return items[0], changes
+
+        try:
+            sent_item, changes = await in_transaction(self.mongo, work)
+        except Exception as e:
+            await self.blobs.delete(raw_blob)
+            if c.idempotency_key and is_duplicate_key(e):
+                earlier = await self._idempotent_result(viewer, c.idempotency_key)
+                if earlier is not None:
+                    return earlier
+            raise
+        await self.db.attachments.update_many(
+            {"_id": {"$in": [a["_id"] for a in uploads]}},
+            {"$addToSet": {"message_ids": message["_id"]}, "$unset": {"expires_at": ""}},
+        )
+        await self.notifier.committed(changes)
+        await self._enqueue_delivery(message, recipients, send_at)
+        return sent_item
+
+    async def _idempotent_result(self, viewer: Viewer, key: str) -> dict[str, Any] | None:
+        doc = await self.db.idempotency_keys.find_one({"_id": f"{viewer.user_id}:{key}"})
+        if doc is None:
+            return None
+        return await self.db.mailbox_items.find_one(
+            {"_id": doc["item_id"], "user_id": viewer.user_id}
+        )
+
+    async def _enqueue_delivery(
+        self, message: dict[str, Any], recipients: list[dict[str, Any]], send_at: datetime | None
+    ) -> None:
+        domains = sorted(
+            {
+                r["domain"]
+                for r in recipients
+                if not r.get("local_user_id") and r["delivery_status"] in ("queued", "scheduled")
+            }
+        )
+        for domain in domains:
+            await self.queue.enqueue(
+                "deliver_domain",
+                str(message["_id"]),
+                domain,
+                job_id=f"deliver:{message['_id']}:{domain}",
+                defer_until=send_at,
+            )
+        if send_at:  # the release queues the recipients (and delivers local ones) when due
+            await self.queue.enqueue(
+                "release_scheduled",
+                str(message["_id"]),
+                job_id=f"release:{message['_id']}",
+                defer_until=send_at,
+            )
+
+
+async def deliver_locally(
+    db: Any,
+    message: dict[str, Any],
+    recipients: list[dict[str, Any]],
+    now: datetime,
+    session: Any,
+    *,
+    hostname: str,
+) -> list[Change]:
+    """File Inbox views for recipients hosted here and mark them delivered (inside the send's
+    or the scheduled release's transaction)."""
+    local = [
+        r
+        for r in recipients
+        if r.get("local_user_id") and r["delivery_status"] in ("queued", "scheduled")
+    ]
+    if not local:
+        return []
+    users = list(dict.fromkeys(r["local_user_id"] for r in local))
+    _, changes = await file_message(
+        db,
+        message,
+        [ViewSpec(u, "received", Folder.INBOX.value) for u in users],
+        received_at=now,
+        session=session,
+    )
+    ids = [r["_id"] for r in local]
+    await db.recipients.update_many(
+        {"_id": {"$in": ids}},
+        {
+            "$set": {
+                "delivery_status": "sent",
+                "updated_at": now,
+                "attempts": 1,
+                "last_reply": {
+                    "code": 250,
+                    "enhanced": "2.0.0",
+                    "text": "delivered to a local mailbox",
+                    "mx": hostname,
+                },
+            }
+        },
+        session=session,
+    )
+    await db.delivery_events.insert_many(
+        [
+            {
+                "message_id": message["_id"],
+                "recipient": r["address"],
+                "recipient_id": r["_id"],
+                "event_type": "delivered",
+                "occurred_at": now,
+                "sender_user_id": message["sender_user_id"],
+                "sender_domain": domain_of(message["from"]["email"]),
+                "metadata": {"local": True},
+            }
+            for r in local
+        ],
+        session=session,
+    )
+    return changes
