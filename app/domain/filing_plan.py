@@ -78,7 +78,9 @@ class ThreadContext:
     """The database's threading state for a batch's users, as plain data."""
 
     refs: dict[tuple[ObjectId, str], ObjectId] = field(default_factory=dict)  # (user, id) → thread
-    subjects: dict[ObjectId, str] = field(default_factory=dict)  # thread → base subject
+    # thread → base subject, for every existing thread the refs point at (a thread a ref names
+    # that is missing here no longer exists)
+    subjects: dict[ObjectId, str] = field(default_factory=dict)
     # (user, base subject) → candidates, newest first, at most SUBJECT_CANDIDATES each
     by_subject: dict[tuple[ObjectId, str], list[ThreadCandidate]] = field(default_factory=dict)
 
@@ -226,6 +228,10 @@ class _Planner:
             thread_id = self.refs.get((user_id, ref))
             if thread_id is None:
                 continue
+            if thread_id not in self.subjects:
+                # The user deleted that conversation (its thread went with its last view; the
+                # Message-IDs still name it): it starts again under the same id.
+                return self._new_thread(user_id, message, subject_key, at, thread_id)
             if ref == own:
                 return thread_id  # a reply that arrived first already made this thread
             thread_subject = self.subjects.get(thread_id, "")
@@ -248,9 +254,14 @@ class _Planner:
         return self._new_thread(user_id, message, subject_key, at)
 
     def _new_thread(
-        self, user_id: ObjectId, message: Mapping[str, Any], subject_key: str, at: datetime
+        self,
+        user_id: ObjectId,
+        message: Mapping[str, Any],
+        subject_key: str,
+        at: datetime,
+        thread_id: ObjectId | None = None,
     ) -> ObjectId:
-        thread_id = self.new_id()
+        thread_id = thread_id or self.new_id()
         self.new_threads[thread_id] = {
             "_id": thread_id,
             "user_id": user_id,

@@ -199,3 +199,13 @@ def test_the_lookups_name_only_the_batch_s_users_ids_and_subject_only_messages()
     assert lookups.user_ids == {ANN, BEN}
     assert lookups.rfc822_ids == {"<r@x>", "<p@x>", "<s@x>"}
     assert lookups.subjects == {(BEN, "b")}
+
+
+def test_a_message_naming_a_deleted_conversation_brings_its_thread_back_under_the_same_id():
+    gone = ObjectId()  # its refs remain, the thread document does not (no subject known)
+    context = ThreadContext(refs={(ANN, "<p@x>"): gone})
+    plan = plan_filing([filing(message("<r@x>", "Re: Budget", in_reply_to="<p@x>"))], context)
+    [thread] = plan.new_threads
+    assert thread["_id"] == gone == plan.items[0][0]["thread_id"]
+    assert thread["message_count"] == 1 and thread["normalized_subject"] == "budget"
+    assert plan.refreshed_threads == set()
