@@ -69,7 +69,7 @@ class ThreadLookups:
     """What the thread context of a batch must hold (the loader reads exactly this)."""
 
     user_ids: frozenset[ObjectId]
-    rfc822_ids: frozenset[str]  # own Message-IDs and every referenced one
+    rfc822_ids: frozenset[tuple[ObjectId, str]]  # (user, own or referenced Message-ID)
     subjects: frozenset[tuple[ObjectId, str]]  # (user, base subject) of messages without refs
 
 
@@ -155,19 +155,18 @@ def _own_and_referenced(message: Mapping[str, Any]) -> tuple[str | None, tuple[s
 
 
 def thread_lookups(filings: Iterable[Filing]) -> ThreadLookups:
-    """The users, Message-IDs and (user, subject) pairs whose threads a batch may join."""
+    """Per user, the Message-IDs and base subjects whose threads a batch may join."""
     users: set[ObjectId] = set()
-    ids: set[str] = set()
+    ids: set[tuple[ObjectId, str]] = set()
     subjects: set[tuple[ObjectId, str]] = set()
     for filing in filings:
         own, refs = _own_and_referenced(filing.message)
         subject = filing.message.get("normalized_subject") or ""
         for view in filing.views:
             users.add(view.user_id)
+            ids.update((view.user_id, i) for i in (own, *refs) if i)
             if not refs and subject:
                 subjects.add((view.user_id, subject))
-        if filing.views:
-            ids.update(i for i in (own, *refs) if i)
     return ThreadLookups(frozenset(users), frozenset(ids), frozenset(subjects))
 
 

@@ -197,7 +197,7 @@ def test_the_lookups_name_only_the_batch_s_users_ids_and_subject_only_messages()
     no_id = message(None, "")
     lookups = thread_lookups([filing(reply), filing(plain, inbox(BEN)), filing(no_id)])
     assert lookups.user_ids == {ANN, BEN}
-    assert lookups.rfc822_ids == {"<r@x>", "<p@x>", "<s@x>"}
+    assert lookups.rfc822_ids == {(ANN, "<r@x>"), (ANN, "<p@x>"), (BEN, "<s@x>")}
     assert lookups.subjects == {(BEN, "b")}
 
 

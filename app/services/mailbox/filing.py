@@ -13,12 +13,12 @@ thread recounts and the per-user change log.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ASCENDING, DESCENDING, ReturnDocument, UpdateOne
+from pymongo import ReturnDocument, UpdateOne
 
 from app.domain.changes import Change
 from app.domain.filing_plan import (
@@ -66,85 +66,52 @@ async def file_message(
 
 
 async def load_thread_context(db: Any, filings: Sequence[Filing], session: Any) -> ThreadContext:
-    """What the planner needs to know about existing threads, for the batch's users only:
-    at most three queries whatever the batch size."""
+    """What the planner needs to know about existing threads, for the batch's users only.
+
+    Every query names one user and is served by a (user_id, …) index: the thread refs of each
+    user's Message-IDs, the newest SUBJECT_CANDIDATES threads of each (user, base subject),
+    then the subjects of the threads the refs named. One query per user or pair, not one for
+    the whole batch: a condition on several users next to another ``$in`` made the engine the
+    tests run on scan (a hundred times slower than these), and the unscoped form read every
+    user's threads of a common subject (issue 12).
+    """
     wanted = thread_lookups(filings)
     context = ThreadContext()
-    if not wanted.user_ids:
-        return context
-    users, index = _scoped(wanted.user_ids)
-    if wanted.rfc822_ids:
-        for doc in (
-            await db.thread_refs.find(
-                {"rfc822_id": {"$in": sorted(wanted.rfc822_ids)}, "user_id": users},
-                {"_id": 0, "user_id": 1, "rfc822_id": 1, "thread_id": 1},
-                session=session,
-            )
-            .hint(index("rfc822_id", ("user_id", "rfc822_id")))
-            .to_list()
-        ):
-            context.refs[(doc["user_id"], doc["rfc822_id"])] = doc["thread_id"]
-    thread_ids = sorted(set(context.refs.values()))
-    if thread_ids:
+    ids_of: dict[ObjectId, list[str]] = {}
+    for user_id, rfc822_id in sorted(wanted.rfc822_ids):
+        ids_of.setdefault(user_id, []).append(rfc822_id)
+    for user_id, rfc822_ids in ids_of.items():
+        for doc in await db.thread_refs.find(
+            {"user_id": user_id, "rfc822_id": {"$in": rfc822_ids}},
+            {"_id": 0, "rfc822_id": 1, "thread_id": 1},
+            session=session,
+        ).to_list():
+            context.refs[(user_id, doc["rfc822_id"])] = doc["thread_id"]
+    for user_id, subject in sorted(wanted.subjects):
+        candidates = context.by_subject.setdefault((user_id, subject), [])
         for doc in (
             await db.threads.find(
-                {"_id": {"$in": thread_ids}, "user_id": users},
-                {"normalized_subject": 1},
+                {"user_id": user_id, "normalized_subject": subject},
+                {"participant_keys": 1, "latest_at": 1},
                 session=session,
             )
-            .hint([("_id", ASCENDING)])
+            .sort("latest_at", -1)
+            .limit(SUBJECT_CANDIDATES)
             .to_list()
         ):
-            context.subjects[doc["_id"]] = doc.get("normalized_subject") or ""
-    if wanted.subjects:
-        query = (
-            db.threads.find(
-                {
-                    "normalized_subject": {"$in": sorted({s for _, s in wanted.subjects})},
-                    "user_id": users,
-                },
-                {"user_id": 1, "normalized_subject": 1, "participant_keys": 1, "latest_at": 1},
-                session=session,
-            )
-            .hint(index("normalized_subject", ("user_id", "normalized_subject", "latest_at")))
-            .sort("latest_at", -1)
-        )
-        if len(wanted.subjects) == 1:
-            query = query.limit(SUBJECT_CANDIDATES)
-        for doc in await query.to_list():
-            key = (doc["user_id"], doc.get("normalized_subject") or "")
-            if key not in wanted.subjects:
-                continue  # another of the batch's users had this subject
-            candidates = context.by_subject.setdefault(key, [])
-            if len(candidates) < SUBJECT_CANDIDATES:
-                candidates.append(
-                    ThreadCandidate(
-                        doc["_id"], doc.get("latest_at"), list(doc.get("participant_keys") or ())
-                    )
+            candidates.append(
+                ThreadCandidate(
+                    doc["_id"], doc.get("latest_at"), list(doc.get("participant_keys") or ())
                 )
-            context.subjects[doc["_id"]] = key[1]
+            )
+            context.subjects[doc["_id"]] = subject
+    named = sorted(set(context.refs.values()) - set(context.subjects))
+    if named:  # the threads the users' own refs name: theirs by construction
+        for doc in await db.threads.find(
+            {"_id": {"$in": named}}, {"normalized_subject": 1}, session=session
+        ).to_list():
+            context.subjects[doc["_id"]] = doc.get("normalized_subject") or ""
     return context
-
-
-def _scoped(user_ids: frozenset[ObjectId]) -> tuple[Any, Callable[..., list[tuple[str, int]]]]:
-    """The user_id condition of a batch's queries, and the index (app/adapters/indexes.py)
-    each query is to use.
-
-    Every query names the batch's users, so no other user's thread is ever read. The index is
-    stated because engines plan these differently: with one user, the compound (user_id, …)
-    index serves the equality; with several, ``$in`` on both fields makes the engine the tests
-    run on scan the whole collection, so the one-field index on the other key is used and the
-    user condition filters what it finds (that engine also scans for ``_id $in`` beside a
-    user_id condition unless told to use ``_id``).
-    """
-    ids = sorted(user_ids)
-
-    def index(one_field: str, compound: tuple[str, ...]) -> list[tuple[str, int]]:
-        if len(ids) == 1:
-            return [(f, DESCENDING if f == "latest_at" else ASCENDING) for f in compound]
-        return [(one_field, ASCENDING)]
-
-    return (ids[0] if len(ids) == 1 else {"$in": ids}), index
 
 
 async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
