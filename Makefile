@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install run test test-fast lint format bench clean
+.PHONY: install peers run test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+peers:  ## the Debian programs the tests talk to: installed as root, else one message naming them
+	bash scripts/install-debian-peers
+
 run: $(STAMP)  ## the whole system on embedded servers; prints the GraphiQL URL
 	$(BIN)/mailhub dev $(ARGS)
 
-test: $(STAMP)  ## the whole suite; pytest starts the servers it needs (exit 5 = no tests is not a pass)
+test: peers $(STAMP)  ## the whole suite; pytest starts the servers it needs (exit 5 = no tests is not a pass)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=12, ge=2)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=4000, ge=100)
+    # fields once every fragment spread is expanded (schema/limits.py): what execution walks
+    graphql_max_fields: int = Field(default=5000, ge=100)
+    # the schema is the published contract: introspection is open unless turned off here
+    graphql_introspection: bool = True
     mongo_timeout_ms: int = Field(default=3000, ge=100)
     ws_token_check_seconds: float = Field(
         default=30.0, gt=0

@@ -1,4 +1,5 @@
-"""Periodic retraining of the global spam model from the corpus plus users' feedback."""
+"""Periodic retraining of the global spam model from the corpus plus users' feedback, adapted
+(semi-supervised EM) to the deployment's own recent inbound mail."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from arq import cron
 
 
 async def retrain_spam_model(ctx: dict[str, Any]) -> dict[str, Any]:
-    """Promote a retrained model only if it is not worse on the held-out period."""
+    """Retrain (corpus + labels + EM over the last weeks of inbound mail); promote the result
+    only if it is not worse on the held-out period."""
     system = ctx["system"]
     outcome = await system.spam_feedback.retrain(system.settings.data_dir / "models")
     return asdict(outcome)

@@ -4,7 +4,14 @@
 one message — full RFC 5322 bytes, an ``EmailMessage``, or just "Subject: ...\\n\\nbody".
 """
 
-from ml.personal import score_for_user, tokens_for_feedback
+from ml.personal import moved_probable_offset, score_for_user, tokens_for_feedback
 from ml.scoring import Verdict, load_model, score
 
-__all__ = ["Verdict", "load_model", "score", "score_for_user", "tokens_for_feedback"]
+__all__ = [
+    "Verdict",
+    "load_model",
+    "moved_probable_offset",
+    "score",
+    "score_for_user",
+    "tokens_for_feedback",
+]

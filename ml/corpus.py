@@ -173,3 +173,18 @@ def fetch_corpus(data_dir: Path = DATA_DIR, path: Path | None = None) -> Path:
         target.unlink()
         raise ValidationError.on("path", f"corpus tarball sha256 {actual} != {TARBALL_SHA256}")
     return target
+
+
+def read_unlabeled(directory: Path) -> list[tuple[str, bytes]]:
+    """(relative name, raw bytes) of every file under ``directory`` — one message per file,
+    nothing labelled — sorted by name, so the same directory always gives the same list.
+    Hidden files (``.keep``, editor droppings) are skipped."""
+    if not directory.is_dir():
+        raise NotFound(f"no directory of unlabeled mail at {directory}")
+    files = sorted(
+        path
+        for path in directory.rglob("*")
+        if path.is_file()
+        and not any(part.startswith(".") for part in path.relative_to(directory).parts)
+    )
+    return [(str(path.relative_to(directory)), path.read_bytes()) for path in files]

@@ -40,6 +40,8 @@ MODELS_DIR = Path(__file__).resolve().parent / "models"
 # anything else is refused, whatever its card says.
 ALLOWED_EXTRA_TYPES: frozenset[str] = frozenset()
 _FIXED_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+# Model files before 1.1.0 have no "probably spam" threshold: their card called 0.5–0.99 that.
+LEGACY_PROBABLE_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class TrainingConfig:
     calibration_folds: int = 5
     target_fpr: float = 0.0005  # threshold: the lowest whose out-of-fold ham FPR is below this
     seed: int = 0
+    # "Probably spam" (a flag in the Inbox, not a move to Spam): a wrongly flagged ham costs a
+    # glance, not a lost message, so it may fire on this share of ham.
+    probable_target_fpr: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class SpamModel:
     threshold: float
     config: TrainingConfig
     card: dict = field(default_factory=dict, compare=False)
+    # At or above it (and below ``threshold``): "probably spam". 0.5 for files older than 1.1.
+    probable_threshold: float = LEGACY_PROBABLE_THRESHOLD
     # log P(token|spam) − log P(token|ham) per hash bucket, 0 for rare ones; derived, not saved.
     token_log_odds: np.ndarray = field(init=False, repr=False, compare=False)
 
@@ -123,6 +130,15 @@ def choose_threshold(probabilities: np.ndarray, labels: np.ndarray, target_fpr: 
     return 0.99
 
 
+def choose_probable_threshold(
+    probabilities: np.ndarray, labels: np.ndarray, config: TrainingConfig
+) -> float:
+    """The "probably spam" threshold: the lowest (0.50–0.99, by 0.01) whose ham FPR is at most
+    ``probable_target_fpr``, and never above the spam threshold itself."""
+    spam_threshold = choose_threshold(probabilities, labels, config.target_fpr)
+    return min(choose_threshold(probabilities, labels, config.probable_target_fpr), spam_threshold)
+
+
 def fit(
     token_lists: Sequence[Sequence[str]],
     labels: Sequence[bool] | np.ndarray,
@@ -140,7 +156,15 @@ def fit(
     oof_probabilities = calibrator.predict_proba(oof.reshape(-1, 1))[:, 1]
     threshold = choose_threshold(oof_probabilities, y, config.target_fpr)
     nb = _fit_nb(matrix, y, config)
-    return SpamModel(version, hasher, nb, calibrator, threshold, config)
+    return SpamModel(
+        version,
+        hasher,
+        nb,
+        calibrator,
+        threshold,
+        config,
+        probable_threshold=choose_probable_threshold(oof_probabilities, y, config),
+    )
 
 
 def predict_proba(model: SpamModel, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
@@ -191,6 +215,7 @@ def model_bytes(model: SpamModel) -> bytes:
         "nb": model.nb,
         "calibrator": model.calibrator,
         "threshold": model.threshold,
+        "probable_threshold": model.probable_threshold,
         "config": asdict(model.config),
     }
     return _canonical_skops(sio.dumps(payload))
@@ -199,14 +224,20 @@ def model_bytes(model: SpamModel) -> bytes:
 def save(model: SpamModel, directory: Path, card: dict) -> tuple[Path, Path]:
     """Write ``spam-nb-<version>.skops`` and its JSON card; returns both paths."""
     directory.mkdir(parents=True, exist_ok=True)
+    return save_as(model, directory / f"spam-nb-{model.version}.skops", card)
+
+
+def save_as(model: SpamModel, model_path: Path, card: dict) -> tuple[Path, Path]:
+    """Write the model to ``model_path`` and its card beside it (same name, ``.json``), which is
+    where ``load`` looks for it."""
     data = model_bytes(model)
-    model_path = directory / f"spam-nb-{model.version}.skops"
-    card_path = directory / f"spam-nb-{model.version}.json"
+    card_path = model_path.with_suffix(".json")
     model_path.write_bytes(data)
     full_card = {
         **card,
         "version": model.version,
         "threshold": model.threshold,
+        "probable_threshold": model.probable_threshold,
         "parameters": asdict(model.config),
         "file": model_path.name,
         "file_bytes": len(data),
@@ -256,4 +287,5 @@ def load(path: Path) -> SpamModel:
         threshold=float(payload["threshold"]),
         config=TrainingConfig(**payload["config"]),
         card=card,
+        probable_threshold=float(payload.get("probable_threshold", LEGACY_PROBABLE_THRESHOLD)),
     )

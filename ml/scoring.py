@@ -30,10 +30,13 @@ REASONS = 5
 
 @dataclass(frozen=True)
 class Verdict:
-    is_spam: bool
+    is_spam: bool  # "definitely spam": filed in Spam
     score: float  # calibrated probability that the message is spam
     model_version: str
     reasons: list[str]  # the tokens that pushed the score most towards the verdict
+    # "Probably spam": not spam, but at or above the probably-spam threshold — stays in the
+    # Inbox with a visible flag. Never true together with ``is_spam``.
+    probable: bool = False
 
 
 @lru_cache(maxsize=8)
@@ -106,10 +109,15 @@ def reasons(evidence: Evidence, towards_spam: bool, limit: int = REASONS) -> lis
     return [token for _, token in ranked]
 
 
-def verdict_from(evidence: Evidence, logit: float, model: SpamModel) -> Verdict:
+def verdict_from(
+    evidence: Evidence, logit: float, model: SpamModel, probable_threshold: float | None = None
+) -> Verdict:
+    """``probable_threshold``: a user's own (``ml.personal``); default the model's."""
     score = calibrated_logit_to_probability(logit)
     is_spam = score >= model.threshold
-    return Verdict(is_spam, score, model.version, reasons(evidence, is_spam))
+    probable_at = model.probable_threshold if probable_threshold is None else probable_threshold
+    probable = not is_spam and score >= probable_at
+    return Verdict(is_spam, score, model.version, reasons(evidence, is_spam), probable)
 
 
 def score(raw: bytes | str | Message, model: SpamModel | None = None) -> Verdict:

@@ -1,4 +1,4 @@
-"""Use cases behind `python -m ml train` and `python -m ml evaluate`."""
+"""Use cases behind `python -m ml train`, `evaluate`, `adapt` and `evaluate-transfer`."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import platform
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +14,19 @@ import scipy
 import sklearn
 import skops
 
-from ml.corpus import TARBALL_SHA256, TIME_SPLIT, Corpus
+from app.domain.errors import ValidationError
+from ml.adaptation import AdaptationConfig
+from ml.corpus import TARBALL_SHA256, TIME_SPLIT, Corpus, content_sha256
 from ml.evaluation import Metrics, cross_validate, time_split
 from ml.features import message_tokens
-from ml.model import MODELS_DIR, SpamModel, TrainingConfig, bucket_of, fit, save
+from ml.model import MODELS_DIR, SpamModel, TrainingConfig, bucket_of, fit, save, save_as
+from ml.retrain import RetrainResult, retrain
+from ml.transfer import SPLITS, TransferResult, transfer
 
-VERSION = "1.0.0"
+VERSION = "1.1.0"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "spam-model.md"
 _GENERATED = re.compile(r"<!-- generated:start -->.*<!-- generated:end -->", re.S)
+_TRANSFER = re.compile(r"<!-- transfer:start -->.*<!-- transfer:end -->", re.S)
 VIEWS = ("full", "subject+body", "reformatted")
 
 
@@ -109,25 +114,144 @@ def train(
     evaluation = evaluate_corpus(corpus, tokens, config)
     card = {
         "model": "MultinomialNB over Boolean hashed tokens, mean log-odds, Platt-calibrated",
-        "training_data": {
-            "corpus": corpus.version,
-            "tarball_sha256": TARBALL_SHA256,
-            "messages_sha256": corpus.sha256,
-            "messages": len(labels),
-            "spam": int(sum(labels)),
-            "inputs": "Subject + body only (no other header is read except to decode MIME)",
-        },
+        "training_data": _training_data_card(corpus, labels),
         "metrics": _metrics_card(evaluation),
-        "libraries": {
-            "python": platform.python_version(),
-            "scikit-learn": sklearn.__version__,
-            "skops": skops.__version__,
-            "numpy": np.__version__,
-            "scipy": scipy.__version__,
-        },
+        "libraries": _libraries(),
     }
     model_path, _ = save(model, directory, card)
     return model_path, model, evaluation
+
+
+def _training_data_card(corpus: Corpus, labels: Sequence[bool]) -> dict:
+    return {
+        "corpus": corpus.version,
+        "tarball_sha256": TARBALL_SHA256,
+        "messages_sha256": corpus.sha256,
+        "messages": len(labels),
+        "spam": int(sum(labels)),
+        "inputs": "Subject + body only (no other header is read except to decode MIME)",
+    }
+
+
+@dataclass(frozen=True)
+class AdaptOutcome:
+    written: bool
+    path: Path | None
+    version: str
+    result: RetrainResult
+
+
+def adapt_to_mail(
+    corpus: Corpus,
+    unlabeled: Sequence[tuple[str, bytes]],
+    out: Path,
+    version: str | None = None,
+    config: TrainingConfig = TrainingConfig(),
+    adaptation: AdaptationConfig = AdaptationConfig(),
+) -> AdaptOutcome:
+    """`python -m ml adapt`: the weekly job's recipe offline, with no feedback — corpus + EM
+    over ``unlabeled`` (name, raw) messages, written to ``out`` only if not worse on the
+    held-out later period. The version names the unlabeled mail's content, so the same inputs
+    give the same file, byte for byte."""
+    if len(unlabeled) < adaptation.min_unlabeled:
+        raise ValidationError.on(
+            "unlabeled",
+            f"{len(unlabeled)} unlabeled messages; adapting needs at least "
+            f"{adaptation.min_unlabeled}",
+        )
+    digest = content_sha256(("unlabeled", name, raw) for name, raw in unlabeled)
+    version = version or f"{VERSION}-adapted-{digest[:12]}"
+    result = retrain(
+        [], corpus.messages, config, version, [raw for _, raw in unlabeled], adaptation
+    )
+    if not result.not_worse:
+        return AdaptOutcome(False, None, version, result)
+    labels = [m.is_spam for m in corpus.messages]
+    card = {
+        "model": "MultinomialNB over Boolean hashed tokens, mean log-odds, Platt-calibrated; "
+        "semi-supervised EM over unlabeled mail (Nigam et al. 2000)",
+        "training_data": _training_data_card(corpus, labels),
+        "unlabeled_data": {
+            "messages": len(unlabeled),
+            "messages_sha256": digest,
+            "pseudo_spam": result.pseudo_spam,
+            "pseudo_ham": result.pseudo_ham,
+        },
+        "adaptation": asdict(adaptation),
+        "held_out": {
+            "period": f"delivered from {TIME_SPLIT.date()}",
+            "adapted": result.candidate_metrics.as_dict(),
+            "reference": result.reference_metrics.as_dict(),
+        },
+        "libraries": _libraries(),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path, _ = save_as(result.candidate, out, card)
+    return AdaptOutcome(True, path, version, result)
+
+
+def _libraries() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "scikit-learn": sklearn.__version__,
+        "skops": skops.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+    }
+
+
+def evaluate_transfer(
+    corpus: Corpus,
+    tokens: Sequence[list[str]],
+    config: TrainingConfig = TrainingConfig(),
+    adaptation: AdaptationConfig = AdaptationConfig(),
+) -> list[TransferResult]:
+    """Every boundary-crossing split of ``ml.transfer``, before and after adapting."""
+    return [transfer(corpus, tokens, split, config, adaptation) for split in SPLITS]
+
+
+def render_transfer_report(
+    results: Sequence[TransferResult], adaptation: AdaptationConfig = AdaptationConfig()
+) -> str:
+    """The generated transfer block of docs/spam-model.md."""
+    lines = [
+        "<!-- transfer:start -->",
+        "### Transfer results (generated by `python -m ml evaluate-transfer`)",
+        "",
+        f"Adaptation `{adaptation}`. Held-out half of each split's test side, Subject + body "
+        "view; the other half was the unlabeled stream. Spam threshold = the model's own; "
+        '"probable" = its probably-spam threshold.',
+        "",
+        "| split | model | train (spam) | stream (pseudo spam / ham) | threshold | ROC AUC "
+        "| ham FPR | spam recall | probable thr. | ham FPR | spam recall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for name, at, probable in (
+            ("not adapted", r.before, r.before_probable),
+            ("EM-adapted", r.after, r.after_probable),
+        ):
+            stream = (
+                f"{r.stream_messages} ({r.pseudo_spam} / {r.pseudo_ham})"
+                if name == "EM-adapted"
+                else "–"
+            )
+            lines.append(
+                f"| {r.split} | {name} | {r.train_messages} ({r.train_spam}) | {stream} | "
+                f"{at.threshold:.2f} | {at.roc_auc:.4f} | {at.ham_fpr:.4f} | "
+                f"{at.spam_recall:.4f} | {probable.threshold:.2f} | {probable.ham_fpr:.4f} | "
+                f"{probable.spam_recall:.4f} |"
+            )
+    lines.append("<!-- transfer:end -->")
+    return "\n".join(lines)
+
+
+def write_transfer_report(text: str, path: Path = DOC_PATH) -> None:
+    """Replace the generated transfer block of the doc (appended if missing)."""
+    current = path.read_text() if path.exists() else "# Spam model\n"
+    if not _TRANSFER.search(current):
+        current += "\n<!-- transfer:start --><!-- transfer:end -->\n"
+    path.write_text(_TRANSFER.sub(lambda _: text, current, count=1))
 
 
 def _metrics_card(evaluation: Evaluation) -> dict:
@@ -164,7 +288,8 @@ def render_report(
         "## Results (generated by `python -m ml evaluate`)",
         "",
         f"Model `{model_path.name}` (version {model.version}), threshold "
-        f"**{model.threshold:.2f}**, parameters `{model.config}`.",
+        f"**{model.threshold:.2f}**, probably-spam threshold **{model.probable_threshold:.2f}**, "
+        f"parameters `{model.config}`.",
         "",
         f"Time split at {TIME_SPLIT.date()}: train {sizes['train_messages']} messages "
         f"({sizes['train_spam']} spam), test {sizes['test_messages']} "

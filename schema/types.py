@@ -116,6 +116,10 @@ class SpamVerdict:
     score: float
     model_version: str
     reasons: list[str]
+    probable: bool = strawberry.field(
+        description="Probably spam: kept in the Inbox with a visible flag, at the recipient's "
+        "own threshold (moved by their markSpam / markNotSpam). Never true with isSpam."
+    )
 
 
 @strawberry.type
@@ -253,6 +257,7 @@ class MailboxItem:
             score=s["score"],
             model_version=s["model_version"],
             reasons=list(s.get("reasons") or []),
+            probable=bool(s.get("probable")),  # verdicts stored before it existed: not flagged
         )
 
     @strawberry.field

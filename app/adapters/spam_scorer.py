@@ -20,10 +20,12 @@ MAX_SCORED_BYTES = 256 * 1024
 
 @dataclass(frozen=True)
 class SpamVerdict:
-    is_spam: bool
+    is_spam: bool  # definitely spam: filed in SPAM
     score: float
     model_version: str
     reasons: list[str] = field(default_factory=list)
+    # Probably spam: stays in the Inbox with a visible flag (never together with is_spam).
+    probable: bool = False
 
     def as_doc(self) -> dict[str, Any]:
         """The ``spam`` field stored on messages and mailbox views (MailboxItem.spam)."""
@@ -63,6 +65,7 @@ class ModelScorer:
             float(verdict.score),
             str(verdict.model_version),
             [str(r) for r in verdict.reasons],
+            bool(verdict.probable),
         )
 
 

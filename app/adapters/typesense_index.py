@@ -55,6 +55,8 @@ def collection_schema(name: str) -> dict[str, Any]:
             f("label_keys", "string[]"),
             f("read", "bool"),
             f("starred", "bool"),
+            # Optional: collections created before it existed accept documents without it.
+            f("probable_spam", "bool", optional=True),
             f("has_attachment", "bool"),
             f("from", "string"),
             f("to", "string[]"),
@@ -191,10 +193,13 @@ class TypesenseIndex:
         """Create the first collection, the alias and the parent search key if missing."""
         if self._ready:
             return
-        if await self.alias_target() is None:
+        target = await self.alias_target()
+        if target is None:
             name = self.new_collection_name()
             await self.create_collection(name)
             await self.point_alias(name)
+        else:
+            await self.add_missing_fields(target)
         try:
             await _call(
                 self.admin.keys.create(
@@ -209,6 +214,21 @@ class TypesenseIndex:
         except ts.ObjectAlreadyExists:
             pass
         self._ready = True
+
+    async def add_missing_fields(self, collection: str) -> None:
+        """Add the optional fields the schema gained since ``collection`` was created
+        (``probable_spam``), in place: a filter on a field a collection lacks is an error, and
+        an optional field needs no value in the documents already there (they get one as they
+        are next indexed, or at `mailhub reindex`)."""
+        current = await _call(self._collection(collection).retrieve())
+        have = {f["name"] for f in current.get("fields", [])}
+        missing = [
+            f
+            for f in collection_schema(collection)["fields"]
+            if f["name"] not in have and f.get("optional")
+        ]
+        if missing:
+            await _call(self._collection(collection).update({"fields": missing}))
 
     def forget(self) -> None:
         """The alias vanished under us (dropped by hand): the next ``ensure`` recreates it."""

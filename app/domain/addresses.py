@@ -32,6 +32,10 @@ _PLAIN_PHRASE = re.compile(
 )
 _BARE_ADDR_SPEC = re.compile(r"[^\s<>\"(),;:@\[\]]+@[^\s<>\"(),;:@\[\]]+\.[^\s<>\"(),;:@\[\]]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # TAB is fine; LF is judged separately
+# Bidirectional controls (Unicode TR 9: marks, embeddings, overrides, isolates) and invisible
+# characters make an address display as another one ("Trojan Source", CVE-2021-42574). ZWNJ
+# and ZWJ stay: Persian names and emoji sequences need them.
+_DECEPTIVE = re.compile("[\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _Fail = Callable[[str], ValidationError]
@@ -67,6 +71,8 @@ def parse_address(text: str, field: str = "address") -> Address:
         raise fail("address must not contain NUL characters")
     if _CONTROL.search(text):
         raise fail("address must not contain control characters")
+    if _DECEPTIVE.search(text):
+        raise fail("address must not contain bidirectional control or invisible characters")
 
     name, addr_spec = _split_name_and_spec(text.strip(), fail)
     email = _validate_addr_spec(addr_spec, fail)
@@ -433,12 +439,13 @@ def decode_header_words(text: str) -> str:
     for match in _ENCODED_WORD.finditer(text):
         between = text[pos : match.start()]
         charset, kind, payload = match.group(1), match.group(2).lower(), match.group(3)
-        data = _decode_word_payload(kind, payload)
-        if data is None:  # not decodable: keep the word verbatim
+        decoded = _decode_word_payload(kind, payload, charset)
+        if decoded is None:  # not decodable: keep the word verbatim
             flush()
             out.append(between + match.group(0))
             pos = match.end()
             continue
+        data, charset = decoded
         adjacent = bool(pending) and not between.strip()
         if not adjacent:
             flush()
@@ -453,12 +460,26 @@ def decode_header_words(text: str) -> str:
     return "".join(out)
 
 
-def _decode_word_payload(kind: str, payload: str) -> bytes | None:
+def _decode_word_payload(kind: str, payload: str, charset: str) -> tuple[bytes, str] | None:
+    """The bytes of an encoded word and the charset they are in (``None``: not decodable).
+
+    A Q word may carry raw 8-bit characters (malformed, RFC 2047 §5, but common): they arrive
+    here already read as text and go back to bytes in the word's declared charset, or as UTF-8
+    when that charset cannot hold them.
+    """
     try:
         if kind == "b":
             padded = payload + "=" * (-len(payload) % 4)
-            return base64.b64decode(padded.encode("ascii"), validate=False)
+            return base64.b64decode(padded.encode("ascii"), validate=False), charset
         # RFC 2047 §4.2: "_" is always a space in the Q encoding.
-        return quopri.decodestring(payload.replace("_", " ").encode("ascii"), header=False)
+        text = payload.replace("_", " ")
+        if not text.isascii():
+            try:
+                encoded, charset = text.encode(_lookup_codec(charset) or "utf-8"), charset
+            except (UnicodeEncodeError, LookupError):
+                encoded, charset = text.encode("utf-8"), "utf-8"
+        else:
+            encoded = text.encode("ascii")
+        return quopri.decodestring(encoded, header=False), charset
     except (binascii.Error, ValueError, UnicodeEncodeError):
         return None

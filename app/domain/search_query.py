@@ -312,9 +312,13 @@ class _Parser:
                 "read": ("read", True),
                 "starred": ("starred", True),
                 "unstarred": ("starred", False),
+                # flagged by the spam model (at the user's threshold) but left in the Inbox
+                "probable-spam": ("probable_spam", True),
             }
             if value.lower() not in flags:
-                raise _problem(f"unknown {where}: use is:unread, is:read or is:starred")
+                raise _problem(
+                    f"unknown {where}: use is:unread, is:read, is:starred or is:probable-spam"
+                )
             flag, wanted = flags[value.lower()]
             return Cond(flag, "=", wanted)
         if name == "has":
@@ -499,7 +503,7 @@ def viewer_filter(owner_id: str, *parts: str) -> str:
 
 # --- live state -------------------------------------------------------------------------------
 
-LIVE_FIELDS = ("folder", "label_keys", "read", "starred")
+LIVE_FIELDS = ("folder", "label_keys", "read", "starred", "probable_spam")
 
 
 def live_values(item: dict[str, Any]) -> dict[str, Any]:
@@ -508,6 +512,7 @@ def live_values(item: dict[str, Any]) -> dict[str, Any]:
         "folder": item.get("folder"),
         "read": bool(item.get("read")),
         "starred": bool(item.get("starred")),
+        "probable_spam": bool((item.get("spam") or {}).get("probable")),
         "label_keys": {label_term(label) for label in item.get("labels") or ()},
     }
 
@@ -516,8 +521,9 @@ def live_verdict(node: Node, values: dict[str, Any]) -> bool | None:
     """Does the item's *current* state satisfy the query? None when it depends on content.
 
     Three-valued (Kleene) logic over a tree in normal form: state leaves (folder, labels,
-    read, starred) are decided from MongoDB, content leaves are unknown. A False means the
-    index is behind a change (moved, relabelled, read) and the hit must not be shown.
+    read, starred, probable_spam) are decided from MongoDB, content leaves are unknown. A False
+    means the index is behind a change (moved, relabelled, read, a flag answered) and the hit
+    must not be shown.
     """
     if isinstance(node, Cond):
         if node.field not in LIVE_FIELDS:

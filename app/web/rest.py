@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
-from app.services.mailbox.service import StateChange
+from app.services.mailbox.service import MAX_PAGE, StateChange
 from app.services.sending.compose import Composition
 from app.web.errors import error_response
 from app.web.uploads import stream_upload
@@ -29,7 +29,7 @@ fragment ItemFields on MailboxItem {
   subject snippet textBody htmlBody rfc822MessageId inReplyTo references
   attachments { id filename contentType size sha256 downloadUrl } hasAttachments size
   recipients { address type status attempts lastReply bounceClass nextAttemptAt updatedAt }
-  spam { isSpam score modelVersion reasons } authResults
+  spam { isSpam probable score modelVersion reasons } authResults
 }
 """
 ITEM_QUERY = ITEM_FIELDS + "query Item($id: ID!) { message(id: $id) { ...ItemFields } }"
@@ -74,11 +74,23 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise PayloadTooLarge("request body too large")
     try:
         body = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, a too-long number, deep nesting
         raise ValidationError.on("body", "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ValidationError.on("body", "request body must be a JSON object")
     return body
+
+
+def _page_size(request: Request, default: int) -> int:
+    """``?limit=``: a whole number of items from 1 to MAX_PAGE (anything else is the client's)."""
+    raw = request.query_params.get("limit")
+    try:
+        limit = int(raw) if raw is not None else default
+    except ValueError:  # not a number, or more digits than int() converts
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError.on("limit", f"limit must be a number from 1 to {MAX_PAGE}")
+    return limit
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str]:
@@ -181,10 +193,7 @@ class Rest:
 
     async def folder(self, request: Request) -> Response:
         folder = parse_folder(request.path_params["folder"])
-        try:
-            limit = int(request.query_params.get("limit", "50"))
-        except ValueError:
-            raise ValidationError.on("limit", "limit must be a number") from None
+        limit = _page_size(request, 50)
         data = await self._graphql(
             request,
             FOLDER_QUERY,
@@ -268,10 +277,7 @@ class Rest:
         query = request.query_params.get("q")
         if query is None:
             raise ValidationError.on("q", "give a query: ?q=...")
-        try:
-            limit = int(request.query_params.get("limit", "20"))
-        except ValueError:
-            raise ValidationError.on("limit", "limit must be a number") from None
+        limit = _page_size(request, 20)
         data = await self._graphql(
             request,
             SEARCH_QUERY,

@@ -133,3 +133,92 @@ async def test_inbound_mail_like_one_a_user_marked_spam_goes_to_their_spam_folde
         assert spam["isSpam"] is True
     finally:
         await mx.stop()
+
+
+ITEMS = """query($folder: Folder) { messages(folder: $folder) { edges { node {
+  id subject folder spam { isSpam probable score } } } } }"""
+SEARCH = (
+    """query($q: String!) { search(query: $q, first: 20) { edges { node { item { id } } } } }"""
+)
+
+
+async def test_probable_spam_is_flagged_in_the_inbox_and_feedback_moves_the_users_threshold(
+    api, settings, system
+):
+    """Between the two thresholds: kept in the Inbox, flagged, findable with is:probable-spam;
+    markNotSpam answers the flag and raises that user's threshold, markSpam on an unflagged
+    message lowers it."""
+    from app.mx.server import start_mx
+    from tests.support.mx import smtp_send
+
+    mx = await start_mx(settings, api.system)
+    try:
+        bob, b = await api.user("bob")
+        bob_id = (await api.system.mongo.db.users.find_one({"email": bob}))["_id"]
+        feedback = api.system.spam_feedback
+
+        def raw(subject: str, body: str) -> bytes:
+            return (
+                f"From: Garden Shop <shop@garden.example>\r\nTo: {bob}\r\nSubject: {subject}\r\n"
+                f"Message-ID: <{subject.replace(' ', '-')}@garden.example>\r\n"
+                f"Date: Sat, 28 Nov 2026 10:00:00 +0000\r\n\r\n{body}\r\n"
+            ).encode()
+
+        sale = raw("Tulip bulbs on sale", "Tulip bulbs are on sale at the garden club shop.")
+        meeting = raw("Garden club", "The garden club meets on Saturday. Bring seeds to swap.")
+        for message in (sale, meeting):
+            reply = await smtp_send(mx.port, message, rcpts=[bob], mail_from="shop@garden.example")
+            assert reply["data"][0] == 250
+
+        edges = (await api.gql(ITEMS, {"folder": "INBOX"}, b))["data"]["messages"]["edges"]
+        nodes = {e["node"]["subject"]: e["node"] for e in edges}
+        flagged, plain = nodes["Tulip bulbs on sale"], nodes["Garden club"]
+        assert flagged["spam"]["probable"] is True and flagged["spam"]["isSpam"] is False
+        assert flagged["folder"] == "INBOX"
+        assert plain["spam"]["probable"] is False
+
+        await system.search.indexer.repair()  # what the index jobs do, inline
+        try:
+            hits = (await api.gql(SEARCH, {"q": "is:probable-spam"}, b))["data"]["search"]
+            assert [e["node"]["item"]["id"] for e in hits["edges"]] == [flagged["id"]]
+
+            r = (await api.gql(UNMARK, {"ids": [flagged["id"]]}, b))["data"]["markNotSpam"]
+            assert r["__typename"] == "UpdateMessagesSuccess"
+            edges = (await api.gql(ITEMS, {"folder": "INBOX"}, b))["data"]["messages"]["edges"]
+            answered = next(e["node"] for e in edges if e["node"]["id"] == flagged["id"])
+            assert answered["spam"]["probable"] is False
+            hits = (await api.gql(SEARCH, {"q": "is:probable-spam"}, b))["data"]["search"]
+            assert hits["edges"] == []
+        finally:
+            await system.search.index.drop_all()
+        assert await feedback.probable_offset(bob_id) == 0.05  # a false flag: flag less
+
+        await api.gql(MARK, {"ids": [plain["id"]]}, b)  # a spam the flag missed
+        assert await feedback.probable_offset(bob_id) == 0.0
+        await api.gql(MARK, {"ids": [plain["id"]]}, b)  # the same label again moves nothing
+        assert await feedback.probable_offset(bob_id) == 0.0
+    finally:
+        await mx.stop()
+
+
+async def test_retraining_reads_only_recent_inbound_mail_as_its_unlabeled_stream(api):
+    from datetime import UTC, datetime, timedelta
+
+    from bson import ObjectId
+
+    from app.services.feedback.spam import RETRAIN_INBOUND_DAYS
+
+    system = api.system
+    now = datetime.now(UTC)
+
+    async def stored(direction: str, age: timedelta, text: str) -> None:
+        blob = await system.blobs.put(f"Subject: {text}\r\n\r\n{text}\r\n".encode())
+        # an ObjectId starts with its creation time, which is what the date range reads
+        doc = {"_id": ObjectId.from_datetime(now - age), "direction": direction}
+        await system.mongo.db.messages.insert_one({**doc, "raw_blob_id": blob})
+
+    await stored("inbound", timedelta(days=1), "fresh inbound")
+    await stored("inbound", timedelta(days=RETRAIN_INBOUND_DAYS + 5), "old inbound")
+    await stored("outbound", timedelta(days=1, seconds=1), "fresh outbound")
+    stream = await system.spam_feedback.recent_inbound(now)
+    assert [raw.split(b"\r\n")[0] for raw in stream] == [b"Subject: fresh inbound"]

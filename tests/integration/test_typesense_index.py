@@ -208,3 +208,46 @@ async def test_unreachable_server_is_service_unavailable_quickly(unique_name):
     assert not await ix.healthy()
     assert time.monotonic() - started < 5
     await ix.close()
+
+
+async def test_a_collection_from_before_probable_spam_gains_the_field_on_start(
+    services, unique_name
+):  # type: ignore[no-untyped-def]
+    from app.adapters.typesense_index import collection_schema
+
+    ix = TypesenseIndex(services.typesense, services.typesense_api_key, f"{unique_name}_old")
+    try:
+        name = ix.new_collection_name()
+        old = collection_schema(name)
+        old["fields"] = [f for f in old["fields"] if f["name"] != "probable_spam"]
+        await ix.admin.collections.create(old)
+        await ix.point_alias(name)
+        before = doc(ALICE, "indexed before the field existed")
+        del before["probable_spam"]
+        await ix.upsert([before])
+
+        await ix.ensure()  # what every process does on start
+
+        fields = {f["name"] for f in (await ix.admin.collections[name].retrieve())["fields"]}
+        assert "probable_spam" in fields
+        flagged = doc(ALICE, "flagged sale")
+        flagged["probable_spam"] = True
+        await ix.upsert([flagged])
+        assert await ids_for(ix, ALICE, "is:probable-spam") == {flagged["id"]}
+    finally:
+        await ix.drop_all()
+        await ix.close()
+
+
+def test_the_indexed_flag_is_the_stored_verdicts():
+    flagged = {"is_spam": False, "score": 0.8, "probable": True}
+    item = {
+        "_id": ObjectId(),
+        "user_id": ALICE,
+        "folder": "INBOX",
+        "received_at": NOW,
+        "spam": flagged,
+    }
+    assert search_document(item, {}, "", body_chars=100)["probable_spam"] is True
+    item["spam"] = {"is_spam": False, "score": 0.1}  # stored before the flag existed
+    assert search_document(item, {}, "", body_chars=100)["probable_spam"] is False

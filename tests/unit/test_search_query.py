@@ -140,6 +140,8 @@ def test_labels_match_case_insensitively():
         ("is:unread", Cond("read", "=", False)),
         ("is:read", Cond("read", "=", True)),
         ("is:starred", Cond("starred", "=", True)),
+        ("is:probable-spam", Cond("probable_spam", "=", True)),
+        ("IS:Probable-Spam", Cond("probable_spam", "=", True)),
         ("has:attachment", Cond("has_attachment", "=", True)),
         ("filename:pdf", Cond("filename_keys", "=", "pdf")),
         ("filename:Report.PDF", Cond("filename_keys", "=", "report.pdf")),
@@ -408,6 +410,20 @@ def test_live_state_contradicting_the_query_drops_the_hit():
     assert live_verdict(compiled("invoice").conditions, item(folder="TRASH")) is False
     assert live_verdict(compiled("label:work").conditions, item(labels=["Work"])) is True
     assert live_verdict(compiled("label:work").conditions, item(labels=[])) is False
+
+
+def test_a_probable_spam_flag_answered_since_indexing_drops_the_hit():
+    tree = compiled("is:probable-spam").conditions
+    flagged = {"spam": {"is_spam": False, "score": 0.7, "probable": True}}
+    assert live_verdict(tree, item(**flagged)) is True
+    answered = {"spam": {"is_spam": False, "score": 0.7, "probable": False}}
+    assert live_verdict(tree, item(**answered)) is False  # markNotSpam cleared it
+    assert live_verdict(tree, item()) is False  # mail with no verdict is never flagged
+
+
+def test_unknown_is_value_names_the_accepted_ones():
+    with pytest.raises(ValidationError, match="is:probable-spam"):
+        parse("is:junk")
 
 
 def test_live_state_uses_three_valued_logic_under_or():

@@ -76,6 +76,7 @@ class StateChange:
     folder: str | None = None
     add_labels: tuple[str, ...] = ()
     remove_labels: tuple[str, ...] = ()
+    clear_probable_spam: bool = False  # markNotSpam: the "probably spam" flag is answered
 
 
 def check_page_size(first: int) -> int:
@@ -401,6 +402,8 @@ class MailboxService:
                 labels = [label for label in before.get("labels", []) if label not in remove]
                 labels += [label for label in add if label not in labels]
                 after["labels"] = labels
+                if change.clear_probable_spam and (before.get("spam") or {}).get("probable"):
+                    after["spam"] = {**before["spam"], "probable": False}
                 if after == before:
                     updated.append(before)
                     continue

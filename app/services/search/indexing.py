@@ -102,6 +102,7 @@ def search_document(
         "label_keys": sorted({label_term(label) for label in item.get("labels") or ()}),
         "read": bool(item.get("read")),
         "starred": bool(item.get("starred")),
+        "probable_spam": bool((item.get("spam") or {}).get("probable")),
         "has_attachment": bool(item.get("has_attachments") or message.get("has_attachments")),
         "from": _display(sender),
         "to": [_display(a) for a in to],

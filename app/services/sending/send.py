@@ -25,7 +25,7 @@ from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
 from app.services.feedback.reputation import ReputationService
-from app.services.feedback.suppression import SuppressionService
+from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.mailbox.filing import ViewSpec, file_message
 from app.services.mailbox.service import MailboxService
 from app.services.sending.attachments import AttachmentService
@@ -168,7 +168,8 @@ class SendingService:
             message["transactional"] = True
         local_users = await self.accounts.users_for_addresses([a.email for a in everyone])
         suppressed = await self.suppression.suppressed(
-            [a.email for a in everyone if normalize_email(a.email) not in local_users]
+            [a.email for a in everyone if normalize_email(a.email) not in local_users],
+            scope=user_scope(viewer.user_id),
         )
         recipients = recipient_docs(message, parsed, local_users, suppressed, now, send_at)
 
