@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from datetime import datetime
 from typing import Any
 
 import structlog
 from pymongo.errors import PyMongoError
 
-from app.adapters.blobs import BlobStore
-from app.adapters.mongo import Mongo
-from app.adapters.queue import JobQueue
-from app.adapters.redis_store import RedisStore
 from app.batching import Batcher, Waiter
 from app.domain.bounces import SmtpOutcome
-from app.services.after_commit import Notifier
 from app.services.delivery.outbox import Work
 from app.services.delivery.outcome_writer import (
     Attempt,
@@ -35,7 +29,6 @@ from app.services.delivery.outcome_writer import (
     Release,
     Suppressed,
 )
-from app.services.feedback.suppression import SuppressionService
 
 log = structlog.get_logger(__name__)
 
@@ -50,30 +43,8 @@ class OutcomeRecorder:
     """Takes outcomes from the lanes without blocking them and writes them in batches
     (``app.batching``); what the database refuses is retried with a growing pause."""
 
-    def __init__(
-        self,
-        *,
-        mongo: Mongo,
-        redis: RedisStore,
-        queue: JobQueue,
-        blobs: BlobStore,
-        suppression: SuppressionService,
-        notifier: Notifier,
-        hostname: str,
-        policy_for: Any,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.writer = OutcomeWriter(
-            mongo=mongo,
-            redis=redis,
-            queue=queue,
-            blobs=blobs,
-            suppression=suppression,
-            notifier=notifier,
-            hostname=hostname,
-            policy_for=policy_for,
-            rng=rng,
-        )
+    def __init__(self, writer: OutcomeWriter) -> None:
+        self.writer = writer
         # Outcomes gather while the previous transaction runs (a few ms' worth once one is in);
         # the next transaction writes up to FLUSH_MAX of them.
         self._outcomes: Batcher[Outcome, None] = Batcher(
