@@ -316,6 +316,18 @@ class MailboxService:
             raise NotFound(f"no message with id {item_id}")
         return item
 
+    async def original_blob(self, viewer: Viewer, item_id: str) -> ObjectId:
+        """The blob of the raw RFC 822 message behind one of the viewer's items ("show
+        original"). Another user's item, a draft (not built until sent) or a message whose
+        content was already released are all NotFound."""
+        item = await self.get_item(viewer, item_id)
+        if item is None or item.get("role") == "draft":
+            raise NotFound(f"no message with id {item_id}")
+        message = await self.db.messages.find_one({"_id": item["message_id"]}, {"raw_blob_id": 1})
+        if not message or not message.get("raw_blob_id"):
+            raise NotFound(f"message {item_id} has no stored original")
+        return message["raw_blob_id"]  # type: ignore[no-any-return]
+
     async def list_threads(
         self,
         viewer: Viewer,
