@@ -7,7 +7,7 @@ import strawberry
 from strawberry.types import Info
 
 from app.domain.folders import Folder as FolderValue
-from app.services.mailbox.service import StateChange
+from app.services.mailbox.changes import StateChange
 from app.services.sending.compose import DRAFT_FIELDS, Composition
 from schema import types as T
 
@@ -151,14 +151,14 @@ class Mutation:
             add_labels=tuple(set.add_labels or ()),
             remove_labels=tuple(set.remove_labels or ()),
         )
-        items = await info.context.system.mailbox.update_items(
+        items = await info.context.system.mailbox_changes.update_items(
             await info.context.viewer(), [str(i) for i in ids], change
         )
         return T.UpdateMessagesSuccess(items=[T.MailboxItem(doc=d) for d in items])
 
     @strawberry.mutation(description="Only items in TRASH or SPAM (and drafts).")
     async def delete_forever(self, info: Info, ids: list[strawberry.ID]) -> T.DeleteResult:
-        deleted = await info.context.system.mailbox.delete_forever(
+        deleted = await info.context.system.mailbox_changes.delete_forever(
             await info.context.viewer(), [str(i) for i in ids]
         )
         return T.DeleteSuccess(ids=[strawberry.ID(i) for i in deleted])

@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
-from app.services.mailbox.service import MAX_PAGE, StateChange
+from app.services.mailbox.changes import StateChange
+from app.services.mailbox.queries import MAX_PAGE
 from app.services.sending.compose import Composition
 from app.web.errors import error_response
 from app.web.uploads import stream_upload
@@ -252,7 +253,7 @@ class Rest:
             remove_labels=tuple(_strings(body, "remove")),
         )
         item_id = request.path_params["id"]
-        await self.system.mailbox.update_items(await context.viewer(), [item_id], change)
+        await self.system.mailbox_changes.update_items(await context.viewer(), [item_id], change)
         return JSONResponse(await self._item(request, item_id))
 
     async def upload(self, request: Request) -> Response:

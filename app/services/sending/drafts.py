@@ -28,7 +28,7 @@ from app.services.mailbox.filing import (
     refresh_threads,
     summary_of,
 )
-from app.services.mailbox.service import MailboxService
+from app.services.mailbox.queries import MailboxService
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.compose import (
     DRAFT_FIELDS,
