@@ -53,3 +53,17 @@ async def _read_chunks(
         if len(data) == lengths[blob_id]:  # a partial upload is not a blob yet
             out[blob_id] = data
     return out
+
+
+async def blob_lengths(
+    db: AsyncDatabase[dict[str, Any]], blob_ids: list[ObjectId], bucket: str = "blobs"
+) -> dict[ObjectId, int]:
+    """Blob id → size in bytes, from the GridFS files documents only (no chunk is read)."""
+    if not blob_ids:
+        return {}
+    files = (
+        await db[f"{bucket}.files"]
+        .find({"_id": {"$in": list(dict.fromkeys(blob_ids))}}, {"length": 1})
+        .to_list()
+    )
+    return {f["_id"]: int(f["length"]) for f in files}
