@@ -18,7 +18,8 @@ from typing import Any
 MAX_LINE = 64 * 1024  # one line of a command (literals aside)
 MAX_LITERALS = 64  # per command
 _LITERAL = re.compile(rb"\{(\d{1,12})(\+?)\}\r?\n$")
-_ATOM_SPECIALS = set(b'(){ %*"\\]') | set(range(0, 32)) | {127}
+# atom-specials (RFC 3501 §9) minus "\\" (flags such as \\Seen are atoms with a leading one)
+_ATOM_SPECIALS = set(b'(){ "]') | set(range(0, 32)) | {127}
 
 
 class BadCommand(Exception):
@@ -132,7 +133,11 @@ def valid_tag(tag: str) -> bool:
 
 
 def parse_command(parts: list[bytes]) -> Command:
-    tokens = tokenize(parts)
+    try:
+        tokens = tokenize(parts)
+    except BadCommand as e:
+        e.tag = e.tag or _tag_of(parts)
+        raise
     if not tokens or not isinstance(tokens[0], Atom) or not valid_tag(tokens[0]):
         raise BadCommand("missing or invalid tag")
     tag = str(tokens[0])
@@ -182,7 +187,7 @@ def _tokenize_text(text: bytes, stack: list[list[Any]]) -> None:
                     depth += 1
                 elif c == 0x5D and depth:
                     depth -= 1
-                elif depth == 0 and c in _ATOM_SPECIALS and c not in (0x25, 0x2A):
+                elif depth == 0 and c in _ATOM_SPECIALS:
                     break
                 elif depth == 0 and c < 32:
                     raise BadCommand("control character in command")

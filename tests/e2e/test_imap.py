@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.conftest import DOMAIN
 from tests.support.imap import PASSWORD, MailClients, deliver, running_mail_clients, sample_message
 
-pytestmark = pytest.mark.timeout(300)
+pytestmark = pytest.mark.timeout(45)
 
 
 @pytest.fixture
@@ -97,3 +97,182 @@ async def stored_raws(system: Any, email: str) -> list[bytes]:
         message = await system.mongo.db.messages.find_one({"_id": item["message_id"]})
         out.append(await system.blobs.get(message["raw_blob_id"]))
     return out
+
+
+async def user_id_of(system: Any, email: str) -> Any:
+    return (await system.mongo.db.users.find_one({"email": email}))["_id"]
+
+
+async def test_flags_both_ways_fire_the_same_events(clients: MailClients) -> None:
+    system = clients.system
+    email = await make_user(system, "bea")
+    await deliver(system, email, [sample_message(n, email) for n in range(3)])
+    user_id = await user_id_of(system, email)
+    events: list[dict[str, Any]] = []
+
+    async def listen(ready: asyncio.Event) -> None:
+        async with system.hub.listen(str(user_id)) as listener:
+            ready.set()
+            while True:
+                events.append(await listener.queue.get())
+
+    ready = asyncio.Event()
+    listening = asyncio.create_task(listen(ready))
+    await ready.wait()
+    imap = await asyncio.to_thread(connect, clients.imap_port, email)
+    ok(await asyncio.to_thread(imap.select, "INBOX"))
+    stored = ok(await asyncio.to_thread(imap.store, "1", "+FLAGS", "(\\Seen \\Flagged $Work)"))
+    assert b"\\Seen" in stored[0] and b"$Work" in stored[0]
+    ok(await asyncio.to_thread(imap.store, "2", "+FLAGS", "(\\Answered)"))
+    items = await system.mongo.db.mailbox_items.find({"user_id": user_id}).to_list()
+    flagged = [i for i in items if i.get("starred")]
+    assert len(flagged) == 1 and flagged[0]["read"] and flagged[0]["keywords"] == ["$Work"]
+    assert sum(1 for i in items if i.get("answered")) == 1
+    for _ in range(100):
+        if len(events) >= 2:
+            break
+        await asyncio.sleep(0.05)
+    assert [e["kind"] for e in events[:2]] == ["updated", "updated"]  # what mailboxEvents reads
+    counter = await system.mongo.db.mailbox_counters.find_one(
+        {"user_id": user_id, "kind": "folder", "name": "INBOX"}
+    )
+    assert counter["unread"] == 2  # unreadCounts moved with the IMAP change
+    listening.cancel()
+
+    # the other way: a change through the mailbox service (what GraphQL calls) reaches IMAP
+    from app.domain.viewer import Viewer
+    from app.services.mailbox.service import StateChange
+
+    third = next(i for i in items if not i.get("read") and not i.get("answered"))
+    await system.mailbox.update_items(
+        Viewer(user_id, email), [str(third["_id"])], StateChange(read=True, starred=True)
+    )
+    typ, data = await asyncio.to_thread(imap.noop)
+    assert typ == "OK"
+    untagged = imap.untagged_responses.get("FETCH", [])
+    assert any(b"\\Seen" in line and b"\\Flagged" in line for line in untagged), untagged
+    await asyncio.to_thread(imap.logout)
+
+
+async def test_move_copy_expunge_with_uidplus(clients: MailClients) -> None:
+    system = clients.system
+    email = await make_user(system, "cid")
+    await deliver(system, email, [sample_message(n, email) for n in range(6)])
+    user_id = await user_id_of(system, email)
+
+    def session() -> dict[str, Any]:
+        imap = connect(clients.imap_port, email)
+        out: dict[str, Any] = {}
+        ok(imap.select("INBOX"))
+        typ, data = imap.uid("MOVE", "1", "Archive")
+        out["move"] = (typ, data, imap.untagged_responses.pop("OK", []))
+        out["expunge_seen"] = imap.untagged_responses.pop("EXPUNGE", [])
+        out["copy_label"] = imap.uid("COPY", "2", "Work")  # creates nothing: TRYCREATE
+        out["create"] = imap.create("Work")
+        imap.untagged_responses.pop("COPYUID", None)
+        out["copy_label2"] = imap.uid("COPY", "2", "Work")
+        out["copyuid"] = imap.untagged_responses.pop("COPYUID", None)
+        out["copy_folder"] = imap.uid("COPY", "2", "Trash")
+        ok(imap.uid("STORE", "3", "+FLAGS.SILENT", "(\\Deleted)"))
+        out["expunge"] = imap.expunge()
+        out["work"] = imap.select("Work")
+        out["work_fetch"] = imap.fetch("1:*", "(UID FLAGS)")
+        ok(imap.select("Trash"))
+        out["trash"] = imap.fetch("1:*", "(UID)")
+        ok(imap.store("1", "+FLAGS", "(\\Deleted)"))
+        out["trash_expunge"] = imap.expunge()
+        imap.logout()
+        return out
+
+    out = await asyncio.to_thread(session)
+    typ, _data, untagged_ok = out["move"]
+    assert typ == "OK"
+    assert any(b"COPYUID" in line for line in untagged_ok), untagged_ok
+    assert out["expunge_seen"] == [b"1"]
+    assert out["copy_label"][0] == "NO" and b"TRYCREATE" in out["copy_label"][1][0]
+    assert out["create"][0] == "OK"
+    assert out["copy_label2"][0] == "OK" and out["copyuid"] and out["copyuid"][0].endswith(b" 2 1")
+    assert out["copy_folder"][0] == "NO" and b"CANNOT" in out["copy_folder"][1][0]
+    assert out["expunge"][0] == "OK" and out["expunge"][1] != [None]
+    assert out["work"][1] == [b"1"]
+    assert out["trash"][0] == "OK" and len(out["trash"][1]) == 1
+    items = await system.mongo.db.mailbox_items.find({"user_id": user_id}).to_list()
+    folders = sorted(i["folder"] for i in items)
+    # 6 delivered: one archived, one trashed and then deleted for good, four in the inbox
+    assert folders == ["ARCHIVE", "INBOX", "INBOX", "INBOX", "INBOX"]
+    assert sum(1 for i in items if "Work" in i.get("labels", [])) == 1
+    assert not any(i.get("keywords") for i in items)
+
+
+async def test_condstore_and_qresync_report_only_changes(clients: MailClients) -> None:
+    system = clients.system
+    email = await make_user(system, "dan")
+    await deliver(system, email, [sample_message(n, email) for n in range(5)])
+
+    def session() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        imap = connect(clients.imap_port, email)
+        ok(imap._simple_command("ENABLE", "QRESYNC"))
+        imap.select("INBOX")
+        modseq = int(imap.untagged_responses["HIGHESTMODSEQ"][-1])
+        uidvalidity = int(imap.untagged_responses["UIDVALIDITY"][-1])
+        out["modseq"] = modseq
+        ok(imap.uid("STORE", "2", "+FLAGS", "(\\Flagged)"))
+        imap.untagged_responses.pop("FETCH", None)
+        out["changed"] = ok(imap.fetch("1:*", "(FLAGS) (CHANGEDSINCE %d)" % modseq))
+        out["unchanged"] = imap.uid("STORE", "3", "(UNCHANGEDSINCE 1) +FLAGS", "(\\Seen)")
+        out["modified"] = imap.untagged_responses.pop("MODIFIED", None)
+        ok(imap.uid("STORE", "4", "+FLAGS.SILENT", "(\\Deleted)"))
+        ok(imap.expunge())
+        imap.logout()
+        again = connect(clients.imap_port, email)
+        ok(again._simple_command("ENABLE", "QRESYNC"))
+        typ, data = again._simple_command(
+            "SELECT", "INBOX", "(QRESYNC (%d %d))" % (uidvalidity, modseq)
+        )
+        out["qresync"] = (
+            typ,
+            again.untagged_responses.get("VANISHED"),
+            again.untagged_responses.get("FETCH"),
+        )
+        again.logout()
+        return out
+
+    out = await asyncio.to_thread(session)
+    changed = [line for line in out["changed"] if line]
+    assert len(changed) == 1 and changed[0].startswith(b"2 (") and b"MODSEQ (" in changed[0]
+    assert out["unchanged"][0] == "OK" and out["modified"] == [b"3"]
+    typ, vanished, fetched = out["qresync"]
+    assert typ == "OK"
+    assert vanished == [b"(EARLIER) 4"]
+    assert fetched and any(b"UID 2" in f for f in fetched)
+
+
+async def test_append_to_sent_and_drafts(clients: MailClients) -> None:
+    system = clients.system
+    email = await make_user(system, "eve")
+    raw = sample_message(1, "friend@remote.test", subject="Sent from my mail client")
+    raw = raw.replace(b"From: Sender 1 <sender1@remote.test>", f"From: Eve <{email}>".encode())
+
+    def session() -> dict[str, Any]:
+        imap = connect(clients.imap_port, email)
+        out = {"append": imap.append("Sent", "(\\Seen)", None, raw)}
+        out["appenduid"] = imap.untagged_responses.pop("APPENDUID", None)
+        out["draft"] = imap.append("Drafts", "(\\Draft)", None, raw)
+        out["nowhere"] = imap.append("NoSuchBox", None, None, raw)
+        ok(imap.select("Sent"))
+        out["fetch"] = ok(imap.fetch("1", "(FLAGS BODY.PEEK[])"))
+        ok(imap.select("Drafts"))
+        out["draft_flags"] = ok(imap.fetch("1", "(FLAGS)"))
+        imap.logout()
+        return out
+
+    out = await asyncio.to_thread(session)
+    assert out["append"][0] == "OK" and out["appenduid"] and out["appenduid"][0].endswith(b" 1")
+    assert out["nowhere"][0] == "NO" and b"TRYCREATE" in out["nowhere"][1][0]
+    assert out["fetch"][0][1] == raw
+    assert b"\\Seen" in out["fetch"][0][0]
+    assert b"\\Draft" in out["draft_flags"][0]
+    user_id = await user_id_of(system, email)
+    sent = await system.mongo.db.mailbox_items.find_one({"user_id": user_id, "folder": "SENT"})
+    assert sent["role"] == "sent" and sent["read"] and sent["subject"] == "Sent from my mail client"
