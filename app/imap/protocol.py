@@ -97,17 +97,20 @@ async def _read_line(reader: asyncio.StreamReader) -> bytes:
         if e.partial.strip():
             raise BadCommand("incomplete command") from None
         raise Disconnect from None
-    except asyncio.LimitOverrunError:
-        # drop the rest of the oversized line so the next command starts clean
-        while True:
-            try:
-                await reader.readuntil(b"\n")
-                break
-            except asyncio.LimitOverrunError as e:
-                await reader.readexactly(e.consumed)
-            except asyncio.IncompleteReadError:
-                raise Disconnect from None
-        raise BadCommand("line too long") from None
+    except asyncio.LimitOverrunError as e:
+        # drop the rest of the oversized line so the next command starts clean; the answer
+        # carries the tag when the line began with one
+        try:
+            head = await reader.readexactly(e.consumed)
+            while True:
+                try:
+                    await reader.readuntil(b"\n")
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await reader.readexactly(more.consumed)
+        except asyncio.IncompleteReadError:
+            raise Disconnect from None
+        raise BadCommand("line too long", _tag_of([head])) from None
     return line
 
 

@@ -399,7 +399,7 @@ class ImapSession:
         if not await self.mailboxes.exists(viewer, ref):
             raise NotFound("no such mailbox")
         state = await self.mailboxes.sync(viewer, ref)
-        sel = Selected(ref, readonly, state.uidvalidity, modseq=state.highestmodseq)
+        sel = Selected(ref, readonly, state.uidvalidity, modseq=state.modseq)
         for entry in await self.mailboxes.entries(viewer, ref):
             sel.add(entry)
         flags = " ".join(SYSTEM_FLAGS)
@@ -949,9 +949,9 @@ class ImapSession:
         if sel is None or viewer is None:
             return
         state = await self.mailboxes.sync(viewer, sel.ref)
-        if state.highestmodseq > sel.modseq:
+        if state.modseq > sel.modseq:
             changed = await self.mailboxes.entries(viewer, sel.ref, changed_after=sel.modseq)
-            sel.modseq = state.highestmodseq
+            sel.modseq = state.modseq
             flags_changed = []
             new = 0
             for entry in changed:

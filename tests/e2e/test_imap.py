@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.conftest import DOMAIN
 from tests.support.imap import PASSWORD, MailClients, deliver, running_mail_clients, sample_message
 
-pytestmark = pytest.mark.timeout(45)
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
@@ -276,3 +276,227 @@ async def test_append_to_sent_and_drafts(clients: MailClients) -> None:
     user_id = await user_id_of(system, email)
     sent = await system.mongo.db.mailbox_items.find_one({"user_id": user_id, "folder": "SENT"})
     assert sent["role"] == "sent" and sent["read"] and sent["subject"] == "Sent from my mail client"
+
+
+class RawClient:
+    """A line-level IMAP client for what imaplib cannot do (IDLE, malformed input)."""
+
+    def __init__(self, port: int) -> None:
+        import socket
+
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.file = self.sock.makefile("rb")
+        self.greeting = self.file.readline()
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> bytes:
+        return self.file.readline()
+
+    def command(self, data: bytes) -> list[bytes]:
+        """Send one command line (tag first); read until its tagged answer."""
+        tag = data.split(b" ", 1)[0]
+        self.send(data + b"\r\n")
+        lines = []
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError("closed")
+            lines.append(line)
+            if line.startswith(tag + b" "):
+                return lines
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module")
+def zone():  # type: ignore[no-untyped-def]
+    from tests.support.mx import mail_zone
+
+    z = mail_zone()
+    yield z
+    z.dns.stop()
+
+
+async def test_idle_gets_exists_for_mail_through_the_mx(settings, zone) -> None:  # type: ignore[no-untyped-def]
+    from tests.support.mx import message, running_mx, smtp_send
+
+    async with running_mx(settings, zone) as harness:
+        email, _ = await harness.user("bob")
+        async for clients in running_mail_clients(harness.system, harness.settings):
+            client = await asyncio.to_thread(RawClient, clients.imap_port)
+            login = f'a LOGIN {email} "{PASSWORD}"'.encode()
+            assert (await asyncio.to_thread(client.command, login))[-1].startswith(b"a OK")
+            assert (await asyncio.to_thread(client.command, b"b SELECT INBOX"))[-1].startswith(
+                b"b OK"
+            )
+            client.send(b"c IDLE\r\n")
+            assert (await asyncio.to_thread(client.line)).startswith(b"+ ")
+            reply = await smtp_send(harness.port, message(subject="while idling"))
+            assert reply["data"][0] == 250
+
+            def until_exists() -> bytes:
+                while True:
+                    line = client.line()
+                    if line.endswith(b"EXISTS\r\n") or not line:
+                        return line
+
+            assert await asyncio.to_thread(until_exists) == b"* 1 EXISTS\r\n"
+            client.send(b"DONE\r\n")
+            assert (await asyncio.to_thread(client.line)).startswith(b"c OK")
+            await asyncio.to_thread(client.close)
+
+
+async def test_error_paths_answer_no_or_bad_and_keep_serving(settings, system) -> None:  # type: ignore[no-untyped-def]
+    email = await make_user(system, "fay")
+    await deliver(system, email, [sample_message(n, email) for n in range(3)])
+    small = settings.model_copy(update={"imap_max_literal": 2048})
+
+    def session(port: int) -> dict[str, list[bytes]]:
+        c = RawClient(port)
+        out = {
+            "fetch_unauth": c.command(b"a1 FETCH 1 FLAGS"),
+            "select_unauth": c.command(b"a2 SELECT INBOX"),
+            "bad_login": c.command(f'a3 LOGIN {email} "wrong"'.encode()),
+            "login": c.command(f'a4 LOGIN {email} "{PASSWORD}"'.encode()),
+            "login_again": c.command(f'a5 LOGIN {email} "{PASSWORD}"'.encode()),
+            "fetch_unselected": c.command(b"a6 FETCH 1 FLAGS"),
+            "select_missing": c.command(b"a7 SELECT NoSuchBox"),
+            "select": c.command(b"a8 SELECT INBOX"),
+            "bad_set": c.command(b"a9 UID FETCH abc FLAGS"),
+            "zero_set": c.command(b"b1 FETCH 0 FLAGS"),
+            "beyond": c.command(b"b2 FETCH 1:10000 FLAGS"),
+            "uid_beyond": c.command(b"b3 UID FETCH 1:10000 (FLAGS)"),
+            "unknown_item": c.command(b"b4 FETCH 1 (FLAGS NONSENSE)"),
+            "unknown_cmd": c.command(b"b5 FROBNICATE"),
+            "bad_flag": c.command(b"b6 STORE 1 +FLAGS (\\Bogus)"),
+            "bad_search": c.command(b"b7 SEARCH FROB 1"),
+            "huge_literal": c.command(b"b8 APPEND INBOX {999999999}"),
+            # LITERAL+: the bytes come anyway; the server reads and drops them, then says NO
+            "huge_nonsync": c.command(b"b9 APPEND INBOX {4096+}\r\n" + b"x" * 4096),
+            "long_line": c.command(b"c0 NOOP " + b"y" * 100_000),
+        }
+        out["after"] = c.command(b"c1 NOOP")
+        out["search"] = c.command(b"c2 UID SEARCH UNSEEN SINCE 1-Jan-2000 NOT DELETED")
+        c.close()
+        return out
+
+    async for clients in running_mail_clients(system, small):
+        out = await asyncio.to_thread(session, clients.imap_port)
+
+    def status(name: str) -> bytes:
+        return out[name][-1].split(b" ", 2)[1]
+
+    assert status("fetch_unauth") == b"BAD"
+    assert status("select_unauth") == b"BAD"
+    assert status("bad_login") == b"NO" and b"AUTHENTICATIONFAILED" in out["bad_login"][-1]
+    assert status("login") == b"OK"
+    assert status("login_again") == b"BAD"
+    assert status("fetch_unselected") == b"BAD"
+    assert status("select_missing") == b"NO"
+    assert status("select") == b"OK"
+    for name in ("bad_set", "zero_set", "beyond", "unknown_item", "unknown_cmd", "bad_search"):
+        assert status(name) == b"BAD", (name, out[name])
+    assert status("uid_beyond") == b"OK" and len(out["uid_beyond"]) == 4  # 3 FETCH + tagged
+    assert status("bad_flag") == b"NO"
+    assert status("huge_literal") == b"NO" and b"TOOBIG" in out["huge_literal"][-1]
+    assert status("huge_nonsync") == b"NO" and b"TOOBIG" in out["huge_nonsync"][-1]
+    assert status("long_line") == b"BAD"
+    assert status("after") == b"OK"
+    assert status("search") == b"OK" and out["search"][0].startswith(b"* SEARCH 1 2 3")
+
+
+async def test_fuzzed_commands_get_bad_and_other_clients_keep_working(clients: MailClients) -> None:
+    import random
+
+    system = clients.system
+    email = await make_user(system, "gus")
+    await deliver(system, email, [sample_message(n, email) for n in range(3)])
+    rng = random.Random(16)
+    pieces = [
+        b"a", b"FETCH", b"UID", b"(", b")", b"[", b"]", b"<", b">", b"{", b"}", b"{5}", b"{3+}",
+        b'"', b"\\", b"*", b"%", b":", b",", b"1", b"0", b"4294967296", b"-1", b"BODY[",
+        b"BODY.PEEK[HEADER.FIELDS (", b"SEARCH", b"STORE", b"+FLAGS", b"\\Seen", b"NIL",
+        b"\x00", b"\xff", b"\xc3\xa9", b"SELECT", b"INBOX", b"IDLE", b"APPEND", b"LOGIN",
+        b"AUTHENTICATE", b"PLAIN", b"=", b" ", b"  ", b"\t", b"CHANGEDSINCE", b"(QRESYNC",
+    ]  # fmt: skip
+
+    def fuzz() -> tuple[int, int]:
+        c = RawClient(clients.imap_port)
+        c.command(f'z0 LOGIN {email} "{PASSWORD}"'.encode())
+        c.command(b"z1 SELECT INBOX")
+        answered = 0
+        for n in range(300):
+            junk = b" ".join(rng.choice(pieces) for _ in range(rng.randint(1, 8)))
+            junk = junk.replace(b"{", b"").replace(b"\r", b"").replace(b"\n", b"")
+            junk = junk.replace(b"IDLE", b"IDEL")  # IDLE would (rightly) wait for DONE
+            tag = b"f%d" % n
+            lines = c.command(tag + b" " + junk)
+            status = lines[-1].split(b" ", 2)[1]
+            assert status in (b"OK", b"NO", b"BAD"), lines
+            answered += 1
+        final = c.command(b"z2 NOOP")
+        c.close()
+        return answered, len(final)
+
+    def well_behaved() -> list[Any]:
+        imap = connect(clients.imap_port, email)
+        results = []
+        for _ in range(20):
+            ok(imap.select("INBOX"))
+            results.append(ok(imap.fetch("1:*", "(FLAGS)")))
+        imap.logout()
+        return results
+
+    (answered, _), results = await asyncio.gather(
+        asyncio.to_thread(fuzz), asyncio.to_thread(well_behaved)
+    )
+    assert answered == 300
+    assert all(len(r) == 3 for r in results)
+
+
+async def test_pop3_session_leaves_mail_on_the_server(clients: MailClients) -> None:
+    import poplib
+
+    system = clients.system
+    email = await make_user(system, "hal")
+    raws = [sample_message(n, email) for n in range(4)]
+    await deliver(system, email, raws)
+    stored = sorted(await stored_raws(system, email))
+
+    def session() -> dict[str, Any]:
+        pop = poplib.POP3("127.0.0.1", clients.pop3_port, timeout=30)
+        out: dict[str, Any] = {"capa": pop.capa()}
+        pop.user(email)
+        pop.pass_(PASSWORD)
+        out["stat"] = pop.stat()
+        out["uidl"] = pop.uidl()[1]
+        out["list"] = pop.list()[1]
+        out["retr"] = [b"\r\n".join(pop.retr(n)[1]) + b"\r\n" for n in range(1, 5)]
+        out["top"] = pop.top(1, 0)[1]
+        pop.quit()
+        again = poplib.POP3("127.0.0.1", clients.pop3_port, timeout=30)
+        again.user(email)
+        again.pass_(PASSWORD)
+        out["stat_again"] = again.stat()
+        out["uidl_again"] = again.uidl()[1]
+        again.dele(1)
+        out["rset_stat"] = again.stat()
+        again.quit()
+        return out
+
+    out = await asyncio.to_thread(session)
+    assert "UIDL" in out["capa"] and "TOP" in out["capa"]
+    assert out["stat"] == (4, sum(len(r) for r in stored))
+    assert sorted(out["retr"]) == stored  # byte for byte (poplib strips and we re-join CRLFs)
+    assert b"" in out["top"] and not any(b"Hello, this is" in line for line in out["top"])
+    assert out["stat_again"] == out["stat"]  # RETR left everything on the server
+    assert out["uidl_again"] == out["uidl"]  # stable UIDL
+    user_id = await user_id_of(system, email)
+    folders = sorted(
+        i["folder"]
+        for i in await system.mongo.db.mailbox_items.find({"user_id": user_id}).to_list()
+    )
+    assert folders == ["INBOX", "INBOX", "INBOX", "TRASH"]  # DELE + QUIT moved one to Trash

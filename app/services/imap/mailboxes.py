@@ -23,20 +23,24 @@ sees GraphQL's changes through the change log.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import random
 import time
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 from pymongo import InsertOne, ReturnDocument, UpdateOne
+from pymongo.errors import PyMongoError
 
 from app.adapters.blob_batches import blob_lengths, read_blobs
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo, in_transaction
 from app.domain.conversations import normalize_subject
-from app.domain.errors import NotFound, ValidationError
+from app.domain.errors import NotFound, ServiceUnavailable, ValidationError
 from app.domain.folders import MOVABLE, ROLE_HOME, Folder
 from app.domain.imap_flags import DELETED, flag_change, flags_of
 from app.domain.imap_names import FOLDER_NAMES, MailboxRef, folder_ref
@@ -46,6 +50,7 @@ from app.services.after_commit import Notifier
 from app.services.mailbox.filing import ViewSpec, file_message
 from app.services.mailbox.service import MAX_BATCH, MailboxService, StateChange
 
+SYNC_ATTEMPTS = 12
 MAX_LOG_CHANGES = 5000  # beyond this many changes since the last sync, compare the mailbox whole
 ITEM_FIELDS = {
     "_id": 1,
@@ -65,7 +70,11 @@ ITEM_FIELDS = {
 class MailboxState:
     uidvalidity: int
     uidnext: int
-    highestmodseq: int
+    modseq: int  # the user's change-log position this numbering is current to (0: none yet)
+
+    @property
+    def highestmodseq(self) -> int:
+        return max(1, self.modseq)  # RFC 7162: a mailbox with MODSEQ support reports >= 1
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,10 @@ class ImapMailboxService:
         self.blobs = blobs
         self.mailbox = mailbox
         self.notifier = notifier
+        # one sync at a time per mailbox in this process (weak: idle mailboxes cost nothing)
+        self._locks: weakref.WeakValueDictionary[tuple[ObjectId, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     # --- mailboxes -----------------------------------------------------------------------
 
@@ -166,7 +179,34 @@ class ImapMailboxService:
     # --- numbering -----------------------------------------------------------------------
 
     async def sync(self, viewer: Viewer, ref: MailboxRef) -> MailboxState:
-        """Number what arrived and record what changed or left since the last sync."""
+        """Number what arrived and record what changed or left since the last sync.
+
+        Two reads when nothing changed (the common NOOP/IDLE case). Otherwise one transaction;
+        syncs of one mailbox in this process queue on a lock, and across processes a write
+        conflict is retried (the other sync did the work: the retry finds little to do)."""
+        box = await self.db.imap_mailboxes.find_one(
+            {"user_id": viewer.user_id, "key": ref.key},
+            {"uidvalidity": 1, "uidnext": 1, "synced_state": 1},
+        )
+        if box is not None:
+            user = await self.db.users.find_one({"_id": viewer.user_id}, {"state": 1})
+            state = int((user or {}).get("state") or 0)
+            if state == int(box.get("synced_state") or 0):
+                return MailboxState(int(box["uidvalidity"]), int(box["uidnext"]), state)
+        lock = self._locks.setdefault((viewer.user_id, ref.key), asyncio.Lock())
+        async with lock:
+            for attempt in range(SYNC_ATTEMPTS):
+                try:
+                    return await self._sync(viewer, ref)
+                except PyMongoError as e:
+                    if not e.has_error_label("TransientTransactionError"):
+                        raise
+                    if attempt == SYNC_ATTEMPTS - 1:
+                        raise ServiceUnavailable("mailbox busy; try again") from e
+                    await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _sync(self, viewer: Viewer, ref: MailboxRef) -> MailboxState:
         user_id = viewer.user_id
 
         async def work(session: Any) -> MailboxState:
@@ -200,7 +240,7 @@ class ImapMailboxService:
                     {"$set": {"synced_state": state, "uidnext": uidnext}},
                     session=session,
                 )
-            return MailboxState(int(box["uidvalidity"]), uidnext, max(1, state))
+            return MailboxState(int(box["uidvalidity"]), uidnext, state)
 
         state: MailboxState = await in_transaction(self.mongo, work)
         return state
