@@ -23,7 +23,9 @@ from tests.support.imap import PASSWORD, MailClients, deliver, running_mail_clie
 
 pytestmark = [
     pytest.mark.timeout(900),
-    pytest.mark.skipif(shutil.which("mbsync") is None, reason="needs mbsync (apt-get install isync)"),
+    pytest.mark.skipif(
+        shutil.which("mbsync") is None, reason="needs mbsync (apt-get install isync)"
+    ),
 ]
 MESSAGES = int(os.environ.get("MAILHUB_TEST_MBSYNC_MESSAGES", "1000"))
 
