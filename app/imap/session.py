@@ -57,7 +57,10 @@ from app.services.imap.mailboxes import CannotDo, Entry, ImapMailboxService
 
 log = structlog.get_logger(__name__)
 
-FETCH_CHUNK = 250  # messages loaded per round of a FETCH
+FETCH_CHUNK = 250
+READ_AHEAD = 64  # messages
+READ_AHEAD_MAX_MESSAGE = 1 << 20
+READ_AHEAD_MAX_BYTES = 16 << 20  # messages loaded per round of a FETCH
 IDLE_TIMEOUT = 29 * 60  # RFC 2177: clients re-IDLE within 29 minutes
 AUTOLOGOUT = 30 * 60
 _SECTION = re.compile(
@@ -155,6 +158,7 @@ class ImapSession:
         self.condstore = False
         self.qresync = False
         self.done = False
+        self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -645,8 +649,8 @@ class ImapSession:
                     self.send(f"* VANISHED (EARLIER) {compact_ranges(gone)}")
             uids = [u for u in uids if sel.modseqs.get(u, 0) > changed_since]
         await self._send_fetch(sel, uids, items, set_seen=not sel.readonly)
-        if uid:
-            await self.refresh()
+        # no refresh here: a client syncing thousands of messages one UID FETCH at a time
+        # hears about changes at its next NOOP/IDLE/SELECT or any command that changes state
         return "FETCH completed"
 
     async def _send_fetch(
@@ -680,11 +684,12 @@ class ImapSession:
             raws: dict[ObjectId, bytes] = {}
             sizes: dict[ObjectId, int] = {}
             if needs_raw or needs_size:
-                messages = await self.mailboxes.messages(list(views.values()))
+                wanted = [views[sel.items[u]]["message_id"] for u in present]
                 if needs_raw:
-                    raws = await self.mailboxes.raw(list(messages.values()))
+                    raws = await self._raw_with_read_ahead(sel, present, wanted)
                     sizes = {k: len(v) for k, v in raws.items()}
                 else:
+                    messages = await self.mailboxes.messages(list(views.values()))
                     sizes = await self.mailboxes.raw_sizes(list(messages.values()))
             for u in present:
                 view = views[sel.items[u]]
@@ -695,6 +700,35 @@ class ImapSession:
                 ]
                 self.writer.write(b"* %d FETCH (" % sel.msn(u) + b" ".join(parts) + b")\r\n")
             await self.flush()
+
+    async def _raw_with_read_ahead(
+        self, sel: Selected, uids: list[int], message_ids: list[ObjectId]
+    ) -> dict[ObjectId, bytes]:
+        """Raw messages for a FETCH. A client that downloads one UID per command (mbsync,
+        pipelined) asks next for the following UIDs: on a small FETCH the next READ_AHEAD
+        messages' raw bytes (immutable) come along in the same queries and wait here."""
+        out = {m: self.read_ahead.pop(m) for m in message_ids if m in self.read_ahead}
+        missing = [m for m in message_ids if m not in out]
+        if not missing:
+            return out
+        extra: list[ObjectId] = []
+        if len(uids) < 16 and uids:
+            i = bisect.bisect_right(sel.uids, uids[-1])
+            ahead = [sel.items[u] for u in sel.uids[i : i + READ_AHEAD]]
+            views = await self.mailboxes.views(self._require_auth(), ahead)
+            extra = [
+                v["message_id"]
+                for v in views.values()
+                if (v.get("size") or 0) < READ_AHEAD_MAX_MESSAGE and v["message_id"] not in out
+            ]
+        raws = await self.mailboxes.raw_by_message(missing + extra)
+        if sum(len(v) for v in self.read_ahead.values()) > READ_AHEAD_MAX_BYTES:
+            self.read_ahead.clear()
+        for m in extra:
+            if m in raws and m not in missing:
+                self.read_ahead[m] = raws[m]
+        out.update({m: raws.get(m, b"") for m in missing})
+        return out
 
     def _fetch_item(
         self,
@@ -836,8 +870,6 @@ class ImapSession:
         if criteria.modseq and hits:
             line += f" (MODSEQ {highest})"
         self.send(line)
-        if uid:
-            await self.refresh()
         return "SEARCH completed"
 
     async def cmd_copy(self, args: list[Any], uid: bool, move: bool = False) -> str:

@@ -51,6 +51,7 @@ from app.services.mailbox.filing import ViewSpec, file_message
 from app.services.mailbox.service import MAX_BATCH, MailboxService, StateChange
 
 SYNC_ATTEMPTS = 12
+BLOB_ID_CACHE = 200_000
 MAX_LOG_CHANGES = 5000  # beyond this many changes since the last sync, compare the mailbox whole
 ITEM_FIELDS = {
     "_id": 1,
@@ -63,6 +64,7 @@ ITEM_FIELDS = {
     "answered": 1,
     "keywords": 1,
     "received_at": 1,
+    "size": 1,
 }
 
 
@@ -104,6 +106,7 @@ class ImapMailboxService:
         self.blobs = blobs
         self.mailbox = mailbox
         self.notifier = notifier
+        self._blob_of: dict[ObjectId, ObjectId] = {}  # message id → raw blob id (immutable)
         # one sync at a time per mailbox in this process (weak: idle mailboxes cost nothing)
         self._locks: weakref.WeakValueDictionary[tuple[ObjectId, str], asyncio.Lock] = (
             weakref.WeakValueDictionary()
@@ -394,6 +397,20 @@ class ImapMailboxService:
             self.db, [m["raw_blob_id"] for m in messages if m.get("raw_blob_id")]
         )
         return {m["_id"]: lengths.get(m.get("raw_blob_id"), 0) for m in messages}  # type: ignore[arg-type]
+
+    async def raw_by_message(self, message_ids: list[ObjectId]) -> dict[ObjectId, bytes]:
+        """Message id → stored raw MIME. Callers pass message ids read from the viewer's own
+        views. Which blob holds a message never changes, so it is remembered (bounded)."""
+        missing = [m for m in message_ids if m not in self._blob_of]
+        if missing:
+            async for d in self.db.messages.find({"_id": {"$in": missing}}, {"raw_blob_id": 1}):
+                if d.get("raw_blob_id"):
+                    if len(self._blob_of) >= BLOB_ID_CACHE:
+                        self._blob_of.clear()
+                    self._blob_of[d["_id"]] = d["raw_blob_id"]
+        blob_ids = {m: self._blob_of[m] for m in message_ids if m in self._blob_of}
+        blobs = await read_blobs(self.db, list(blob_ids.values()))
+        return {m: blobs.get(b, b"") for m, b in blob_ids.items()}
 
     async def raw(self, messages: list[dict[str, Any]]) -> dict[ObjectId, bytes]:
         """Message id → its stored raw MIME, byte for byte, in one or two queries."""
