@@ -35,9 +35,10 @@ from app.services.feedback.suppression import SuppressionService
 from app.services.feedback.suppression_views import SuppressionViews
 from app.services.inbound.group_commit import InboundStore
 from app.services.inbound.pipeline import InboundService
+from app.services.mailbox.changes import MailboxChanges
 from app.services.mailbox.content import ContentService
+from app.services.mailbox.queries import MailboxService
 from app.services.mailbox.realtime import RealtimeService
-from app.services.mailbox.service import MailboxService
 from app.services.search.indexing import SearchIndexer
 from app.services.search.service import SearchService
 from app.services.sending.attachments import AttachmentService
@@ -59,7 +60,8 @@ class System:
     hub: PubSubHub
     notifier: Notifier
     accounts: AccountService
-    mailbox: MailboxService
+    mailbox: MailboxService  # reads
+    mailbox_changes: MailboxChanges  # state changes, deletion
     content: ContentService
     realtime: RealtimeService
     attachments: AttachmentService
@@ -110,13 +112,14 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     notifier = Notifier()
     accounts = AccountService(mongo, redis, settings)
     content = ContentService(mongo, blobs)
-    mailbox = MailboxService(mongo, settings, notifier)
+    mailbox = MailboxService(mongo, settings)
+    mailbox_changes = MailboxChanges(mongo, notifier)
     realtime = RealtimeService(mongo, hub)
     attachments = AttachmentService(mongo, blobs, settings)
     suppression = SuppressionService(mongo)
     reputation = ReputationService(mongo, settings)
     bounces = BounceProcessor(mongo, suppression, reputation, secret)
-    spam_feedback = SpamFeedbackService(mongo, blobs, mailbox)
+    spam_feedback = SpamFeedbackService(mongo, blobs, mailbox_changes)
     sending = SendingService(
         mongo=mongo,
         blobs=blobs,
@@ -164,6 +167,7 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         notifier=notifier,
         accounts=accounts,
         mailbox=mailbox,
+        mailbox_changes=mailbox_changes,
         content=content,
         realtime=realtime,
         attachments=attachments,

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     public_url: str | None = (
         None  # base URL for links (download URLs); default http://http_host:http_port
     )
+    # the built front-ends (webmail/, graphiql/ with index.html + assets/); default: the package's
+    static_dir: Path | None = None
 
     # --- outbound delivery ---
     dns_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -92,6 +94,10 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=12, ge=2)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=4000, ge=100)
+    # fields once every fragment spread is expanded (schema/limits.py): what execution walks
+    graphql_max_fields: int = Field(default=5000, ge=100)
+    # the schema is the published contract: introspection is open unless turned off here
+    graphql_introspection: bool = True
     mongo_timeout_ms: int = Field(default=3000, ge=100)
     ws_token_check_seconds: float = Field(
         default=30.0, gt=0

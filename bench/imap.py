@@ -38,7 +38,7 @@ from app.bootstrap import build_system  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack, free_port  # noqa: E402
-from app.services.mailbox.service import StateChange  # noqa: E402
+from app.services.mailbox.changes import StateChange  # noqa: E402
 from tests.support.imap import deliver, sample_message  # noqa: E402
 
 DOMAIN = "bench.test"
@@ -301,7 +301,9 @@ async def main() -> None:
             assert count_files(directory) == args.messages, (name, count_files(directory))
             if name == "mailhub":
                 ids = [str(i["_id"]) for i in items[:changes]]
-                await system.mailbox.update_items(viewer, ids, StateChange(read=True, starred=True))
+                await system.mailbox_changes.update_items(
+                    viewer, ids, StateChange(read=True, starred=True)
+                )
             else:
                 subprocess.run(  # noqa: S603,S607
                     ["doveadm", "-c", str(conf), "flags", "add", "-u", email, "\\Seen \\Flagged",

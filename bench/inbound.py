@@ -47,11 +47,10 @@ def peers_dir() -> Path:
     for candidate in (
         os.environ.get("MAILHUB_PEERS_DIR"),
         ROOT.parent / "shared" / "peers",
-        Path("/work/shared/peers"),
     ):
         if candidate and (Path(candidate) / "smtpload.py").exists():
             return Path(candidate)
-    raise SystemExit("shared/peers not found: set MAILHUB_PEERS_DIR")
+    raise SystemExit(f"{ROOT.parent / 'shared' / 'peers'} not found: set MAILHUB_PEERS_DIR")
 
 
 def wait_port(port: int, timeout: float = 60) -> None:

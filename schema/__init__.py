@@ -9,16 +9,16 @@ from __future__ import annotations
 from typing import Any
 
 import strawberry
-from graphql.validation import ASTValidationRule
+from graphql import GraphQLError
+from graphql.validation import ASTValidationRule, NoSchemaIntrospectionCustomRule
 from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCache, ValidationCache
-from strawberry.extensions.max_aliases import create_validator as aliases_rule
-from strawberry.extensions.query_depth_limiter import create_validator as depth_rule
 from strawberry.tools import merge_types
 
 from app.config import Settings
 from schema.delivery import DeliveryMutation, DeliveryQuery
-from schema.errors import EXCEPTION_HANDLERS, ErrorShaping
+from schema.errors import EXCEPTION_HANDLERS, ErrorShaping, log_client_errors
 from schema.execution import FastExecutionContext
+from schema.limits import create_limits_rule
 from schema.mutation import Mutation
 from schema.query import Query
 from schema.realtime import RealtimeQuery, RealtimeSubscription
@@ -31,15 +31,25 @@ MUTATIONS: list[type] = [Mutation, SuppressionsMutation, DeliveryMutation, SpamM
 SUBSCRIPTIONS: list[type] = [RealtimeSubscription]
 
 
+class MailhubSchema(strawberry.Schema):
+    def process_errors(self, errors: list[GraphQLError], execution_context: Any = None) -> None:
+        """Instead of Strawberry's error log (a traceback for every error, even a bad token):
+        one info line per client error; bugs are logged where they are masked."""
+        log_client_errors(errors)
+
+
 def build_schema(settings: Settings) -> strawberry.Schema:
     subscription: Any = merge_types("Subscription", tuple(SUBSCRIPTIONS)) if SUBSCRIPTIONS else None
     # The limit rules are built once, not per request: the validation cache is keyed by the
     # rule classes, so per-request classes (what QueryDepthLimiter(...) makes) never hit it.
     rules: list[type[ASTValidationRule]] = [
-        depth_rule(settings.graphql_max_depth, None, None),
-        aliases_rule(settings.graphql_max_aliases),
+        create_limits_rule(
+            settings.graphql_max_depth, settings.graphql_max_aliases, settings.graphql_max_fields
+        )
     ]
-    return strawberry.Schema(
+    if not settings.graphql_introspection:  # open by default: docs/api.md says why
+        rules.append(NoSchemaIntrospectionCustomRule)
+    return MailhubSchema(
         query=merge_types("Query", tuple(QUERIES)),
         mutation=merge_types("Mutation", tuple(MUTATIONS)),
         subscription=subscription,

@@ -2,11 +2,15 @@
 
 Mutations: a DomainError whose GraphQL type is in the field's result union becomes that union
 member (exception handlers). Anything else becomes a top-level error with ``extensions.code``;
-an unexpected exception is masked ("Internal error", with a request id) and logged in full.
+a variable that cannot be coerced to its type (``first: 2147483648``, ``sendAt: "yesterday"``)
+is the client's ``VALIDATION_ERROR``; an unexpected exception is masked ("Internal error", with
+a request id) and logged in full. Client errors are logged as one info line each
+(``log_client_errors``), never with a traceback: anyone can cause them.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -59,11 +63,44 @@ EXCEPTION_HANDLERS: list[strawberry.ExceptionHandler[Any, Any]] = [
 ]
 
 
+_VARIABLE = re.compile(r"Variable '\$(\w+)'")
+# What graphql-core and Strawberry's scalars raise while coercing a variable's value
+_COERCION_ERRORS = (GraphQLError, ValueError, TypeError, OverflowError)
+
+
+def client_error(error: GraphQLError) -> E.DomainError | None:
+    """The client's mistake behind ``error``, or None when it is a bug (or needs no code)."""
+    original = error.original_error
+    if original is None:
+        return None
+    domain = as_domain_error(original)
+    if domain is not None:
+        return domain
+    if error.path is None and isinstance(original, _COERCION_ERRORS):
+        # raised before any resolver ran: a variable's value does not fit its declared type
+        match = _VARIABLE.search(error.message)
+        return E.ValidationError.on(match.group(1) if match else "variables", error.message)
+    return None
+
+
+def log_client_errors(errors: list[GraphQLError]) -> None:
+    """One info line per client error; bugs are logged by ``shape_error`` (with a request id)."""
+    for error in errors:
+        if (error.extensions or {}).get("code") == "INTERNAL_SERVER_ERROR":
+            continue
+        if error.original_error is None:  # syntax, validation, limits
+            log.info("client error", code="GRAPHQL_VALIDATION_FAILED", message=error.message[:200])
+            continue
+        domain = client_error(error)
+        if domain is not None:
+            log.info("client error", code=domain.code, message=domain.message[:200])
+
+
 def shape_error(error: GraphQLError) -> GraphQLError:
     original = error.original_error
     if original is None:  # syntax, validation, depth/alias/token limits: already clear
         return error
-    domain = as_domain_error(original)
+    domain = client_error(error)
     if domain is not None:
         extensions: dict[str, Any] = {"code": domain.code}
         if isinstance(domain, E.ValidationError):

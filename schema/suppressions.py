@@ -94,7 +94,8 @@ AddSuppressionResult = Annotated[
     SuppressionSuccess | T.ValidationErrorType, strawberry.union("AddSuppressionResult")
 ]
 RemoveSuppressionResult = Annotated[
-    RemoveSuppressionSuccess | T.NotFoundType, strawberry.union("RemoveSuppressionResult")
+    RemoveSuppressionSuccess | T.NotFoundType | T.ValidationErrorType,
+    strawberry.union("RemoveSuppressionResult"),
 ]
 
 
@@ -206,7 +207,7 @@ class SuppressionsQuery:
 
 @strawberry.type
 class SuppressionsMutation:
-    @strawberry.mutation(description="Stop all mail to an address (reason: manual).")
+    @strawberry.mutation(description="Stop your mail to an address (reason: manual).")
     async def add_suppression(
         self, info: Info, address: str, note: str | None = None
     ) -> AddSuppressionResult:
@@ -215,7 +216,10 @@ class SuppressionsMutation:
         )
         return SuppressionSuccess(suppression=Suppression(doc=doc))
 
-    @strawberry.mutation(description="Allow mail to an address again (one of your suppressions).")
+    @strawberry.mutation(
+        description="Allow your mail to an address again (your own entry; a hard bounce or "
+        "complaint is the system's and answers ValidationError)."
+    )
     async def remove_suppression(self, info: Info, address: str) -> RemoveSuppressionResult:
         removed = await info.context.system.suppression_views.remove(
             await info.context.viewer(), address

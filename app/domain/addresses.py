@@ -7,15 +7,12 @@ local parts (RFC 6531 §3.3) and internationalized domains. Inbound headers
 
 from __future__ import annotations
 
-import base64
-import binascii
-import codecs
-import quopri
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.utils import getaddresses
 
+from app.domain.encoded_words import decode_header_words, encode_header_words
 from app.domain.errors import FieldProblem, ValidationError
 
 # RFC 5322 §3.2.3 atext; RFC 6531 §3.3 adds any non-ASCII UTF-8 character.
@@ -32,6 +29,10 @@ _PLAIN_PHRASE = re.compile(
 )
 _BARE_ADDR_SPEC = re.compile(r"[^\s<>\"(),;:@\[\]]+@[^\s<>\"(),;:@\[\]]+\.[^\s<>\"(),;:@\[\]]+")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # TAB is fine; LF is judged separately
+# Bidirectional controls (Unicode TR 9: marks, embeddings, overrides, isolates) and invisible
+# characters make an address display as another one ("Trojan Source", CVE-2021-42574). ZWNJ
+# and ZWJ stay: Persian names and emoji sequences need them.
+_DECEPTIVE = re.compile("[\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _Fail = Callable[[str], ValidationError]
@@ -67,6 +68,8 @@ def parse_address(text: str, field: str = "address") -> Address:
         raise fail("address must not contain NUL characters")
     if _CONTROL.search(text):
         raise fail("address must not contain control characters")
+    if _DECEPTIVE.search(text):
+        raise fail("address must not contain bidirectional control or invisible characters")
 
     name, addr_spec = _split_name_and_spec(text.strip(), fail)
     email = _validate_addr_spec(addr_spec, fail)
@@ -301,164 +304,3 @@ def _format_display_name(name: str) -> str:
         return name
     escaped = name.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-def encode_header_words(text: str) -> str:
-    """RFC 2047 §4.1 "B" encoded words, each ≤ 75 characters, split on character boundaries."""
-    words: list[bytes] = []
-    chunk = b""
-    for ch in text:
-        encoded = ch.encode("utf-8")
-        # 45 raw octets → 60 base64 chars + 12 of "=?utf-8?b??=" framing = 72 ≤ 75
-        if len(chunk) + len(encoded) > 45:
-            words.append(chunk)
-            chunk = b""
-        chunk += encoded
-    if chunk:
-        words.append(chunk)
-    return " ".join(f"=?utf-8?b?{base64.b64encode(w).decode('ascii')}?=" for w in words)
-
-
-# --- RFC 2047 encoded words and charsets --------------------------------------------------------
-# They live here because display names are their main user; parsing.py reuses them for Subject,
-# filenames and bodies.
-
-_ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
-
-# Labels mail software sends, mapped to the superset codec that real senders actually use
-# (WHATWG Encoding Standard): e.g. "iso-8859-1" mail is written by Windows in windows-1252.
-_CHARSET_ALIASES = {
-    "iso-8859-1": "cp1252",
-    "iso8859-1": "cp1252",
-    "latin1": "cp1252",
-    "latin-1": "cp1252",
-    "l1": "cp1252",
-    "shift_jis": "cp932",
-    "shift-jis": "cp932",
-    "sjis": "cp932",
-    "x-sjis": "cp932",
-    "ms_kanji": "cp932",
-    "windows-31j": "cp932",
-    "ks_c_5601-1987": "cp949",
-    "euc-kr": "cp949",
-    "gb2312": "gb18030",
-    "gbk": "gb18030",
-    "x-gbk": "gb18030",
-    "iso-8859-8-i": "iso-8859-8",
-    "tis-620": "cp874",
-    "windows-874": "cp874",
-    "utf8": "utf-8",
-    "unicode-1-1-utf-7": "utf-7",
-}
-_ASCII_LABELS = {"us-ascii", "ascii", "ansi_x3.4-1968", "iso646-us", "646", "us", "7bit", "8bit"}
-# Python codecs that are not mail charsets: they interpret escapes or never decode.
-_NOT_MAIL_CHARSETS = {
-    "unicode_escape",
-    "raw_unicode_escape",
-    "punycode",
-    "idna",
-    "undefined",
-    "mbcs",
-}
-
-
-def decode_charset(data: bytes, charset: str | None) -> str:
-    """Decode text in a declared charset, never raising.
-
-    Undeclared or ASCII-labelled text that is not ASCII, and text in an unknown or bogus
-    charset, is tried as UTF-8 and then read as windows-1252 (latin-1's superset) with
-    replacement characters. Text that does not decode in its declared charset is tried as UTF-8
-    (the usual mislabel), and bad "UTF-8" as windows-1252, before replacement characters.
-    """
-    codec = _lookup_codec(charset)
-    if codec is None:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            return data.decode("cp1252", errors="replace")
-    try:
-        return data.decode(codec)
-    except (UnicodeDecodeError, LookupError):
-        pass
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
-    if codec == "utf-8":  # "UTF-8" that is not: nearly always legacy windows-1252 text
-        return data.decode("cp1252", errors="replace")
-    try:
-        return data.decode(codec, errors="replace")
-    except Exception:  # some codecs raise odd errors on hostile bytes
-        return data.decode("cp1252", errors="replace")
-
-
-def _lookup_codec(charset: str | None) -> str | None:
-    """A usable Python codec name for a charset label, or None for unknown/ASCII labels."""
-    if not charset:
-        return None
-    label = charset.strip().strip("\"'").strip().lower()
-    if not label or label in _ASCII_LABELS:
-        return None
-    label = _CHARSET_ALIASES.get(label, label)
-    try:
-        info = codecs.lookup(label)
-    except (LookupError, ValueError):
-        return None
-    if info.name.replace("-", "_") in _NOT_MAIL_CHARSETS or not getattr(
-        info, "_is_text_encoding", True
-    ):
-        return None
-    return info.name
-
-
-def decode_header_words(text: str) -> str:
-    """Decode RFC 2047 encoded words in a header value; plain text passes through unchanged.
-
-    Whitespace between adjacent encoded words is dropped (RFC 2047 §6.2), and adjacent words in
-    one charset are decoded together because senders split multi-byte characters across words.
-    """
-    if "=?" not in text:
-        return text
-    out: list[str] = []
-    pending: list[bytes] = []
-    pending_charset: str | None = None
-    pos = 0
-
-    def flush() -> None:
-        nonlocal pending, pending_charset
-        if pending:
-            out.append(decode_charset(b"".join(pending), pending_charset))
-        pending, pending_charset = [], None
-
-    for match in _ENCODED_WORD.finditer(text):
-        between = text[pos : match.start()]
-        charset, kind, payload = match.group(1), match.group(2).lower(), match.group(3)
-        data = _decode_word_payload(kind, payload)
-        if data is None:  # not decodable: keep the word verbatim
-            flush()
-            out.append(between + match.group(0))
-            pos = match.end()
-            continue
-        adjacent = bool(pending) and not between.strip()
-        if not adjacent:
-            flush()
-            out.append(between)
-        elif charset.lower() != (pending_charset or "").lower():
-            flush()
-        pending.append(data)
-        pending_charset = charset
-        pos = match.end()
-    flush()
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def _decode_word_payload(kind: str, payload: str) -> bytes | None:
-    try:
-        if kind == "b":
-            padded = payload + "=" * (-len(payload) % 4)
-            return base64.b64decode(padded.encode("ascii"), validate=False)
-        # RFC 2047 §4.2: "_" is always a space in the Q encoding.
-        return quopri.decodestring(payload.replace("_", " ").encode("ascii"), header=False)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
-        return None

@@ -17,8 +17,9 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from app.domain.addresses import Address, domain_of, encode_header_words, format_address
+from app.domain.addresses import Address, domain_of, format_address
 from app.domain.conversations import normalize_message_id
+from app.domain.encoded_words import encode_header_words
 from app.domain.errors import ValidationError
 from app.domain.html_safety import html_to_text, sanitize_html
 
@@ -68,12 +69,21 @@ def make_message_id(hostname: str) -> str:
     return f"<{secrets.token_hex(16)}@{host}>"
 
 
+# C0 controls but TAB, DEL, C1 controls (NEL among them) and the Unicode line and paragraph
+# separators: some parsers and terminals treat them as line breaks, none belong in a header.
+_HEADER_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 def check_header_value(value: str, field: str) -> None:
-    """Reject CR, LF and NUL: a line break in a header value lets input forge extra headers."""
+    """Reject line breaks and control characters: a line break in a header value lets input
+    forge extra headers, and other controls pass raw into the header (RFC 5322 §2.2: printable
+    characters and whitespace only)."""
     if "\r" in value or "\n" in value:
         raise ValidationError.on(field, f"{field}: must not contain line breaks")
     if "\x00" in value:
         raise ValidationError.on(field, f"{field}: must not contain NUL characters")
+    if _HEADER_CONTROL.search(value):
+        raise ValidationError.on(field, f"{field}: must not contain control characters")
 
 
 def needs_smtputf8(msg: OutgoingMessage) -> bool:

@@ -4,10 +4,14 @@
 header values are read from the raw header lines and decoded here (8-bit UTF-8 or windows-1252
 bytes, RFC 2047 encoded words, folding), because the stdlib header classes raise or mangle on
 the malformed headers real mail carries. Bodies are decoded with charset fallbacks.
+
+One module although over 400 lines: headers and body parts are read by one walk of one parsed
+tree under one "never raise" policy, and its helpers make sense only inside that walk.
 """
 
 from __future__ import annotations
 
+import html
 import mimetypes
 import re
 from collections.abc import Iterator
@@ -20,13 +24,9 @@ from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 
-from app.domain.addresses import (
-    Address,
-    decode_charset,
-    decode_header_words,
-    parse_header_addresses,
-)
+from app.domain.addresses import Address, parse_header_addresses
 from app.domain.conversations import normalize_message_id, parse_message_ids
+from app.domain.encoded_words import decode_charset, decode_header_words
 from app.domain.html_safety import html_to_text
 
 # Headers kept for later decisions: list handling, auto-reply loops (RFC 3834), bounces, auth.
@@ -44,6 +44,8 @@ _EXTENSIONS = {"text/calendar": ".ics", "text/vcard": ".vcf", "text/x-vcard": ".
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _FILENAME_UNSAFE = re.compile(r"[\x00-\x1f\x7f/\\]")
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
+TEXT_PART_SEPARATOR = "\n\n"  # between inline parts in the text body
+HTML_PART_SEPARATOR = "\n<hr>\n"  # between inline parts in the HTML body
 _SHARED_HEADER_CHARS = 1000  # longer header values are parsed afresh, never remembered
 
 
@@ -107,8 +109,9 @@ class ParsedMessage:
 def parse_message(raw: bytes) -> ParsedMessage:
     """Parse raw RFC 5322 bytes into a ``ParsedMessage``; never raises on malformed input.
 
-    Bodies: the first text/plain and text/html parts that are not attachments (text derived from
-    HTML when there is no text part), with "\n" line breaks and no trailing ones. Attachments:
+    Bodies: every text/plain and text/html part that is not an attachment, in order (see
+    ``_bodies``; text derived from HTML when there is no text part), with "\n" line breaks and
+    no trailing ones. Attachments:
     parts with a filename or ``Content-Disposition: attachment``, non-text leaves, and nested
     messages (named after their subject). A message the parser cannot make sense of at all comes
     back with its raw bytes as the text body.
@@ -123,7 +126,7 @@ def _parse(raw: bytes) -> ParsedMessage:
     msg = BytesParser(policy=_PARSE_POLICY).parsebytes(raw)
     body = _Bodies()
     _collect(msg, body, depth=0)
-    text_body, html_body = body.text, body.html
+    text_body, html_body = _bodies(msg)
     if html_body is not None and (text_body is None or not text_body.strip()):
         text_body = html_to_text(html_body)
     references = parse_message_ids(header_text(msg, "references", decode_words=False))
@@ -234,8 +237,6 @@ def _selected_headers(msg: Message) -> dict[str, str]:
 
 @dataclass
 class _Bodies:
-    text: str | None = None
-    html: str | None = None
     attachments: list[ParsedAttachment] = field(default_factory=list)
 
 
@@ -253,17 +254,94 @@ def _collect_leaf(leaf: Message, body: _Bodies) -> None:
     filename = _filename(leaf)
     if ctype.startswith("message/"):
         body.attachments.append(_message_attachment(leaf, ctype, filename, disposition))
-        return
+    elif not _is_inline_text(ctype, filename, disposition):  # those are the bodies
+        body.attachments.append(_attachment(leaf, ctype, filename, disposition, body))
+
+
+def _is_inline_text(ctype: str, filename: str | None, disposition: str | None) -> bool:
     is_body_type = ctype in ("text/plain", "text/html") or ctype.startswith("multipart/")
-    if is_body_type and not filename and disposition != "attachment":
-        text = _normalize_newlines(_decode_text(leaf)).rstrip("\n")
-        if ctype == "text/html":
-            if body.html is None:
-                body.html = text
-        elif body.text is None:
-            body.text = _unflow(text, leaf) if ctype == "text/plain" else text
-        return  # later inline text parts: the first one is the body
-    body.attachments.append(_attachment(leaf, ctype, filename, disposition, body))
+    return is_body_type and not filename and disposition != "attachment"
+
+
+# --- the bodies: every inline text part, as mail clients show them -------------------------------
+
+
+@dataclass(frozen=True)
+class _TextPart:
+    text: str
+    is_html: bool
+
+
+@dataclass(frozen=True)
+class _Rendering:
+    """The inline text parts of a subtree, in order: as read for the text body and for the HTML
+    body (they differ only where a multipart/alternative offers a choice)."""
+
+    for_text: tuple[_TextPart, ...] = ()
+    for_html: tuple[_TextPart, ...] = ()
+
+
+_NOTHING = _Rendering()
+
+
+def _bodies(part: Message) -> tuple[str | None, str | None]:
+    """The text and HTML bodies: every inline text part in order, joined by a separator.
+
+    multipart/alternative contributes one alternative (the last plain one to the text body, the
+    last with HTML to the HTML body: RFC 2046 §5.1.4 puts the richest last), multipart/related
+    its first shown part (the rest are its resources), every other multipart all its parts
+    (RFC 2046 §5.1.3). A plain part joins the HTML body escaped; an HTML part joins the text
+    body as its text. No HTML part at all: no HTML body.
+    """
+    rendering = _render(part, depth=0)
+    text_body = TEXT_PART_SEPARATOR.join(
+        html_to_text(p.text) if p.is_html else p.text for p in rendering.for_text
+    )
+    html_body = None
+    if any(p.is_html for p in rendering.for_html):
+        html_body = HTML_PART_SEPARATOR.join(
+            p.text if p.is_html else _plain_as_html(p.text) for p in rendering.for_html
+        )
+    return (text_body if rendering.for_text else None), html_body
+
+
+def _render(part: Message, depth: int) -> _Rendering:
+    ctype = _content_type(part)
+    if ctype.startswith("message/") and depth > 0:
+        return _NOTHING  # a nested message is an attachment, not our body
+    if part.is_multipart():  # checked first: get_payload() of a leaf decodes and may raise
+        if depth >= MAX_MIME_DEPTH:
+            return _NOTHING
+        children = [
+            _render(sub, depth + 1) for sub in part.get_payload() if isinstance(sub, Message)
+        ]
+        shown = [child for child in children if child.for_text or child.for_html]
+        if not shown:
+            return _NOTHING
+        if ctype == "multipart/alternative":
+            plain = [c for c in shown if not any(p.is_html for p in c.for_text)]
+            rich = [c for c in shown if any(p.is_html for p in c.for_html)]
+            return _Rendering((plain or shown)[-1].for_text, (rich or shown)[-1].for_html)
+        if ctype == "multipart/related":
+            return shown[0]
+        return _Rendering(
+            tuple(p for child in shown for p in child.for_text),
+            tuple(p for child in shown for p in child.for_html),
+        )
+    try:
+        if not _is_inline_text(ctype, _filename(part), _disposition(part)):
+            return _NOTHING
+        text = _normalize_newlines(_decode_text(part)).rstrip("\n")
+        if ctype == "text/plain":
+            text = _unflow(text, part)
+    except Exception:  # one hostile part must not cost us the others
+        return _NOTHING
+    piece = (_TextPart(text, is_html=ctype == "text/html"),)
+    return _Rendering(piece, piece)
+
+
+def _plain_as_html(text: str) -> str:
+    return f'<div style="white-space: pre-wrap">{html.escape(text, quote=False)}</div>'
 
 
 def _leaves(part: Message, depth: int) -> Iterator[Message]:

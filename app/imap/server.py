@@ -49,7 +49,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def imap_service(system: Any) -> ImapMailboxService:
-    return ImapMailboxService(system.mongo, system.blobs, system.mailbox, system.notifier)
+    return ImapMailboxService(system.mongo, system.blobs, system.mailbox_changes, system.notifier)
 
 
 async def start_mail_clients(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 import os
 import re
 import signal
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import MISSING, SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 
 from app.config import Settings
 from app.mx.data import DataOutcome, read_data
@@ -26,6 +28,24 @@ from app.mx.handler import MxHandler
 from app.mx.limits import ClientLimits, ErrorBudget
 
 log = structlog.get_logger(__name__)
+
+# aiosmtpd ends every session's task by cancelling it, QUIT included, and logs each cancellation
+# as "Connection lost during _handle_client()": noise for the ordinary end of every session.
+# The flag lives in the session task's own context (each connection's task has a copy), so the
+# filter drops that line only for the session that said QUIT; a client that hangs up without
+# QUIT, or a connection reset, is still logged.
+_session_quit = contextvars.ContextVar("mx_session_quit", default=False)
+
+
+class _QuitIsNotALostConnection(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            _session_quit.get()
+            and str(record.msg).endswith("Connection lost during _handle_client()")
+        )
+
+
+logging.getLogger("mail.log").addFilter(_QuitIsNotALostConnection())
 
 GRACE_SECONDS = 30.0
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
@@ -131,6 +151,13 @@ class MxSMTP(SMTP):
         self.sessions.discard(self)
         super().connection_lost(error)
 
+    @syntax("QUIT")  # HELP lists only commands that carry their syntax
+    async def smtp_QUIT(self, arg: str) -> None:
+        if not arg:  # "QUIT x" is a 501 and the session goes on
+            _session_quit.set(True)
+        await super().smtp_QUIT(arg)
+
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA command with the message read in chunks (``app.mx.data``), not lines.
 

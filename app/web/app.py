@@ -1,28 +1,37 @@
-"""The ASGI application: GraphQL (+ GraphiQL) at /graphql, the REST facade, health, metrics."""
+"""The ASGI application: GraphQL (+ GraphiQL) at /graphql, the REST facade, health, metrics,
+and the webmail SPA at / (app/web/frontends.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import structlog
+from cross_web import HTTPException
+from graphql import OperationType, get_operation_ast, parse
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
 from app.bootstrap import System, build_system
 from app.config import Settings
+from app.web import frontends
 from app.web.rest import Rest
 from schema import build_schema
 from schema.context import Context
 
 HTTP_REQUESTS = Counter("mailhub_http_requests_total", "HTTP requests", ["kind"])
+log = structlog.get_logger(__name__)
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}  # Strawberry's refusals; else 400
 
 
 def bearer_token(headers: Any) -> str | None:
@@ -36,9 +45,67 @@ def client_of(request: Any) -> str:
 
 
 class MailhubGraphQL(GraphQL[Context, None]):
-    def __init__(self, system: System, **kwargs: Any) -> None:
+    def __init__(self, system: System, graphiql: frontends.BuiltApp, **kwargs: Any) -> None:
         super().__init__(build_schema(system.settings), **kwargs)
         self.system = system
+        self.graphiql = graphiql
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Strawberry's HTTP handling, with every refusal a GraphQL-shaped JSON body
+        (``extensions.code = "BAD_REQUEST"``) instead of plain text, and a bug a masked 500."""
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope=scope, receive=receive)
+        try:
+            response = await self.run(request)
+        except HTTPException as e:
+            code = _HTTP_CODES.get(e.status_code, "BAD_REQUEST")
+            log.info("client error", code=code, message=e.reason[:200])
+            response = graphql_error_response(e.reason, code, e.status_code)
+        except Exception as e:  # a bug: masked, logged once with a request id
+            request_id = uuid.uuid4().hex[:12]
+            log.error(
+                "unexpected error in GraphQL HTTP handling",
+                request_id=request_id,
+                exc_info=(type(e), e, e.__traceback__),
+            )
+            response = graphql_error_response(
+                f"Internal error (request id {request_id})", "INTERNAL_SERVER_ERROR", 500
+            )
+        await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        """The request body: a JSON object (or a list, refused as a batch), else a 400. A body
+        nested too deeply for the parser or a number too long to convert is a 400 too."""
+        try:
+            value = json.loads(data)
+        except (ValueError, RecursionError) as e:  # ValueError covers JSON and UTF-8 errors
+            raise HTTPException(400, "The request body is not valid JSON") from e
+        if not isinstance(value, dict | list):
+            raise HTTPException(400, "The request body must be a JSON object")
+        return value
+
+    async def execute_operation(
+        self,
+        request: Any,
+        request_adapter: Any,
+        request_data: Any,
+        context: Any,
+        root_value: Any,
+        sub_response: Any,
+    ) -> Any:
+        if (
+            not isinstance(request_data, list)
+            and self._get_stream_transport(request_data.protocol) is None
+            and is_subscription(request_data.query, request_data.operation_name)
+        ):
+            raise HTTPException(
+                400, "Subscriptions run over the websocket at /graphql (graphql-transport-ws)"
+            )
+        return await super().execute_operation(
+            request, request_adapter, request_data, context, root_value, sub_response
+        )
 
     async def get_context(self, request: Any, response: Any) -> Context:
         return Context(
@@ -60,6 +127,28 @@ class MailhubGraphQL(GraphQL[Context, None]):
         except DomainError as e:
             raise ConnectionRejectionError({"message": e.message}) from e
         return {"userId": str(viewer.user_id)}
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL build instead of Strawberry's CDN page: it works offline and under a
+        same-origin CSP (GET /graphql with Accept: text/html and no ?query=)."""
+        return self.graphiql.page(request)
+
+
+def graphql_error_response(message: str, code: str, status: int) -> JSONResponse:
+    return JSONResponse(
+        {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]},
+        status_code=status,
+    )
+
+
+def is_subscription(query: str | None, operation_name: str | None) -> bool:
+    if not query or "subscription" not in query:  # the keyword must be there: skip the parse
+        return False
+    try:
+        operation = get_operation_ast(parse(query), operation_name)
+    except Exception:  # a syntax error: the normal path reports it
+        return False
+    return operation is not None and operation.operation == OperationType.SUBSCRIPTION
 
 
 class SecurityHeaders:
@@ -120,12 +209,8 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
-    async def root(request: Request) -> Response:
-        return RedirectResponse("/graphql")
-
     app = Starlette(
         routes=[
-            Route("/", root),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
@@ -152,8 +237,10 @@ def wire(app: Starlette, system: System) -> None:
         return
     app.state.wired = True
     app.state.system = system
+    pages = frontends.Frontends(system.settings.static_dir)
     graphql = MailhubGraphQL(
         system,
+        pages.graphiql,
         graphql_ide="graphiql",
         allowed_origins=system.settings.cors_origins,
         keep_alive=True,
@@ -178,3 +265,4 @@ def wire(app: Starlette, system: System) -> None:
     from starlette.routing import WebSocketRoute
 
     app.router.routes.append(WebSocketRoute("/graphql", graphql))
+    app.router.routes.extend(pages.routes())  # last: its SPA fallback takes client routes

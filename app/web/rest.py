@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
-from app.services.mailbox.service import StateChange
+from app.services.mailbox.changes import StateChange
+from app.services.mailbox.queries import MAX_PAGE
 from app.services.sending.compose import Composition
 from app.web.errors import error_response
 from app.web.uploads import stream_upload
@@ -29,7 +30,7 @@ fragment ItemFields on MailboxItem {
   subject snippet textBody htmlBody rfc822MessageId inReplyTo references
   attachments { id filename contentType size sha256 downloadUrl } hasAttachments size
   recipients { address type status attempts lastReply bounceClass nextAttemptAt updatedAt }
-  spam { isSpam probable score modelVersion reasons } authResults
+  spam { isSpam probable score modelVersion reasons } authResults rawUrl
 }
 """
 ITEM_QUERY = ITEM_FIELDS + "query Item($id: ID!) { message(id: $id) { ...ItemFields } }"
@@ -74,11 +75,23 @@ async def _json_body(request: Request) -> dict[str, Any]:
         raise PayloadTooLarge("request body too large")
     try:
         body = json.loads(await request.body() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, a too-long number, deep nesting
         raise ValidationError.on("body", "request body is not valid JSON") from None
     if not isinstance(body, dict):
         raise ValidationError.on("body", "request body must be a JSON object")
     return body
+
+
+def _page_size(request: Request, default: int) -> int:
+    """``?limit=``: a whole number of items from 1 to MAX_PAGE (anything else is the client's)."""
+    raw = request.query_params.get("limit")
+    try:
+        limit = int(raw) if raw is not None else default
+    except ValueError:  # not a number, or more digits than int() converts
+        limit = 0
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValidationError.on("limit", f"limit must be a number from 1 to {MAX_PAGE}")
+    return limit
 
 
 def _strings(body: dict[str, Any], name: str) -> list[str]:
@@ -124,6 +137,21 @@ def composition_from_json(body: dict[str, Any]) -> Composition:
         send_at=when,
         transactional=_optional_bool(body, "transactional"),
     )
+
+
+# The seed's JSON keys of a draft → Composition fields (for partial updates).
+DRAFT_JSON_FIELDS = {
+    "from": "from_",
+    "to": "to",
+    "cc": "cc",
+    "bcc": "bcc",
+    "subject": "subject",
+    "body": "text",
+    "text": "text",
+    "html": "html",
+    "attachments": "attachment_ids",
+    "inReplyTo": "in_reply_to",
+}
 
 
 class Rest:
@@ -172,19 +200,21 @@ class Rest:
         )
 
     async def draft(self, request: Request) -> Response:
+        """With ``id``, only the keys in the body change; ``null`` clears (CONTRACT.md)."""
         context = await self.context_for(request)
         body = await _json_body(request)
+        present = frozenset(field for key, field in DRAFT_JSON_FIELDS.items() if key in body)
         item = await self.system.drafts.save_draft(
-            await context.viewer(), _optional_str(body, "id"), composition_from_json(body)
+            await context.viewer(),
+            _optional_str(body, "id"),
+            composition_from_json(body),
+            present,
         )
         return JSONResponse({"id": str(item["_id"])}, status_code=201)
 
     async def folder(self, request: Request) -> Response:
         folder = parse_folder(request.path_params["folder"])
-        try:
-            limit = int(request.query_params.get("limit", "50"))
-        except ValueError:
-            raise ValidationError.on("limit", "limit must be a number") from None
+        limit = _page_size(request, 50)
         data = await self._graphql(
             request,
             FOLDER_QUERY,
@@ -223,7 +253,7 @@ class Rest:
             remove_labels=tuple(_strings(body, "remove")),
         )
         item_id = request.path_params["id"]
-        await self.system.mailbox.update_items(await context.viewer(), [item_id], change)
+        await self.system.mailbox_changes.update_items(await context.viewer(), [item_id], change)
         return JSONResponse(await self._item(request, item_id))
 
     async def upload(self, request: Request) -> Response:
@@ -263,15 +293,30 @@ class Rest:
             },
         )
 
+    async def raw(self, request: Request) -> Response:
+        """ "Show original": the stored RFC 822 bytes of one of the viewer's messages."""
+        context = await self.context_for(request)
+        item_id = request.path_params["id"]
+        blob_id = await self.system.mailbox.original_blob(await context.viewer(), item_id)
+        length, chunks = await self.system.blobs.open_stream(blob_id)
+        return StreamingResponse(
+            chunks,
+            media_type="message/rfc822",
+            headers={
+                "Content-Disposition": f'inline; filename="{item_id}.eml"',
+                "Content-Length": str(length),
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+                "Cache-Control": "private, no-store",
+            },
+        )
+
     async def search(self, request: Request) -> Response:
         """Gmail-style search (docs/search.md); each item also carries its ``highlights``."""
         query = request.query_params.get("q")
         if query is None:
             raise ValidationError.on("q", "give a query: ?q=...")
-        try:
-            limit = int(request.query_params.get("limit", "20"))
-        except ValueError:
-            raise ValidationError.on("limit", "limit must be a number") from None
+        limit = _page_size(request, 20)
         data = await self._graphql(
             request,
             SEARCH_QUERY,
@@ -300,6 +345,7 @@ class Rest:
             Route("/api/mailbox/{folder}", e(self.folder), methods=["GET"]),
             Route("/api/emails/{id}", e(self.get_email), methods=["GET"]),
             Route("/api/emails/{id}/labels", e(self.labels), methods=["POST"]),
+            Route("/api/emails/{id}/raw", e(self.raw), methods=["GET"]),
             Route("/api/attachments", e(self.upload), methods=["POST"]),
             Route("/api/attachments/{id}", e(self.download), methods=["GET"]),
         ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
@@ -16,6 +17,13 @@ from app.services.sending.attachments import AttachmentService, Upload
 
 def _header_params(value: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     return parse_options_header(value)
+
+
+def _filename(disposition: dict[bytes, bytes]) -> str:
+    name = disposition.get(b"filename", b"").decode("utf-8", "replace")
+    if name.startswith('"'):  # an unterminated quoted string: the filename held a line break
+        raise ValidationError.on("file", "malformed filename in Content-Disposition")
+    return name
 
 
 async def stream_upload(
@@ -48,17 +56,20 @@ async def stream_upload(
     def on_part_end() -> None:
         pending.append(("end", None))
 
-    parser = MultipartParser(
-        params[b"boundary"],
-        {
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_headers_finished": on_headers_finished,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
+    try:
+        parser = MultipartParser(
+            params[b"boundary"],
+            {
+                "on_header_field": on_header_field,
+                "on_header_value": on_header_value,
+                "on_header_end": on_header_end,
+                "on_headers_finished": on_headers_finished,
+                "on_part_data": on_part_data,
+                "on_part_end": on_part_end,
+            },
+        )
+    except FormParserError as e:  # e.g. a boundary over 256 characters (RFC 2046 §5.1.1: 70)
+        raise ValidationError.on("file", f"malformed multipart body: {e}") from None
     upload: Upload | None = None
     result: dict[str, Any] | None = None
     in_file = False
@@ -72,7 +83,7 @@ async def stream_upload(
                         disposition.get(b"name") == b"file" and upload is None and result is None
                     )
                     if in_file:
-                        filename = disposition.get(b"filename", b"").decode("utf-8", "replace")
+                        filename = _filename(disposition)
                         declared = value.get("content-type", b"").decode("latin-1") or None
                         upload = attachments.begin_upload(viewer, filename, declared)
                 elif kind == "data" and in_file and upload is not None:
@@ -82,9 +93,11 @@ async def stream_upload(
                     upload, in_file = None, False
             pending.clear()
         parser.finalize()
-    except BaseException:
+    except BaseException as e:
         if upload is not None:
             await upload.abort()
+        if isinstance(e, FormParserError):  # a bare CR in a header, a header over the limit...
+            raise ValidationError.on("file", f"malformed multipart body: {e}") from None
         raise
     if upload is not None:
         await upload.abort()

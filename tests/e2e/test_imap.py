@@ -141,10 +141,10 @@ async def test_flags_both_ways_fire_the_same_events(clients: MailClients) -> Non
 
     # the other way: a change through the mailbox service (what GraphQL calls) reaches IMAP
     from app.domain.viewer import Viewer
-    from app.services.mailbox.service import StateChange
+    from app.services.mailbox.changes import StateChange
 
     third = next(i for i in items if not i.get("read") and not i.get("answered"))
-    await system.mailbox.update_items(
+    await system.mailbox_changes.update_items(
         Viewer(user_id, email), [str(third["_id"])], StateChange(read=True, starred=True)
     )
     typ, data = await asyncio.to_thread(imap.noop)
@@ -219,7 +219,7 @@ async def test_condstore_and_qresync_report_only_changes(clients: MailClients) -
         out["modseq"] = modseq
         ok(imap.uid("STORE", "2", "+FLAGS", "(\\Flagged)"))
         imap.untagged_responses.pop("FETCH", None)
-        out["changed"] = ok(imap.fetch("1:*", "(FLAGS) (CHANGEDSINCE %d)" % modseq))
+        out["changed"] = ok(imap.fetch("1:*", f"(FLAGS) (CHANGEDSINCE {modseq})"))
         out["unchanged"] = imap.uid("STORE", "3", "(UNCHANGEDSINCE 1) +FLAGS", "(\\Seen)")
         out["modified"] = imap.untagged_responses.pop("MODIFIED", None)
         ok(imap.uid("STORE", "4", "+FLAGS.SILENT", "(\\Deleted)"))
@@ -227,9 +227,7 @@ async def test_condstore_and_qresync_report_only_changes(clients: MailClients) -
         imap.logout()
         again = connect(clients.imap_port, email)
         ok(again._simple_command("ENABLE", "QRESYNC"))
-        typ, data = again._simple_command(
-            "SELECT", "INBOX", "(QRESYNC (%d %d))" % (uidvalidity, modseq)
-        )
+        typ, data = again._simple_command("SELECT", "INBOX", f"(QRESYNC ({uidvalidity} {modseq}))")
         out["qresync"] = (
             typ,
             again.untagged_responses.get("VANISHED"),
@@ -337,7 +335,7 @@ async def test_idle_gets_exists_for_mail_through_the_mx(settings, zone) -> None:
             reply = await smtp_send(harness.port, message(subject="while idling"))
             assert reply["data"][0] == 250
 
-            def until_exists() -> bytes:
+            def until_exists(client: RawClient = client) -> bytes:
                 while True:
                     line = client.line()
                     if line.endswith(b"EXISTS\r\n") or not line:

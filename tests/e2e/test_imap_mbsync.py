@@ -17,7 +17,7 @@ import pytest
 from bson import ObjectId
 
 from app.domain.viewer import Viewer
-from app.services.mailbox.service import StateChange
+from app.services.mailbox.changes import StateChange
 from tests.e2e.conftest import DOMAIN
 from tests.support.imap import PASSWORD, MailClients, deliver, running_mail_clients, sample_message
 
@@ -155,7 +155,7 @@ async def test_mbsync_full_sync_flags_both_ways_and_a_server_move(
     local_pick, server_pick = sorted(by_digest)[:2]
     local_file = by_digest[local_pick]
     local_file.rename(local_file.with_name(local_file.name.split(":2,")[0] + ":2,F"))
-    await system.mailbox.update_items(
+    await system.mailbox_changes.update_items(
         viewer, [str(inbox[server_pick]["_id"])], StateChange(read=True)
     )
     await asyncio.to_thread(run_mbsync, config)
@@ -167,7 +167,7 @@ async def test_mbsync_full_sync_flags_both_ways_and_a_server_move(
 
     # 3. a move on the server (INBOX → Archive) moves the message locally
     moved = sorted(after)[10]
-    await system.mailbox.update_items(
+    await system.mailbox_changes.update_items(
         viewer, [str(after[moved]["_id"])], StateChange(folder="ARCHIVE")
     )
     await asyncio.to_thread(run_mbsync, config)

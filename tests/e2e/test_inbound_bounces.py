@@ -276,16 +276,15 @@ async def test_signed_webhook_events_use_the_same_path_and_replays_are_refused(a
         await api.system.mongo.db.delivery_events.count_documents({"event_type": "delivered"}) == 1
     )
 
-    removed = await api.gql(
+    # a hard bounce is the system's: the sender sees it but cannot lift it
+    refused = await api.gql(
         'mutation { removeSuppression(address: "Finn@remote.test") { __typename '
-        "... on RemoveSuppressionSuccess { address } } }",
+        "... on ValidationError { message fields { field } } } }",
         token=token,
     )
-    assert removed["data"]["removeSuppression"] == {
-        "__typename": "RemoveSuppressionSuccess",
-        "address": "finn@remote.test",
-    }
-    assert (await api.gql(SUPPRESSIONS, token=token))["data"]["suppressions"] == []
+    assert refused["data"]["removeSuppression"]["__typename"] == "ValidationError"
+    assert refused["data"]["removeSuppression"]["fields"] == [{"field": "address"}]
+    assert len((await api.gql(SUPPRESSIONS, token=token))["data"]["suppressions"]) == 1
 
 
 async def test_suppressions_are_added_manually_and_private_to_their_owner(api, settings):
@@ -308,6 +307,67 @@ async def test_suppressions_are_added_manually_and_private_to_their_owner(api, s
     # and sending to it now reports the recipient suppressed
     message_id, recipients = await sent_message(api, alice, ["noisy@remote.test"])
     assert recipients["noisy@remote.test"]["delivery_status"] == "suppressed"
+
+
+ADD = """mutation($a: String!) { addSuppression(address: $a) { __typename
+  ... on SuppressionSuccess { suppression { address reason createdAt } } } }"""
+REMOVE = """mutation($a: String!) { removeSuppression(address: $a) { __typename
+  ... on RemoveSuppressionSuccess { address } ... on ValidationError { message } } }"""
+LISTED = "{ suppressions { address reason createdAt } }"
+
+
+async def test_a_users_suppressions_are_their_own_rows_never_another_users(api, settings):
+    _, alice = await api.user("alice")
+    _, bob = await api.user("bob")
+    address = "shared@remote.test"
+    bobs = (await api.gql(ADD, {"a": address}, token=bob))["data"]["addSuppression"]
+    alices = (await api.gql(ADD, {"a": address}, token=alice))["data"]["addSuppression"]
+    assert alices["__typename"] == "SuppressionSuccess"
+    rows = await api.system.mongo.db.suppressions.find({"address": address}).to_list()
+    assert len(rows) == 2  # one row each: alice was answered with her own entry, not bob's
+
+    removed = (await api.gql(REMOVE, {"a": address}, token=alice))["data"]["removeSuppression"]
+    assert removed == {"__typename": "RemoveSuppressionSuccess", "address": address}
+    assert (await api.gql(LISTED, token=alice))["data"]["suppressions"] == []
+    assert (await api.gql(LISTED, token=bob))["data"]["suppressions"] == [bobs["suppression"]]
+    again = (await api.gql(REMOVE, {"a": address}, token=alice))["data"]["removeSuppression"]
+    assert again["__typename"] == "NotFound"
+
+    # bob's suppression stops bob's mail, and only his
+    _, to_bob = await sent_message(api, bob, [address])
+    _, to_alice = await sent_message(api, alice, [address])
+    assert to_bob[address]["delivery_status"] == "suppressed"
+    assert to_alice[address]["delivery_status"] != "suppressed"
+
+
+async def test_a_hard_bounce_caused_by_bob_is_neither_visible_to_nor_removable_by_alice(
+    api, settings
+):
+    _, alice = await api.user("alice")
+    _, bob = await api.user("bob")
+    message_id, _ = await sent_message(api, bob, ["gone@remote.test"])
+    bounced = {
+        "id": "evt-gone",
+        "type": "bounced",
+        "message_id": message_id,
+        "recipient": "gone@remote.test",
+        "smtp": {"code": 550, "enhanced": "5.1.1", "text": "mailbox does not exist"},
+    }
+    response, _ = await post_event(api, bounced)
+    assert response.json()["results"][0]["suppressed"] is True
+    assert (await api.gql(LISTED, token=alice))["data"]["suppressions"] == []
+    not_hers = (await api.gql(REMOVE, {"a": "gone@remote.test"}, token=alice))["data"]
+    assert not_hers["removeSuppression"]["__typename"] == "NotFound"
+    not_his = (await api.gql(REMOVE, {"a": "gone@remote.test"}, token=bob))["data"]
+    assert not_his["removeSuppression"]["__typename"] == "ValidationError"
+    # alice's own manual entry and its removal leave the hard bounce in force for everyone
+    await api.gql(ADD, {"a": "gone@remote.test"}, token=alice)
+    await api.gql(REMOVE, {"a": "gone@remote.test"}, token=alice)
+    _, to_alice = await sent_message(api, alice, ["gone@remote.test"])
+    assert to_alice["gone@remote.test"]["delivery_status"] == "suppressed"
+    assert [s["reason"] for s in (await api.gql(LISTED, token=bob))["data"]["suppressions"]] == [
+        "hard_bounce"
+    ]
 
 
 async def test_high_bounce_rate_pauses_the_senders_sending(api, settings):

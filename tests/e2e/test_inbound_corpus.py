@@ -111,3 +111,48 @@ async def test_non_utf8_samples_decode_to_the_right_text(api, settings):
     assert by_id["<koi8@mail.example>"]["subject"] == "Привет"
     assert any(n["subject"] == "Фото с выходных 📷" for n in nodes)
     assert any(n["subject"] == "会議資料の送付" for n in nodes), [n["subject"] for n in nodes]
+
+
+async def test_every_inline_text_part_is_readable_through_graphql(api, settings):
+    """A disclaimer part before the sender's text, a signature part inside the HTML alternative,
+    RFC 2046's second plain part: each reaches textBody / htmlBody (docs/inbound.md, "Bodies")."""
+    mx = await start_mx(settings, api.system)
+    try:
+        email, token = await api.user("bob")
+        names = (
+            "disclaimer_part_first.eml",
+            "html_alternative_signature.eml",
+            "rfc2046_two_plain_parts.eml",
+        )
+        for name in names:
+            raw = as_sent((DATA / "eml" / name).read_bytes())
+            reply = await smtp_send(mx.port, raw, rcpts=[email], mail_from="sender@none.test")
+            assert reply["data"][0] == 250, reply
+        ids = {n["rfc822MessageId"]: n["id"] for n in await listed(api, token)}
+        bodies = {}
+        for message_id in ("disclaimer-first-1@partner.example", "html-signature-1@mac.example"):
+            query = "query($id: ID!) { message(id: $id) { textBody htmlBody } }"
+            data = await api.gql(query, {"id": ids[f"<{message_id}>"]}, token=token)
+            bodies[message_id] = data["data"]["message"]
+        rfc = await api.gql(
+            "query($id: ID!) { message(id: $id) { textBody htmlBody } }",
+            {"id": ids["<rfc2046-sample@bellcore.com>"]},
+            token=token,
+        )
+    finally:
+        await mx.stop(grace=2)
+    disclaimer = bodies["disclaimer-first-1@partner.example"]
+    assert disclaimer["textBody"].startswith("[Scanned by <GatewayAV> & found clean]\n\n")
+    assert disclaimer["textBody"].endswith(
+        "our offer for the Q3 order is 1,200 units at 4.10 each."
+    )
+    assert "[Scanned by &lt;GatewayAV&gt; &amp; found clean]" in disclaimer["htmlBody"]
+    assert "<b>1,200 units</b>" in disclaimer["htmlBody"]
+    signature = bodies["html-signature-1@mac.example"]
+    assert signature["textBody"] == "Here is the best one.\n\n-- \nJonas Berg"
+    assert "Here is the best one." in signature["htmlBody"]
+    assert "Jonas Berg" in signature["htmlBody"]
+    assert rfc["data"]["message"]["textBody"].endswith(
+        "This is explicitly typed plain US-ASCII text.\nIt DOES end with a linebreak."
+    )
+    assert rfc["data"]["message"]["htmlBody"] is None

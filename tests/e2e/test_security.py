@@ -1,5 +1,8 @@
 """Authorization and hostile input: every edge answers a clear error, never a 500 or a trace."""
 
+import asyncio
+import time
+
 import pytest
 
 from tests.e2e.test_mailbox_ops import UPDATE, inbox_ids
@@ -86,8 +89,12 @@ async def test_another_users_ids_behave_like_missing_ones(api):
     [
         ("subject", "hi\r\nBcc: victim@evil.test"),
         ("subject", "nul\x00byte"),
+        ("subject", "vertical\x0btab"),
+        ("subject", "form\x0cfeed"),
+        ("subject", "file\x1cseparator"),
         ("to", ["bob@example.test\r\nBcc: x@evil.test"]),
         ("to", ["not-an-address"]),
+        ("to", ["moc.elpmaxe\u202e@example.test"]),
         ("to", ["a@b@c.test"]),
         ("from", "Bob <bob@example.test>"),
         ("cc", ["carol@example..test"]),
@@ -179,3 +186,26 @@ async def test_unexpected_errors_are_masked(api, monkeypatch):
     err = body["errors"][0]
     assert err["extensions"]["code"] == "INTERNAL_SERVER_ERROR"
     assert "hunter2" not in str(body) and "Traceback" not in str(body)
+
+
+def doubling_fragments(n: int) -> str:
+    """``...F<n>`` where each fragment spreads the one before twice: 2^n fields once expanded."""
+    fragments = ["fragment F0 on Query { __typename }"] + [
+        f"fragment F{i} on Query {{ ...F{i - 1} ...F{i - 1} }}" for i in range(1, n + 1)
+    ]
+    return f"query {{ ...F{n} }} " + " ".join(fragments)
+
+
+async def test_a_document_of_doubling_fragments_is_refused_at_once_without_a_token(api):
+    document = doubling_fragments(20)
+    assert len(document) < 1500
+    started = time.monotonic()
+    refused, health = await asyncio.gather(
+        api.http.post("/graphql", json={"query": document}), api.http.get("/healthz")
+    )
+    elapsed = time.monotonic() - started
+    assert refused.status_code == 200
+    [error] = refused.json()["errors"]
+    assert error["message"].startswith("The document expands to more than")
+    assert health.status_code == 200
+    assert elapsed < 2  # generous: before the bound this took seconds and blocked /healthz too

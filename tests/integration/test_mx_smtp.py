@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import smtplib
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -263,3 +265,64 @@ async def test_starttls_is_offered_with_a_certificate_and_mail_flows_over_it(
         items = await h.items(bob)
     assert offered and code == 250, text
     assert [i["subject"] for i in items] == ["over TLS"]
+
+
+async def test_a_normal_quit_logs_no_lost_connection_but_a_dropped_client_still_does(
+    settings, zone, caplog
+):
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    async with running_mx(settings, zone) as h:
+
+        def polite() -> None:
+            with smtplib.SMTP("127.0.0.1", h.port, timeout=10) as c:
+                c.ehlo("client.pass.test")  # the with-block ends with QUIT
+
+        await asyncio.to_thread(polite)
+        await asyncio.sleep(0.2)  # the server side of the close runs after the client's
+        after_quit = [r.getMessage() for r in caplog.records if "Connection lost" in r.msg]
+
+        def rude() -> None:
+            with socket.create_connection(("127.0.0.1", h.port), timeout=10) as s:
+                s.recv(1024)
+                s.sendall(b"EHLO client.pass.test\r\n")
+                s.recv(1024)  # then hang up without QUIT
+
+        await asyncio.to_thread(rude)
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            dropped = [r for r in caplog.records if "Connection lost" in r.msg]
+            if dropped:
+                break
+    assert after_quit == []
+    assert [r.levelno for r in dropped] == [logging.INFO]
+
+
+async def test_postmaster_is_accepted_for_every_hosted_domain_and_reaches_its_first_user(
+    settings, zone
+):
+    """RFC 5321 §4.5.1: "postmaster" (with a hosted domain, or with none) is always accepted."""
+    async with running_mx(settings, zone) as h:
+        _, bob = await h.user("bob")  # the domain's first user
+        await h.user("carol")
+        for rcpt in (f"postmaster@{DOMAIN}", f"PostMaster@{DOMAIN}", "postmaster"):
+            reply = await smtp_send(h.port, message(subject=f"to {rcpt}"), rcpts=[rcpt])
+            assert reply["rcpt"][rcpt][0] == 250, reply
+            assert reply["data"][0] == 250, reply
+        items = await h.items(bob)
+    assert sorted(i["subject"] for i in items) == sorted(
+        [f"to postmaster@{DOMAIN}", f"to PostMaster@{DOMAIN}", "to postmaster"]
+    )
+
+
+async def test_a_postmaster_alias_takes_precedence_and_other_domains_are_still_refused(
+    settings, zone
+):
+    async with running_mx(settings, zone) as h:
+        await h.user("bob")
+        carol_email, carol = await h.user("carol")
+        await h.system.accounts.add_alias(carol_email, f"postmaster@{DOMAIN}")
+        reply = await smtp_send(h.port, message(), rcpts=[f"postmaster@{DOMAIN}"])
+        assert reply["data"][0] == 250, reply
+        assert len(await h.items(carol)) == 1
+        relay = await smtp_send(h.port, message(), rcpts=["postmaster@elsewhere.test"])
+    assert relay["rcpt"]["postmaster@elsewhere.test"][0] == 550

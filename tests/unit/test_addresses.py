@@ -2,8 +2,6 @@ import pytest
 
 from app.domain.addresses import (
     Address,
-    decode_charset,
-    decode_header_words,
     domain_of,
     format_address,
     normalize_email,
@@ -11,6 +9,7 @@ from app.domain.addresses import (
     parse_address_list,
     parse_header_addresses,
 )
+from app.domain.encoded_words import decode_charset, decode_header_words
 from app.domain.errors import ValidationError
 
 
@@ -213,3 +212,29 @@ def test_plain_header_text_is_unchanged():
 )
 def test_decode_charset_falls_back_sensibly(data, charset, expected):
     assert decode_charset(data, charset) == expected
+
+
+def test_encoded_words_with_raw_8bit_bytes_are_decoded_in_their_declared_charset():
+    # Malformed (RFC 2047 §5 allows only ASCII inside a word) but common; other parsers decode it.
+    assert (
+        decode_header_words("=?iso-8859-1?Q?Die_Hasen_und_die_Fr\xf6sche?=")
+        == "Die Hasen und die Frösche"
+    )
+    # a character the declared charset cannot hold stays as it arrived
+    assert decode_header_words("=?iso-8859-1?Q?Preis_5_\u20ac?=") == "Preis 5 €"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "moc.elpmaxe\u202e@example.test",  # right-to-left override: shows as another address
+        "bob\u2066@example.test",
+        "bob@exa\u200fmple.test",
+        "\u202eBob Smith <bob@example.test>",
+        "bob\u200b@example.test",  # zero width space: looks like bob@
+    ],
+)
+def test_bidirectional_and_invisible_characters_are_refused_in_addresses(text):
+    with pytest.raises(ValidationError) as excinfo:
+        parse_address(text, "to[0]")
+    assert excinfo.value.fields[0].field == "to[0]"

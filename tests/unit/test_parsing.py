@@ -8,8 +8,10 @@ import pytest
 from app.domain.addresses import Address
 from app.domain.html_safety import sanitize_html
 from app.domain.parsing import (
+    HTML_PART_SEPARATOR,
     MAX_MIME_DEPTH,
     MAX_SELECTED_HEADER_CHARS,
+    TEXT_PART_SEPARATOR,
     ParsedMessage,
     parse_message,
     safe_filename,
@@ -24,7 +26,7 @@ def _parse(name: str) -> ParsedMessage:
 
 
 def test_there_are_samples():
-    assert len(SAMPLES) >= 14
+    assert len(SAMPLES) >= 18
 
 
 def test_multipart_alternative_gives_both_bodies_and_list_headers():
@@ -46,6 +48,69 @@ def test_multipart_alternative_gives_both_bodies_and_list_headers():
     assert msg.headers["return-path"] == "<bounce-4711@mail.example.com>"
     assert msg.headers["authentication-results"].startswith("mx.mailhub.test; spf=pass")
     assert "received" not in msg.headers
+
+
+def test_every_inline_text_part_of_a_mixed_message_is_in_the_text_body():
+    """RFC 2046 §5.1.1's sample: two plain parts, the first without any header."""
+    msg = _parse("rfc2046_two_plain_parts.eml")
+    assert msg.text_body == (
+        "This is implicitly typed plain US-ASCII text.\nIt does NOT end with a linebreak."
+        + TEXT_PART_SEPARATOR
+        + "This is explicitly typed plain US-ASCII text.\nIt DOES end with a linebreak."
+    )
+    assert (msg.html_body, msg.attachments) == (None, ())
+
+
+def test_a_disclaimer_part_first_does_not_hide_the_senders_text():
+    msg = _parse("disclaimer_part_first.eml")
+    assert msg.text_body == (
+        "[Scanned by <GatewayAV> & found clean]"
+        + TEXT_PART_SEPARATOR
+        + "Hello Anna,\n\nour offer for the Q3 order is 1,200 units at 4.10 each."
+    )
+    # the plain part joins the HTML body escaped, the alternative contributes its HTML
+    assert msg.html_body == (
+        '<div style="white-space: pre-wrap">[Scanned by &lt;GatewayAV&gt; &amp; found clean]</div>'
+        + HTML_PART_SEPARATOR
+        + "<p>Hello Anna,</p><p>our offer for the Q3 order is <b>1,200 units</b> at 4.10 each.</p>"
+    )
+    assert "<GatewayAV>" not in sanitize_html(msg.html_body)
+    assert msg.attachments == ()
+
+
+def test_inline_text_parts_of_nested_multiparts_keep_their_order():
+    msg = _parse("nested_multipart_parts.eml")
+    assert msg.text_body == TEXT_PART_SEPARATOR.join(
+        [
+            "Part 1 of the outer message.",
+            "Part 1 of the inner message.",
+            "Part 2 of the inner message.",
+            "Part 2 of the outer message.",
+        ]
+    )
+
+
+def test_a_signature_part_inside_the_html_alternative_is_in_the_html_body():
+    msg = _parse("html_alternative_signature.eml")
+    assert msg.text_body == "Here is the best one.\n\n-- \nJonas Berg"  # the plain alternative
+    assert msg.html_body == (
+        "<html><body><p>Here is the best one.</p></body></html>"
+        + HTML_PART_SEPARATOR
+        + "<html><body><p>-- <br>Jonas Berg</p></body></html>"
+    )
+    assert [(a.filename, a.inline) for a in msg.attachments] == [("saturday.png", True)]
+
+
+def test_a_mixed_html_and_plain_part_each_appear_in_both_bodies():
+    raw = (
+        b'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\nContent-Type: text/html\r\n'
+        b"\r\n<p>Intro</p>\r\n--b\r\nContent-Type: text/plain\r\n\r\nDetails\r\n--b--\r\n"
+    )
+    msg = parse_message(raw)
+    assert msg.text_body == "Intro" + TEXT_PART_SEPARATOR + "Details"
+    assert msg.html_body == (
+        "<p>Intro</p>" + HTML_PART_SEPARATOR + '<div style="white-space: pre-wrap">Details</div>'
+    )
 
 
 def test_html_only_message_derives_text_and_keeps_raw_html():
@@ -311,8 +376,9 @@ def test_a_part_the_stdlib_cannot_decode_does_not_hide_the_others():
     )
     msg = parse_message(raw)
     assert msg.subject == "Mixed"
-    assert msg.html_body == "<p>fine</p>"
-    assert msg.text_body == "café"
+    # multipart/mixed: both parts are shown, in order, in both bodies
+    assert msg.text_body == "café" + TEXT_PART_SEPARATOR + "fine"
+    assert msg.html_body.endswith(HTML_PART_SEPARATOR + "<p>fine</p>")
 
 
 def test_shared_header_objects_parse_exactly_like_the_stdlib_default_policy(monkeypatch):
@@ -328,3 +394,8 @@ def test_shared_header_objects_parse_exactly_like_the_stdlib_default_policy(monk
     again = [parse_message(raw) for raw in raws]  # now from the remembered header objects
     monkeypatch.setattr(parsing, "_PARSE_POLICY", policy.default)
     assert ours == again == [parse_message(raw) for raw in raws]
+
+
+def test_a_subject_with_raw_latin1_bytes_inside_an_encoded_word_is_decoded():
+    raw = b"Subject: =?iso-8859-1?Q?Die_Hasen_und_die_Fr\xf6sche?=\r\n\r\nbody\r\n"
+    assert parse_message(raw).subject == "Die Hasen und die Frösche"

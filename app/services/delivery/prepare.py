@@ -24,7 +24,7 @@ from app.adapters.smtp_transport import no_reply
 from app.domain.addresses import domain_of
 from app.services.delivery.outbox import DomainLease, PreparedMessage, Work, chunked, status_event
 from app.services.delivery.outcomes import OutcomeRecorder
-from app.services.feedback.suppression import SuppressionService
+from app.services.feedback.suppression import GLOBAL, SuppressionService, user_scope
 
 PREPARED_CACHE = 512  # signed messages kept for their other domains and retries
 KEY_TTL = 60.0  # seconds a domain's DKIM key is cached
@@ -57,9 +57,13 @@ class MessagePreparer:
         here; the caller settles them). Suppressed recipients and messages whose content is
         unavailable go straight to the recorder."""
         prepared = await self._prepared_messages({d["message_id"] for d in docs})
-        suppressed: set[str] = set()
+        # (a user's own entries stop only that user's mail: app/services/feedback/suppression.py)
+        senders = {m.id: user_scope(m.sender_user_id) for m in prepared.values()}
+        suppressed: set[tuple[str, str]] = set()
         for part in chunked([d["address"] for d in docs]):
-            suppressed |= await self.suppression.suppressed(part)
+            suppressed |= await self.suppression.suppressed_in_scopes(
+                part, sorted(set(senders.values()))
+            )
         ready: list[Work] = []
         gone: list[Work] = []
         for doc in docs:
@@ -75,7 +79,10 @@ class MessagePreparer:
                 )
                 continue
             work = Work(doc, message, lease)
-            if doc["address_key"] in suppressed:
+            if (doc["address_key"], GLOBAL) in suppressed or (
+                doc["address_key"],
+                senders.get(message.id, GLOBAL),
+            ) in suppressed:
                 self.recorder.suppressed(work)
             else:
                 ready.append(work)

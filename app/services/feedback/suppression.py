@@ -17,7 +17,12 @@ from app.domain.addresses import normalize_email, parse_address
 from app.domain.errors import NotFound
 
 REASONS = ("hard_bounce", "complaint", "unsubscribe", "manual")
-GLOBAL = "global"
+GLOBAL = "global"  # the system's entries: they stop everyone's mail to the address
+
+
+def user_scope(user_id: ObjectId) -> str:
+    """The scope of one user's own entries: they stop only that user's mail to the address."""
+    return f"user:{user_id}"
 
 
 class SuppressionService:
@@ -27,17 +32,30 @@ class SuppressionService:
     async def suppressed(
         self, addresses: list[str], *, scope: str = GLOBAL, session: Any = None
     ) -> set[str]:
-        """The normalized addresses among ``addresses`` that are suppressed now."""
+        """The normalized addresses among ``addresses`` suppressed now for mail in ``scope``
+        (a user's scope: their own entries and the global ones)."""
+        found = await self.suppressed_in_scopes(addresses, [scope], session=session)
+        return {address for address, _ in found}
+
+    async def suppressed_in_scopes(
+        self, addresses: list[str], scopes: list[str], *, session: Any = None
+    ) -> set[tuple[str, str]]:
+        """``(address, scope)`` for each entry in force among ``addresses`` in ``scopes`` (the
+        global scope always included): one query for the senders of a whole delivery batch."""
         if not addresses:
             return set()
         keys = sorted({normalize_email(a) for a in addresses})
         docs = await self.db.suppressions.find(
-            {"address": {"$in": keys}, "scope": {"$in": [GLOBAL, scope]}},
-            {"address": 1, "expires_at": 1},
+            {"address": {"$in": keys}, "scope": {"$in": sorted({GLOBAL, *scopes})}},
+            {"address": 1, "scope": 1, "expires_at": 1},
             session=session,
         ).to_list()
         now = datetime.now(UTC)
-        return {d["address"] for d in docs if not d.get("expires_at") or d["expires_at"] > now}
+        return {
+            (d["address"], d["scope"])
+            for d in docs
+            if not d.get("expires_at") or d["expires_at"] > now
+        }
 
     async def add(
         self,

@@ -16,7 +16,7 @@ sessions, or a session and an APPEND) serialise on that write: UIDs are handed o
 increasing order, and a UID a client has seen is never reused. MODSEQ is the change-log seq, so
 HIGHESTMODSEQ is ``synced_state`` and CONDSTORE needs no counter of its own.
 
-Every change to a view goes through ``MailboxService.update_items``/``delete_forever`` (the
+Every change to a view goes through ``MailboxChanges.update_items``/``delete_forever`` (the
 same calls as GraphQL), so subscriptions and unread counts fire for IMAP changes, and IMAP
 sees GraphQL's changes through the change log.
 """
@@ -47,8 +47,8 @@ from app.domain.imap_names import FOLDER_NAMES, MailboxRef, folder_ref
 from app.domain.parsing import parse_message
 from app.domain.viewer import Viewer
 from app.services.after_commit import Notifier
+from app.services.mailbox.changes import MAX_BATCH, MailboxChanges, StateChange
 from app.services.mailbox.filing import ViewSpec, file_message
-from app.services.mailbox.service import MAX_BATCH, MailboxService, StateChange
 
 SYNC_ATTEMPTS = 12
 BLOB_ID_CACHE = 200_000
@@ -99,7 +99,7 @@ class CannotDo(ValidationError):
 
 class ImapMailboxService:
     def __init__(
-        self, mongo: Mongo, blobs: BlobStore, mailbox: MailboxService, notifier: Notifier
+        self, mongo: Mongo, blobs: BlobStore, mailbox: MailboxChanges, notifier: Notifier
     ) -> None:
         self.mongo = mongo
         self.db = mongo.db
@@ -418,7 +418,7 @@ class ImapMailboxService:
         blobs = await read_blobs(self.db, blob_ids)
         return {m["_id"]: blobs.get(m.get("raw_blob_id"), b"") for m in messages}  # type: ignore[arg-type]
 
-    # --- changes (all through MailboxService: the same calls as GraphQL) --------------------
+    # --- changes (all through MailboxChanges: the same calls as GraphQL) --------------------
 
     async def store_flags(
         self, viewer: Viewer, views: list[dict[str, Any]], flags: list[str], mode: str

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from app.services.inbound.group_commit import BlobWrite, InboundStore, InboundVi
 from app.services.mailbox.content import INLINE_BODY_LIMIT
 
 DOMAIN_CACHE_SECONDS = 5.0  # hosted domains change rarely; users are always read fresh
+POSTMASTER = "postmaster"
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
@@ -140,6 +142,7 @@ class InboundService:
         self.scanner = scanner
         self.feedback = feedback  # per-user adjustment from markSpam/markNotSpam
         self._domains: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self._postmasters: dict[str, tuple[float, ObjectId | None]] = {}
         secret = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self._verp_secret = secret.encode()
         # One query for the RCPTs and the DATAs of all sessions that ask at the same time.
@@ -154,8 +157,10 @@ class InboundService:
             key = normalize_email(address)
         except Exception:
             raise Rejected("bad address", reply="501 5.1.3 Bad recipient address syntax") from None
-        domain = domain_of(key) if "@" in key else ""
         try:
+            if key == POSTMASTER:  # RFC 5321 §4.5.1: accepted without a domain too
+                key = f"{POSTMASTER}@{await self._own_domain()}"
+            domain = domain_of(key) if "@" in key else ""
             hosted = domain in await self._hosted_domains()
             if not hosted:
                 # RFC 5321 §3.6.2 / §7.1: we relay for nobody.
@@ -167,6 +172,8 @@ class InboundService:
                 if verp is not None:
                     return LocalRecipient(key, verp=verp)
             user_id = (await self._identities.get([key])).get(key)
+            if user_id is None and key == f"{POSTMASTER}@{domain}":
+                user_id = await self._postmaster_of(domain)
         except DomainError:
             raise
         except Exception as e:
@@ -183,6 +190,30 @@ class InboundService:
 
     async def _users_with_feedback(self, users: list[ObjectId]) -> dict[ObjectId, bool]:
         return dict.fromkeys(await self.feedback.has_feedback(users), True)
+
+    async def _own_domain(self) -> str:
+        """The hosted domain bare "postmaster" belongs to: our hostname's (mx.example.com →
+        example.com), else the first hosted domain by name ("" when none is hosted)."""
+        hosted = await self._hosted_domains()
+        labels = self.settings.hostname.lower().split(".")
+        for i in range(len(labels) - 1):
+            if ".".join(labels[i:]) in hosted:
+                return ".".join(labels[i:])
+        return min(hosted, default="")
+
+    async def _postmaster_of(self, domain: str) -> ObjectId | None:
+        """postmaster@domain without an address of its own (RFC 5321 §4.5.1 requires it for
+        every hosted domain): the domain's first user, the one who set the domain up."""
+        loaded_at, user_id = self._postmasters.get(domain, (0.0, None))
+        if time.monotonic() - loaded_at > DOMAIN_CACHE_SECONDS:
+            first = await self.db.identities.find_one(
+                {"address": {"$regex": f"@{re.escape(domain)}$"}},
+                {"user_id": 1},
+                sort=[("created_at", 1), ("_id", 1)],
+            )
+            user_id = first["user_id"] if first else None
+            self._postmasters[domain] = (time.monotonic(), user_id)
+        return user_id
 
     async def _hosted_domains(self) -> frozenset[str]:
         loaded_at, domains = self._domains
