@@ -498,3 +498,25 @@ async def test_pop3_session_leaves_mail_on_the_server(clients: MailClients) -> N
         for i in await system.mongo.db.mailbox_items.find({"user_id": user_id}).to_list()
     )
     assert folders == ["INBOX", "INBOX", "INBOX", "TRASH"]  # DELE + QUIT moved one to Trash
+
+
+async def test_imap_logins_share_the_api_rate_limits(settings, system) -> None:  # type: ignore[no-untyped-def]
+    email = await make_user(system, "ivy")
+    limit = system.settings.login_attempts_per_address
+    async for clients in running_mail_clients(system, settings):
+
+        def attempts() -> list[tuple[str, Any]]:
+            imap = connect(clients.imap_port)
+            out = []
+            for password in [f"wrong{n}" for n in range(limit)] + [PASSWORD]:
+                try:
+                    out.append(("OK", imap.login(email, password)))
+                except imaplib.IMAP4.error as e:
+                    out.append(("NO", str(e)))
+            imap.shutdown()
+            return out
+
+        results = await asyncio.to_thread(attempts)
+    assert [r[0] for r in results] == ["NO"] * (limit + 1)
+    assert "AUTHENTICATIONFAILED" in results[0][1]
+    assert "UNAVAILABLE" in results[-1][1]  # the right password, but the address is locked

@@ -148,3 +148,51 @@ def test_sections_are_slices_of_the_stored_bytes() -> None:
     assert b'"MESSAGE" "RFC822"' in structure and structure.endswith(
         b' "MIXED" ("BOUNDARY" "zz") NIL NIL NIL)'
     )
+
+
+class _Writer:
+    """Collects what a session writes (a pure unit test of the no-TLS login refusal)."""
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+        self.data = bytearray()
+
+    def get_extra_info(self, name: str) -> object:
+        return (self.peer, 40000) if name == "peername" else None
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+    async def drain(self) -> None:
+        return None
+
+
+async def run_session(peer: str, script: bytes) -> bytes:
+    from app.imap.session import ImapSession, ServerOptions
+
+    reader = asyncio.StreamReader()
+    reader.feed_data(script)
+    reader.feed_eof()
+    writer = _Writer(peer)
+    session = ImapSession(
+        reader,
+        writer,  # type: ignore[arg-type]
+        accounts=None,  # type: ignore[arg-type]  # never reached: the login is refused first
+        mailboxes=None,  # type: ignore[arg-type]
+        hub=None,  # type: ignore[arg-type]
+        options=ServerOptions(1 << 20, None, "mx.test"),
+        tls=False,
+    )
+    await session.run()
+    return bytes(writer.data)
+
+
+async def test_login_without_tls_is_refused_unless_on_loopback() -> None:
+    out = await run_session(
+        "192.0.2.7",
+        b"a CAPABILITY\r\nb LOGIN u@x.test secret\r\nc AUTHENTICATE PLAIN AHVAeC50ZXN0AHM=\r\n",
+    )
+    assert b"LOGINDISABLED" in out and b"AUTH=PLAIN" not in out
+    assert b"b NO [PRIVACYREQUIRED]" in out and b"c NO [PRIVACYREQUIRED]" in out
+    loopback = await run_session("127.0.0.1", b"a CAPABILITY\r\n")
+    assert b"AUTH=PLAIN" in loopback and b"LOGINDISABLED" not in loopback
