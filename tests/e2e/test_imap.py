@@ -505,8 +505,8 @@ async def test_imap_logins_share_the_api_rate_limits(settings, system) -> None: 
     limit = system.settings.login_attempts_per_address
     async for clients in running_mail_clients(system, settings):
 
-        def attempts() -> list[tuple[str, Any]]:
-            imap = connect(clients.imap_port)
+        def attempts(port: int = clients.imap_port) -> list[tuple[str, Any]]:
+            imap = connect(port)
             out = []
             for password in [f"wrong{n}" for n in range(limit)] + [PASSWORD]:
                 try:
