@@ -15,15 +15,15 @@ import bisect
 import contextlib
 import re
 import ssl
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from bson import ObjectId
 
-from app.adapters.pubsub import PubSubHub
 from app.domain.errors import AuthError, DomainError, NotFound, RateLimited, ValidationError
 from app.domain.imap_flags import PERMANENT_FLAGS, SYSTEM_FLAGS, canonical_flag, flags_of
 from app.domain.imap_names import (
@@ -86,6 +86,14 @@ _SIMPLE_ITEMS = {
 }
 
 
+class EventSource(Protocol):
+    """The per-user change events (the realtime pub/sub hub): IDLE waits on them."""
+
+    def listen(
+        self, user_id: str, *, coalesce: bool = False
+    ) -> AbstractAsyncContextManager[Any]: ...
+
+
 @dataclass
 class ServerOptions:
     max_literal: int
@@ -140,7 +148,7 @@ class ImapSession:
         *,
         accounts: AccountService,
         mailboxes: ImapMailboxService,
-        hub: PubSubHub,
+        hub: EventSource,
         options: ServerOptions,
         tls: bool,
     ) -> None:

@@ -33,8 +33,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import InsertOne, ReturnDocument, UpdateOne
-from pymongo.errors import PyMongoError
 
 from app.adapters.blob_batches import blob_lengths, read_blobs
 from app.adapters.blobs import BlobStore
@@ -201,8 +199,9 @@ class ImapMailboxService:
             for attempt in range(SYNC_ATTEMPTS):
                 try:
                     return await self._sync(viewer, ref)
-                except PyMongoError as e:
-                    if not e.has_error_label("TransientTransactionError"):
+                except Exception as e:  # the driver's error, asked by label (no pymongo here)
+                    label = getattr(e, "has_error_label", None)
+                    if label is None or not label("TransientTransactionError"):
                         raise
                     if attempt == SYNC_ATTEMPTS - 1:
                         raise ServiceUnavailable("mailbox busy; try again") from e
@@ -224,7 +223,7 @@ class ImapMailboxService:
                     },
                 },
                 upsert=True,
-                return_document=ReturnDocument.AFTER,
+                return_document=True,  # the document after the update
                 session=session,
             )
             assert box is not None  # upserted
@@ -291,21 +290,26 @@ class ImapMailboxService:
                 session=session,
             ).to_list()
         }
-        ops: list[Any] = []
+        updates: dict[tuple[int, bool], list[ObjectId]] = {}  # (modseq, gone) → uid doc ids
         for item_id, doc in numbered.items():
-            update = {"modseq": changed[item_id]}
-            if item_id not in inside:
+            updates.setdefault((changed[item_id], item_id not in inside), []).append(doc["_id"])
+        for (modseq, gone), doc_ids in updates.items():
+            update: dict[str, Any] = {"modseq": modseq}
+            if gone:
                 update["gone"] = True
-            ops.append(UpdateOne({"_id": doc["_id"]}, {"$set": update}))
+            await self.db.imap_uids.update_many(
+                {"_id": {"$in": doc_ids}}, {"$set": update}, session=session
+            )
         arrivals = sorted(
             (d for i, d in inside.items() if i not in numbered),
             key=lambda d: (d["received_at"], d["_id"]),
         )
+        new = []
         for d in arrivals:
-            ops.append(InsertOne(_uid_doc(user_id, ref, uidnext, d["_id"], changed[d["_id"]])))
+            new.append(_uid_doc(user_id, ref, uidnext, d["_id"], changed[d["_id"]]))
             uidnext += 1
-        if ops:
-            await self.db.imap_uids.bulk_write(ops, ordered=False, session=session)
+        if new:
+            await self.db.imap_uids.insert_many(new, ordered=True, session=session)
         return uidnext
 
     async def _resync_whole(
@@ -329,20 +333,24 @@ class ImapMailboxService:
             ).to_list()
         }
         present = {d["_id"] for d in items}
-        ops: list[Any] = []
         # we cannot tell which of the numbered views changed: all of them get this MODSEQ
-        ops += [
-            UpdateOne({"_id": doc_id}, {"$set": {"modseq": state, "gone": item_id not in present}})
-            for item_id, doc_id in numbered.items()
-        ]
+        for gone in (False, True):
+            doc_ids = [
+                doc_id for item_id, doc_id in numbered.items() if (item_id not in present) == gone
+            ]
+            for start in range(0, len(doc_ids), 1000):
+                await self.db.imap_uids.update_many(
+                    {"_id": {"$in": doc_ids[start : start + 1000]}},
+                    {"$set": {"modseq": state, "gone": gone}},
+                    session=session,
+                )
+        new = []
         for d in items:
             if d["_id"] not in numbered:
-                ops.append(InsertOne(_uid_doc(user_id, ref, uidnext, d["_id"], state)))
+                new.append(_uid_doc(user_id, ref, uidnext, d["_id"], state))
                 uidnext += 1
-        for start in range(0, len(ops), 1000):
-            await self.db.imap_uids.bulk_write(
-                ops[start : start + 1000], ordered=False, session=session
-            )
+        for start in range(0, len(new), 1000):
+            await self.db.imap_uids.insert_many(new[start : start + 1000], session=session)
         return uidnext
 
     async def entries(
