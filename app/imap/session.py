@@ -15,6 +15,7 @@ import bisect
 import contextlib
 import re
 import ssl
+import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,7 +61,8 @@ log = structlog.get_logger(__name__)
 FETCH_CHUNK = 250
 READ_AHEAD = 64  # messages
 READ_AHEAD_MAX_MESSAGE = 1 << 20
-READ_AHEAD_MAX_BYTES = 16 << 20  # messages loaded per round of a FETCH
+READ_AHEAD_MAX_BYTES = 16 << 20
+VIEW_AHEAD_SECONDS = 1.0  # messages loaded per round of a FETCH
 IDLE_TIMEOUT = 29 * 60  # RFC 2177: clients re-IDLE within 29 minutes
 AUTOLOGOUT = 30 * 60
 _SECTION = re.compile(
@@ -167,6 +169,9 @@ class ImapSession:
         self.qresync = False
         self.done = False
         self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
+        self.views_ahead: dict[
+            ObjectId, tuple[float, dict[str, Any]]
+        ] = {}  # view id → (when, view)
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -238,6 +243,8 @@ class ImapSession:
         try:
             command = parse_command(parts)
             tag = command.tag
+            if not _is_fetch(command):
+                self.views_ahead.clear()  # this session may change flags: no stale views
             text = await self.dispatch(command)
             self.send(f"{tag} OK {text}")
         except Respond as r:
@@ -676,7 +683,7 @@ class ImapSession:
         )
         for start in range(0, len(uids), FETCH_CHUNK):
             chunk = [u for u in uids[start : start + FETCH_CHUNK] if u in sel.items]
-            views = await self.mailboxes.views(viewer, [sel.items[u] for u in chunk])
+            views = await self._views_with_read_ahead(sel, chunk)
             present = [u for u in chunk if sel.items[u] in views]
             if marks_seen:
                 unseen = [
@@ -709,6 +716,40 @@ class ImapSession:
                 self.writer.write(b"* %d FETCH (" % sel.msn(u) + b" ".join(parts) + b")\r\n")
             await self.flush()
 
+    async def _views_with_read_ahead(
+        self, sel: Selected, uids: list[int]
+    ) -> dict[ObjectId, dict[str, Any]]:
+        """The views of a FETCH. On a small FETCH the next READ_AHEAD views come in the same
+        query and serve the following FETCHes for VIEW_AHEAD_SECONDS (flags another client
+        changes meanwhile show that much later — as they would at the next NOOP anyway).
+        Any other command of this session drops them."""
+        now = time.monotonic()
+        views: dict[ObjectId, dict[str, Any]] = {}
+        wanted = [sel.items[u] for u in uids]
+        for item_id in wanted:
+            cached = self.views_ahead.pop(item_id, None)
+            if cached is not None and now - cached[0] < VIEW_AHEAD_SECONDS:
+                views[item_id] = cached[1]
+        missing = [i for i in wanted if i not in views]
+        if not missing:
+            return views
+        ahead: list[ObjectId] = []
+        if len(uids) < 16:
+            i = bisect.bisect_right(sel.uids, uids[-1])
+            ahead = [
+                sel.items[u]
+                for u in sel.uids[i : i + READ_AHEAD]
+                if sel.items[u] not in self.views_ahead
+            ]
+        if len(self.views_ahead) > 10 * READ_AHEAD:
+            self.views_ahead.clear()
+        loaded = await self.mailboxes.views(self._require_auth(), missing + ahead)
+        for item_id in ahead:
+            if item_id in loaded:
+                self.views_ahead[item_id] = (now, loaded.pop(item_id))
+        views.update(loaded)
+        return views
+
     async def _raw_with_read_ahead(
         self, sel: Selected, uids: list[int], message_ids: list[ObjectId]
     ) -> dict[ObjectId, bytes]:
@@ -721,13 +762,12 @@ class ImapSession:
             return out
         extra: list[ObjectId] = []
         if len(uids) < 16 and uids:
-            i = bisect.bisect_right(sel.uids, uids[-1])
-            ahead = [sel.items[u] for u in sel.uids[i : i + READ_AHEAD]]
-            views = await self.mailboxes.views(self._require_auth(), ahead)
             extra = [
                 v["message_id"]
-                for v in views.values()
-                if (v.get("size") or 0) < READ_AHEAD_MAX_MESSAGE and v["message_id"] not in out
+                for _, v in self.views_ahead.values()
+                if (v.get("size") or 0) < READ_AHEAD_MAX_MESSAGE
+                and v["message_id"] not in out
+                and v["message_id"] not in self.read_ahead
             ]
         raws = await self.mailboxes.raw_by_message(missing + extra)
         if sum(len(v) for v in self.read_ahead.values()) > READ_AHEAD_MAX_BYTES:
@@ -1026,6 +1066,17 @@ class ImapSession:
                     msn = sel.remove(u)
                     if msn:
                         self.send(f"* {msn} EXPUNGE")
+
+
+def _is_fetch(command: Command) -> bool:
+    if command.name == "FETCH":
+        return True
+    return (
+        command.name == "UID"
+        and bool(command.args)
+        and isinstance(command.args[0], str)
+        and command.args[0].upper() == "FETCH"
+    )
 
 
 class _StartTls(Exception):
