@@ -107,6 +107,11 @@ def find(part: Part, path: list[int]) -> Part | None:
 def section_bytes(raw: bytes, section: str) -> bytes | None:
     """The bytes of BODY[section]; None when the part does not exist (answered as empty)."""
     section = section.strip()
+    if not section:
+        return raw  # BODY[]: what a syncing client asks for, no parsing needed
+    if section.upper() in ("HEADER", "TEXT"):
+        header, body = split_header(raw)
+        return header if section.upper() == "HEADER" else body
     root = parse(raw)
     spec = section.upper()
     path: list[int] = []

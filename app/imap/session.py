@@ -168,6 +168,7 @@ class ImapSession:
         self.condstore = False
         self.qresync = False
         self.done = False
+        self.out = bytearray()  # responses not yet written
         self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
         self.views_ahead: dict[
             ObjectId, tuple[float, dict[str, Any]]
@@ -176,10 +177,15 @@ class ImapSession:
     # --- plumbing ------------------------------------------------------------------------
 
     def send(self, line: bytes | str) -> None:
-        data = line.encode("utf-8") if isinstance(line, str) else line
-        self.writer.write(data + b"\r\n")
+        """Queue a response line; ``flush`` writes what is queued in one go (one TLS record
+        and one send per command, not one per line)."""
+        self.out += line.encode("utf-8") if isinstance(line, str) else line
+        self.out += b"\r\n"
 
     async def flush(self) -> None:
+        if self.out:
+            self.writer.write(bytes(self.out))
+            self.out.clear()
         await self.writer.drain()
 
     @property
@@ -265,7 +271,7 @@ class ImapSession:
             self.done = True
         except _StartTls:
             self.send(f"{tag} OK begin TLS negotiation now")
-            await self.flush()
+            await self.flush()  # in the clear, before the handshake
             assert self.options.tls_context is not None
             await self.writer.start_tls(self.options.tls_context)
             self.tls = True
@@ -713,8 +719,9 @@ class ImapSession:
                     self._fetch_item(item, up, u, sel, view, raw, sizes.get(view["message_id"], 0))
                     for item, up in zip(items, upper, strict=True)
                 ]
-                self.writer.write(b"* %d FETCH (" % sel.msn(u) + b" ".join(parts) + b")\r\n")
-            await self.flush()
+                self.send(b"* %d FETCH (" % sel.msn(u) + b" ".join(parts) + b")")
+            if len(self.out) > 1 << 20:
+                await self.flush()
 
     async def _views_with_read_ahead(
         self, sel: Selected, uids: list[int]
