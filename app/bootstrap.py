@@ -9,6 +9,7 @@ registered on the ``Notifier`` here too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from app.adapters.blobs import BlobStore
 from app.adapters.clamav import ClamdScanner
@@ -24,10 +25,14 @@ from app.adapters.smtp_transport import Relay, SmtpTransport
 from app.adapters.spam_scorer import ModelScorer
 from app.adapters.throttle import DomainThrottle
 from app.adapters.typesense_index import TypesenseIndex
+from app.adapters.webhook_http import WebhookClient
 from app.config import ConfigError, Settings
+from app.domain.templates import RenderLimits
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
 from app.services.delivery.service import DeliveryService
+from app.services.events.log import EventLog
+from app.services.events.webhooks import WebhookService
 from app.services.feedback.bounces import BounceProcessor
 from app.services.feedback.reputation import ReputationService
 from app.services.feedback.spam import SpamFeedbackService
@@ -45,6 +50,12 @@ from app.services.sending.attachments import AttachmentService
 from app.services.sending.drafts import DraftService
 from app.services.sending.scheduling import SchedulingService
 from app.services.sending.send import SendingService
+from app.services.templates.render import TemplateRenderer
+from app.services.templates.sending import TemplateSender
+from app.services.templates.store import TemplateStore
+
+if TYPE_CHECKING:
+    from app.adapters.job_worker import BatchClaimWorker
 
 
 @dataclass
@@ -78,15 +89,27 @@ class System:
     # The one optional capability: without MAILHUB_TYPESENSE_URL there is no search (the API
     # answers searches with a "search is not configured" error; everything else works).
     search: SearchService | None
+    # the sending API (issue 14): templates, the event log, outbound webhooks
+    templates: TemplateStore
+    renderer: TemplateRenderer
+    template_sender: TemplateSender
+    event_log: EventLog
+    webhooks: WebhookService
 
     async def close(self) -> None:
         await self.delivery.close()  # first: in-flight deliveries record their outcomes
         if self.search is not None:
             await self.search.close()
+        await self.webhooks.client.close()
+        self.renderer.close()
         await self.hub.close()
         await self.queue.close()
         await self.redis.close()
         await self.mongo.close()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether each backing system this process needs answers (the api's ``/readyz``)."""
+        return {"mongodb": await self.mongo.ping(), "redis": await self.redis.ping()}
 
 
 async def build_system(settings: Settings, *, ensure: bool = True) -> System:
@@ -151,6 +174,20 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         hostname=settings.hostname,
     )
     search = _search(settings, mongo, queue, content)
+    templates = TemplateStore(mongo)
+    renderer = TemplateRenderer(
+        templates,
+        RenderLimits(
+            max_output_chars=settings.template_max_output_chars,
+            max_seconds=settings.template_render_seconds,
+        ),
+    )
+    event_log = EventLog(
+        mongo,
+        settle_seconds=settings.event_settle_seconds,
+        retention_days=settings.event_retention_days,
+    )
+    webhook_client = WebhookClient(settings.webhook_timeout_seconds, settings.webhook_allow_private)
 
     notifier.on_release(content.collect)
     notifier.on_change(realtime.publish_changes)
@@ -182,6 +219,11 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         delivery=_delivery(settings, mongo, redis, queue, blobs, suppression, notifier, scheduling),
         inbound=_inbound(settings, mongo, blobs, notifier, bounces, spam_feedback),
         search=search,
+        templates=templates,
+        renderer=renderer,
+        template_sender=TemplateSender(renderer, sending),
+        event_log=event_log,
+        webhooks=WebhookService(mongo, queue, event_log, webhook_client, settings),
     )
 
 
@@ -266,4 +308,15 @@ def _delivery(
         signer=DkimSigner(),
         throttle=throttle,
         scheduling=scheduling,
+    )
+
+
+def job_worker(settings: Settings, options: dict[str, Any], **kwargs: Any) -> BatchClaimWorker:
+    """The arq worker of `mailhub worker` (app/adapters/job_worker.py) running the jobs that
+    ``options`` (jobs/worker.py) name, on the queue ``JobQueue`` enqueues to."""
+    from app.adapters.job_worker import BatchClaimWorker, connection_options
+
+    assert settings.redis_url
+    return BatchClaimWorker(
+        **connection_options(settings.redis_url, settings.redis_prefix), **options, **kwargs
     )

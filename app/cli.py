@@ -65,8 +65,8 @@ def cmd_domains_add(args: argparse.Namespace) -> int:
 
 def cmd_domains_list(args: argparse.Namespace) -> int:
     async def work(system: Any) -> None:
-        async for d in system.mongo.db.domains.find({}, {"_id": 1}).sort("_id", 1):
-            print(d["_id"])
+        for name in await system.accounts.domain_names():
+            print(name)
 
     asyncio.run(_with_system(_settings(), work))
     return 0
@@ -206,6 +206,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             smtp_port=args.smtp_port,
             imap_port=args.imap_port,
             pop3_port=args.pop3_port,
+            # a developer's webhook receiver runs on this machine (production refuses that)
+            webhook_allow_private=True,
             secret_key=base.secret_key.get_secret_value()
             if base.secret_key
             else _dev_secret(data_dir),

@@ -1,17 +1,30 @@
-"""Many blobs in one or two queries: the delivery hot path reads the raw MIME of a whole batch.
+"""Many blobs in one or two queries, read or written as GridFS documents (docs/overrides.md).
 
-``BlobStore.get`` costs two round trips per blob (files, then chunks). Here the chunks of every
-requested blob come back in one sorted query over GridFS's own (files_id, n) index, following
-the GridFS spec's collection layout that ``BlobStore`` writes (bucket "blobs").
+Reading: the delivery hot path reads the raw MIME of a whole batch. ``BlobStore.get`` costs two
+round trips per blob (files, then chunks); here the chunks of every requested blob come back in
+one sorted query over GridFS's own (files_id, n) index.
+
+Writing: the inbound group commit stores the raw messages of a batch inside its transaction,
+many blobs per ``insert_many`` (``gridfs_documents``), where ``BlobStore.put`` would be two
+writes per blob outside it.
+
+Both follow the GridFS spec's collection layout that ``BlobStore`` writes (bucket "blobs", its
+chunk size); tests/integration/test_blob_batches.py fails if PyMongo's GridFS stops reading
+what we write or writes something else.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
-from bson import ObjectId
+from bson import Binary, ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
+
+from app.adapters.blobs import CHUNK
+
+BUCKET = "blobs"
 
 
 async def read_blobs(
@@ -67,3 +80,28 @@ async def blob_lengths(
         .to_list()
     )
     return {f["_id"]: int(f["length"]) for f in files}
+
+
+def gridfs_documents(
+    blob_id: ObjectId, data: bytes, filename: str, metadata: dict[str, Any], now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``<bucket>.files`` document and the ``<bucket>.chunks`` documents GridFS would write
+    for ``data`` (no chunk for an empty blob), for a caller that inserts them itself."""
+    chunks = [
+        {
+            "_id": ObjectId(),
+            "files_id": blob_id,
+            "n": n,
+            "data": Binary(data[start : start + CHUNK]),
+        }
+        for n, start in enumerate(range(0, len(data), CHUNK))
+    ]
+    file_doc = {
+        "_id": blob_id,
+        "length": len(data),
+        "chunkSize": CHUNK,
+        "uploadDate": now,
+        "filename": filename,
+        "metadata": metadata,
+    }
+    return file_doc, chunks

@@ -16,13 +16,21 @@ from bson import ObjectId
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.adapters.mongo import Mongo, is_duplicate_key
+from app.adapters.mongo import Mongo, as_domain_error, is_duplicate_key
 from app.adapters.redis_store import RedisStore
 from app.config import Settings
 from app.domain.addresses import domain_of, normalize_email, parse_address
-from app.domain.errors import AuthError, Conflict, NotFound, RateLimited, ValidationError
+from app.domain.errors import (
+    AuthError,
+    Conflict,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    ValidationError,
+)
 from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
+from app.services.api_keys import ApiKeyService, is_api_key
 
 _hasher = PasswordHasher()
 # Verifying against this keeps a login for an unknown address as slow as a wrong password,
@@ -67,6 +75,7 @@ class AccountService:
         self.db = mongo.db
         self.redis = redis
         self.settings = settings
+        self.api_keys = ApiKeyService(mongo, redis)  # keys authenticate like tokens (issue 14)
 
     # --- domains -------------------------------------------------------------------------
 
@@ -114,6 +123,10 @@ class AccountService:
 
     async def is_hosted(self, domain: str) -> bool:
         return await self.db.domains.count_documents({"_id": domain.lower()}, limit=1) > 0
+
+    async def domain_names(self) -> list[str]:
+        """Every hosted domain, sorted (`mailhub domains list`)."""
+        return [d["_id"] async for d in self.db.domains.find({}, {"_id": 1}).sort("_id", 1)]
 
     # --- users ---------------------------------------------------------------------------
 
@@ -263,6 +276,8 @@ class AccountService:
     async def authenticate(self, token: str | None) -> Viewer:
         if not token:
             raise AuthError("authentication required: send Authorization: Bearer <token>")
+        if is_api_key(token):
+            return await self.api_keys.authenticate(token)
         doc = await self.db.api_tokens.find_one({"_id": hash_token(token)})
         now = datetime.now(UTC)
         if doc is None or doc.get("revoked_at") or doc["expires_at"] <= now:
@@ -273,6 +288,7 @@ class AccountService:
         """Disable (or re-enable) a user; disabling revokes every token at once."""
         await self.db.users.update_one({"_id": user_id}, {"$set": {"disabled": disabled}})
         if disabled:
+            await self.api_keys.revoke_all(user_id)
             await self.db.api_tokens.update_many(
                 {"user_id": user_id, "revoked_at": None},
                 {"$set": {"revoked_at": datetime.now(UTC)}},
@@ -285,10 +301,23 @@ class AccountService:
         return result.modified_count == 1
 
     async def token_is_live(self, token_id: str) -> bool:
+        if token_id.startswith("key:"):
+            return await self.api_keys.is_live(token_id)
         doc = await self.db.api_tokens.find_one(
             {"_id": token_id}, {"revoked_at": 1, "expires_at": 1}
         )
         return bool(doc and not doc.get("revoked_at") and doc["expires_at"] > datetime.now(UTC))
+
+    async def token_still_live(self, token_id: str) -> bool | None:
+        """``token_is_live``, or None when the mail store cannot answer right now: a live
+        subscription outlasts a database blip and asks again (a revocation applies as soon as
+        the store answers), instead of every client reconnecting at once."""
+        try:
+            return await self.token_is_live(token_id)
+        except Exception as e:
+            if isinstance(as_domain_error(e), ServiceUnavailable):
+                return None
+            raise
 
 
 __all__ = ["AccountService", "DnsRecord", "hash_token", "parse_object_id"]

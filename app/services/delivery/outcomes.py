@@ -24,18 +24,24 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
-from pymongo import UpdateMany, UpdateOne
-from pymongo.errors import PyMongoError
 
+from app.adapters import metrics
 from app.adapters.blobs import BlobStore
 from app.adapters.live_status import publish_many
-from app.adapters.mongo import Mongo, in_transaction
+from app.adapters.mongo import (
+    DatabaseError,
+    Mongo,
+    UpdateMany,
+    UpdateOne,
+    in_transaction,
+    is_transient,
+)
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.background import stop_task
 from app.domain.bounces import SmtpOutcome
 from app.domain.changes import Change
-from app.domain.outcomes import Decision, decide, dsn_report
+from app.domain.outcomes import Decision, decide, dsn_report, status_event
 from app.domain.retry import retry_until
 from app.services.after_commit import Notifier
 from app.services.delivery.notices import Notice, build_notice, file_notice, store_raw
@@ -45,7 +51,6 @@ from app.services.delivery.outbox import (
     chunked,
     job_id,
     state_of,
-    status_event,
     unleased_status,
 )
 from app.services.feedback.suppression import SuppressionService
@@ -217,15 +222,15 @@ class OutcomeRecorder:
         try:
             await self._flush(batch)
             return _Batch()
-        except PyMongoError as e:
-            if len(batch) == 1 or not e.has_error_label("TransientTransactionError"):
+        except DatabaseError as e:
+            if len(batch) == 1 or not is_transient(e):
                 raise
         left = _Batch()
         for half in batch.halves():
             if len(half):
                 try:
                     left.extend(await self._write_around_conflicts(half))
-                except PyMongoError:
+                except DatabaseError:
                     log.warning("recording delivery outcomes failed; retrying", n=len(half))
                     left.extend(half)
         return left
@@ -376,6 +381,11 @@ class OutcomeRecorder:
             for index, (_, blob_id) in enumerate(notices):
                 if index not in filed:  # the transaction did not keep this notice
                     await self.blobs.delete(blob_id)
+        written = {r["_id"] for r in changed}
+        for a in batch.attempts:
+            if a.work.id in written:
+                d = decisions[id(a)]
+                metrics.delivery_attempt(a.work.domain, d.status, d.bounce_class)
         await publish_many(self.redis, [status_event(r["message_id"], r) for r in changed])
         await self.notifier.committed(changes)
         await self._enqueue_retries(changed)

@@ -25,11 +25,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from bson import Binary, ObjectId
-from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+from bson import ObjectId
 
-from app.adapters.mongo import Mongo, as_domain_error, in_transaction, is_duplicate_key
+from app.adapters.blob_batches import BUCKET, gridfs_documents
+from app.adapters.mongo import (
+    DatabaseError,
+    Mongo,
+    UpdateOne,
+    as_domain_error,
+    in_transaction,
+    is_duplicate_key,
+    is_unreachable,
+)
 from app.domain.changes import Change
 from app.domain.conversations import may_join_by_subject, thread_lookup_ids
 from app.domain.errors import DomainError, ServiceUnavailable
@@ -44,8 +51,6 @@ from app.services.mailbox.filing import (
 
 log = structlog.get_logger(__name__)
 
-GRIDFS_CHUNK = 255 * 1024  # the chunk size BlobStore uses, so its reader sees the same layout
-BUCKET = "blobs"
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 CONFLICT_RETRIES = 8
 
@@ -84,30 +89,6 @@ class PreparedInbound:
 class StoreResult:
     message_id: ObjectId | None  # None: every recipient already had this message (a retry)
     items: int
-
-
-def gridfs_documents(blob: BlobWrite, now: datetime) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The GridFS files/chunks documents of one blob (the spec layout AsyncGridFSBucket reads)."""
-    chunks = [
-        {
-            "_id": ObjectId(),
-            "files_id": blob.blob_id,
-            "n": n,
-            "data": Binary(blob.data[start : start + GRIDFS_CHUNK]),
-        }
-        for n, start in enumerate(range(0, max(len(blob.data), 1), GRIDFS_CHUNK))
-    ]
-    if not blob.data:
-        chunks = []
-    file_doc = {
-        "_id": blob.blob_id,
-        "length": len(blob.data),
-        "chunkSize": GRIDFS_CHUNK,
-        "uploadDate": now,
-        "filename": blob.filename,
-        "metadata": blob.metadata,
-    }
-    return file_doc, chunks
 
 
 class InboundStore:
@@ -156,8 +137,8 @@ class InboundStore:
     async def _commit(self, batch: list[PreparedInbound]) -> tuple[list[StoreResult], list[Change]]:
         try:
             return await self._transaction(batch)
-        except PyMongoError as e:
-            if not _is_duplicate(e):
+        except DatabaseError as e:
+            if not is_duplicate_key(e):
                 raise
         # Another process filed one of these messages between our read and our write.
         results: list[StoreResult] = []
@@ -176,10 +157,10 @@ class InboundStore:
         for attempt in range(CONFLICT_RETRIES):
             try:
                 return await in_transaction(self.mongo, lambda session: self._write(batch, session))  # type: ignore[no-any-return]
-            except PyMongoError as e:
+            except DatabaseError as e:
                 transient = (
                     e.has_error_label("TransientTransactionError") or _is_write_conflict(e)
-                ) and not isinstance(e, ConnectionFailure)  # a dead database: 451 now
+                ) and not is_unreachable(e)  # a dead database: 451 now
                 if not transient or attempt == CONFLICT_RETRIES - 1:
                     raise
                 log.info("inbound batch conflicted; retrying", attempt=attempt, size=len(batch))
@@ -208,7 +189,9 @@ class InboundStore:
                 continue
             message = prepared.message
             for blob in prepared.blobs:
-                file_doc, blob_chunks = gridfs_documents(blob, now)
+                file_doc, blob_chunks = gridfs_documents(
+                    blob.blob_id, blob.data, blob.filename, blob.metadata, now
+                )
                 files.append(file_doc)
                 chunks += blob_chunks
             messages.append({**message, "created_at": now})
@@ -520,14 +503,6 @@ def _thread_summary(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _is_write_conflict(e: BaseException) -> bool:
     return getattr(e, "code", None) == 112  # WriteConflict
-
-
-def _is_duplicate(e: BaseException) -> bool:
-    if is_duplicate_key(e):
-        return True
-    if isinstance(e, BulkWriteError):
-        return any(err.get("code") == 11000 for err in e.details.get("writeErrors", []))
-    return getattr(e, "code", None) == 11000
 
 
 def _storage_error(e: BaseException) -> DomainError:

@@ -20,6 +20,7 @@ from typing import Any, Generic, TypeVar
 
 from bson import ObjectId
 
+from app.adapters import metrics
 from app.adapters.blobs import BlobStore
 from app.adapters.clamav import ClamdScanner
 from app.adapters.mail_auth import AuthVerdict, MailAuthenticator
@@ -259,6 +260,7 @@ class InboundService:
         if not mailboxes:
             return Receipt(None, 0, None, applied)
         spam = self.scorer.score(raw)
+        metrics.spam_verdict(spam.is_spam, spam.score)
         folder = (
             Folder.SPAM if spam.is_spam or auth.dmarc.disposition == "quarantine" else Folder.INBOX
         )
@@ -297,7 +299,12 @@ class InboundService:
         if self.scanner is None:
             return
         for attachment in parsed.attachments:
-            verdict = await self.scanner.scan(attachment.data)
+            try:
+                verdict = await self.scanner.scan(attachment.data)
+            except ServiceUnavailable:
+                metrics.attachment_scan("error")
+                raise
+            metrics.attachment_scan("clean" if verdict.clean else "infected")
             if not verdict.clean:
                 raise Rejected(
                     f"virus {verdict.signature}",
@@ -430,6 +437,13 @@ class InboundService:
             f"(mailhub) with ESMTP id {message_id}{single};\r\n\t{format_datetime(now)}\r\n"
         )
         return f"Authentication-Results: {auth.header}\r\n{received}".encode("utf-8", "replace")
+
+    def load_spam_model(self) -> None:
+        """Load the spam model before the MX accepts mail: a missing or bad one stops the MX
+        at start, loudly, not at its first message (scorers without a model: nothing to do)."""
+        load = getattr(self.scorer, "load", None)
+        if load is not None:
+            load()
 
 
 def _addr(a: Any) -> dict[str, Any]:

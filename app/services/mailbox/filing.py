@@ -11,8 +11,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ReturnDocument
 
+from app.adapters.mongo import ReturnDocument
 from app.domain.changes import Change
 from app.domain.conversations import may_join_by_subject, thread_lookup_ids
 from app.domain.folders import CounterKey, counter_deltas, merge_deltas
