@@ -25,6 +25,7 @@ PROGRAMS = [
     "pop3",
     "chromium",
     "promtool",
+    "openssl",
 ]
 
 
