@@ -25,8 +25,6 @@ from ml.transfer import SPLITS, TransferResult, transfer
 
 VERSION = "1.1.0"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "spam-model.md"
-_GENERATED = re.compile(r"<!-- generated:start -->.*<!-- generated:end -->", re.S)
-_TRANSFER = re.compile(r"<!-- transfer:start -->.*<!-- transfer:end -->", re.S)
 VIEWS = ("full", "subject+body", "reformatted")
 
 
@@ -248,10 +246,7 @@ def render_transfer_report(
 
 def write_transfer_report(text: str, path: Path = DOC_PATH) -> None:
     """Replace the generated transfer block of the doc (appended if missing)."""
-    current = path.read_text() if path.exists() else "# Spam model\n"
-    if not _TRANSFER.search(current):
-        current += "\n<!-- transfer:start --><!-- transfer:end -->\n"
-    path.write_text(_TRANSFER.sub(lambda _: text, current, count=1))
+    _replace_block(path, "transfer", text, new_doc="# Spam model\n")
 
 
 def _metrics_card(evaluation: Evaluation) -> dict:
@@ -314,7 +309,15 @@ def render_report(
 
 def write_report(text: str, path: Path = DOC_PATH) -> None:
     """Replace the generated block of the doc (hand-written text around it is kept)."""
-    current = path.read_text() if path.exists() else "# Spam model\n\n<!-- generated:start -->"
-    if not _GENERATED.search(current):
-        current += "\n<!-- generated:start --><!-- generated:end -->\n"
-    path.write_text(_GENERATED.sub(lambda _: text, current, count=1))
+    _replace_block(path, "generated", text, new_doc="# Spam model\n\n<!-- generated:start -->")
+
+
+def _replace_block(path: Path, name: str, text: str, *, new_doc: str) -> None:
+    """Put ``text`` in place of the doc's ``<!-- name:start -->…<!-- name:end -->`` block; a
+    doc without one gets an empty block appended first, a missing doc starts as ``new_doc``.
+    Hand-written text around the block is kept."""
+    block = re.compile(rf"<!-- {name}:start -->.*<!-- {name}:end -->", re.S)
+    current = path.read_text() if path.exists() else new_doc
+    if not block.search(current):
+        current += f"\n<!-- {name}:start --><!-- {name}:end -->\n"
+    path.write_text(block.sub(lambda _: text, current, count=1))
