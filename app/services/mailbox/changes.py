@@ -75,11 +75,7 @@ class MailboxChanges:
         now = datetime.now(UTC)
 
         async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
-            docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
-            ).to_list()
-            if len(docs) != len(oids):
-                raise NotFound("no such message")
+            docs = await self._own_views(viewer, oids, session)
             deltas: dict[CounterKey, dict[str, int]] = {}
             touched: set[tuple[ObjectId, ObjectId]] = set()
             updated, changes = [], []
@@ -137,6 +133,18 @@ class MailboxChanges:
         order = {oid: i for i, oid in enumerate(oids)}
         return sorted(items, key=lambda d: order[d["_id"]])
 
+    async def _own_views(
+        self, viewer: Viewer, oids: list[ObjectId], session: Any
+    ) -> list[dict[str, Any]]:
+        """The viewer's views with these ids, all or nothing: one that is missing or not the
+        viewer's fails the whole call with the same NotFound, so ids of others leak nothing."""
+        docs: list[dict[str, Any]] = await self.db.mailbox_items.find(
+            {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
+        ).to_list()
+        if len(docs) != len(oids):
+            raise NotFound("no such message")
+        return docs
+
     @staticmethod
     def _move_target(item: dict[str, Any], target: Folder) -> Folder:
         home = ROLE_HOME[item["role"]]
@@ -158,11 +166,7 @@ class MailboxChanges:
         oids = parse_ids(ids)
 
         async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
-            docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
-            ).to_list()
-            if len(docs) != len(oids):
-                raise NotFound("no such message")
+            docs = await self._own_views(viewer, oids, session)
             for d in docs:
                 if (
                     d["folder"] not in (Folder.TRASH.value, Folder.SPAM.value)
