@@ -24,10 +24,14 @@ from app.adapters.smtp_transport import Relay, SmtpTransport
 from app.adapters.spam_scorer import ModelScorer
 from app.adapters.throttle import DomainThrottle
 from app.adapters.typesense_index import TypesenseIndex
+from app.adapters.webhook_http import WebhookClient
 from app.config import ConfigError, Settings
+from app.domain.templates import RenderLimits
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
 from app.services.delivery.service import DeliveryService
+from app.services.events.log import EventLog
+from app.services.events.webhooks import WebhookService
 from app.services.feedback.bounces import BounceProcessor
 from app.services.feedback.reputation import ReputationService
 from app.services.feedback.spam import SpamFeedbackService
@@ -44,6 +48,9 @@ from app.services.sending.attachments import AttachmentService
 from app.services.sending.drafts import DraftService
 from app.services.sending.scheduling import SchedulingService
 from app.services.sending.send import SendingService
+from app.services.templates.render import TemplateRenderer
+from app.services.templates.sending import TemplateSender
+from app.services.templates.store import TemplateStore
 
 
 @dataclass
@@ -76,11 +83,19 @@ class System:
     # The one optional capability: without MAILHUB_TYPESENSE_URL there is no search (the API
     # answers searches with a "search is not configured" error; everything else works).
     search: SearchService | None
+    # The sending API (issue 14): templates, the event log over delivery_events, webhooks.
+    templates: TemplateStore
+    renderer: TemplateRenderer
+    template_sender: TemplateSender
+    event_log: EventLog
+    webhooks: WebhookService
 
     async def close(self) -> None:
         await self.delivery.close()  # first: in-flight deliveries record their outcomes
         if self.search is not None:
             await self.search.close()
+        await self.webhooks.client.close()
+        self.renderer.close()
         await self.hub.close()
         await self.queue.close()
         await self.redis.close()
@@ -148,6 +163,19 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         hostname=settings.hostname,
     )
     search = _search(settings, mongo, queue, content)
+    templates = TemplateStore(mongo)
+    renderer = TemplateRenderer(
+        templates,
+        RenderLimits(
+            max_output_chars=settings.template_max_output_chars,
+            max_seconds=settings.template_render_seconds,
+        ),
+    )
+    event_log = EventLog(
+        mongo,
+        settle_seconds=settings.event_settle_seconds,
+        retention_days=settings.event_retention_days,
+    )
 
     notifier.on_release(content.collect)
     notifier.on_change(realtime.publish_changes)
@@ -178,6 +206,17 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         delivery=_delivery(settings, mongo, redis, queue, blobs, suppression, notifier, scheduling),
         inbound=_inbound(settings, mongo, blobs, notifier, bounces, spam_feedback),
         search=search,
+        templates=templates,
+        renderer=renderer,
+        template_sender=TemplateSender(renderer, sending),
+        event_log=event_log,
+        webhooks=WebhookService(
+            mongo,
+            queue,
+            event_log,
+            WebhookClient(settings.webhook_timeout_seconds, settings.webhook_allow_private),
+            settings,
+        ),
     )
 
 

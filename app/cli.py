@@ -183,6 +183,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             data_dir=data_dir,
             http_port=args.http_port,
             smtp_port=args.smtp_port,
+            # a developer's webhook receiver runs on this machine (production refuses that)
+            webhook_allow_private=True,
             secret_key=base.secret_key.get_secret_value()
             if base.secret_key
             else _dev_secret(data_dir),

@@ -127,6 +127,20 @@ class Settings(BaseSettings):
     reputation_min_recipients: int = Field(default=200, ge=1)
     reputation_window_days: int = Field(default=7, ge=1)
 
+    # --- sending API: templates, event log, outbound webhooks (issue 14) ---
+    template_render_seconds: float = Field(default=0.5, gt=0, le=30)  # per message, all parts
+    template_max_output_chars: int = Field(default=1_000_000, ge=1000)  # per part
+    # events become readable this long after their id was made (docs/sending-api.md: replay)
+    event_settle_seconds: float = Field(default=10.0, ge=0, le=600)
+    event_retention_days: int = Field(default=30, ge=1)
+    # loopback/private/link-local webhook URLs: refused unless this is set (dev and tests)
+    webhook_allow_private: bool = False
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)  # per POST
+    webhook_batch_size: int = Field(default=100, ge=1, le=1000)  # events per POST
+    webhook_retry_base_seconds: float = Field(default=30.0, gt=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(default=86400.0, gt=0)  # then: failing
+
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False

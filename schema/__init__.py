@@ -15,19 +15,40 @@ from strawberry.extensions import AddValidationRules, MaxTokensLimiter, ParserCa
 from strawberry.tools import merge_types
 
 from app.config import Settings
+from schema.api_keys import ApiKeysMutation, ApiKeysQuery
 from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import EXCEPTION_HANDLERS, ErrorShaping, log_client_errors
+from schema.events import EventsMutation, EventsQuery
 from schema.execution import FastExecutionContext
 from schema.limits import create_limits_rule
 from schema.mutation import Mutation
 from schema.query import Query
 from schema.realtime import RealtimeQuery, RealtimeSubscription
+from schema.scopes import ApiKeyScopes
 from schema.search import SearchQuery
 from schema.spam import SpamMutation
 from schema.suppressions import SuppressionsMutation, SuppressionsQuery
+from schema.templates import TemplatesMutation, TemplatesQuery
 
-QUERIES: list[type] = [Query, RealtimeQuery, SearchQuery, SuppressionsQuery, DeliveryQuery]
-MUTATIONS: list[type] = [Mutation, SuppressionsMutation, DeliveryMutation, SpamMutation]
+QUERIES: list[type] = [
+    Query,
+    RealtimeQuery,
+    SearchQuery,
+    SuppressionsQuery,
+    DeliveryQuery,
+    ApiKeysQuery,
+    TemplatesQuery,
+    EventsQuery,
+]
+MUTATIONS: list[type] = [
+    Mutation,
+    SuppressionsMutation,
+    DeliveryMutation,
+    SpamMutation,
+    ApiKeysMutation,
+    TemplatesMutation,
+    EventsMutation,
+]
 SUBSCRIPTIONS: list[type] = [RealtimeSubscription]
 
 
@@ -61,6 +82,7 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             lambda: ParserCache(maxsize=256),
             lambda: ValidationCache(maxsize=256),
             ErrorShaping,
+            ApiKeyScopes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
         execution_context_class=FastExecutionContext,

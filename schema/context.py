@@ -13,6 +13,7 @@ from bson import ObjectId
 from strawberry.dataloader import DataLoader
 
 from app.bootstrap import System
+from app.domain.errors import Forbidden
 from app.domain.viewer import Viewer
 
 
@@ -26,6 +27,8 @@ class Context:
     _viewer: Viewer | None = None
     loaders: dict[str, DataLoader[Any, Any]] = field(default_factory=dict)
     connection_params: dict[str, Any] | None = None  # websocket connection_init payload
+    # the API-key scopes this operation needs (schema/scopes.py, app/web/rest.py); None: none
+    required_scopes: set[str | None] | None = None
 
     async def authenticate_websocket(self) -> Viewer:
         """graphql-transport-ws: the token comes in connection_init as {"token": ...}."""
@@ -46,6 +49,14 @@ class Context:
     async def viewer(self) -> Viewer:
         if self._viewer is None:
             self._viewer = await self.system.accounts.authenticate(self.token)
+        if self._viewer.scopes is not None and self.required_scopes is not None:
+            for scope in self.required_scopes:  # an API key: only within its scopes
+                if not self._viewer.allows(scope):
+                    raise Forbidden(
+                        f"this API key lacks the scope {scope!r} for this operation"
+                        if scope
+                        else "this operation is not available to API keys; use a login token"
+                    )
         return self._viewer
 
     def loader(self, name: str) -> DataLoader[Any, Any]:

@@ -5,16 +5,21 @@ from datetime import datetime
 import strawberry
 from strawberry.types import Info
 
+from app.domain.errors import ValidationError
 from app.domain.folders import Folder as FolderValue
 from app.services.mailbox.service import StateChange
 from app.services.sending.compose import Composition
+from app.services.templates.sending import TemplateRef as TemplateSend
 from schema import types as T
+from schema.templates import TemplateRef
 
 
 @strawberry.input
 class SendEmailInput:
     to: list[str]
-    subject: str
+    subject: str | None = strawberry.field(
+        default=None, description="Required unless `template` is given (then it overrides)."
+    )
     from_: str | None = strawberry.field(default=None, name="from")
     cc: list[str] | None = strawberry.field(default_factory=list)
     bcc: list[str] | None = strawberry.field(default_factory=list)
@@ -30,13 +35,16 @@ class SendEmailInput:
         "(MAILHUB_TRANSACTIONAL_LIFETIME_SECONDS) and is not held by a reputation pause, "
         "which stops bulk mail only.",
     )
+    template: TemplateRef | None = strawberry.field(
+        default=None, description="Render subject/text/html from a template (issue 14)."
+    )
 
     def composition(self) -> Composition:
         return Composition(
             to=list(self.to),
             cc=list(self.cc or []),
             bcc=list(self.bcc or []),
-            subject=self.subject,
+            subject=self.subject or "",
             text=self.text,
             html=self.html,
             from_=self.from_,
@@ -98,9 +106,18 @@ class Mutation:
 
     @strawberry.mutation
     async def send_email(self, info: Info, input: SendEmailInput) -> T.SendEmailResult:
-        item = await info.context.system.sending.send_email(
-            await info.context.viewer(), input.composition()
-        )
+        system, viewer = info.context.system, await info.context.viewer()
+        if input.template is not None:  # render, then the same send use case
+            ref = input.template
+            item = await system.template_sender.send_email(
+                viewer,
+                input.composition(),
+                TemplateSend(key=ref.key, version=ref.version, variables=ref.variables),
+            )
+        else:
+            if input.subject is None:
+                raise ValidationError.on("subject", "give a subject (or a template)")
+            item = await system.sending.send_email(viewer, input.composition())
         return T.SendEmailSuccess(item=T.MailboxItem(doc=item))
 
     @strawberry.mutation

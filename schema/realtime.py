@@ -95,6 +95,10 @@ async def _events(info: Info, listener: Listener) -> AsyncGenerator[dict[str, An
             next_check = time.monotonic() + interval
             if not viewer.token_id or not await system.accounts.token_is_live(viewer.token_id):
                 return  # revoked or expired while connected: the subscription ends
+        if event is not None and event.get("type") == "revoked":  # an API key (issue 14)
+            if event.get("tokenId") == viewer.token_id:
+                return  # revoked while connected: the subscription ends at once
+            continue
         if event is not None:
             yield event
 

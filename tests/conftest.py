@@ -72,6 +72,7 @@ def settings(services: ServiceUrls, unique_name: str, tmp_path: Path):  # type: 
         data_dir=tmp_path,
         http_port=0,
         smtp_port=0,
+        webhook_allow_private=True,  # test receivers listen on loopback
         _env_file=None,
     )
 

@@ -43,6 +43,33 @@ INDEXES: list[Index] = [
         {"expireAfterSeconds": 0},
     ),
     Index("api_tokens", [("user_id", ASC)], "revoke every token of a user"),
+    Index(
+        "api_keys",
+        [("hash", ASC)],
+        "authenticating a request that carries an API key (its SHA-256)",
+        {"unique": True},
+    ),
+    Index("api_keys", [("user_id", ASC)], "apiKeys: a user's keys; disabling a user deletes them"),
+    # --- templates (issue 14) ---
+    Index(
+        "templates",
+        [("user_id", ASC), ("key", ASC)],
+        "template(key), saveTemplate: one template per (user, key); templates: sorted by key",
+        {"unique": True},
+    ),
+    Index(
+        "template_versions",
+        [("template_id", ASC), ("version", ASC)],
+        "a version of a template (send, render, publish); versions in order; numbers unique",
+        {"unique": True},
+    ),
+    # --- outbound webhooks (issue 14) ---
+    Index("webhooks", [("user_id", ASC)], "webhooks: a user's endpoints"),
+    Index(
+        "webhooks",
+        [("active", ASC), ("next_attempt_at", ASC)],
+        "dispatch_webhooks (every second): the endpoints that are due",
+    ),
     # --- mailbox views ---
     Index(
         "mailbox_items",
@@ -182,6 +209,16 @@ INDEXES: list[Index] = [
         "delivery_events",
         [("sender_user_id", ASC), ("occurred_at", ASC)],
         "reputation: a user's sent/bounced/complained counts over the rolling window",
+    ),
+    Index(
+        "delivery_events",
+        [("sender_user_id", ASC), ("_id", ASC)],
+        "events(after:) and webhook delivery: a sender's log in cursor (id) order",
+    ),
+    Index(
+        "delivery_events",
+        [("occurred_at", ASC)],
+        "expire_events: events older than MAILHUB_EVENT_RETENTION_DAYS",
     ),
     Index(
         "delivery_events",

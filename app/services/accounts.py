@@ -23,6 +23,7 @@ from app.domain.addresses import domain_of, normalize_email, parse_address
 from app.domain.errors import AuthError, Conflict, NotFound, RateLimited, ValidationError
 from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
+from app.services.api_keys import ApiKeyService, is_api_key
 
 _hasher = PasswordHasher()
 # Verifying against this keeps a login for an unknown address as slow as a wrong password,
@@ -67,6 +68,7 @@ class AccountService:
         self.db = mongo.db
         self.redis = redis
         self.settings = settings
+        self.api_keys = ApiKeyService(mongo, redis)  # keys authenticate like tokens (issue 14)
 
     # --- domains -------------------------------------------------------------------------
 
@@ -255,6 +257,8 @@ class AccountService:
     async def authenticate(self, token: str | None) -> Viewer:
         if not token:
             raise AuthError("authentication required: send Authorization: Bearer <token>")
+        if is_api_key(token):
+            return await self.api_keys.authenticate(token)
         doc = await self.db.api_tokens.find_one({"_id": hash_token(token)})
         now = datetime.now(UTC)
         if doc is None or doc.get("revoked_at") or doc["expires_at"] <= now:
@@ -265,6 +269,7 @@ class AccountService:
         """Disable (or re-enable) a user; disabling revokes every token at once."""
         await self.db.users.update_one({"_id": user_id}, {"$set": {"disabled": disabled}})
         if disabled:
+            await self.api_keys.revoke_all(user_id)
             await self.db.api_tokens.update_many(
                 {"user_id": user_id, "revoked_at": None},
                 {"$set": {"revoked_at": datetime.now(UTC)}},
@@ -277,6 +282,8 @@ class AccountService:
         return result.modified_count == 1
 
     async def token_is_live(self, token_id: str) -> bool:
+        if token_id.startswith("key:"):
+            return await self.api_keys.is_live(token_id)
         doc = await self.db.api_tokens.find_one(
             {"_id": token_id}, {"revoked_at": 1, "expires_at": 1}
         )

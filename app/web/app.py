@@ -247,6 +247,8 @@ def wire(app: Starlette, system: System) -> None:
             token=bearer_token(request.headers),
             client=client_of(request),
             request=request,
+            # the API-key scope of the REST route (app/web/rest.py routes)
+            required_scopes={getattr(request.state, "api_key_scope", None)},
         )
 
     rest = Rest(system, graphql.schema, context_for)

@@ -1,0 +1,1 @@
+"""Templates (seed §15): versioned store, sandboxed rendering, template sends."""
