@@ -27,9 +27,9 @@ from app.adapters.queue import queue_name
 from app.background import stop_task
 from app.bootstrap import build_system
 from app.config import Settings
-from jobs import delivery, events, indexing, maintenance, spam
+from jobs import campaigns, delivery, events, indexing, maintenance, spam
 
-JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam, events]
+JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam, events, campaigns]
 
 log = structlog.get_logger(__name__)
 
