@@ -40,9 +40,11 @@ def _decode(token: str) -> bytes | None:
     if not _TOKEN.fullmatch(token):
         return None
     try:
-        return base64.b32decode(token.upper() + "=" * (-len(token) % 8))
+        data = base64.b32decode(token.upper() + "=" * (-len(token) % 8))
     except (binascii.Error, ValueError):
         return None
+    # one spelling per token: the unused low bits of the last character must be zero
+    return data if _encode(data) == token else None
 
 
 def _mac(secret: bytes, kind: str, payload: bytes) -> bytes:
