@@ -148,6 +148,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [1000, 2000, 5000, 10000, 20000, 50000, 100000]
     )
     campaign_stall_seconds: float = Field(default=30.0, ge=0)  # the sweep wakes a late batch
+    campaign_lease_seconds: float = Field(default=60.0, gt=0)  # a batch's lease (killed worker)
     tracking_prefetch_seconds: float = Field(default=10.0, ge=0)  # see app/domain/tracking.py
 
     # --- logs ---

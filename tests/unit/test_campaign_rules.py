@@ -63,7 +63,7 @@ def test_duplicates_and_invalid_addresses_are_reported_not_kept() -> None:
 
 def test_csv_email_column_and_variable_columns() -> None:
     rows = parse_recipient_csv(
-        "\ufeffName,EMAIL,city\nBob,bob@x.test,Paris\n,carol@x.test,\n\n\"D, Jr\",dave@x.test,Rome\n"
+        '\ufeffName,EMAIL,city\nBob,bob@x.test,Paris\n,carol@x.test,\n\n"D, Jr",dave@x.test,Rome\n'
     )
     assert rows == [
         ("bob@x.test", {"Name": "Bob", "city": "Paris"}),
@@ -158,7 +158,7 @@ def test_unsubscribe_address_is_a_short_enough_local_part() -> None:
 
 def test_links_rewritten_with_their_index_and_the_pixel_added() -> None:
     html = (
-        '<p><a href="https://shop.test/a?x=1&amp;y=2">A</a> <a class=b href=\'http://b.test/\'>B'
+        "<p><a href=\"https://shop.test/a?x=1&amp;y=2\">A</a> <a class=b href='http://b.test/'>B"
         '</a> <a href="mailto:x@y.test">mail</a> <a href="#top">top</a>'
         ' <a href="https://shop.test/a?x=1&amp;y=2">A again</a></p></body>'
     )
@@ -168,8 +168,10 @@ def test_links_rewritten_with_their_index_and_the_pixel_added() -> None:
     assert "href='https://t.test/c/1'" in tracked.html
     assert "mailto:x@y.test" in tracked.html and 'href="#top"' in tracked.html
     pixel = add_pixel(tracked.html, "https://t.test/o/x")
-    assert pixel.endswith('<img src="https://t.test/o/x" width="1" height="1" alt="" '
-                          'style="display:block;border:0;width:1px;height:1px"></body>')
+    assert pixel.endswith(
+        '<img src="https://t.test/o/x" width="1" height="1" alt="" '
+        'style="display:block;border:0;width:1px;height:1px"></body>'
+    )
 
 
 BROWSER = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_1) AppleWebKit/605.1.15 (KHTML, like Gecko)"
@@ -182,7 +184,9 @@ def test_machine_opens() -> None:
     assert machine_open(Hit("HEAD", BROWSER, T0 + timedelta(hours=1), delivered)) == (
         "head_request"
     )
-    google = "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+    google = (
+        "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+    )
     assert machine_open(Hit("GET", google, T0 + timedelta(hours=5), delivered)) == "known_agent"
     # Apple MPP: the bare "Mozilla/5.0" right after delivery
     apple = Hit("GET", "Mozilla/5.0", T0 + timedelta(seconds=3), delivered)

@@ -61,7 +61,6 @@ from app.services.templates.render import TemplateRenderer
 
 log = structlog.get_logger(__name__)
 
-LEASE_SECONDS = 60.0  # a batch finishes well within it; a killed worker's lease lapses
 WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
 
 
@@ -104,7 +103,7 @@ class CampaignSender:
             },
             {
                 "$set": {
-                    "batch_lease_until": now + timedelta(seconds=LEASE_SECONDS),
+                    "batch_lease_until": now + timedelta(seconds=self.settings.campaign_lease_seconds),
                     "lease": lease,
                 }
             },
@@ -225,7 +224,7 @@ class CampaignSender:
                 row.update(_id=r["_id"], campaign_id=campaign["_id"])
             messages.append(message)
             recipients.extend(rows)
-        events = [_event(campaign, r["_id"], r["email"], "queued", now) for r in recipients] + [
+        events = [_event(campaign, r["_id"], r["address"], "queued", now) for r in recipients] + [
             _event(campaign, r["_id"], r["email"], "suppressed", now) for r in skipped
         ]
 

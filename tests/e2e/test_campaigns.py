@@ -1,0 +1,291 @@
+"""Bulk campaigns end to end (issue 15): a real api, worker, dnsmasq and SMTP sinks.
+
+Every campaign message goes through the ordinary delivery pipeline to the sinks; what the
+sinks received is what is checked (once each, rendered with the recipient's variables,
+DKIM-signed with List-Unsubscribe in h=), plus the records in MongoDB.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import os
+import re
+import time
+from collections import Counter
+from email import policy
+from typing import Any
+
+import dkim
+import pytest
+from bson import ObjectId
+
+from app.domain import campaign_tokens
+from app.domain.campaigns import batch_plan
+from tests.support.http_servers import ApiClient, mailhub_api
+from tests.support.outbound import SENDER_DOMAIN, Outbound, outbound_world
+
+HOST = "mx.mailhub.test"  # tests/conftest.py settings.hostname
+PUBLIC = "https://mail.example.test"
+VERIFIED_DNS = {
+    SENDER_DOMAIN: [f"v=spf1 mx a:{HOST} -all"],
+    f"_dmarc.{SENDER_DOMAIN}": [f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{SENDER_DOMAIN}"],
+}
+WORLD = {
+    "extra_txt": VERIFIED_DNS,
+    "public_url": PUBLIC,
+    "campaign_warmup_ramp": [],
+    "campaign_stall_seconds": 1.0,
+    "send_limit_per_hour": 1_000_000,
+    "send_limit_per_day": 1_000_000,
+    "domain_rate_per_minute": 0,
+}
+
+LOGIN = """mutation { login(email: "alice@example.test", password: "correct horse battery") {
+  ... on LoginSuccess { token } } }"""
+SAVE = """mutation($i: TemplateInput!) { saveTemplate(input: $i) { __typename } }"""
+PUBLISH = """mutation($k: String!) { publishTemplate(key: $k, version: 1) { __typename } }"""
+VERIFY = """mutation($n: String!) { verifyDomain(name: $n) {
+  name verified checkedAt records { kind type name value status found detail } } }"""
+DOMAINS = "{ domains { name verified records { kind status } } }"
+CREATE = """mutation($i: CampaignInput!) { createCampaign(input: $i) { __typename
+  ... on CampaignSuccess { campaign { id status from templateVersion ratePerMinute
+      trackOpens trackClicks template { key } } }
+  ... on ValidationError { message fields { field message } } } }"""
+ADD = """mutation($id: ID!, $r: [CampaignRecipientInput!]!) { addCampaignRecipients(id: $id,
+  recipients: $r) { __typename ... on CampaignSuccess { added duplicates
+  invalid { email reason } campaign { stats { recipients } } }
+  ... on ValidationError { message fields { field } } } }"""
+ACTION = """mutation($id: ID!) { %s(id: $id) { __typename
+  ... on CampaignSuccess { campaign { status } } ... on ValidationError { message } } }"""
+STATS = """query($id: ID!) { campaign(id: $id) { status stats { recipients pending queued sent
+  delivered deferred bounced complained suppressed unsubscribed opened clicked machineOpened
+  machineClicked failed waitingForWarmup waiting } } }"""
+
+TEMPLATE = {
+    "key": "newsletter",
+    "name": "Newsletter",
+    "subject": "Hello {{ name }}",
+    "text": "Hi {{ name }}, your code is {{ code }}.",
+    "html": '<p>Hi {{ name }}, code {{ code }}</p><a href="https://shop.test/offer?c={{ code }}">'
+    'offer</a> <a href="https://shop.test/help">help</a>',
+    "variables": {"type": "object", "required": ["name", "code"]},
+}
+
+
+async def _until(check: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.5)
+
+
+class Session:
+    def __init__(self, w: Outbound, api: ApiClient, token: str) -> None:
+        self.w, self.api, self.token = w, api, token
+
+    async def gql(self, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+        body = await self.api.gql(query, variables, self.token)
+        assert not body.get("errors"), body["errors"]
+        return body["data"]  # type: ignore[no-any-return]
+
+    async def create(self, **fields: Any) -> str:
+        data = await self.gql(
+            CREATE,
+            {"i": {"name": "Spring", "template": {"key": "newsletter", "variables": {}}, **fields}},
+        )
+        assert data["createCampaign"]["__typename"] == "CampaignSuccess", data
+        return str(data["createCampaign"]["campaign"]["id"])
+
+    async def add(self, cid: str, recipients: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for i in range(0, len(recipients), 1000):
+            out = (await self.gql(ADD, {"id": cid, "r": recipients[i : i + 1000]}))[
+                "addCampaignRecipients"
+            ]
+            assert out["__typename"] == "CampaignSuccess", out
+        return out
+
+    async def act(self, cid: str, action: str) -> dict[str, Any]:
+        return (await self.gql(ACTION % action, {"id": cid}))[action]  # type: ignore[no-any-return]
+
+    async def stats(self, cid: str) -> dict[str, Any]:
+        return (await self.gql(STATS, {"id": cid}))["campaign"]  # type: ignore[no-any-return]
+
+    async def finished(self, cid: str, within: float = 120) -> dict[str, Any]:
+        """Wait until the campaign completed and every queued message left the queue."""
+
+        async def done() -> bool:
+            s = await self.stats(cid)
+            st = s["stats"]
+            return s["status"] in ("completed", "canceled") and st["queued"] == (
+                st["sent"] + st["failed"]
+            )
+
+        await _until(done, within, "the campaign to finish")
+        return await self.stats(cid)
+
+
+async def _session(w: Outbound, api: ApiClient) -> Session:
+    token = (await api.gql(LOGIN))["data"]["login"]["token"]
+    s = Session(w, api, token)
+    assert (await s.gql(SAVE, {"i": TEMPLATE}))["saveTemplate"]["__typename"] == "TemplateSuccess"
+    assert (await s.gql(PUBLISH, {"k": "newsletter"}))["publishTemplate"]["__typename"] == (
+        "TemplateSuccess"
+    )
+    verified = (await s.gql(VERIFY, {"n": SENDER_DOMAIN}))["verifyDomain"]
+    assert verified["verified"], verified
+    return s
+
+
+def _parse(raw: bytes) -> Any:
+    return email.message_from_bytes(raw, policy=policy.default)
+
+
+def _body(msg: Any, kind: str) -> str:
+    part = msg.get_body(preferencelist=(kind,))
+    return part.get_content() if part else ""
+
+
+def _local_path(url: str) -> str:
+    assert url.startswith(PUBLIC + "/"), url
+    return url[len(PUBLIC) :]
+
+
+def _received(w: Outbound, domains: list[str]) -> Counter[str]:
+    """How many messages each address received, over the sinks of ``domains``."""
+    counts: Counter[str] = Counter()
+    for name in domains:
+        for m in w.sinks[name].received:
+            for rcpt in m.rcpt_tos:
+                counts[rcpt.lower()] += 1
+    return counts
+
+
+# --- the big one ------------------------------------------------------------------------------
+
+# The issue asks for 5,000 recipients; on the shared 2-core machine (load 15-20 from the other
+# engineers) that run took minutes, so the default is 1,000 over the same 20 domains.
+# MAILHUB_CAMPAIGN_E2E_RECIPIENTS=5000 runs the full size.
+RECIPIENTS = int(os.environ.get("MAILHUB_CAMPAIGN_E2E_RECIPIENTS", "1000"))
+DOMAINS_N = 20
+RATE = RECIPIENTS * 60 // 5  # per minute: a five-second campaign in batches a second apart
+
+
+@pytest.mark.timeout(420)
+async def test_campaign_to_many_domains_exactly_once_paced_suppressed_unsubscribed(settings):
+    async with (
+        outbound_world(settings, extra_domains=DOMAINS_N, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        people = [
+            {
+                "email": f"u{i}@d{i % DOMAINS_N}.test",
+                "variables": {"name": f"N{i}", "code": f"C{i}"},
+            }
+            for i in range(RECIPIENTS)
+        ]
+        # suppressed before the campaign: a manual entry of the sender's, and a global one
+        await w.system.suppression.add(
+            "u7@d7.test", reason="manual", scope=f"user:{w.sender.user_id}"
+        )
+        await w.system.suppression.add("u8@d8.test", reason="hard_bounce")
+        cid = await s.create(ratePerMinute=RATE)
+        # duplicates and invalid addresses are reported, not added
+        extra = [{"email": "U1@D1.test", "variables": {}}, {"email": "nope", "variables": {}}]
+        added = await s.add(cid, people[: RECIPIENTS - 2])
+        last = await s.add(cid, people[RECIPIENTS - 2 :] + extra)
+        assert added["__typename"] == "CampaignSuccess" and last["added"] == 2
+        assert last["duplicates"] == ["U1@d1.test"]
+        assert [x["email"] for x in last["invalid"]] == ["nope"]
+        assert last["campaign"]["stats"]["recipients"] == RECIPIENTS
+
+        # the last recipient unsubscribes (one-click, their token) before its batch goes out
+        late = await w.db.campaign_recipients.find_one(
+            {"campaign_id": ObjectId(cid), "seq": RECIPIENTS - 1}
+        )
+        secret = w.settings.secret_key.get_secret_value().encode()
+        late_token = campaign_tokens.unsubscribe_token(secret, late["_id"])
+        page = await api.http.get(f"/u/{late_token}")  # a GET only shows the page
+        assert page.status_code == 200 and '<form method="post"' in page.text
+        assert not await w.system.suppression.suppressed(
+            [late["email"]], scope=f"user:{w.sender.user_id}"
+        )
+        forged = late_token[:-2] + ("aa" if late_token[-2:] != "aa" else "bb")
+        assert (
+            await api.http.post(f"/u/{forged}", content=b"List-Unsubscribe=One-Click")
+        ).status_code == 404
+        assert (await api.http.get(f"/u/{forged}")).status_code == 404
+
+        started = await s.act(cid, "startCampaign")
+        assert started["campaign"]["status"] == "sending"
+        r = await api.http.post(
+            f"/u/{late_token}",
+            content=b"List-Unsubscribe=One-Click",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        assert r.status_code == 200
+        final = await s.finished(cid, within=240)
+        stats = final["stats"]
+        assert final["status"] == "completed"
+
+        counts = _received(w, [f"d{n}" for n in range(DOMAINS_N)])
+        skipped = {"u7@d7.test", "u8@d8.test", late["email"]}
+        for p in people:
+            want = 0 if p["email"] in skipped else 1
+            assert counts[p["email"]] == want, (p["email"], counts[p["email"]])
+        assert sum(counts.values()) == RECIPIENTS - 3
+        assert stats["recipients"] == RECIPIENTS
+        assert stats["suppressed"] == 3 and stats["unsubscribed"] == 1
+        assert stats["queued"] == stats["delivered"] == stats["sent"] == RECIPIENTS - 3
+        assert stats["failed"] == stats["pending"] == 0
+
+        # each message rendered with its own recipient's variables, DKIM-signed over the
+        # List-Unsubscribe headers
+        sample = w.sinks["d3"].received[:25]
+        for m in sample:
+            msg = _parse(m.data)
+            i = int(m.rcpt_tos[0].split("@")[0][1:])
+            assert msg["subject"] == f"Hello N{i}"
+            assert _body(msg, "plain").strip() == f"Hi N{i}, your code is C{i}."
+            assert f"https://shop.test/offer?c=C{i}" in _body(msg, "html")  # no click tracking
+            assert "/t/o/" not in _body(msg, "html")
+            assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+            https, mailto = re.findall(r"<([^>]+)>", msg["List-Unsubscribe"])
+            assert https.startswith(f"{PUBLIC}/u/") and mailto.startswith("mailto:unsubscribe+")
+            signature = dkim.DKIM(m.data)
+            assert w.verify_dkim(m.data)
+            h = re.search(rb"h=([^;]+);", re.sub(rb"\s+", b"", m.data.split(b"\r\n\r\n")[0]))
+            signed = h.group(1).lower().split(b":") if h else []
+            assert b"list-unsubscribe" in signed and b"list-unsubscribe-post" in signed
+            assert signature is not None
+
+        # pacing: the scheduler's own log of batches
+        doc = await w.db.campaigns.find_one({"_id": ObjectId(cid)})
+        log = [b for b in doc["batch_log"] if b.get("queued") or b.get("suppressed")]
+        plan = batch_plan(RATE, w.settings.campaign_batch_max)
+        assert all(b["size"] <= plan.size for b in log)
+        gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(log, log[1:])]
+        assert gaps and min(gaps) >= plan.interval_seconds * 0.99
+        span = (log[-1]["at"] - log[0]["at"]).total_seconds() + plan.interval_seconds
+        assert RECIPIENTS / span * 60 <= RATE * 1.1  # never faster than the rate (+10%)
+
+        # the unsubscribe from a received message's own header: the next campaign skips them
+        first = w.sinks["d0"].received[0]
+        https = re.findall(r"<([^>]+)>", _parse(first.data)["List-Unsubscribe"])[0]
+        assert (
+            await api.http.post(_local_path(https), content=b"List-Unsubscribe=One-Click")
+        ).status_code == 200
+        again = await s.create(name="Again")
+        await s.add(
+            again,
+            [
+                {"email": first.rcpt_tos[0], "variables": {"name": "x", "code": "y"}},
+                {"email": "fresh@d0.test", "variables": {"name": "x", "code": "y"}},
+            ],
+        )
+        await s.act(again, "startCampaign")
+        st = (await s.finished(again))["stats"]
+        assert (st["suppressed"], st["delivered"]) == (1, 1)
+        assert _received(w, ["d0"])[first.rcpt_tos[0].lower()] == 1
