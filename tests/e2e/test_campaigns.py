@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import email
+import itertools
 import os
 import re
 import time
@@ -266,7 +267,7 @@ async def test_campaign_to_many_domains_exactly_once_paced_suppressed_unsubscrib
         log = [b for b in doc["batch_log"] if b.get("queued") or b.get("suppressed")]
         plan = batch_plan(RATE, w.settings.campaign_batch_max)
         assert all(b["size"] <= plan.size for b in log)
-        gaps = [(b["at"] - a["at"]).total_seconds() for a, b in zip(log, log[1:])]
+        gaps = [(b["at"] - a["at"]).total_seconds() for a, b in itertools.pairwise(log)]
         assert gaps and min(gaps) >= plan.interval_seconds * 0.99
         span = (log[-1]["at"] - log[0]["at"]).total_seconds() + plan.interval_seconds
         assert RECIPIENTS / span * 60 <= RATE * 1.1  # never faster than the rate (+10%)
@@ -289,3 +290,138 @@ async def test_campaign_to_many_domains_exactly_once_paced_suppressed_unsubscrib
         st = (await s.finished(again))["stats"]
         assert (st["suppressed"], st["delivered"]) == (1, 1)
         assert _received(w, ["d0"])[first.rcpt_tos[0].lower()] == 1
+
+
+# --- tracking, person-to-person mail, mailto unsubscribe ------------------------------------
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0"
+GOOGLE_PROXY = (
+    "Mozilla/5.0 (Windows NT 5.1; rv:11.0) Gecko Firefox/11.0 (via ggpht.com GoogleImageProxy)"
+)
+
+
+async def test_tracking_human_and_machine_opens_and_clicks_and_never_an_open_redirect(settings):
+    async with (
+        outbound_world(settings, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create(trackOpens=True, trackClicks=True)
+        await s.add(
+            cid,
+            [
+                {"email": f"{who}@ok.test", "variables": {"name": who, "code": who.upper()}}
+                for who in ("human", "proxied", "scanned")
+            ],
+        )
+        await s.act(cid, "startCampaign")
+        await s.finished(cid)
+        mail = {m.rcpt_tos[0]: _parse(m.data) for m in w.sinks["ok"].received}
+        assert len(mail) == 3
+
+        def urls(address: str) -> tuple[str, list[str]]:
+            html = _body(mail[address], "html")
+            assert "https://shop.test/" not in html  # every link goes through the redirect
+            pixel = re.findall(r'<img src="([^"]+/t/o/[^"]+)"', html)
+            return _local_path(pixel[0]), [
+                _local_path(u) for u in re.findall(r'href="([^"]+/t/c/[^"]+)"', html)
+            ]
+
+        # a person opens and clicks the offer
+        pixel, links = urls("human@ok.test")
+        assert len(links) == 2
+        r = await api.http.get(pixel, headers={"User-Agent": BROWSER})
+        assert r.status_code == 200 and r.headers["content-type"] == "image/gif"
+        assert r.content.startswith(b"GIF89a")
+        r = await api.http.get(links[0], headers={"User-Agent": BROWSER})
+        assert r.status_code == 302
+        assert r.headers["location"] == "https://shop.test/offer?c=HUMAN"
+
+        # Google's image proxy fetches the pixel: a machine open
+        pixel, _ = urls("proxied@ok.test")
+        assert (await api.http.get(pixel, headers={"User-Agent": GOOGLE_PROXY})).status_code == 200
+        # a link scanner follows both links at once (with a browser's user agent): machine
+        _, links = urls("scanned@ok.test")
+        for link in links:
+            assert (await api.http.get(link, headers={"User-Agent": BROWSER})).status_code == 302
+        # a HEAD is a machine's too
+        assert (await api.http.head(links[0], headers={"User-Agent": BROWSER})).status_code == 302
+
+        # never an open redirect: a link index that was not in the message, an altered token
+        rid = (await w.db.campaign_recipients.find_one({"email": "human@ok.test"}))["_id"]
+        secret = w.settings.secret_key.get_secret_value().encode()
+        beyond = campaign_tokens.click_token(secret, rid, 2)
+        assert (await api.http.get(f"/t/c/{beyond}")).status_code == 404
+        token = links[0].rsplit("/", 1)[1]
+        altered = token[:5] + ("a" if token[5] != "a" else "b") + token[6:]
+        assert (await api.http.get(f"/t/c/{altered}")).status_code == 404
+        assert (await api.http.get("/t/c/https%3A%2F%2Fevil.test")).status_code == 404
+        assert (await api.http.get(f"/t/o/{altered}")).status_code == 404
+
+        stats = (await s.stats(cid))["stats"]
+        assert (stats["opened"], stats["machineOpened"]) == (1, 1)
+        assert (stats["clicked"], stats["machineClicked"]) == (1, 1)
+        events = await w.db.delivery_events.find(
+            {"campaign_id": ObjectId(cid), "event_type": {"$in": ["opened", "clicked"]}}
+        ).to_list()
+        rules = sorted((e["recipient"], e["event_type"], e["metadata"]["rule"]) for e in events)
+        assert rules == [
+            ("human@ok.test", "clicked", None),
+            ("human@ok.test", "opened", None),
+            ("proxied@ok.test", "opened", "known_agent"),
+            ("scanned@ok.test", "clicked", "click_burst"),
+            ("scanned@ok.test", "clicked", "click_burst"),
+            ("scanned@ok.test", "clicked", "head_request"),
+        ]
+        assert all(e["machine"] == (e["metadata"]["rule"] is not None) for e in events)
+
+        # person-to-person mail: no tracking, no unsubscribe headers, links untouched
+        await w.send(["friend@ok.test"], subject="lunch", text="See https://shop.test/menu\n")
+
+        async def arrived() -> bool:
+            return bool(w.sinks["ok"].messages_to("friend@ok.test"))
+
+        await _until(arrived, 60, "the person-to-person message")
+        raw = w.sinks["ok"].messages_to("friend@ok.test")[0].data
+        assert b"/t/o/" not in raw and b"/t/c/" not in raw
+        assert b"List-Unsubscribe" not in raw and b"https://shop.test/menu" in raw
+
+
+async def test_mailto_unsubscribe_through_the_mx(settings):
+    from app.mx.server import start_mx
+    from tests.support.mx import smtp_send
+
+    async with (
+        outbound_world(settings, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create()
+        await s.add(cid, [{"email": "reader@ok.test", "variables": {"name": "R", "code": "1"}}])
+        await s.act(cid, "startCampaign")
+        await s.finished(cid)
+        header = _parse(w.sinks["ok"].received[0].data)["List-Unsubscribe"]
+        mailto = re.findall(r"<mailto:([^>]+)>", header)[0]
+        assert mailto.endswith(f"@{SENDER_DOMAIN}")
+
+        mx = await start_mx(w.settings.model_copy(update={"smtp_port": 0}), w.system)
+        try:
+            forged = "unsubscribe+" + "a" * 36 + f"@{SENDER_DOMAIN}"
+            refused = await smtp_send(
+                mx.port, b"Subject: x\r\n\r\nx\r\n", mail_from="reader@ok.test", rcpts=[forged]
+            )
+            assert refused["rcpt_codes"] == [550]
+            raw = (
+                b"From: reader@ok.test\r\nTo: " + mailto.encode() + b"\r\n"
+                b"Subject: unsubscribe\r\nMessage-ID: <u1@ok.test>\r\n\r\nplease\r\n"
+            )
+            sent = await smtp_send(mx.port, raw, mail_from="reader@ok.test", rcpts=[mailto])
+            assert sent["rcpt_codes"] == [250] and sent["data"][0] == 250
+        finally:
+            await mx.stop(grace=2)
+        scope = f"user:{w.sender.user_id}"
+        assert await w.system.suppression.suppressed(["reader@ok.test"], scope=scope)
+        stats = (await s.stats(cid))["stats"]
+        assert stats["unsubscribed"] == 1
+        event = await w.db.delivery_events.find_one({"event_type": "unsubscribed"})
+        assert event["metadata"] == {"via": "mailto"}
