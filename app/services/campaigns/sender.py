@@ -89,6 +89,7 @@ class CampaignSender:
         self.settings = settings
         key = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self.secret = key.encode()
+        self._lease = timedelta(seconds=settings.campaign_lease_seconds)
 
     # --- one batch ---------------------------------------------------------------------
 
@@ -110,7 +111,7 @@ class CampaignSender:
             },
             {
                 "$set": {
-                    "batch_lease_until": now + timedelta(seconds=self.settings.campaign_lease_seconds),
+                    "batch_lease_until": now + self._lease,
                     "lease": lease,
                 }
             },
