@@ -425,3 +425,113 @@ async def test_mailto_unsubscribe_through_the_mx(settings):
         assert stats["unsubscribed"] == 1
         event = await w.db.delivery_events.find_one({"event_type": "unsubscribed"})
         assert event["metadata"] == {"via": "mailto"}
+
+
+# --- pause, resume, cancel; warm-up; reputation -------------------------------------------
+
+
+def _people(n: int, domain: str = "ok.test") -> list[dict[str, Any]]:
+    return [
+        {"email": f"p{i}@{domain}", "variables": {"name": f"P{i}", "code": str(i)}}
+        for i in range(n)
+    ]
+
+
+async def test_pause_resume_cancel_take_effect_before_the_next_batch(settings):
+    async with (
+        outbound_world(settings, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create(ratePerMinute=120)  # 2 recipients a batch, a batch a second
+        await s.add(cid, _people(40))
+        assert (await s.act(cid, "resumeCampaign"))["__typename"] == "ValidationError"
+        await s.act(cid, "startCampaign")
+
+        async def queued_at_least(n: int) -> Any:
+            async def check() -> bool:
+                return (await s.stats(cid))["stats"]["queued"] >= n
+
+            return check
+
+        await _until(await queued_at_least(2), 60, "the first batch")
+        assert (await s.act(cid, "pauseCampaign"))["campaign"]["status"] == "paused"
+        # at most the batch already under way finishes; then nothing more is queued
+        after_pause = (await s.stats(cid))["stats"]["queued"]
+        await asyncio.sleep(3)  # three batch intervals
+        held = (await s.stats(cid))["stats"]
+        assert held["queued"] <= after_pause + 2
+        await asyncio.sleep(2)
+        assert (await s.stats(cid))["stats"]["queued"] == held["queued"]
+
+        assert (await s.act(cid, "resumeCampaign"))["campaign"]["status"] == "sending"
+        await _until(await queued_at_least(held["queued"] + 4), 60, "batches after resume")
+        assert (await s.act(cid, "cancelCampaign"))["campaign"]["status"] == "canceled"
+        final = await s.finished(cid)
+        stats = final["stats"]
+        assert final["status"] == "canceled" and stats["pending"] == 0
+        assert 0 < stats["queued"] < 40
+        canceled = await w.db.campaign_recipients.count_documents(
+            {"campaign_id": ObjectId(cid), "state": "canceled"}
+        )
+        assert canceled + stats["queued"] == 40
+        await asyncio.sleep(2)  # a batch job still queued finds the campaign canceled
+        counts = _received(w, ["ok"])
+        assert sum(counts.values()) == stats["queued"] == (await s.stats(cid))["stats"]["queued"]
+        assert set(counts.values()) == {1}
+        assert (await s.act(cid, "resumeCampaign"))["__typename"] == "ValidationError"
+
+
+async def test_warmup_ramp_holds_the_rest_until_the_next_day_and_reputation_pauses(settings):
+    async with (
+        outbound_world(settings, worker=False, **{**WORLD, "campaign_warmup_ramp": [3, 5]}) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create()
+        await s.add(cid, _people(12))
+        await s.act(cid, "startCampaign")
+        sender = w.system.campaign_sender
+        oid = ObjectId(cid)
+        assert (await sender.run_batch(oid))["queued"] == 3  # day one: 3
+        assert (await sender.run_batch(oid)) == {"ran": True, "waiting": "warmup"}
+        assert (await sender.run_batch(oid)) == {"ran": False}  # held until tomorrow
+        stats = (await s.stats(cid))["stats"]
+        assert (stats["queued"], stats["waitingForWarmup"], stats["waiting"]) == (3, 9, "warmup")
+        doc = await w.db.campaigns.find_one({"_id": oid})
+        assert doc["next_batch_at"].date() > doc["started_at"].date()
+
+        # the next day (the domain sent on one earlier day): 5
+        await w.db.campaign_warmup.update_one(
+            {"_id": SENDER_DOMAIN}, {"$set": {"days": ["2026-01-01"], "counts": {}}}
+        )
+        await w.db.campaigns.update_one(
+            {"_id": oid}, {"$set": {"next_batch_at": doc["created_at"]}}
+        )
+        assert (await sender.run_batch(oid))["queued"] == 5
+        assert (await sender.run_batch(oid)) == {"ran": True, "waiting": "warmup"}
+        stats = (await s.stats(cid))["stats"]
+        assert (stats["queued"], stats["waitingForWarmup"]) == (8, 4)
+
+        # after the ramp no limit, but a reputation pause of the domain holds the campaign
+        await w.db.campaign_warmup.update_one(
+            {"_id": SENDER_DOMAIN}, {"$set": {"days": ["2026-01-01", "2026-01-02"], "counts": {}}}
+        )
+        await w.db.sending_pauses.insert_one(
+            {"_id": f"domain:{SENDER_DOMAIN}", "active": True, "reason": "test"}
+        )
+        await w.db.campaigns.update_one(
+            {"_id": oid}, {"$set": {"next_batch_at": doc["created_at"]}}
+        )
+        assert (await sender.run_batch(oid)) == {"ran": True, "waiting": "reputation"}
+        assert (await s.stats(cid))["stats"]["waiting"] == "reputation"
+        await w.db.sending_pauses.delete_many({})
+        await w.db.campaigns.update_one(
+            {"_id": oid}, {"$set": {"next_batch_at": doc["created_at"]}}
+        )
+        assert (await sender.run_batch(oid))["queued"] == 4
+        await w.db.campaigns.update_one(
+            {"_id": oid}, {"$set": {"next_batch_at": doc["created_at"]}}
+        )
+        assert (await sender.run_batch(oid)) == {"ran": True, "completed": True}
+        assert (await s.stats(cid))["status"] == "completed"
