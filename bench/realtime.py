@@ -1,6 +1,8 @@
-"""Realtime latency and memory: MX 250 → `mailboxEvents` frame at the websocket client.
+"""Realtime latency and memory: MX 250 → `mailboxEvents` frame at the websocket client, and
+local mail: alice's `sendEmail` → bob's `unreadCounts` / `mailboxEvents` frames (issue 13).
 
     .venv/bin/python bench/realtime.py [--subscribers 1,100,2000] [--messages 100]
+    .venv/bin/python bench/realtime.py --subscribers '' --local 100 [--local-gap-ms 0]
 
 Starts its own SecantusDB + Redis, one `mailhub api` process and one `mailhub mx` process. For
 each subscriber count N it opens N graphql-transport-ws connections (one user each, one
@@ -8,6 +10,13 @@ each subscriber count N it opens N graphql-transport-ws connections (one user ea
 measures, per message, the time from the MX's 250 reply (client side) to the event frame at
 that user's websocket. Memory per idle subscription = growth of the api process RSS while the
 N connections sit idle, divided by N. Prints a Markdown table.
+
+``--local M``: bob holds one websocket with both `unreadCounts` and `mailboxEvents`; alice (same
+server) sends him M messages with `sendEmail` over HTTP, back to back (``--local-gap-ms`` between
+them; 0 = the next send right after both frames arrived, the worst case for any pacing). Per
+message: the time from `sendEmail`'s HTTP response to each frame (0 when the frame came first:
+events are published before the mutation returns). MAILHUB_UNDO_SECONDS is 0 here (the default);
+with an undo window the send is held as scheduled and reaches bob only when the window ends.
 """
 
 from __future__ import annotations
@@ -132,10 +141,71 @@ def send_one(port: int, to: str, i: int) -> float:
         return time.perf_counter()  # right after the 250 to DATA
 
 
+SEND = (
+    'mutation($to:[String!]!,$s:String!){sendEmail(input:{to:$to,subject:$s,text:"hi"})'
+    "{__typename}}"
+)
+COUNTS_AND_EVENTS = {
+    "counts": "subscription { unreadCounts { folder unread } }",
+    "events": "subscription { mailboxEvents { type itemId } }",
+}
+
+
+async def local_send_latency(
+    http_port: int, alice_token: str, bob: tuple[str, str, str], messages: int, gap_ms: int
+) -> dict[str, list[float]]:
+    """sendEmail (alice → bob, one server) → bob's frames; seconds per message and stream."""
+    url = f"ws://127.0.0.1:{http_port}/graphql"
+    frames: dict[str, asyncio.Queue[tuple[float, dict]]] = {
+        k: asyncio.Queue() for k in COUNTS_AND_EVENTS
+    }
+    latencies: dict[str, list[float]] = {k: [] for k in COUNTS_AND_EVENTS}
+    async with websockets.connect(
+        url, subprotocols=["graphql-transport-ws"], ping_interval=None
+    ) as ws:
+        await ws.send(json.dumps({"type": "connection_init", "payload": {"token": bob[2]}}))
+        assert json.loads(await ws.recv())["type"] == "connection_ack"
+        for key, query in COUNTS_AND_EVENTS.items():
+            await ws.send(json.dumps({"id": key, "type": "subscribe", "payload": {"query": query}}))
+
+        async def read() -> None:
+            async for raw in ws:
+                message = json.loads(raw)
+                if message.get("type") == "next":
+                    frames[message["id"]].put_nowait((time.perf_counter(), message["payload"]))
+                elif message.get("type") == "ping":
+                    await ws.send(json.dumps({"type": "pong"}))
+
+        reader = asyncio.create_task(read())
+        await asyncio.wait_for(frames["counts"].get(), 30)  # the snapshot sent on subscribe
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{http_port}",
+            headers={"Authorization": f"Bearer {alice_token}"},
+            timeout=30,
+        ) as http:
+            for i in range(messages):
+                r = await http.post(
+                    "/graphql",
+                    json={"query": SEND, "variables": {"to": [bob[1]], "s": f"local {i}"}},
+                )
+                returned_at = time.perf_counter()
+                assert r.json()["data"]["sendEmail"]["__typename"] == "SendEmailSuccess", r.text
+                for key in COUNTS_AND_EVENTS:
+                    received_at, _ = await asyncio.wait_for(frames[key].get(), 30)
+                    latencies[key].append(max(0.0, received_at - returned_at))
+                if gap_ms:
+                    await asyncio.sleep(gap_ms / 1000)
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    return latencies
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--subscribers", default="1,100,2000")
     ap.add_argument("--messages", type=int, default=100)
+    ap.add_argument("--local", type=int, default=0, help="local sendEmail messages to measure")
+    ap.add_argument("--local-gap-ms", type=int, default=0)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
@@ -172,13 +242,20 @@ async def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     rows = []
+    local: dict[str, list[float]] = {}
     offset = 0
     try:
         wait_http(f"http://127.0.0.1:{http_port}/healthz", api)
         wait_smtp(smtp_port)
         api_proc = psutil.Process(api.pid)
         url = f"ws://127.0.0.1:{http_port}/graphql"
-        for n in [int(x) for x in args.subscribers.split(",")]:
+        if args.local:
+            alice, bob = await make_users(mongo.db, 2, offset)
+            offset += 2
+            local = await local_send_latency(
+                http_port, alice[2], bob, args.local, args.local_gap_ms
+            )
+        for n in [int(x) for x in args.subscribers.split(",") if x]:
             users = await make_users(mongo.db, n, offset)
             offset += n
             await asyncio.sleep(1)
@@ -210,10 +287,20 @@ async def main() -> None:
         mx.wait(10)
         await mongo.close()
         stack.stop()
-    print("| subscribers | 250 → frame p50 | 250 → frame p99 | api RSS per idle subscription |")
-    print("|---|---|---|---|")
-    for n, p50, p99, kb in rows:
-        print(f"| {n:,} | {p50:.1f} ms | {p99:.1f} ms | {kb:.1f} KB |")
+    if rows:
+        print("| subscribers | 250 → frame p50 | 250 → frame p99 | api RSS per idle subscription |")
+        print("|---|---|---|---|")
+        for n, p50, p99, kb in rows:
+            print(f"| {n:,} | {p50:.1f} ms | {p99:.1f} ms | {kb:.1f} KB |")
+    if local:
+        print(f"\nlocal sendEmail → frame, {args.local} messages, gap {args.local_gap_ms} ms")
+        print("| subscription | p50 | p99 | max |")
+        print("|---|---|---|---|")
+        for key, name in (("counts", "unreadCounts"), ("events", "mailboxEvents")):
+            values = local[key]
+            print(
+                f"| {name} | {pct(values, 50):.1f} ms | {pct(values, 99):.1f} ms | {max(values) * 1000:.1f} ms |"
+            )
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 import strawberry
 from strawberry.types import Info
 
 from app.domain.errors import ValidationError
 from app.domain.folders import Folder as FolderValue
-from app.services.mailbox.service import StateChange
-from app.services.sending.compose import Composition
+from app.services.mailbox.changes import StateChange
+from app.services.sending.compose import DRAFT_FIELDS, Composition
 from app.services.templates.sending import TemplateRef as TemplateSend
 from schema import types as T
 from schema.templates import TemplateRef
@@ -56,30 +57,46 @@ class SendEmailInput:
         )
 
 
-@strawberry.input
+@strawberry.input(
+    description="With an id, only the fields given change: null clears a field, an absent "
+    "field keeps its saved value (CONTRACT.md, Drafts: partial updates)."
+)
 class DraftInput:
-    id: strawberry.ID | None = None
-    from_: str | None = strawberry.field(default=None, name="from")
-    to: list[str] | None = None
-    cc: list[str] | None = None
-    bcc: list[str] | None = None
-    subject: str | None = None
-    text: str | None = None
-    html: str | None = None
-    attachment_ids: list[strawberry.ID] | None = None
-    in_reply_to: strawberry.ID | None = None
+    # UNSET (absent) is not None (null): the difference is the partial-update rule
+    id: strawberry.ID | None = strawberry.UNSET
+    from_: str | None = strawberry.field(default=strawberry.UNSET, name="from")
+    to: list[str] | None = strawberry.UNSET
+    cc: list[str] | None = strawberry.UNSET
+    bcc: list[str] | None = strawberry.UNSET
+    subject: str | None = strawberry.UNSET
+    text: str | None = strawberry.UNSET
+    html: str | None = strawberry.UNSET
+    attachment_ids: list[strawberry.ID] | None = strawberry.UNSET
+    in_reply_to: strawberry.ID | None = strawberry.UNSET
+
+    def present(self) -> frozenset[str]:
+        """The draft fields the client sent (null included)."""
+        return frozenset(
+            name for name in DRAFT_FIELDS if getattr(self, name) is not strawberry.UNSET
+        )
 
     def composition(self) -> Composition:
+        """The given fields; absent and null ones as their empty value."""
+
+        def given(name: str) -> Any:
+            value = getattr(self, name)
+            return None if value is strawberry.UNSET else value
+
         return Composition(
-            to=list(self.to or []),
-            cc=list(self.cc or []),
-            bcc=list(self.bcc or []),
-            subject=self.subject or "",
-            text=self.text,
-            html=self.html,
-            from_=self.from_,
-            attachment_ids=[str(a) for a in self.attachment_ids or []],
-            in_reply_to=str(self.in_reply_to) if self.in_reply_to else None,
+            to=list(given("to") or []),
+            cc=list(given("cc") or []),
+            bcc=list(given("bcc") or []),
+            subject=given("subject") or "",
+            text=given("text"),
+            html=given("html"),
+            from_=given("from_"),
+            attachment_ids=[str(a) for a in given("attachment_ids") or []],
+            in_reply_to=str(given("in_reply_to")) if given("in_reply_to") else None,
         )
 
 
@@ -123,7 +140,10 @@ class Mutation:
     @strawberry.mutation
     async def save_draft(self, info: Info, input: DraftInput) -> T.DraftResult:
         item = await info.context.system.drafts.save_draft(
-            await info.context.viewer(), str(input.id) if input.id else None, input.composition()
+            await info.context.viewer(),
+            str(input.id) if input.id else None,
+            input.composition(),
+            input.present(),
         )
         return T.DraftSuccess(item=T.MailboxItem(doc=item))
 
@@ -148,14 +168,14 @@ class Mutation:
             add_labels=tuple(set.add_labels or ()),
             remove_labels=tuple(set.remove_labels or ()),
         )
-        items = await info.context.system.mailbox.update_items(
+        items = await info.context.system.mailbox_changes.update_items(
             await info.context.viewer(), [str(i) for i in ids], change
         )
         return T.UpdateMessagesSuccess(items=[T.MailboxItem(doc=d) for d in items])
 
     @strawberry.mutation(description="Only items in TRASH or SPAM (and drafts).")
     async def delete_forever(self, info: Info, ids: list[strawberry.ID]) -> T.DeleteResult:
-        deleted = await info.context.system.mailbox.delete_forever(
+        deleted = await info.context.system.mailbox_changes.delete_forever(
             await info.context.viewer(), [str(i) for i in ids]
         )
         return T.DeleteSuccess(ids=[strawberry.ID(i) for i in deleted])

@@ -222,6 +222,15 @@ class MailboxItem:
     def references(self, info: Info) -> list[str]:
         return self._from_message(info, lambda m: list(m.get("references") or []))
 
+    @strawberry.field(
+        description="The original RFC 822 bytes (GET with the bearer token, message/rfc822); "
+        "null for a draft, which has none until it is sent."
+    )
+    def raw_url(self, info: Info) -> str | None:
+        if self.doc.get("role") == "draft":
+            return None
+        return f"{info.context.system.settings.base_url}/api/emails/{self.id}/raw"
+
     @strawberry.field
     def attachments(self, info: Info) -> list[Attachment]:
         base = info.context.system.settings.base_url

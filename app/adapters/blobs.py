@@ -54,6 +54,19 @@ class BlobStore:
         while chunk := await stream.readchunk():
             yield chunk
 
+    async def open_stream(self, blob_id: ObjectId) -> tuple[int, AsyncIterator[bytes]]:
+        """(length, chunks): a missing blob is NotFound now, before a response has started."""
+        try:
+            stream = await self._bucket.open_download_stream(blob_id)
+        except NoFile as e:
+            raise NotFound("blob not found") from e
+
+        async def chunks() -> AsyncIterator[bytes]:
+            while chunk := await stream.readchunk():
+                yield chunk
+
+        return int(stream.length), chunks()
+
     async def delete(self, blob_id: ObjectId) -> None:
         try:
             await self._bucket.delete(blob_id)

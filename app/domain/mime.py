@@ -17,8 +17,9 @@ from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import format_datetime
 
-from app.domain.addresses import Address, domain_of, encode_header_words, format_address
+from app.domain.addresses import Address, domain_of, format_address
 from app.domain.conversations import normalize_message_id
+from app.domain.encoded_words import encode_header_words
 from app.domain.errors import ValidationError
 from app.domain.html_safety import html_to_text, sanitize_html
 

@@ -4,6 +4,9 @@
 header values are read from the raw header lines and decoded here (8-bit UTF-8 or windows-1252
 bytes, RFC 2047 encoded words, folding), because the stdlib header classes raise or mangle on
 the malformed headers real mail carries. Bodies are decoded with charset fallbacks.
+
+One module although over 400 lines: headers and body parts are read by one walk of one parsed
+tree under one "never raise" policy, and its helpers make sense only inside that walk.
 """
 
 from __future__ import annotations
@@ -21,13 +24,9 @@ from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
 
-from app.domain.addresses import (
-    Address,
-    decode_charset,
-    decode_header_words,
-    parse_header_addresses,
-)
+from app.domain.addresses import Address, parse_header_addresses
 from app.domain.conversations import normalize_message_id, parse_message_ids
+from app.domain.encoded_words import decode_charset, decode_header_words
 from app.domain.html_safety import html_to_text
 
 # Headers kept for later decisions: list handling, auto-reply loops (RFC 3834), bounces, auth.

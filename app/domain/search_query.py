@@ -20,6 +20,9 @@ leaf has an exact opposite (``:=``/``:!=``, ``<``/``>=``, ``true``/``false``). T
 through exact term arrays (see app/domain/search_terms.py), so a word matches the same way
 under OR and negation as at top level. Positive top-level words and phrases also go to ``q``,
 which adds highlights and real phrase adjacency.
+
+One module although over 400 lines: the lexer, parser, normal form and compiler are one
+language, and a rule of the grammar is changed in all of them at once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The ASGI application: GraphQL (+ GraphiQL) at /graphql, the REST facade, health, metrics."""
+"""The ASGI application: GraphQL (+ GraphiQL) at /graphql, the REST facade, health, metrics,
+and the webmail SPA at / (app/web/frontends.py)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,14 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
 from app.bootstrap import System, build_system
 from app.config import Settings
+from app.web import frontends
 from app.web.rest import Rest
 from schema import build_schema
 from schema.context import Context
@@ -43,9 +45,10 @@ def client_of(request: Any) -> str:
 
 
 class MailhubGraphQL(GraphQL[Context, None]):
-    def __init__(self, system: System, **kwargs: Any) -> None:
+    def __init__(self, system: System, graphiql: frontends.BuiltApp, **kwargs: Any) -> None:
         super().__init__(build_schema(system.settings), **kwargs)
         self.system = system
+        self.graphiql = graphiql
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Strawberry's HTTP handling, with every refusal a GraphQL-shaped JSON body
@@ -125,6 +128,11 @@ class MailhubGraphQL(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": e.message}) from e
         return {"userId": str(viewer.user_id)}
 
+    async def render_graphql_ide(self, request: Request) -> Response:
+        """Our GraphiQL build instead of Strawberry's CDN page: it works offline and under a
+        same-origin CSP (GET /graphql with Accept: text/html and no ?query=)."""
+        return self.graphiql.page(request)
+
 
 def graphql_error_response(message: str, code: str, status: int) -> JSONResponse:
     return JSONResponse(
@@ -201,12 +209,8 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
         return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
 
-    async def root(request: Request) -> Response:
-        return RedirectResponse("/graphql")
-
     app = Starlette(
         routes=[
-            Route("/", root),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
             Route("/metrics", metrics),
@@ -233,8 +237,10 @@ def wire(app: Starlette, system: System) -> None:
         return
     app.state.wired = True
     app.state.system = system
+    pages = frontends.Frontends(system.settings.static_dir)
     graphql = MailhubGraphQL(
         system,
+        pages.graphiql,
         graphql_ide="graphiql",
         allowed_origins=system.settings.cors_origins,
         keep_alive=True,
@@ -264,3 +270,4 @@ def wire(app: Starlette, system: System) -> None:
     from starlette.routing import WebSocketRoute
 
     app.router.routes.append(WebSocketRoute("/graphql", graphql))
+    app.router.routes.extend(pages.routes())  # last: its SPA fallback takes client routes

@@ -17,7 +17,8 @@ from starlette.routing import Route
 
 from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
-from app.services.mailbox.service import MAX_PAGE, StateChange
+from app.services.mailbox.changes import StateChange
+from app.services.mailbox.queries import MAX_PAGE
 from app.services.sending.compose import Composition
 from app.services.templates.sending import TemplateRef
 from app.web.errors import error_response
@@ -30,7 +31,7 @@ fragment ItemFields on MailboxItem {
   subject snippet textBody htmlBody rfc822MessageId inReplyTo references
   attachments { id filename contentType size sha256 downloadUrl } hasAttachments size
   recipients { address type status attempts lastReply bounceClass nextAttemptAt updatedAt }
-  spam { isSpam probable score modelVersion reasons } authResults
+  spam { isSpam probable score modelVersion reasons } authResults rawUrl
 }
 """
 ITEM_QUERY = ITEM_FIELDS + "query Item($id: ID!) { message(id: $id) { ...ItemFields } }"
@@ -152,6 +153,21 @@ def template_ref_from_json(body: dict[str, Any]) -> TemplateRef:
     return TemplateRef(key=key, version=version, variables=body.get("variables") or {})
 
 
+# The seed's JSON keys of a draft → Composition fields (for partial updates).
+DRAFT_JSON_FIELDS = {
+    "from": "from_",
+    "to": "to",
+    "cc": "cc",
+    "bcc": "bcc",
+    "subject": "subject",
+    "body": "text",
+    "text": "text",
+    "html": "html",
+    "attachments": "attachment_ids",
+    "inReplyTo": "in_reply_to",
+}
+
+
 class Rest:
     def __init__(
         self, system: Any, schema: Any, context_for: Callable[[Request], Awaitable[Any]]
@@ -202,10 +218,15 @@ class Rest:
         )
 
     async def draft(self, request: Request) -> Response:
+        """With ``id``, only the keys in the body change; ``null`` clears (CONTRACT.md)."""
         context = await self.context_for(request)
         body = await _json_body(request)
+        present = frozenset(field for key, field in DRAFT_JSON_FIELDS.items() if key in body)
         item = await self.system.drafts.save_draft(
-            await context.viewer(), _optional_str(body, "id"), composition_from_json(body)
+            await context.viewer(),
+            _optional_str(body, "id"),
+            composition_from_json(body),
+            present,
         )
         return JSONResponse({"id": str(item["_id"])}, status_code=201)
 
@@ -250,7 +271,7 @@ class Rest:
             remove_labels=tuple(_strings(body, "remove")),
         )
         item_id = request.path_params["id"]
-        await self.system.mailbox.update_items(await context.viewer(), [item_id], change)
+        await self.system.mailbox_changes.update_items(await context.viewer(), [item_id], change)
         return JSONResponse(await self._item(request, item_id))
 
     async def upload(self, request: Request) -> Response:
@@ -284,6 +305,24 @@ class Rest:
             headers={
                 "Content-Disposition": self.system.attachments.content_disposition(doc["filename"]),
                 "Content-Length": str(doc["size"]),
+                "X-Content-Type-Options": "nosniff",
+                "Content-Security-Policy": "default-src 'none'; sandbox",
+                "Cache-Control": "private, no-store",
+            },
+        )
+
+    async def raw(self, request: Request) -> Response:
+        """ "Show original": the stored RFC 822 bytes of one of the viewer's messages."""
+        context = await self.context_for(request)
+        item_id = request.path_params["id"]
+        blob_id = await self.system.mailbox.original_blob(await context.viewer(), item_id)
+        length, chunks = await self.system.blobs.open_stream(blob_id)
+        return StreamingResponse(
+            chunks,
+            media_type="message/rfc822",
+            headers={
+                "Content-Disposition": f'inline; filename="{item_id}.eml"',
+                "Content-Length": str(length),
                 "X-Content-Type-Options": "nosniff",
                 "Content-Security-Policy": "default-src 'none'; sandbox",
                 "Cache-Control": "private, no-store",
@@ -325,6 +364,7 @@ class Rest:
             Route("/api/mailbox/{folder}", e(self.folder, "read"), methods=["GET"]),
             Route("/api/emails/{id}", e(self.get_email, "read"), methods=["GET"]),
             Route("/api/emails/{id}/labels", e(self.labels), methods=["POST"]),
+            Route("/api/emails/{id}/raw", e(self.raw, "read"), methods=["GET"]),
             Route("/api/attachments", e(self.upload, "send"), methods=["POST"]),
             Route("/api/attachments/{id}", e(self.download, "read"), methods=["GET"]),
         ]

@@ -226,3 +226,27 @@ async def test_a_client_that_cannot_keep_up_is_disconnected(api, monkeypatch):
             for _ in range(100):
                 await asyncio.wait_for(ws.recv(), 10)
         assert closed.value.rcvd is None or closed.value.rcvd.code in (4008, 1011, 1000)
+
+
+async def test_sending_a_draft_tells_live_clients_the_draft_is_gone(api):
+    from tests.e2e.test_mailbox_ops import DRAFT
+
+    alice, a = await api.user("alice")
+    bob, _ = await api.user("bob")
+    saved = await api.gql(DRAFT, {"input": {"to": [bob], "subject": "ready"}}, a)
+    draft_id = saved["data"]["saveDraft"]["item"]["id"]
+    async with ws_client(api, a) as alice_ws:
+        events = alice_ws.subscribe(EVENTS)
+        first = asyncio.ensure_future(next_of(events))
+        await asyncio.sleep(0.5)  # subscribed before the send
+        sent = await api.gql(
+            "mutation($id:ID!){ sendDraft(id:$id){ ... on SendEmailSuccess { item { id } } } }",
+            {"id": draft_id},
+            a,
+        )
+        sent_id = sent["data"]["sendDraft"]["item"]["id"]
+        seen = [(await first)["mailboxEvents"], (await next_of(events))["mailboxEvents"]]
+        assert {(e["type"], e["itemId"]) for e in seen} == {
+            ("deleted", draft_id),
+            ("created", sent_id),
+        }

@@ -143,8 +143,3 @@ async def test_drafts_endpoint_creates_a_draft(api):
     assert r.status_code == 201
     page = (await api.gql(INBOX, {"folder": "DRAFTS"}, a))["data"]["messages"]
     assert [e["node"]["id"] for e in page["edges"]] == [r.json()["id"]]
-
-
-async def test_graphiql_is_served(api):
-    r = await api.http.get("/graphql", headers={"Accept": "text/html"})
-    assert r.status_code == 200 and "graphiql" in r.text.lower()

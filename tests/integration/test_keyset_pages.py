@@ -8,8 +8,7 @@ from bson import ObjectId
 
 from app.config import Settings
 from app.domain.viewer import Viewer
-from app.services.after_commit import Notifier
-from app.services.mailbox.service import MailboxService
+from app.services.mailbox.queries import MailboxService
 
 
 def inbox_item(user: ObjectId, received_at: datetime) -> dict:
@@ -50,7 +49,7 @@ async def test_paging_returns_every_item_once_in_order(mongo, first_at_known):
     if first_at_known:
         counter["first_at"] = min(stamps)
     await mongo.db.mailbox_counters.insert_one(counter)
-    service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None), Notifier())
+    service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None))
     viewer = Viewer(user, "me@example.test")
     expected = [
         d["_id"] for d in sorted(docs, key=lambda d: (d["received_at"], d["_id"]), reverse=True)
@@ -67,7 +66,7 @@ async def test_paging_returns_every_item_once_in_order(mongo, first_at_known):
 
 
 async def test_an_empty_folder_answers_without_scanning(mongo):
-    service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None), Notifier())
+    service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None))
     page = await service.list_items(Viewer(ObjectId(), "x@example.test"), folder="INBOX")
     assert page.nodes == [] and not page.has_next
 
@@ -101,7 +100,7 @@ async def test_thread_pages_are_exact_too(mongo):
             "first_at": min(stamps),
         }
     )
-    service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None), Notifier())
+    service = MailboxService(mongo, Settings(secret_key="k" * 32, _env_file=None))
     viewer = Viewer(user, "me@example.test")
     expected = [
         d["_id"] for d in sorted(docs, key=lambda d: (d["latest_at"], d["_id"]), reverse=True)
@@ -158,7 +157,7 @@ async def test_a_first_page_of_old_mail_needs_one_query_once_learned(settings, m
                 "page_span": 50.0,  # what a first page's own span would teach
             }
         )
-        service = MailboxService(watched, Settings(secret_key="k" * 32, _env_file=None), Notifier())
+        service = MailboxService(watched, Settings(secret_key="k" * 32, _env_file=None))
         viewer = Viewer(user, "me@example.test")
         first = await service.list_items(viewer, folder="INBOX", first=50)
         assert [d["_id"] for d in first.nodes] == [d["_id"] for d in docs[:50]]

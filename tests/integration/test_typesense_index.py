@@ -237,17 +237,3 @@ async def test_a_collection_from_before_probable_spam_gains_the_field_on_start(
     finally:
         await ix.drop_all()
         await ix.close()
-
-
-def test_the_indexed_flag_is_the_stored_verdicts():
-    flagged = {"is_spam": False, "score": 0.8, "probable": True}
-    item = {
-        "_id": ObjectId(),
-        "user_id": ALICE,
-        "folder": "INBOX",
-        "received_at": NOW,
-        "spam": flagged,
-    }
-    assert search_document(item, {}, "", body_chars=100)["probable_spam"] is True
-    item["spam"] = {"is_spam": False, "score": 0.1}  # stored before the flag existed
-    assert search_document(item, {}, "", body_chars=100)["probable_spam"] is False

@@ -2,8 +2,6 @@ import pytest
 
 from app.domain.addresses import (
     Address,
-    decode_charset,
-    decode_header_words,
     domain_of,
     format_address,
     normalize_email,
@@ -11,6 +9,7 @@ from app.domain.addresses import (
     parse_address_list,
     parse_header_addresses,
 )
+from app.domain.encoded_words import decode_charset, decode_header_words
 from app.domain.errors import ValidationError
 
 

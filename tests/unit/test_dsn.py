@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from app.domain.dsn import ParsedDsn, RecipientReport, build_dsn, parse_dsn
+from app.domain.dsn import ParsedDsn, RecipientReport, parse_dsn
 from app.domain.errors import ValidationError
+from app.domain.outgoing_dsn import build_dsn
 
 REPORTS = Path(__file__).parents[1] / "data" / "reports"
 VERP_1 = "bounces+mzprykvt4tk7nj5yzhigmxy4fkz6jvpwu64mtuoij7xppn6umql4aiq@mail.mailhub.example"

@@ -20,10 +20,11 @@ from bson import ObjectId
 
 from app.adapters.blobs import BlobStore
 from app.domain.changes import Change
-from app.domain.dsn import RecipientReport, build_dsn
+from app.domain.dsn import RecipientReport
 from app.domain.folders import Folder
 from app.domain.html_safety import make_snippet
 from app.domain.mime import make_message_id
+from app.domain.outgoing_dsn import build_dsn
 from app.domain.parsing import parse_message
 from app.services.mailbox.filing import ViewSpec, file_message
 

@@ -14,6 +14,8 @@ the log (and in webhooks) up to the window (+1 s, ObjectId's resolution) after i
 
 from __future__ import annotations
 
+import asyncio
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +28,19 @@ from app.domain.viewer import Viewer
 from app.domain.webhooks import EVENT_TYPES, check_event_types
 
 MAX_PAGE = 500
+PAGE_CACHE = 16  # full pages kept (at most webhook_batch_size events each)
+FIRST_WINDOW = timedelta(seconds=1)
+# (sender_user_id, _id) in app/adapters/indexes.py: equality then the cursor range, in sort
+# order — named, because a planner choosing (sender_user_id, occurred_at) would sort it all
+LOG_INDEX = [("sender_user_id", 1), ("_id", 1)]
+
+
+def _next_span(span: timedelta, found: int, missing: int) -> timedelta:
+    """×8 after an empty window; after a short one, as wide as its density says the missing
+    events need (a dense window as wide as an empty one would sort thousands of matches)."""
+    if found == 0:
+        return span * 8
+    return min(span * 8, max(FIRST_WINDOW, span * (missing / found) * 1.2))
 
 
 class EventLog:
@@ -33,6 +48,11 @@ class EventLog:
         self.db = mongo.db
         self.settle = timedelta(seconds=settle_seconds)
         self.retention = timedelta(days=retention_days)
+        # Full pages by (user, types, after, limit). A settled range never changes, so the first
+        # ``limit`` events after a cursor are the same on every read: the endpoints of one user
+        # (which move through the log in step) share each read instead of repeating it.
+        self._full_pages: OrderedDict[tuple[Any, ...], list[dict[str, Any]]] = OrderedDict()
+        self._reading: dict[tuple[Any, ...], asyncio.Future[list[dict[str, Any]]]] = {}
 
     def settled_bound(self) -> ObjectId:
         """Ids below this are complete: nothing with a smaller id can still commit."""
@@ -45,15 +65,65 @@ class EventLog:
     async def read(
         self, user_id: ObjectId, types: list[str], after: ObjectId | None, limit: int
     ) -> list[dict[str, Any]]:
-        """Up to ``limit`` settled events of the user's outgoing mail after ``after``, id order."""
-        ids: dict[str, Any] = {"$lt": self.settled_bound()}
-        if after is not None:
-            ids["$gt"] = after
+        """Up to ``limit`` settled events of the user's outgoing mail after ``after``, id order.
+
+        Read in id (time) windows that start small and widen while short: mongod stops after
+        ``limit`` keys of the index anyway, but SecantusDB sorts every match before the limit,
+        so an unbounded range would cost a replay or a lagging webhook the whole backlog on
+        every page (the same reason folder pages are windowed, docs/architecture.md)."""
         wanted = list(types) if types else list(EVENT_TYPES)
-        query = {"sender_user_id": user_id, "_id": ids, "event_type": {"$in": wanted}}
-        return (  # type: ignore[no-any-return]
-            await self.db.delivery_events.find(query).sort("_id", 1).limit(limit).to_list()
-        )
+        key = (user_id, tuple(wanted), after, limit)
+        cached = self._full_pages.get(key)
+        if cached is not None:
+            return cached
+        running = self._reading.get(key)
+        if running is not None:  # the same read is under way (endpoints in step): share it
+            return await asyncio.shield(running)
+        task = asyncio.ensure_future(self._read(key, user_id, wanted, after, limit))
+        self._reading[key] = task
+        try:
+            return await asyncio.shield(task)
+        finally:
+            if task.done():
+                self._reading.pop(key, None)
+            else:
+                task.add_done_callback(lambda _: self._reading.pop(key, None))
+
+    async def _read(
+        self,
+        key: tuple[Any, ...],
+        user_id: ObjectId,
+        wanted: list[str],
+        after: ObjectId | None,
+        limit: int,
+    ) -> list[dict[str, Any]]:
+        end = self.settled_bound()
+        if after is not None:
+            lower, bound = after, "$gt"  # strictly after the cursor
+        else:
+            lower, bound = ObjectId.from_datetime(datetime.now(UTC) - self.retention), "$gte"
+        span = FIRST_WINDOW
+        out: list[dict[str, Any]] = []
+        while len(out) < limit and lower < end:
+            upper = min(end, ObjectId.from_datetime(lower.generation_time + span))
+            query = {
+                "sender_user_id": user_id,
+                "_id": {bound: lower, "$lt": upper},
+                "event_type": {"$in": wanted},
+            }
+            found = (
+                await self.db.delivery_events.find(query, hint=LOG_INDEX)
+                .sort("_id", 1)
+                .limit(limit - len(out))
+                .to_list()
+            )
+            out += found
+            lower, bound, span = upper, "$gte", _next_span(span, len(found), limit - len(out))
+        if len(out) == limit and after is not None:
+            self._full_pages[key] = out
+            while len(self._full_pages) > PAGE_CACHE:
+                self._full_pages.popitem(last=False)
+        return out
 
     async def page(
         self, viewer: Viewer, types: list[str] | None, after: str | None, first: int

@@ -33,7 +33,7 @@ from app.adapters.spam_scorer import bounded_for_scoring
 from app.domain.errors import ValidationError
 from app.domain.folders import Folder
 from app.domain.viewer import Viewer
-from app.services.mailbox.service import MailboxService, StateChange, parse_ids
+from app.services.mailbox.changes import MailboxChanges, StateChange, parse_ids
 
 log = structlog.get_logger(__name__)
 
@@ -55,7 +55,7 @@ class RetrainOutcome:
 
 
 class SpamFeedbackService:
-    def __init__(self, mongo: Mongo, blobs: BlobStore, mailbox: MailboxService) -> None:
+    def __init__(self, mongo: Mongo, blobs: BlobStore, mailbox: MailboxChanges) -> None:
         self.db = mongo.db
         self.blobs = blobs
         self.mailbox = mailbox

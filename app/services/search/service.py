@@ -34,7 +34,7 @@ from app.domain.search_query import (
     viewer_filter,
 )
 from app.domain.viewer import Viewer
-from app.services.mailbox.service import check_page_size
+from app.services.mailbox.queries import check_page_size
 from app.services.search.indexing import MARK_END, MARK_START, SearchIndexer, tiebreak_of
 
 log = structlog.get_logger(__name__)

@@ -8,7 +8,7 @@ are built by ``app.domain.mime.build_mime``.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -48,6 +48,40 @@ class Composition:
     # transactional mail (receipts, password resets): a shorter queue lifetime, and it still
     # goes out while the sender's bulk sending is paused by the reputation rules
     transactional: bool = False
+
+
+# The fields of a Composition a draft holds; a partial update names the ones it changes.
+DRAFT_FIELDS = frozenset(
+    {"from_", "to", "cc", "bcc", "subject", "text", "html", "attachment_ids", "in_reply_to"}
+)
+
+
+def patch_draft(saved: Composition, patch: Composition, present: frozenset[str]) -> Composition:
+    """CONTRACT.md "Drafts: partial updates": the fields ``present`` in the input take the
+    patch's value (a cleared field arrives as its empty value: ``None``, ``[]``, ``""``); every
+    other field keeps the saved draft's."""
+    unknown = present - DRAFT_FIELDS
+    if unknown:
+        raise ValueError(f"not draft fields: {sorted(unknown)}")
+    return replace(saved, **{name: getattr(patch, name) for name in present})
+
+
+def composition_of_draft(draft: dict[str, Any]) -> Composition:
+    """What a stored draft message holds, as the Composition that would save it again."""
+    return Composition(
+        from_=(draft.get("from") or {}).get("email"),
+        to=[a["email"] for a in draft.get("to", [])],
+        cc=[a["email"] for a in draft.get("cc", [])],
+        bcc=[a["email"] for a in draft.get("bcc", [])],
+        subject=draft.get("subject") or "",
+        # a text derived from the html is not the writer's: it follows the html when that changes
+        text=draft.get("text_body") if draft.get("draft_text_given", True) else None,
+        html=draft.get("html_body"),
+        attachment_ids=[str(a["id"]) for a in draft.get("attachments", [])],
+        in_reply_to=str(draft["draft_in_reply_to_item"])
+        if draft.get("draft_in_reply_to_item")
+        else None,
+    )
 
 
 @dataclass(frozen=True)

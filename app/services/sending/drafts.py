@@ -28,13 +28,16 @@ from app.services.mailbox.filing import (
     refresh_threads,
     summary_of,
 )
-from app.services.mailbox.service import MailboxService
+from app.services.mailbox.queries import MailboxService
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.compose import (
+    DRAFT_FIELDS,
     Composition,
     checked_body_size,
+    composition_of_draft,
     content_fields,
     parse_recipients,
+    patch_draft,
     references_after,
     sender_address,
 )
@@ -63,9 +66,25 @@ class DraftService:
         self.sending = sending  # send_draft sends the draft and removes it in one transaction
 
     async def save_draft(
-        self, viewer: Viewer, draft_id: str | None, c: Composition
+        self,
+        viewer: Viewer,
+        draft_id: str | None,
+        c: Composition,
+        present: frozenset[str] = DRAFT_FIELDS,
     ) -> dict[str, Any]:
-        """Create or update a draft. Addresses must parse; nothing else is required yet."""
+        """Create or update a draft. Addresses must parse; nothing else is required yet.
+
+        Updating (``draft_id``) changes only the fields in ``present`` (the ones the client
+        sent; a cleared one arrives empty) and keeps the rest of the saved draft."""
+        draft_item = None
+        if draft_id is not None:
+            draft_item = await self._draft_item(viewer, draft_id)
+            saved = await self.db.messages.find_one(
+                {"_id": draft_item["message_id"], "status": "draft"}
+            )
+            if saved is None:
+                raise NotFound(f"no draft with id {draft_id}")
+            c = patch_draft(composition_of_draft(saved), c, present)
         now = datetime.now(UTC)
         sender = await sender_address(self.accounts, viewer, c.from_)
         recipients = parse_recipients(c)
@@ -79,14 +98,18 @@ class DraftService:
         )
         fields = content_fields(sender, recipients, c.subject or "", c.text, c.html, uploads)
         fields.update(
-            {"draft_in_reply_to_item": parent["_id"] if parent else None, "updated_at": now}
+            {
+                "draft_in_reply_to_item": parent["_id"] if parent else None,
+                "draft_text_given": c.text is not None,
+                "updated_at": now,
+            }
         )
         if parent:
             parent_msg = await self.db.messages.find_one({"_id": parent["message_id"]}) or {}
             fields["in_reply_to"] = parent_msg.get("rfc822_message_id")
             fields["references"] = references_after(parent_msg)
 
-        if draft_id is None:
+        if draft_item is None:
             message = {
                 "_id": ObjectId(),
                 "sender_user_id": viewer.user_id,
@@ -112,23 +135,23 @@ class DraftService:
 
             item, changes = await in_transaction(self.mongo, create)
         else:
-            draft_item = await self._draft_item(viewer, draft_id)
+            existing = draft_item
 
             async def update(session: Any) -> tuple[dict[str, Any], list[Change]]:
                 await self.db.messages.update_one(
-                    {"_id": draft_item["message_id"], "status": "draft"},
+                    {"_id": existing["message_id"], "status": "draft"},
                     {"$set": fields},
                     session=session,
                 )
                 summary = summary_of(fields)
                 updated = await self.db.mailbox_items.find_one_and_update(
-                    {"_id": draft_item["_id"]},
+                    {"_id": existing["_id"]},
                     {"$set": {**summary, "received_at": now}, "$inc": {"version": 1}},
                     session=session,
                     return_document=True,
                 )
                 if updated is None:  # deleted meanwhile (another tab): nothing is changed
-                    raise NotFound(f"no draft with id {draft_item['_id']}")
+                    raise NotFound(f"no draft with id {existing['_id']}")
                 changes = [
                     Change(
                         viewer.user_id,
@@ -167,19 +190,7 @@ class DraftService:
         draft = await self.db.messages.find_one({"_id": item["message_id"]})
         if draft is None:
             raise NotFound(f"no draft with id {draft_id}")
-        composition = Composition(
-            from_=(draft.get("from") or {}).get("email"),
-            to=[a["email"] for a in draft.get("to", [])],
-            cc=[a["email"] for a in draft.get("cc", [])],
-            bcc=[a["email"] for a in draft.get("bcc", [])],
-            subject=draft.get("subject") or "",
-            text=draft.get("text_body"),
-            html=draft.get("html_body"),
-            attachment_ids=[str(a["id"]) for a in draft.get("attachments", [])],
-            in_reply_to=str(draft["draft_in_reply_to_item"])
-            if draft.get("draft_in_reply_to_item")
-            else None,
-        )
+        composition = composition_of_draft(draft)
 
         async def remove_draft(session: Any) -> list[Change]:
             return await self._remove_draft(viewer, item, session)

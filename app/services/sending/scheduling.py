@@ -27,7 +27,7 @@ from app.domain.viewer import Viewer
 from app.services.after_commit import Notifier
 from app.services.delivery.outbox import status_event
 from app.services.mailbox.filing import apply_counter_deltas, refresh_threads
-from app.services.mailbox.service import MailboxService
+from app.services.mailbox.queries import MailboxService
 from app.services.sending.send import deliver_locally
 
 

@@ -27,7 +27,7 @@ from app.services.after_commit import Notifier
 from app.services.feedback.reputation import ReputationService
 from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.mailbox.filing import ViewSpec, file_message
-from app.services.mailbox.service import MailboxService
+from app.services.mailbox.queries import MailboxService
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.compose import (
     Composition,
@@ -44,8 +44,9 @@ from app.services.sending.compose import (
 
 MAX_IDEMPOTENCY_KEY = 200
 
-# More work for the send's own transaction (sending a draft removes the draft in it).
-AlsoInTransaction = Callable[[Any], Awaitable[object]]
+# More work for the send's own transaction, returning its changes (sending a draft removes the
+# draft in it).
+AlsoInTransaction = Callable[[Any], Awaitable[list[Change]]]
 
 
 class SendingService:
@@ -174,8 +175,7 @@ class SendingService:
         recipients = recipient_docs(message, parsed, local_users, suppressed, now, send_at)
 
         async def work(session: Any) -> tuple[dict[str, Any], list[Change]]:
-            if also_in_transaction is not None:
-                await also_in_transaction(session)
+            earlier = [] if also_in_transaction is None else await also_in_transaction(session)
             await self.db.messages.insert_one(message, session=session)
             await self.db.recipients.insert_many(recipients, session=session)
             await self.db.delivery_events.insert_many(
@@ -213,7 +213,7 @@ class SendingService:
                     },
                     session=session,
                 )
-            return items[0], changes
+            return items[0], earlier + changes
 
         try:
             sent_item, changes = await in_transaction(self.mongo, work)

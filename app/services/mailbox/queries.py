@@ -1,4 +1,6 @@
-"""Mailbox use cases: folder pages, threads, one message, state changes, deletion (seed §11).
+"""Mailbox reads (seed §11): the folder list, folder pages, threads, one message.
+
+State changes and deletion are in changes.py.
 
 Every query filters on the viewer's ``user_id`` first; an id that belongs to someone else is
 indistinguishable from one that does not exist.
@@ -12,24 +14,13 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.mongo import Mongo, in_transaction
+from app.adapters.mongo import Mongo
 from app.config import Settings
-from app.domain.changes import Change
 from app.domain.cursors import Cursor, decode_cursor, encode_cursor
 from app.domain.errors import NotFound, ValidationError
-from app.domain.folders import (
-    MOVABLE,
-    ROLE_HOME,
-    CounterKey,
-    Folder,
-    check_label,
-    counter_deltas,
-    merge_deltas,
-)
+from app.domain.folders import Folder, check_label
 from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
-from app.services.after_commit import Notifier
-from app.services.mailbox.filing import apply_counter_deltas, record_changes, refresh_threads
 
 MAX_PAGE = 100
 WINDOW_MIN = 60.0  # seconds
@@ -37,7 +28,6 @@ DEFAULT_WINDOW = 86400.0
 WINDOW_GROWTH = 8
 WINDOW_ROUNDS = 6
 MAX_WINDOW = 60 * 365 * 86400.0  # beyond this, drop the bound
-MAX_BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -69,44 +59,22 @@ class Page:
         return self.cursors[-1] if self.cursors else None
 
 
-@dataclass(frozen=True)
-class StateChange:
-    read: bool | None = None
-    starred: bool | None = None
-    folder: str | None = None
-    add_labels: tuple[str, ...] = ()
-    remove_labels: tuple[str, ...] = ()
-    clear_probable_spam: bool = False  # markNotSpam: the "probably spam" flag is answered
-
-
 def check_page_size(first: int) -> int:
     if not 1 <= first <= MAX_PAGE:
         raise ValidationError.on("first", f"first must be between 1 and {MAX_PAGE}")
     return first
 
 
-def parse_ids(ids: list[str], field: str = "ids") -> list[ObjectId]:
-    if not ids:
-        raise ValidationError.on(field, "give at least one id")
-    if len(ids) > MAX_BATCH:
-        raise ValidationError.on(field, f"at most {MAX_BATCH} ids per call")
-    parsed = [parse_object_id(i) for i in ids]
-    if any(p is None for p in parsed):
-        raise NotFound("no such message")
-    return list(dict.fromkeys(p for p in parsed if p is not None))
-
-
 class MailboxService:
-    def __init__(self, mongo: Mongo, settings: Settings, notifier: Notifier) -> None:
+    """What a viewer reads of their mailbox."""
+
+    def __init__(self, mongo: Mongo, settings: Settings) -> None:
         self.mongo = mongo
         self.db = mongo.db
         self.settings = settings
-        self.notifier = notifier
         self.cursor_key = (
             settings.secret_key.get_secret_value() if settings.secret_key else "dev"
         ).encode()
-
-    # --- reads ---------------------------------------------------------------------------
 
     async def mailboxes(self, viewer: Viewer) -> list[dict[str, Any]]:
         """Every folder (always) and every label in use, with total and unread counts."""
@@ -316,6 +284,18 @@ class MailboxService:
             raise NotFound(f"no message with id {item_id}")
         return item
 
+    async def original_blob(self, viewer: Viewer, item_id: str) -> ObjectId:
+        """The blob of the raw RFC 822 message behind one of the viewer's items ("show
+        original"). Another user's item, a draft (not built until sent) or a message whose
+        content was already released are all NotFound."""
+        item = await self.get_item(viewer, item_id)
+        if item is None or item.get("role") == "draft":
+            raise NotFound(f"no message with id {item_id}")
+        message = await self.db.messages.find_one({"_id": item["message_id"]}, {"raw_blob_id": 1})
+        if not message or not message.get("raw_blob_id"):
+            raise NotFound(f"message {item_id} has no stored original")
+        return message["raw_blob_id"]  # type: ignore[no-any-return]
+
     async def list_threads(
         self,
         viewer: Viewer,
@@ -368,124 +348,3 @@ class MailboxService:
         for d in docs:
             out[d["message_id"]].append(d)
         return out
-
-    # --- writes --------------------------------------------------------------------------
-
-    async def update_items(
-        self, viewer: Viewer, ids: list[str], change: StateChange
-    ) -> list[dict[str, Any]]:
-        """Apply read/starred/folder/label changes to the viewer's views, all or nothing."""
-        oids = parse_ids(ids)
-        add = [check_label(label, "set.addLabels") for label in change.add_labels]
-        remove = [check_label(label, "set.removeLabels") for label in change.remove_labels]
-        target = Folder(change.folder) if change.folder else None
-        now = datetime.now(UTC)
-
-        async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
-            docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
-            ).to_list()
-            if len(docs) != len(oids):
-                raise NotFound("no such message")
-            deltas: dict[CounterKey, dict[str, int]] = {}
-            touched: set[tuple[ObjectId, ObjectId]] = set()
-            updated, changes = [], []
-            for before in docs:
-                after = dict(before)
-                if change.read is not None:
-                    after["read"] = change.read
-                if change.starred is not None:
-                    after["starred"] = change.starred
-                if target is not None and target.value != before["folder"]:
-                    after["folder"] = self._move_target(before, target).value
-                    after["previous_folder"] = before["folder"]
-                labels = [label for label in before.get("labels", []) if label not in remove]
-                labels += [label for label in add if label not in labels]
-                after["labels"] = labels
-                if change.clear_probable_spam and (before.get("spam") or {}).get("probable"):
-                    after["spam"] = {**before["spam"], "probable": False}
-                if after == before:
-                    updated.append(before)
-                    continue
-                after["version"] = before.get("version", 0) + 1
-                after["updated_at"] = now
-                merge_deltas(deltas, counter_deltas(before, after))
-                await self.db.mailbox_items.replace_one(
-                    {"_id": before["_id"]}, after, session=session
-                )
-                touched.add((viewer.user_id, before["thread_id"]))
-                updated.append(after)
-                changes.append(
-                    Change(
-                        viewer.user_id,
-                        after["_id"],
-                        "updated",
-                        after["thread_id"],
-                        tuple({before["folder"], after["folder"]}),
-                        after,
-                    )
-                )
-            arrived = min((d["received_at"] for d in updated), default=None)
-            await apply_counter_deltas(self.db, viewer.user_id, deltas, session, arrived_at=arrived)
-            await refresh_threads(self.db, touched, session)
-            await record_changes(self.db, changes, session)
-            return updated, changes
-
-        items, changes = await in_transaction(self.mongo, work)
-        await self.notifier.committed(changes)
-        order = {oid: i for i, oid in enumerate(oids)}
-        return sorted(items, key=lambda d: order[d["_id"]])
-
-    @staticmethod
-    def _move_target(item: dict[str, Any], target: Folder) -> Folder:
-        home = ROLE_HOME[item["role"]]
-        if item["role"] == "draft" and target not in (Folder.TRASH, Folder.DRAFTS):
-            raise ValidationError.on(
-                "set.folder", "a draft can only move to TRASH (or back to DRAFTS)"
-            )
-        if target in MOVABLE or target == home:
-            return target
-        raise ValidationError.on(
-            "set.folder",
-            f"cannot move a message into {target.value}; "
-            f"allowed: {', '.join(sorted(f.value for f in MOVABLE))}"
-            f" or its own folder {home.value}",
-        )
-
-    async def delete_forever(self, viewer: Viewer, ids: list[str]) -> list[str]:
-        """Remove views that are in TRASH or SPAM; content no view needs is collected."""
-        oids = parse_ids(ids)
-
-        async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
-            docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
-            ).to_list()
-            if len(docs) != len(oids):
-                raise NotFound("no such message")
-            for d in docs:
-                if (
-                    d["folder"] not in (Folder.TRASH.value, Folder.SPAM.value)
-                    and d["role"] != "draft"
-                ):
-                    raise NotFound(
-                        f"message {d['_id']} is not in TRASH or SPAM; move it there first"
-                    )
-            deltas: dict[CounterKey, dict[str, int]] = {}
-            for d in docs:
-                merge_deltas(deltas, counter_deltas(d, None))
-            await self.db.mailbox_items.delete_many({"_id": {"$in": oids}}, session=session)
-            await apply_counter_deltas(self.db, viewer.user_id, deltas, session)
-            await refresh_threads(
-                self.db, {(viewer.user_id, d["thread_id"]) for d in docs}, session
-            )
-            changes = [
-                Change(viewer.user_id, d["_id"], "deleted", d["thread_id"], (d["folder"],))
-                for d in docs
-            ]
-            await record_changes(self.db, changes, session)
-            return docs, changes
-
-        docs, changes = await in_transaction(self.mongo, work)
-        await self.notifier.committed(changes)
-        await self.notifier.content_released([d["message_id"] for d in docs])
-        return [str(o) for o in oids]
