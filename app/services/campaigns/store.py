@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import ReturnDocument
 
 from app.adapters.mongo import Mongo, is_duplicate_key
 from app.adapters.queue import JobQueue
@@ -168,7 +167,7 @@ class CampaignService:
         reserved = await self.db.campaigns.find_one_and_update(
             {"_id": campaign["_id"], "recipients": {"$lte": MAX_RECIPIENTS - n}},
             {"$inc": {"next_seq": n, "recipients": n}},
-            return_document=ReturnDocument.BEFORE,
+            return_document=False,
         )
         if reserved is None:
             raise ValidationError.on("recipients", f"at most {MAX_RECIPIENTS:,} recipients")
@@ -221,7 +220,7 @@ class CampaignService:
         result = await self.db.campaigns.find_one_and_update(
             {"_id": campaign["_id"], "status": campaign["status"]},
             {"$set": update},
-            return_document=ReturnDocument.AFTER,
+            return_document=True,
         )
         if result is None:  # changed under us: report against the fresh state
             return await self.transition(viewer, campaign_id, action)
