@@ -12,6 +12,8 @@ import email
 import itertools
 import os
 import re
+import subprocess
+import sys
 import time
 from collections import Counter
 from email import policy
@@ -535,3 +537,141 @@ async def test_warmup_ramp_holds_the_rest_until_the_next_day_and_reputation_paus
         )
         assert (await sender.run_batch(oid)) == {"ran": True, "completed": True}
         assert (await s.stats(cid))["status"] == "completed"
+
+
+# --- domain verification ------------------------------------------------------------------
+
+
+async def test_domain_verification_ok_missing_wrong_and_unverified_campaigns_refused(
+    settings, services
+):
+    from app.adapters.dns_resolver import DnsResolver
+    from app.bootstrap import build_system
+    from app.domain.errors import ValidationError
+    from app.domain.viewer import Viewer
+    from app.services.campaigns.domains import DomainVerifier
+    from tests.support.dnsmasq import DnsServer
+
+    system = await build_system(settings)
+    dns: DnsServer | None = None
+    try:
+        docs = {}
+        for name in ("good.test", "missing.test", "wrong.test"):
+            docs[name], _ = await system.accounts.add_domain(name)
+        want = {
+            name: {(r.type, r.name): r.value for r in system.accounts.dns_records(doc)}
+            for name, doc in docs.items()
+        }
+        good, wrong = want["good.test"], want["wrong.test"]
+        sel_good = f"{docs['good.test']['dkim']['selector']}._domainkey.good.test"
+        sel_wrong = f"{docs['wrong.test']['dkim']['selector']}._domainkey.wrong.test"
+        dns = DnsServer(
+            mx={"good.test": [(10, HOST)], "wrong.test": [(10, "mx.elsewhere.test")]},
+            a={HOST: "127.0.0.1", "mx.elsewhere.test": "127.0.0.9"},
+            txt={
+                "good.test": [good[("TXT", "good.test")], "other-verification=1"],
+                sel_good: [good[("TXT", sel_good)]],
+                "_dmarc.good.test": ["v=DMARC1; p=reject"],
+                "wrong.test": ["v=spf1 include:_spf.elsewhere.test -all"],
+                sel_wrong: [good[("TXT", sel_good)]],  # someone else's key
+                "_dmarc.wrong.test": ["v=DMARC1; rua=mailto:x@wrong.test"],  # no policy
+            },
+        ).start()
+        verifier = DomainVerifier(system.mongo, system.accounts, DnsResolver([dns.address]))
+
+        def statuses(doc: dict[str, Any]) -> dict[str, str]:
+            return {r["kind"]: r["status"] for r in doc["verification"]["records"]}
+
+        ok = await verifier.verify("good.test")
+        assert statuses(ok) == {"SPF": "ok", "DKIM": "ok", "DMARC": "ok", "MX": "ok"}
+        assert ok["verification"]["verified"]
+        dmarc = next(r for r in ok["verification"]["records"] if r["kind"] == "DMARC")
+        assert dmarc["detail"] == "p=reject"
+
+        missing = await verifier.verify("missing.test")
+        assert set(statuses(missing).values()) == {"missing"}
+        assert not missing["verification"]["verified"]
+        # the exact records to publish
+        by_kind = {r["kind"]: r["value"] for r in missing["verification"]["records"]}
+        m = want["missing.test"]
+        sel_missing = f"{docs['missing.test']['dkim']['selector']}._domainkey.missing.test"
+        assert by_kind == {
+            "SPF": m[("TXT", "missing.test")],
+            "DKIM": m[("TXT", sel_missing)],
+            "DMARC": m[("TXT", "_dmarc.missing.test")],
+            "MX": m[("MX", "missing.test")],
+        }
+
+        bad = await verifier.verify("wrong.test")
+        assert statuses(bad) == {"SPF": "wrong", "DKIM": "wrong", "DMARC": "wrong", "MX": "wrong"}
+        assert not bad["verification"]["verified"]
+        assert {r["kind"]: r["value"] for r in bad["verification"]["records"]}["SPF"] == wrong[
+            ("TXT", "wrong.test")
+        ]
+
+        # campaigns from an unverified domain are refused on `from`
+        user = await system.accounts.create_user("ann@wrong.test", "correct horse battery", "Ann")
+        ann = Viewer(user["_id"], user["email"])
+        with pytest.raises(ValidationError) as e:
+            await system.campaigns.create(
+                ann,
+                name="x",
+                template_key="whatever",
+                template_version=None,
+                variables={},
+                from_=None,
+                rate_per_minute=None,
+                send_at=None,
+                track_opens=False,
+                track_clicks=False,
+            )
+        assert e.value.fields[0].field == "from"
+
+        # the command line does the same lookups
+        env = {
+            **os.environ,
+            "MAILHUB_MONGODB_URI": settings.mongodb_uri,
+            "MAILHUB_MONGODB_DATABASE": settings.mongodb_database,
+            "MAILHUB_REDIS_URL": settings.redis_url,
+            "MAILHUB_HOSTNAME": HOST,
+            "MAILHUB_DNS_SERVERS": dns.address,
+        }
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-c",
+                "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))",
+                "domains",
+                "verify",
+                "good.test",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert "good.test: verified" in cli.stdout and "DMARC ok" in cli.stdout
+        cli = await asyncio.to_thread(
+            subprocess.run,
+            [
+                sys.executable,
+                "-c",
+                "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))",
+                "domains",
+                "verify",
+                "missing.test",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert cli.returncode == 1 and "NOT verified" in cli.stdout
+        assert "publish: v=spf1" in cli.stdout
+    finally:
+        if dns is not None:
+            dns.stop()
+        await system.mongo.client.drop_database(settings.mongodb_database)
+        await system.close()
