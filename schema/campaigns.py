@@ -329,7 +329,7 @@ async def _transition(info: Info, id: strawberry.ID, action: str) -> CampaignSuc
 class CampaignsSubscription:
     @strawberry.subscription(
         description="The campaign's stats whenever they change (checked every second); ends "
-        "after the campaign completes or is canceled."
+        "once the campaign completed (or was canceled) and every queued message has left."
     )
     async def campaign_progress(
         self, info: Info, id: strawberry.ID
@@ -343,7 +343,8 @@ class CampaignsSubscription:
             if stats != last:
                 last = stats
                 yield CampaignStats.of(stats)
-            if doc["status"] in ("completed", "canceled") and not stats["pending"]:
+            settled = stats["queued"] <= stats["sent"] + stats["failed"]
+            if doc["status"] in ("completed", "canceled") and not stats["pending"] and settled:
                 return
             await asyncio.sleep(PROGRESS_INTERVAL)
             doc = await system.campaigns.get(viewer, str(id))

@@ -675,3 +675,71 @@ async def test_domain_verification_ok_missing_wrong_and_unverified_campaigns_ref
             dns.stop()
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
+
+
+# --- CSV upload and live progress -------------------------------------------------------------
+
+PROGRESS = """subscription($id: ID!) { campaignProgress(id: $id) { recipients pending queued
+  delivered suppressed } }"""
+
+
+async def test_csv_upload_and_live_progress(settings):
+    from gql import Client, GraphQLRequest
+    from gql.transport.websockets import WebsocketsTransport
+
+    async with (
+        outbound_world(settings, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create(ratePerMinute=600)  # 10 a batch, a batch a second
+        rows = ["Email,name,code"] + [f"c{i}@ok.test,Name {i},K{i}" for i in range(30)]
+        rows += ["not-an-address,x,y", "C3@OK.test,dup,dup", 'c30@ok.test,"Q, Jr",K30']
+        r = await api.http.post(
+            f"/api/campaigns/{cid}/recipients",
+            content="\n".join(rows).encode(),
+            headers={"Authorization": f"Bearer {s.token}", "Content-Type": "text/csv"},
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["added"], body["recipients"]) == (31, 31)
+        assert body["duplicates"] == ["C3@ok.test"] and body["invalidCount"] == 1
+        assert body["invalid"][0]["email"] == "not-an-address"
+        # multipart works too; a file without an email column is the client's error
+        r = await api.http.post(
+            f"/api/campaigns/{cid}/recipients",
+            files={"file": ("list.csv", b"name\nx\n", "text/csv")},
+            headers={"Authorization": f"Bearer {s.token}"},
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == "VALIDATION_ERROR"
+        r = await api.http.post(f"/api/campaigns/{cid}/recipients", content=b"email\nx@ok.test\n")
+        assert r.status_code == 401
+
+        url = api.base.replace("http://", "ws://") + "/graphql"
+        transport = WebsocketsTransport(
+            url=url,
+            init_payload={"token": s.token},
+            subprotocols=[WebsocketsTransport.GRAPHQLWS_SUBPROTOCOL],
+        )
+        frames = []
+        async with Client(transport=transport, fetch_schema_from_transport=False) as ws:
+            await s.act(cid, "startCampaign")
+
+            async def collect() -> None:
+                request = GraphQLRequest(PROGRESS, variable_values={"id": cid})
+                async for frame in ws.subscribe(request):
+                    frames.append(frame["campaignProgress"])
+
+            await asyncio.wait_for(collect(), 120)  # the subscription ends by itself
+        assert len(frames) >= 2
+        queued = [f["queued"] for f in frames]
+        assert queued == sorted(queued)  # live, and never backwards
+        assert frames[-1] == {
+            "recipients": 31,
+            "pending": 0,
+            "queued": 31,
+            "delivered": 31,
+            "suppressed": 0,
+        }
+        msg = _parse(w.sinks["ok"].messages_to("c30@ok.test")[0].data)
+        assert _body(msg, "plain").strip() == "Hi Q, Jr, your code is K30."
