@@ -64,6 +64,13 @@ INDEXES: list[Index] = [
         {"unique": True},
     ),
     # --- campaigns (issue 15) ---
+    Index(
+        "blobs.chunks",
+        [("files_id", ASC), ("n", ASC)],
+        "GridFS reads (BlobStore, read_blobs); GridFS makes it on its first upload, but the "
+        "campaign sender's bulk writes (write_blobs) may come first",
+        {"unique": True},
+    ),
     Index("campaigns", [("user_id", ASC), ("_id", DESC)], "campaigns: a user's, newest first"),
     Index(
         "campaigns",

@@ -208,17 +208,12 @@ class CampaignSender:
             for r, (m, raw, err) in zip(to_send, built, strict=True)
             if m is not None and not err
         ]
-        blob_ids = await asyncio.gather(
-            *(
-                self.blobs.put(raw, filename="message.eml", metadata={"kind": "raw"})
-                for _, _, raw in ready
-            )
-        )
         viewer = Viewer(campaign["user_id"], campaign["from"]["email"])
         messages, recipients = [], []
         local_users = await self.accounts.users_for_addresses([r["email"] for r, _, _ in ready])
-        for (r, outgoing, raw), blob in zip(ready, blob_ids, strict=True):
-            message = message_doc(viewer, outgoing, [], raw, blob, now, None)
+        for r, outgoing, raw in ready:
+            # raw_blob_id: set when the blob is written, in the batch's transaction
+            message = message_doc(viewer, outgoing, [], raw, ObjectId(), now, None)
             message.update(_id=r["_id"], campaign_id=campaign["_id"], bulk=True)
             rows = recipient_docs(
                 message,
@@ -239,6 +234,13 @@ class CampaignSender:
         async def work(session: Any) -> list[Any]:
             changes: list[Any] = []
             if messages:
+                # the raw MIME commits with the messages that name it, or not at all
+                written = await self.blobs.put_many(
+                    [(raw, "message.eml", {"kind": "raw"}) for _, _, raw in ready],
+                    session=session,
+                )
+                for message, blob in zip(messages, written, strict=True):
+                    message["raw_blob_id"] = blob
                 await self.db.messages.insert_many(messages, session=session)
                 await self.db.recipients.insert_many(recipients, session=session)
                 for message in messages:
@@ -275,8 +277,6 @@ class CampaignSender:
         try:
             await in_transaction(self.mongo, work)
         except Exception as e:
-            for blob in blob_ids:
-                await self.blobs.delete(blob)
             if is_duplicate_key(e):  # replayed: another run committed these already
                 log.warning("campaign batch replayed", campaign=str(campaign["_id"]))
                 return {"queued": 0, "suppressed": 0, "failed": 0}
