@@ -98,7 +98,7 @@ def campaign_routes(system: Any, context_for: Callable[[Request], Awaitable[Any]
         return RedirectResponse(url, status_code=302, headers=NO_STORE)
 
     async def upload(request: Request) -> Response:
-        request.state.api_key_scope = "send"
+        request.state.api_key_scope = "campaigns"
         try:
             context = await context_for(request)
             viewer = await context.viewer()

@@ -393,15 +393,25 @@ async def test_mailto_unsubscribe_through_the_mx(settings):
     from app.mx.server import start_mx
     from tests.support.mx import smtp_send
 
+    gone = {"ok": {"rcpt": {"gone@ok.test": "550 5.1.1 no such user"}}}
     async with (
-        outbound_world(settings, **WORLD) as w,
+        outbound_world(settings, sink_options=gone, **WORLD) as w,
         mailhub_api(w.settings, w.system) as api,
     ):
         s = await _session(w, api)
         cid = await s.create()
-        await s.add(cid, [{"email": "reader@ok.test", "variables": {"name": "R", "code": "1"}}])
+        await s.add(
+            cid,
+            [
+                {"email": "reader@ok.test", "variables": {"name": "R", "code": "1"}},
+                {"email": "gone@ok.test", "variables": {"name": "G", "code": "2"}},
+            ],
+        )
         await s.act(cid, "startCampaign")
-        await s.finished(cid)
+        done = (await s.finished(cid))["stats"]
+        # a bounce is counted (and suppresses), but no DSN lands in the sender's inbox
+        assert (done["delivered"], done["bounced"]) == (1, 1)
+        assert not await w.db.mailbox_items.count_documents({"user_id": w.sender.user_id})
         header = _parse(w.sinks["ok"].received[0].data)["List-Unsubscribe"]
         mailto = re.findall(r"<mailto:([^>]+)>", header)[0]
         assert mailto.endswith(f"@{SENDER_DOMAIN}")
@@ -425,6 +435,7 @@ async def test_mailto_unsubscribe_through_the_mx(settings):
         assert await w.system.suppression.suppressed(["reader@ok.test"], scope=scope)
         stats = (await s.stats(cid))["stats"]
         assert stats["unsubscribed"] == 1
+        assert await w.system.suppression.suppressed(["gone@ok.test"])  # the hard bounce
         event = await w.db.delivery_events.find_one({"event_type": "unsubscribed"})
         assert event["metadata"] == {"via": "mailto"}
 
