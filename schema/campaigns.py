@@ -12,7 +12,6 @@ import strawberry
 from strawberry.scalars import JSON
 from strawberry.types import Info
 
-from app.services.campaigns.stats import campaign_stats
 from schema import types as T
 from schema.templates import Template, TemplateRef
 
@@ -85,17 +84,12 @@ class Campaign:
 
     @strawberry.field
     async def template(self, info: Info) -> Template:
-        templates = info.context.system.templates
-        doc = await templates.db.templates.find_one({"_id": self.doc["template_id"]})
-        versions = await templates.versions([self.doc["template_id"]])
-        return Template.of(
-            doc or {"_id": self.doc["template_id"], "key": self.doc["template_key"]},
-            versions.get(self.doc["template_id"], []),
-        )
+        doc, versions = await info.context.system.campaigns.template_of(self.doc)
+        return Template.of(doc, versions)
 
     @strawberry.field
     async def stats(self, info: Info) -> CampaignStats:
-        return CampaignStats.of(await campaign_stats(info.context.system.mongo, self.doc))
+        return CampaignStats.of(await info.context.system.campaigns.stats(self.doc))
 
     @staticmethod
     def of(d: dict[str, Any]) -> Campaign:
@@ -339,7 +333,7 @@ class CampaignsSubscription:
         doc = await system.campaigns.get(viewer, str(id))
         last: dict[str, Any] | None = None
         while True:
-            stats = await campaign_stats(system.mongo, doc)
+            stats = await system.campaigns.stats(doc)
             if stats != last:
                 last = stats
                 yield CampaignStats.of(stats)

@@ -121,7 +121,7 @@ class CampaignSender:
             return {"ran": False}
         try:
             return await self._batch(campaign, now)
-        finally:
+        finally:  # (already released when the batch scheduled the next one)
             await self.db.campaigns.update_one(
                 {"_id": campaign_id, "lease": lease}, {"$set": {"batch_lease_until": None}}
             )
@@ -166,6 +166,9 @@ class CampaignSender:
                 "$set": {
                     "next_batch_at": now + timedelta(seconds=plan.interval_seconds),
                     "waiting": None,
+                    # released here, before the next batch's job is enqueued: that job may
+                    # start at once and must find the lease free
+                    "batch_lease_until": None,
                 },
                 "$inc": {"batches": 1},
                 "$push": {
@@ -184,7 +187,10 @@ class CampaignSender:
     async def _wait(self, campaign: dict[str, Any], why: str, until: datetime) -> dict[str, Any]:
         updated = await self.db.campaigns.find_one_and_update(
             {"_id": campaign["_id"]},
-            {"$set": {"waiting": why, "next_batch_at": until}, "$inc": {"batches": 1}},
+            {
+                "$set": {"waiting": why, "next_batch_at": until, "batch_lease_until": None},
+                "$inc": {"batches": 1},
+            },
             return_document=True,
         )
         if updated and updated["status"] == "sending":

@@ -30,6 +30,7 @@ from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.campaigns.domains import DomainVerifier
+from app.services.campaigns.stats import campaign_stats
 from app.services.sending.compose import check_send_at, sender_address
 from app.services.templates.store import TemplateStore
 
@@ -46,6 +47,7 @@ class CampaignService:
         templates: TemplateStore,
         domains: DomainVerifier,
     ) -> None:
+        self.mongo = mongo
         self.db = mongo.db
         self.queue = queue
         self.accounts = accounts
@@ -121,6 +123,20 @@ class CampaignService:
         if doc is None:
             raise NotFound("no such campaign")
         return doc
+
+    async def stats(self, campaign: dict[str, Any]) -> dict[str, Any]:
+        """``CampaignStats`` of a campaign document (app/services/campaigns/stats.py)."""
+        return await campaign_stats(self.mongo, campaign)
+
+    async def template_of(
+        self, campaign: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """(template, its versions) of a campaign; the template as the campaign named it when
+        it has been deleted since."""
+        tid = campaign["template_id"]
+        doc = await self.db.templates.find_one({"_id": tid})
+        versions = await self.templates.versions([tid])
+        return doc or {"_id": tid, "key": campaign["template_key"]}, versions.get(tid, [])
 
     async def page(
         self, viewer: Viewer, first: int, after: str | None
@@ -206,6 +222,10 @@ class CampaignService:
         target = next_status(action, campaign["status"])
         now = datetime.now(UTC)
         update: dict[str, Any] = {"status": target}
+        if action in ("start", "resume") and not await self.domains.is_verified(
+            campaign["from_domain"]
+        ):  # the daily re-check may have found the records gone since the campaign was made
+            raise ValidationError.on("from", f"{campaign['from_domain']} is no longer verified")
         if action == "start":
             if not campaign["recipients"]:
                 raise ValidationError.on("id", "add recipients before starting the campaign")
