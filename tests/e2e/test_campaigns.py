@@ -754,3 +754,21 @@ async def test_csv_upload_and_live_progress(settings):
         }
         msg = _parse(w.sinks["ok"].messages_to("c30@ok.test")[0].data)
         assert _body(msg, "plain").strip() == "Hi Q, Jr, your code is K30."
+
+
+async def test_unpaced_batches_follow_each_other_without_the_sweep(settings):
+    # the sweep would wake a stalled campaign only after 10 minutes: every batch here must be
+    # started by the one before it
+    world = {**WORLD, "campaign_stall_seconds": 600.0, "campaign_batch_max": 3}
+    async with (
+        outbound_world(settings, **world) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create()
+        await s.add(cid, _people(10))
+        await s.act(cid, "startCampaign")
+        final = await s.finished(cid, within=60)
+        assert final["status"] == "completed" and final["stats"]["delivered"] == 10
+        doc = await w.db.campaigns.find_one({"_id": ObjectId(cid)})
+        assert [b["size"] for b in doc["batch_log"]] == [3, 3, 3, 1]
