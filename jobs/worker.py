@@ -261,12 +261,10 @@ def run_worker(settings: Settings) -> int:
     from app.logs import configure_logging
 
     configure_logging(settings)
-    if settings.metrics_port:
-        from prometheus_client import start_http_server
+    if settings.metrics_port:  # worker metrics: /metrics
+        from app.services import monitoring
 
-        start_http_server(
-            settings.metrics_port, addr=settings.http_host
-        )  # worker metrics: /metrics
+        monitoring.serve(settings.metrics_port, settings.http_host)
     worker = BatchClaimWorker(**worker_options(settings))
     worker.run()
     return 0

@@ -47,7 +47,7 @@ ApiKeyResult = Annotated[ApiKeyCreated | T.ValidationErrorType, strawberry.union
 class ApiKeysQuery:
     @strawberry.field(description="The viewer's API keys (never the keys themselves).")
     async def api_keys(self, info: Info) -> list[ApiKey]:
-        docs = await info.context.system.accounts.api_keys.list(await info.context.viewer())
+        docs = await info.context.system.accounts.api_keys.of_user(await info.context.viewer())
         return [ApiKey.of(d) for d in docs]
 
 

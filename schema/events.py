@@ -115,7 +115,7 @@ class EventsQuery:
 
     @strawberry.field
     async def webhooks(self, info: Info) -> list[WebhookEndpoint]:
-        docs = await info.context.system.webhooks.list(await info.context.viewer())
+        docs = await info.context.system.webhooks.of_user(await info.context.viewer())
         return [WebhookEndpoint.of(d) for d in docs]
 
 

@@ -77,6 +77,9 @@ class RealtimeQuery:
         )
 
 
+TOKEN_RECHECK = 2.0  # seconds before asking again about a token the store could not check
+
+
 async def _events(info: Info, listener: Listener) -> AsyncGenerator[dict[str, Any], None]:
     """Events for this subscription; ends it when the token is revoked or the client lags."""
     context = info.context
@@ -98,7 +101,12 @@ async def _events(info: Info, listener: Listener) -> AsyncGenerator[dict[str, An
             event = None
         if time.monotonic() >= next_check:
             next_check = time.monotonic() + interval
-            if not viewer.token_id or not await system.accounts.token_is_live(viewer.token_id):
+            live = bool(viewer.token_id) and await system.accounts.token_still_live(
+                str(viewer.token_id)
+            )
+            if live is None:  # the store did not answer: keep going, ask again soon
+                next_check = time.monotonic() + min(interval, TOKEN_RECHECK)
+            elif not live:
                 return  # revoked or expired while connected: the subscription ends
         if event is not None and event.get("type") == "revoked":  # an API key (issue 14)
             if event.get("tokenId") == viewer.token_id:

@@ -109,7 +109,7 @@ class TemplatesQuery:
     @strawberry.field(description="The viewer's templates, by key.")
     async def templates(self, info: Info) -> list[Template]:
         store = info.context.system.templates
-        docs = await store.all(await info.context.viewer())
+        docs = await store.of_user(await info.context.viewer())
         versions = await store.versions([d["_id"] for d in docs])
         return [Template.of(d, versions[d["_id"]]) for d in docs]
 

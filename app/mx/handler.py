@@ -9,20 +9,14 @@ import time
 from typing import Any
 
 import structlog
-from prometheus_client import Counter, Histogram
 
 from app.domain.errors import DomainError, ServiceUnavailable
 from app.mx.limits import ClientLimits
+from app.services import monitoring
 from app.services.inbound.pipeline import Envelope, InboundService, LocalRecipient, Rejected
 
 log = structlog.get_logger(__name__)
 
-MX_MESSAGES = Counter("mailhub_mx_messages_total", "DATA transactions by outcome", ["outcome"])
-MX_STORE_SECONDS = Histogram(
-    "mailhub_mx_data_seconds",
-    "end of DATA to reply",
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-)
 TEMPFAIL = "451 4.3.0 Temporary local problem, please try again later"
 
 
@@ -76,6 +70,7 @@ class MxHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         started = time.perf_counter()
         self.in_flight += 1
+        outcome = "tempfail"
         try:
             receipt = await self.inbound.receive(
                 Envelope(
@@ -86,21 +81,19 @@ class MxHandler:
                 ),
                 envelope.original_content,
             )
+            outcome = "accepted"
         except Rejected as e:
-            MX_MESSAGES.labels("rejected").inc()
+            outcome = "rejected"
             return e.reply
         except ServiceUnavailable as e:
-            MX_MESSAGES.labels("tempfail").inc()
             log.warning("DATA deferred", reason=e.message)
             return TEMPFAIL
         except Exception:
-            MX_MESSAGES.labels("tempfail").inc()
             log.exception("DATA failed")
             return TEMPFAIL
         finally:
             self.in_flight -= 1
-            MX_STORE_SECONDS.observe(time.perf_counter() - started)
-        MX_MESSAGES.labels("accepted").inc()
+            monitoring.inbound_data(outcome, time.perf_counter() - started)
         return f"250 2.0.0 OK {receipt.message_id or 'duplicate'}"
 
 

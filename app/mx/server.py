@@ -271,9 +271,12 @@ async def start_mx(settings: Settings, system: Any, *, reuse_port: bool = False)
     return MxServer(server, port, handler, sessions)
 
 
-async def _serve(settings: Settings, reuse_port: bool) -> int:
+async def _serve(settings: Settings, reuse_port: bool, metrics_port: int | None) -> int:
     from app.bootstrap import build_system
+    from app.services import monitoring
 
+    if metrics_port:  # this process's MX metrics: /metrics
+        monitoring.serve(metrics_port, settings.http_host)
     system = await build_system(settings)
     mx = await start_mx(settings, system, reuse_port=reuse_port)
     stopping = asyncio.Event()
@@ -295,19 +298,21 @@ def run_mx(settings: Settings) -> int:
     configure_logging(settings)
     workers = settings.mx_processes
     if workers == 1:
-        return asyncio.run(_serve(settings, reuse_port=False))
+        return asyncio.run(_serve(settings, reuse_port=False, metrics_port=settings.metrics_port))
     if settings.smtp_port == 0:
         print(
             "mailhub mx: MAILHUB_MX_PROCESSES > 1 needs a fixed MAILHUB_SMTP_PORT", file=sys.stderr
         )
         return 2
     children = []
-    for _ in range(workers):
+    for index in range(workers):
         pid = os.fork()
         if pid == 0:  # child: its own event loop and database connections
             code = 1
+            # Each process counts its own transactions: MAILHUB_METRICS_PORT + its index.
+            port = settings.metrics_port + index if settings.metrics_port else None
             try:
-                code = asyncio.run(_serve(settings, reuse_port=True))
+                code = asyncio.run(_serve(settings, reuse_port=True, metrics_port=port))
             finally:
                 os._exit(code)
         children.append(pid)

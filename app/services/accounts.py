@@ -16,11 +16,18 @@ from bson import ObjectId
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from app.adapters.mongo import Mongo, is_duplicate_key
+from app.adapters.mongo import Mongo, as_domain_error, is_duplicate_key
 from app.adapters.redis_store import RedisStore
 from app.config import Settings
 from app.domain.addresses import domain_of, normalize_email, parse_address
-from app.domain.errors import AuthError, Conflict, NotFound, RateLimited, ValidationError
+from app.domain.errors import (
+    AuthError,
+    Conflict,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    ValidationError,
+)
 from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
 from app.services.api_keys import ApiKeyService, is_api_key
@@ -288,6 +295,17 @@ class AccountService:
             {"_id": token_id}, {"revoked_at": 1, "expires_at": 1}
         )
         return bool(doc and not doc.get("revoked_at") and doc["expires_at"] > datetime.now(UTC))
+
+    async def token_still_live(self, token_id: str) -> bool | None:
+        """``token_is_live``, or None when the mail store cannot answer right now: a live
+        subscription outlasts a database blip and asks again (a revocation applies as soon as
+        the store answers), instead of every client reconnecting at once."""
+        try:
+            return await self.token_is_live(token_id)
+        except Exception as e:
+            if isinstance(as_domain_error(e), ServiceUnavailable):
+                return None
+            raise
 
 
 __all__ = ["AccountService", "DnsRecord", "hash_token", "parse_object_id"]

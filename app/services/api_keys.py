@@ -79,7 +79,7 @@ class ApiKeyService:
         await self.db.api_keys.insert_one(doc)
         return key, doc
 
-    async def list(self, viewer: Viewer) -> list[dict[str, Any]]:
+    async def of_user(self, viewer: Viewer) -> list[dict[str, Any]]:
         return await self.db.api_keys.find({"user_id": viewer.user_id}).sort("_id", 1).to_list()
 
     async def revoke(self, viewer: Viewer, key_id: str) -> bool:

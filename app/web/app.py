@@ -12,18 +12,19 @@ from typing import Any
 import structlog
 from cross_web import HTTPException
 from graphql import OperationType, get_operation_ast, parse
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, generate_latest
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from strawberry.asgi import GraphQL
 
 from app.bootstrap import System, build_system
 from app.config import Settings
+from app.services import monitoring
 from app.web import frontends
 from app.web.rest import Rest
 from schema import build_schema
@@ -207,7 +208,8 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
         )
 
     async def metrics(request: Request) -> Response:
-        return PlainTextResponse(generate_latest().decode(), media_type=CONTENT_TYPE_LATEST)
+        body, content_type = monitoring.exposition()
+        return Response(body, media_type=content_type)
 
     app = Starlette(
         routes=[

@@ -279,3 +279,71 @@ async def test_a_worker_killed_mid_post_loses_no_event_and_repeats_ids(settings)
         again = {e["id"] for e in stalled.events}
         assert len(again) == 5 and all(seen[i] == 2 for i in again)
         assert sum(seen.values()) == len(expected) + 5
+
+
+async def test_dispatch_skips_a_quiet_stretch_but_never_past_an_event(settings):
+    from datetime import UTC, datetime, timedelta
+
+    from app.domain.viewer import Viewer
+
+    async with outbound_world(settings, worker=False, **FAST) as w:
+        viewer = Viewer(w.sender.user_id, w.sender.email)
+        _, endpoint = await w.system.webhooks.create(viewer, "http://127.0.0.1:9/h", ["sent"])
+        old = ObjectId.from_datetime(datetime.now(UTC) - timedelta(minutes=10))
+        await w.db.webhooks.update_one({"_id": endpoint["_id"]}, {"$set": {"cursor": old}})
+        event_id = ObjectId.from_datetime(datetime.now(UTC) - timedelta(minutes=5))
+        await w.db.delivery_events.insert_one(
+            {
+                "_id": event_id,
+                "sender_user_id": viewer.user_id,
+                "event_type": "sent",
+                "occurred_at": event_id.generation_time,
+                "metadata": {},
+            }
+        )
+        assert await w.system.webhooks.dispatch() == 1  # an event is due: a job, no skipping
+        doc = await w.db.webhooks.find_one({"_id": endpoint["_id"]})
+        assert doc["cursor"] == old
+
+        await w.db.webhooks.update_one({"_id": endpoint["_id"]}, {"$set": {"cursor": event_id}})
+        assert await w.system.webhooks.dispatch() == 0  # quiet since: the cursor moves up
+        doc = await w.db.webhooks.find_one({"_id": endpoint["_id"]})
+        assert doc["cursor"] > event_id
+        assert await w.system.event_log.read(viewer.user_id, ["sent"], doc["cursor"], 10) == []
+
+
+async def test_a_dead_endpoint_delays_neither_mail_nor_another_endpoint(settings):
+    async with (
+        outbound_world(settings, **FAST) as w,
+        mailhub_api(w.settings, w.system) as api,
+        webhook_receiver() as slow,
+        webhook_receiver() as fast,
+    ):
+        hang = asyncio.Event()
+
+        async def never_answer() -> None:  # longer than the POST timeout, every time
+            await asyncio.wait_for(hang.wait(), 30)
+
+        slow.before = never_answer
+        token = await _login(api)
+        await _create(api, token, slow.url, ["sent"])
+        await _create(api, token, fast.url, ["sent"])
+        sent = await w.send(["bob@ok.test"], subject="first")
+        await w.wait_statuses(sent["message_id"], {"bob@ok.test": "sent"})
+
+        async def fast_has(n: int) -> bool:
+            return len([e for e in fast.accepted_events() if e["type"] == "sent"]) >= n
+
+        await _until(lambda: fast_has(1), 30, "the fast endpoint's first event")
+        # the slow endpoint is still failing its first POSTs; mail and the other endpoint go on
+        second = await w.send(["carol@ok.test"], subject="second")
+        await w.wait_statuses(second["message_id"], {"carol@ok.test": "sent"})
+        await _until(lambda: fast_has(2), 30, "the fast endpoint's second event")
+        assert slow.accepted_events() == []
+
+        async def slow_failed() -> bool:  # its POSTs time out and are retried with backoff
+            hooks = (await api.gql(WEBHOOKS, token=token))["data"]["webhooks"]
+            return any(h["lastError"] and not h["lastSuccessAt"] for h in hooks)
+
+        await _until(slow_failed, 30, "the slow endpoint's timeout to be recorded")
+        hang.set()

@@ -101,3 +101,23 @@ async def test_events_younger_than_the_settle_window_are_not_shown_yet(mongo):
             break
         await asyncio.sleep(0.05)
     assert [d["event_type"] for d in docs] == ["sent"]
+
+
+async def test_events_older_than_the_retention_are_deleted(mongo):
+    user = ObjectId()
+    now = datetime.now(UTC)
+    for days in (31, 29):
+        at = now - timedelta(days=days)
+        await mongo.db.delivery_events.insert_one(
+            {
+                "_id": _id_at(at, days),
+                "sender_user_id": user,
+                "event_type": "sent",
+                "occurred_at": at,
+                "metadata": {},
+            }
+        )
+    log = EventLog(mongo, settle_seconds=0, retention_days=30)
+    assert await log.expire() == 1
+    left = await mongo.db.delivery_events.find({}).to_list()
+    assert [(now - d["occurred_at"]).days for d in left] == [29]

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 import structlog
 
+from app.adapters import metrics
 from app.adapters.dns_resolver import DnsResolver, LookupStatus
 from app.adapters.smtp_transport import (
     ConnectFailed,
@@ -29,7 +30,7 @@ from app.adapters.smtp_transport import (
     no_reply,
 )
 from app.adapters.throttle import DomainThrottle
-from app.domain.bounces import SmtpOutcome
+from app.domain.bounces import NO_REPLY, SmtpOutcome
 from app.domain.verp import make_verp_address
 from app.services.delivery.outbox import Work
 from app.services.delivery.outcomes import OutcomeRecorder
@@ -171,6 +172,7 @@ class Lanes:
                 if route is None:
                     route = await self._route(lane.domain)
                 if route.failure is not None:  # NXDOMAIN, null MX, DNS trouble: all alike
+                    metrics.route_failure()
                     for work in chunk:
                         self.recorder.attempted(work, route.failure, None)
                     self._fail_all(lane, route.failure)
@@ -237,12 +239,16 @@ class Lanes:
                     try:
                         session = await self._connect(route)
                     except ConnectFailed as e:
+                        metrics.outbound_reply(
+                            e.outcome.code if e.outcome.code != NO_REPLY else None
+                        )
                         # Every MX failed: the rest of this lane would fail the same way now.
                         for rest in chunk[index:]:
                             self.recorder.attempted(rest, e.outcome, None)
                         self._fail_all(lane, e.outcome)
                         return None
                 reused, host = session.transactions > 0, session.host
+                started = time.monotonic()
                 try:
                     result = await session.send(envelope)
                 except BaseException:
@@ -257,7 +263,11 @@ class Lanes:
                     session = None
                     if result.retryable and reused:
                         continue  # a pooled session the server had closed: nothing was sent
-                self.recorder.attempted(work, result.replies[work.address], host)
+                reply = result.replies[work.address]
+                metrics.outbound_reply(
+                    reply.code if reply.code != NO_REPLY else None, time.monotonic() - started
+                )
+                self.recorder.attempted(work, reply, host)
                 break
         return session
 

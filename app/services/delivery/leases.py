@@ -42,9 +42,13 @@ class DomainLeases:
         *,
         is_idle: Callable[[str], bool],
         wake: Callable[[str], None],
+        min_left: timedelta = timedelta(0),
     ) -> None:
         self.db = db
         self.lease = lease
+        # Lanes start no transaction on a lease with less than this left (lanes.py): a held
+        # lease this close to its end is renewed by the next pull round, not handed out as is.
+        self.min_left = min_left
         self._is_idle = is_idle
         self._wake = wake
         self.token = ObjectId()  # this process's mark on the leases it holds
@@ -61,7 +65,11 @@ class DomainLeases:
         """The domains among ``domains`` whose lease this process holds (taking the free
         ones); a domain held by another worker is asked about again when its lease may end."""
         async with self._lock:
-            need = [d for d in domains if d not in self.held or self.held[d].until <= now]
+            # A renewal that ran late (a busy event loop) leaves a lease too short for the
+            # lanes: they would give every recipient back at once, and the next round would
+            # hand them the same short lease again. Take such a lease anew.
+            usable = now + self.min_left
+            need = [d for d in domains if d not in self.held or self.held[d].until <= usable]
             until = now + self.lease
             results = await asyncio.gather(
                 *(self._take(d, now, until) for d in need), return_exceptions=True
@@ -166,6 +174,9 @@ class DomainLeases:
                     log.warning("domain lease lost", domain=domain)
                     lease.until = now
                     self.held.pop(domain)
+                    # Ask again when the new holder's lease may end: what the lanes give back
+                    # now must not wait for a job or the sweep if that holder goes away.
+                    self._later("retry", domain, HELD_RETRY, self._retry)
 
     def _later(self, kind: str, domain: str, delay: float, callback: Callable[[str], None]) -> None:
         if self._closed or (kind, domain) in self._timers:

@@ -27,6 +27,7 @@ from bson import ObjectId
 from pymongo import UpdateMany, UpdateOne
 from pymongo.errors import PyMongoError
 
+from app.adapters import metrics
 from app.adapters.blobs import BlobStore
 from app.adapters.live_status import publish_many
 from app.adapters.mongo import Mongo, in_transaction
@@ -376,6 +377,11 @@ class OutcomeRecorder:
             for index, (_, blob_id) in enumerate(notices):
                 if index not in filed:  # the transaction did not keep this notice
                     await self.blobs.delete(blob_id)
+        written = {r["_id"] for r in changed}
+        for a in batch.attempts:
+            if a.work.id in written:
+                d = decisions[id(a)]
+                metrics.delivery_attempt(a.work.domain, d.status, d.bounce_class)
         await publish_many(self.redis, [status_event(r["message_id"], r) for r in changed])
         await self.notifier.committed(changes)
         await self._enqueue_retries(changed)

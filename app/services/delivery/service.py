@@ -90,11 +90,15 @@ class DeliveryService:
             hostname=settings.hostname,
             policy_for=self.policy_for,
         )
+        # A transaction is at most connect + MAIL + RCPT + DATA: never start one without that
+        # much lease left (and never let the margin eat more than half a short test lease).
+        margin = min(4 * settings.delivery_timeout_seconds, settings.delivery_lease_seconds / 2)
         self.leases = DomainLeases(
             self.db,
             timedelta(seconds=settings.delivery_lease_seconds),
             is_idle=self._idle,
             wake=self._wake,
+            min_left=timedelta(seconds=margin),
         )
         self.pulls = PullRounds(
             db=self.db,
@@ -111,9 +115,6 @@ class DeliveryService:
         )
         self.recorder.on_settled(self.pulls.settled)
         secret = settings.secret_key.get_secret_value().encode() if settings.secret_key else b""
-        # A transaction is at most connect + MAIL + RCPT + DATA: never start one without that
-        # much lease left (and never let the margin eat more than half a short test lease).
-        margin = min(4 * settings.delivery_timeout_seconds, settings.delivery_lease_seconds / 2)
         self.lanes = Lanes(
             transport=transport,
             resolver=resolver,

@@ -11,12 +11,14 @@ from typing import Any
 
 from bson import ObjectId
 
+from app.adapters import metrics
 from app.adapters.delivery_jobs import missing_jobs
 from app.adapters.queue import JobQueue
 from app.services.delivery.outbox import is_due, job_id
 from app.services.sending.scheduling import SchedulingService
 
 SWEEP_LIMIT = 2000
+QUEUE_STATUSES = ("queued", "deferred", "sending", "scheduled")  # waiting to be delivered
 SWEEP_GRACE = 60.0  # seconds a recipient is overdue before a periodic sweep wakes its domain
 
 
@@ -93,4 +95,15 @@ class Sweeper:
             message_id, domain = wanted[jid]
             if await self.queue.enqueue("deliver_domain", str(message_id), domain, job_id=jid):
                 enqueued += 1
+        await self._count_queue()
         return {"due": len(docs), "enqueued": enqueued, "released": released}
+
+    async def _count_queue(self) -> None:
+        """The send queue's depth by status, for the metrics (each count is one range of the
+        (delivery_status, next_attempt_at) index)."""
+        metrics.queue_depth(
+            {
+                status: await self.db.recipients.count_documents({"delivery_status": status})
+                for status in QUEUE_STATUSES
+            }
+        )

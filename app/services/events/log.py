@@ -140,8 +140,16 @@ class EventLog:
         docs = await self.read(viewer.user_id, wanted, cursor, first + 1)
         return docs[:first], len(docs) > first
 
-    async def has_after(self, user_id: ObjectId, types: list[str], after: ObjectId | None) -> bool:
-        return bool(await self.read(user_id, types, after, 1))
+    async def quiet_until(
+        self, user_id: ObjectId, types: list[str], after: ObjectId | None
+    ) -> ObjectId | None:
+        """None if there are events after ``after``; else a bound below which there are none
+        (settled, so none can still appear): a reader may move its cursor up to it, which
+        keeps its next reads to a short window instead of the whole quiet stretch."""
+        bound = self.settled_bound()
+        if await self.read(user_id, types, after, 1):
+            return None
+        return bound
 
     async def expire(self) -> int:
         """Delete events older than the retention (``MAILHUB_EVENT_RETENTION_DAYS``)."""

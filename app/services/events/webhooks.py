@@ -44,6 +44,7 @@ from app.domain.webhooks import (
 from app.services.events.log import EventLog
 
 MAX_ENDPOINTS_PER_USER = 20
+SKIP_AHEAD = timedelta(minutes=1)
 SECRET_PREFIX = "whsec_"
 
 
@@ -118,7 +119,7 @@ class WebhookService:
         result = await self.db.webhooks.delete_one({"_id": oid, "user_id": viewer.user_id})
         return result.deleted_count == 1
 
-    async def list(self, viewer: Viewer) -> list[dict[str, Any]]:
+    async def of_user(self, viewer: Viewer) -> list[dict[str, Any]]:
         return await self.db.webhooks.find({"user_id": viewer.user_id}).sort("_id", 1).to_list()
 
     # --- delivery --------------------------------------------------------------------------
@@ -137,11 +138,18 @@ class WebhookService:
         async for ep in due:
             if ep.get("lease_until") and ep["lease_until"] > now:
                 continue
-            if await self.log.has_after(ep["user_id"], ep["events"], ep.get("cursor")):
+            cursor = ep.get("cursor")
+            quiet = await self.log.quiet_until(ep["user_id"], ep["events"], cursor)
+            if quiet is None:
                 await self.queue.enqueue(
                     "deliver_webhook", str(ep["_id"]), job_id=job_id(ep["_id"], self.lease_seconds)
                 )
                 enqueued += 1
+            elif cursor is None or quiet.generation_time - cursor.generation_time > SKIP_AHEAD:
+                # nothing to send up to there: skip ahead (at most a write a minute per endpoint)
+                await self.db.webhooks.update_one(
+                    {"_id": ep["_id"], "cursor": cursor}, {"$set": {"cursor": quiet}}
+                )
         return enqueued
 
     async def deliver(self, endpoint_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
+from app.adapters import metrics
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.domain.addresses import domain_of, normalize_email
 from app.domain.bounces import (
@@ -210,6 +211,9 @@ class BounceProcessor:
             if is_duplicate_key(e):
                 return Applied(False, reason="duplicate")
             raise
+        metrics.delivery_report(
+            kind, classification.bounce_class.value if classification else None, report.source
+        )
         if suppress_reason:
             await self.reputation.evaluate(recipient.get("sender_user_id"), sender_domain)
         return Applied(True, event["_id"], bool(suppress_reason), kind)

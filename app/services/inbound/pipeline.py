@@ -20,6 +20,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from bson import ObjectId
 
+from app.adapters import metrics
 from app.adapters.blobs import BlobStore
 from app.adapters.clamav import ClamdScanner
 from app.adapters.mail_auth import AuthVerdict, MailAuthenticator
@@ -275,6 +276,7 @@ class InboundService:
         if not mailboxes:
             return Receipt(None, 0, None, applied)
         spam = self.scorer.score(raw)
+        metrics.spam_verdict(spam.is_spam, spam.score)
         folder = (
             Folder.SPAM if spam.is_spam or auth.dmarc.disposition == "quarantine" else Folder.INBOX
         )
@@ -313,7 +315,12 @@ class InboundService:
         if self.scanner is None:
             return
         for attachment in parsed.attachments:
-            verdict = await self.scanner.scan(attachment.data)
+            try:
+                verdict = await self.scanner.scan(attachment.data)
+            except ServiceUnavailable:
+                metrics.attachment_scan("error")
+                raise
+            metrics.attachment_scan("clean" if verdict.clean else "infected")
             if not verdict.clean:
                 raise Rejected(
                     f"virus {verdict.signature}",

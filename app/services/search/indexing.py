@@ -19,9 +19,10 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
 from pymongo import UpdateOne
 
+from app.adapters import metrics
 from app.adapters.mongo import Mongo
 from app.adapters.queue import JobQueue
 from app.adapters.typesense_index import TypesenseIndex
@@ -38,11 +39,6 @@ SWEEP_SCAN = 20_000  # items the sweep looks at per run (a rolling scan by _id)
 MARK_START, MARK_END = "\ue000", "\ue001"  # highlight sentinels (private use; never indexed)
 _UNSAFE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ue000\ue001]")
 
-INDEX_LAG = Histogram(
-    "mailhub_search_index_lag_seconds",
-    "Time from a committed mailbox change to its document being searchable",
-    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 3600),
-)
 INDEXED = Counter("mailhub_search_documents_indexed_total", "Documents upserted into the index")
 REMOVED = Counter("mailhub_search_documents_removed_total", "Documents deleted from the index")
 BACKLOG = Gauge(
@@ -253,7 +249,7 @@ class SearchIndexer:
         if enqueued_at is not None and indexed:
             lag = max(0.0, time.time() - enqueued_at)
             for _ in range(indexed):
-                INDEX_LAG.observe(lag)
+                metrics.index_lag(lag)
         return indexed
 
     async def remove(self, item_ids: Iterable[str], enqueued_at: float | None = None) -> int:

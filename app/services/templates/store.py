@@ -135,7 +135,7 @@ class TemplateStore:
             raise NotFound(f"no template {key}")
         return template
 
-    async def all(self, viewer: Viewer) -> list[dict[str, Any]]:
+    async def of_user(self, viewer: Viewer) -> list[dict[str, Any]]:
         return await self.db.templates.find({"user_id": viewer.user_id}).sort("key", 1).to_list()
 
     async def versions(self, template_ids: list[ObjectId]) -> dict[ObjectId, list[dict[str, Any]]]:
