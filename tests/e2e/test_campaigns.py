@@ -167,9 +167,9 @@ def _received(w: Outbound, domains: list[str]) -> Counter[str]:
 
 # --- the big one ------------------------------------------------------------------------------
 
-# The issue asks for 5,000 recipients; on the shared 2-core machine (load 15-20 from the other
-# engineers) that run took minutes, so the default is 1,000 over the same 20 domains.
-# MAILHUB_CAMPAIGN_E2E_RECIPIENTS=5000 runs the full size.
+# The issue asks for 5,000 recipients. MAILHUB_CAMPAIGN_E2E_RECIPIENTS=5000 runs that size
+# (passed in 98 s on the shared 2-core machine; an earlier attempt at load 19 hit database
+# timeouts), so the suite's default is 1,000 over the same 20 domains (~25 s).
 RECIPIENTS = int(os.environ.get("MAILHUB_CAMPAIGN_E2E_RECIPIENTS", "1000"))
 DOMAINS_N = 20
 RATE = RECIPIENTS * 60 // 5  # per minute: a five-second campaign in batches a second apart
