@@ -9,6 +9,7 @@ registered on the ``Notifier`` here too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from app.adapters.blobs import BlobStore
 from app.adapters.clamav import ClamdScanner
@@ -56,6 +57,9 @@ from app.services.sending.send import SendingService
 from app.services.templates.render import TemplateRenderer
 from app.services.templates.sending import TemplateSender
 from app.services.templates.store import TemplateStore
+
+if TYPE_CHECKING:
+    from app.adapters.job_worker import BatchClaimWorker
 
 
 @dataclass
@@ -111,6 +115,10 @@ class System:
         await self.queue.close()
         await self.redis.close()
         await self.mongo.close()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether each backing system this process needs answers (the api's ``/readyz``)."""
+        return {"mongodb": await self.mongo.ping(), "redis": await self.redis.ping()}
 
 
 async def build_system(settings: Settings, *, ensure: bool = True) -> System:
@@ -326,4 +334,15 @@ def _delivery(
         signer=DkimSigner(),
         throttle=throttle,
         scheduling=scheduling,
+    )
+
+
+def job_worker(settings: Settings, options: dict[str, Any], **kwargs: Any) -> BatchClaimWorker:
+    """The arq worker of `mailhub worker` (app/adapters/job_worker.py) running the jobs that
+    ``options`` (jobs/worker.py) name, on the queue ``JobQueue`` enqueues to."""
+    from app.adapters.job_worker import BatchClaimWorker, connection_options
+
+    assert settings.redis_url
+    return BatchClaimWorker(
+        **connection_options(settings.redis_url, settings.redis_prefix), **options, **kwargs
     )

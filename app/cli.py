@@ -65,8 +65,8 @@ def cmd_domains_add(args: argparse.Namespace) -> int:
 
 def cmd_domains_list(args: argparse.Namespace) -> int:
     async def work(system: Any) -> None:
-        async for d in system.mongo.db.domains.find({}, {"_id": 1}).sort("_id", 1):
-            print(d["_id"])
+        for name in await system.accounts.domain_names():
+            print(name)
 
     asyncio.run(_with_system(_settings(), work))
     return 0

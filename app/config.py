@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=12, ge=2)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=4000, ge=100)
+    # schema/execution.py's shortcut past graphql-core's per-field work (docs/overrides.md);
+    # off = graphql-core's own execution, e.g. to rule the shortcut out while debugging
+    graphql_fast_execution: bool = True
     # fields once every fragment spread is expanded (schema/limits.py): what execution walks
     graphql_max_fields: int = Field(default=5000, ge=100)
     # the schema is the published contract: introspection is open unless turned off here

@@ -88,5 +88,5 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             ApiKeyScopes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        execution_context_class=FastExecutionContext,
+        execution_context_class=(FastExecutionContext if settings.graphql_fast_execution else None),
     )

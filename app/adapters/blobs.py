@@ -31,9 +31,7 @@ class BlobStore:
         """(data, filename, metadata) blobs in two inserts (``blob_batches.write_blobs``)."""
         from app.adapters.blob_batches import write_blobs
 
-        return await write_blobs(
-            self._db, items, chunk_size=CHUNK, bucket=self._name, session=session
-        )
+        return await write_blobs(self._db, items, bucket=self._name, session=session)
 
     async def put(
         self,

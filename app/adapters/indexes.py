@@ -173,16 +173,6 @@ INDEXES: list[Index] = [
         {"unique": True},
     ),
     Index(
-        "thread_refs",
-        [("rfc822_id", ASC)],
-        "inbound group commit: the threads of a batch's Message-IDs, all users in one query",
-    ),
-    Index(
-        "threads",
-        [("normalized_subject", ASC)],
-        "inbound group commit: subject-fallback candidates of a batch, all users in one query",
-    ),
-    Index(
         "mailbox_changes",
         [("user_id", ASC), ("seq", ASC)],
         "changes(since): a user's change log after a state",

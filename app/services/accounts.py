@@ -124,6 +124,10 @@ class AccountService:
     async def is_hosted(self, domain: str) -> bool:
         return await self.db.domains.count_documents({"_id": domain.lower()}, limit=1) > 0
 
+    async def domain_names(self) -> list[str]:
+        """Every hosted domain, sorted (`mailhub domains list`)."""
+        return [d["_id"] async for d in self.db.domains.find({}, {"_id": 1}).sort("_id", 1)]
+
     # --- users ---------------------------------------------------------------------------
 
     async def create_user(

@@ -199,7 +199,7 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         system = state["system"]
-        checks = {"mongodb": await system.mongo.ping(), "redis": await system.redis.ping()}
+        checks = await system.readiness()
         ok = all(checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},

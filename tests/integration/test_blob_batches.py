@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from bson import ObjectId
 
-from app.adapters.blob_batches import read_blobs
+from app.adapters.blob_batches import BUCKET, gridfs_documents, read_blobs
 from app.adapters.blobs import CHUNK, BlobStore
 
 
@@ -27,3 +29,22 @@ async def test_an_unfinished_upload_is_not_a_blob(mongo) -> None:
     await mongo.db["blobs.chunks"].insert_one({"files_id": blob_id, "n": 0, "data": whole[:CHUNK]})
     assert await read_blobs(mongo.db, [blob_id]) == {}
     assert await read_blobs(mongo.db, [blob_id], lengths={blob_id: len(whole)}) == {}
+
+
+async def test_documents_written_by_hand_are_a_blob_gridfs_reads(mongo) -> None:
+    """The guard of the hand-written GridFS layout (docs/overrides.md): PyMongo's GridFS reads
+    what ``gridfs_documents`` writes, and writes the same fields itself."""
+    blobs = BlobStore(mongo.db)
+    for data in (b"", b"Subject: hi\r\n\r\nhello\r\n", bytes(range(256)) * (2 * CHUNK // 256 + 7)):
+        blob_id = ObjectId()
+        file_doc, chunks = gridfs_documents(
+            blob_id, data, "m.eml", {"kind": "raw"}, datetime.now(UTC)
+        )
+        await mongo.db[f"{BUCKET}.files"].insert_one(file_doc)
+        if chunks:
+            await mongo.db[f"{BUCKET}.chunks"].insert_many(chunks)
+        assert await blobs.get(blob_id) == data
+        assert await read_blobs(mongo.db, [blob_id]) == {blob_id: data}
+    by_gridfs = await mongo.db[f"{BUCKET}.files"].find_one({"_id": await blobs.put(b"x" * 10)})
+    assert set(by_gridfs) == set(file_doc)
+    assert by_gridfs["chunkSize"] == file_doc["chunkSize"] == CHUNK
