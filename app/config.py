@@ -124,6 +124,15 @@ class Settings(BaseSettings):
     )
     smtp_tls_cert: Path | None = None  # PEM; with smtp_tls_key, the MX offers STARTTLS
     smtp_tls_key: Path | None = None
+
+    # --- mail clients: IMAP and POP3 (CONTRACT.md "Mail clients: IMAP", docs/imap.md) ---
+    imap_host: str = "127.0.0.1"
+    imap_port: int = Field(default=1143, ge=0, le=65535)
+    imap_tls_port: int | None = Field(default=None, ge=0, le=65535)  # implicit TLS (993)
+    imap_tls_cert: Path | None = None  # PEM; with imap_tls_key: STARTTLS/STLS and implicit TLS
+    imap_tls_key: Path | None = None
+    pop3_port: int = Field(default=1110, ge=0, le=65535)
+    imap_max_literal: int = Field(default=50 * 1024 * 1024, ge=1024)  # APPEND size limit
     mx_batch_max: int = Field(default=64, ge=1)  # group commit: messages per transaction
     mx_processes: int = Field(default=1, ge=1, le=64)  # `mailhub mx` workers sharing the port
     spam_model_path: Path | None = None  # default: the newest committed model under ml/models

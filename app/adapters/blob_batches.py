@@ -68,6 +68,20 @@ async def _read_chunks(
     return out
 
 
+async def blob_lengths(
+    db: AsyncDatabase[dict[str, Any]], blob_ids: list[ObjectId], bucket: str = "blobs"
+) -> dict[ObjectId, int]:
+    """Blob id → size in bytes, from the GridFS files documents only (no chunk is read)."""
+    if not blob_ids:
+        return {}
+    files = (
+        await db[f"{bucket}.files"]
+        .find({"_id": {"$in": list(dict.fromkeys(blob_ids))}}, {"length": 1})
+        .to_list()
+    )
+    return {f["_id"]: int(f["length"]) for f in files}
+
+
 def gridfs_documents(
     blob_id: ObjectId, data: bytes, filename: str, metadata: dict[str, Any], now: datetime
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:

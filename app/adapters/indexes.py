@@ -184,6 +184,29 @@ INDEXES: list[Index] = [
         "change log retention (30 days, TTL)",
         {"expireAfterSeconds": 30 * 24 * 3600},
     ),
+    # --- IMAP (docs/imap.md): UIDs per user and mailbox over the same views ---
+    Index(
+        "imap_mailboxes",
+        [("user_id", ASC), ("key", ASC)],
+        "SELECT/STATUS: a mailbox's UIDVALIDITY, UIDNEXT and sync position",
+        {"unique": True},
+    ),
+    Index(
+        "imap_uids",
+        [("user_id", ASC), ("mailbox", ASC), ("uid", ASC)],
+        "SELECT: a mailbox's messages in UID order; one UID is never given twice",
+        {"unique": True},
+    ),
+    Index(
+        "imap_uids",
+        [("user_id", ASC), ("mailbox", ASC), ("item_id", ASC)],
+        "UID sync: the UID of a changed view in a mailbox",
+    ),
+    Index(
+        "imap_uids",
+        [("user_id", ASC), ("mailbox", ASC), ("modseq", ASC)],
+        "NOOP/IDLE and CONDSTORE: what changed in a mailbox after a MODSEQ",
+    ),
     Index(
         "spam_tokens",
         [("user_id", ASC), ("token", ASC)],

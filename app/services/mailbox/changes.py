@@ -40,6 +40,9 @@ class StateChange:
     add_labels: tuple[str, ...] = ()
     remove_labels: tuple[str, ...] = ()
     clear_probable_spam: bool = False  # markNotSpam: the "probably spam" flag is answered
+    answered: bool | None = None  # IMAP \Answered (a reply was sent from a mail client)
+    add_keywords: tuple[str, ...] = ()  # IMAP keywords ($Forwarded, \Deleted, ...), as stored
+    remove_keywords: tuple[str, ...] = ()
 
 
 def parse_ids(ids: list[str], field: str = "ids") -> list[ObjectId]:
@@ -86,6 +89,14 @@ class MailboxChanges:
                     after["read"] = change.read
                 if change.starred is not None:
                     after["starred"] = change.starred
+                if change.answered is not None:
+                    after["answered"] = change.answered
+                if change.add_keywords or change.remove_keywords:
+                    drop = set(change.remove_keywords)
+                    keywords = [k for k in before.get("keywords", []) if k not in drop]
+                    keywords += [k for k in change.add_keywords if k not in keywords]
+                    if keywords or "keywords" in before:
+                        after["keywords"] = keywords
                 if target is not None and target.value != before["folder"]:
                     after["folder"] = self._move_target(before, target).value
                     after["previous_folder"] = before["folder"]
