@@ -238,7 +238,6 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         campaigns=CampaignService(mongo, queue, accounts, templates, domain_verifier),
         campaign_sender=CampaignSender(
             mongo=mongo,
-            blobs=blobs,
             queue=queue,
             accounts=accounts,
             renderer=renderer,

@@ -22,16 +22,6 @@ CHUNK = 255 * 1024
 class BlobStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], bucket: str = "blobs") -> None:
         self._bucket = AsyncGridFSBucket(db, bucket_name=bucket, chunk_size_bytes=CHUNK)
-        self._db = db
-        self._name = bucket
-
-    async def put_many(
-        self, items: list[tuple[bytes, str, dict[str, Any]]], *, session: Any = None
-    ) -> list[ObjectId]:
-        """(data, filename, metadata) blobs in two inserts (``blob_batches.write_blobs``)."""
-        from app.adapters.blob_batches import write_blobs
-
-        return await write_blobs(self._db, items, bucket=self._name, session=session)
 
     async def put(
         self,

@@ -30,7 +30,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from app.adapters.blobs import BlobStore
+from app.adapters.blob_batches import write_blobs
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue
 from app.config import Settings
@@ -70,7 +70,6 @@ class CampaignSender:
         self,
         *,
         mongo: Mongo,
-        blobs: BlobStore,
         queue: JobQueue,
         accounts: AccountService,
         renderer: TemplateRenderer,
@@ -80,7 +79,6 @@ class CampaignSender:
     ) -> None:
         self.mongo = mongo
         self.db = mongo.db
-        self.blobs = blobs
         self.queue = queue
         self.accounts = accounts
         self.renderer = renderer
@@ -241,7 +239,8 @@ class CampaignSender:
             changes: list[Any] = []
             if messages:
                 # the raw MIME commits with the messages that name it, or not at all
-                written = await self.blobs.put_many(
+                written = await write_blobs(
+                    self.db,
                     [(raw, "message.eml", {"kind": "raw"}) for _, _, raw in ready],
                     session=session,
                 )
