@@ -30,6 +30,10 @@ from app.config import ConfigError, Settings
 from app.domain.templates import RenderLimits
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
+from app.services.campaigns.domains import DomainVerifier
+from app.services.campaigns.sender import CampaignSender
+from app.services.campaigns.store import CampaignService
+from app.services.campaigns.tracking import TrackingService
 from app.services.delivery.service import DeliveryService
 from app.services.events.log import EventLog
 from app.services.events.webhooks import WebhookService
@@ -95,6 +99,11 @@ class System:
     template_sender: TemplateSender
     event_log: EventLog
     webhooks: WebhookService
+    # Bulk campaigns (issue 15): lists, the batch sender, unsubscribe/tracking, domain checks.
+    campaigns: CampaignService
+    campaign_sender: CampaignSender
+    tracking: TrackingService
+    domain_verifier: DomainVerifier
 
     async def close(self) -> None:
         await self.delivery.close()  # first: in-flight deliveries record their outcomes
@@ -182,6 +191,8 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
             max_seconds=settings.template_render_seconds,
         ),
     )
+    tracking = TrackingService(mongo, suppression, settings)
+    domain_verifier = DomainVerifier(mongo, accounts, DnsResolver(settings.dns_servers))
     event_log = EventLog(
         mongo,
         settle_seconds=settings.event_settle_seconds,
@@ -217,13 +228,25 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         drafts=drafts,
         scheduling=scheduling,
         delivery=_delivery(settings, mongo, redis, queue, blobs, suppression, notifier, scheduling),
-        inbound=_inbound(settings, mongo, blobs, notifier, bounces, spam_feedback),
+        inbound=_inbound(settings, mongo, blobs, notifier, bounces, spam_feedback, tracking),
         search=search,
         templates=templates,
         renderer=renderer,
         template_sender=TemplateSender(renderer, sending),
         event_log=event_log,
         webhooks=WebhookService(mongo, queue, event_log, webhook_client, settings),
+        campaigns=CampaignService(mongo, queue, accounts, templates, domain_verifier),
+        campaign_sender=CampaignSender(
+            mongo=mongo,
+            queue=queue,
+            accounts=accounts,
+            renderer=renderer,
+            suppression=suppression,
+            reputation=reputation,
+            settings=settings,
+        ),
+        tracking=tracking,
+        domain_verifier=domain_verifier,
     )
 
 
@@ -251,6 +274,7 @@ def _inbound(
     notifier: Notifier,
     bounces: BounceProcessor,
     feedback: SpamFeedbackService,
+    tracking: TrackingService,
 ) -> InboundService:
     """The MX side: authentication, the spam model, virus scanning (when clamd is set), bounce
     reports, and the group commit that files accepted mail."""
@@ -264,6 +288,7 @@ def _inbound(
         bounces=bounces,
         feedback=feedback,
         scanner=ClamdScanner(settings.clamd) if settings.clamd else None,
+        unsubscribes=tracking,
     )
 
 

@@ -72,6 +72,23 @@ def cmd_domains_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_domains_verify(args: argparse.Namespace) -> int:
+    """Look the domain's SPF, DKIM, DMARC and MX records up now (exit 1 when not verified)."""
+
+    async def work(system: Any) -> bool:
+        doc = await system.domain_verifier.verify(args.domain.strip().lower().rstrip("."))
+        v = doc["verification"]
+        print(f"{doc['_id']}: {'verified' if v['verified'] else 'NOT verified'}")
+        for r in v["records"]:
+            line = f"  {r['kind']:<5} {r['status']:<7} {r['name']} {r['type']}"
+            print(line + (f"  ({r['detail']})" if r["detail"] else ""))
+            if r["status"] != "ok":
+                print(f"        publish: {r['value']}")
+        return bool(v["verified"])
+
+    return 0 if asyncio.run(_with_system(_settings(), work)) else 1
+
+
 def cmd_users_create(args: argparse.Namespace) -> int:
     async def work(system: Any) -> None:
         user = await system.accounts.create_user(args.email, args.password, args.name)
@@ -349,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("domain")
     add.set_defaults(func=cmd_domains_add)
     domains.add_parser("list", help="list hosted domains").set_defaults(func=cmd_domains_list)
+    verify = domains.add_parser("verify", help="check a domain's SPF, DKIM, DMARC, MX records")
+    verify.add_argument("domain")
+    verify.set_defaults(func=cmd_domains_verify)
 
     users = sub.add_parser("users", help="user accounts").add_subparsers(
         dest="action", required=True

@@ -155,12 +155,27 @@ class Settings(BaseSettings):
     webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
     webhook_retry_window_seconds: float = Field(default=86400.0, gt=0)  # then: failing
 
+    # --- campaigns (issue 15) ---
+    campaign_batch_max: int = Field(default=500, ge=1, le=5000)  # recipients per batch
+    # a sending domain's campaign recipients per day, day by day (then no limit); empty: none
+    campaign_warmup_ramp: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [1000, 2000, 5000, 10000, 20000, 50000, 100000]
+    )
+    campaign_stall_seconds: float = Field(default=30.0, ge=0)  # the sweep wakes a late batch
+    campaign_lease_seconds: float = Field(default=60.0, gt=0)  # a batch's lease (killed worker)
+    tracking_prefetch_seconds: float = Field(default=10.0, ge=0)  # see app/domain/tracking.py
+
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
     @field_validator(
-        "cors_origins", "dns_servers", "smtp_limit_exempt", "retry_schedule", mode="before"
+        "cors_origins",
+        "dns_servers",
+        "smtp_limit_exempt",
+        "retry_schedule",
+        "campaign_warmup_ramp",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -15,8 +15,8 @@ what we write or writes something else.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import Binary, ObjectId
@@ -105,3 +105,29 @@ def gridfs_documents(
         "metadata": metadata,
     }
     return file_doc, chunks
+
+
+async def write_blobs(
+    db: AsyncDatabase[dict[str, Any]],
+    items: Sequence[tuple[bytes, str, dict[str, Any]]],
+    *,
+    bucket: str = BUCKET,
+    session: Any = None,
+) -> list[ObjectId]:
+    """Store (data, filename, metadata) blobs with two inserts in all (``gridfs_documents``):
+    the campaign batch sender writes a batch's raw MIME inside its transaction, so the blobs
+    commit with the messages that name them, or not at all."""
+    if not items:
+        return []
+    now = datetime.now(UTC)
+    files, chunks, ids = [], [], []
+    for data, filename, metadata in items:
+        blob_id = ObjectId()
+        file_doc, parts = gridfs_documents(blob_id, data, filename, metadata, now)
+        ids.append(blob_id)
+        files.append(file_doc)
+        chunks.extend(parts)
+    await db[f"{bucket}.files"].insert_many(files, session=session)
+    if chunks:
+        await db[f"{bucket}.chunks"].insert_many(chunks, session=session)
+    return ids

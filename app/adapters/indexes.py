@@ -63,6 +63,48 @@ INDEXES: list[Index] = [
         "a version of a template (send, render, publish); versions in order; numbers unique",
         {"unique": True},
     ),
+    # --- campaigns (issue 15) ---
+    Index(
+        "blobs.chunks",
+        [("files_id", ASC), ("n", ASC)],
+        "GridFS reads (BlobStore, read_blobs); GridFS makes it on its first upload, but the "
+        "campaign sender's bulk writes (write_blobs) may come first",
+        {"unique": True},
+    ),
+    Index("campaigns", [("user_id", ASC), ("_id", DESC)], "campaigns: a user's, newest first"),
+    Index(
+        "campaigns",
+        [("status", ASC), ("next_batch_at", ASC)],
+        "campaign sweep: sending campaigns whose next batch is overdue",
+    ),
+    Index(
+        "campaign_recipients",
+        [("campaign_id", ASC), ("key", ASC)],
+        "addCampaignRecipients / CSV: an address once per campaign (duplicates reported)",
+        {"unique": True},
+    ),
+    Index(
+        "campaign_recipients",
+        [("campaign_id", ASC), ("state", ASC), ("seq", ASC)],
+        "the batch sender: a campaign's next pending recipients in order (a range); stats",
+    ),
+    Index(
+        "recipients",
+        [("campaign_id", ASC), ("delivery_status", ASC)],
+        "campaign stats: the delivery states of a campaign's messages",
+        {"partialFilterExpression": {"campaign_id": {"$type": "objectId"}}},
+    ),
+    Index(
+        "delivery_events",
+        [("campaign_id", ASC), ("event_type", ASC)],
+        "campaign stats: opens and clicks of a campaign",
+        {"partialFilterExpression": {"campaign_id": {"$type": "objectId"}}},
+    ),
+    Index(
+        "delivery_events",
+        [("message_id", ASC), ("event_type", ASC), ("occurred_at", ASC)],
+        "tracking: a message's delivery time and its recent clicks (machine rules)",
+    ),
     # --- outbound webhooks (issue 14) ---
     Index("webhooks", [("user_id", ASC)], "webhooks: a user's endpoints"),
     Index(

@@ -273,7 +273,9 @@ class OutcomeWriter:
         groups: dict[tuple[ObjectId, str], list[tuple[Attempt, Decision]]] = defaultdict(list)
         for a in batch.attempts:
             d = decisions[id(a)]
-            if d.notice:
+            # campaign mail: bounces are in the campaign's stats and event log, not thousands
+            # of DSNs in the sender's inbox (docs/campaigns.md)
+            if d.notice and not a.work.message.doc.get("campaign_id"):
                 groups[(a.work.message.id, d.notice)].append((a, d))
         out = []
         for (_, kind), group in groups.items():

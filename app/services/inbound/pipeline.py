@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from bson import ObjectId
 
@@ -81,6 +81,7 @@ class LocalRecipient:
     address: str
     user_id: ObjectId | None = None  # a mailbox
     verp: tuple[str, str] | None = None  # (message id, recipient id) of a bounce address
+    unsubscribe: bool = False  # a campaign's List-Unsubscribe mailto address (issue 15)
 
 
 @dataclass(frozen=True)
@@ -99,6 +100,14 @@ class Receipt:
     reports: int  # bounce/complaint events applied
 
 
+class Unsubscribes(Protocol):
+    """Campaign unsubscribe addresses (app/services/campaigns/tracking.py)."""
+
+    def is_unsubscribe_address(self, address: str) -> bool: ...
+
+    async def unsubscribe_by_mail(self, address: str) -> bool: ...
+
+
 class InboundService:
     def __init__(
         self,
@@ -112,8 +121,10 @@ class InboundService:
         bounces: BounceProcessor,
         feedback: SpamFeedbackService,
         scanner: ClamdScanner | None = None,
+        unsubscribes: Unsubscribes | None = None,
     ) -> None:
         self.db = mongo.db
+        self.unsubscribes = unsubscribes  # mail to a campaign's unsubscribe address
         self.blobs = blobs
         self.settings = settings
         self.store = store
@@ -152,6 +163,8 @@ class InboundService:
                 verp = parse_verp_address(key, secret=self._verp_secret)
                 if verp is not None:
                     return LocalRecipient(key, verp=verp)
+            if self.unsubscribes is not None and self.unsubscribes.is_unsubscribe_address(key):
+                return LocalRecipient(key, unsubscribe=True)
             user_id = (await self._identities.get([key])).get(key)
             if user_id is None and key == f"{POSTMASTER}@{domain}":
                 user_id = await self._postmaster_of(domain)
@@ -237,6 +250,9 @@ class InboundService:
         for report in reports:
             if report.verp is not None:
                 applied += await self.bounces.process_report(raw, verp=report.verp)
+        for r in envelope.recipients:
+            if r.unsubscribe and self.unsubscribes is not None:
+                applied += await self.unsubscribes.unsubscribe_by_mail(r.address)
         if not mailboxes:
             return Receipt(None, 0, None, applied)
         spam = self.scorer.score(raw)
