@@ -62,16 +62,24 @@ def evaluate_corpus(
     )
 
 
-def top_tokens(
-    model: SpamModel, tokens: Sequence[list[str]], limit: int = 25
-) -> dict[str, list[tuple[str, float, int]]]:
-    """The tokens carrying most evidence each way: |log-odds| × messages containing them."""
+def _token_evidence(
+    model: SpamModel, tokens: Sequence[list[str]]
+) -> tuple[dict[int, str], np.ndarray]:
+    """A readable token for each hashed bucket seen (the first one met), and each bucket's
+    count in the training data (the df both evidence reports weigh log-odds by)."""
     n_features = model.config.n_features
     names: dict[int, str] = {}
     for message in tokens:
         for token in message:
             names.setdefault(bucket_of(token, n_features), token)
-    df = model.nb.feature_count_.sum(axis=0)
+    return names, model.nb.feature_count_.sum(axis=0)
+
+
+def top_tokens(
+    model: SpamModel, tokens: Sequence[list[str]], limit: int = 25
+) -> dict[str, list[tuple[str, float, int]]]:
+    """The tokens carrying most evidence each way: |log-odds| × messages containing them."""
+    names, df = _token_evidence(model, tokens)
     rows = [
         (name, float(model.token_log_odds[bucket]), int(df[bucket]))
         for bucket, name in names.items()
@@ -85,12 +93,7 @@ def top_tokens(
 
 def evidence_by_kind(model: SpamModel, tokens: Sequence[list[str]]) -> dict[str, float]:
     """Share of all |log-odds| × df evidence held by each token namespace."""
-    n_features = model.config.n_features
-    names: dict[int, str] = {}
-    for message in tokens:
-        for token in message:
-            names.setdefault(bucket_of(token, n_features), token)
-    df = model.nb.feature_count_.sum(axis=0)
+    names, df = _token_evidence(model, tokens)
     mass: defaultdict[str, float] = defaultdict(float)
     for bucket, name in names.items():
         mass[name.split(":", 1)[0]] += abs(float(model.token_log_odds[bucket])) * float(df[bucket])
