@@ -40,6 +40,7 @@ from app.adapters.mongo import Mongo, in_transaction
 from app.domain.conversations import normalize_subject
 from app.domain.errors import NotFound, ServiceUnavailable, ValidationError
 from app.domain.folders import MOVABLE, ROLE_HOME, Folder
+from app.domain.html_safety import make_snippet
 from app.domain.imap_flags import DELETED, flag_change, flags_of
 from app.domain.imap_names import FOLDER_NAMES, MailboxRef, folder_ref
 from app.domain.parsing import parse_message
@@ -554,13 +555,14 @@ class ImapMailboxService:
             "direction": "imported",
             "status": "imported",
             "from": _addr(parsed.from_) if parsed.from_ else {"name": None, "email": ""},
+            "sender": _addr(parsed.sender) if parsed.sender else None,
             "to": [_addr(a) for a in parsed.to],
             "cc": [_addr(a) for a in parsed.cc],
             "bcc": [],
             "reply_to": [_addr(a) for a in parsed.reply_to],
             "subject": parsed.subject,
             "normalized_subject": normalize_subject(parsed.subject),
-            "snippet": (parsed.text_body or "")[:200],
+            "snippet": make_snippet(parsed.text_body or ""),
             "text_body": parsed.text_body,
             "html_body": parsed.html_body,
             "date": parsed.date,
