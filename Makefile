@@ -45,9 +45,11 @@ test: peers $(STAMP) assets  ## Vitest, then the whole suite; pytest starts the 
 	if [ -f webmail/package.json ]; then cd webmail && CI=1 $(NPM) test; fi
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, ruff format --check, mypy, and the layer contracts in pyproject.toml (import-linter)
 	$(BIN)/ruff check app schema jobs ml tests bench
 	$(BIN)/ruff format --check app schema jobs ml tests bench
+	$(BIN)/mypy app schema jobs ml
+	$(BIN)/lint-imports
 
 format: $(STAMP)
 	$(BIN)/ruff format app schema jobs ml tests bench

@@ -9,6 +9,7 @@ registered on the ``Notifier`` here too.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from app.adapters.blobs import BlobStore
 from app.adapters.clamav import ClamdScanner
@@ -29,6 +30,10 @@ from app.config import ConfigError, Settings
 from app.domain.templates import RenderLimits
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
+from app.services.campaigns.domains import DomainVerifier
+from app.services.campaigns.sender import CampaignSender
+from app.services.campaigns.store import CampaignService
+from app.services.campaigns.tracking import TrackingService
 from app.services.delivery.service import DeliveryService
 from app.services.events.log import EventLog
 from app.services.events.webhooks import WebhookService
@@ -52,6 +57,9 @@ from app.services.sending.send import SendingService
 from app.services.templates.render import TemplateRenderer
 from app.services.templates.sending import TemplateSender
 from app.services.templates.store import TemplateStore
+
+if TYPE_CHECKING:
+    from app.adapters.job_worker import BatchClaimWorker
 
 
 @dataclass
@@ -91,6 +99,11 @@ class System:
     template_sender: TemplateSender
     event_log: EventLog
     webhooks: WebhookService
+    # Bulk campaigns (issue 15): lists, the batch sender, unsubscribe/tracking, domain checks.
+    campaigns: CampaignService
+    campaign_sender: CampaignSender
+    tracking: TrackingService
+    domain_verifier: DomainVerifier
 
     async def close(self) -> None:
         await self.delivery.close()  # first: in-flight deliveries record their outcomes
@@ -102,6 +115,10 @@ class System:
         await self.queue.close()
         await self.redis.close()
         await self.mongo.close()
+
+    async def readiness(self) -> dict[str, bool]:
+        """Whether each backing system this process needs answers (the api's ``/readyz``)."""
+        return {"mongodb": await self.mongo.ping(), "redis": await self.redis.ping()}
 
 
 async def build_system(settings: Settings, *, ensure: bool = True) -> System:
@@ -174,6 +191,8 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
             max_seconds=settings.template_render_seconds,
         ),
     )
+    tracking = TrackingService(mongo, suppression, settings)
+    domain_verifier = DomainVerifier(mongo, accounts, DnsResolver(settings.dns_servers))
     event_log = EventLog(
         mongo,
         settle_seconds=settings.event_settle_seconds,
@@ -209,13 +228,25 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         drafts=drafts,
         scheduling=scheduling,
         delivery=_delivery(settings, mongo, redis, queue, blobs, suppression, notifier, scheduling),
-        inbound=_inbound(settings, mongo, blobs, notifier, bounces, spam_feedback),
+        inbound=_inbound(settings, mongo, blobs, notifier, bounces, spam_feedback, tracking),
         search=search,
         templates=templates,
         renderer=renderer,
         template_sender=TemplateSender(renderer, sending),
         event_log=event_log,
         webhooks=WebhookService(mongo, queue, event_log, webhook_client, settings),
+        campaigns=CampaignService(mongo, queue, accounts, templates, domain_verifier),
+        campaign_sender=CampaignSender(
+            mongo=mongo,
+            queue=queue,
+            accounts=accounts,
+            renderer=renderer,
+            suppression=suppression,
+            reputation=reputation,
+            settings=settings,
+        ),
+        tracking=tracking,
+        domain_verifier=domain_verifier,
     )
 
 
@@ -243,6 +274,7 @@ def _inbound(
     notifier: Notifier,
     bounces: BounceProcessor,
     feedback: SpamFeedbackService,
+    tracking: TrackingService,
 ) -> InboundService:
     """The MX side: authentication, the spam model, virus scanning (when clamd is set), bounce
     reports, and the group commit that files accepted mail."""
@@ -256,6 +288,7 @@ def _inbound(
         bounces=bounces,
         feedback=feedback,
         scanner=ClamdScanner(settings.clamd) if settings.clamd else None,
+        unsubscribes=tracking,
     )
 
 
@@ -300,4 +333,15 @@ def _delivery(
         signer=DkimSigner(),
         throttle=throttle,
         scheduling=scheduling,
+    )
+
+
+def job_worker(settings: Settings, options: dict[str, Any], **kwargs: Any) -> BatchClaimWorker:
+    """The arq worker of `mailhub worker` (app/adapters/job_worker.py) running the jobs that
+    ``options`` (jobs/worker.py) name, on the queue ``JobQueue`` enqueues to."""
+    from app.adapters.job_worker import BatchClaimWorker, connection_options
+
+    assert settings.redis_url
+    return BatchClaimWorker(
+        **connection_options(settings.redis_url, settings.redis_prefix), **options, **kwargs
     )

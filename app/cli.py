@@ -65,11 +65,28 @@ def cmd_domains_add(args: argparse.Namespace) -> int:
 
 def cmd_domains_list(args: argparse.Namespace) -> int:
     async def work(system: Any) -> None:
-        async for d in system.mongo.db.domains.find({}, {"_id": 1}).sort("_id", 1):
-            print(d["_id"])
+        for name in await system.accounts.domain_names():
+            print(name)
 
     asyncio.run(_with_system(_settings(), work))
     return 0
+
+
+def cmd_domains_verify(args: argparse.Namespace) -> int:
+    """Look the domain's SPF, DKIM, DMARC and MX records up now (exit 1 when not verified)."""
+
+    async def work(system: Any) -> bool:
+        doc = await system.domain_verifier.verify(args.domain.strip().lower().rstrip("."))
+        v = doc["verification"]
+        print(f"{doc['_id']}: {'verified' if v['verified'] else 'NOT verified'}")
+        for r in v["records"]:
+            line = f"  {r['kind']:<5} {r['status']:<7} {r['name']} {r['type']}"
+            print(line + (f"  ({r['detail']})" if r["detail"] else ""))
+            if r["status"] != "ok":
+                print(f"        publish: {r['value']}")
+        return bool(v["verified"])
+
+    return 0 if asyncio.run(_with_system(_settings(), work)) else 1
 
 
 def cmd_users_create(args: argparse.Namespace) -> int:
@@ -157,6 +174,27 @@ def reindex_command(settings: Settings) -> int:
     return result
 
 
+def cmd_imap(args: argparse.Namespace) -> int:
+    """`mailhub imap` (and `mailhub pop3`): mail clients on the same mailboxes (docs/imap.md)."""
+    from app.imap.server import run_mail_clients
+
+    pop3 = args.command == "pop3"
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["imap_host"] = args.host
+    if args.port is not None:
+        overrides["pop3_port" if pop3 else "imap_port"] = args.port
+    settings = _settings(**overrides)
+    missing = settings.missing_services()
+    if missing:
+        raise ConfigError(f"set {', '.join(missing)}")
+    try:
+        asyncio.run(run_mail_clients(settings, imap=not pop3, pop3=pop3))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     """Everything in one process group: embedded servers (unless URLs are set), api, worker, mx."""
     data_dir = Path(args.data_dir).resolve()
@@ -183,6 +221,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
             data_dir=data_dir,
             http_port=args.http_port,
             smtp_port=args.smtp_port,
+            imap_port=args.imap_port,
+            pop3_port=args.pop3_port,
             # a developer's webhook receiver runs on this machine (production refuses that)
             webhook_allow_private=True,
             secret_key=base.secret_key.get_secret_value()
@@ -268,6 +308,12 @@ async def _start_background(settings: Settings, system: Any) -> dict[str, Any]:
         mx = await start_mx(settings, system)
         stops.append(mx.stop)
         urls.append(("MX (SMTP)", f"smtp://{settings.smtp_host}:{mx.port}"))
+    from app.imap.server import start_mail_clients
+
+    clients = await start_mail_clients(system, settings)
+    stops.append(clients.close)
+    urls.append(("IMAP", f"imap://{settings.imap_host}:{clients.imap_port}"))
+    urls.append(("POP3", f"pop://{settings.imap_host}:{clients.pop3_port}"))
     return {"stops": stops, "urls": urls}
 
 
@@ -290,6 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("dev", help="run everything on embedded servers")
     dev.add_argument("--http-port", type=int, default=8000)
     dev.add_argument("--smtp-port", type=int, default=2525)
+    dev.add_argument("--imap-port", type=int, default=1143)
+    dev.add_argument("--pop3-port", type=int, default=1110)
     dev.add_argument("--data-dir", default=os.environ.get("MAILHUB_DATA_DIR", "./var"))
     dev.set_defaults(func=cmd_dev)
 
@@ -304,6 +352,11 @@ def build_parser() -> argparse.ArgumentParser:
     mx.add_argument("--host")
     mx.add_argument("--port", type=int)
     mx.set_defaults(func=cmd_mx)
+    for name, what in (("imap", "the IMAP server"), ("pop3", "the POP3 server (INBOX)")):
+        server = sub.add_parser(name, help=f"{what} for mail clients")
+        server.add_argument("--host")
+        server.add_argument("--port", type=int)
+        server.set_defaults(func=cmd_imap)
     sub.add_parser("reindex", help="rebuild the search index").set_defaults(func=cmd_reindex)
 
     domains = sub.add_parser("domains", help="hosted domains").add_subparsers(
@@ -313,6 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("domain")
     add.set_defaults(func=cmd_domains_add)
     domains.add_parser("list", help="list hosted domains").set_defaults(func=cmd_domains_list)
+    verify = domains.add_parser("verify", help="check a domain's SPF, DKIM, DMARC, MX records")
+    verify.add_argument("domain")
+    verify.set_defaults(func=cmd_domains_verify)
 
     users = sub.add_parser("users", help="user accounts").add_subparsers(
         dest="action", required=True

@@ -94,6 +94,9 @@ class Settings(BaseSettings):
     graphql_max_depth: int = Field(default=12, ge=2)
     graphql_max_aliases: int = Field(default=30, ge=1)
     graphql_max_tokens: int = Field(default=4000, ge=100)
+    # schema/execution.py's shortcut past graphql-core's per-field work (docs/overrides.md);
+    # off = graphql-core's own execution, e.g. to rule the shortcut out while debugging
+    graphql_fast_execution: bool = True
     # fields once every fragment spread is expanded (schema/limits.py): what execution walks
     graphql_max_fields: int = Field(default=5000, ge=100)
     # the schema is the published contract: introspection is open unless turned off here
@@ -121,6 +124,15 @@ class Settings(BaseSettings):
     )
     smtp_tls_cert: Path | None = None  # PEM; with smtp_tls_key, the MX offers STARTTLS
     smtp_tls_key: Path | None = None
+
+    # --- mail clients: IMAP and POP3 (CONTRACT.md "Mail clients: IMAP", docs/imap.md) ---
+    imap_host: str = "127.0.0.1"
+    imap_port: int = Field(default=1143, ge=0, le=65535)
+    imap_tls_port: int | None = Field(default=None, ge=0, le=65535)  # implicit TLS (993)
+    imap_tls_cert: Path | None = None  # PEM; with imap_tls_key: STARTTLS/STLS and implicit TLS
+    imap_tls_key: Path | None = None
+    pop3_port: int = Field(default=1110, ge=0, le=65535)
+    imap_max_literal: int = Field(default=50 * 1024 * 1024, ge=1024)  # APPEND size limit
     mx_batch_max: int = Field(default=64, ge=1)  # group commit: messages per transaction
     mx_processes: int = Field(default=1, ge=1, le=64)  # `mailhub mx` workers sharing the port
     spam_model_path: Path | None = None  # default: the newest committed model under ml/models
@@ -143,12 +155,27 @@ class Settings(BaseSettings):
     webhook_retry_max_seconds: float = Field(default=3600.0, gt=0)
     webhook_retry_window_seconds: float = Field(default=86400.0, gt=0)  # then: failing
 
+    # --- campaigns (issue 15) ---
+    campaign_batch_max: int = Field(default=500, ge=1, le=5000)  # recipients per batch
+    # a sending domain's campaign recipients per day, day by day (then no limit); empty: none
+    campaign_warmup_ramp: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [1000, 2000, 5000, 10000, 20000, 50000, 100000]
+    )
+    campaign_stall_seconds: float = Field(default=30.0, ge=0)  # the sweep wakes a late batch
+    campaign_lease_seconds: float = Field(default=60.0, gt=0)  # a batch's lease (killed worker)
+    tracking_prefetch_seconds: float = Field(default=10.0, ge=0)  # see app/domain/tracking.py
+
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_json: bool = False
 
     @field_validator(
-        "cors_origins", "dns_servers", "smtp_limit_exempt", "retry_schedule", mode="before"
+        "cors_origins",
+        "dns_servers",
+        "smtp_limit_exempt",
+        "retry_schedule",
+        "campaign_warmup_ramp",
+        mode="before",
     )
     @classmethod
     def _split_commas(cls, value: object) -> object:

@@ -42,6 +42,7 @@ from ml.model import (
     choose_threshold,
     make_hasher,
     mean_log_odds,
+    training_labels,
     vectorize,
 )
 
@@ -119,9 +120,7 @@ def adapt(
     version: str = "adapted",
 ) -> Adaptation:
     """Fit on the labelled mail, then run EM over the unlabeled mail (module docstring)."""
-    y = np.asarray(labels, dtype=bool)
-    if y.all() or not y.any():
-        raise ValidationError.on("labels", "training needs both spam and ham")
+    y = training_labels(labels)
     if len(unlabeled_token_lists) < adaptation.min_unlabeled:
         raise ValidationError.on(
             "unlabeled",

@@ -139,6 +139,14 @@ def choose_probable_threshold(
     return min(choose_threshold(probabilities, labels, config.probable_target_fpr), spam_threshold)
 
 
+def training_labels(labels: Sequence[bool] | np.ndarray) -> np.ndarray:
+    """The labels as a boolean array (True = spam); a model learns nothing from one class."""
+    y = np.asarray(labels, dtype=bool)
+    if y.all() or not y.any():
+        raise ValidationError.on("labels", "training needs both spam and ham")
+    return y
+
+
 def fit(
     token_lists: Sequence[Sequence[str]],
     labels: Sequence[bool] | np.ndarray,
@@ -146,9 +154,7 @@ def fit(
     version: str = "dev",
 ) -> SpamModel:
     """Train NB, a Platt calibrator on out-of-fold scores, and a threshold — deterministically."""
-    y = np.asarray(labels, dtype=bool)
-    if y.all() or not y.any():
-        raise ValidationError.on("labels", "training needs both spam and ham")
+    y = training_labels(labels)
     hasher = make_hasher(config)
     matrix = vectorize(hasher, token_lists)
     oof = _out_of_fold_scores(matrix, y, config)

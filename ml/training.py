@@ -25,8 +25,6 @@ from ml.transfer import SPLITS, TransferResult, transfer
 
 VERSION = "1.1.0"
 DOC_PATH = Path(__file__).resolve().parent.parent / "docs" / "spam-model.md"
-_GENERATED = re.compile(r"<!-- generated:start -->.*<!-- generated:end -->", re.S)
-_TRANSFER = re.compile(r"<!-- transfer:start -->.*<!-- transfer:end -->", re.S)
 VIEWS = ("full", "subject+body", "reformatted")
 
 
@@ -64,16 +62,24 @@ def evaluate_corpus(
     )
 
 
-def top_tokens(
-    model: SpamModel, tokens: Sequence[list[str]], limit: int = 25
-) -> dict[str, list[tuple[str, float, int]]]:
-    """The tokens carrying most evidence each way: |log-odds| × messages containing them."""
+def _token_evidence(
+    model: SpamModel, tokens: Sequence[list[str]]
+) -> tuple[dict[int, str], np.ndarray]:
+    """A readable token for each hashed bucket seen (the first one met), and each bucket's
+    count in the training data (the df both evidence reports weigh log-odds by)."""
     n_features = model.config.n_features
     names: dict[int, str] = {}
     for message in tokens:
         for token in message:
             names.setdefault(bucket_of(token, n_features), token)
-    df = model.nb.feature_count_.sum(axis=0)
+    return names, model.nb.feature_count_.sum(axis=0)
+
+
+def top_tokens(
+    model: SpamModel, tokens: Sequence[list[str]], limit: int = 25
+) -> dict[str, list[tuple[str, float, int]]]:
+    """The tokens carrying most evidence each way: |log-odds| × messages containing them."""
+    names, df = _token_evidence(model, tokens)
     rows = [
         (name, float(model.token_log_odds[bucket]), int(df[bucket]))
         for bucket, name in names.items()
@@ -87,12 +93,7 @@ def top_tokens(
 
 def evidence_by_kind(model: SpamModel, tokens: Sequence[list[str]]) -> dict[str, float]:
     """Share of all |log-odds| × df evidence held by each token namespace."""
-    n_features = model.config.n_features
-    names: dict[int, str] = {}
-    for message in tokens:
-        for token in message:
-            names.setdefault(bucket_of(token, n_features), token)
-    df = model.nb.feature_count_.sum(axis=0)
+    names, df = _token_evidence(model, tokens)
     mass: defaultdict[str, float] = defaultdict(float)
     for bucket, name in names.items():
         mass[name.split(":", 1)[0]] += abs(float(model.token_log_odds[bucket])) * float(df[bucket])
@@ -248,10 +249,7 @@ def render_transfer_report(
 
 def write_transfer_report(text: str, path: Path = DOC_PATH) -> None:
     """Replace the generated transfer block of the doc (appended if missing)."""
-    current = path.read_text() if path.exists() else "# Spam model\n"
-    if not _TRANSFER.search(current):
-        current += "\n<!-- transfer:start --><!-- transfer:end -->\n"
-    path.write_text(_TRANSFER.sub(lambda _: text, current, count=1))
+    _replace_block(path, "transfer", text, new_doc="# Spam model\n")
 
 
 def _metrics_card(evaluation: Evaluation) -> dict:
@@ -314,7 +312,15 @@ def render_report(
 
 def write_report(text: str, path: Path = DOC_PATH) -> None:
     """Replace the generated block of the doc (hand-written text around it is kept)."""
-    current = path.read_text() if path.exists() else "# Spam model\n\n<!-- generated:start -->"
-    if not _GENERATED.search(current):
-        current += "\n<!-- generated:start --><!-- generated:end -->\n"
-    path.write_text(_GENERATED.sub(lambda _: text, current, count=1))
+    _replace_block(path, "generated", text, new_doc="# Spam model\n\n<!-- generated:start -->")
+
+
+def _replace_block(path: Path, name: str, text: str, *, new_doc: str) -> None:
+    """Put ``text`` in place of the doc's ``<!-- name:start -->…<!-- name:end -->`` block; a
+    doc without one gets an empty block appended first, a missing doc starts as ``new_doc``.
+    Hand-written text around the block is kept."""
+    block = re.compile(rf"<!-- {name}:start -->.*<!-- {name}:end -->", re.S)
+    current = path.read_text() if path.exists() else new_doc
+    if not block.search(current):
+        current += f"\n<!-- {name}:start --><!-- {name}:end -->\n"
+    path.write_text(block.sub(lambda _: text, current, count=1))

@@ -16,6 +16,7 @@ from strawberry.tools import merge_types
 
 from app.config import Settings
 from schema.api_keys import ApiKeysMutation, ApiKeysQuery
+from schema.campaigns import CampaignsMutation, CampaignsQuery, CampaignsSubscription
 from schema.delivery import DeliveryMutation, DeliveryQuery
 from schema.errors import EXCEPTION_HANDLERS, ErrorShaping, log_client_errors
 from schema.events import EventsMutation, EventsQuery
@@ -39,6 +40,7 @@ QUERIES: list[type] = [
     ApiKeysQuery,
     TemplatesQuery,
     EventsQuery,
+    CampaignsQuery,
 ]
 MUTATIONS: list[type] = [
     Mutation,
@@ -48,8 +50,9 @@ MUTATIONS: list[type] = [
     ApiKeysMutation,
     TemplatesMutation,
     EventsMutation,
+    CampaignsMutation,
 ]
-SUBSCRIPTIONS: list[type] = [RealtimeSubscription]
+SUBSCRIPTIONS: list[type] = [RealtimeSubscription, CampaignsSubscription]
 
 
 class MailhubSchema(strawberry.Schema):
@@ -85,5 +88,5 @@ def build_schema(settings: Settings) -> strawberry.Schema:
             ApiKeyScopes,
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        execution_context_class=FastExecutionContext,
+        execution_context_class=(FastExecutionContext if settings.graphql_fast_execution else None),
     )

@@ -20,8 +20,8 @@ import structlog
 from graphql import GraphQLError
 from strawberry.extensions import SchemaExtension
 
-from app.adapters.mongo import as_domain_error
 from app.domain import errors as E
+from app.services.failures import as_domain_error
 from schema import types as T
 
 log = structlog.get_logger(__name__)

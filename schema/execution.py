@@ -21,7 +21,6 @@ schema extension with a ``resolve`` hook) the shortcut is off.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, NamedTuple
@@ -35,6 +34,7 @@ from graphql import (
     GraphQLObjectType,
     GraphQLOutputType,
     GraphQLScalarType,
+    GraphQLSchema,
     GraphQLString,
 )
 from graphql.pyutils import Path, Undefined, gather_with_cancel
@@ -42,6 +42,10 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.schema.schema_converter import GraphQLCoreConverter
 
 LEAF, OBJECT, OBJECT_LIST = 0, 1, 2
+
+
+Shape = tuple[tuple[str, str, Any], ...]  # (response name, field name, sub-shape or None)
+_GENERATED_PER_TYPE = 64  # distinct selection shapes kept per type
 
 
 class PlainField(NamedTuple):
@@ -55,15 +59,48 @@ class PlainField(NamedTuple):
     item_type: GraphQLOutputType | None  # OBJECT_LIST: the declared item type
 
 
-_PLANS: dict[int, dict[str, PlainField]] = {}
+class SchemaCaches:
+    """What the shortcut computes once per schema: the plan of each object type and the
+    generated completers per (type, selection shape). Keyed by the type objects themselves
+    (identity) and held per schema, so a type can only ever meet its own plan: caching by
+    ``id(type)`` once let a rebuilt schema's type inherit the plan of a dead type that had had
+    the same id (an Int field then came back as the string "5")."""
+
+    def __init__(self) -> None:
+        self.plans: dict[GraphQLObjectType, dict[str, PlainField]] = {}
+        self.generated: dict[GraphQLObjectType, dict[Shape, Callable[[Any], Any]]] = {}
+
+    def field_plan(self, parent_type: GraphQLObjectType) -> dict[str, PlainField]:
+        """The shortcut-eligible fields of a type, by GraphQL name (computed once per type)."""
+        plan = self.plans.get(parent_type)
+        if plan is None:
+            plan = self.plans[parent_type] = _build_plan(parent_type)
+        return plan
+
+    def generated_completer(
+        self, object_type: GraphQLObjectType, shape: Shape
+    ) -> Callable[[Any], Any]:
+        by_shape = self.generated.setdefault(object_type, {})
+        function = by_shape.get(shape)
+        if function is None:
+            if len(by_shape) >= _GENERATED_PER_TYPE:
+                by_shape.clear()
+            function = by_shape[shape] = _Generator(self).function(object_type, shape)
+        return function
 
 
-def field_plan(parent_type: GraphQLObjectType) -> dict[str, PlainField]:
-    """The shortcut-eligible fields of a type, by GraphQL name (computed once per type)."""
-    plan = _PLANS.get(id(parent_type))
-    if plan is None:
-        plan = _PLANS[id(parent_type)] = _build_plan(parent_type)
-    return plan
+CACHES_EXTENSION = "mailhub-fast-execution"
+
+
+def caches_for(schema: GraphQLSchema) -> SchemaCaches:
+    """The schema's caches, kept in its ``extensions`` (graphql-core's place for data of ours
+    on its objects) so they live and die with it. Not a global map keyed by the schema: the
+    plans hold Strawberry's ``is_type_of`` closures, which refer back to the schema, so a map
+    entry would keep every schema alive."""
+    caches = schema.extensions.get(CACHES_EXTENSION)
+    if caches is None:
+        caches = schema.extensions[CACHES_EXTENSION] = SchemaCaches()
+    return caches  # type: ignore[no-any-return]
 
 
 def _build_plan(parent_type: GraphQLObjectType) -> dict[str, PlainField]:
@@ -107,26 +144,10 @@ def _is_a(object_type: GraphQLObjectType, value: Any) -> bool:
 # object is completed the field-by-field way, which reports the error exactly as graphql-core
 # does.
 
-Shape = tuple[tuple[str, str, Any], ...]  # (response name, field name, sub-shape or None)
-
-_GENERATED: weakref.WeakKeyDictionary[GraphQLObjectType, dict[Shape, Callable[[Any], Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-_GENERATED_PER_TYPE = 64  # distinct selection shapes kept per type
-
-
-def generated_completer(object_type: GraphQLObjectType, shape: Shape) -> Callable[[Any], Any]:
-    by_shape = _GENERATED.setdefault(object_type, {})
-    function = by_shape.get(shape)
-    if function is None:
-        if len(by_shape) >= _GENERATED_PER_TYPE:
-            by_shape.clear()
-        function = by_shape[shape] = _Generator().function(object_type, shape)
-    return function
-
 
 class _Generator:
-    def __init__(self) -> None:
+    def __init__(self, caches: SchemaCaches) -> None:
+        self.caches = caches
         self.env: dict[str, Any] = {"isinstance": isinstance, "list": list, "tuple": tuple}
         self.lines: list[str] = []
         self.names = 0
@@ -157,7 +178,7 @@ class _Generator:
         self.lines.append("    " * depth + line)
 
     def object(self, object_type: GraphQLObjectType, shape: Shape, src: str, depth: int) -> str:
-        plan = field_plan(object_type)
+        plan = self.caches.field_plan(object_type)
         entries = []
         for response_name, field_name, sub in shape:
             if field_name == "__typename":
@@ -198,7 +219,9 @@ class _Generator:
                 self.emit(inner_depth, f"{value} = {built}")
             else:  # OBJECT_LIST: items completed by a generated function of their own
                 assert plain.object_type is not None and plain.item_type is not None
-                item = self.name("item", _Generator().function(plain.object_type, sub, item=True))
+                item = self.name(
+                    "item", _Generator(self.caches).function(plain.object_type, sub, item=True)
+                )
                 inner_depth = depth
                 if not plain.non_null:
                     self.emit(depth, f"if {value} is not None:")
@@ -239,6 +262,7 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         super().__init__(*args, **kwargs)
         manager = self.middleware_manager
         self._shortcut = manager is None or not manager._middleware_resolvers
+        self._caches = caches_for(self.schema)
         # by selection (a selection belongs to one parent type; every item of a list shares
         # one selection object); each entry keeps its key object alive so ids stay unique
         self._compiled: dict[int, tuple[Any, Compiled]] = {}
@@ -252,12 +276,14 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         cached = self._completers.get(id(grouped_field_set))
         if cached is None or cached[0] is not grouped_field_set:
             shape = self._shape(object_type, grouped_field_set)
-            function = None if shape is None else generated_completer(object_type, shape)
+            function = (
+                None if shape is None else self._caches.generated_completer(object_type, shape)
+            )
             cached = self._completers[id(grouped_field_set)] = (grouped_field_set, function)
         return cached[1]
 
     def _shape(self, object_type: GraphQLObjectType, grouped_field_set: Any) -> Shape | None:
-        plan = field_plan(object_type)
+        plan = self._caches.field_plan(object_type)
         if not plan:
             return None
         shape: list[tuple[str, str, Any]] = []
@@ -287,7 +313,7 @@ class FastExecutionContext(StrawberryGraphQLCoreExecutionContext):
         cached = self._compiled.get(key)
         if cached is not None and cached[0] is grouped_field_set:
             return cached[1]
-        plan = field_plan(parent_type)
+        plan = self._caches.field_plan(parent_type)
         compiled: Compiled = []
         for response_name, details in grouped_field_set.items():
             node = details[0].node

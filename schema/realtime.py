@@ -11,9 +11,9 @@ import strawberry
 from graphql import GraphQLError
 from strawberry.types import Info
 
-from app.adapters.pubsub import Listener
-from app.domain.ids import parse_object_id
+from app.domain.errors import NotFound
 from app.services.mailbox.realtime import CannotCalculateChanges as NoChanges
+from app.services.mailbox.realtime import Listener
 from schema import types as T
 
 # unreadCounts: a change is sent at once unless a frame went out less than this long ago; then
@@ -122,7 +122,7 @@ class RealtimeSubscription:
     async def mailbox_events(self, info: Info) -> AsyncGenerator[MailboxEvent, None]:
         system = info.context.system
         viewer = await info.context.viewer()
-        async with system.hub.listen(str(viewer.user_id)) as listener:
+        async with system.realtime.listen(viewer) as listener:
             async for event in _events(info, listener):
                 if event.get("type") != "mailbox":
                     continue
@@ -144,7 +144,7 @@ class RealtimeSubscription:
     async def unread_counts(self, info: Info) -> AsyncGenerator[list[T.Mailbox], None]:
         system = info.context.system
         viewer = await info.context.viewer()
-        async with system.hub.listen(str(viewer.user_id), coalesce=True) as listener:
+        async with system.realtime.listen(viewer, coalesce=True) as listener:
             yield [T.Mailbox.of(d) for d in await system.mailbox.mailboxes(viewer)]
             sent_at = time.monotonic()
             async for event in _events(info, listener):
@@ -166,23 +166,14 @@ class RealtimeSubscription:
     ) -> AsyncGenerator[T.RecipientStatus, None]:
         system = info.context.system
         viewer = await info.context.viewer()
-        oid = parse_object_id(str(message_id))
-        owned = oid is not None and await system.mongo.db.mailbox_items.count_documents(
-            {"user_id": viewer.user_id, "message_id": oid, "role": "sent"}, limit=1
-        )
-        if not owned:
-            raise GraphQLError(
-                f"no sent message with id {message_id}", extensions={"code": "NOT_FOUND"}
-            )
-        async with system.hub.listen(str(viewer.user_id)) as listener:
+        try:
+            oid = await system.realtime.sent_message_id(viewer, str(message_id))
+        except NotFound as e:  # a subscription answers with a top-level error, not a union
+            raise GraphQLError(e.message, extensions={"code": e.code}) from None
+        async with system.realtime.listen(viewer) as listener:
             async for event in _events(info, listener):
                 if event.get("type") != "delivery" or event.get("messageId") != str(message_id):
                     continue
-                rid = parse_object_id(event.get("recipientId"))
-                doc = (
-                    await system.mongo.db.recipients.find_one({"_id": rid, "message_id": oid})
-                    if rid
-                    else None
-                )
+                doc = await system.realtime.recipient_of(oid, event.get("recipientId") or "")
                 if doc:
                     yield T.RecipientStatus.of(doc)

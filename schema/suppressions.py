@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import strawberry
 from strawberry.types import Info
 
-from app.domain.addresses import domain_of
+from app.services.feedback.reputation import Standing
 from schema import types as T
 
 
@@ -136,13 +136,19 @@ class Reputation:
     events: list[ReputationEvent]
 
 
-def _counts(c: Any) -> ReputationCounts:
-    return ReputationCounts(
-        sent=c.sent,
-        hard_bounces=c.hard_bounces,
-        complaints=c.complaints,
-        bounce_rate=c.bounce_rate,
-        complaint_rate=c.complaint_rate,
+def _standing(s: Standing) -> SendingReputation:
+    c = s.counts
+    return SendingReputation(
+        subject=s.subject,
+        counts=ReputationCounts(
+            sent=c.sent,
+            hard_bounces=c.hard_bounces,
+            complaints=c.complaints,
+            bounce_rate=c.bounce_rate,
+            complaint_rate=c.complaint_rate,
+        ),
+        paused=s.paused,
+        paused_reason=s.paused_reason,
     )
 
 
@@ -163,44 +169,20 @@ class SuppressionsQuery:
     async def reputation(self, info: Info) -> Reputation:
         viewer = await info.context.viewer()
         system = info.context.system
-        reputation, settings = system.reputation, system.settings
-        domains = sorted({domain_of(a) for a in await system.accounts.addresses_of(viewer.user_id)})
-        pauses = {
-            d["_id"]: d
-            for d in await system.mongo.db.sending_pauses.find(
-                {
-                    "_id": {"$in": [f"user:{viewer.user_id}", *(f"domain:{d}" for d in domains)]},
-                    "active": True,
-                }
-            ).to_list()
-        }
-
-        def entry(subject: str, key: str, counts: Any) -> SendingReputation:
-            pause = pauses.get(key)
-            return SendingReputation(
-                subject=subject,
-                counts=_counts(counts),
-                paused=pause is not None,
-                paused_reason=pause.get("reason") if pause else None,
-            )
-
-        user = entry(
-            "user", f"user:{viewer.user_id}", await reputation.counts(user_id=viewer.user_id)
-        )
-        per_domain = [entry(d, f"domain:{d}", await reputation.counts(domain=d)) for d in domains]
-        events = await reputation.events([f"user:{viewer.user_id}"])
+        addresses = await system.accounts.addresses_of(viewer.user_id)
+        report = await system.reputation.report(viewer.user_id, addresses)
         return Reputation(
-            window_days=settings.reputation_window_days,
-            bounce_rate_threshold=settings.reputation_bounce_rate,
-            complaint_rate_threshold=settings.reputation_complaint_rate,
-            min_recipients=settings.reputation_min_recipients,
-            user=user,
-            domains=per_domain,
+            window_days=report.window_days,
+            bounce_rate_threshold=report.thresholds.bounce_rate,
+            complaint_rate_threshold=report.thresholds.complaint_rate,
+            min_recipients=report.thresholds.min_recipients,
+            user=_standing(report.user),
+            domains=[_standing(d) for d in report.domains],
             events=[
                 ReputationEvent(
                     event_type=e["event_type"], reason=e.get("reason"), occurred_at=e["occurred_at"]
                 )
-                for e in events
+                for e in report.events
             ],
         )
 

@@ -1,19 +1,30 @@
-"""Many blobs in one or two queries: the delivery hot path reads the raw MIME of a whole batch.
+"""Many blobs in one or two queries, read or written as GridFS documents (docs/overrides.md).
 
-``BlobStore.get`` costs two round trips per blob (files, then chunks). Here the chunks of every
-requested blob come back in one sorted query over GridFS's own (files_id, n) index, following
-the GridFS spec's collection layout that ``BlobStore`` writes (bucket "blobs").
+Reading: the delivery hot path reads the raw MIME of a whole batch. ``BlobStore.get`` costs two
+round trips per blob (files, then chunks); here the chunks of every requested blob come back in
+one sorted query over GridFS's own (files_id, n) index.
+
+Writing: the inbound group commit stores the raw messages of a batch inside its transaction,
+many blobs per ``insert_many`` (``gridfs_documents``), where ``BlobStore.put`` would be two
+writes per blob outside it.
+
+Both follow the GridFS spec's collection layout that ``BlobStore`` writes (bucket "blobs", its
+chunk size); tests/integration/test_blob_batches.py fails if PyMongo's GridFS stops reading
+what we write or writes something else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
-from bson import ObjectId
+from bson import Binary, ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.adapters.blobs import INLINE_FIELD
+from app.adapters.blobs import CHUNK, INLINE_FIELD
+
+BUCKET = "blobs"
 
 
 async def read_blobs(
@@ -63,3 +74,82 @@ async def _read_chunks(
         if len(data) == lengths[blob_id]:  # a partial upload is not a blob yet
             out[blob_id] = data
     return out
+
+
+async def blob_lengths(
+    db: AsyncDatabase[dict[str, Any]], blob_ids: list[ObjectId], bucket: str = "blobs"
+) -> dict[ObjectId, int]:
+    """Blob id → size in bytes, from the GridFS files documents only (no chunk is read)."""
+    if not blob_ids:
+        return {}
+    files = (
+        await db[f"{bucket}.files"]
+        .find({"_id": {"$in": list(dict.fromkeys(blob_ids))}}, {"length": 1})
+        .to_list()
+    )
+    return {f["_id"]: int(f["length"]) for f in files}
+
+
+def gridfs_documents(
+    blob_id: ObjectId, data: bytes, filename: str, metadata: dict[str, Any], now: datetime
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The ``<bucket>.files`` document and the ``<bucket>.chunks`` documents GridFS would write
+    for ``data`` (no chunk for an empty blob), for a caller that inserts them itself.
+
+    A blob of at most one chunk (the raw MIME of most mail) goes inline, as ``BlobStore`` reads
+    it: its bytes in the files document and no chunk — one document written instead of two.
+    """
+    if len(data) <= CHUNK:
+        return {
+            "_id": blob_id,
+            "length": len(data),
+            "chunkSize": CHUNK,
+            "uploadDate": now,
+            "filename": filename,
+            "metadata": metadata,
+            INLINE_FIELD: Binary(data),
+        }, []
+    chunks = [
+        {
+            "_id": ObjectId(),
+            "files_id": blob_id,
+            "n": n,
+            "data": Binary(data[start : start + CHUNK]),
+        }
+        for n, start in enumerate(range(0, len(data), CHUNK))
+    ]
+    file_doc = {
+        "_id": blob_id,
+        "length": len(data),
+        "chunkSize": CHUNK,
+        "uploadDate": now,
+        "filename": filename,
+        "metadata": metadata,
+    }
+    return file_doc, chunks
+
+
+async def write_blobs(
+    db: AsyncDatabase[dict[str, Any]],
+    items: Sequence[tuple[bytes, str, dict[str, Any]]],
+    *,
+    bucket: str = BUCKET,
+    session: Any = None,
+) -> list[ObjectId]:
+    """Store (data, filename, metadata) blobs with two inserts in all (``gridfs_documents``):
+    the campaign batch sender writes a batch's raw MIME inside its transaction, so the blobs
+    commit with the messages that name them, or not at all."""
+    if not items:
+        return []
+    now = datetime.now(UTC)
+    files, chunks, ids = [], [], []
+    for data, filename, metadata in items:
+        blob_id = ObjectId()
+        file_doc, parts = gridfs_documents(blob_id, data, filename, metadata, now)
+        ids.append(blob_id)
+        files.append(file_doc)
+        chunks.extend(parts)
+    await db[f"{bucket}.files"].insert_many(files, session=session)
+    if chunks:
+        await db[f"{bucket}.chunks"].insert_many(chunks, session=session)
+    return ids

@@ -32,7 +32,9 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 # Headers we sign when present (RFC 6376 §5.4.1); From is signed twice so that a From added in
-# transit breaks the signature (the "oversigning" of §8.15).
+# transit breaks the signature (the "oversigning" of §8.15). List-Unsubscribe and
+# List-Unsubscribe-Post of campaign mail: RFC 8058 §4 requires them signed (Gmail and Yahoo
+# check it for bulk senders).
 SIGNED = (
     b"from",
     b"to",
@@ -46,6 +48,8 @@ SIGNED = (
     b"mime-version",
     b"content-type",
     b"content-transfer-encoding",
+    b"list-unsubscribe",
+    b"list-unsubscribe-post",
 )
 
 

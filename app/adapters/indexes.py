@@ -63,6 +63,48 @@ INDEXES: list[Index] = [
         "a version of a template (send, render, publish); versions in order; numbers unique",
         {"unique": True},
     ),
+    # --- campaigns (issue 15) ---
+    Index(
+        "blobs.chunks",
+        [("files_id", ASC), ("n", ASC)],
+        "GridFS reads (BlobStore, read_blobs); GridFS makes it on its first upload, but the "
+        "campaign sender's bulk writes (write_blobs) may come first",
+        {"unique": True},
+    ),
+    Index("campaigns", [("user_id", ASC), ("_id", DESC)], "campaigns: a user's, newest first"),
+    Index(
+        "campaigns",
+        [("status", ASC), ("next_batch_at", ASC)],
+        "campaign sweep: sending campaigns whose next batch is overdue",
+    ),
+    Index(
+        "campaign_recipients",
+        [("campaign_id", ASC), ("key", ASC)],
+        "addCampaignRecipients / CSV: an address once per campaign (duplicates reported)",
+        {"unique": True},
+    ),
+    Index(
+        "campaign_recipients",
+        [("campaign_id", ASC), ("state", ASC), ("seq", ASC)],
+        "the batch sender: a campaign's next pending recipients in order (a range); stats",
+    ),
+    Index(
+        "recipients",
+        [("campaign_id", ASC), ("delivery_status", ASC)],
+        "campaign stats: the delivery states of a campaign's messages",
+        {"partialFilterExpression": {"campaign_id": {"$type": "objectId"}}},
+    ),
+    Index(
+        "delivery_events",
+        [("campaign_id", ASC), ("event_type", ASC)],
+        "campaign stats: opens and clicks of a campaign",
+        {"partialFilterExpression": {"campaign_id": {"$type": "objectId"}}},
+    ),
+    Index(
+        "delivery_events",
+        [("message_id", ASC), ("event_type", ASC), ("occurred_at", ASC)],
+        "tracking: a message's delivery time and its recent clicks (machine rules)",
+    ),
     # --- outbound webhooks (issue 14) ---
     Index("webhooks", [("user_id", ASC)], "webhooks: a user's endpoints"),
     Index(
@@ -131,16 +173,6 @@ INDEXES: list[Index] = [
         {"unique": True},
     ),
     Index(
-        "thread_refs",
-        [("rfc822_id", ASC)],
-        "inbound group commit: the threads of a batch's Message-IDs, all users in one query",
-    ),
-    Index(
-        "threads",
-        [("normalized_subject", ASC)],
-        "inbound group commit: subject-fallback candidates of a batch, all users in one query",
-    ),
-    Index(
         "mailbox_changes",
         [("user_id", ASC), ("seq", ASC)],
         "changes(since): a user's change log after a state",
@@ -151,6 +183,29 @@ INDEXES: list[Index] = [
         [("at", ASC)],
         "change log retention (30 days, TTL)",
         {"expireAfterSeconds": 30 * 24 * 3600},
+    ),
+    # --- IMAP (docs/imap.md): UIDs per user and mailbox over the same views ---
+    Index(
+        "imap_mailboxes",
+        [("user_id", ASC), ("key", ASC)],
+        "SELECT/STATUS: a mailbox's UIDVALIDITY, UIDNEXT and sync position",
+        {"unique": True},
+    ),
+    Index(
+        "imap_uids",
+        [("user_id", ASC), ("mailbox", ASC), ("uid", ASC)],
+        "SELECT: a mailbox's messages in UID order; one UID is never given twice",
+        {"unique": True},
+    ),
+    Index(
+        "imap_uids",
+        [("user_id", ASC), ("mailbox", ASC), ("item_id", ASC)],
+        "UID sync: the UID of a changed view in a mailbox",
+    ),
+    Index(
+        "imap_uids",
+        [("user_id", ASC), ("mailbox", ASC), ("modseq", ASC)],
+        "NOOP/IDLE and CONDSTORE: what changed in a mailbox after a MODSEQ",
     ),
     Index(
         "spam_tokens",

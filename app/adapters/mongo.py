@@ -1,8 +1,13 @@
 """MongoDB connection (PyMongo's native async client) and error translation.
 
-Only this module and the other adapters import pymongo's error types; every other layer sees
-``ServiceUnavailable`` when the database cannot be reached, so the API can answer 503 / a typed
-GraphQL error within the server-selection timeout and recover by itself once MongoDB returns.
+Only adapters import pymongo (an import-linter contract in pyproject.toml). Services build
+bulk writes and index hints with the names re-exported here (``UpdateOne``, ``UpdateMany``,
+``ReturnDocument``, ``ASCENDING``, ``DESCENDING``) and ask about a failure with the predicates
+below (``is_duplicate_key``, ``is_transient``, ``is_unreachable``), catching ``DatabaseError``
+only where they must react to one. The edges see ``ServiceUnavailable`` when the database cannot
+be reached (``as_domain_error``), so the API can answer 503 / a typed GraphQL error within the
+server-selection timeout and recover by itself once MongoDB returns. ``bson.ObjectId`` is not a
+client type but our id value type, used as such in every layer (domain value types included).
 """
 
 from __future__ import annotations
@@ -10,10 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pymongo import AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConnectionFailure,
     DuplicateKeyError,
     NetworkTimeout,
@@ -24,6 +30,25 @@ from pymongo.errors import (
 from pymongo.write_concern import WriteConcern
 
 from app.domain.errors import DomainError, ServiceUnavailable
+
+__all__ = [
+    "ASCENDING",
+    "DESCENDING",
+    "DatabaseError",
+    "Mongo",
+    "ReturnDocument",
+    "UpdateMany",
+    "UpdateOne",
+    "as_domain_error",
+    "connect",
+    "in_transaction",
+    "is_duplicate_key",
+    "is_transient",
+    "is_unreachable",
+]
+
+# Every failure the database client raises; services catch it only to react (retry a batch).
+DatabaseError = PyMongoError
 
 _UNAVAILABLE = (
     AutoReconnect,
@@ -74,7 +99,22 @@ class Mongo:
 
 
 def is_duplicate_key(exc: BaseException) -> bool:
-    return isinstance(exc, DuplicateKeyError)
+    """A unique index refused the write (11000), alone or inside a bulk write."""
+    if isinstance(exc, DuplicateKeyError):
+        return True
+    if isinstance(exc, BulkWriteError):
+        return any(err.get("code") == 11000 for err in exc.details.get("writeErrors", []))
+    return isinstance(exc, PyMongoError) and getattr(exc, "code", None) == 11000
+
+
+def is_transient(exc: BaseException) -> bool:
+    """The server says the transaction may simply be run again (a write conflict, ...)."""
+    return isinstance(exc, PyMongoError) and exc.has_error_label("TransientTransactionError")
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """The database could not be reached or answered too late: retrying now will not help."""
+    return isinstance(exc, _UNAVAILABLE)
 
 
 def as_domain_error(exc: BaseException) -> DomainError | None:

@@ -8,7 +8,7 @@ local parts (RFC 6531 §3.3) and internationalized domains. Inbound headers
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from email.utils import getaddresses
 
@@ -194,27 +194,11 @@ def _split_name_and_spec(text: str, fail: _Fail) -> tuple[str | None, str]:
     return " ".join(phrase.split()), spec
 
 
-def _reject_lists(text: str, fail: _Fail) -> None:
+def _outside_quotes(text: str) -> Iterator[tuple[int, str]]:
+    """Each character (with its index) outside a quoted string, skipping the quotes
+    themselves and backslash escapes: the one place the quoting rule is read."""
     in_quotes = False
     escaped = False
-    for ch in text:
-        if escaped:
-            escaped = False
-        elif ch == "\\":
-            escaped = True
-        elif ch == '"':
-            in_quotes = not in_quotes
-        elif not in_quotes and (ch in ",;" or ch.isspace()):
-            raise fail("more than one address given; enter one address per entry")
-        elif not in_quotes and ch in "<>":
-            raise fail("unbalanced angle brackets")
-
-
-def _find_unquoted(text: str, target: str) -> int | None:
-    """Index of the last ``target`` outside a quoted string."""
-    in_quotes = False
-    escaped = False
-    found: int | None = None
     for i, ch in enumerate(text):
         if escaped:
             escaped = False
@@ -222,7 +206,23 @@ def _find_unquoted(text: str, target: str) -> int | None:
             escaped = True
         elif ch == '"':
             in_quotes = not in_quotes
-        elif ch == target and not in_quotes:
+        elif not in_quotes:
+            yield i, ch
+
+
+def _reject_lists(text: str, fail: _Fail) -> None:
+    for _, ch in _outside_quotes(text):
+        if ch in ",;" or ch.isspace():
+            raise fail("more than one address given; enter one address per entry")
+        if ch in "<>":
+            raise fail("unbalanced angle brackets")
+
+
+def _find_unquoted(text: str, target: str) -> int | None:
+    """Index of the last ``target`` outside a quoted string."""
+    found: int | None = None
+    for i, ch in _outside_quotes(text):
+        if ch == target:
             found = i
     return found
 

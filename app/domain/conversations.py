@@ -9,7 +9,7 @@ unrelated "Hello" mails from strangers never merge.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from app.domain.addresses import normalize_email
 
@@ -88,12 +88,7 @@ def parse_message_ids(value: str | None) -> tuple[str, ...]:
         candidates = [f"<{inner}>" for inner in bracketed]
     else:
         candidates = [token for token in re.split(r"[\s,]+", text) if "@" in token]
-    ids: list[str] = []
-    for candidate in candidates:
-        normalized = normalize_message_id(candidate)
-        if normalized and normalized not in ids:
-            ids.append(normalized)
-    return tuple(ids)
+    return _normalized_unique(candidates)
 
 
 def thread_lookup_ids(in_reply_to: str | None, references: Sequence[str]) -> tuple[str, ...]:
@@ -102,9 +97,13 @@ def thread_lookup_ids(in_reply_to: str | None, references: Sequence[str]) -> tup
     In-Reply-To names the direct parent; References runs oldest → newest (RFC 5322 §3.6.4), so it
     is read backwards to try the closest ancestor first.
     """
-    ordered = [in_reply_to, *reversed(list(references))]
+    return _normalized_unique([in_reply_to, *reversed(list(references))])
+
+
+def _normalized_unique(values: Iterable[str | None]) -> tuple[str, ...]:
+    """The values as normalized Message-IDs, in order, each once; unreadable ones dropped."""
     ids: list[str] = []
-    for value in ordered:
+    for value in values:
         normalized = normalize_message_id(value)
         if normalized and normalized not in ids:
             ids.append(normalized)

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from email.utils import getaddresses, parseaddr
 
-from app.domain.report_parts import FIELD, part_text, parts, raw_header, subparts
+from app.domain.report_parts import FIELD, ORIGINAL_TYPES, part_text, parts, raw_header, subparts
 
 ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
 
@@ -43,13 +43,6 @@ class ParsedDsn:
 # --------------------------------------------------------------------------- reading
 
 _STATUS_TYPES = ("message/delivery-status", "message/global-delivery-status")  # RFC 3464, 6533
-_ORIGINAL_TYPES = (
-    "message/rfc822",
-    "message/global",
-    "text/rfc822-headers",
-    "message/rfc822-headers",
-    "message/global-headers",
-)
 # Fields that describe the whole message (RFC 3464 §2.2); everything else listed is per recipient.
 _PER_MESSAGE = frozenset(
     {
@@ -107,7 +100,7 @@ def _parse_report(report: email.message.Message) -> ParsedDsn | None:
         content_type = part.get_content_type()
         if content_type in _STATUS_TYPES and status_text is None:
             status_text = part_text(part)
-        elif content_type in _ORIGINAL_TYPES and original is None:
+        elif content_type in ORIGINAL_TYPES and original is None:
             original = part
         elif content_type == "text/plain" and status_text is None and index > 1:
             # Mislabelled status part: RFC 6522 puts the machine-readable part second.
@@ -231,7 +224,7 @@ def _parse_plain_bounce(message: email.message.Message) -> ParsedDsn | None:
     text = next((part_text(p) for p in parts(message) if p.get_content_type() == "text/plain"), "")
     marker = _ORIGINAL_MARKER.search(text)
     human = text[: marker.start()] if marker else text
-    attached = next((p for p in parts(message) if p.get_content_type() in _ORIGINAL_TYPES), None)
+    attached = next((p for p in parts(message) if p.get_content_type() in ORIGINAL_TYPES), None)
     if attached is not None:
         original_headers, original_id = _original_of(attached)
     elif marker is not None:

@@ -14,15 +14,7 @@ import email.message
 import re
 from dataclasses import dataclass
 
-from app.domain.report_parts import FIELD, part_text, parts, raw_header, subparts
-
-_ORIGINAL_TYPES = (
-    "message/rfc822",
-    "message/global",
-    "text/rfc822-headers",
-    "message/rfc822-headers",
-    "message/global-headers",
-)
+from app.domain.report_parts import FIELD, ORIGINAL_TYPES, part_text, parts, raw_header, subparts
 
 
 @dataclass(frozen=True)
@@ -56,7 +48,7 @@ def parse_feedback_report(raw: bytes) -> FeedbackReport | None:
         content_type = part.get_content_type()
         if content_type == "message/feedback-report" and fields is None:
             fields = _fields(part_text(part))
-        elif content_type in _ORIGINAL_TYPES and original is None:
+        elif content_type in ORIGINAL_TYPES and original is None:
             original = part
         elif content_type == "text/plain" and fields is None:
             candidate = _fields(part_text(part))

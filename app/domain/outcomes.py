@@ -7,10 +7,14 @@ only applies these decisions; every rule about retrying, giving up and bouncing 
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
 
 from app.domain.bounces import NO_REPLY, SmtpOutcome, classify
 from app.domain.dsn import RecipientReport
@@ -149,3 +153,34 @@ def dsn_report(
         diagnostic_code=diagnostic,
         remote_mta=remote_mta,
     )
+
+
+def status_event(message_id: ObjectId, recipient: dict[str, Any]) -> tuple[str, str]:
+    """The live-status event for a recipient doc: (channel, JSON) for the sender's channel.
+
+    Same fields as GraphQL ``RecipientStatus`` (camelCase) so a client can merge it as is.
+    """
+    reply = recipient.get("last_reply") or None
+    last = (
+        " ".join(str(p) for p in (reply.get("code"), reply.get("enhanced"), reply.get("text")) if p)
+        if reply
+        else None
+    )
+    pending = recipient["delivery_status"] in UNFINISHED
+    next_at = recipient.get("next_attempt_at") if pending else None
+    body = {
+        "type": "delivery",
+        "messageId": str(message_id),
+        "recipientId": str(recipient["_id"]),  # the realtime subscription re-reads the doc by it
+        "recipient": {
+            "address": recipient["address"],
+            "type": recipient.get("type", "to"),
+            "status": recipient["delivery_status"],
+            "attempts": int(recipient.get("attempts") or 0),
+            "lastReply": last or None,
+            "bounceClass": recipient.get("bounce_class"),
+            "nextAttemptAt": next_at.isoformat() if next_at else None,
+            "updatedAt": recipient["updated_at"].isoformat(),
+        },
+    }
+    return f"user:{recipient['sender_user_id']}", json.dumps(body, separators=(",", ":"))

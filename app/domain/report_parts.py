@@ -9,6 +9,16 @@ import email.message
 import re
 from collections.abc import Iterator
 
+# Content types of the part that carries the original message (or only its headers) in a
+# DSN (RFC 3464 §2, RFC 6533 for the "global" ones) and an ARF report (RFC 5965 §2).
+ORIGINAL_TYPES = (
+    "message/rfc822",
+    "message/global",
+    "text/rfc822-headers",
+    "message/rfc822-headers",
+    "message/global-headers",
+)
+
 # One "Name: value" header-style field line (report fields and original headers alike).
 FIELD = re.compile(r"^([A-Za-z0-9-]+)[ \t]*:[ \t]*(.*)$")
 

@@ -248,9 +248,7 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 async def start_mx(settings: Settings, system: Any, *, reuse_port: bool = False) -> MxServer:
     """Listen on ``smtp_host:smtp_port`` (0 = a free port) in the running loop."""
-    load = getattr(system.inbound.scorer, "load", None)
-    if load is not None:  # the spam model: a missing or bad one stops the MX here, loudly
-        load()
+    system.inbound.load_spam_model()  # a missing or bad model stops the MX here, loudly
     limits = ClientLimits(
         settings.smtp_connections_per_ip,
         settings.smtp_messages_per_minute_per_ip,

@@ -124,6 +124,10 @@ class AccountService:
     async def is_hosted(self, domain: str) -> bool:
         return await self.db.domains.count_documents({"_id": domain.lower()}, limit=1) > 0
 
+    async def domain_names(self) -> list[str]:
+        """Every hosted domain, sorted (`mailhub domains list`)."""
+        return [d["_id"] async for d in self.db.domains.find({}, {"_id": 1}).sort("_id", 1)]
+
     # --- users ---------------------------------------------------------------------------
 
     async def create_user(
@@ -205,6 +209,29 @@ class AccountService:
 
     async def login(self, email: str, password: str, client: str) -> tuple[str, dict[str, Any]]:
         """Check a password and issue a bearer token (stored hashed, expiring, revocable)."""
+        user = await self.verify_password(email, password, client)
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        s = self.settings
+        now = datetime.now(UTC)
+        await self.db.api_tokens.insert_one(
+            {
+                "_id": hash_token(token),
+                "user_id": user["_id"],
+                # denormalized so authenticating a request is one read; disabling a user revokes
+                # every token (set_disabled), so these never outlive the account
+                "email": user["email"],
+                "name": user.get("name"),
+                "created_at": now,
+                "expires_at": now + timedelta(hours=s.token_ttl_hours),
+                "client": client,
+            }
+        )
+        return token, user
+
+    async def verify_password(self, email: str, password: str, client: str) -> dict[str, Any]:
+        """The user whose address (or alias) and password these are, under the login rate
+        limits (per client, and per address after failures); shared by the API's login and
+        the IMAP/POP3 logins. Raises ``RateLimited`` or ``AuthError``."""
         key = normalize_email(email or "")
         s = self.settings
         per_client = await self.redis.hit(
@@ -229,27 +256,12 @@ class AccountService:
             await self.redis.hit(f"login-fail:{key}", 1 << 30, s.login_window_seconds)
             raise AuthError("wrong email or password")
         await self.redis.reset(f"login-fail:{key}", s.login_window_seconds)
-        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        now = datetime.now(UTC)
-        await self.db.api_tokens.insert_one(
-            {
-                "_id": hash_token(token),
-                "user_id": user["_id"],
-                # denormalized so authenticating a request is one read; disabling a user revokes
-                # every token (set_disabled), so these never outlive the account
-                "email": user["email"],
-                "name": user.get("name"),
-                "created_at": now,
-                "expires_at": now + timedelta(hours=s.token_ttl_hours),
-                "client": client,
-            }
-        )
         if _hasher.check_needs_rehash(user["password_hash"]):
             await self.db.users.update_one(
                 {"_id": user["_id"]}, {"$set": {"password_hash": _hasher.hash(password)}}
             )
         user.pop("password_hash", None)
-        return token, user
+        return user
 
     @staticmethod
     def _password_ok(user: dict[str, Any] | None, password: str) -> bool:

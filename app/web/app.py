@@ -199,7 +199,7 @@ def create_app(settings: Settings, system: System | None = None) -> Starlette:
 
     async def readyz(request: Request) -> Response:
         system = state["system"]
-        checks = {"mongodb": await system.mongo.ping(), "redis": await system.redis.ping()}
+        checks = await system.readiness()
         ok = all(checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks},
@@ -265,6 +265,9 @@ def wire(app: Starlette, system: System) -> None:
     from app.web.webhooks import webhook_routes
 
     app.router.routes.extend(webhook_routes(system))  # POST /webhooks/events (issue 4)
+    from app.web.campaigns import campaign_routes
+
+    app.router.routes.extend(campaign_routes(system, context_for))  # /u/, /t/ (issue 15)
     app.router.routes.append(Route("/graphql", graphql, methods=["GET", "POST"]))
     from starlette.routing import WebSocketRoute
 

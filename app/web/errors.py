@@ -7,8 +7,8 @@ import uuid
 import structlog
 from starlette.responses import JSONResponse
 
-from app.adapters.mongo import as_domain_error
 from app.domain import errors as E
+from app.services.failures import as_domain_error
 
 log = structlog.get_logger(__name__)
 

@@ -205,14 +205,12 @@ class Rest:
             )
         else:
             item = await self.system.sending.send_email(viewer, composition_from_json(body))
-        message = await self.system.mongo.db.messages.find_one(
-            {"_id": item["message_id"]}, {"status": 1}
-        )
+        status = await self.system.mailbox.message_status(viewer, item["message_id"])
         return JSONResponse(
             {
                 "id": str(item["_id"]),
                 "messageId": str(item["message_id"]),
-                "status": (message or {}).get("status", "queued"),
+                "status": status or "queued",
             },
             status_code=202,
         )
@@ -300,7 +298,7 @@ class Rest:
             await context.viewer(), request.path_params["id"]
         )
         return StreamingResponse(
-            self.system.blobs.stream(doc["blob_id"]),
+            self.system.attachments.content(doc),
             media_type=doc["content_type"],
             headers={
                 "Content-Disposition": self.system.attachments.content_disposition(doc["filename"]),

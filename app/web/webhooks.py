@@ -3,25 +3,24 @@
 Authentication: ``X-Mailhub-Timestamp`` (Unix seconds) and ``X-Mailhub-Signature: sha256=<hex>``,
 the HMAC-SHA256 of ``"<timestamp>.<raw body>"`` keyed with ``MAILHUB_WEBHOOK_SECRET``. A stale
 timestamp (outside ``webhook_tolerance_seconds``) or a signature already seen is a replay and is
-refused; events then go through the same code as DSNs and ARF reports
-(``BounceProcessor.apply``). Without a secret configured the endpoint does not exist (404).
+refused (``BounceProcessor.process_signed_webhook``); events then go through the same code as
+DSNs and ARF reports (``BounceProcessor.apply``). Without a secret configured the endpoint
+does not exist (404).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from app.adapters.mongo import as_domain_error, is_duplicate_key
-from app.domain.errors import ValidationError
+from app.domain.errors import Conflict, ValidationError
+from app.services.failures import as_domain_error
 
 MAX_BODY = 256 * 1024
 
@@ -56,25 +55,12 @@ def webhook_routes(system: Any) -> list[Route]:
         if abs(time.time() - int(timestamp)) > settings.webhook_tolerance_seconds:
             return _error(401, "UNAUTHENTICATED", "timestamp outside the allowed window (replay?)")
         try:
-            await system.mongo.db.webhook_receipts.insert_one(
-                {"_id": given, "created_at": datetime.now(UTC)}
-            )
+            results = await system.bounces.process_signed_webhook(given, body)
+        except Conflict as e:
+            return _error(409, e.code, e.message)
+        except ValidationError as e:
+            return _error(400, e.code, e.message)
         except Exception as e:
-            if is_duplicate_key(e):
-                return _error(409, "REPLAYED", "this signed request was already received")
-            return _unavailable(e)
-        try:
-            payload = json.loads(body)
-            batch = payload if isinstance(payload, list) else [payload]
-            if not all(isinstance(p, dict) for p in batch) or len(batch) > 100:
-                raise ValidationError.on("body", "an event object or a list of at most 100")
-            results = [await system.bounces.process_webhook(p) for p in batch]
-        except (ValueError, ValidationError) as e:
-            # The receipt stays: a corrected event must be signed anew (and so it is not a replay).
-            message = e.message if isinstance(e, ValidationError) else "body is not JSON"
-            return _error(400, "VALIDATION_ERROR", message)
-        except Exception as e:
-            await system.mongo.db.webhook_receipts.delete_one({"_id": given})
             return _unavailable(e)
         return JSONResponse(
             {

@@ -20,6 +20,18 @@ DOMAIN = "example.test"
 
 
 @pytest.fixture
+def graphql_fast_execution() -> bool:
+    """schema/execution.py's shortcut is on by default; a module that parametrizes this name
+    (``tests.support.graphql_execution.BOTH_WAYS``) runs each test with it on and off."""
+    return True
+
+
+@pytest.fixture
+def settings(settings, graphql_fast_execution):  # type: ignore[no-untyped-def]
+    return settings.model_copy(update={"graphql_fast_execution": graphql_fast_execution})
+
+
+@pytest.fixture
 async def system(settings) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def]
     system = await build_system(settings)
     await system.accounts.add_domain(DOMAIN)

@@ -1,5 +1,6 @@
 """The `mailhub` command as an operator uses it: real processes, real servers."""
 
+import imaplib
 import os
 import signal
 import subprocess
@@ -56,6 +57,7 @@ def test_bad_configuration_names_the_variable(services):
 
 def test_dev_starts_everything_seeds_demo_users_and_stops_cleanly(tmp_path):
     http_port, smtp_port = free_port(), free_port()
+    imap_port, pop3_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MAILHUB_")}
     proc = subprocess.Popen(
         [
@@ -67,6 +69,10 @@ def test_dev_starts_everything_seeds_demo_users_and_stops_cleanly(tmp_path):
             str(http_port),
             "--smtp-port",
             str(smtp_port),
+            "--imap-port",
+            str(imap_port),
+            "--pop3-port",
+            str(pop3_port),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -97,6 +103,11 @@ def test_dev_starts_everything_seeds_demo_users_and_stops_cleanly(tmp_path):
             f"http://127.0.0.1:{http_port}/graphql", json={"query": q}, timeout=10
         ).json()
         assert body["data"]["login"]["__typename"] == "LoginSuccess"
+        assert f"imap://127.0.0.1:{imap_port}" in text and f"pop://127.0.0.1:{pop3_port}" in text
+        imap = imaplib.IMAP4("127.0.0.1", imap_port, timeout=10)
+        imap.login("alice@demo.mailhub.test", "alice-demo-pass")
+        assert imap.select("INBOX")[0] == "OK"
+        imap.logout()
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)

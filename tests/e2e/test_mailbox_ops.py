@@ -1,6 +1,9 @@
 """Drafts, state changes, trash/restore, labels, deleteForever — and counts that stay right."""
 
 from tests.e2e.test_send_and_read import INBOX, SEND
+from tests.support.graphql_execution import BOTH_WAYS
+
+pytestmark = BOTH_WAYS
 
 UPDATE = """mutation($ids: [ID!]!, $set: MessageStateInput!) { updateMessages(ids: $ids, set: $set) {
   __typename ... on UpdateMessagesSuccess { items { id folder labels read starred } }

@@ -8,6 +8,9 @@ from gql.transport.websockets import WebsocketsTransport
 
 from tests.e2e.test_mailbox_ops import UPDATE, inbox_ids
 from tests.e2e.test_send_and_read import SEND
+from tests.support.graphql_execution import BOTH_WAYS
+
+pytestmark = BOTH_WAYS
 
 EVENTS = gql("subscription { mailboxEvents { type itemId state item { subject folder read } } }")
 COUNTS = gql("subscription { unreadCounts { folder total unread } }")

@@ -1,5 +1,9 @@
 """The foundation's promise: log in, send to another local user, see it arrive threaded."""
 
+from tests.support.graphql_execution import BOTH_WAYS
+
+pytestmark = BOTH_WAYS
+
 SEND = """mutation($input: SendEmailInput!) { sendEmail(input: $input) {
   __typename
   ... on SendEmailSuccess { item { id messageId threadId folder subject read

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from bson import ObjectId
 
-from app.adapters.blob_batches import read_blobs
+from app.adapters.blob_batches import BUCKET, gridfs_documents, read_blobs
 from app.adapters.blobs import CHUNK, BlobStore
 
 
@@ -29,14 +31,30 @@ async def test_an_unfinished_upload_is_not_a_blob(mongo) -> None:
     assert await read_blobs(mongo.db, [blob_id], lengths={blob_id: len(whole)}) == {}
 
 
-async def test_blobs_written_inline_read_like_chunked_ones(mongo) -> None:
-    """The inbound group commit writes blobs of at most one chunk as one files document."""
-    from datetime import UTC, datetime
+async def test_documents_written_by_hand_are_a_blob_gridfs_reads(mongo) -> None:
+    """The guard of the hand-written GridFS layout (docs/overrides.md): PyMongo's GridFS reads
+    what ``gridfs_documents`` writes, and writes the same fields itself."""
+    blobs = BlobStore(mongo.db)
+    for data in (b"", b"Subject: hi\r\n\r\nhello\r\n", bytes(range(256)) * (2 * CHUNK // 256 + 7)):
+        blob_id = ObjectId()
+        file_doc, chunks = gridfs_documents(
+            blob_id, data, "m.eml", {"kind": "raw"}, datetime.now(UTC)
+        )
+        await mongo.db[f"{BUCKET}.files"].insert_one(file_doc)
+        if chunks:
+            await mongo.db[f"{BUCKET}.chunks"].insert_many(chunks)
+        assert await blobs.get(blob_id) == data
+        assert await read_blobs(mongo.db, [blob_id]) == {blob_id: data}
+    by_gridfs = await mongo.db[f"{BUCKET}.files"].find_one({"_id": await blobs.put(b"x" * 10)})
+    assert set(by_gridfs) == set(file_doc)
+    assert by_gridfs["chunkSize"] == file_doc["chunkSize"] == CHUNK
 
-    from app.services.inbound.group_commit import BlobWrite, gridfs_documents
+
+async def test_blobs_written_inline_read_like_chunked_ones(mongo) -> None:
+    """A blob of at most one chunk is written as one files document carrying its bytes."""
+    from app.adapters.blobs import INLINE_FIELD
 
     blobs = BlobStore(mongo.db)
-    now = datetime.now(UTC)
     written = {
         "empty": b"",
         "small": b"Subject: hi\r\n\r\nhello\r\n",
@@ -45,12 +63,13 @@ async def test_blobs_written_inline_read_like_chunked_ones(mongo) -> None:
     }
     ids = {}
     for name, data in written.items():
-        file_doc, chunks = gridfs_documents(BlobWrite(ObjectId(), data, name, {}), now)
-        await mongo.db["blobs.files"].insert_one(file_doc)
+        file_doc, chunks = gridfs_documents(ObjectId(), data, name, {}, datetime.now(UTC))
+        assert (INLINE_FIELD in file_doc) == (len(data) <= CHUNK)
+        await mongo.db[f"{BUCKET}.files"].insert_one(file_doc)
         if chunks:
-            await mongo.db["blobs.chunks"].insert_many(chunks)
+            await mongo.db[f"{BUCKET}.chunks"].insert_many(chunks)
         ids[name] = file_doc["_id"]
-    assert await mongo.db["blobs.chunks"].count_documents({}) == 2  # only the two-chunk blob's
+    assert await mongo.db[f"{BUCKET}.chunks"].count_documents({}) == 2  # the two-chunk blob's
     for name, data in written.items():
         blob_id = ids[name]
         assert await blobs.get(blob_id) == data, name
@@ -61,5 +80,3 @@ async def test_blobs_written_inline_read_like_chunked_ones(mongo) -> None:
     assert await read_blobs(mongo.db, list(by_id)) == by_id
     hinted = await read_blobs(mongo.db, list(by_id), lengths={i: len(d) for i, d in by_id.items()})
     assert hinted == by_id
-    await blobs.delete(ids["small"])
-    assert await read_blobs(mongo.db, [ids["small"]]) == {}

@@ -14,7 +14,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFLIGHT = ROOT / "scripts" / "install-debian-peers"
-PROGRAMS = ["dnsmasq", "swaks", "postfix", "clamd", "npm", "mbsync", "imap", "pop3", "chromium"]
+PROGRAMS = [
+    "dnsmasq",
+    "swaks",
+    "postfix",
+    "clamd",
+    "npm",
+    "mbsync",
+    "imap",
+    "pop3",
+    "chromium",
+    "promtool",
+    "openssl",
+]
 
 
 def _fake_bin(tmp_path: Path, programs: list[str]) -> Path:

@@ -6,7 +6,7 @@ from bson import ObjectId
 
 from app.adapters.mongo import in_transaction
 from app.domain.conversations import normalize_subject
-from app.services.mailbox.filing import ViewSpec, file_message
+from app.services.mailbox.filing import ViewSpec, file_message, refresh_threads
 
 USER = ObjectId()
 
@@ -91,3 +91,19 @@ async def test_subject_match_is_not_used_for_old_conversations(mongo):
     )
     new = await deliver(mongo, message("<n@x>", "Hello"))
     assert new["thread_id"] != old["thread_id"]
+
+
+async def test_a_reply_to_a_conversation_the_user_deleted_brings_the_thread_back(mongo):
+    parent = await deliver(mongo, message("<d1@x>", "Deleted talk"))
+
+    async def delete_conversation(session):
+        await mongo.db.mailbox_items.delete_one({"_id": parent["_id"]}, session=session)
+        await refresh_threads(mongo.db, {(USER, parent["thread_id"])}, session)
+
+    await in_transaction(mongo, delete_conversation)
+    assert await mongo.db.threads.find_one({"_id": parent["thread_id"]}) is None
+
+    reply = await deliver(mongo, message("<d2@x>", "Re: Deleted talk", in_reply_to="<d1@x>"))
+    thread = await mongo.db.threads.find_one({"_id": reply["thread_id"]})
+    assert thread is not None and thread["user_id"] == USER
+    assert thread["message_count"] == 1 and thread["normalized_subject"] == "deleted talk"

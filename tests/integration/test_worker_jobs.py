@@ -12,9 +12,10 @@ from typing import Any
 from arq.connections import create_pool
 from arq.constants import in_progress_key_prefix, job_key_prefix, retry_key_prefix
 
+from app.adapters.job_worker import BatchClaimWorker, connection_options
 from app.background import stop_task
 from jobs import delivery as jobs_delivery
-from jobs.worker import BatchClaimWorker, worker_options
+from jobs.worker import worker_options
 
 
 class _Delivery:
@@ -51,7 +52,10 @@ class _Worker(BatchClaimWorker):
 
 
 def _options(settings: Any, delivery: _Delivery) -> dict[str, Any]:
-    options = worker_options(settings, _System(delivery))
+    options = {
+        **connection_options(settings.redis_url, settings.redis_prefix),
+        **worker_options(settings, _System(delivery)),
+    }
     # The delivery sweep only (no other service here), copied: arq keeps a cron job's next run
     # on the object, and an earlier worker in this process would have used up run_at_startup.
     options["cron_jobs"] = [dataclasses.replace(c, next_run=None) for c in jobs_delivery.CRON_JOBS]

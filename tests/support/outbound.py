@@ -140,6 +140,7 @@ async def outbound_world(
     extra_domains: int = 0,
     worker: bool = True,
     sink_options: dict[str, dict[str, Any]] | None = None,
+    extra_txt: dict[str, list[str]] | None = None,
     **overrides: Any,
 ) -> AsyncIterator[Outbound]:
     sink_options = sink_options or {}
@@ -168,7 +169,9 @@ async def outbound_world(
             continue
         mx[domain] = [(10, f"mx.{domain}")]
         a[f"mx.{domain}"] = ip
-    dns = DnsServer(mx=mx, a=a, txt={f"{SELECTOR}._domainkey.{SENDER_DOMAIN}": [txt]}).start()
+    dns = DnsServer(
+        mx=mx, a=a, txt={f"{SELECTOR}._domainkey.{SENDER_DOMAIN}": [txt], **(extra_txt or {})}
+    ).start()
     world_settings = settings.model_copy(
         update={
             "dns_servers": [dns.address],

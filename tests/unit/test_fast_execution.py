@@ -155,14 +155,14 @@ async def test_fast_execution_matches_graphql_core(case: str) -> None:
 
 
 async def test_a_wholly_plain_selection_runs_as_one_generated_function() -> None:
-    from schema.execution import _GENERATED
+    from schema.execution import caches_for
 
     NODES[:] = [node(i) for i in range(3)]
     _, fast = schemas()
     result = await fast.execute(PLAIN)
     assert not result.errors
     node_type = fast._schema.type_map["Node"]
-    (completer,) = _GENERATED[node_type].values()
+    (completer,) = caches_for(fast._schema).generated[node_type].values()
     assert completer(NODES[1]) == result.data["nodes"][1]
     with pytest.raises(ValueError):  # a null where the type forbids one abandons it
         completer(node(1, leaf=None))

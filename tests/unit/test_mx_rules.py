@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import pytest
 from bson import ObjectId
 
-from app.adapters.blobs import INLINE_FIELD
+from app.adapters.blob_batches import gridfs_documents
+from app.adapters.blobs import CHUNK
 from app.domain.errors import ValidationError
 from app.mx.limits import ClientLimits, ErrorBudget
 from app.mx.server import with_enhanced_code
 from app.services.feedback.bounces import report_from_webhook
 from app.services.feedback.reputation import Counts, Thresholds
-from app.services.inbound.group_commit import GRIDFS_CHUNK, BlobWrite, gridfs_documents
 
 
 def test_connection_limit_counts_open_connections_per_ip_and_frees_on_close():
@@ -101,17 +101,7 @@ def test_webhook_payload_is_validated_and_classified():
 
 def test_gridfs_documents_split_into_bucket_chunks():
     data = bytes(range(256)) * 2100  # 537,600 bytes: three chunks
-    file_doc, chunks = gridfs_documents(BlobWrite(ObjectId(), data, "m.eml", {}), datetime.now(UTC))
-    assert file_doc["length"] == len(data) and file_doc["chunkSize"] == GRIDFS_CHUNK
+    file_doc, chunks = gridfs_documents(ObjectId(), data, "m.eml", {}, datetime.now(UTC))
+    assert file_doc["length"] == len(data) and file_doc["chunkSize"] == CHUNK
     assert [c["n"] for c in chunks] == [0, 1, 2]
     assert b"".join(bytes(c["data"]) for c in chunks) == data
-    assert INLINE_FIELD not in file_doc
-
-
-def test_a_blob_of_at_most_one_chunk_is_one_inline_files_document():
-    for data in (b"", b"Subject: hi\r\n\r\nhello\r\n", b"x" * GRIDFS_CHUNK):
-        blob = BlobWrite(ObjectId(), data, "m.eml", {"kind": "raw"})
-        file_doc, chunks = gridfs_documents(blob, datetime.now(UTC))
-        assert chunks == []
-        assert bytes(file_doc[INLINE_FIELD]) == data and file_doc["length"] == len(data)
-        assert file_doc["metadata"] == {"kind": "raw"}

@@ -17,8 +17,8 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
-from pymongo.errors import DuplicateKeyError
 
+from app.adapters.mongo import is_duplicate_key
 from app.background import stop_task
 from app.services.delivery.outbox import DomainLease, chunked
 
@@ -76,7 +76,7 @@ class DomainLeases:
             )
             for domain, result in zip(need, results, strict=True):
                 if isinstance(result, BaseException):
-                    if not isinstance(result, DuplicateKeyError):
+                    if not is_duplicate_key(result):
                         log.warning("taking a domain lease failed", domain=domain, error=result)
                     self.held.pop(domain, None)
                     self._later("retry", domain, HELD_RETRY, self._retry)
@@ -129,7 +129,7 @@ class DomainLeases:
 
     async def _take(self, domain: str, now: datetime, until: datetime) -> None:
         """Ours, or free (never taken, expired): take it. Held by another worker: the upsert's
-        insert collides on ``_id`` (DuplicateKeyError)."""
+        insert collides on ``_id`` (a duplicate key)."""
         await self.db.domain_leases.update_one(
             {"_id": domain, "$or": [{"token": self.token}, {"until": {"$lt": now}}]},
             {"$set": {"token": self.token, "until": until, "taken_at": now}},

@@ -26,13 +26,13 @@ from app.domain.html_safety import make_snippet
 from app.domain.mime import make_message_id
 from app.domain.outgoing_dsn import build_dsn
 from app.domain.parsing import parse_message
-from app.services.mailbox.filing import ViewSpec, file_message
+from app.services.mailbox.filing import Filing, ViewSpec, file_messages
 
 
 @dataclass(frozen=True)
 class Notice:
     """A built DSN, ready to be stored: raw bytes first (GridFS takes no part in transactions),
-    then ``file_notice`` inside the transaction that records the outcomes it reports."""
+    then ``file_notices`` inside the transaction that records the outcomes it reports."""
 
     kind: str  # failure | delay
     original: dict[str, Any]  # the original message document
@@ -75,10 +75,32 @@ async def store_raw(blobs: BlobStore, notice: Notice) -> ObjectId:
     return await blobs.put(notice.raw, filename="dsn.eml", metadata={"kind": "raw"})
 
 
-async def file_notice(
-    db: Any, notice: Notice, blob_id: ObjectId, *, hostname: str, now: datetime, session: Any
+async def file_notices(
+    db: Any,
+    notices: Sequence[tuple[Notice, ObjectId]],
+    *,
+    hostname: str,
+    now: datetime,
+    session: Any,
 ) -> list[Change]:
-    """Store the notice's message document and its Inbox view (inside the caller's transaction)."""
+    """Store each notice's message document and its Inbox view, inside the caller's
+    transaction: one filing batch for all of them (``notices`` pairs a notice with the blob
+    id of its raw bytes)."""
+    if not notices:
+        return []
+    docs, filings = [], []
+    for notice, blob_id in notices:
+        doc, view = _notice_document(notice, blob_id, hostname=hostname, now=now)
+        docs.append(doc)
+        filings.append(Filing(doc, [view], now))
+    await db.messages.insert_many(docs, session=session)
+    return (await file_messages(db, filings, session)).changes
+
+
+def _notice_document(
+    notice: Notice, blob_id: ObjectId, *, hostname: str, now: datetime
+) -> tuple[dict[str, Any], ViewSpec]:
+    """The message document of one notice and its view in the sender's Inbox."""
     message = notice.original
     parsed = parse_message(notice.raw)
     original_id = message.get("rfc822_message_id")
@@ -115,7 +137,6 @@ async def file_notice(
             "recipient_ids": list(notice.recipient_ids),
         },
     }
-    await db.messages.insert_one(doc, session=session)
     # Retried flushes must not file the same notice twice: the key names the recipients.
     key = hashlib.sha256(b"".join(i.binary for i in sorted(notice.recipient_ids))).hexdigest()[:24]
     view = ViewSpec(
@@ -124,5 +145,4 @@ async def file_notice(
         Folder.INBOX.value,
         dedupe_key=f"dsn:{notice.kind}:{message['_id']}:{key}",
     )
-    _, changes = await file_message(db, doc, [view], received_at=now, session=session)
-    return changes
+    return doc, view

@@ -1,55 +1,34 @@
-"""Recording outcomes: recipient status, delivery_events, notices, suppressions, live status.
+"""Recording outcomes: lanes hand in every attempt's reply, a recorder writes them in batches.
 
-Lanes hand every attempt's reply here and move on to the next transaction; a flusher writes
+Lanes hand every attempt's reply here and move on to the next transaction; the recorder writes
 what has gathered in one MongoDB transaction (a few milliseconds' worth: tens to hundreds of
-recipients, the recipient updates in one bulk write), then publishes live status and enqueues
+recipients; outcome_writer.py writes one batch), then publishes live status and enqueues
 retries. Batching is what lets one worker keep up with Postfix on a database that costs a
 journal flush per write. The price is a wider "accepted but not yet recorded" window: a crash
 inside it re-sends those messages once the domain lease expires (docs/delivery.md); lanes pause
-while BACKLOG_MAX outcomes wait, which bounds it.
-
-Every write is conditional on the recipient still being pending at the attempt count the
-worker read: an outcome for a recipient that another worker attempted meanwhile (after this
-one's domain lease ran out) is dropped, not written over theirs."""
+while BACKLOG_MAX outcomes wait, which bounds it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-from collections import defaultdict
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import structlog
-from bson import ObjectId
-from pymongo import UpdateMany, UpdateOne
-from pymongo.errors import PyMongoError
 
-from app.adapters import metrics
-from app.adapters.blobs import BlobStore
-from app.adapters.live_status import publish_many
-from app.adapters.mongo import Mongo, in_transaction
-from app.adapters.queue import JobQueue
-from app.adapters.redis_store import RedisStore
-from app.background import stop_task
+from app.adapters.mongo import DatabaseError, is_transient
+from app.batching import Batcher, Waiter
 from app.domain.bounces import SmtpOutcome
-from app.domain.changes import Change
-from app.domain.outcomes import Decision, decide, dsn_report
-from app.domain.retry import retry_until
-from app.services.after_commit import Notifier
-from app.services.delivery.notices import Notice, build_notice, file_notice, store_raw
-from app.services.delivery.outbox import (
-    DUE_STATUSES,
-    Work,
-    chunked,
-    job_id,
-    state_of,
-    status_event,
-    unleased_status,
+from app.services.delivery.outbox import Work
+from app.services.delivery.outcome_writer import (
+    Attempt,
+    Outcome,
+    OutcomeBatch,
+    OutcomeWriter,
+    Release,
+    Suppressed,
 )
-from app.services.feedback.suppression import SuppressionService
 
 log = structlog.get_logger(__name__)
 
@@ -60,80 +39,18 @@ BACKLOG_MAX = 1000  # outcomes waiting to be written before lanes pause (the dup
 FLUSH_LINGER = 0.025  # seconds to let a batch gather once the first outcome is in
 
 
-def _attempts(w: Work) -> int:
-    return int(w.recipient.get("attempts") or 0)
-
-
-class _LeaseLost(Exception):
-    """Some recipient's lease expired and was taken over before its outcome was written."""
-
-
-@dataclass
-class _Attempt:
-    work: Work
-    reply: SmtpOutcome
-    mx: str | None
-
-
-@dataclass
-class _Release:
-    work: Work
-    due: datetime
-
-
-@dataclass
-class _Batch:
-    attempts: list[_Attempt] = field(default_factory=list)
-    suppressed: list[Work] = field(default_factory=list)
-    releases: list[_Release] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.attempts) + len(self.suppressed) + len(self.releases)
-
-    def works(self) -> list[Work]:
-        return [a.work for a in self.attempts] + self.suppressed + [r.work for r in self.releases]
-
-    def halves(self) -> tuple[_Batch, _Batch]:
-        a, b = _Batch(), _Batch()
-        for name in ("attempts", "suppressed", "releases"):
-            items = getattr(self, name)
-            setattr(a, name, items[: len(items) // 2])
-            setattr(b, name, items[len(items) // 2 :])
-        return a, b
-
-    def extend(self, other: _Batch) -> None:
-        self.attempts += other.attempts
-        self.suppressed += other.suppressed
-        self.releases += other.releases
-
-
 class OutcomeRecorder:
-    def __init__(
-        self,
-        *,
-        mongo: Mongo,
-        redis: RedisStore,
-        queue: JobQueue,
-        blobs: BlobStore,
-        suppression: SuppressionService,
-        notifier: Notifier,
-        hostname: str,
-        policy_for: Any,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.mongo = mongo
-        self.db = mongo.db
-        self.redis = redis
-        self.queue = queue
-        self.blobs = blobs
-        self.suppression = suppression
-        self.notifier = notifier
-        self.hostname = hostname
-        self.policy_for = policy_for  # (message doc) -> RetryPolicy
-        self.rng = rng
-        self._pending = _Batch()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+    """Takes outcomes from the lanes without blocking them and writes them in batches
+    (``app.batching``); what the database refuses is retried with a growing pause."""
+
+    def __init__(self, writer: OutcomeWriter) -> None:
+        self.writer = writer
+        # Outcomes gather while the previous transaction runs (a few ms' worth once one is in);
+        # the next transaction writes up to FLUSH_MAX of them.
+        self._outcomes: Batcher[Outcome, None] = Batcher(
+            self._record, max_items=FLUSH_MAX, linger=FLUSH_LINGER
+        )
+        self._failures = 0  # transactions failed in a row (the retry backoff grows with it)
         self._done_callbacks: list[Any] = []  # called with the works settled
         self._writing = 0  # outcomes in the transaction being written
         self._room = asyncio.Event()
@@ -141,36 +58,29 @@ class OutcomeRecorder:
     # --- intake (never blocks the caller) -------------------------------------------------
 
     def attempted(self, work: Work, reply: SmtpOutcome, mx: str | None) -> None:
-        self._pending.attempts.append(_Attempt(work, reply, mx))
-        self._kick()
+        self._outcomes.put(Attempt(work, reply, mx))
 
     def suppressed(self, work: Work) -> None:
-        self._pending.suppressed.append(work)
-        self._kick()
+        self._outcomes.put(Suppressed(work))
 
     def release(self, work: Work, due: datetime) -> None:
         """Give a recipient back without an attempt (throttled, shutting down, lease too short)."""
-        self._pending.releases.append(_Release(work, due))
-        self._kick()
+        self._outcomes.put(Release(work, due))
 
     def on_settled(self, callback: Any) -> None:
         """``callback(works)`` once their outcomes are committed (or given up on)."""
         self._done_callbacks.append(callback)
 
-    def _kick(self) -> None:
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
-
     @property
     def backlog(self) -> int:
-        return len(self._pending)
+        """Outcomes waiting for a transaction (not counting the one being written)."""
+        return self._outcomes.queued
 
     @property
     def crowded(self) -> bool:
         """So many outcomes wait to be written that lanes should pause: every one of them is
         an accepted message a crash would send again (the duplicate window)."""
-        return len(self._pending) + self._writing >= BACKLOG_MAX
+        return self._outcomes.queued + self._writing >= BACKLOG_MAX
 
     async def room(self) -> None:
         """Wait (at most ROOM_WAIT seconds) for the backlog to shrink below BACKLOG_MAX."""
@@ -181,33 +91,28 @@ class OutcomeRecorder:
 
     # --- flushing -------------------------------------------------------------------------
 
-    async def _run(self) -> None:
-        failures = 0
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            if len(self._pending) < FLUSH_MAX:
-                await asyncio.sleep(FLUSH_LINGER)
-            while len(self._pending):
-                batch = self._take(FLUSH_MAX)
-                self._writing = len(batch)
-                try:
-                    left = await self._write_around_conflicts(batch)
-                except Exception:
-                    log.exception("recording delivery outcomes failed; retrying", n=len(batch))
-                    left = batch
-                finally:
-                    self._writing = 0
-                    if not self.crowded:
-                        self._room.set()
-                if not len(left):
-                    failures = 0
-                    continue
-                failures += 1
-                self._put_back(left)
-                await asyncio.sleep(min(RETRY_MAX, 0.5 * 2**failures))
+    async def _record(self, waiters: list[Waiter[Outcome, None]]) -> None:
+        """Write one batch; what could not be written goes back to the front of the queue
+        and is tried again, with whatever arrived meanwhile, after a growing pause."""
+        batch = OutcomeBatch.of([w.item for w in waiters])
+        self._writing = len(batch)
+        try:
+            left = await self._write_around_conflicts(batch)
+        except Exception:
+            log.exception("recording delivery outcomes failed; retrying", n=len(batch))
+            left = batch
+        finally:
+            self._writing = 0
+            if not self.crowded:
+                self._room.set()
+        if not len(left):
+            self._failures = 0
+            return
+        self._failures += 1
+        self._outcomes.put_back(left.outcomes())
+        await asyncio.sleep(min(RETRY_MAX, 0.5 * 2**self._failures))
 
-    async def _write_around_conflicts(self, batch: _Batch) -> _Batch:
+    async def _write_around_conflicts(self, batch: OutcomeBatch) -> OutcomeBatch:
         """Write ``batch``; returns the part that could not be written yet.
 
         A write conflict that outlasts ``in_transaction``'s retries means another transaction
@@ -217,298 +122,35 @@ class OutcomeRecorder:
         """
         try:
             await self._flush(batch)
-            return _Batch()
-        except PyMongoError as e:
-            if len(batch) == 1 or not e.has_error_label("TransientTransactionError"):
+            return OutcomeBatch()
+        except DatabaseError as e:
+            if len(batch) == 1 or not is_transient(e):
                 raise
-        left = _Batch()
+        left = OutcomeBatch()
         for half in batch.halves():
             if len(half):
                 try:
                     left.extend(await self._write_around_conflicts(half))
-                except PyMongoError:
+                except DatabaseError:
                     log.warning("recording delivery outcomes failed; retrying", n=len(half))
                     left.extend(half)
         return left
-
-    def _take(self, limit: int) -> _Batch:
-        p, out = self._pending, _Batch()
-        out.attempts, p.attempts = p.attempts[:limit], p.attempts[limit:]
-        room = limit - len(out)
-        out.suppressed, p.suppressed = p.suppressed[:room], p.suppressed[room:]
-        room = limit - len(out)
-        out.releases, p.releases = p.releases[:room], p.releases[room:]
-        return out
-
-    def _put_back(self, batch: _Batch) -> None:
-        self._pending.attempts[:0] = batch.attempts
-        self._pending.suppressed[:0] = batch.suppressed
-        self._pending.releases[:0] = batch.releases
 
     async def drain(self, grace: float) -> None:
         """Wait until everything handed in so far is written (shutdown)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + grace
-        while len(self._pending) or (
-            self._task is not None and not self._task.done() and self._busy
-        ):
+        while not self._outcomes.idle:
             if loop.time() > deadline:
-                log.warning("delivery outcomes not recorded before shutdown", n=len(self._pending))
+                log.warning("delivery outcomes not recorded before shutdown", n=self.backlog)
                 return
             await asyncio.sleep(0.02)
 
-    _busy = False
-
     async def close(self) -> None:
-        await stop_task(self._task)
+        """Stop writing; outcomes not written yet stay in ``backlog``."""
+        await self._outcomes.close()
 
-    async def _flush(self, batch: _Batch) -> None:
-        self._busy = True
-        try:
-            await self._flush_once(batch)
-        finally:
-            self._busy = False
-
-    async def _flush_once(self, batch: _Batch) -> None:
-        now = datetime.now(UTC)
-        decisions = {
-            id(a): decide(
-                a.reply,
-                state_of(a.work.recipient),
-                now,
-                self.policy_for(a.work.message.doc),
-                self.rng,
-            )
-            for a in batch.attempts
-        }
-        works = {w.id: w for w in batch.works()}
-        ids = list(works)
-        notices = await self._build_notices(batch, decisions, now)
-        filed: set[int] = set()
-
-        checked: list[bool] = [False]
-
-        async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
-            filed.clear()
-            if checked[0]:  # a lease was lost: find out which outcomes are still ours to write
-                owned = {
-                    d["_id"]
-                    for part in chunked(ids)
-                    for d in await self.db.recipients.find(
-                        {"_id": {"$in": part}},
-                        {"delivery_status": 1, "attempts": 1},
-                        session=session,
-                    ).to_list()
-                    if d.get("delivery_status") in DUE_STATUSES
-                    and int(d.get("attempts") or 0) == _attempts(works[d["_id"]])
-                }
-            else:
-                owned = set(ids)
-            updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
-            events: list[dict[str, Any]] = []
-            changed: list[dict[str, Any]] = []
-            for a in batch.attempts:
-                if a.work.id not in owned:
-                    continue
-                d = decisions[id(a)]
-                fields = self._attempt_fields(a, d, now)
-                updates.append((self._key(a.work), {"$set": fields}))
-                changed.append({**a.work.recipient, **fields})
-                events.append(self._event(a.work, d.event_type, now, self._metadata(a, d)))
-            for w in batch.suppressed:
-                if w.id not in owned:
-                    continue
-                fields = {
-                    "delivery_status": "suppressed",
-                    "lease_until": None,
-                    "lease_token": None,
-                    "updated_at": now,
-                }
-                updates.append((self._key(w), {"$set": fields}))
-                changed.append({**w.recipient, **fields})
-                events.append(self._event(w, "suppressed", now, {"at": "attempt"}))
-            for r in batch.releases:
-                if r.work.id not in owned:
-                    continue
-                fields = {
-                    "delivery_status": unleased_status(r.work.recipient),
-                    "lease_until": None,
-                    "lease_token": None,
-                    "next_attempt_at": r.due,
-                    "updated_at": now,
-                    "job_id": job_id(r.work.message.id, r.work.domain, r.due),
-                }
-                updates.append((self._key(r.work), {"$set": fields}))
-                changed.append({**r.work.recipient, **fields})
-            if await self._write(updates, session) != len(updates) and not checked[0]:
-                raise _LeaseLost  # roll back, then write only what we still hold
-            if events:
-                await self.db.delivery_events.insert_many(events, session=session)
-            changes: list[Change] = []
-            for index, (notice, blob_id) in enumerate(notices):
-                if set(notice.recipient_ids) <= owned:
-                    changes += await file_notice(
-                        self.db, notice, blob_id, hostname=self.hostname, now=now, session=session
-                    )
-                    filed.add(index)
-            for a in batch.attempts:
-                d = decisions[id(a)]
-                if d.suppress and a.work.id in owned:
-                    await self.suppression.add(
-                        a.work.address,
-                        reason="hard_bounce",
-                        bounce_class=d.bounce_class,
-                        rule=d.rule,
-                        source_message_id=a.work.message.id,
-                        session=session,
-                    )
-            return changed, changes
-
-        try:
-            try:
-                changed, changes = await in_transaction(self.mongo, work)
-            except _LeaseLost:
-                checked[0] = True
-                changed, changes = await in_transaction(self.mongo, work)
-        except BaseException:
-            filed.clear()
-            raise
-        finally:
-            for index, (_, blob_id) in enumerate(notices):
-                if index not in filed:  # the transaction did not keep this notice
-                    await self.blobs.delete(blob_id)
-        written = {r["_id"] for r in changed}
-        for a in batch.attempts:
-            if a.work.id in written:
-                d = decisions[id(a)]
-                metrics.delivery_attempt(a.work.domain, d.status, d.bounce_class)
-        await publish_many(self.redis, [status_event(r["message_id"], r) for r in changed])
-        await self.notifier.committed(changes)
-        await self._enqueue_retries(changed)
+    async def _flush(self, batch: OutcomeBatch) -> None:
+        await self.writer.write(batch)
         for callback in self._done_callbacks:
             callback(batch.works())
-
-    async def _build_notices(
-        self, batch: _Batch, decisions: dict[int, Decision], now: datetime
-    ) -> list[tuple[Notice, ObjectId]]:
-        """One DSN per (message, kind) in this batch, its raw bytes already in the blob store."""
-        groups: dict[tuple[ObjectId, str], list[tuple[_Attempt, Decision]]] = defaultdict(list)
-        for a in batch.attempts:
-            d = decisions[id(a)]
-            if d.notice:
-                groups[(a.work.message.id, d.notice)].append((a, d))
-        out = []
-        for (_, kind), group in groups.items():
-            message = group[0][0].work.message
-            until = None
-            if kind == "delay":
-                until = retry_until(
-                    state_of(group[0][0].work.recipient).queued_at,
-                    self.policy_for(message.doc).lifetime,
-                )
-            notice = build_notice(
-                hostname=self.hostname,
-                message=message.doc,
-                original_headers=message.headers,
-                reports=[dsn_report(a.work.address, a.reply, d, a.mx) for a, d in group],
-                recipient_ids=[a.work.id for a, _ in group],
-                kind=kind,
-                now=now,
-                will_retry_until=until,
-            )
-            out.append((notice, await store_raw(self.blobs, notice)))
-        return out
-
-    @staticmethod
-    def _key(w: Work) -> dict[str, Any]:
-        return w.owned
-
-    async def _write(
-        self, updates: list[tuple[dict[str, Any], dict[str, Any]]], session: Any
-    ) -> int:
-        """All the transaction's recipient updates in one unordered bulk write (one round
-        trip): identical updates (the same reply from one MX, for recipients at the same
-        attempt count) as one multi-document update each, the rest one by one. SecantusDB's
-        cost per updated document is a third lower in a multi-document update than in single
-        updates. Returns how many recipients matched (each filter says "still pending, at the
-        attempt count we read")."""
-        groups: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
-        for key, update in updates:
-            signature = repr((key["attempts"], sorted(update["$set"].items())))
-            groups.setdefault(signature, ([], update))[0].append(key)
-        requests: list[UpdateOne | UpdateMany] = []
-        for keys, update in groups.values():
-            if len(keys) < 2:
-                requests += [UpdateOne(k, update) for k in keys]
-                continue
-            condition = {k: v for k, v in keys[0].items() if k != "_id"}
-            requests += [
-                UpdateMany({"_id": {"$in": [k["_id"] for k in part]}, **condition}, update)
-                for part in chunked(keys)
-            ]
-        if not requests:
-            return 0
-        result = await self.db.recipients.bulk_write(requests, ordered=False, session=session)
-        return int(result.matched_count)
-
-    @staticmethod
-    def _attempt_fields(a: _Attempt, d: Decision, now: datetime) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "delivery_status": d.status,
-            "attempts": d.attempts,
-            "lease_until": None,
-            "lease_token": None,
-            "updated_at": now,
-            "bounce_class": d.bounce_class,
-            "last_reply": {
-                "code": a.reply.code,
-                "enhanced": a.reply.enhanced,
-                "text": a.reply.text,
-                "mx": a.mx,
-            },
-            "last_attempt_at": now,
-        }
-        if d.status == "deferred":
-            fields["next_attempt_at"] = d.next_attempt_at
-            fields["job_id"] = job_id(a.work.message.id, a.work.domain, d.next_attempt_at)
-            if d.notice == "delay":
-                fields["delay_notice_sent"] = True
-        return fields
-
-    @staticmethod
-    def _metadata(a: _Attempt, d: Decision) -> dict[str, Any]:
-        return {
-            "attempt": d.attempts,
-            "code": a.reply.code,
-            "enhanced": a.reply.enhanced,
-            "text": a.reply.text,
-            "mx": a.mx,
-            "bounce_class": d.bounce_class,
-            "rule": d.rule,
-            "next_attempt_at": d.next_attempt_at,
-        }
-
-    @staticmethod
-    def _event(w: Work, event_type: str, now: datetime, metadata: dict[str, Any]) -> dict[str, Any]:
-        # sender_user_id / sender_domain: the reputation counters aggregate on them.
-        return {
-            "message_id": w.message.id,
-            "recipient": w.address,
-            "recipient_id": w.id,
-            "event_type": event_type,
-            "occurred_at": now,
-            "sender_user_id": w.message.sender_user_id,
-            "sender_domain": w.message.sender_domain,
-            "metadata": metadata,
-        }
-
-    async def _enqueue_retries(self, changed: list[dict[str, Any]]) -> None:
-        """A job at each recipient's next due time (the id the sweep would use for it too)."""
-        jobs: dict[str, tuple[ObjectId, str, datetime]] = {}
-        for r in changed:
-            if r["delivery_status"] in ("deferred", "queued") and r.get("job_id"):
-                jobs[r["job_id"]] = (r["message_id"], r["domain"], r["next_attempt_at"])
-        for jid, (message_id, domain, at) in jobs.items():
-            await self.queue.enqueue(
-                "deliver_domain", str(message_id), domain, job_id=jid, defer_until=at
-            )

@@ -14,15 +14,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo import UpdateOne
 
 from app.adapters.blob_batches import read_blobs
 from app.adapters.dkim_signer import DkimKey, DkimSigner
 from app.adapters.live_status import publish_many
+from app.adapters.mongo import UpdateOne
 from app.adapters.redis_store import RedisStore
 from app.adapters.smtp_transport import no_reply
 from app.domain.addresses import domain_of
-from app.services.delivery.outbox import DomainLease, PreparedMessage, Work, chunked, status_event
+from app.domain.outcomes import status_event
+from app.services.delivery.outbox import DomainLease, PreparedMessage, Work, chunked
 from app.services.delivery.outcomes import OutcomeRecorder
 from app.services.feedback.suppression import GLOBAL, SuppressionService, user_scope
 

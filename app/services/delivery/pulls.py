@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from app.background import stop_task
+from app.batching import Batcher, Waiter
 from app.services.delivery.leases import DomainLeases
 from app.services.delivery.outbox import DomainLease, Work, chunked, is_due
 from app.services.delivery.prepare import MessagePreparer
@@ -33,12 +33,11 @@ PREPARE_CHUNK = 50  # recipients prepared (read, signed) and handed to lanes at 
 MAX_IN_FLIGHT = 6000  # recipients handed out and not yet recorded, per process
 
 
-@dataclass
-class _Request:
-    """A lane's pull: up to ``limit`` more due recipients of ``domain``."""
+@dataclass(frozen=True)
+class _Pull:
+    """A lane asks for up to ``limit`` more due recipients of ``domain``."""
 
     domain: str
-    future: asyncio.Future[bool]
     limit: int
 
 
@@ -61,8 +60,8 @@ class PullRounds:
         self.preparer = preparer
         self._hand_to = hand_to
         self._lane_busy = lane_busy
-        self._requests: asyncio.Queue[_Request] | None = None
-        self._leaser: asyncio.Task[None] | None = None
+        # Pulls asked while a round runs are folded into the next round (app.batching).
+        self._rounds: Batcher[_Pull, bool] = Batcher(self._serve, max_items=LEASE_BATCH)
         # Recipients handed to lanes whose outcome is not committed yet: a pull sees them as
         # still due, so they are left out; so are those settled while a round was reading.
         self._in_flight: dict[ObjectId, str] = {}
@@ -73,22 +72,13 @@ class PullRounds:
         self._room.set()
         self._closed = False
 
-    def start(self) -> asyncio.Queue[_Request]:
-        if self._requests is None:
-            self._requests = asyncio.Queue()
-        if self._leaser is None or self._leaser.done():
-            self._leaser = asyncio.get_running_loop().create_task(self._lease_loop(self._requests))
-        return self._requests
-
     async def pull(self, domain: str, limit: int) -> bool:
         """A lane asks for more of its domain's due recipients (they arrive through
         ``hand_to``); True when there may be more still."""
         if self._closed or limit <= 0:
             return False
-        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.start().put_nowait(_Request(domain, future, limit))
         try:
-            return await future
+            return await self._rounds.submit(_Pull(domain, limit))
         except Exception:
             log.exception("pulling due recipients failed", domain=domain)
             return False
@@ -104,43 +94,37 @@ class PullRounds:
     async def stop(self) -> None:
         """No more rounds; pulls waiting for one get no answer (their lanes are closing)."""
         self._closed = True
-        await stop_task(self._leaser)
-        if self._requests is not None:
-            while not self._requests.empty():
-                self._requests.get_nowait().future.cancel()
+        await self._rounds.close()  # a round in progress stops; queued pulls are cancelled
 
-    async def _lease_loop(self, requests: asyncio.Queue[_Request]) -> None:
-        while True:
-            batch = [await requests.get()]
-            while not requests.empty() and len(batch) < LEASE_BATCH:
-                batch.append(requests.get_nowait())
-            try:
-                await self._room.wait()
-                await self._lease_requests(batch)
-            except Exception as e:
-                log.exception("pulling due recipients failed", n=len(batch))
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(e)
-            finally:  # stopped (close) mid-round: nobody waits for an answer forever
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_result(False)
+    async def _serve(self, pulls: list[Waiter[_Pull, bool]]) -> None:
+        """One round for the pulls queued since the last one."""
+        try:
+            await self._room.wait()
+            await self._lease_requests(pulls)
+        except Exception as e:
+            log.exception("pulling due recipients failed", n=len(pulls))
+            for pull in pulls:
+                pull.fail(e)
+        finally:  # stopped (close) mid-round: nobody waits for an answer forever
+            for pull in pulls:
+                pull.answer(False)
 
-    async def _lease_requests(self, batch: list[_Request]) -> None:
+    async def _lease_requests(self, batch: list[Waiter[_Pull, bool]]) -> None:
         """One round for every lane that asked for more since the last one: take the leases
         of domains not held yet, read their due recipients, hand them to the lanes."""
         now = datetime.now(UTC)
         pulls: dict[str, int] = {}
         for r in batch:
-            pulls[r.domain] = max(pulls.get(r.domain, 0), r.limit)
+            pulls[r.item.domain] = max(pulls.get(r.item.domain, 0), r.item.limit)
         self._round_domains = set(pulls)  # not idle (their leases stay) until handed over
         try:
             await self._round(batch, pulls, now)
         finally:
             self._round_domains = set()
 
-    async def _round(self, batch: list[_Request], pulls: dict[str, int], now: datetime) -> None:
+    async def _round(
+        self, batch: list[Waiter[_Pull, bool]], pulls: dict[str, int], now: datetime
+    ) -> None:
         held = await self.leases.hold(list(pulls), now)
         mine = {domain: limit for domain, limit in pulls.items() if domain in held}
         leases = {domain: self.leases.held[domain] for domain in mine}  # a lost one: until = now
@@ -161,10 +145,11 @@ class PullRounds:
                 self._room.clear()
         found = Counter(d["domain"] for d in due)
         for r in batch:
-            if not r.future.done():
-                # "more": this round could not see everything; the lane should ask again.
-                more = r.domain in mine and (truncated or found[r.domain] >= pulls[r.domain])
-                r.future.set_result(more)
+            # "more": this round could not see everything; the lane should ask again. The
+            # lanes have their answer before the hand-over, so sending starts with the first
+            # prepared chunk.
+            domain = r.item.domain
+            r.answer(domain in mine and (truncated or found[domain] >= pulls[domain]))
         if due:
             await self._hand_over(due, leases)
 

@@ -40,6 +40,7 @@ from app.services.after_commit import Notifier
 from app.services.delivery.lanes import Lanes
 from app.services.delivery.leases import DomainLeases
 from app.services.delivery.outbox import Work
+from app.services.delivery.outcome_writer import OutcomeWriter
 from app.services.delivery.outcomes import OutcomeRecorder
 from app.services.delivery.prepare import MessagePreparer
 from app.services.delivery.pulls import PullRounds
@@ -81,14 +82,16 @@ class DeliveryService:
             ),
         }
         self.recorder = OutcomeRecorder(
-            mongo=mongo,
-            redis=redis,
-            queue=queue,
-            blobs=blobs,
-            suppression=suppression,
-            notifier=notifier,
-            hostname=settings.hostname,
-            policy_for=self.policy_for,
+            OutcomeWriter(
+                mongo=mongo,
+                redis=redis,
+                queue=queue,
+                blobs=blobs,
+                suppression=suppression,
+                notifier=notifier,
+                hostname=settings.hostname,
+                policy_for=self.policy_for,
+            )
         )
         # A transaction is at most connect + MAIL + RCPT + DATA: never start one without that
         # much lease left (and never let the margin eat more than half a short test lease).
@@ -150,7 +153,6 @@ class DeliveryService:
         except (InvalidId, TypeError):
             return {"domain": None}
         domain = domain.strip().lower()
-        self.pulls.start()
         self.lanes.note_waiting(domain)
         return {"domain": domain}
 

@@ -9,6 +9,7 @@ status, a suppression for hard bounces (classified by enhanced status code and r
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,7 +28,7 @@ from app.domain.bounces import (
     parse_reply,
 )
 from app.domain.dsn import RecipientReport, parse_dsn
-from app.domain.errors import ValidationError
+from app.domain.errors import Conflict, ValidationError
 from app.domain.feedback_reports import parse_feedback_report
 from app.domain.ids import parse_object_id
 from app.domain.verp import parse_verp_address
@@ -95,6 +96,36 @@ class BounceProcessor:
     async def process_webhook(self, payload: dict[str, Any]) -> Applied:
         """A provider event (already authenticated by the caller)."""
         return await self.apply(report_from_webhook(payload, self.secret))
+
+    async def process_signed_webhook(self, signature: str, body: bytes) -> list[Applied]:
+        """A provider request whose signature the caller verified: an event object or a list of
+        at most 100. Each signed request counts once — its signature is kept as a receipt
+        (``webhook_receipts``, expiring), and a second arrival is a replay (Conflict, code
+        REPLAYED). A body that is not valid keeps its receipt (a corrected one is signed anew,
+        so it is not a replay); a failure of ours gives the receipt back, so the provider's
+        retry is applied."""
+        try:
+            await self.db.webhook_receipts.insert_one(
+                {"_id": signature, "created_at": datetime.now(UTC)}
+            )
+        except Exception as e:
+            if is_duplicate_key(e):
+                raise Conflict("this signed request was already received", "REPLAYED") from None
+            raise
+        try:
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                raise ValidationError.on("body", "body is not JSON") from None
+            batch = payload if isinstance(payload, list) else [payload]
+            if not all(isinstance(p, dict) for p in batch) or len(batch) > 100:
+                raise ValidationError.on("body", "an event object or a list of at most 100")
+            return [await self.process_webhook(p) for p in batch]
+        except ValidationError:
+            raise
+        except Exception:
+            await self.db.webhook_receipts.delete_one({"_id": signature})
+            raise
 
     # --- the one code path -----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from bson import ObjectId
 
 from app.adapters.mongo import Mongo
 from app.config import Settings
+from app.domain.addresses import domain_of
 from app.domain.errors import ValidationError
 
 log = structlog.get_logger(__name__)
@@ -204,3 +205,51 @@ class ReputationService:
     async def events(self, keys: list[str], limit: int = 20) -> list[dict[str, Any]]:
         cursor = self.db.reputation_events.find({"key": {"$in": keys}})
         return await cursor.sort("occurred_at", -1).limit(limit).to_list()  # type: ignore[no-any-return]
+
+    async def report(self, user_id: ObjectId, addresses: list[str]) -> ReputationReport:
+        """The user's standing and that of each domain they send from (its addresses): rolling
+        counts, any active pause, and the user's recent pause/resume events."""
+        domains = sorted({domain_of(a) for a in addresses})
+        user_key = pause_key("user", user_id)
+        keys = {user_key: "user", **{pause_key("domain", d): d for d in domains}}
+        pauses = {
+            d["_id"]: d
+            for d in await self.db.sending_pauses.find(
+                {"_id": {"$in": list(keys)}, "active": True}
+            ).to_list()
+        }
+        standings = []
+        for key, subject in keys.items():
+            counts = await (
+                self.counts(user_id=user_id) if key == user_key else self.counts(domain=subject)
+            )
+            pause = pauses.get(key)
+            standings.append(
+                Standing(subject, counts, pause.get("reason") if pause else None, pause is not None)
+            )
+        return ReputationReport(
+            window_days=self.settings.reputation_window_days,
+            thresholds=self.thresholds,
+            user=standings[0],
+            domains=standings[1:],
+            events=await self.events([user_key]),
+        )
+
+
+@dataclass(frozen=True)
+class Standing:
+    """One sender's rolling counts and pause: the user ("user") or one sending domain."""
+
+    subject: str
+    counts: Counts
+    paused_reason: str | None
+    paused: bool
+
+
+@dataclass(frozen=True)
+class ReputationReport:
+    window_days: int
+    thresholds: Thresholds
+    user: Standing
+    domains: list[Standing]
+    events: list[dict[str, Any]]

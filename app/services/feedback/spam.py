@@ -25,10 +25,9 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
-from pymongo import UpdateOne
 
 from app.adapters.blobs import BlobStore
-from app.adapters.mongo import Mongo
+from app.adapters.mongo import Mongo, UpdateOne
 from app.adapters.spam_scorer import bounded_for_scoring
 from app.domain.errors import ValidationError
 from app.domain.folders import Folder

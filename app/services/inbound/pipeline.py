@@ -8,7 +8,6 @@ anything else is refused right there (never an open relay). DATA: header limits,
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import re
 import time
@@ -16,7 +15,7 @@ from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from bson import ObjectId
 
@@ -26,6 +25,7 @@ from app.adapters.clamav import ClamdScanner
 from app.adapters.mail_auth import AuthVerdict, MailAuthenticator
 from app.adapters.mongo import Mongo, as_domain_error
 from app.adapters.spam_scorer import Scorer, SpamVerdict, bounded_for_scoring
+from app.batching import Batcher, Waiter
 from app.config import Settings
 from app.domain.addresses import domain_of, normalize_email
 from app.domain.conversations import normalize_subject
@@ -56,36 +56,16 @@ class SharedLookup(Generic[K, V]):
 
     def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]]) -> None:
         self._fetch = fetch
-        self._waiting: list[tuple[list[K], asyncio.Future[dict[K, V]]]] = []
-        self._runner: asyncio.Task[None] | None = None
+        self._batcher: Batcher[list[K], dict[K, V]] = Batcher(self._lookup)
 
     async def get(self, keys: list[K]) -> dict[K, V]:
         """The values found for ``keys`` (a key with none is left out)."""
-        loop = asyncio.get_running_loop()
-        if self._runner is not None and self._runner.get_loop() is not loop:
-            # A loop that closed with a query in flight (tests run one loop after another).
-            self._runner = None
-            self._waiting = [w for w in self._waiting if w[1].get_loop() is loop]
-        future: asyncio.Future[dict[K, V]] = loop.create_future()
-        self._waiting.append((keys, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run())
-        return await future
+        return await self._batcher.submit(keys)
 
-    async def _run(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            keys = list(dict.fromkeys(k for wanted, _ in batch for k in wanted))
-            try:
-                found = await self._fetch(keys)
-            except Exception as e:  # every waiter must get an answer
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
-                continue
-            for wanted, future in batch:
-                if not future.done():
-                    future.set_result({k: found[k] for k in wanted if k in found})
+    async def _lookup(self, waiters: list[Waiter[list[K], dict[K, V]]]) -> None:
+        found = await self._fetch(list(dict.fromkeys(k for w in waiters for k in w.item)))
+        for waiter in waiters:
+            waiter.answer({k: found[k] for k in waiter.item if k in found})
 
 
 @dataclass
@@ -101,6 +81,7 @@ class LocalRecipient:
     address: str
     user_id: ObjectId | None = None  # a mailbox
     verp: tuple[str, str] | None = None  # (message id, recipient id) of a bounce address
+    unsubscribe: bool = False  # a campaign's List-Unsubscribe mailto address (issue 15)
 
 
 @dataclass(frozen=True)
@@ -119,6 +100,14 @@ class Receipt:
     reports: int  # bounce/complaint events applied
 
 
+class Unsubscribes(Protocol):
+    """Campaign unsubscribe addresses (app/services/campaigns/tracking.py)."""
+
+    def is_unsubscribe_address(self, address: str) -> bool: ...
+
+    async def unsubscribe_by_mail(self, address: str) -> bool: ...
+
+
 class InboundService:
     def __init__(
         self,
@@ -132,8 +121,10 @@ class InboundService:
         bounces: BounceProcessor,
         feedback: SpamFeedbackService,
         scanner: ClamdScanner | None = None,
+        unsubscribes: Unsubscribes | None = None,
     ) -> None:
         self.db = mongo.db
+        self.unsubscribes = unsubscribes  # mail to a campaign's unsubscribe address
         self.blobs = blobs
         self.settings = settings
         self.store = store
@@ -172,6 +163,8 @@ class InboundService:
                 verp = parse_verp_address(key, secret=self._verp_secret)
                 if verp is not None:
                     return LocalRecipient(key, verp=verp)
+            if self.unsubscribes is not None and self.unsubscribes.is_unsubscribe_address(key):
+                return LocalRecipient(key, unsubscribe=True)
             user_id = (await self._identities.get([key])).get(key)
             if user_id is None and key == f"{POSTMASTER}@{domain}":
                 user_id = await self._postmaster_of(domain)
@@ -257,6 +250,9 @@ class InboundService:
         for report in reports:
             if report.verp is not None:
                 applied += await self.bounces.process_report(raw, verp=report.verp)
+        for r in envelope.recipients:
+            if r.unsubscribe and self.unsubscribes is not None:
+                applied += await self.unsubscribes.unsubscribe_by_mail(r.address)
         if not mailboxes:
             return Receipt(None, 0, None, applied)
         spam = self.scorer.score(raw)
@@ -437,6 +433,13 @@ class InboundService:
             f"(mailhub) with ESMTP id {message_id}{single};\r\n\t{format_datetime(now)}\r\n"
         )
         return f"Authentication-Results: {auth.header}\r\n{received}".encode("utf-8", "replace")
+
+    def load_spam_model(self) -> None:
+        """Load the spam model before the MX accepts mail: a missing or bad one stops the MX
+        at start, loudly, not at its first message (scorers without a model: nothing to do)."""
+        load = getattr(self.scorer, "load", None)
+        if load is not None:
+            load()
 
 
 def _addr(a: Any) -> dict[str, Any]:

@@ -40,6 +40,9 @@ class StateChange:
     add_labels: tuple[str, ...] = ()
     remove_labels: tuple[str, ...] = ()
     clear_probable_spam: bool = False  # markNotSpam: the "probably spam" flag is answered
+    answered: bool | None = None  # IMAP \Answered (a reply was sent from a mail client)
+    add_keywords: tuple[str, ...] = ()  # IMAP keywords ($Forwarded, \Deleted, ...), as stored
+    remove_keywords: tuple[str, ...] = ()
 
 
 def parse_ids(ids: list[str], field: str = "ids") -> list[ObjectId]:
@@ -72,11 +75,7 @@ class MailboxChanges:
         now = datetime.now(UTC)
 
         async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
-            docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
-            ).to_list()
-            if len(docs) != len(oids):
-                raise NotFound("no such message")
+            docs = await self._own_views(viewer, oids, session)
             deltas: dict[CounterKey, dict[str, int]] = {}
             touched: set[tuple[ObjectId, ObjectId]] = set()
             updated, changes = [], []
@@ -86,6 +85,14 @@ class MailboxChanges:
                     after["read"] = change.read
                 if change.starred is not None:
                     after["starred"] = change.starred
+                if change.answered is not None:
+                    after["answered"] = change.answered
+                if change.add_keywords or change.remove_keywords:
+                    drop = set(change.remove_keywords)
+                    keywords = [k for k in before.get("keywords", []) if k not in drop]
+                    keywords += [k for k in change.add_keywords if k not in keywords]
+                    if keywords or "keywords" in before:
+                        after["keywords"] = keywords
                 if target is not None and target.value != before["folder"]:
                     after["folder"] = self._move_target(before, target).value
                     after["previous_folder"] = before["folder"]
@@ -126,6 +133,18 @@ class MailboxChanges:
         order = {oid: i for i, oid in enumerate(oids)}
         return sorted(items, key=lambda d: order[d["_id"]])
 
+    async def _own_views(
+        self, viewer: Viewer, oids: list[ObjectId], session: Any
+    ) -> list[dict[str, Any]]:
+        """The viewer's views with these ids, all or nothing: one that is missing or not the
+        viewer's fails the whole call with the same NotFound, so ids of others leak nothing."""
+        docs: list[dict[str, Any]] = await self.db.mailbox_items.find(
+            {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
+        ).to_list()
+        if len(docs) != len(oids):
+            raise NotFound("no such message")
+        return docs
+
     @staticmethod
     def _move_target(item: dict[str, Any], target: Folder) -> Folder:
         home = ROLE_HOME[item["role"]]
@@ -147,11 +166,7 @@ class MailboxChanges:
         oids = parse_ids(ids)
 
         async def work(session: Any) -> tuple[list[dict[str, Any]], list[Change]]:
-            docs = await self.db.mailbox_items.find(
-                {"_id": {"$in": oids}, "user_id": viewer.user_id}, session=session
-            ).to_list()
-            if len(docs) != len(oids):
-                raise NotFound("no such message")
+            docs = await self._own_views(viewer, oids, session)
             for d in docs:
                 if (
                     d["folder"] not in (Folder.TRASH.value, Folder.SPAM.value)

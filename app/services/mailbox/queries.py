@@ -348,3 +348,11 @@ class MailboxService:
         for d in docs:
             out[d["message_id"]].append(d)
         return out
+
+    async def message_status(self, viewer: Viewer, message_id: ObjectId) -> str | None:
+        """The sending status of one of the viewer's messages (queued, scheduled, sent, …);
+        None when it is not the viewer's message."""
+        message = await self.db.messages.find_one(
+            {"_id": message_id, "sender_user_id": viewer.user_id}, {"status": 1}
+        )
+        return message.get("status") if message else None

@@ -9,18 +9,22 @@ MongoDB, scoped to their viewer, so nothing private crosses a channel it should 
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
 
 from app.adapters.mongo import Mongo
-from app.adapters.pubsub import PubSubHub
+from app.adapters.pubsub import Listener, PubSubHub
 from app.domain.changes import Change
-from app.domain.errors import ValidationError
+from app.domain.errors import NotFound, ValidationError
+from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
 
 MAX_CHANGES = 5000
+
+__all__ = ["CannotCalculateChanges", "ChangeSet", "Listener", "RealtimeService"]
 
 
 @dataclass(frozen=True)
@@ -119,3 +123,30 @@ class RealtimeService:
             else:
                 updated.append(str(item_id))
         return ChangeSet(created, updated, deleted, str(docs[-1]["seq"]))
+
+    # --- subscriptions (schema/realtime.py) -------------------------------------------------
+
+    def listen(
+        self, viewer: Viewer, *, coalesce: bool = False
+    ) -> AbstractAsyncContextManager[Listener]:
+        """The viewer's own event channel, for as long as the subscription lasts."""
+        return self.hub.listen(str(viewer.user_id), coalesce=coalesce)
+
+    async def sent_message_id(self, viewer: Viewer, message_id: str) -> ObjectId:
+        """The id of a message the viewer sent; NotFound for anything else (another user's
+        message behaves exactly like one that does not exist)."""
+        oid = parse_object_id(message_id)
+        owned = oid is not None and await self.db.mailbox_items.count_documents(
+            {"user_id": viewer.user_id, "message_id": oid, "role": "sent"}, limit=1
+        )
+        if not owned:
+            raise NotFound(f"no sent message with id {message_id}")
+        assert oid is not None
+        return oid
+
+    async def recipient_of(self, message_id: ObjectId, recipient_id: str) -> dict[str, Any] | None:
+        """One recipient row of a message (a delivery event names it); None if it is not one."""
+        rid = parse_object_id(recipient_id)
+        if rid is None:
+            return None
+        return await self.db.recipients.find_one({"_id": rid, "message_id": message_id})

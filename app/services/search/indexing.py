@@ -20,10 +20,9 @@ from typing import Any
 import structlog
 from bson import ObjectId
 from prometheus_client import Counter, Gauge
-from pymongo import UpdateOne
 
 from app.adapters import metrics
-from app.adapters.mongo import Mongo
+from app.adapters.mongo import Mongo, UpdateOne
 from app.adapters.queue import JobQueue
 from app.adapters.typesense_index import TypesenseIndex
 from app.domain.changes import Change

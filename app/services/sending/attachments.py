@@ -10,6 +10,7 @@ import hashlib
 import mimetypes
 import re
 import unicodedata
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -179,3 +180,7 @@ class AttachmentService:
         ascii_name = filename.encode("ascii", "ignore").decode().replace('"', "").replace("\\", "")
         ascii_name = re.sub(r"[^\w.\- ()\[\]]", "_", ascii_name) or "attachment"
         return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
+
+    def content(self, download: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The bytes of an attachment ``for_download`` authorised, streamed in chunks."""
+        return self.blobs.stream(download["blob_id"])

@@ -23,9 +23,9 @@ from app.domain.addresses import domain_of
 from app.domain.changes import Change
 from app.domain.errors import NotFound, ValidationError
 from app.domain.folders import Folder, counter_deltas
+from app.domain.outcomes import status_event
 from app.domain.viewer import Viewer
 from app.services.after_commit import Notifier
-from app.services.delivery.outbox import status_event
 from app.services.mailbox.filing import apply_counter_deltas, refresh_threads
 from app.services.mailbox.queries import MailboxService
 from app.services.sending.send import deliver_locally

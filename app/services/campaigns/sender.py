@@ -1,0 +1,407 @@
+"""The campaign batch sender (issue 15): one batch at a time, paced, through the ordinary
+delivery pipeline.
+
+A batch, run by the ``campaign_batch`` job under the campaign's batch lease:
+
+1. reads the campaign from MongoDB: only a ``sending`` campaign sends, so pause and cancel
+   take effect before the next batch; a reputation pause or the warm-up ramp makes it wait
+   (``waiting`` shows why);
+2. takes the next pending recipients in ``seq`` order (a range query), as many as the pacing
+   plan and the warm-up allowance permit;
+3. checks the suppression list *now* (MongoDB, the sender's scope and the global one): an
+   unsubscribe POSTed a moment ago stops this batch's message;
+4. renders each message (template version + campaign variables + recipient variables), with
+   List-Unsubscribe headers and, when the campaign asks, tracking;
+5. in one transaction: the messages, their ``recipients`` rows (queued for the delivery
+   workers, which apply per-domain throttles and reputation as for any mail), the ``queued``
+   events and the campaign recipients' new states. A message's id *is* its campaign
+   recipient's id, so a batch replayed after a crash cannot store a second message for anyone
+   (the insert fails on the duplicate id and nothing of that batch commits twice);
+6. wakes the delivery lanes and schedules the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from bson import ObjectId
+
+from app.adapters.blob_batches import write_blobs
+from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
+from app.adapters.queue import JobQueue
+from app.config import Settings
+from app.domain.addresses import Address
+from app.domain.campaign_tokens import (
+    click_token,
+    open_token,
+    unsubscribe_address,
+    unsubscribe_token,
+)
+from app.domain.campaigns import (
+    batch_plan,
+    day_of,
+    next_day_start,
+    warmup_allowance,
+)
+from app.domain.errors import ValidationError
+from app.domain.mime import OutgoingMessage, build_mime
+from app.domain.tracking import add_pixel, rewrite_links
+from app.domain.viewer import Viewer
+from app.services.accounts import AccountService
+from app.services.campaigns.store import wake
+from app.services.feedback.reputation import ReputationService
+from app.services.feedback.suppression import SuppressionService, user_scope
+from app.services.sending.compose import Recipients, message_doc, recipient_docs
+from app.services.sending.send import deliver_locally
+from app.services.templates.render import TemplateRenderer
+
+log = structlog.get_logger(__name__)
+
+MAX_EARLY_SECONDS = 2.0  # a batch job this early waits for its time; earlier ones end
+WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
+
+
+class CampaignSender:
+    def __init__(
+        self,
+        *,
+        mongo: Mongo,
+        queue: JobQueue,
+        accounts: AccountService,
+        renderer: TemplateRenderer,
+        suppression: SuppressionService,
+        reputation: ReputationService,
+        settings: Settings,
+    ) -> None:
+        self.mongo = mongo
+        self.db = mongo.db
+        self.queue = queue
+        self.accounts = accounts
+        self.renderer = renderer
+        self.suppression = suppression
+        self.reputation = reputation
+        self.settings = settings
+        key = settings.secret_key.get_secret_value() if settings.secret_key else ""
+        self.secret = key.encode()
+        self._lease = timedelta(seconds=settings.campaign_lease_seconds)
+
+    # --- one batch ---------------------------------------------------------------------
+
+    async def run_batch(self, campaign_id: ObjectId) -> dict[str, Any]:
+        due = await self.db.campaigns.find_one({"_id": campaign_id}, {"next_batch_at": 1})
+        if due and due.get("next_batch_at"):
+            # the queue may run a deferred job a few milliseconds early: wait for the plan
+            early = (_aware(due["next_batch_at"]) - datetime.now(UTC)).total_seconds()
+            if 0 < early <= MAX_EARLY_SECONDS:
+                await asyncio.sleep(early)
+        now = datetime.now(UTC)
+        lease = secrets.token_hex(8)
+        campaign = await self.db.campaigns.find_one_and_update(
+            {
+                "_id": campaign_id,
+                "status": {"$in": ["sending", "scheduled"]},
+                "$or": [{"batch_lease_until": None}, {"batch_lease_until": {"$lte": now}}],
+                "next_batch_at": {"$lte": now},
+            },
+            {
+                "$set": {
+                    "batch_lease_until": now + self._lease,
+                    "lease": lease,
+                }
+            },
+            return_document=True,
+        )
+        if campaign is None:
+            return {"ran": False}
+        try:
+            return await self._batch(campaign, now)
+        finally:  # (already released when the batch scheduled the next one)
+            await self.db.campaigns.update_one(
+                {"_id": campaign_id, "lease": lease}, {"$set": {"batch_lease_until": None}}
+            )
+
+    async def _batch(self, campaign: dict[str, Any], now: datetime) -> dict[str, Any]:
+        if campaign["status"] == "scheduled":
+            campaign["status"] = "sending"
+            await self.db.campaigns.update_one(
+                {"_id": campaign["_id"], "status": "scheduled"}, {"$set": {"status": "sending"}}
+            )
+        pause = await self.reputation.pause_for(campaign["user_id"], campaign["from_domain"])
+        if pause is not None:
+            return await self._wait(campaign, "reputation", now + timedelta(seconds=WAIT_SECONDS))
+        plan = batch_plan(campaign.get("rate_per_minute"), self.settings.campaign_batch_max)
+        size = plan.size
+        sending_days, sent_today = await self._warmup_state(campaign["from_domain"], now)
+        allowance = warmup_allowance(self.settings.campaign_warmup_ramp, sending_days, sent_today)
+        if allowance is not None:
+            if allowance == 0:
+                return await self._wait(campaign, "warmup", next_day_start(now))
+            size = min(size, allowance)
+        pending = (
+            await self.db.campaign_recipients.find(
+                {"campaign_id": campaign["_id"], "state": "pending"}
+            )
+            .sort("seq", 1)
+            .limit(size)
+            .to_list()
+        )
+        if not pending:
+            await self.db.campaigns.update_one(
+                {"_id": campaign["_id"], "status": "sending"},
+                {"$set": {"status": "completed", "completed_at": now, "waiting": None}},
+            )
+            return {"ran": True, "completed": True}
+        outcome = await self._send(campaign, pending, now)
+        if outcome["queued"]:
+            await self._count_warmup(campaign["from_domain"], now, outcome["queued"])
+        following = await self.db.campaigns.find_one_and_update(
+            {"_id": campaign["_id"]},
+            {
+                "$set": {
+                    "next_batch_at": now + timedelta(seconds=plan.interval_seconds),
+                    "waiting": None,
+                    # released here, before the next batch's job is enqueued: that job may
+                    # start at once and must find the lease free
+                    "batch_lease_until": None,
+                },
+                "$inc": {"batches": 1},
+                "$push": {
+                    "batch_log": {
+                        "$each": [{"at": now, "size": len(pending), **outcome}],
+                        "$slice": -200,
+                    }
+                },
+            },
+            return_document=True,
+        )
+        if following and following["status"] == "sending":
+            await wake(self.queue, following)
+        return {"ran": True, **outcome}
+
+    async def _wait(self, campaign: dict[str, Any], why: str, until: datetime) -> dict[str, Any]:
+        updated = await self.db.campaigns.find_one_and_update(
+            {"_id": campaign["_id"]},
+            {
+                "$set": {"waiting": why, "next_batch_at": until, "batch_lease_until": None},
+                "$inc": {"batches": 1},
+            },
+            return_document=True,
+        )
+        if updated and updated["status"] == "sending":
+            await wake(self.queue, updated)
+        return {"ran": True, "waiting": why}
+
+    async def _send(
+        self, campaign: dict[str, Any], pending: list[dict[str, Any]], now: datetime
+    ) -> dict[str, int]:
+        scope = user_scope(campaign["user_id"])
+        suppressed = await self.suppression.suppressed([r["key"] for r in pending], scope=scope)
+        to_send = [r for r in pending if r["key"] not in suppressed]
+        skipped = [r for r in pending if r["key"] in suppressed]
+        version = await self.db.template_versions.find_one({"_id": campaign["version_id"]})
+        if version is None:
+            raise ValidationError.on("template", "the campaign's template version is gone")
+        built = await asyncio.gather(*(self._build(campaign, version, r, now) for r in to_send))
+        failed = [(r, err) for r, (_, _, err) in zip(to_send, built, strict=True) if err]
+        ready = [
+            (r, m, raw)
+            for r, (m, raw, err) in zip(to_send, built, strict=True)
+            if m is not None and not err
+        ]
+        viewer = Viewer(campaign["user_id"], campaign["from"]["email"])
+        messages, recipients = [], []
+        local_users = await self.accounts.users_for_addresses([r["email"] for r, _, _ in ready])
+        for r, outgoing, raw in ready:
+            # raw_blob_id: set when the blob is written, in the batch's transaction
+            message = message_doc(viewer, outgoing, [], raw, ObjectId(), now, None)
+            message.update(_id=r["_id"], campaign_id=campaign["_id"], bulk=True)
+            rows = recipient_docs(
+                message,
+                Recipients(list(outgoing.to), [], []),
+                local_users,
+                set(),
+                now,
+                None,
+            )
+            for row in rows:
+                row.update(_id=r["_id"], campaign_id=campaign["_id"])
+            messages.append(message)
+            recipients.extend(rows)
+        events = [_event(campaign, r["_id"], r["address"], "queued", now) for r in recipients] + [
+            _event(campaign, r["_id"], r["email"], "suppressed", now) for r in skipped
+        ]
+
+        async def work(session: Any) -> list[Any]:
+            changes: list[Any] = []
+            if messages:
+                # the raw MIME commits with the messages that name it, or not at all
+                written = await write_blobs(
+                    self.db,
+                    [(raw, "message.eml", {"kind": "raw"}) for _, _, raw in ready],
+                    session=session,
+                )
+                for message, blob in zip(messages, written, strict=True):
+                    message["raw_blob_id"] = blob
+                await self.db.messages.insert_many(messages, session=session)
+                await self.db.recipients.insert_many(recipients, session=session)
+                for message in messages:
+                    mine = [x for x in recipients if x["message_id"] == message["_id"]]
+                    if any(x.get("local_user_id") for x in mine):
+                        changes += await deliver_locally(
+                            self.db,
+                            message,
+                            mine,
+                            now,
+                            session,
+                            hostname=self.settings.hostname,
+                        )
+            if events:
+                await self.db.delivery_events.insert_many(events, session=session)
+            for state, ids in (
+                ("queued", [m["_id"] for m in messages]),
+                ("suppressed", [r["_id"] for r in skipped]),
+            ):
+                if ids:
+                    await self.db.campaign_recipients.update_many(
+                        {"_id": {"$in": ids}, "state": "pending"},
+                        {"$set": {"state": state, "updated_at": now}},
+                        session=session,
+                    )
+            for r, err in failed:
+                await self.db.campaign_recipients.update_one(
+                    {"_id": r["_id"], "state": "pending"},
+                    {"$set": {"state": "failed", "error": err, "updated_at": now}},
+                    session=session,
+                )
+            return changes
+
+        try:
+            await in_transaction(self.mongo, work)
+        except Exception as e:
+            if is_duplicate_key(e):  # replayed: another run committed these already
+                log.warning("campaign batch replayed", campaign=str(campaign["_id"]))
+                return {"queued": 0, "suppressed": 0, "failed": 0}
+            raise
+        for domain in sorted({x["domain"] for x in recipients if not x.get("local_user_id")}):
+            first = next(x for x in recipients if x["domain"] == domain)
+            await self.queue.enqueue(
+                "deliver_domain",
+                str(first["message_id"]),
+                domain,
+                job_id=f"deliver:{first['message_id']}:{domain}",
+            )
+        return {"queued": len(messages), "suppressed": len(skipped), "failed": len(failed)}
+
+    async def _build(
+        self,
+        campaign: dict[str, Any],
+        version: dict[str, Any],
+        r: dict[str, Any],
+        now: datetime,
+    ) -> tuple[OutgoingMessage | None, bytes, str | None]:
+        """(message, MIME bytes, None) or (None, b"", why it cannot be rendered)."""
+        try:
+            rendered = await self.renderer.render_version(
+                version, {**campaign.get("variables", {}), **r.get("variables", {})}
+            )
+        except ValidationError as e:
+            return None, b"", e.message
+        base = self.settings.base_url.rstrip("/")
+        rid: ObjectId = r["_id"]
+        html = rendered.html
+        if html and campaign.get("track_clicks"):
+            tracked = rewrite_links(
+                html, lambda i: f"{base}/t/c/{click_token(self.secret, rid, i)}"
+            )
+            html = tracked.html
+            if tracked.links:
+                await self.db.campaign_recipients.update_one(
+                    {"_id": rid}, {"$set": {"links": tracked.links}}
+                )
+        if html and campaign.get("track_opens"):
+            html = add_pixel(html, f"{base}/t/o/{open_token(self.secret, rid)}")
+        unsubscribe = (
+            f"<{base}/u/{unsubscribe_token(self.secret, rid)}>, "
+            f"<mailto:{unsubscribe_address(self.secret, rid, campaign['from_domain'])}>"
+        )
+        outgoing = OutgoingMessage(
+            from_=Address(campaign["from"]["email"], campaign["from"].get("name")),
+            to=(Address(r["email"], None),),
+            subject=rendered.subject,
+            text=rendered.text_part(),
+            html=html,
+            message_id=f"<{rid}.{campaign['_id']}@{self.settings.hostname}>",
+            date=now,
+            extra_headers=(
+                ("List-Unsubscribe", unsubscribe),
+                ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
+                ("Precedence", "bulk"),
+            ),
+        )
+        try:
+            return outgoing, build_mime(outgoing), None
+        except ValidationError as e:
+            return None, b"", e.message
+
+    # --- warm-up -------------------------------------------------------------------------
+
+    async def _warmup_state(self, domain: str, now: datetime) -> tuple[int, int]:
+        """(days the domain has sent campaign mail before today, recipients queued today)."""
+        doc = await self.db.campaign_warmup.find_one({"_id": domain}) or {}
+        today = day_of(now)
+        days = [d for d in doc.get("days", []) if d < today]
+        return len(days), int((doc.get("counts") or {}).get(today, 0))
+
+    async def _count_warmup(self, domain: str, now: datetime, n: int) -> None:
+        today = day_of(now)
+        await self.db.campaign_warmup.update_one(
+            {"_id": domain},
+            {"$addToSet": {"days": today}, "$inc": {f"counts.{today}": n}},
+            upsert=True,
+        )
+
+    # --- the sweep -------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        """Wake every campaign that should be sending and has no live batch: after a worker
+        was killed (its lease lapses) or Redis lost the jobs. Returns how many it woke."""
+        now = datetime.now(UTC)
+        woke = 0
+        async for c in self.db.campaigns.find(
+            {
+                "status": {"$in": ["sending", "scheduled"]},
+                "next_batch_at": {
+                    "$lte": now - timedelta(seconds=self.settings.campaign_stall_seconds)
+                },
+                "$or": [{"batch_lease_until": None}, {"batch_lease_until": {"$lte": now}}],
+            }
+        ):
+            await self.queue.enqueue(
+                "campaign_batch", str(c["_id"]), job_id=f"campaign-sweep:{c['_id']}:{c['batches']}"
+            )
+            woke += 1
+        return woke
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _event(
+    campaign: dict[str, Any], message_id: ObjectId, address: str, kind: str, now: datetime
+) -> dict[str, Any]:
+    return {
+        "message_id": message_id,
+        "recipient": address,
+        "recipient_id": message_id,
+        "event_type": kind,
+        "occurred_at": now,
+        "sender_user_id": campaign["user_id"],
+        "sender_domain": campaign["from_domain"],
+        "campaign_id": campaign["_id"],
+        "metadata": {},
+    }

@@ -1,0 +1,622 @@
+"""IMAP's view of the mailboxes: UIDs, MODSEQs and IMAP operations over the same views.
+
+There is no second copy of any message. What IMAP needs beyond the views is numbering:
+
+- ``imap_mailboxes``: one document per (user, mailbox): ``uidvalidity``, ``uidnext`` and
+  ``synced_state``, the user's change-log position (``users.state``) up to which the UIDs below
+  are current.
+- ``imap_uids``: one document per (user, mailbox, view) ever numbered: ``uid``, ``item_id``,
+  ``modseq`` (the change-log seq of the view's last change seen in this mailbox) and ``gone``
+  (the view left the mailbox: an expunge, kept for QRESYNC's VANISHED).
+
+``sync`` brings a mailbox's numbering up to the user's current state by reading the change log
+since ``synced_state`` (or, when the log was trimmed, comparing the whole mailbox). It runs in
+one transaction that first writes the mailbox document, so concurrent syncs of one mailbox (two
+sessions, or a session and an APPEND) serialise on that write: UIDs are handed out once, in
+increasing order, and a UID a client has seen is never reused. MODSEQ is the change-log seq, so
+HIGHESTMODSEQ is ``synced_state`` and CONDSTORE needs no counter of its own.
+
+Every change to a view goes through ``MailboxChanges.update_items``/``delete_forever`` (the
+same calls as GraphQL), so subscriptions and unread counts fire for IMAP changes, and IMAP
+sees GraphQL's changes through the change log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import time
+import weakref
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+
+from app.adapters.blob_batches import blob_lengths, read_blobs
+from app.adapters.blobs import BlobStore
+from app.adapters.mongo import Mongo, in_transaction
+from app.domain.conversations import normalize_subject
+from app.domain.errors import NotFound, ServiceUnavailable, ValidationError
+from app.domain.folders import MOVABLE, ROLE_HOME, Folder
+from app.domain.html_safety import make_snippet
+from app.domain.imap_flags import DELETED, flag_change, flags_of
+from app.domain.imap_names import FOLDER_NAMES, MailboxRef, folder_ref
+from app.domain.parsing import parse_message
+from app.domain.viewer import Viewer
+from app.services.after_commit import Notifier
+from app.services.mailbox.changes import MAX_BATCH, MailboxChanges, StateChange
+from app.services.mailbox.filing import ViewSpec, file_message
+
+SYNC_ATTEMPTS = 12
+BLOB_ID_CACHE = 200_000
+MAX_LOG_CHANGES = 5000  # beyond this many changes since the last sync, compare the mailbox whole
+ITEM_FIELDS = {
+    "_id": 1,
+    "message_id": 1,
+    "role": 1,
+    "folder": 1,
+    "labels": 1,
+    "read": 1,
+    "starred": 1,
+    "answered": 1,
+    "keywords": 1,
+    "received_at": 1,
+    "size": 1,
+}
+
+
+@dataclass(frozen=True)
+class MailboxState:
+    uidvalidity: int
+    uidnext: int
+    modseq: int  # the user's change-log position this numbering is current to (0: none yet)
+
+    @property
+    def highestmodseq(self) -> int:
+        return max(1, self.modseq)  # RFC 7162: a mailbox with MODSEQ support reports >= 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    uid: int
+    item_id: ObjectId
+    modseq: int
+    gone: bool = False
+
+
+@dataclass(frozen=True)
+class Listed:
+    ref: MailboxRef
+    special_use: str | None
+
+
+class CannotDo(ValidationError):
+    """An operation our model has no meaning for (IMAP answers NO [CANNOT])."""
+
+
+class ImapMailboxService:
+    def __init__(
+        self, mongo: Mongo, blobs: BlobStore, mailbox: MailboxChanges, notifier: Notifier
+    ) -> None:
+        self.mongo = mongo
+        self.db = mongo.db
+        self.blobs = blobs
+        self.mailbox = mailbox
+        self.notifier = notifier
+        self._blob_of: dict[ObjectId, ObjectId] = {}  # message id → raw blob id (immutable)
+        # one sync at a time per mailbox in this process (weak: idle mailboxes cost nothing)
+        self._locks: weakref.WeakValueDictionary[tuple[ObjectId, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    # --- mailboxes -----------------------------------------------------------------------
+
+    async def list_mailboxes(self, viewer: Viewer) -> list[Listed]:
+        """The six folders, every label in use, and labels created over IMAP."""
+        out = [Listed(folder_ref(folder), attr) for _, folder, attr in FOLDER_NAMES]
+        labels = {
+            d["name"]
+            async for d in self.db.mailbox_counters.find(
+                {"user_id": viewer.user_id, "kind": "label", "total": {"$gt": 0}}, {"name": 1}
+            )
+        }
+        async for d in self.db.imap_mailboxes.find(
+            {"user_id": viewer.user_id, "created": True}, {"key": 1}
+        ):
+            labels.add(d["key"].split(":", 1)[1])
+        out += [Listed(MailboxRef("label", name), None) for name in sorted(labels)]
+        return out
+
+    async def exists(self, viewer: Viewer, ref: MailboxRef) -> bool:
+        if ref.is_folder:
+            return True
+        return any(m.ref == ref for m in await self.list_mailboxes(viewer))
+
+    async def create(self, viewer: Viewer, ref: MailboxRef) -> None:
+        if await self.exists(viewer, ref):
+            raise CannotDo.on("mailbox", "mailbox already exists")
+        await self.db.imap_mailboxes.update_one(
+            {"user_id": viewer.user_id, "key": ref.key},
+            {
+                "$set": {"created": True},
+                "$setOnInsert": {
+                    "uidvalidity": _new_uidvalidity(),
+                    "uidnext": 1,
+                    "synced_state": 0,
+                },
+            },
+            upsert=True,
+        )
+
+    async def delete(self, viewer: Viewer, ref: MailboxRef) -> None:
+        """Deleting a label mailbox removes the label from its messages (they stay in their
+        folders) and forgets its UIDs: recreated, it gets a new UIDVALIDITY."""
+        if ref.is_folder:
+            raise CannotDo.on("mailbox", "the standard folders cannot be deleted")
+        if not await self.exists(viewer, ref):
+            raise NotFound("no such mailbox")
+        while True:
+            ids = [
+                str(d["_id"])
+                async for d in self.db.mailbox_items.find(
+                    {"user_id": viewer.user_id, "labels": ref.name}, {"_id": 1}
+                ).limit(MAX_BATCH)
+            ]
+            if not ids:
+                break
+            await self.mailbox.update_items(viewer, ids, StateChange(remove_labels=(ref.name,)))
+        await self.db.imap_mailboxes.delete_one({"user_id": viewer.user_id, "key": ref.key})
+        await self.db.imap_uids.delete_many({"user_id": viewer.user_id, "mailbox": ref.key})
+
+    async def counts(self, viewer: Viewer, ref: MailboxRef) -> tuple[int, int]:
+        """(messages, unseen) from the mailbox counters: STATUS without reading the mailbox."""
+        doc = await self.db.mailbox_counters.find_one(
+            {"user_id": viewer.user_id, "kind": ref.kind, "name": ref.name},
+            {"total": 1, "unread": 1},
+        )
+        return max(0, int((doc or {}).get("total", 0))), max(0, int((doc or {}).get("unread", 0)))
+
+    # --- numbering -----------------------------------------------------------------------
+
+    async def sync(self, viewer: Viewer, ref: MailboxRef) -> MailboxState:
+        """Number what arrived and record what changed or left since the last sync.
+
+        Two reads when nothing changed (the common NOOP/IDLE case). Otherwise one transaction;
+        syncs of one mailbox in this process queue on a lock, and across processes a write
+        conflict is retried (the other sync did the work: the retry finds little to do)."""
+        box = await self.db.imap_mailboxes.find_one(
+            {"user_id": viewer.user_id, "key": ref.key},
+            {"uidvalidity": 1, "uidnext": 1, "synced_state": 1},
+        )
+        if box is not None:
+            user = await self.db.users.find_one({"_id": viewer.user_id}, {"state": 1})
+            state = int((user or {}).get("state") or 0)
+            if state == int(box.get("synced_state") or 0):
+                return MailboxState(int(box["uidvalidity"]), int(box["uidnext"]), state)
+        lock = self._locks.setdefault((viewer.user_id, ref.key), asyncio.Lock())
+        async with lock:
+            for attempt in range(SYNC_ATTEMPTS):
+                try:
+                    return await self._sync(viewer, ref)
+                except Exception as e:  # the driver's error, asked by label (no pymongo here)
+                    label = getattr(e, "has_error_label", None)
+                    if label is None or not label("TransientTransactionError"):
+                        raise
+                    if attempt == SYNC_ATTEMPTS - 1:
+                        raise ServiceUnavailable("mailbox busy; try again") from e
+                    await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
+        raise AssertionError("unreachable")
+
+    async def _sync(self, viewer: Viewer, ref: MailboxRef) -> MailboxState:
+        user_id = viewer.user_id
+
+        async def work(session: Any) -> MailboxState:
+            box = await self.db.imap_mailboxes.find_one_and_update(
+                {"user_id": user_id, "key": ref.key},
+                {
+                    "$inc": {"syncs": 1},  # the write that serialises concurrent syncs
+                    "$setOnInsert": {
+                        "uidvalidity": _new_uidvalidity(),
+                        "uidnext": 1,
+                        "synced_state": 0,
+                    },
+                },
+                upsert=True,
+                return_document=True,  # the document after the update
+                session=session,
+            )
+            assert box is not None  # upserted
+            user = await self.db.users.find_one({"_id": user_id}, {"state": 1}, session=session)
+            state = int((user or {}).get("state") or 0)
+            synced = int(box.get("synced_state") or 0)
+            uidnext = int(box["uidnext"])
+            if state != synced:
+                changed = await self._changed_since(user_id, synced, session) if synced else None
+                if changed is None:
+                    uidnext = await self._resync_whole(user_id, ref, uidnext, state, session)
+                else:
+                    uidnext = await self._resync_changed(user_id, ref, uidnext, changed, session)
+                await self.db.imap_mailboxes.update_one(
+                    {"_id": box["_id"]},
+                    {"$set": {"synced_state": state, "uidnext": uidnext}},
+                    session=session,
+                )
+            return MailboxState(int(box["uidvalidity"]), uidnext, state)
+
+        state: MailboxState = await in_transaction(self.mongo, work)
+        return state
+
+    async def _changed_since(
+        self, user_id: ObjectId, since: int, session: Any
+    ) -> dict[ObjectId, int] | None:
+        """View id → seq of its last change after ``since``; None when the log cannot tell."""
+        docs = (
+            await self.db.mailbox_changes.find(
+                {"user_id": user_id, "seq": {"$gt": since}},
+                {"seq": 1, "item_id": 1},
+                session=session,
+            )
+            .sort("seq", 1)
+            .limit(MAX_LOG_CHANGES + 1)
+            .to_list()
+        )
+        if not docs or docs[0]["seq"] != since + 1 or len(docs) > MAX_LOG_CHANGES:
+            return None  # trimmed (TTL) or too long: compare the mailbox whole
+        return {d["item_id"]: int(d["seq"]) for d in docs}
+
+    async def _resync_changed(
+        self,
+        user_id: ObjectId,
+        ref: MailboxRef,
+        uidnext: int,
+        changed: dict[ObjectId, int],
+        session: Any,
+    ) -> int:
+        ids = list(changed)
+        inside = {
+            d["_id"]: d
+            for d in await self.db.mailbox_items.find(
+                {"_id": {"$in": ids}, "user_id": user_id, **ref.view_query()},
+                {"_id": 1, "received_at": 1},
+                session=session,
+            ).to_list()
+        }
+        numbered = {
+            d["item_id"]: d
+            for d in await self.db.imap_uids.find(
+                {"user_id": user_id, "mailbox": ref.key, "item_id": {"$in": ids}, "gone": False},
+                {"item_id": 1},
+                session=session,
+            ).to_list()
+        }
+        updates: dict[tuple[int, bool], list[ObjectId]] = {}  # (modseq, gone) → uid doc ids
+        for item_id, doc in numbered.items():
+            updates.setdefault((changed[item_id], item_id not in inside), []).append(doc["_id"])
+        for (modseq, gone), doc_ids in updates.items():
+            update: dict[str, Any] = {"modseq": modseq}
+            if gone:
+                update["gone"] = True
+            await self.db.imap_uids.update_many(
+                {"_id": {"$in": doc_ids}}, {"$set": update}, session=session
+            )
+        arrivals = sorted(
+            (d for i, d in inside.items() if i not in numbered),
+            key=lambda d: (d["received_at"], d["_id"]),
+        )
+        new = []
+        for d in arrivals:
+            new.append(_uid_doc(user_id, ref, uidnext, d["_id"], changed[d["_id"]]))
+            uidnext += 1
+        if new:
+            await self.db.imap_uids.insert_many(new, ordered=True, session=session)
+        return uidnext
+
+    async def _resync_whole(
+        self, user_id: ObjectId, ref: MailboxRef, uidnext: int, state: int, session: Any
+    ) -> int:
+        items = await (
+            self.db.mailbox_items.find(
+                {"user_id": user_id, **ref.view_query()},
+                {"_id": 1, "received_at": 1},
+                session=session,
+            )
+            .sort([("received_at", 1), ("_id", 1)])
+            .to_list()
+        )
+        numbered = {
+            d["item_id"]: d["_id"]
+            for d in await self.db.imap_uids.find(
+                {"user_id": user_id, "mailbox": ref.key, "gone": False},
+                {"item_id": 1},
+                session=session,
+            ).to_list()
+        }
+        present = {d["_id"] for d in items}
+        # we cannot tell which of the numbered views changed: all of them get this MODSEQ
+        for gone in (False, True):
+            doc_ids = [
+                doc_id for item_id, doc_id in numbered.items() if (item_id not in present) == gone
+            ]
+            for start in range(0, len(doc_ids), 1000):
+                await self.db.imap_uids.update_many(
+                    {"_id": {"$in": doc_ids[start : start + 1000]}},
+                    {"$set": {"modseq": state, "gone": gone}},
+                    session=session,
+                )
+        new = []
+        for d in items:
+            if d["_id"] not in numbered:
+                new.append(_uid_doc(user_id, ref, uidnext, d["_id"], state))
+                uidnext += 1
+        for start in range(0, len(new), 1000):
+            await self.db.imap_uids.insert_many(new[start : start + 1000], session=session)
+        return uidnext
+
+    async def entries(
+        self, viewer: Viewer, ref: MailboxRef, *, changed_after: int | None = None
+    ) -> list[Entry]:
+        """The mailbox's numbered views in UID order: all present ones, or (``changed_after``)
+        every entry, present or gone, whose MODSEQ is above it."""
+        query: dict[str, Any] = {"user_id": viewer.user_id, "mailbox": ref.key}
+        if changed_after is None:
+            query["gone"] = False
+        else:
+            query["modseq"] = {"$gt": changed_after}
+        docs = await (
+            self.db.imap_uids.find(query, {"uid": 1, "item_id": 1, "modseq": 1, "gone": 1})
+            .sort("uid", 1)
+            .to_list()
+        )
+        return [Entry(d["uid"], d["item_id"], d["modseq"], bool(d.get("gone"))) for d in docs]
+
+    # --- content -------------------------------------------------------------------------
+
+    async def views(
+        self, viewer: Viewer, item_ids: list[ObjectId]
+    ) -> dict[ObjectId, dict[str, Any]]:
+        """The viewer's views by id (flags, dates, message ids); others' ids find nothing."""
+        out: dict[ObjectId, dict[str, Any]] = {}
+        for start in range(0, len(item_ids), 1000):
+            chunk = item_ids[start : start + 1000]
+            async for d in self.db.mailbox_items.find(
+                {"_id": {"$in": chunk}, "user_id": viewer.user_id}, ITEM_FIELDS
+            ):
+                out[d["_id"]] = d
+        return out
+
+    async def messages(
+        self, views: list[dict[str, Any]], fields: dict[str, int] | None = None
+    ) -> dict[ObjectId, dict[str, Any]]:
+        """Message documents of the given views (ids taken from the viewer's own views)."""
+        ids = list({v["message_id"] for v in views})
+        out: dict[ObjectId, dict[str, Any]] = {}
+        projection = fields or {"raw_blob_id": 1}
+        for start in range(0, len(ids), 1000):
+            async for d in self.db.messages.find(
+                {"_id": {"$in": ids[start : start + 1000]}}, projection
+            ):
+                out[d["_id"]] = d
+        return out
+
+    async def raw_sizes(self, messages: list[dict[str, Any]]) -> dict[ObjectId, int]:
+        """Message id → size of its stored raw MIME (RFC822.SIZE: exactly what BODY[] returns)."""
+        lengths = await blob_lengths(
+            self.db, [m["raw_blob_id"] for m in messages if m.get("raw_blob_id")]
+        )
+        return {m["_id"]: lengths.get(m.get("raw_blob_id"), 0) for m in messages}  # type: ignore[arg-type]
+
+    async def raw_by_message(self, message_ids: list[ObjectId]) -> dict[ObjectId, bytes]:
+        """Message id → stored raw MIME. Callers pass message ids read from the viewer's own
+        views. Which blob holds a message never changes, so it is remembered (bounded)."""
+        missing = [m for m in message_ids if m not in self._blob_of]
+        if missing:
+            async for d in self.db.messages.find({"_id": {"$in": missing}}, {"raw_blob_id": 1}):
+                if d.get("raw_blob_id"):
+                    if len(self._blob_of) >= BLOB_ID_CACHE:
+                        self._blob_of.clear()
+                    self._blob_of[d["_id"]] = d["raw_blob_id"]
+        blob_ids = {m: self._blob_of[m] for m in message_ids if m in self._blob_of}
+        blobs = await read_blobs(self.db, list(blob_ids.values()))
+        return {m: blobs.get(b, b"") for m, b in blob_ids.items()}
+
+    async def raw(self, messages: list[dict[str, Any]]) -> dict[ObjectId, bytes]:
+        """Message id → its stored raw MIME, byte for byte, in one or two queries."""
+        blob_ids = [m["raw_blob_id"] for m in messages if m.get("raw_blob_id")]
+        blobs = await read_blobs(self.db, blob_ids)
+        return {m["_id"]: blobs.get(m.get("raw_blob_id"), b"") for m in messages}  # type: ignore[arg-type]
+
+    # --- changes (all through MailboxChanges: the same calls as GraphQL) --------------------
+
+    async def store_flags(
+        self, viewer: Viewer, views: list[dict[str, Any]], flags: list[str], mode: str
+    ) -> None:
+        """STORE: group the views by the change they need, one update_items call per group."""
+        groups: dict[tuple[tuple[str, Any], ...], list[str]] = {}
+        for view in views:
+            change = flag_change(flags_of(view), flags, mode)
+            if change:
+                groups.setdefault(tuple(sorted(change.items())), []).append(str(view["_id"]))
+        for change_items, ids in groups.items():
+            for start in range(0, len(ids), MAX_BATCH):
+                await self.mailbox.update_items(
+                    viewer, ids[start : start + MAX_BATCH], StateChange(**dict(change_items))
+                )
+
+    async def move(
+        self, viewer: Viewer, source: MailboxRef, target: MailboxRef, views: list[dict[str, Any]]
+    ) -> None:
+        """MOVE: between folders the view moves; into a label the label is added (and the view
+        leaves the source: a label source loses its label, INBOX archives); out of a label the
+        label is removed (and a folder target moves the view there)."""
+        if source == target:
+            raise CannotDo.on("mailbox", "source and destination are the same mailbox")
+        remove = (source.name,) if not source.is_folder else ()
+        if target.is_folder:
+            folder = Folder(target.name)
+            for view in views:
+                self._check_move(view, folder)
+            change = StateChange(folder=folder.value, remove_labels=remove)
+        else:
+            archive = Folder.ARCHIVE.value if source.name == Folder.INBOX.value else None
+            change = StateChange(folder=archive, add_labels=(target.name,), remove_labels=remove)
+        await self._update_all(viewer, views, change)
+
+    async def copy(
+        self, viewer: Viewer, source: MailboxRef, target: MailboxRef, views: list[dict[str, Any]]
+    ) -> None:
+        """COPY into a label adds the label. A message is in exactly one folder, so COPY into a
+        folder has no meaning here unless the views are already there (clients use MOVE)."""
+        if target.is_folder:
+            if all(v["folder"] == target.name for v in views):
+                return
+            raise CannotDo.on(
+                "mailbox", "a message is in one folder at a time: use MOVE between folders"
+            )
+        await self._update_all(viewer, views, StateChange(add_labels=(target.name,)))
+
+    async def expunge(self, viewer: Viewer, ref: MailboxRef, views: list[dict[str, Any]]) -> None:
+        """EXPUNGE of ``\\Deleted`` views: from Trash and Junk (and drafts) they are deleted for
+        good, from other folders they move to Trash, from a label they lose the label."""
+        doomed = [v for v in views if DELETED in (v.get("keywords") or ())]
+        if not doomed:
+            return
+        if not ref.is_folder:
+            change = StateChange(remove_labels=(ref.name,), remove_keywords=(DELETED,))
+            await self._update_all(viewer, doomed, change)
+            return
+        final = [
+            v
+            for v in doomed
+            if v["folder"] in (Folder.TRASH.value, Folder.SPAM.value) or v.get("role") == "draft"
+        ]
+        to_trash = [v for v in doomed if v not in final]
+        for start in range(0, len(final), MAX_BATCH):
+            await self.mailbox.delete_forever(
+                viewer, [str(v["_id"]) for v in final[start : start + MAX_BATCH]]
+            )
+        if to_trash:
+            await self._update_all(
+                viewer, to_trash, StateChange(folder=Folder.TRASH.value, remove_keywords=(DELETED,))
+            )
+
+    async def _update_all(
+        self, viewer: Viewer, views: list[dict[str, Any]], change: StateChange
+    ) -> None:
+        ids = [str(v["_id"]) for v in views]
+        for start in range(0, len(ids), MAX_BATCH):
+            await self.mailbox.update_items(viewer, ids[start : start + MAX_BATCH], change)
+
+    @staticmethod
+    def _check_move(view: dict[str, Any], folder: Folder) -> None:
+        home = ROLE_HOME.get(view.get("role", "received"), Folder.INBOX)
+        if folder not in MOVABLE and folder != home:
+            raise CannotDo.on(
+                "mailbox", f"this message cannot be moved into {folder.value.capitalize()}"
+            )
+
+    async def uids_of(
+        self, viewer: Viewer, ref: MailboxRef, item_ids: list[ObjectId]
+    ) -> dict[ObjectId, int]:
+        docs = await self.db.imap_uids.find(
+            {
+                "user_id": viewer.user_id,
+                "mailbox": ref.key,
+                "item_id": {"$in": item_ids},
+                "gone": False,
+            },
+            {"item_id": 1, "uid": 1},
+        ).to_list()
+        return {d["item_id"]: d["uid"] for d in docs}
+
+    # --- APPEND --------------------------------------------------------------------------
+
+    async def append(
+        self,
+        viewer: Viewer,
+        ref: MailboxRef,
+        raw: bytes,
+        flags: list[str],
+        internal_date: datetime | None,
+    ) -> ObjectId:
+        """Store a client's message (a draft, a copy of what it sent, an import) as one more
+        view: the raw bytes are kept exactly as given. Returns the view id."""
+        folder = Folder(ref.name) if ref.is_folder else Folder.ARCHIVE
+        role = {Folder.SENT: "sent", Folder.DRAFTS: "draft"}.get(folder, "received")
+        parsed = parse_message(raw)
+        now = datetime.now(UTC)
+        blob_id = await self.blobs.put(raw, filename="message.eml", metadata={"kind": "raw"})
+        message_id = ObjectId()
+        message = {
+            "_id": message_id,
+            "rfc822_message_id": parsed.message_id,
+            "sender_user_id": viewer.user_id if role != "received" else None,
+            "direction": "imported",
+            "status": "imported",
+            "from": _addr(parsed.from_) if parsed.from_ else {"name": None, "email": ""},
+            "sender": _addr(parsed.sender) if parsed.sender else None,
+            "to": [_addr(a) for a in parsed.to],
+            "cc": [_addr(a) for a in parsed.cc],
+            "bcc": [],
+            "reply_to": [_addr(a) for a in parsed.reply_to],
+            "subject": parsed.subject,
+            "normalized_subject": normalize_subject(parsed.subject),
+            "snippet": make_snippet(parsed.text_body or ""),
+            "text_body": parsed.text_body,
+            "html_body": parsed.html_body,
+            "date": parsed.date,
+            "in_reply_to": parsed.in_reply_to,
+            "references": list(parsed.references),
+            "headers": parsed.headers,
+            "raw_blob_id": blob_id,
+            "content_sha256": hashlib.sha256(raw).hexdigest(),
+            "attachments": [],
+            "has_attachments": bool(parsed.attachments),
+            "size": len(raw),
+            "created_at": now,
+        }
+        labels = () if ref.is_folder else (ref.name,)
+        spec = ViewSpec(viewer.user_id, role, folder.value, read=False, labels=labels)
+        received_at = internal_date or now
+
+        async def work(session: Any) -> tuple[list[dict[str, Any]], list[Any]]:
+            await self.db.messages.insert_one(message, session=session)
+            return await file_message(
+                self.db, message, [spec], received_at=received_at, session=session
+            )
+
+        try:
+            items, changes = await in_transaction(self.mongo, work)
+        except BaseException:
+            await self.blobs.delete(blob_id)
+            raise
+        await self.notifier.committed(changes)
+        item = items[0]
+        change = flag_change([], flags, "set") if flags else {}
+        if change:
+            await self.mailbox.update_items(viewer, [str(item["_id"])], StateChange(**change))
+        return item["_id"]  # type: ignore[no-any-return]
+
+
+def _new_uidvalidity() -> int:
+    # seconds since 2020 fit the 32 bits RFC 3501 allows for long enough, and a mailbox that is
+    # deleted and recreated gets a larger value (a second apart at least)
+    return max(1, int(time.time()) - 1_577_836_800) & 0xFFFFFFFF
+
+
+def _uid_doc(
+    user_id: ObjectId, ref: MailboxRef, uid: int, item_id: ObjectId, modseq: int
+) -> dict[str, Any]:
+    return {
+        "user_id": user_id,
+        "mailbox": ref.key,
+        "uid": uid,
+        "item_id": item_id,
+        "modseq": modseq,
+        "gone": False,
+    }
+
+
+def _addr(a: Any) -> dict[str, Any]:
+    return {"name": a.name, "email": a.email}

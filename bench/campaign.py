@@ -1,0 +1,275 @@
+"""Campaign benchmark (issue 15): accept, render and queue; delivery next to Postfix;
+unsubscribe-to-effect latency.
+
+    .venv/bin/python bench/campaign.py [--n 100000] [--domains 50] [--skip-delivery]
+        [--skip-postfix]
+
+1. accept: ``addCampaignRecipients``' service path (CampaignService.add_recipients, 1,000 a
+   call, each with its own variables) for N recipients over d0..dD.test.
+2. render + queue: the batch sender (CampaignSender.run_batch, 500 a batch, no pacing) until
+   the campaign completes — template render per recipient, List-Unsubscribe headers, raw MIME
+   to GridFS, message + recipient + event documents in one transaction per batch, one
+   deliver_domain job per domain per batch. No worker runs meanwhile.
+   Target: accept + render + queue ≥ 2,000 recipients/s.
+3. delivery: one ``mailhub worker`` drains the queued campaign to the peers' counting sink
+   (peers/sink.py on 127.0.0.1:2600; dnsmasq MX of every dN.test → 127.0.0.1), DKIM signing
+   and VERP included. Postfix (peers/setup.sh instance) relays N messages of the peers'
+   outbound corpus (msggen.py, ~2 KB, one recipient each: the same size class as the rendered
+   campaign messages, not byte-identical) to the same sink in the same run (bench/outbound.py's
+   ``run_postfix``). Rate = messages / (last sink accept − start).
+4. unsubscribe-to-effect: a paced campaign (6,000/min: 100 a batch, a batch a second); an
+   unsubscribe (TrackingService.unsubscribe, what ``POST /u/{token}`` calls) for a recipient
+   still pending; latency = start of the next batch − the unsubscribe; that batch must skip
+   the recipient. Target: before the next batch, < 5 s.
+
+The sending domain is marked verified directly (no DNS records for it in this run).
+Needs: Debian postfix + dnsmasq, BASE (default /tmp/peer-bench) set up by peers/setup.sh for
+parts 3's sink and Postfix. Not part of the test suite. Results: docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.bootstrap import build_system  # noqa: E402
+from app.config import Settings  # noqa: E402
+from app.domain.campaign_tokens import unsubscribe_token  # noqa: E402
+from app.domain.viewer import Viewer  # noqa: E402
+from app.embedded import EmbeddedStack  # noqa: E402
+from app.services.templates.store import TemplateDraft  # noqa: E402
+from bench.outbound import SINK_PORT, corpus, read_sink, run_postfix, wait_sink, worker_env  # noqa: E402
+from tests.support.dnsmasq import DnsServer  # noqa: E402
+
+SENDER = "news@client.bench.test"
+TEMPLATE = TemplateDraft(
+    key="newsletter",
+    subject="{{ name }}, this week's offers",
+    text=(
+        "Hello {{ name }},\n\nyour code {{ code }} gives 10% off everything until Sunday.\n"
+        + "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 20
+    ),
+    html="<h1>Hello {{ name }}</h1><p>Your code <b>{{ code }}</b> gives 10% off.</p>"
+    '<p><a href="https://shop.bench.test/offers?c={{ code }}">See the offers</a></p>'
+    + "<p>Lorem ipsum dolor sit amet, consectetur adipiscing elit.</p>"
+    * 10,
+)
+
+
+async def _campaign(system: Any, viewer: Viewer, name: str, rate: int | None) -> str:
+    doc = await system.campaigns.create(
+        viewer,
+        name=name,
+        template_key="newsletter",
+        template_version=None,
+        variables={},
+        from_=None,
+        rate_per_minute=rate,
+        send_at=None,
+        track_opens=False,
+        track_clicks=False,
+    )
+    return str(doc["_id"])
+
+
+async def run(a: argparse.Namespace, urls: dict[str, str], sink_status: Path | None) -> dict:
+    dns = DnsServer(
+        mx={f"d{i}.test": [(10, f"mx.d{i}.test")] for i in range(a.domains)},
+        a={f"mx.d{i}.test": "127.0.0.1" for i in range(a.domains)},
+    ).start()
+    settings = Settings(
+        mongodb_uri=urls["mongodb"],
+        mongodb_database="bench" + str(ObjectId())[-6:],
+        redis_url=urls["redis"],
+        redis_prefix="bench",
+        hostname="mx.mailhub.bench",
+        public_url="https://mail.bench.test",
+        secret_key="bench-secret-key-0123456789abcdef",
+        dns_servers=[dns.address],
+        delivery_port=SINK_PORT,
+        campaign_warmup_ramp=[],
+        _env_file=None,
+    )  # type: ignore[call-arg]
+    system = await build_system(settings)
+    out: dict[str, Any] = {}
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        await system.accounts.add_domain("client.bench.test")
+        await system.mongo.db.domains.update_one(
+            {"_id": "client.bench.test"}, {"$set": {"verification": {"verified": True}}}
+        )
+        user = await system.accounts.create_user(SENDER, "bench password 123", "News")
+        viewer = Viewer(user["_id"], SENDER, "News")
+        await system.templates.save(viewer, TEMPLATE)
+        await system.templates.publish(viewer, "newsletter", 1)
+
+        # 1. accept
+        cid = await _campaign(system, viewer, "bench", None)
+        rows = [
+            (f"r{k}@d{k % a.domains}.test", {"name": f"Reader {k}", "code": f"C{k:07d}"})
+            for k in range(a.n)
+        ]
+        t0 = time.perf_counter()
+        for i in range(0, a.n, 1000):
+            await system.campaigns.add_recipients(viewer, cid, rows[i : i + 1000])
+        accept = time.perf_counter() - t0
+        # 2. render + queue
+        await system.campaigns.transition(viewer, cid, "start")
+        t1 = time.perf_counter()
+        batches = 0
+        while True:
+            result = await system.campaign_sender.run_batch(ObjectId(cid))
+            batches += 1
+            if result.get("completed"):
+                break
+        queue = time.perf_counter() - t1
+        queued = await system.mongo.db.recipients.count_documents({"campaign_id": ObjectId(cid)})
+        out["accept_render_queue"] = {
+            "recipients": a.n,
+            "queued": queued,
+            "batches": batches,
+            "accept_s": round(accept, 2),
+            "accept_per_s": round(a.n / accept, 1),
+            "render_queue_s": round(queue, 2),
+            "render_queue_per_s": round(a.n / queue, 1),
+            "total_per_s": round(a.n / (accept + queue), 1),
+        }
+        print(json.dumps(out), flush=True)
+
+        # 3. delivery by one worker
+        if sink_status is not None:
+            base_count = read_sink(sink_status)[0]
+            waiting = asyncio.ensure_future(
+                wait_sink(sink_status, base_count, base_count + queued, 1800)
+            )
+            start = time.time()
+            worker = subprocess.Popen(
+                [sys.executable, "-c", "from app.cli import main; main(['worker'])"],
+                env=worker_env(settings),
+                cwd=ROOT,
+            )
+            count, last, first, _ = await waiting
+            delivered = count - base_count
+            out["delivery"] = {
+                "delivered": delivered,
+                "seconds": round(last - start, 2),
+                "msgs_per_s": round(delivered / (last - start), 1) if last > start else None,
+            }
+            print(json.dumps({"delivery": out["delivery"]}), flush=True)
+            worker.send_signal(signal.SIGTERM)
+            worker.wait(60)
+            worker = None
+
+        # 4. unsubscribe to effect
+        paced = await _campaign(system, viewer, "paced", 6000)
+        await system.campaigns.add_recipients(
+            viewer, paced, [(f"p{k}@d0.test", {"name": "P", "code": "X"}) for k in range(1000)]
+        )
+        await system.campaigns.transition(viewer, paced, "start")
+        secret = settings.secret_key.get_secret_value().encode()  # type: ignore[union-attr]
+        latencies = []
+        for round_ in range(5):
+            doc = await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})
+            wait = (doc["next_batch_at"] - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(0.0, wait))
+            await system.campaign_sender.run_batch(ObjectId(paced))
+            target = await system.mongo.db.campaign_recipients.find_one(
+                {"campaign_id": ObjectId(paced), "state": "pending"}, sort=[("seq", 1)]
+            )
+            await asyncio.sleep(0.1 + 0.15 * round_)  # somewhere inside the batch interval
+            clicked = time.time()
+            await system.tracking.unsubscribe(unsubscribe_token(secret, target["_id"]))
+            doc = await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})
+            wait = (doc["next_batch_at"] - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(0.0, wait))
+            await system.campaign_sender.run_batch(ObjectId(paced))
+            after = await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})
+            batch_at = after["batch_log"][-1]["at"].timestamp()
+            state = (await system.mongo.db.campaign_recipients.find_one({"_id": target["_id"]}))[
+                "state"
+            ]
+            assert state == "suppressed", state
+            latencies.append(round(batch_at - clicked, 3))
+        out["unsubscribe_to_effect_s"] = {"samples": latencies, "max": max(latencies)}
+        print(json.dumps({"unsubscribe": out["unsubscribe_to_effect_s"]}), flush=True)
+    finally:
+        if worker is not None:
+            worker.kill()
+        try:  # SecantusDB may take longer than the client timeout to drop 100k messages
+            await system.mongo.client.drop_database(settings.mongodb_database)
+        except Exception as e:
+            print(f"drop_database: {e!r} (the stack is removed anyway)", file=sys.stderr)
+        await system.close()
+        dns.stop()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000)
+    ap.add_argument("--domains", type=int, default=50)
+    ap.add_argument("--base", default=os.environ.get("BASE", "/tmp/peer-bench"))
+    ap.add_argument("--skip-delivery", action="store_true")
+    ap.add_argument("--skip-postfix", action="store_true")
+    a = ap.parse_args()  # Postfix alone: bench/outbound.py --skip-mailhub --n N --domains D
+    base = Path(a.base)
+    work = Path(tempfile.mkdtemp(prefix="bench-campaign-"))
+    sink_status = work / "sink.status"
+    sink = None
+    if not a.skip_delivery or not a.skip_postfix:
+        sink = subprocess.Popen(
+            [
+                sys.executable,
+                str(base / "bin/sink.py"),
+                "--port",
+                str(SINK_PORT),
+                "--status",
+                str(sink_status),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)
+    stack = EmbeddedStack(work / "servers")
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load": os.getloadavg(),
+        },
+        "n": a.n,
+        "domains": a.domains,
+    }
+    try:
+        stack.start(mongo=True, redis=True, typesense=False)
+        urls = {"mongodb": stack.url("mongodb"), "redis": stack.url("redis")}
+        results["mailhub"] = asyncio.run(run(a, urls, None if a.skip_delivery else sink_status))
+        if not a.skip_postfix:
+            corpus(base, 1, a.domains)  # the peers' generator is importable
+            results["postfix"] = run_postfix(base, a.n, sink_status)
+            print(json.dumps({"postfix": results["postfix"]}), flush=True)
+    finally:
+        stack.stop()
+        if sink is not None:
+            sink.send_signal(signal.SIGTERM)
+            sink.wait(10)
+    print(json.dumps(results, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()
