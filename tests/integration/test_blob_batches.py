@@ -32,8 +32,9 @@ async def test_an_unfinished_upload_is_not_a_blob(mongo) -> None:
 
 
 async def test_documents_written_by_hand_are_a_blob_gridfs_reads(mongo) -> None:
-    """The guard of the hand-written GridFS layout (docs/overrides.md): PyMongo's GridFS reads
-    what ``gridfs_documents`` writes, and writes the same fields itself."""
+    """The guard of the hand-written GridFS layout (docs/overrides.md): our readers read what
+    ``gridfs_documents`` writes, and PyMongo's GridFS writes the same fields itself (small blobs
+    are inline, a form of ours that stock GridFS readers do not know)."""
     blobs = BlobStore(mongo.db)
     for data in (b"", b"Subject: hi\r\n\r\nhello\r\n", bytes(range(256)) * (2 * CHUNK // 256 + 7)):
         blob_id = ObjectId()
