@@ -1,5 +1,9 @@
 """GraphQL types of CONTRACT.md. Each wraps a stored document; content the folder page does
 not carry (bodies, attachments, recipients) comes through the request's batch loaders.
+
+One module although over 400 lines: the object types of CONTRACT.md's core schema refer to each
+other (a mailbox item, its thread, its recipients); newer features keep their types in their own
+modules (schema/campaigns.py, schema/templates.py, …).
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ HIGHESTMODSEQ is ``synced_state`` and CONDSTORE needs no counter of its own.
 Every change to a view goes through ``MailboxChanges.update_items``/``delete_forever`` (the
 same calls as GraphQL), so subscriptions and unread counts fire for IMAP changes, and IMAP
 sees GraphQL's changes through the change log.
+
+One module although over 400 lines: UID assignment, the sync of a mailbox's numbering with the
+change log, and the reads and changes that depend on that numbering are one invariant (a UID a
+client saw is never reused); its seams would cut through it.
 """
 
 from __future__ import annotations

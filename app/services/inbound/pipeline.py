@@ -4,6 +4,9 @@ RCPT: an address (or alias) of a hosted domain that exists, or a VERP bounce add
 anything else is refused right there (never an open relay). DATA: header limits, parse
 (tolerant), SPF/DKIM/DMARC, virus scan of every attachment, spam score, then the durable store
 (group commit) — and only when that is acknowledged does the MX say 250.
+
+One module although over 400 lines: RCPT and DATA decisions share the recipient lookups and the
+session's state; the durable store is already its own module (group_commit.py).
 """
 
 from __future__ import annotations
