@@ -63,7 +63,6 @@ def peers_dir() -> Path:
     for candidate in (
         os.environ.get("MAILHUB_PEERS_DIR"),
         ROOT.parent / "shared" / "peers",
-        Path("/work/shared/peers"),
     ):
         if candidate and (Path(candidate) / "smtpload.py").exists():
             return Path(candidate)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,8 @@ def _bench_inbound():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("bench_inbound", ROOT / "bench" / "inbound.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # registered first: its dataclasses resolve their string annotations through sys.modules
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
