@@ -95,6 +95,7 @@ class TransferResult:
     pseudo_ham: int
     before: Metrics  # held-out half, unadapted model, at its threshold
     after: Metrics  # held-out half, adapted model, at its threshold
+    after_labelled: Metrics  # the adapted model at the threshold of the labelled mail alone
     before_probable: Metrics  # the same scores at the "probably spam" thresholds
     after_probable: Metrics
 
@@ -108,17 +109,19 @@ class TransferResult:
             "pseudo_ham": self.pseudo_ham,
             "before": self.before.as_dict(),
             "after": self.after.as_dict(),
+            "after_labelled": self.after_labelled.as_dict(),
             "before_probable": self.before_probable.as_dict(),
             "after_probable": self.after_probable.as_dict(),
         }
 
 
-def _judge(model: SpamModel, tokens: Sequence[list[str]], labels: np.ndarray) -> list[Metrics]:
+def _judge(
+    model: SpamModel, tokens: Sequence[list[str]], labels: np.ndarray, *thresholds: float
+) -> list[Metrics]:
+    """At the model's spam threshold, its probably-spam threshold, and any ``thresholds``."""
     probabilities = predict_proba(model, tokens)
-    return [
-        metrics(labels, probabilities, model.threshold),
-        metrics(labels, probabilities, model.probable_threshold),
-    ]
+    at = (model.threshold, model.probable_threshold, *thresholds)
+    return [metrics(labels, probabilities, threshold) for threshold in at]
 
 
 def transfer(
@@ -146,7 +149,9 @@ def transfer(
     before = fit(train_tokens, labels[train], config)
     adapted = adapt(train_tokens, labels[train], stream_tokens, config, adaptation)
     before_metrics = _judge(before, held_out_tokens, labels[held_out])
-    after_metrics = _judge(adapted.model, held_out_tokens, labels[held_out])
+    after_metrics = _judge(
+        adapted.model, held_out_tokens, labels[held_out], adapted.labelled_threshold
+    )
     return TransferResult(
         split=split,
         train_messages=len(train),
@@ -156,6 +161,7 @@ def transfer(
         pseudo_ham=adapted.pseudo_ham,
         before=before_metrics[0],
         after=after_metrics[0],
+        after_labelled=after_metrics[2],
         before_probable=before_metrics[1],
         after_probable=after_metrics[1],
     )

@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from app.domain.errors import ValidationError
-from ml.adaptation import AdaptationConfig, _pseudo_labels, adapt, unlabeled_weight
+from ml.adaptation import (
+    AdaptationConfig,
+    _pseudo_labels,
+    adapt,
+    adapted_threshold,
+    unlabeled_weight,
+)
 from ml.corpus import CorpusMessage
 from ml.evaluation import metrics
 from ml.features import message_tokens
@@ -93,6 +99,22 @@ def test_unlabeled_weight_is_capped_by_the_labelled_count() -> None:
     assert unlabeled_weight(100, 1000, config) == pytest.approx(0.1)  # 1,000 weigh like 100
     assert unlabeled_weight(100, 50, config) == 1.0  # never more than a labelled message
     assert unlabeled_weight(100, 0, config) == 0.0
+
+
+def test_the_adapted_model_files_as_spam_only_what_em_would_take_as_spam() -> None:
+    tokens, labels = _labelled()
+    strict = adapt(tokens, labels, _stream(), SMALL, replace(FEW, spam_confidence=0.995))
+    # the labelled mail alone would allow a lower bar; EM's own bar for spam wins
+    assert strict.labelled_threshold < 0.995
+    assert strict.model.threshold == 0.995
+    assert strict.model.probable_threshold <= strict.labelled_threshold
+    # never below the labelled mail's own threshold
+    assert adapted_threshold(0.97, AdaptationConfig(spam_confidence=0.9)) == 0.97
+    assert adapted_threshold(0.97, AdaptationConfig(spam_confidence=0.999)) == 0.999
+    off = replace(FEW, spam_confidence=0.995, threshold_at_confidence=False)
+    assert adapt(tokens, labels, _stream(), SMALL, off).model.threshold == (
+        strict.labelled_threshold
+    )
 
 
 def test_adapting_needs_enough_unlabeled_mail() -> None:
