@@ -281,7 +281,8 @@ async def _serve(settings: Settings, reuse_port: bool, metrics_port: int | None)
     if helpers is None:
         helpers = default_helpers(os.cpu_count(), settings.mx_processes)
     # Parsing and scoring in helper processes (app/services/inbound/analysis.py); they load
-    # the model before the MX listens, as start_mx does for its own copy.
+    # the model before the MX listens. Our own copy first: a bad model is reported as itself.
+    system.inbound.load_spam_model()
     await system.inbound.analysis.start_helpers(helpers)
     mx = await start_mx(settings, system, reuse_port=reuse_port)
     stopping = asyncio.Event()

@@ -39,6 +39,7 @@ from app.adapters.mongo import (
     is_transient,
     is_unreachable,
 )
+from app.background import stop_task
 from app.batching import Batcher, Waiter
 from app.domain.changes import Change
 from app.domain.errors import DomainError, ServiceUnavailable
@@ -166,12 +167,13 @@ class InboundStore:
         (a superset when some turn out to be duplicates: their lookups are simply unused)."""
         now = datetime.now(UTC)
         everyone = [_filing(prepared, prepared.views, now) for prepared in batch]
-        async with asyncio.TaskGroup() as group:
-            plan = group.create_task(self._without_duplicates(batch, None))
-            context = group.create_task(
-                load_thread_context(self.db, everyone, None, parallel=CONTEXT_READS)
-            )
-        return plan.result(), context.result()
+        duplicates = asyncio.ensure_future(self._without_duplicates(batch, None))
+        try:
+            context = await load_thread_context(self.db, everyone, None, parallel=CONTEXT_READS)
+        except BaseException:  # raised as itself (the caller tells errors apart by type)
+            await stop_task(duplicates, grace=5.0)
+            raise
+        return await duplicates, context
 
     async def _write(
         self,

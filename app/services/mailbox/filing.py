@@ -21,6 +21,7 @@ from typing import Any
 from bson import ObjectId
 
 from app.adapters.mongo import ReturnDocument, UpdateOne
+from app.background import all_of
 from app.domain.changes import Change
 from app.domain.filing_plan import (
     SUBJECT_CANDIDATES,
@@ -144,15 +145,13 @@ async def load_thread_context(
 
 
 async def _all(queries: list[Coroutine[Any, Any, None]], parallel: int) -> None:
-    """Run ``queries`` in order, or together when ``parallel`` allows it (a failure fails all:
-    the rest are cancelled)."""
+    """Run ``queries`` in order, or together when ``parallel`` allows it (a failure is raised
+    as itself and the rest are stopped)."""
     if parallel <= 1:
         for query in queries:
             await query
         return
-    async with asyncio.TaskGroup() as group:
-        for query in queries:
-            group.create_task(query)
+    await all_of(queries)
 
 
 async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
