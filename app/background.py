@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 RECANCEL_EVERY = 0.25  # seconds between cancellations of a task that swallowed one
 
@@ -33,3 +36,17 @@ async def stop_task(task: asyncio.Task[Any] | None, grace: float = 30.0) -> bool
     with contextlib.suppress(asyncio.CancelledError, Exception):
         task.result()
     return True
+
+
+async def all_of(awaitables: Sequence[Awaitable[T]]) -> list[T]:
+    """Await ``awaitables`` together and return their results in order. The first failure is
+    raised as itself once the others are stopped (``stop_task``): ``asyncio.TaskGroup`` would
+    wrap it in an ExceptionGroup, and callers tell database errors apart by their type
+    (transient: retry; unreachable: 451 now)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            await stop_task(task, grace=5.0)
+        raise

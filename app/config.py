@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     imap_max_literal: int = Field(default=50 * 1024 * 1024, ge=1024)  # APPEND size limit
     mx_batch_max: int = Field(default=64, ge=1)  # group commit: messages per transaction
     mx_processes: int = Field(default=1, ge=1, le=64)  # `mailhub mx` workers sharing the port
+    # `mailhub mx`: helper processes per MX process that parse and spam-score (None: one when
+    # the machine has more cores than MX processes, else none; 0: on the event loop)
+    mx_helpers: int | None = Field(default=None, ge=0, le=64)
     spam_model_path: Path | None = None  # default: the newest committed model under ml/models
     reputation_bounce_rate: float = Field(default=0.05, gt=0, le=1)
     reputation_complaint_rate: float = Field(default=0.001, gt=0, le=1)

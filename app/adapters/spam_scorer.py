@@ -53,6 +53,11 @@ class ModelScorer:
             self._ml = ml
 
     @property
+    def path(self) -> Path | str | None:
+        """The model file it loads (None: the newest committed version)."""
+        return self._path
+
+    @property
     def model(self) -> Any:
         self.load()
         return self._model

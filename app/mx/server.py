@@ -26,6 +26,7 @@ from app.config import Settings
 from app.mx.data import DataOutcome, read_data
 from app.mx.handler import MxHandler
 from app.mx.limits import ClientLimits, ErrorBudget
+from app.services.inbound.analysis import default_helpers
 
 log = structlog.get_logger(__name__)
 
@@ -276,15 +277,25 @@ async def _serve(settings: Settings, reuse_port: bool, metrics_port: int | None)
     if metrics_port:  # this process's MX metrics: /metrics
         monitoring.serve(metrics_port, settings.http_host)
     system = await build_system(settings)
+    helpers = settings.mx_helpers
+    if helpers is None:
+        helpers = default_helpers(os.cpu_count(), settings.mx_processes)
+    # Parsing and scoring in helper processes (app/services/inbound/analysis.py); they load
+    # the model before the MX listens. Our own copy first: a bad model is reported as itself.
+    system.inbound.load_spam_model()
+    await system.inbound.analysis.start_helpers(helpers)
     mx = await start_mx(settings, system, reuse_port=reuse_port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
-    log.info("mx listening", host=settings.smtp_host, port=mx.port, pid=os.getpid())
+    log.info(
+        "mx listening", host=settings.smtp_host, port=mx.port, pid=os.getpid(), helpers=helpers
+    )
     print(f"mailhub mx listening on {settings.smtp_host}:{mx.port} (pid {os.getpid()})", flush=True)
     await stopping.wait()
     await mx.stop()
+    await system.inbound.analysis.stop_helpers()
     await system.close()
     return 0
 

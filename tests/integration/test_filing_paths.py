@@ -203,3 +203,13 @@ async def test_the_thread_context_holds_only_the_batch_s_users_threads(mongo, ba
     assert {threads[t] for t in context.subjects} == set(batch_users)
     assert {user for user, _ in context.by_subject} == set(batch_users)
     assert all(threads[t] != other for t in context.refs.values())
+    # The group commit reads the same context outside its transaction, queries in flight
+    # together: the same answer.
+    together = await load_thread_context(mongo.db, filings, None, parallel=8)
+    assert together.refs == context.refs
+    assert together.subjects == context.subjects
+    assert together.by_subject == context.by_subject
+    with pytest.raises(ValueError):
+        await in_transaction(
+            mongo, lambda session: load_thread_context(mongo.db, filings, session, parallel=8)
+        )

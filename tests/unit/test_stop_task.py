@@ -1,11 +1,14 @@
 """stop_task ends a task even when a cancellation is swallowed (Python 3.11's wait_for does
-that when a result lands in the same iteration: PyMongo's async I/O goes through it)."""
+that when a result lands in the same iteration: PyMongo's async I/O goes through it); all_of
+raises the first failure of several awaitables as itself."""
 
 from __future__ import annotations
 
 import asyncio
 
-from app.background import stop_task
+import pytest
+
+from app.background import all_of, stop_task
 
 
 async def _swallows_one_cancel(started: asyncio.Event) -> None:
@@ -56,3 +59,33 @@ async def test_a_finished_or_missing_task_is_already_stopped() -> None:
     await asyncio.wait({task})
     assert await stop_task(task) is True  # its exception is discarded
     assert await stop_task(None) is True
+
+
+async def test_all_of_returns_results_in_order():
+    async def value(n: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return n
+
+    assert await all_of([value(1, 0.02), value(2, 0.0), value(3, 0.01)]) == [1, 2, 3]
+
+
+async def test_all_of_raises_the_first_failure_as_itself_and_stops_the_rest():
+    class Unreachable(Exception):
+        pass
+
+    stopped = asyncio.Event()
+
+    async def slow() -> int:
+        try:
+            await asyncio.sleep(30)
+        finally:
+            stopped.set()
+        return 0
+
+    async def failing() -> int:
+        await asyncio.sleep(0.01)
+        raise Unreachable("the database is gone")
+
+    with pytest.raises(Unreachable):  # not an ExceptionGroup: callers tell errors by type
+        await all_of([slow(), failing()])
+    assert stopped.is_set()

@@ -39,17 +39,20 @@ from app.adapters.mongo import (
     is_transient,
     is_unreachable,
 )
+from app.background import stop_task
 from app.batching import Batcher, Waiter
 from app.domain.changes import Change
 from app.domain.errors import DomainError, ServiceUnavailable
+from app.domain.filing_plan import ThreadContext
 from app.services.after_commit import Notifier
-from app.services.mailbox.filing import Filing, ViewSpec, file_messages
+from app.services.mailbox.filing import Filing, ViewSpec, file_messages, load_thread_context
 
 log = structlog.get_logger(__name__)
 
 BUCKET = "blobs"
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 CONFLICT_RETRIES = 8
+CONTEXT_READS = 8  # thread-context queries of a batch in flight at once
 
 
 @dataclass(frozen=True)
@@ -132,10 +135,21 @@ class InboundStore:
         self, batch: list[PreparedInbound]
     ) -> tuple[list[StoreResult], list[Change]]:
         """One transaction for the batch; write conflicts with other MX processes (the same
-        user's counters) are retried with a short random backoff, never surfaced as 451."""
+        user's counters) are retried with a short random backoff, never surfaced as 451.
+
+        The reads come first, outside the transaction and together (the duplicate check and
+        the thread context: one round trip's wait instead of one per user and subject); the
+        transaction then only writes. Reading them inside it would not be safer: a snapshot
+        read is as old as the transaction's start, and the unique index on ``dedupe_key``
+        still refuses a duplicate filed in between (the batch is then re-run one by one).
+        """
         for attempt in range(CONFLICT_RETRIES):
             try:
-                return await in_transaction(self.mongo, lambda session: self._write(batch, session))  # type: ignore[no-any-return]
+                plan, context = await self._reads(batch)
+                return await in_transaction(  # type: ignore[no-any-return]
+                    self.mongo,
+                    lambda session, plan=plan, context=context: self._write(plan, context, session),
+                )
             except DatabaseError as e:
                 transient = (is_transient(e) or _is_write_conflict(e)) and not is_unreachable(
                     e
@@ -146,11 +160,28 @@ class InboundStore:
                 await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
         raise AssertionError("unreachable")
 
+    async def _reads(
+        self, batch: list[PreparedInbound]
+    ) -> tuple[list[tuple[PreparedInbound, list[InboundView]]], ThreadContext]:
+        """The batch without what is stored already, and the thread context of all its views
+        (a superset when some turn out to be duplicates: their lookups are simply unused)."""
+        now = datetime.now(UTC)
+        everyone = [_filing(prepared, prepared.views, now) for prepared in batch]
+        duplicates = asyncio.ensure_future(self._without_duplicates(batch, None))
+        try:
+            context = await load_thread_context(self.db, everyone, None, parallel=CONTEXT_READS)
+        except BaseException:  # raised as itself (the caller tells errors apart by type)
+            await stop_task(duplicates, grace=5.0)
+            raise
+        return await duplicates, context
+
     async def _write(
-        self, batch: list[PreparedInbound], session: Any
+        self,
+        plan: list[tuple[PreparedInbound, list[InboundView]]],
+        context: ThreadContext,
+        session: Any,
     ) -> tuple[list[StoreResult], list[Change]]:
         now = datetime.now(UTC)
-        plan = await self._without_duplicates(batch, session)
         filings: list[Filing] = []
         results: list[StoreResult] = []
         files: list[dict[str, Any]] = []
@@ -169,13 +200,7 @@ class InboundStore:
                 chunks += blob_chunks
             messages.append({**prepared.message, "created_at": now})
             attachments += [{**a, "created_at": now} for a in prepared.attachments]
-            specs = [
-                ViewSpec(
-                    v.user_id, "received", v.folder, dedupe_key=prepared.dedupe_key, spam=v.spam
-                )
-                for v in views
-            ]
-            filings.append(Filing(prepared.message, specs, now))
+            filings.append(_filing(prepared, views, now))
             results.append(StoreResult(prepared.message["_id"], len(views)))
         if not filings:
             return results, []
@@ -188,7 +213,7 @@ class InboundStore:
             await db.attachments.insert_many(attachments, session=session)
         await db.messages.insert_many(messages, session=session)
         # The same filing path as a single message: one planner over the whole batch.
-        filed = await file_messages(db, filings, session)
+        filed = await file_messages(db, filings, session, context)
         return results, filed.changes
 
     async def _without_duplicates(
@@ -222,6 +247,14 @@ class InboundStore:
                     views.append(view)
             plan.append((prepared, views))
         return plan
+
+
+def _filing(prepared: PreparedInbound, views: list[InboundView], now: datetime) -> Filing:
+    specs = [
+        ViewSpec(v.user_id, "received", v.folder, dedupe_key=prepared.dedupe_key, spam=v.spam)
+        for v in views
+    ]
+    return Filing(prepared.message, specs, now)
 
 
 def _is_write_conflict(e: BaseException) -> bool:

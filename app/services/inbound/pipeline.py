@@ -35,10 +35,11 @@ from app.domain.conversations import normalize_subject
 from app.domain.errors import DomainError, ServiceUnavailable
 from app.domain.folders import Folder
 from app.domain.html_safety import make_snippet
-from app.domain.parsing import ParsedMessage, parse_message
+from app.domain.parsing import ParsedMessage
 from app.domain.verp import parse_verp_address
 from app.services.feedback.bounces import BounceProcessor
 from app.services.feedback.spam import SpamFeedbackService
+from app.services.inbound.analysis import Analysis
 from app.services.inbound.group_commit import BlobWrite, InboundStore, InboundView, PreparedInbound
 from app.services.mailbox.content import INLINE_BODY_LIMIT
 
@@ -133,6 +134,7 @@ class InboundService:
         self.store = store
         self.authenticator = authenticator
         self.scorer = scorer
+        self.analysis = Analysis(scorer)  # parse + spam score, inline or in a helper process
         self.bounces = bounces
         self.scanner = scanner
         self.feedback = feedback  # per-user adjustment from markSpam/markNotSpam
@@ -229,7 +231,9 @@ class InboundService:
     async def receive(self, envelope: Envelope, raw: bytes) -> Receipt:
         """Check and durably store one message; raises ``Rejected`` or ``ServiceUnavailable``."""
         self.check_headers(_header_section(raw))
-        parsed = parse_message(raw)
+        mailboxes = [r for r in envelope.recipients if r.user_id is not None]
+        # Off the event loop when the MX has a helper process (analysis.py).
+        parsed, spam = await self.analysis.analyze(raw, score=bool(mailboxes))
         auth = await self.authenticator.authenticate(
             raw,
             client_ip=envelope.client_ip,
@@ -247,7 +251,6 @@ class InboundService:
                 f"{auth.dmarc.from_domain} is not accepted due to its DMARC policy",
             )
         await self._scan(parsed)
-        mailboxes = [r for r in envelope.recipients if r.user_id is not None]
         reports = [r for r in envelope.recipients if r.verp is not None]
         applied = 0
         for report in reports:
@@ -256,9 +259,8 @@ class InboundService:
         for r in envelope.recipients:
             if r.unsubscribe and self.unsubscribes is not None:
                 applied += await self.unsubscribes.unsubscribe_by_mail(r.address)
-        if not mailboxes:
+        if not mailboxes or spam is None:
             return Receipt(None, 0, None, applied)
-        spam = self.scorer.score(raw)
         metrics.spam_verdict(spam.is_spam, spam.score)
         folder = (
             Folder.SPAM if spam.is_spam or auth.dmarc.disposition == "quarantine" else Folder.INBOX

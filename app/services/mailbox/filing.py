@@ -13,13 +13,15 @@ thread recounts and the per-user change log.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 
 from app.adapters.mongo import ReturnDocument, UpdateOne
+from app.background import all_of
 from app.domain.changes import Change
 from app.domain.filing_plan import (
     SUBJECT_CANDIDATES,
@@ -49,9 +51,15 @@ __all__ = [
 ]
 
 
-async def file_messages(db: Any, filings: Sequence[Filing], session: Any) -> FilingPlan:
-    """File every message of ``filings`` (in order) inside the caller's transaction."""
-    context = await load_thread_context(db, filings, session)
+async def file_messages(
+    db: Any, filings: Sequence[Filing], session: Any, context: ThreadContext | None = None
+) -> FilingPlan:
+    """File every message of ``filings`` (in order) inside the caller's transaction.
+
+    ``context``: the thread context, when the caller loaded it already (the MX's group commit
+    loads it before its transaction, with its reads in flight together)."""
+    if context is None:
+        context = await load_thread_context(db, filings, session)
     plan = plan_filing(filings, context)
     await write_plan(db, plan, session)
     return plan
@@ -65,7 +73,9 @@ async def file_message(
     return plan.items[0], plan.changes
 
 
-async def load_thread_context(db: Any, filings: Sequence[Filing], session: Any) -> ThreadContext:
+async def load_thread_context(
+    db: Any, filings: Sequence[Filing], session: Any, *, parallel: int = 1
+) -> ThreadContext:
     """What the planner needs to know about existing threads, for the batch's users only.
 
     Every query names one user and is served by a (user_id, …) index: the thread refs of each
@@ -74,37 +84,57 @@ async def load_thread_context(db: Any, filings: Sequence[Filing], session: Any) 
     the whole batch: a condition on several users next to another ``$in`` made the engine the
     tests run on scan (a hundred times slower than these), and the unscoped form read every
     user's threads of a common subject (issue 12).
+
+    ``parallel``: how many of those queries may be in flight at once. Only without a session
+    (a transaction's session runs one command at a time): the MX's group commit reads the
+    context of a batch before its transaction, and waits for one round trip instead of one per
+    user and subject.
     """
+    if session is not None and parallel > 1:
+        raise ValueError("queries of one session run one at a time")
     wanted = thread_lookups(filings)
     context = ThreadContext()
     ids_of: dict[ObjectId, list[str]] = {}
     for user_id, rfc822_id in sorted(wanted.rfc822_ids):
         ids_of.setdefault(user_id, []).append(rfc822_id)
-    for user_id, rfc822_ids in ids_of.items():
-        for doc in await db.thread_refs.find(
-            {"user_id": user_id, "rfc822_id": {"$in": rfc822_ids}},
-            {"_id": 0, "rfc822_id": 1, "thread_id": 1},
-            session=session,
-        ).to_list():
-            context.refs[(user_id, doc["rfc822_id"])] = doc["thread_id"]
-    for user_id, subject in sorted(wanted.subjects):
-        candidates = context.by_subject.setdefault((user_id, subject), [])
-        for doc in (
-            await db.threads.find(
-                {"user_id": user_id, "normalized_subject": subject},
-                {"participant_keys": 1, "latest_at": 1},
+    limit = asyncio.Semaphore(parallel)
+
+    async def refs_of(user_id: ObjectId, rfc822_ids: list[str]) -> None:
+        async with limit:
+            found = await db.thread_refs.find(
+                {"user_id": user_id, "rfc822_id": {"$in": rfc822_ids}},
+                {"_id": 0, "rfc822_id": 1, "thread_id": 1},
                 session=session,
+            ).to_list()
+        for doc in found:
+            context.refs[(user_id, doc["rfc822_id"])] = doc["thread_id"]
+
+    async def threads_of(user_id: ObjectId, subject: str) -> None:
+        async with limit:
+            found = (
+                await db.threads.find(
+                    {"user_id": user_id, "normalized_subject": subject},
+                    {"participant_keys": 1, "latest_at": 1},
+                    session=session,
+                )
+                .sort("latest_at", -1)
+                .limit(SUBJECT_CANDIDATES)
+                .to_list()
             )
-            .sort("latest_at", -1)
-            .limit(SUBJECT_CANDIDATES)
-            .to_list()
-        ):
+        candidates = context.by_subject.setdefault((user_id, subject), [])
+        for doc in found:
             candidates.append(
                 ThreadCandidate(
                     doc["_id"], doc.get("latest_at"), list(doc.get("participant_keys") or ())
                 )
             )
             context.subjects[doc["_id"]] = subject
+
+    await _all(
+        [refs_of(user_id, rfc822_ids) for user_id, rfc822_ids in ids_of.items()]
+        + [threads_of(user_id, subject) for user_id, subject in sorted(wanted.subjects)],
+        parallel,
+    )
     named = sorted(set(context.refs.values()) - set(context.subjects))
     if named:  # the threads the users' own refs name: theirs by construction
         for doc in await db.threads.find(
@@ -112,6 +142,16 @@ async def load_thread_context(db: Any, filings: Sequence[Filing], session: Any) 
         ).to_list():
             context.subjects[doc["_id"]] = doc.get("normalized_subject") or ""
     return context
+
+
+async def _all(queries: list[Coroutine[Any, Any, None]], parallel: int) -> None:
+    """Run ``queries`` in order, or together when ``parallel`` allows it (a failure is raised
+    as itself and the rest are stopped)."""
+    if parallel <= 1:
+        for query in queries:
+            await query
+        return
+    await all_of(queries)
 
 
 async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
