@@ -19,7 +19,6 @@ import bisect
 import contextlib
 import re
 import ssl
-import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -66,7 +65,7 @@ FETCH_CHUNK = 250
 READ_AHEAD = 64  # messages
 READ_AHEAD_MAX_MESSAGE = 1 << 20
 READ_AHEAD_MAX_BYTES = 16 << 20
-VIEW_AHEAD_SECONDS = 1.0  # messages loaded per round of a FETCH
+VIEW_AHEAD_SECONDS = 1.0  # a FETCH command may use views checked against the log this long ago
 IDLE_TIMEOUT = 29 * 60  # RFC 2177: clients re-IDLE within 29 minutes
 AUTOLOGOUT = 30 * 60
 _SECTION = re.compile(
@@ -174,9 +173,7 @@ class ImapSession:
         self.done = False
         self.out = bytearray()  # responses not yet written
         self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
-        self.views_ahead: dict[
-            ObjectId, tuple[float, dict[str, Any]]
-        ] = {}  # view id → (when, view)
+        self.views_ahead: dict[ObjectId, dict[str, Any]] = {}  # the views after the last FETCH
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -253,8 +250,6 @@ class ImapSession:
         try:
             command = parse_command(parts)
             tag = command.tag
-            if not _is_fetch(command):
-                self.views_ahead.clear()  # this session may change flags: no stale views
             text = await self.dispatch(command)
             self.send(f"{tag} OK {text}")
         except Respond as r:
@@ -429,7 +424,7 @@ class ImapSession:
             raise NotFound("no such mailbox")
         state = await self.mailboxes.sync(viewer, ref)
         sel = Selected(ref, readonly, state.uidvalidity, modseq=state.modseq)
-        for entry in await self.mailboxes.entries(viewer, ref):
+        for entry in await self.mailboxes.entries(viewer, ref, state=state):
             sel.add(entry)
         flags = " ".join(SYSTEM_FLAGS)
         self.send(f"* FLAGS ({flags})")
@@ -673,13 +668,21 @@ class ImapSession:
                 if gone:
                     self.send(f"* VANISHED (EARLIER) {compact_ranges(gone)}")
             uids = [u for u in uids if sel.modseqs.get(u, 0) > changed_since]
-        await self._send_fetch(sel, uids, items, set_seen=not sel.readonly)
+        await self._send_fetch(
+            sel, uids, items, set_seen=not sel.readonly, max_age=VIEW_AHEAD_SECONDS
+        )
         # no refresh here: a client syncing thousands of messages one UID FETCH at a time
         # hears about changes at its next NOOP/IDLE/SELECT or any command that changes state
         return "FETCH completed"
 
     async def _send_fetch(
-        self, sel: Selected, uids: list[int], items: list[str], *, set_seen: bool
+        self,
+        sel: Selected,
+        uids: list[int],
+        items: list[str],
+        *,
+        set_seen: bool,
+        max_age: float = 0.0,
     ) -> None:
         viewer = self._require_auth()
         upper = [i.upper() for i in items]
@@ -693,7 +696,7 @@ class ImapSession:
         )
         for start in range(0, len(uids), FETCH_CHUNK):
             chunk = [u for u in uids[start : start + FETCH_CHUNK] if u in sel.items]
-            views = await self._views_with_read_ahead(sel, chunk)
+            views = await self._views_with_read_ahead(sel, chunk, max_age)
             present = [u for u in chunk if sel.items[u] in views]
             if marks_seen:
                 unseen = [
@@ -728,38 +731,22 @@ class ImapSession:
                 await self.flush()
 
     async def _views_with_read_ahead(
-        self, sel: Selected, uids: list[int]
+        self, sel: Selected, uids: list[int], max_age: float
     ) -> dict[ObjectId, dict[str, Any]]:
-        """The views of a FETCH. On a small FETCH the next READ_AHEAD views come in the same
-        query and serve the following FETCHes for VIEW_AHEAD_SECONDS (flags another client
-        changes meanwhile show that much later — as they would at the next NOOP anyway).
-        Any other command of this session drops them."""
-        now = time.monotonic()
-        views: dict[ObjectId, dict[str, Any]] = {}
+        """The views of a FETCH, from the mailbox service's cache when it was compared with
+        the change log less than ``max_age`` ago (a FETCH command: VIEW_AHEAD_SECONDS; flags
+        another client changes meanwhile show that much later — as they would at the next
+        NOOP anyway; everything else: checked now). On a small
+        FETCH the next READ_AHEAD views come along (in the same query when not cached): their
+        message ids tell ``_raw_with_read_ahead`` what to read ahead."""
         wanted = [sel.items[u] for u in uids]
-        for item_id in wanted:
-            cached = self.views_ahead.pop(item_id, None)
-            if cached is not None and now - cached[0] < VIEW_AHEAD_SECONDS:
-                views[item_id] = cached[1]
-        missing = [i for i in wanted if i not in views]
-        if not missing:
-            return views
         ahead: list[ObjectId] = []
-        if len(uids) < 16:
+        if 0 < len(uids) < 16:
             i = bisect.bisect_right(sel.uids, uids[-1])
-            ahead = [
-                sel.items[u]
-                for u in sel.uids[i : i + READ_AHEAD]
-                if sel.items[u] not in self.views_ahead
-            ]
-        if len(self.views_ahead) > 10 * READ_AHEAD:
-            self.views_ahead.clear()
-        loaded = await self.mailboxes.views(self._require_auth(), missing + ahead)
-        for item_id in ahead:
-            if item_id in loaded:
-                self.views_ahead[item_id] = (now, loaded.pop(item_id))
-        views.update(loaded)
-        return views
+            ahead = [sel.items[u] for u in sel.uids[i : i + READ_AHEAD]]
+        loaded = await self.mailboxes.views(self._require_auth(), wanted + ahead, max_age=max_age)
+        self.views_ahead = {i: loaded[i] for i in ahead if i in loaded}
+        return {i: loaded[i] for i in wanted if i in loaded}
 
     async def _raw_with_read_ahead(
         self, sel: Selected, uids: list[int], message_ids: list[ObjectId]
@@ -775,7 +762,7 @@ class ImapSession:
         if len(uids) < 16 and uids:
             extra = [
                 v["message_id"]
-                for _, v in self.views_ahead.values()
+                for v in self.views_ahead.values()
                 if (v.get("size") or 0) < READ_AHEAD_MAX_MESSAGE
                 and v["message_id"] not in out
                 and v["message_id"] not in self.read_ahead
@@ -1077,17 +1064,6 @@ class ImapSession:
                     msn = sel.remove(u)
                     if msn:
                         self.send(f"* {msn} EXPUNGE")
-
-
-def _is_fetch(command: Command) -> bool:
-    if command.name == "FETCH":
-        return True
-    return (
-        command.name == "UID"
-        and bool(command.args)
-        and isinstance(command.args[0], str)
-        and command.args[0].upper() == "FETCH"
-    )
 
 
 class _StartTls(Exception):
