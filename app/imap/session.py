@@ -62,7 +62,7 @@ from app.services.imap.mailboxes import CannotDo, Entry, ImapMailboxService
 log = structlog.get_logger(__name__)
 
 FETCH_CHUNK = 250
-READ_AHEAD = 64  # messages
+READ_AHEAD = 128  # messages
 READ_AHEAD_MAX_MESSAGE = 1 << 20
 READ_AHEAD_MAX_BYTES = 16 << 20
 VIEW_AHEAD_SECONDS = 1.0  # a FETCH command may use views checked against the log this long ago
@@ -173,6 +173,8 @@ class ImapSession:
         self.done = False
         self.out = bytearray()  # responses not yet written
         self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
+        self.prefetch: asyncio.Future[None] | None = None  # the read-ahead under way
+        self.prefetching: set[ObjectId] = set()  # the messages it reads
         self.views_ahead: dict[ObjectId, dict[str, Any]] = {}  # the views after the last FETCH
 
     # --- plumbing ------------------------------------------------------------------------
@@ -221,6 +223,13 @@ class ImapSession:
             f"* OK [CAPABILITY {self.capabilities()}] {self.options.hostname} mailhub IMAP ready"
         )
         await self.flush()
+        try:
+            await self._serve()
+        finally:
+            if self.prefetch is not None and not self.prefetch.done():
+                self.prefetch.cancel()
+
+    async def _serve(self) -> None:
         while not self.done:
             try:
                 parts = await asyncio.wait_for(
@@ -694,6 +703,10 @@ class ImapSession:
             u == "RFC822" or u == "RFC822.TEXT" or (u.startswith(("BODY[", "BINARY[")))
             for u in upper
         )
+        if len(uids) > FETCH_CHUNK:  # all the views first, in as few reads as the cache needs
+            await self.mailboxes.views(
+                viewer, [sel.items[u] for u in uids], max_age=max_age, within=sel.ref
+            )
         for start in range(0, len(uids), FETCH_CHUNK):
             chunk = [u for u in uids[start : start + FETCH_CHUNK] if u in sel.items]
             views = await self._views_with_read_ahead(sel, chunk, max_age)
@@ -744,7 +757,9 @@ class ImapSession:
         if 0 < len(uids) < 16:
             i = bisect.bisect_right(sel.uids, uids[-1])
             ahead = [sel.items[u] for u in sel.uids[i : i + READ_AHEAD]]
-        loaded = await self.mailboxes.views(self._require_auth(), wanted + ahead, max_age=max_age)
+        loaded = await self.mailboxes.views(
+            self._require_auth(), wanted + ahead, max_age=max_age, within=sel.ref
+        )
         self.views_ahead = {i: loaded[i] for i in ahead if i in loaded}
         return {i: loaded[i] for i in wanted if i in loaded}
 
@@ -752,29 +767,43 @@ class ImapSession:
         self, sel: Selected, uids: list[int], message_ids: list[ObjectId]
     ) -> dict[ObjectId, bytes]:
         """Raw messages for a FETCH. A client that downloads one UID per command (mbsync,
-        pipelined) asks next for the following UIDs: on a small FETCH the next READ_AHEAD
-        messages' raw bytes (immutable) come along in the same queries and wait here."""
+        pipelined) asks next for the following UIDs: on a small FETCH, the messages of the
+        next READ_AHEAD views (immutable bytes) are read in the background while the
+        commands already received are answered from memory, so the database's work and ours
+        overlap (two processes, two cores) instead of taking turns."""
+        if self.prefetch is not None and any(
+            m in self.prefetching and m not in self.read_ahead for m in message_ids
+        ):
+            await asyncio.wait({self.prefetch})  # its errors are its own: read again below
         out = {m: self.read_ahead.pop(m) for m in message_ids if m in self.read_ahead}
         missing = [m for m in message_ids if m not in out]
-        if not missing:
-            return out
-        extra: list[ObjectId] = []
-        if len(uids) < 16 and uids:
-            extra = [
+        if missing:
+            raws = await self.mailboxes.raw_by_message(missing)
+            out.update({m: raws.get(m, b"") for m in missing})
+        if len(uids) < 16 and uids and (self.prefetch is None or self.prefetch.done()):
+            upcoming = [
                 v["message_id"]
                 for v in self.views_ahead.values()
                 if (v.get("size") or 0) < READ_AHEAD_MAX_MESSAGE
                 and v["message_id"] not in out
                 and v["message_id"] not in self.read_ahead
             ]
-        raws = await self.mailboxes.raw_by_message(missing + extra)
-        if sum(len(v) for v in self.read_ahead.values()) > READ_AHEAD_MAX_BYTES:
-            self.read_ahead.clear()
-        for m in extra:
-            if m in raws and m not in missing:
-                self.read_ahead[m] = raws[m]
-        out.update({m: raws.get(m, b"") for m in missing})
+            if len(upcoming) >= READ_AHEAD // 2 or (upcoming and not self.read_ahead):
+                if sum(len(v) for v in self.read_ahead.values()) > READ_AHEAD_MAX_BYTES:
+                    self.read_ahead.clear()
+                self.prefetching = set(upcoming)
+                self.prefetch = asyncio.ensure_future(self._prefetch(upcoming))
         return out
+
+    async def _prefetch(self, message_ids: list[ObjectId]) -> None:
+        try:
+            raws = await self.mailboxes.raw_by_message(message_ids)
+        except Exception:  # the FETCH that needs them reads them itself
+            log.warning("imap read-ahead failed", exc_info=True)
+            return
+        finally:
+            self.prefetching = set()
+        self.read_ahead.update(raws)
 
     def _fetch_item(
         self,

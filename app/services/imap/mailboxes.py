@@ -64,6 +64,9 @@ from app.services.mailbox.filing import ViewSpec, file_message
 SYNC_ATTEMPTS = 12
 BLOB_ID_CACHE = 200_000
 MAX_LOG_CHANGES = 5000  # beyond this many changes since the last sync, compare the mailbox whole
+# a planner may scan the mailbox by UID for an $in of views (seconds at 10,000 messages)
+UIDS_BY_ITEM = [("user_id", 1), ("mailbox", 1), ("item_id", 1)]
+WHOLE_MAILBOX = 500  # views missing from the cache beyond which a mailbox is read whole
 NUMBERING_CACHE = 1000  # mailboxes whose UID numbering this process keeps
 VIEW_CACHE = 200_000  # views cached in this process, over all users (least recently used go)
 ITEM_FIELDS = {
@@ -269,7 +272,15 @@ class ImapMailboxService:
                 if changed is None:
                     uidnext = await self._resync_whole(user_id, ref, uidnext, state, session)
                 else:
-                    uidnext = await self._resync_changed(user_id, ref, uidnext, changed, session)
+                    uidnext = await self._resync_changed(
+                        user_id,
+                        ref,
+                        uidnext,
+                        changed,
+                        session,
+                        uidvalidity=int(box["uidvalidity"]),
+                        synced=synced,
+                    )
                 await self.db.imap_mailboxes.update_one(
                     {"_id": box["_id"]},
                     {"$set": {"synced_state": state, "uidnext": uidnext}},
@@ -305,6 +316,9 @@ class ImapMailboxService:
         uidnext: int,
         changed: dict[ObjectId, int],
         session: Any,
+        *,
+        uidvalidity: int,
+        synced: int,
     ) -> int:
         ids = list(changed)
         inside = {
@@ -315,20 +329,41 @@ class ImapMailboxService:
                 session=session,
             ).to_list()
         }
-        numbered = {
-            d["item_id"]: d
-            for d in await self.db.imap_uids.find(
-                {"user_id": user_id, "mailbox": ref.key, "item_id": {"$in": ids}, "gone": False},
-                {"item_id": 1},
-                session=session,
-            ).to_list()
-        }
+        # view id → the filter of its UID document (present ones only)
+        numbered: dict[ObjectId, dict[str, Any]]
+        cached = self._numbering.get((user_id, ref.key))
+        if cached is not None and (cached[0], cached[1]) == (uidvalidity, synced):
+            # This process read the numbering at exactly the state the mailbox is synced to,
+            # and every change to it is a sync that moves that state (this one holds the
+            # mailbox document): the copy is what the query below would return. That query
+            # scans the mailbox's numbering on SecantusDB (~2 s at 10,000 messages).
+            wanted = set(ids)
+            numbered = {
+                e.item_id: {"user_id": user_id, "mailbox": ref.key, "uid": e.uid}
+                for e in cached[2].values()
+                if e.item_id in wanted
+            }
+        else:
+            numbered = {
+                d["item_id"]: {"_id": d["_id"]}
+                for d in await self.db.imap_uids.find(
+                    {
+                        "user_id": user_id,
+                        "mailbox": ref.key,
+                        "item_id": {"$in": ids},
+                        "gone": False,
+                    },
+                    {"item_id": 1},
+                    session=session,
+                    hint=UIDS_BY_ITEM,
+                ).to_list()
+            }
         updates = []  # one round trip: each changed view has its own MODSEQ
-        for item_id, doc in numbered.items():
+        for item_id, key in numbered.items():
             update: dict[str, Any] = {"modseq": changed[item_id]}
             if item_id not in inside:
                 update["gone"] = True
-            updates.append(UpdateOne({"_id": doc["_id"]}, {"$set": update}))
+            updates.append(UpdateOne(key, {"$set": update}))
         for start in range(0, len(updates), 1000):
             await self.db.imap_uids.bulk_write(
                 updates[start : start + 1000], ordered=False, session=session
@@ -445,12 +480,19 @@ class ImapMailboxService:
     # --- content -------------------------------------------------------------------------
 
     async def views(
-        self, viewer: Viewer, item_ids: list[ObjectId], *, max_age: float = 0.0
+        self,
+        viewer: Viewer,
+        item_ids: list[ObjectId],
+        *,
+        max_age: float = 0.0,
+        within: MailboxRef | None = None,
     ) -> dict[ObjectId, dict[str, Any]]:
         """The viewer's views by id (flags, dates, message ids); others' ids find nothing.
 
         From the cache where it holds them, once it is current with the change log (checked
-        now, or up to ``max_age`` seconds ago); the rest in queries of 1000 ids."""
+        now, or up to ``max_age`` seconds ago); the rest in queries of 1000 ids, or, when
+        more than WHOLE_MAILBOX of them are views of the mailbox ``within``, by reading that
+        mailbox's views in one index range (several times cheaper a view than ids)."""
         cache = await self._current_views(viewer.user_id, max_age)
         generation = cache.generation
         out: dict[ObjectId, dict[str, Any]] = {}
@@ -462,6 +504,12 @@ class ImapMailboxService:
             else:
                 out[item_id] = view
         loaded: dict[ObjectId, dict[str, Any]] = {}
+        if within is not None and len(missing) > WHOLE_MAILBOX:
+            async for d in self.db.mailbox_items.find(
+                {"user_id": viewer.user_id, **within.view_query()}, ITEM_FIELDS
+            ):
+                loaded[d["_id"]] = d
+            missing = [i for i in missing if i not in loaded]
         for start in range(0, len(missing), 1000):
             chunk = missing[start : start + 1000]
             async for d in self.db.mailbox_items.find(
@@ -474,7 +522,8 @@ class ImapMailboxService:
             self._cached_views += len(loaded.keys() - cache.views.keys())
             cache.views.update(loaded)
             self._bound_cache(viewer.user_id)
-        return {k: dict(v) for k, v in out.items()}  # callers may mark a copy read
+        wanted = set(item_ids)
+        return {k: dict(v) for k, v in out.items() if k in wanted}  # callers may mark a copy
 
     async def _current_views(self, user_id: ObjectId, max_age: float) -> _UserViews:
         now = time.monotonic()
@@ -665,6 +714,7 @@ class ImapMailboxService:
                 "gone": False,
             },
             {"item_id": 1, "uid": 1},
+            hint=UIDS_BY_ITEM,
         ).to_list()
         return {d["item_id"]: d["uid"] for d in docs}
 
