@@ -63,6 +63,7 @@ log = structlog.get_logger(__name__)
 
 FETCH_CHUNK = 250
 READ_AHEAD = 128  # messages
+FLUSH_BYTES = 256 << 10  # answers queued beyond this are written at once
 READ_AHEAD_MAX_MESSAGE = 1 << 20
 READ_AHEAD_MAX_BYTES = 16 << 20
 VIEW_AHEAD_SECONDS = 1.0  # a FETCH command may use views checked against the log this long ago
@@ -173,6 +174,7 @@ class ImapSession:
         self.done = False
         self.out = bytearray()  # responses not yet written
         self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
+        self.ahead_until = 0  # the last UID of the views_ahead window
         self.prefetch: asyncio.Future[None] | None = None  # the read-ahead under way
         self.prefetching: set[ObjectId] = set()  # the messages it reads
         self.views_ahead: dict[ObjectId, dict[str, Any]] = {}  # the views after the last FETCH
@@ -232,11 +234,10 @@ class ImapSession:
     async def _serve(self) -> None:
         while not self.done:
             try:
-                parts = await asyncio.wait_for(
-                    read_command(self.reader, self._continue, self.options.max_literal),
-                    AUTOLOGOUT,
-                )
+                parts = await self._next_command()
             except (Disconnect, TimeoutError, ConnectionError):
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.flush()  # answers to the commands before the end of input
                 return
             except TooBig as e:
                 limit = self.options.max_literal
@@ -248,7 +249,29 @@ class ImapSession:
                 await self.flush()
                 continue
             await self.execute(parts)
-            await self.flush()
+            if len(self.out) > FLUSH_BYTES:
+                await self.flush()
+        await self.flush()
+
+    async def _next_command(self) -> list[bytes]:
+        """The next command. Answers queued so far are written once no further command is
+        already buffered: a pipelining client (mbsync sends 50 FETCHes at a time) gets them
+        in a few large TLS records instead of one write per command."""
+
+        async def command() -> list[bytes]:
+            async with asyncio.timeout(AUTOLOGOUT):  # one task: done in one step if buffered
+                return await read_command(self.reader, self._continue, self.options.max_literal)
+
+        read = asyncio.ensure_future(command())
+        try:
+            if self.out:
+                await asyncio.sleep(0)  # a command already buffered is parsed in this step
+                if not read.done():
+                    await self.flush()
+            return await read
+        finally:
+            if not read.done():
+                read.cancel()
 
     async def _continue(self) -> None:
         self.send("+ Ready for literal data")
@@ -413,6 +436,7 @@ class ImapSession:
         if not args:
             raise BadCommand("SELECT needs a mailbox")
         self.selected = None
+        self.views_ahead, self.ahead_until = {}, 0
         ref = self._mailbox(args[0])
         qresync: list[Any] | None = None
         if len(args) > 1:
@@ -717,8 +741,8 @@ class ImapSession:
                 ]
                 if unseen:
                     await self.mailboxes.store_flags(viewer, unseen, ["\\Seen"], "add")
-                    for v in unseen:
-                        v["read"] = True
+                    for v in unseen:  # a copy: the views may be the service's cached ones
+                        views[v["_id"]] = {**v, "read": True}
                     if "FLAGS" not in upper:
                         items, upper = [*items, "FLAGS"], [*upper, "FLAGS"]
             messages: dict[ObjectId, dict[str, Any]] = {}
@@ -753,14 +777,21 @@ class ImapSession:
         FETCH the next READ_AHEAD views come along (in the same query when not cached): their
         message ids tell ``_raw_with_read_ahead`` what to read ahead."""
         wanted = [sel.items[u] for u in uids]
+        for item_id in wanted:
+            self.views_ahead.pop(item_id, None)  # served: no longer ahead
         ahead: list[ObjectId] = []
         if 0 < len(uids) < 16:
             i = bisect.bisect_right(sel.uids, uids[-1])
-            ahead = [sel.items[u] for u in sel.uids[i : i + READ_AHEAD]]
+            covered = bisect.bisect_right(sel.uids, self.ahead_until) - i
+            if covered < READ_AHEAD // 2:  # the window runs out: move it (not every command)
+                upto = sel.uids[i : i + READ_AHEAD]
+                ahead = [sel.items[u] for u in upto]
+                self.ahead_until = upto[-1] if upto else 0
         loaded = await self.mailboxes.views(
             self._require_auth(), wanted + ahead, max_age=max_age, within=sel.ref
         )
-        self.views_ahead = {i: loaded[i] for i in ahead if i in loaded}
+        if ahead:
+            self.views_ahead = {i: loaded[i] for i in ahead if i in loaded}
         return {i: loaded[i] for i in wanted if i in loaded}
 
     async def _raw_with_read_ahead(

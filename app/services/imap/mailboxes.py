@@ -504,7 +504,8 @@ class ImapMailboxService:
             else:
                 out[item_id] = view
         loaded: dict[ObjectId, dict[str, Any]] = {}
-        if within is not None and len(missing) > WHOLE_MAILBOX:
+        whole = within is not None and len(missing) > WHOLE_MAILBOX
+        if within is not None and whole:
             async for d in self.db.mailbox_items.find(
                 {"user_id": viewer.user_id, **within.view_query()}, ITEM_FIELDS
             ):
@@ -522,8 +523,10 @@ class ImapMailboxService:
             self._cached_views += len(loaded.keys() - cache.views.keys())
             cache.views.update(loaded)
             self._bound_cache(viewer.user_id)
-        wanted = set(item_ids)
-        return {k: dict(v) for k, v in out.items() if k in wanted}  # callers may mark a copy
+        if whole:  # a mailbox read whole: only what was asked
+            wanted = set(item_ids)
+            out = {k: v for k, v in out.items() if k in wanted}
+        return out  # shared with the cache: callers change copies, never these
 
     async def _current_views(self, user_id: ObjectId, max_age: float) -> _UserViews:
         now = time.monotonic()
