@@ -19,7 +19,6 @@ import bisect
 import contextlib
 import re
 import ssl
-import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,10 +62,11 @@ from app.services.imap.mailboxes import CannotDo, Entry, ImapMailboxService
 log = structlog.get_logger(__name__)
 
 FETCH_CHUNK = 250
-READ_AHEAD = 64  # messages
+READ_AHEAD = 128  # messages
+FLUSH_BYTES = 256 << 10  # answers queued beyond this are written at once
 READ_AHEAD_MAX_MESSAGE = 1 << 20
 READ_AHEAD_MAX_BYTES = 16 << 20
-VIEW_AHEAD_SECONDS = 1.0  # messages loaded per round of a FETCH
+VIEW_AHEAD_SECONDS = 1.0  # a FETCH command may use views checked against the log this long ago
 IDLE_TIMEOUT = 29 * 60  # RFC 2177: clients re-IDLE within 29 minutes
 AUTOLOGOUT = 30 * 60
 _SECTION = re.compile(
@@ -174,9 +174,10 @@ class ImapSession:
         self.done = False
         self.out = bytearray()  # responses not yet written
         self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
-        self.views_ahead: dict[
-            ObjectId, tuple[float, dict[str, Any]]
-        ] = {}  # view id → (when, view)
+        self.ahead_until = 0  # the last UID of the views_ahead window
+        self.prefetch: asyncio.Future[None] | None = None  # the read-ahead under way
+        self.prefetching: set[ObjectId] = set()  # the messages it reads
+        self.views_ahead: dict[ObjectId, dict[str, Any]] = {}  # the views after the last FETCH
 
     # --- plumbing ------------------------------------------------------------------------
 
@@ -224,13 +225,19 @@ class ImapSession:
             f"* OK [CAPABILITY {self.capabilities()}] {self.options.hostname} mailhub IMAP ready"
         )
         await self.flush()
+        try:
+            await self._serve()
+        finally:
+            if self.prefetch is not None and not self.prefetch.done():
+                self.prefetch.cancel()
+
+    async def _serve(self) -> None:
         while not self.done:
             try:
-                parts = await asyncio.wait_for(
-                    read_command(self.reader, self._continue, self.options.max_literal),
-                    AUTOLOGOUT,
-                )
+                parts = await self._next_command()
             except (Disconnect, TimeoutError, ConnectionError):
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.flush()  # answers to the commands before the end of input
                 return
             except TooBig as e:
                 limit = self.options.max_literal
@@ -242,7 +249,29 @@ class ImapSession:
                 await self.flush()
                 continue
             await self.execute(parts)
-            await self.flush()
+            if len(self.out) > FLUSH_BYTES:
+                await self.flush()
+        await self.flush()
+
+    async def _next_command(self) -> list[bytes]:
+        """The next command. Answers queued so far are written once no further command is
+        already buffered: a pipelining client (mbsync sends 50 FETCHes at a time) gets them
+        in a few large TLS records instead of one write per command."""
+
+        async def command() -> list[bytes]:
+            async with asyncio.timeout(AUTOLOGOUT):  # one task: done in one step if buffered
+                return await read_command(self.reader, self._continue, self.options.max_literal)
+
+        read = asyncio.ensure_future(command())
+        try:
+            if self.out:
+                await asyncio.sleep(0)  # a command already buffered is parsed in this step
+                if not read.done():
+                    await self.flush()
+            return await read
+        finally:
+            if not read.done():
+                read.cancel()
 
     async def _continue(self) -> None:
         self.send("+ Ready for literal data")
@@ -253,8 +282,6 @@ class ImapSession:
         try:
             command = parse_command(parts)
             tag = command.tag
-            if not _is_fetch(command):
-                self.views_ahead.clear()  # this session may change flags: no stale views
             text = await self.dispatch(command)
             self.send(f"{tag} OK {text}")
         except Respond as r:
@@ -409,6 +436,7 @@ class ImapSession:
         if not args:
             raise BadCommand("SELECT needs a mailbox")
         self.selected = None
+        self.views_ahead, self.ahead_until = {}, 0
         ref = self._mailbox(args[0])
         qresync: list[Any] | None = None
         if len(args) > 1:
@@ -429,7 +457,7 @@ class ImapSession:
             raise NotFound("no such mailbox")
         state = await self.mailboxes.sync(viewer, ref)
         sel = Selected(ref, readonly, state.uidvalidity, modseq=state.modseq)
-        for entry in await self.mailboxes.entries(viewer, ref):
+        for entry in await self.mailboxes.entries(viewer, ref, state=state):
             sel.add(entry)
         flags = " ".join(SYSTEM_FLAGS)
         self.send(f"* FLAGS ({flags})")
@@ -673,13 +701,21 @@ class ImapSession:
                 if gone:
                     self.send(f"* VANISHED (EARLIER) {compact_ranges(gone)}")
             uids = [u for u in uids if sel.modseqs.get(u, 0) > changed_since]
-        await self._send_fetch(sel, uids, items, set_seen=not sel.readonly)
+        await self._send_fetch(
+            sel, uids, items, set_seen=not sel.readonly, max_age=VIEW_AHEAD_SECONDS
+        )
         # no refresh here: a client syncing thousands of messages one UID FETCH at a time
         # hears about changes at its next NOOP/IDLE/SELECT or any command that changes state
         return "FETCH completed"
 
     async def _send_fetch(
-        self, sel: Selected, uids: list[int], items: list[str], *, set_seen: bool
+        self,
+        sel: Selected,
+        uids: list[int],
+        items: list[str],
+        *,
+        set_seen: bool,
+        max_age: float = 0.0,
     ) -> None:
         viewer = self._require_auth()
         upper = [i.upper() for i in items]
@@ -691,9 +727,13 @@ class ImapSession:
             u == "RFC822" or u == "RFC822.TEXT" or (u.startswith(("BODY[", "BINARY[")))
             for u in upper
         )
+        if len(uids) > FETCH_CHUNK:  # all the views first, in as few reads as the cache needs
+            await self.mailboxes.views(
+                viewer, [sel.items[u] for u in uids], max_age=max_age, within=sel.ref
+            )
         for start in range(0, len(uids), FETCH_CHUNK):
             chunk = [u for u in uids[start : start + FETCH_CHUNK] if u in sel.items]
-            views = await self._views_with_read_ahead(sel, chunk)
+            views = await self._views_with_read_ahead(sel, chunk, max_age)
             present = [u for u in chunk if sel.items[u] in views]
             if marks_seen:
                 unseen = [
@@ -701,8 +741,8 @@ class ImapSession:
                 ]
                 if unseen:
                     await self.mailboxes.store_flags(viewer, unseen, ["\\Seen"], "add")
-                    for v in unseen:
-                        v["read"] = True
+                    for v in unseen:  # a copy: the views may be the service's cached ones
+                        views[v["_id"]] = {**v, "read": True}
                     if "FLAGS" not in upper:
                         items, upper = [*items, "FLAGS"], [*upper, "FLAGS"]
             messages: dict[ObjectId, dict[str, Any]] = {}
@@ -728,66 +768,73 @@ class ImapSession:
                 await self.flush()
 
     async def _views_with_read_ahead(
-        self, sel: Selected, uids: list[int]
+        self, sel: Selected, uids: list[int], max_age: float
     ) -> dict[ObjectId, dict[str, Any]]:
-        """The views of a FETCH. On a small FETCH the next READ_AHEAD views come in the same
-        query and serve the following FETCHes for VIEW_AHEAD_SECONDS (flags another client
-        changes meanwhile show that much later — as they would at the next NOOP anyway).
-        Any other command of this session drops them."""
-        now = time.monotonic()
-        views: dict[ObjectId, dict[str, Any]] = {}
+        """The views of a FETCH, from the mailbox service's cache when it was compared with
+        the change log less than ``max_age`` ago (a FETCH command: VIEW_AHEAD_SECONDS; flags
+        another client changes meanwhile show that much later — as they would at the next
+        NOOP anyway; everything else: checked now). On a small
+        FETCH the next READ_AHEAD views come along (in the same query when not cached): their
+        message ids tell ``_raw_with_read_ahead`` what to read ahead."""
         wanted = [sel.items[u] for u in uids]
         for item_id in wanted:
-            cached = self.views_ahead.pop(item_id, None)
-            if cached is not None and now - cached[0] < VIEW_AHEAD_SECONDS:
-                views[item_id] = cached[1]
-        missing = [i for i in wanted if i not in views]
-        if not missing:
-            return views
+            self.views_ahead.pop(item_id, None)  # served: no longer ahead
         ahead: list[ObjectId] = []
-        if len(uids) < 16:
+        if 0 < len(uids) < 16:
             i = bisect.bisect_right(sel.uids, uids[-1])
-            ahead = [
-                sel.items[u]
-                for u in sel.uids[i : i + READ_AHEAD]
-                if sel.items[u] not in self.views_ahead
-            ]
-        if len(self.views_ahead) > 10 * READ_AHEAD:
-            self.views_ahead.clear()
-        loaded = await self.mailboxes.views(self._require_auth(), missing + ahead)
-        for item_id in ahead:
-            if item_id in loaded:
-                self.views_ahead[item_id] = (now, loaded.pop(item_id))
-        views.update(loaded)
-        return views
+            covered = bisect.bisect_right(sel.uids, self.ahead_until) - i
+            if covered < READ_AHEAD // 2:  # the window runs out: move it (not every command)
+                upto = sel.uids[i : i + READ_AHEAD]
+                ahead = [sel.items[u] for u in upto]
+                self.ahead_until = upto[-1] if upto else 0
+        loaded = await self.mailboxes.views(
+            self._require_auth(), wanted + ahead, max_age=max_age, within=sel.ref
+        )
+        if ahead:
+            self.views_ahead = {i: loaded[i] for i in ahead if i in loaded}
+        return {i: loaded[i] for i in wanted if i in loaded}
 
     async def _raw_with_read_ahead(
         self, sel: Selected, uids: list[int], message_ids: list[ObjectId]
     ) -> dict[ObjectId, bytes]:
         """Raw messages for a FETCH. A client that downloads one UID per command (mbsync,
-        pipelined) asks next for the following UIDs: on a small FETCH the next READ_AHEAD
-        messages' raw bytes (immutable) come along in the same queries and wait here."""
+        pipelined) asks next for the following UIDs: on a small FETCH, the messages of the
+        next READ_AHEAD views (immutable bytes) are read in the background while the
+        commands already received are answered from memory, so the database's work and ours
+        overlap (two processes, two cores) instead of taking turns."""
+        if self.prefetch is not None and any(
+            m in self.prefetching and m not in self.read_ahead for m in message_ids
+        ):
+            await asyncio.wait({self.prefetch})  # its errors are its own: read again below
         out = {m: self.read_ahead.pop(m) for m in message_ids if m in self.read_ahead}
         missing = [m for m in message_ids if m not in out]
-        if not missing:
-            return out
-        extra: list[ObjectId] = []
-        if len(uids) < 16 and uids:
-            extra = [
+        if missing:
+            raws = await self.mailboxes.raw_by_message(missing)
+            out.update({m: raws.get(m, b"") for m in missing})
+        if len(uids) < 16 and uids and (self.prefetch is None or self.prefetch.done()):
+            upcoming = [
                 v["message_id"]
-                for _, v in self.views_ahead.values()
+                for v in self.views_ahead.values()
                 if (v.get("size") or 0) < READ_AHEAD_MAX_MESSAGE
                 and v["message_id"] not in out
                 and v["message_id"] not in self.read_ahead
             ]
-        raws = await self.mailboxes.raw_by_message(missing + extra)
-        if sum(len(v) for v in self.read_ahead.values()) > READ_AHEAD_MAX_BYTES:
-            self.read_ahead.clear()
-        for m in extra:
-            if m in raws and m not in missing:
-                self.read_ahead[m] = raws[m]
-        out.update({m: raws.get(m, b"") for m in missing})
+            if len(upcoming) >= READ_AHEAD // 2 or (upcoming and not self.read_ahead):
+                if sum(len(v) for v in self.read_ahead.values()) > READ_AHEAD_MAX_BYTES:
+                    self.read_ahead.clear()
+                self.prefetching = set(upcoming)
+                self.prefetch = asyncio.ensure_future(self._prefetch(upcoming))
         return out
+
+    async def _prefetch(self, message_ids: list[ObjectId]) -> None:
+        try:
+            raws = await self.mailboxes.raw_by_message(message_ids)
+        except Exception:  # the FETCH that needs them reads them itself
+            log.warning("imap read-ahead failed", exc_info=True)
+            return
+        finally:
+            self.prefetching = set()
+        self.read_ahead.update(raws)
 
     def _fetch_item(
         self,
@@ -1077,17 +1124,6 @@ class ImapSession:
                     msn = sel.remove(u)
                     if msn:
                         self.send(f"* {msn} EXPUNGE")
-
-
-def _is_fetch(command: Command) -> bool:
-    if command.name == "FETCH":
-        return True
-    return (
-        command.name == "UID"
-        and bool(command.args)
-        and isinstance(command.args[0], str)
-        and command.args[0].upper() == "FETCH"
-    )
 
 
 class _StartTls(Exception):

@@ -144,6 +144,9 @@ async def test_flags_both_ways_fire_the_same_events(clients: MailClients) -> Non
     from app.services.mailbox.changes import StateChange
 
     third = next(i for i in items if not i.get("read") and not i.get("answered"))
+    # every view in the IMAP process's view cache first: the change must still show
+    before = ok(await asyncio.to_thread(imap.fetch, "1:*", "(FLAGS)"))
+    assert sum(b"\\Flagged" in line for line in before) == 1
     await system.mailbox_changes.update_items(
         Viewer(user_id, email), [str(third["_id"])], StateChange(read=True, starred=True)
     )
@@ -151,6 +154,17 @@ async def test_flags_both_ways_fire_the_same_events(clients: MailClients) -> Non
     assert typ == "OK"
     untagged = imap.untagged_responses.get("FETCH", [])
     assert any(b"\\Seen" in line and b"\\Flagged" in line for line in untagged), untagged
+    imap.untagged_responses.clear()  # imaplib keeps the NOOP's FETCH lines otherwise
+    after = ok(await asyncio.to_thread(imap.fetch, "1:*", "(FLAGS)"))
+    assert sum(b"\\Flagged" in line for line in after) == 2, after
+    # and a change made by another IMAP session of the same process
+    other = await asyncio.to_thread(connect, clients.imap_port, email)
+    ok(await asyncio.to_thread(other.select, "INBOX"))
+    ok(await asyncio.to_thread(other.store, "1:*", "-FLAGS", "(\\Flagged)"))
+    await asyncio.to_thread(other.logout)
+    imap.untagged_responses.clear()  # imaplib keeps the NOOP's FETCH lines otherwise
+    after = ok(await asyncio.to_thread(imap.fetch, "1:*", "(FLAGS)"))
+    assert not any(b"\\Flagged" in line for line in after), after
     await asyncio.to_thread(imap.logout)
 
 
@@ -520,3 +534,35 @@ async def test_imap_logins_share_the_api_rate_limits(settings, system) -> None: 
     assert [r[0] for r in results] == ["NO"] * (limit + 1)
     assert "AUTHENTICATIONFAILED" in results[0][1]
     assert "UNAVAILABLE" in results[-1][1]  # the right password, but the address is locked
+
+
+async def test_select_again_sees_what_changed_elsewhere(clients: MailClients) -> None:
+    """SELECT reads only the numbering's changes since this process last read it: a view moved
+    away by GraphQL and a new delivery both show in the next SELECT."""
+    from app.domain.folders import Folder
+    from app.domain.viewer import Viewer
+    from app.services.mailbox.changes import StateChange
+
+    system = clients.system
+    email = await make_user(system, "gil")
+    await deliver(system, email, [sample_message(n, email) for n in range(4)], 1)
+    user_id = await user_id_of(system, email)
+
+    def uids() -> list[int]:
+        imap = connect(clients.imap_port, email)
+        ok(imap.select("INBOX"))
+        data = ok(imap.uid("SEARCH", "ALL"))
+        imap.logout()
+        return [int(u) for u in data[0].split()]
+
+    assert await asyncio.to_thread(uids) == [1, 2, 3, 4]
+    items = (
+        await system.mongo.db.mailbox_items.find({"user_id": user_id})
+        .sort("received_at", 1)
+        .to_list()
+    )
+    await system.mailbox_changes.update_items(
+        Viewer(user_id, email), [str(items[1]["_id"])], StateChange(folder=Folder.TRASH.value)
+    )
+    await deliver(system, email, [sample_message(9, email)])
+    assert await asyncio.to_thread(uids) == [1, 3, 4, 5]
