@@ -277,13 +277,16 @@ class CampaignSender:
                     message["raw_blob_id"] = blob
                 await self.db.messages.insert_many(messages, session=session)
                 await self.db.recipients.insert_many(recipients, session=session)
+                local: dict[ObjectId, list[dict[str, Any]]] = {}
+                for x in recipients:  # one row per message: by message id, not a scan each
+                    if x.get("local_user_id"):
+                        local.setdefault(x["message_id"], []).append(x)
                 for message in messages:
-                    mine = [x for x in recipients if x["message_id"] == message["_id"]]
-                    if any(x.get("local_user_id") for x in mine):
+                    if message["_id"] in local:
                         changes += await deliver_locally(
                             self.db,
                             message,
-                            mine,
+                            local[message["_id"]],
                             now,
                             session,
                             hostname=self.settings.hostname,
