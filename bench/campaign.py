@@ -16,7 +16,9 @@ unsubscribe-to-effect latency.
    and VERP included. Postfix (peers/setup.sh instance) relays N messages of the peers'
    outbound corpus (msggen.py, ~2 KB, one recipient each: the same size class as the rendered
    campaign messages, not byte-identical) to the same sink in the same run (bench/outbound.py's
-   ``run_postfix``). Rate = messages / (last sink accept − start).
+   ``run_postfix``): N/2 before the mailhub delivery and N/2 after it (A-B-A), and the ratio
+   is mailhub's rate over Postfix's N messages over both rounds' seconds (each half's ratio
+   printed too). Rate = messages / (last sink accept − start).
 4. unsubscribe-to-effect: a paced campaign (6,000/min: 100 a batch, a batch a second); an
    unsubscribe (TrackingService.unsubscribe, what ``POST /u/{token}`` calls) for a recipient
    still pending; latency = start of the next batch − the unsubscribe; that batch must skip
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -88,7 +91,12 @@ async def _campaign(system: Any, viewer: Viewer, name: str, rate: int | None) ->
     return str(doc["_id"])
 
 
-async def run(a: argparse.Namespace, urls: dict[str, str], sink_status: Path | None) -> dict:
+async def run(
+    a: argparse.Namespace,
+    urls: dict[str, str],
+    sink_status: Path | None,
+    postfix: Callable[[int], dict[str, Any]] | None,
+) -> dict:
     dns = DnsServer(
         mx={f"d{i}.test": [(10, f"mx.d{i}.test")] for i in range(a.domains)},
         a={f"mx.d{i}.test": "127.0.0.1" for i in range(a.domains)},
@@ -152,7 +160,11 @@ async def run(a: argparse.Namespace, urls: dict[str, str], sink_status: Path | N
         }
         print(json.dumps(out), flush=True)
 
-        # 3. delivery by one worker
+        # 3. delivery by one worker, between two Postfix rounds of N/2 each (A-B-A: a load
+        # change on the shared machine shows as a difference between the two Postfix halves)
+        if postfix is not None:
+            out["postfix_before"] = postfix(a.n // 2)
+            print(json.dumps({"postfix_before": out["postfix_before"]}), flush=True)
         if sink_status is not None:
             base_count = read_sink(sink_status)[0]
             waiting = asyncio.ensure_future(
@@ -175,6 +187,9 @@ async def run(a: argparse.Namespace, urls: dict[str, str], sink_status: Path | N
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
             worker = None
+        if postfix is not None:
+            out["postfix_after"] = postfix(a.n - a.n // 2)
+            print(json.dumps({"postfix_after": out["postfix_after"]}), flush=True)
 
         # 4. unsubscribe to effect
         paced = await _campaign(system, viewer, "paced", 6000)
@@ -220,6 +235,22 @@ async def run(a: argparse.Namespace, urls: dict[str, str], sink_status: Path | N
     return out
 
 
+def _ratio(out: dict[str, Any]) -> dict[str, Any] | None:
+    """mailhub's delivery rate over Postfix's: against each half and against both together
+    (all of Postfix's messages over all of its seconds)."""
+    halves = [out.get("postfix_before"), out.get("postfix_after")]
+    mailhub = (out.get("delivery") or {}).get("msgs_per_s")
+    if not mailhub or not all(h and h.get("msgs_per_s") and h.get("seconds") for h in halves):
+        return None
+    both = sum(h["delivered"] for h in halves) / sum(h["seconds"] for h in halves)  # type: ignore[index]
+    return {
+        "postfix_msgs_per_s": round(both, 1),
+        "mailhub_over_postfix": round(mailhub / both, 2),
+        "against_before": round(mailhub / halves[0]["msgs_per_s"], 2),  # type: ignore[index]
+        "against_after": round(mailhub / halves[1]["msgs_per_s"], 2),  # type: ignore[index]
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
@@ -258,11 +289,18 @@ def main() -> None:
     try:
         stack.start(mongo=True, redis=True, typesense=False)
         urls = {"mongodb": stack.url("mongodb"), "redis": stack.url("redis")}
-        results["mailhub"] = asyncio.run(run(a, urls, None if a.skip_delivery else sink_status))
+        postfix = None
         if not a.skip_postfix:
             corpus(base, 1, a.domains)  # the peers' generator is importable
-            results["postfix"] = run_postfix(base, a.n, sink_status)
-            print(json.dumps({"postfix": results["postfix"]}), flush=True)
+
+            def postfix(n: int) -> dict[str, Any]:
+                return run_postfix(base, n, sink_status)
+
+        results["mailhub"] = asyncio.run(
+            run(a, urls, None if a.skip_delivery else sink_status, postfix)
+        )
+        results["ratio"] = _ratio(results["mailhub"])
+        print(json.dumps({"ratio": results["ratio"]}), flush=True)
     finally:
         stack.stop()
         if sink is not None:

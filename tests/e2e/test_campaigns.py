@@ -8,6 +8,7 @@ DKIM-signed with List-Unsubscribe in h=), plus the records in MongoDB.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email
 import itertools
 import os
@@ -440,6 +441,100 @@ async def test_mailto_unsubscribe_through_the_mx(settings):
         assert event["metadata"] == {"via": "mailto"}
 
 
+def _report(kind: str, to: str, recipient: str) -> bytes:
+    """A DSN (hard bounce after acceptance) or an ARF complaint sent back to ``to``."""
+    if kind == "dsn":
+        head = "Content-Type: multipart/report; report-type=delivery-status; boundary=B"
+        part = (
+            "Content-Type: message/delivery-status\n\nReporting-MTA: dns; mx.ok.test\n\n"
+            f"Final-Recipient: rfc822; {recipient}\nAction: failed\nStatus: 5.1.1\n"
+            "Diagnostic-Code: smtp; 550 5.1.1 mailbox gone\n"
+        )
+    else:
+        head = "Content-Type: multipart/report; report-type=feedback-report; boundary=B"
+        part = (
+            "Content-Type: message/feedback-report\n\nFeedback-Type: abuse\n"
+            f"User-Agent: FBL/1.0\nVersion: 1\nOriginal-Rcpt-To: {recipient}\n"
+        )
+    text = (
+        f"From: postmaster@ok.test\nTo: {to}\nSubject: report\n"
+        f"Message-ID: <{kind}-{recipient}@ok.test>\nMIME-Version: 1.0\n{head}\n\n"
+        f"--B\nContent-Type: text/plain\n\nreport\n\n--B\n{part}\n"
+        f"--B\nContent-Type: text/rfc822-headers\n\nFrom: {SENDER_DOMAIN}\n\n--B--\n"
+    )
+    return text.replace("\n", "\r\n").encode()
+
+
+async def test_the_orphan_sweep_after_delivery_keeps_stats_events_and_verp_reports(settings):
+    """Campaign messages have no mailbox view, so the orphan sweep removes their message
+    documents and raw MIME once delivered. Stats, the event log and bounces/complaints sent
+    back to the VERP address must not need them."""
+    from app.mx.server import start_mx
+    from tests.support.mx import smtp_send
+
+    async with (
+        outbound_world(settings, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create()
+        oid = ObjectId(cid)
+        await s.add(cid, _people(3))
+        await s.act(cid, "startCampaign")
+        before = (await s.finished(cid))["stats"]
+        assert (before["delivered"], before["bounced"], before["complained"]) == (3, 0, 0)
+        ids = [
+            r["_id"] for r in await w.db.campaign_recipients.find({"campaign_id": oid}).to_list()
+        ]
+        assert await w.db.messages.count_documents({"_id": {"$in": ids}}) == 3
+        events = await w.db.delivery_events.count_documents({"campaign_id": oid})
+        assert events == 6  # queued + delivered, each of the three
+
+        for _ in range(10):  # the sweep visits messages in pages of 500 from where it stopped
+            await w.system.content.sweep_orphans()
+        assert await w.db.messages.count_documents({"_id": {"$in": ids}}) == 0  # swept
+        assert (await s.stats(cid))["stats"] == before
+        assert await w.db.delivery_events.count_documents({"campaign_id": oid}) == events
+
+        # reports to the VERP return paths the sinks saw, through the MX
+        envelopes = {m.rcpt_tos[0]: m.mail_from for m in w.sinks["ok"].received}
+        mx = await start_mx(w.settings.model_copy(update={"smtp_port": 0}), w.system)
+        try:
+            for kind, who in (("dsn", "p0@ok.test"), ("arf", "p1@ok.test")):
+                verp = envelopes[who]
+                sent = await smtp_send(
+                    mx.port, _report(kind, verp, who), mail_from="", rcpts=[verp]
+                )
+                assert sent["rcpt_codes"] == [250] and sent["data"][0] == 250, sent
+        finally:
+            await mx.stop(grace=2)
+
+        async def reported() -> bool:
+            kinds = {
+                e["event_type"]
+                async for e in w.db.delivery_events.find(
+                    {"campaign_id": oid, "event_type": {"$in": ["bounced", "complained"]}}
+                )
+            }
+            return kinds == {"bounced", "complained"}
+
+        await _until(reported, 30, "the bounce and the complaint in the campaign's events")
+        async for e in w.db.delivery_events.find(
+            {"campaign_id": oid, "event_type": {"$in": ["bounced", "complained"]}}
+        ):
+            # the sending domain, for the reputation counters, although the message is gone
+            assert e["sender_domain"] == SENDER_DOMAIN, e
+            assert e["recipient"] == (
+                "p0@ok.test" if e["event_type"] == "bounced" else "p1@ok.test"
+            )
+        after = (await s.stats(cid))["stats"]
+        assert after["complained"] == 1
+        assert await w.system.suppression.suppressed(["p0@ok.test", "p1@ok.test"]) == {
+            "p0@ok.test",
+            "p1@ok.test",
+        }
+
+
 # --- pause, resume, cancel; warm-up; reputation -------------------------------------------
 
 
@@ -493,6 +588,72 @@ async def test_pause_resume_cancel_take_effect_before_the_next_batch(settings):
         assert sum(counts.values()) == stats["queued"] == (await s.stats(cid))["stats"]["queued"]
         assert set(counts.values()) == {1}
         assert (await s.act(cid, "resumeCampaign"))["__typename"] == "ValidationError"
+
+
+class _CancelMidBatch:
+    """The suppression check of the next batch, with a cancel landing just before it: the
+    batch has read its pending recipients and is rendering them when the status changes.
+    ``whole`` runs the cancel mutation; otherwise only its first step (the status) has
+    committed when the batch reaches its transaction."""
+
+    def __init__(self, real: Any, cancel: Any) -> None:
+        self.real, self.cancel, self.fired = real, cancel, False
+
+    async def suppressed(self, keys: Any, *, scope: Any) -> Any:
+        if not self.fired:
+            self.fired = True
+            await self.cancel()
+        return await self.real.suppressed(keys, scope=scope)
+
+
+@pytest.mark.parametrize("whole", [True, False], ids=["cancel", "status-only"])
+async def test_a_cancel_during_a_running_batch_never_leaves_its_recipients_queued(settings, whole):
+    async with (
+        outbound_world(settings, worker=False, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        s = await _session(w, api)
+        cid = await s.create(ratePerMinute=300)  # 5 recipients a batch
+        oid = ObjectId(cid)
+        await s.add(cid, _people(12))
+        await s.act(cid, "startCampaign")
+        sender = w.system.campaign_sender
+        assert (await sender.run_batch(oid))["queued"] == 5  # the first batch completes
+
+        async def cancel() -> None:
+            if whole:
+                assert (await s.act(cid, "cancelCampaign"))["campaign"]["status"] == "canceled"
+            else:
+                await w.db.campaigns.update_one({"_id": oid}, {"$set": {"status": "canceled"}})
+
+        real = sender.suppression
+        due = datetime.datetime(2000, 1, 1, tzinfo=datetime.UTC)  # the next batch is due now
+        await w.db.campaigns.update_one({"_id": oid}, {"$set": {"next_batch_at": due}})
+        sender.suppression = _CancelMidBatch(real, cancel)  # type: ignore[assignment]
+        try:
+            outcome = await sender.run_batch(oid)
+        finally:
+            sender.suppression = real
+        assert sender.suppression is real
+        assert outcome["ran"] and outcome["queued"] == 0, outcome
+        # the second batch's five: canceled, nothing of them stored for delivery
+        second = await w.db.campaign_recipients.find(
+            {"campaign_id": oid, "seq": {"$gte": 5, "$lt": 10}}
+        ).to_list()
+        assert [r["state"] for r in second] == ["canceled"] * 5
+        ids = [r["_id"] for r in second]
+        assert await w.db.messages.count_documents({"_id": {"$in": ids}}) == 0
+        assert await w.db.recipients.count_documents({"_id": {"$in": ids}}) == 0
+        assert await w.db.delivery_events.count_documents({"message_id": {"$in": ids}}) == 0
+        states = Counter(
+            r["state"] for r in await w.db.campaign_recipients.find({"campaign_id": oid}).to_list()
+        )
+        assert states["queued"] == 5 == await w.db.recipients.count_documents({"campaign_id": oid})
+        if whole:
+            assert states == {"queued": 5, "canceled": 7}
+        else:  # the rest of the list is the cancel mutation's own update, not yet run here
+            assert states == {"queued": 5, "canceled": 5, "pending": 2}
+        assert (await sender.run_batch(oid)) == {"ran": False}  # no further batch
 
 
 async def test_warmup_ramp_holds_the_rest_until_the_next_day_and_reputation_pauses(settings):

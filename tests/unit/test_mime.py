@@ -381,3 +381,62 @@ def test_round_trip_keeps_everything_including_non_ascii():
     assert parsed.references == msg.references
     assert parsed.date == DATE
     assert parsed.size == len(raw)
+
+
+BODIES = [
+    "",
+    "Hello Bob",
+    "short lines\nonly ascii\n",
+    "trailing space \nand tab\t\nend",
+    "x" * 79,
+    "a long ascii line " * 40,
+    "café, naïve, Grüße\n",
+    "Привет, мир! " * 30,
+    "数据 " * 100,
+    "=?utf-8?q?not a header?= and ==== lines\n==============================\n",
+    "=_ looks like our boundary prefix\n",
+    ".\n.leading dot\nFrom the start\n",
+    "crlf\r\nand lone\rcarriage returns\r\n",
+    "emoji 🎉 " * 10,
+    "bad surrogate \udcff here",
+]
+
+
+@pytest.mark.parametrize("text", BODIES)
+@pytest.mark.parametrize("with_html", [False, True])
+def test_bodies_without_attachments_match_what_the_email_package_writes(text, with_html):
+    """build_mime writes text/HTML-only bodies itself (campaign speed); what an independent
+    parser reads back — structure, headers of each part, decoded content — is what the email
+    package's content manager gives for the same message."""
+    from app.domain.mime import _POLICY, _body, _header_block
+
+    markup = text.replace("\udcff", "?")  # sanitize_html refuses lone surrogates (both paths)
+    html = f"<p>{markup}</p><a href='https://shop.test/?a=1&b=2'>x</a>" if with_html else None
+    msg = _message(text=text, html=html)
+    raw = build_mime(msg)
+    _assert_clean_mime(raw)
+    ours = _stdlib(raw)
+    reference = _stdlib(_header_block(msg) + _body(msg).as_bytes(policy=_POLICY))
+    ours_parts, reference_parts = list(ours.walk()), list(reference.walk())
+    assert [p.get_content_type() for p in ours_parts] == [
+        p.get_content_type() for p in reference_parts
+    ]
+    for mine, theirs in zip(ours_parts, reference_parts, strict=True):
+        if mine.is_multipart():
+            continue
+        assert mine.get_content() == theirs.get_content()
+        assert mine.get_content_charset() == theirs.get_content_charset() == "utf-8"
+        assert mine["Content-Transfer-Encoding"] == theirs["Content-Transfer-Encoding"]
+
+
+def test_a_boundary_never_occurs_in_the_parts():
+    from app.domain import mime
+
+    taken = b"=_" + b"0" * 32
+    tokens = iter(["0" * 32, "1" * 32])
+    original = mime.secrets.token_hex
+    mime.secrets.token_hex = lambda n: next(tokens)  # type: ignore[assignment]
+    try:
+        assert mime._boundary(b"text with " + taken, b"html") == b"=_" + b"1" * 32
+    finally:
+        mime.secrets.token_hex = original

@@ -237,6 +237,35 @@ class CampaignSender:
 
         async def work(session: Any) -> list[Any]:
             changes: list[Any] = []
+            # first, in the transaction: the campaign is still sending and every recipient of
+            # the batch still pending. A cancel (or pause) that landed while the batch was
+            # rendering aborts the whole batch: nothing of it is stored or delivered, its
+            # recipients stay pending and the cancel marks them canceled (issue 15: a batch
+            # either completes or its recipients end canceled, never queued for nothing)
+            still = await self.db.campaigns.update_one(
+                {"_id": campaign["_id"], "status": "sending"},
+                {"$set": {"batch_committed_at": now}},
+                session=session,
+            )
+            if not still.matched_count:
+                raise _Stopped
+            for state, ids in (
+                ("queued", [m["_id"] for m in messages]),
+                ("suppressed", [r["_id"] for r in skipped]),
+                ("failed", [r["_id"] for r, _ in failed]),
+            ):
+                if ids:
+                    changed = await self.db.campaign_recipients.update_many(
+                        {"_id": {"$in": ids}, "state": "pending"},
+                        {"$set": {"state": state, "updated_at": now}},
+                        session=session,
+                    )
+                    if changed.modified_count != len(ids):
+                        raise _Stopped
+            for r, err in failed:
+                await self.db.campaign_recipients.update_one(
+                    {"_id": r["_id"]}, {"$set": {"error": err}}, session=session
+                )
             if messages:
                 # the raw MIME commits with the messages that name it, or not at all
                 written = await write_blobs(
@@ -248,39 +277,29 @@ class CampaignSender:
                     message["raw_blob_id"] = blob
                 await self.db.messages.insert_many(messages, session=session)
                 await self.db.recipients.insert_many(recipients, session=session)
+                local: dict[ObjectId, list[dict[str, Any]]] = {}
+                for x in recipients:  # one row per message: by message id, not a scan each
+                    if x.get("local_user_id"):
+                        local.setdefault(x["message_id"], []).append(x)
                 for message in messages:
-                    mine = [x for x in recipients if x["message_id"] == message["_id"]]
-                    if any(x.get("local_user_id") for x in mine):
+                    if message["_id"] in local:
                         changes += await deliver_locally(
                             self.db,
                             message,
-                            mine,
+                            local[message["_id"]],
                             now,
                             session,
                             hostname=self.settings.hostname,
                         )
             if events:
                 await self.db.delivery_events.insert_many(events, session=session)
-            for state, ids in (
-                ("queued", [m["_id"] for m in messages]),
-                ("suppressed", [r["_id"] for r in skipped]),
-            ):
-                if ids:
-                    await self.db.campaign_recipients.update_many(
-                        {"_id": {"$in": ids}, "state": "pending"},
-                        {"$set": {"state": state, "updated_at": now}},
-                        session=session,
-                    )
-            for r, err in failed:
-                await self.db.campaign_recipients.update_one(
-                    {"_id": r["_id"], "state": "pending"},
-                    {"$set": {"state": "failed", "error": err, "updated_at": now}},
-                    session=session,
-                )
             return changes
 
         try:
             await in_transaction(self.mongo, work)
+        except _Stopped:
+            await self._settle_stopped(campaign["_id"], [r["_id"] for r in pending], now)
+            return {"queued": 0, "suppressed": 0, "failed": 0}
         except Exception as e:
             if is_duplicate_key(e):  # replayed: another run committed these already
                 log.warning("campaign batch replayed", campaign=str(campaign["_id"]))
@@ -295,6 +314,20 @@ class CampaignSender:
                 job_id=f"deliver:{first['message_id']}:{domain}",
             )
         return {"queued": len(messages), "suppressed": len(skipped), "failed": len(failed)}
+
+    async def _settle_stopped(
+        self, campaign_id: ObjectId, ids: list[ObjectId], now: datetime
+    ) -> None:
+        """A batch aborted by a cancel (or pause): its recipients are still pending. A cancel
+        whose own update ran while the batch's transaction was open may have missed them, so
+        they are marked canceled here too; a paused campaign keeps them pending for resume."""
+        log.info("campaign batch stopped by a status change", campaign=str(campaign_id))
+        doc = await self.db.campaigns.find_one({"_id": campaign_id}, {"status": 1})
+        if doc and doc["status"] == "canceled":
+            await self.db.campaign_recipients.update_many(
+                {"_id": {"$in": ids}, "state": "pending"},
+                {"$set": {"state": "canceled", "updated_at": now}},
+            )
 
     async def _build(
         self,
@@ -385,6 +418,10 @@ class CampaignSender:
             )
             woke += 1
         return woke
+
+
+class _Stopped(Exception):
+    """The campaign left ``sending``, or a recipient left ``pending``, during the batch."""
 
 
 def _aware(at: datetime) -> datetime:

@@ -371,7 +371,7 @@ class OutcomeWriter:
     @staticmethod
     def _event(w: Work, event_type: str, now: datetime, metadata: dict[str, Any]) -> dict[str, Any]:
         # sender_user_id / sender_domain: the reputation counters aggregate on them.
-        return {
+        event = {
             "message_id": w.message.id,
             "recipient": w.address,
             "recipient_id": w.id,
@@ -381,6 +381,9 @@ class OutcomeWriter:
             "sender_domain": w.message.sender_domain,
             "metadata": metadata,
         }
+        if w.message.doc.get("campaign_id"):  # campaign mail: in the campaign's event log
+            event["campaign_id"] = w.message.doc["campaign_id"]
+        return event
 
     async def _enqueue_retries(self, changed: list[dict[str, Any]]) -> None:
         """A job at each recipient's next due time (the id the sweep would use for it too)."""

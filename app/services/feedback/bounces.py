@@ -143,6 +143,11 @@ class BounceProcessor:
         message = (
             await self.db.messages.find_one({"_id": recipient["message_id"]}, {"from": 1}) or {}
         )
+        campaign_id = recipient.get("campaign_id")
+        if not message and campaign_id:
+            # campaign mail keeps no mailbox view, so the orphan sweep removes its message
+            # after delivery; the campaign still names the sending address
+            message = await self.db.campaigns.find_one({"_id": campaign_id}, {"from": 1}) or {}
         sender_domain = domain_of((message.get("from") or {}).get("email") or "x@unknown").lower()
         now = datetime.now(UTC)
         metadata: dict[str, Any] = {"source": report.source, **report.metadata}
@@ -189,6 +194,8 @@ class BounceProcessor:
             "dedupe_key": report.dedupe_key,
             "metadata": metadata,
         }
+        if campaign_id:
+            event["campaign_id"] = campaign_id
 
         async def work(session: Any) -> None:
             await self.db.delivery_events.insert_one(event, session=session)
