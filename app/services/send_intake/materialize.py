@@ -21,6 +21,7 @@ sweep (every 15 s and at worker start) resumes whatever a killed worker left.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import defaultdict
 from datetime import UTC, datetime
@@ -49,9 +50,14 @@ from app.services.templates.render import TemplateRenderer
 
 log = structlog.get_logger(__name__)
 
-BATCH = 500  # intake documents read per round
+BATCH = 1000  # intake documents read per round
 PER_TRANSACTION = 250  # messages of one sender per transaction
+ENQUEUE_AT_ONCE = 32  # delivery jobs enqueued concurrently after a commit
 MAX_ATTEMPTS = 5  # a send that failed this often stays in send_intake, visible, for an operator
+
+
+# (what goes into the transaction, the sends that could not be built and why, when)
+_Built = tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]], datetime]
 
 
 class _Gone(Exception):
@@ -106,15 +112,34 @@ class SendMaterializer:
         by_sender: dict[ObjectId, list[dict[str, Any]]] = defaultdict(list)
         for doc in docs:
             by_sender[doc["user_id"]].append(doc)
+        chunks = [
+            sender_docs[start : start + PER_TRANSACTION]
+            for sender_docs in by_sender.values()
+            for start in range(0, len(sender_docs), PER_TRANSACTION)
+        ]
+        # a pipeline: the next transaction's documents are built (rendered, MIME) while this
+        # one commits, so this process and the database work at the same time
         stored = 0
-        for sender_docs in by_sender.values():
-            for start in range(0, len(sender_docs), PER_TRANSACTION):
-                stored += await self._materialize(sender_docs[start : start + PER_TRANSACTION])
+        upcoming: asyncio.Future[_Built] | None = None
+        for n, chunk in enumerate(chunks):
+            built = await (upcoming if upcoming is not None else self._build(chunk))
+            upcoming = (
+                asyncio.ensure_future(self._build(chunks[n + 1])) if n + 1 < len(chunks) else None
+            )
+            try:
+                stored += await self._store(built)
+            except BaseException:
+                if upcoming is not None:
+                    upcoming.cancel()
+                raise
         return stored
 
     async def _materialize(self, docs: list[dict[str, Any]]) -> int:
-        now = datetime.now(UTC)
-        built, failed = await self._build(docs, now)
+        """Store one sender's ``docs`` (at most PER_TRANSACTION) in one transaction."""
+        return await self._store(await self._build(docs))
+
+    async def _store(self, built_failed: _Built) -> int:
+        built, failed, now = built_failed
         if failed:
             await self.db.send_intake.update_many(
                 {"_id": {"$in": [d["_id"] for d, _ in failed]}},
@@ -122,7 +147,7 @@ class SendMaterializer:
             )
         if not built:
             return 0
-        user_id = docs[0]["user_id"]
+        user_id = built[0]["message"]["sender_user_id"]
 
         async def work(session: Any) -> list[Change]:
             ids = [b["message"]["_id"] for b in built]
@@ -180,14 +205,18 @@ class SendMaterializer:
                     },
                 )
         await self.notifier.committed(changes)
-        for b in built:
-            await enqueue_delivery(self.queue, b["message"], b["recipients"], b["send_at"])
+        for start in range(0, len(built), ENQUEUE_AT_ONCE):
+            await asyncio.gather(
+                *(
+                    enqueue_delivery(self.queue, b["message"], b["recipients"], b["send_at"])
+                    for b in built[start : start + ENQUEUE_AT_ONCE]
+                )
+            )
         return len(built)
 
-    async def _build(
-        self, docs: list[dict[str, Any]], now: datetime
-    ) -> tuple[list[dict[str, Any]], list[tuple[dict[str, Any], str]]]:
+    async def _build(self, docs: list[dict[str, Any]]) -> _Built:
         """Every document of the sends, built before the transaction (set-wise reads)."""
+        now = datetime.now(UTC)
         user_id = docs[0]["user_id"]
         version_ids = list({d["template"]["version_id"] for d in docs if d.get("template")})
         versions = {
@@ -236,7 +265,7 @@ class SendMaterializer:
             except (DomainError, KeyError) as e:  # a version or upload gone: visible, retried
                 log.warning("accepted send not materialized", send=str(doc["_id"]), error=str(e))
                 failed.append((doc, str(e)[:500]))
-        return built, failed
+        return built, failed, now
 
     async def _one(
         self,
