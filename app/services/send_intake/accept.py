@@ -30,7 +30,7 @@ from bson import ObjectId
 
 from app.adapters.mongo import Mongo, as_domain_error, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue
-from app.batching import Batcher, Waiter
+from app.batching import Batcher, SharedLookup, Waiter
 from app.domain.errors import DomainError, ServiceUnavailable, ValidationError
 from app.domain.mime import make_message_id
 from app.domain.viewer import Viewer
@@ -63,6 +63,9 @@ class Accepted:
     item_id: ObjectId
 
 
+_VersionKey = tuple[ObjectId, str, int | None]  # (user, template key, version or None)
+
+
 @dataclass
 class _Pending:
     doc: dict[str, Any]
@@ -88,6 +91,12 @@ class SendIntake:
         self._batcher: Batcher[_Pending, Accepted] = Batcher(
             self._commit_batch, max_items=MAX_GROUP_COMMIT, failed=_storage_error
         )
+        # Concurrent single sends of one sender share their reads (each answer as fresh as a
+        # query of its own): the sender's addresses, the template version.
+        self._addresses: SharedLookup[ObjectId, list[str]] = SharedLookup(self._fetch_addresses)
+        self._versions: SharedLookup[_VersionKey, dict[str, Any]] = SharedLookup(
+            self._fetch_versions
+        )
 
     async def accept(self, viewer: Viewer, request: SendRequest) -> Accepted:
         """Check one send and store it durably (a group commit with concurrent callers)."""
@@ -108,7 +117,9 @@ class SendIntake:
         now = datetime.now(UTC)
         results: list[Accepted | DomainError | None] = [None] * len(requests)
         earlier = await self._earlier(viewer, [r.composition.idempotency_key for r in requests])
-        lookups = SendLookups()
+        lookups = SendLookups(
+            owned=(await self._addresses.get([viewer.user_id])).get(viewer.user_id, [])
+        )
         versions: dict[tuple[str, int | None], dict[str, Any]] = {}
         pending: list[tuple[int, _Pending, int]] = []  # (position, document, recipients)
         keys_seen: dict[str, int] = {}
@@ -166,7 +177,10 @@ class SendIntake:
                     raise ValidationError.on(name, f"give {name} or a template, not both")
             version = versions.get((ref.key, ref.version))
             if version is None:
-                _, version = await self.renderer.store.version(viewer, ref.key, ref.version)
+                found = await self._versions.get([(viewer.user_id, ref.key, ref.version)])
+                version = found.get((viewer.user_id, ref.key, ref.version))
+                if version is None:  # the store says why (no template, no published version)
+                    _, version = await self.renderer.store.version(viewer, ref.key, ref.version)
                 versions[(ref.key, ref.version)] = version
             # rendered now so that a bad variable or a failing template is the caller's error;
             # the materializer renders the same immutable version again from the variables
@@ -216,6 +230,20 @@ class SendIntake:
             else None
         )
         return _Pending(doc, key_doc), len(checked.recipients.everyone)
+
+    async def _fetch_addresses(self, user_ids: list[ObjectId]) -> dict[ObjectId, list[str]]:
+        return {u: await self.sending.accounts.addresses_of(u) for u in user_ids}
+
+    async def _fetch_versions(self, wanted: list[_VersionKey]) -> dict[_VersionKey, dict[str, Any]]:
+        found = {}
+        for user_id, key, number in wanted:
+            try:
+                _, found[(user_id, key, number)] = await self.renderer.store.version(
+                    Viewer(user_id, ""), key, number
+                )
+            except DomainError:
+                continue  # left out: the caller asks the store again for the error
+        return found
 
     async def _earlier(self, viewer: Viewer, keys: list[str | None]) -> dict[str, Accepted]:
         """What earlier sends answered for these idempotency keys (one query)."""
