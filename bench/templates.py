@@ -350,7 +350,12 @@ async def run(args: argparse.Namespace) -> None:
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
         stack.stop()
-    print(f"\nmachine: {os.cpu_count()} cores (shared), SecantusDB + Redis embedded\n")
+    print(f"\nmachine: {os.cpu_count()} cores (shared), SecantusDB + Redis embedded")
+    print(
+        "settings changed from the defaults: send_limit_per_hour=send_limit_per_day=10^9 (the "
+        "limit is not what is measured), event_settle_seconds=0, webhook_allow_private=true, "
+        f"webhook_batch_size={settings.webhook_batch_size}, webhook retry 0.1-1 s\n"
+    )
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
