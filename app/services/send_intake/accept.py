@@ -123,16 +123,31 @@ class SendIntake:
         versions: dict[tuple[str, int | None], dict[str, Any]] = {}
         pending: list[tuple[int, _Pending, int]] = []  # (position, document, recipients)
         keys_seen: dict[str, int] = {}
-        for n, request in enumerate(requests):
+        # prepared concurrently: one send's render (on the render threads) overlaps the
+        # checks of the next
+        todo = [
+            (n, r)
+            for n, r in enumerate(requests)
+            if r.composition.idempotency_key is None or r.composition.idempotency_key not in earlier
+        ]
+        for n, r in enumerate(requests):
+            if (
+                r.composition.idempotency_key is not None
+                and r.composition.idempotency_key in earlier
+            ):
+                results[n] = earlier[r.composition.idempotency_key]
+        prepared_all = await asyncio.gather(
+            *(self._prepare(viewer, r, now, lookups, versions) for _, r in todo),
+            return_exceptions=True,
+        )
+        for (n, request), outcome in zip(todo, prepared_all, strict=True):
+            if isinstance(outcome, DomainError):
+                results[n] = outcome
+                continue
+            if isinstance(outcome, BaseException):
+                raise outcome
+            prepared, cost = outcome
             key = request.composition.idempotency_key
-            if key is not None and key in earlier:
-                results[n] = earlier[key]
-                continue
-            try:
-                prepared, cost = await self._prepare(viewer, request, now, lookups, versions)
-            except DomainError as e:
-                results[n] = e
-                continue
             if key is not None and key in keys_seen:  # the same key twice in one call
                 results[n] = ValidationError.on(
                     "idempotencyKey", f"the same key as send {keys_seen[key]} of this call"
