@@ -12,15 +12,19 @@ from typing import Any
 from arq import cron
 from arq.worker import func
 
+# a round of a few hundred messages takes seconds; a job stops starting rounds after this,
+# inside the worker's job timeout (120 s), and a large backlog goes on in the next sweep
+DRAIN_SECONDS = 80
+
 
 async def materialize_sends(ctx: dict[str, Any]) -> int:
     """Store every accepted send as a message (many of one sender per transaction)."""
-    return int(await ctx["system"].materializer.drain())
+    return int(await ctx["system"].materializer.drain(max_seconds=DRAIN_SECONDS))
 
 
 async def sweep_accepted_sends(ctx: dict[str, Any]) -> int:
     """Resume accepted sends whose job was lost (a killed worker, a flushed Redis)."""
-    return int(await ctx["system"].materializer.drain())
+    return int(await ctx["system"].materializer.drain(max_seconds=DRAIN_SECONDS))
 
 
 FUNCTIONS = [

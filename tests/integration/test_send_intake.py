@@ -292,3 +292,20 @@ async def test_a_worker_killed_between_intake_and_materializing_loses_and_double
         assert {i["_id"] for i in items} == {a.item_id for a in accepted} and len(items) == sends
         per_message = Counter(r["message_id"] for r in await w.db.recipients.find().to_list())
         assert set(per_message.values()) == {1}
+
+
+async def test_the_per_send_path_knows_a_key_the_intake_accepted(settings):
+    """sendEmail with a key accepted by the batched intake but not yet stored: retry shortly;
+    once stored, the same Sent item."""
+    from app.domain.errors import ServiceUnavailable
+
+    async with outbound_world(settings, worker=False) as w:
+        viewer = await _receipt(w)
+        accepted = await w.system.send_intake.accept(viewer, _send("bob@ok.test", "9", key="o-9"))
+        plain = Composition(to=["bob@ok.test"], subject="x", text="y", idempotency_key="o-9")
+        with pytest.raises(ServiceUnavailable):
+            await w.system.sending.send_email(viewer, plain)
+        await w.system.materializer.drain()
+        item = await w.system.sending.send_email(viewer, plain)
+        assert item["_id"] == accepted.item_id
+        assert await w.db.messages.count_documents({}) == 1

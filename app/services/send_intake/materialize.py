@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -91,10 +92,12 @@ class SendMaterializer:
         """Accepted sends not yet stored as messages."""
         return int(await self.db.send_intake.count_documents({}))
 
-    async def drain(self, max_rounds: int = 10_000) -> int:
-        """Materialize until nothing accepted is left (or ``max_rounds``); returns how many."""
+    async def drain(self, max_seconds: float | None = None) -> int:
+        """Materialize until nothing accepted is left (or ``max_seconds`` have passed: a job
+        stays within its timeout, the next sweep goes on); returns how many were stored."""
+        deadline = None if max_seconds is None else time.monotonic() + max_seconds
         done = 0
-        for _ in range(max_rounds):
+        while deadline is None or time.monotonic() < deadline:
             n = await self.run_once()
             if n == 0:
                 break

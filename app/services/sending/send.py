@@ -19,7 +19,7 @@ from app.adapters.redis_store import RedisStore
 from app.config import Settings
 from app.domain.addresses import Address, domain_of, normalize_email
 from app.domain.changes import Change
-from app.domain.errors import RateLimited, ValidationError
+from app.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from app.domain.folders import Folder
 from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime, make_message_id
 from app.domain.viewer import Viewer
@@ -265,9 +265,15 @@ class SendingService:
         doc = await self.db.idempotency_keys.find_one({"_id": f"{viewer.user_id}:{key}"})
         if doc is None:
             return None
-        return await self.db.mailbox_items.find_one(
+        item = await self.db.mailbox_items.find_one(
             {"_id": doc["item_id"], "user_id": viewer.user_id}
         )
+        if item is None and "message_id" in doc:  # accepted by the batched intake, not stored yet
+            raise ServiceUnavailable(
+                "a send with this idempotencyKey was accepted and is being stored; retry shortly",
+                retry_after_seconds=1,
+            )
+        return item
 
 
 async def enqueue_delivery(
