@@ -309,3 +309,58 @@ async def test_the_per_send_path_knows_a_key_the_intake_accepted(settings):
         item = await w.system.sending.send_email(viewer, plain)
         assert item["_id"] == accepted.item_id
         assert await w.db.messages.count_documents({}) == 1
+
+
+async def test_send_rules_apply_as_for_any_send_attachments_send_at_suppression(settings):
+    from datetime import UTC, datetime, timedelta
+
+    async with outbound_world(settings, worker=False) as w:
+        viewer = await _receipt(w)
+        pdf = b"%PDF-1.4 receipt"
+        upload = await w.system.attachments.upload_bytes(viewer, "r.pdf", "application/pdf", pdf)
+        later = datetime.now(UTC) + timedelta(hours=1)
+        await w.system.suppression.add("gone@ok.test", reason="hard_bounce")
+        results = await w.system.send_intake.accept_many(
+            viewer,
+            [
+                SendRequest(
+                    Composition(to=["bob@ok.test"], attachment_ids=[str(upload["_id"])]),
+                    TemplateRef("receipt", {"order": "1", "name": "Bob"}),
+                ),
+                SendRequest(
+                    Composition(to=["dan@ok.test"], send_at=later),
+                    TemplateRef("receipt", {"order": "2", "name": "Dan"}),
+                ),
+                _send("gone@ok.test", "3"),
+            ],
+        )
+        # suppression is read when the message is stored (send time), after the intake
+        assert all(isinstance(r, Accepted) for r in results)
+        assert await w.system.materializer.drain() == 3
+        first, scheduled, suppressed = results
+        assert isinstance(first, Accepted) and isinstance(scheduled, Accepted)
+        assert isinstance(suppressed, Accepted)
+        message = await w.db.messages.find_one({"_id": first.message_id})
+        assert [a["filename"] for a in message["attachments"]] == ["r.pdf"]
+        raw = await w.system.blobs.get(message["raw_blob_id"])
+        assert b"r.pdf" in raw and b"Order 1" in raw
+        stored = await w.db.attachments.find_one({"_id": upload["_id"]})
+        assert stored["message_ids"] == [first.message_id] and "expires_at" not in stored
+        later_recipient = await w.db.recipients.find_one({"message_id": scheduled.message_id})
+        assert later_recipient["delivery_status"] == "scheduled"
+        assert (await w.db.messages.find_one({"_id": scheduled.message_id}))[
+            "status"
+        ] == "scheduled"
+        gone = await w.db.recipients.find_one({"message_id": suppressed.message_id})
+        assert gone["delivery_status"] == "suppressed"
+        # an attachment that is not the sender's is refused at intake
+        other = await w.system.accounts.create_user(f"eve@{SENDER_DOMAIN}", "correct horse 2")
+        eve = Viewer(other["_id"], other["email"], None)
+        with pytest.raises(ValidationError) as refused:
+            await w.system.send_intake.accept(
+                eve,
+                SendRequest(
+                    Composition(to=["x@ok.test"], text="hi", attachment_ids=[str(upload["_id"])])
+                ),
+            )
+        assert refused.value.fields[0].field == "attachmentIds[0]"
