@@ -87,6 +87,7 @@ class SendMaterializer:
         self.renderer = renderer
         self.notifier = notifier
         self.hostname = hostname
+        self._draining = asyncio.Lock()
 
     async def backlog(self) -> int:
         """Accepted sends not yet stored as messages."""
@@ -95,14 +96,17 @@ class SendMaterializer:
     async def drain(self, max_seconds: float | None = None) -> int:
         """Materialize until nothing accepted is left (or ``max_seconds`` have passed: a job
         stays within its timeout, the next sweep goes on); returns how many were stored."""
-        deadline = None if max_seconds is None else time.monotonic() + max_seconds
-        done = 0
-        while deadline is None or time.monotonic() < deadline:
-            n = await self.run_once()
-            if n == 0:
-                break
-            done += n
-        return done
+        if self._draining.locked():  # the job and the sweep of one worker: one drains
+            return 0
+        async with self._draining:
+            deadline = None if max_seconds is None else time.monotonic() + max_seconds
+            done = 0
+            while deadline is None or time.monotonic() < deadline:
+                n = await self.run_once()
+                if n == 0:
+                    break
+                done += n
+            return done
 
     async def run_once(self, limit: int = BATCH) -> int:
         """One round: the oldest ``limit`` accepted sends; returns how many were stored."""
