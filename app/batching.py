@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
 from app.background import stop_task
@@ -208,3 +208,29 @@ class Batcher(Generic[T, R]):
             if self._size_of is not None:
                 size += self._size_of(waiter.item)
         return batch
+
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class SharedLookup(Generic[K, V]):
+    """Concurrent lookups by key share one query: keys asked while a query runs go in the next.
+
+    Every answer comes from a query sent after the question was asked, so it is as fresh as a
+    query of its own; under load the MX sends one ``$in`` query where it sent one per message.
+    A failed query fails everyone who waited for it.
+    """
+
+    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]]) -> None:
+        self._fetch = fetch
+        self._batcher: Batcher[list[K], dict[K, V]] = Batcher(self._lookup)
+
+    async def get(self, keys: list[K]) -> dict[K, V]:
+        """The values found for ``keys`` (a key with none is left out)."""
+        return await self._batcher.submit(keys)
+
+    async def _lookup(self, waiters: list[Waiter[list[K], dict[K, V]]]) -> None:
+        found = await self._fetch(list(dict.fromkeys(k for w in waiters for k in w.item)))
+        for waiter in waiters:
+            waiter.answer({k: found[k] for k in waiter.item if k in found})

@@ -50,6 +50,8 @@ from app.services.mailbox.queries import MailboxService
 from app.services.mailbox.realtime import RealtimeService
 from app.services.search.indexing import SearchIndexer
 from app.services.search.service import SearchService
+from app.services.send_intake.accept import SendIntake
+from app.services.send_intake.materialize import SendMaterializer
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.drafts import DraftService
 from app.services.sending.scheduling import SchedulingService
@@ -97,6 +99,9 @@ class System:
     templates: TemplateStore
     renderer: TemplateRenderer
     template_sender: TemplateSender
+    # the batched send path: accepted now, stored as messages by the materializer job
+    send_intake: SendIntake
+    materializer: SendMaterializer
     event_log: EventLog
     webhooks: WebhookService
     # Bulk campaigns (issue 15): lists, the batch sender, unsubscribe/tracking, domain checks.
@@ -233,6 +238,17 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
         templates=templates,
         renderer=renderer,
         template_sender=TemplateSender(renderer, sending),
+        send_intake=SendIntake(mongo, sending, renderer, queue, hostname=settings.hostname),
+        materializer=SendMaterializer(
+            mongo=mongo,
+            blobs=blobs,
+            queue=queue,
+            accounts=accounts,
+            suppression=suppression,
+            renderer=renderer,
+            notifier=notifier,
+            hostname=settings.hostname,
+        ),
         event_log=event_log,
         webhooks=WebhookService(mongo, queue, event_log, webhook_client, settings),
         campaigns=CampaignService(mongo, queue, accounts, templates, domain_verifier),

@@ -1,7 +1,8 @@
 """Template sends and webhook fan-out (issue 14).
 
     .venv/bin/python bench/templates.py [--renders 5000] [--sends 300] [--concurrency 1]
-                                        [--plain 100] [--events 20000]
+                                        [--plain 100] [--events 20000] [--intake 4000]
+                                        [--callers 32] [--per-call 500] [--batch-callers 4]
 
 Starts its own SecantusDB + Redis. A realistic receipt template (subject, ~5 KB of HTML with a
 loop over 10 items, a text part, a JSON Schema of the variables) is saved and published, then:
@@ -12,7 +13,14 @@ loop over 10 items, a text part, a JSON Schema of the variables) is saved and pu
    case: one MongoDB transaction per message, a delivery job enqueued) to a remote recipient,
    ``--concurrency`` at a time — sends/s accepted through the service layer; next to it the same
    message sent without a template (``--plain`` sends), which is what the send use case costs;
-3. webhook fan-out: ``--events`` delivery events of one user, 4 endpoints on a local Starlette
+3. the batched send path (``SendIntake`` → ``SendMaterializer``): ``--intake`` template sends
+   accepted (checked, rendered, one lean durable document each, group-committed) by
+   ``--callers`` concurrent single-send callers, then the same number through the batch entry
+   point (``accept_many``, ``--per-call`` sends a call, ``--batch-callers`` at a time) —
+   accepted/s each; then the materializer's sustained rate: messages/s until every accepted send
+   is a stored message with its Sent view and queued recipients (delivery jobs enqueued); and
+   both at once (accepting while the materializer runs): the time until the last one is stored;
+4. webhook fan-out: ``--events`` delivery events of one user, 4 endpoints on a local Starlette
    receiver (uvicorn), ``WebhookService.deliver`` until every endpoint has acknowledged every
    event — events/s delivered (POSTed, signed, acknowledged).
 
@@ -30,6 +38,7 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from bson import ObjectId
 
@@ -41,6 +50,7 @@ from app.config import Settings  # noqa: E402
 from app.domain.errors import ServiceUnavailable  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
+from app.services.send_intake.accept import Accepted, SendRequest  # noqa: E402
 from app.services.sending.compose import Composition  # noqa: E402
 from app.services.templates.sending import TemplateRef  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
@@ -253,7 +263,11 @@ async def run(args: argparse.Namespace) -> None:
             )
         )
 
-        # 3. webhook fan-out
+        # 3. the batched path
+        if args.intake:
+            await batched_path(system, viewer, args, rows)
+
+        # 4. webhook fan-out
         from starlette.applications import Starlette
         from starlette.requests import Request
         from starlette.responses import Response
@@ -336,10 +350,123 @@ async def run(args: argparse.Namespace) -> None:
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
         stack.stop()
-    print(f"\nmachine: {os.cpu_count()} cores (shared), SecantusDB + Redis embedded\n")
+    print(f"\nmachine: {os.cpu_count()} cores (shared), SecantusDB + Redis embedded")
+    print(
+        "settings changed from the defaults: send_limit_per_hour=send_limit_per_day=10^9 (the "
+        "limit is not what is measured), event_settle_seconds=0, webhook_allow_private=true, "
+        f"webhook_batch_size={settings.webhook_batch_size}, webhook retry 0.1-1 s\n"
+    )
     print("| measure | value |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
+
+
+async def batched_path(
+    system: Any, viewer: Viewer, args: argparse.Namespace, rows: list[tuple[str, str]]
+) -> None:
+    """Accepted/s through ``SendIntake`` (single callers, then the batch entry point), the
+    materializer's sustained rate, and both at once."""
+    intake, materializer = system.send_intake, system.materializer
+    db = system.mongo.db
+
+    def request(n: int) -> SendRequest:
+        return SendRequest(
+            Composition(to=[f"b{n}@remote{n % 50}.bench.test"], transactional=True),
+            TemplateRef(key="receipt", variables=variables(n)),
+        )
+
+    async def singles(numbers: range) -> None:
+        todo = iter(numbers)
+
+        async def caller() -> None:
+            for n in todo:
+                await intake.accept(viewer, request(n))
+
+        await asyncio.gather(*(caller() for _ in range(args.callers)))
+
+    async def batches(numbers: range) -> None:
+        calls = iter(range(numbers.start, numbers.stop, args.per_call))
+
+        async def caller() -> None:
+            for start in calls:
+                chunk = range(start, min(start + args.per_call, numbers.stop))
+                results = await intake.accept_many(viewer, [request(n) for n in chunk])
+                refused = [r for r in results if not isinstance(r, Accepted)]
+                if refused:
+                    raise RuntimeError(f"refused: {refused[:2]}")
+
+        await asyncio.gather(*(caller() for _ in range(args.batch_callers)))
+
+    async def drained() -> float:
+        started = time.perf_counter()
+        await materializer.drain()
+        return time.perf_counter() - started
+
+    n = args.intake
+    started = time.perf_counter()
+    await singles(range(0, n))
+    single_s = time.perf_counter() - started
+    rows.append(
+        (
+            f"batched path: template sends accepted, {n:,} by {args.callers} concurrent "
+            "single-send callers (sends/s)",
+            f"{n / single_s:,.0f}",
+        )
+    )
+    drain_s = await drained()
+    rows.append(
+        (
+            f"materializer: the {n:,} accepted sends stored as messages, Sent views, queued "
+            "recipients, delivery jobs (messages/s)",
+            f"{n / drain_s:,.0f}",
+        )
+    )
+    started = time.perf_counter()
+    await batches(range(n, 2 * n))
+    batch_s = time.perf_counter() - started
+    rows.append(
+        (
+            f"batched path: template sends accepted, {n:,} through accept_many, {args.per_call} "
+            f"a call, {args.batch_callers} calls at a time (sends/s)",
+            f"{n / batch_s:,.0f}",
+        )
+    )
+    drain_s = await drained()
+    rows.append(("materializer, the second backlog (messages/s)", f"{n / drain_s:,.0f}"))
+
+    # both at once: what an operator sees, accepted/s while the backlog is being stored
+    running = True
+
+    async def materialize_meanwhile() -> None:
+        while running:
+            if not await materializer.run_once():
+                await asyncio.sleep(0.05)
+
+    started = time.perf_counter()
+    loop_task = asyncio.create_task(materialize_meanwhile())
+    await batches(range(2 * n, 3 * n))
+    accepted_s = time.perf_counter() - started
+    backlog = await materializer.backlog()
+    running = False
+    await loop_task
+    await materializer.drain()
+    all_s = time.perf_counter() - started
+    rows.append(
+        (
+            f"both at once: {n:,} accepted through accept_many while the materializer runs "
+            "(sends/s accepted; backlog when the last was accepted)",
+            f"{n / accepted_s:,.0f}; {backlog:,}",
+        )
+    )
+    rows.append(
+        (
+            "both at once: accepted → every one stored and queued (sends/s end to end)",
+            f"{n / all_s:,.0f}",
+        )
+    )
+    stored = await db.messages.count_documents({"to.email": {"$regex": "^b"}})
+    left = await materializer.backlog()
+    rows.append(("batched path: messages stored / accepted sends left", f"{stored:,} / {left}"))
 
 
 def main() -> None:
@@ -349,6 +476,10 @@ def main() -> None:
     parser.add_argument("--plain", type=int, default=100)
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--events", type=int, default=20000)
+    parser.add_argument("--intake", type=int, default=4000, help="sends per batched-path phase")
+    parser.add_argument("--callers", type=int, default=32, help="concurrent single-send callers")
+    parser.add_argument("--per-call", type=int, default=500, help="sends per accept_many call")
+    parser.add_argument("--batch-callers", type=int, default=4, help="accept_many calls at once")
     parser.add_argument("--event-rate", type=int, default=2000)
     parser.add_argument("--batch", type=int, default=1000, help="webhook events per POST")
     asyncio.run(run(parser.parse_args()))

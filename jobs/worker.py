@@ -14,9 +14,9 @@ from typing import Any
 from app.background import stop_task
 from app.bootstrap import build_system, job_worker
 from app.config import Settings
-from jobs import campaigns, delivery, events, indexing, maintenance, spam
+from jobs import campaigns, delivery, events, indexing, maintenance, sending, spam
 
-JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam, events, campaigns]
+JOB_MODULES: list[Any] = [maintenance, indexing, delivery, spam, events, campaigns, sending]
 
 JOB_TIMEOUT_SECONDS = 120  # shorter than any lease a job takes (delivery leases are 5 min)
 

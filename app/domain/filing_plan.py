@@ -44,6 +44,7 @@ class ViewSpec:
     labels: tuple[str, ...] = ()
     dedupe_key: str | None = None  # unique per user: a retried delivery is not filed twice
     spam: dict[str, Any] | None = None
+    item_id: ObjectId | None = None  # allocated earlier (a batched send's Sent item); else new
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,7 @@ class _Planner:
         for spec in filing.views:
             thread_id = self._thread_for(spec.user_id, message, at)
             item = {
-                "_id": self.new_id(),
+                "_id": spec.item_id or self.new_id(),
                 "user_id": spec.user_id,
                 "message_id": message["_id"],
                 "role": spec.role,

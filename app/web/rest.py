@@ -19,6 +19,7 @@ from app.domain.errors import DomainError, NotFound, ValidationError
 from app.domain.folders import parse_folder
 from app.services.mailbox.changes import StateChange
 from app.services.mailbox.queries import MAX_PAGE
+from app.services.send_intake.accept import MAX_SENDS_PER_CALL, SendRequest
 from app.services.sending.compose import Composition
 from app.services.templates.sending import TemplateRef
 from app.web.errors import error_response
@@ -143,6 +144,11 @@ def composition_from_json(body: dict[str, Any]) -> Composition:
     )
 
 
+def _error_of(e: DomainError) -> dict[str, Any]:
+    """One refused send of a batch: the error body a single send would answer."""
+    return {"error": json.loads(bytes(error_response(e).body))["error"]}
+
+
 def template_ref_from_json(body: dict[str, Any]) -> TemplateRef:
     key = body.get("templateId")
     if not isinstance(key, str) or not key:
@@ -214,6 +220,40 @@ class Rest:
             },
             status_code=202,
         )
+
+    async def send_batch(self, request: Request) -> Response:
+        """Many sends in one call (docs/api.md "Batch sends"): each is checked and stored
+        durably, then becomes a message moments later; one result per send, in order."""
+        context = await self.context_for(request)
+        body = await _json_body(request)
+        sends = body.get("sends")
+        if not isinstance(sends, list) or not 1 <= len(sends) <= MAX_SENDS_PER_CALL:
+            raise ValidationError.on("sends", f"give a list of 1 to {MAX_SENDS_PER_CALL} sends")
+        results: list[dict[str, Any] | None] = [None] * len(sends)
+        requests: list[tuple[int, SendRequest]] = []
+        for n, send in enumerate(sends):
+            try:
+                if not isinstance(send, dict):
+                    raise ValidationError.on(f"sends[{n}]", "each send is a JSON object")
+                template = template_ref_from_json(send) if "templateId" in send else None
+                requests.append((n, SendRequest(composition_from_json(send), template)))
+            except DomainError as e:
+                results[n] = _error_of(e)
+        if requests:
+            answers = await self.system.send_intake.accept_many(
+                await context.viewer(), [r for _, r in requests]
+            )
+            for (n, _), answer in zip(requests, answers, strict=True):
+                results[n] = (
+                    _error_of(answer)
+                    if isinstance(answer, DomainError)
+                    else {
+                        "id": str(answer.item_id),
+                        "messageId": str(answer.message_id),
+                        "status": "accepted",
+                    }
+                )
+        return JSONResponse({"results": results}, status_code=202)
 
     async def draft(self, request: Request) -> Response:
         """With ``id``, only the keys in the body change; ``null`` clears (CONTRACT.md)."""
@@ -357,6 +397,7 @@ class Rest:
         return [
             # the second argument: the API-key scope each route needs (docs/api.md)
             Route("/api/emails/send", e(self.send, "send"), methods=["POST"]),
+            Route("/api/emails/batch", e(self.send_batch, "send"), methods=["POST"]),
             Route("/api/emails/drafts", e(self.draft, "send"), methods=["POST"]),
             Route("/api/emails/search", e(self.search, "read"), methods=["GET"]),
             Route("/api/mailbox/{folder}", e(self.folder, "read"), methods=["GET"]),

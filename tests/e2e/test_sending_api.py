@@ -10,6 +10,7 @@ from email import policy
 from typing import Any
 
 import pytest
+from bson import ObjectId
 
 from tests.support.http_servers import ApiClient, mailhub_api
 from tests.support.outbound import outbound_world
@@ -311,3 +312,55 @@ async def test_revoking_a_key_ends_its_subscriptions_at_once(api):
         assert revoked["data"]["revokeApiKey"]["__typename"] == "DeleteSuccess"
         with pytest.raises(StopAsyncIteration):  # well before the 30 s periodic check
             await pending
+
+
+async def test_a_batch_of_sends_is_accepted_in_one_call_and_each_bad_one_is_named(settings):
+    async with (
+        outbound_world(settings) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        token = (await api.gql(LOGIN))["data"]["login"]["token"]
+        key, _ = await _key(api, token, ["send", "templates"])
+        await api.gql(SAVE, {"i": RECEIPT}, key)
+        await api.gql(PUBLISH, {"k": "order_receipt", "v": 1}, key)
+        good = {"templateId": "order_receipt", "variables": VARIABLES}
+        r = await api.http.post(
+            "/api/emails/batch",
+            headers={"Authorization": f"Bearer {key}"},
+            json={
+                "sends": [
+                    {**good, "to": ["bob@ok.test"], "idempotencyKey": "b-1"},
+                    {**good, "to": ["carol@ok.test"], "variables": {"orderId": "x"}},
+                    "not a send",
+                    {"to": ["dan@ok.test"], "subject": "Plain", "body": "plain text"},
+                ]
+            },
+        )
+        assert r.status_code == 202, r.text
+        results = r.json()["results"]
+        assert results[0]["status"] == "accepted" and results[3]["status"] == "accepted"
+        assert results[1]["error"]["code"] == "VALIDATION_ERROR"
+        assert {f["field"] for f in results[1]["error"]["fields"]} == {
+            "variables.orderId",
+            "variables.name",
+            "variables.items",
+        }
+        assert results[2]["error"]["fields"][0]["field"] == "sends[2]"
+
+        # the worker materializes and delivers them; nothing for the refused sends
+        [got] = await _wait_received(w.sinks["ok"], "bob@ok.test", 1)
+        assert _parts(got.data)["subject"] == "Receipt for order 1001"
+        [plain] = await _wait_received(w.sinks["ok"], "dan@ok.test", 1)
+        assert _parts(plain.data)["subject"] == "Plain"
+        assert not w.sinks["ok"].messages_to("carol@ok.test")
+        item = await w.db.mailbox_items.find_one({"_id": ObjectId(results[0]["id"])})
+        assert item["folder"] == "SENT" and str(item["message_id"]) == results[0]["messageId"]
+
+        # the same idempotency key again: the same ids, nothing new
+        again = await api.http.post(
+            "/api/emails/batch",
+            headers={"Authorization": f"Bearer {key}"},
+            json={"sends": [{**good, "to": ["bob@ok.test"], "idempotencyKey": "b-1"}]},
+        )
+        assert again.json()["results"][0]["id"] == results[0]["id"]
+        assert await w.db.messages.count_documents({}) == 2

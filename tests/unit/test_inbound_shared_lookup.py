@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from app.services.inbound.pipeline import SharedLookup
+from app.batching import SharedLookup
 
 
 def test_questions_asked_together_share_one_query_and_get_only_their_keys() -> None:

@@ -150,6 +150,21 @@ def test_variables_failing_the_schema_name_each_variable():
     check_variables(validator, {"orderId": "12", "items": [{"sku": "A"}]})
 
 
+def test_the_fast_check_agrees_with_the_full_one_and_formats_use_the_full_one():
+    no_format = {**SCHEMA, "properties": {**SCHEMA["properties"], "email": {"type": "string"}}}
+    validator = variables_validator(check_schema(no_format))
+    assert validator.fast is not None  # the common case: valid variables in microseconds
+    for variables in ({"orderId": "12", "items": [{"sku": "A"}]}, {"orderId": "x", "items": []}):
+        assert validator.fast.is_valid(variables) == validator.full.is_valid(variables)
+    with_format = {"type": "object", "properties": {"at": {"type": "string", "format": "date"}}}
+    dated = variables_validator(check_schema(with_format))
+    assert dated.fast is None and variables_validator(check_schema(SCHEMA)).fast is None
+    with pytest.raises(ValidationError) as caught:
+        check_variables(dated, {"at": "not a date"})
+    assert [p.field for p in caught.value.fields] == ["variables.at"]
+    check_variables(dated, {"at": "2026-12-04"})
+
+
 def test_a_schema_that_is_not_json_schema_is_refused():
     with pytest.raises(ValidationError) as caught:
         check_schema({"type": "no-such-type"})

@@ -14,11 +14,10 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 
 from bson import ObjectId
 
@@ -28,7 +27,7 @@ from app.adapters.clamav import ClamdScanner
 from app.adapters.mail_auth import AuthVerdict, MailAuthenticator
 from app.adapters.mongo import Mongo, as_domain_error
 from app.adapters.spam_scorer import Scorer, SpamVerdict, bounded_for_scoring
-from app.batching import Batcher, Waiter
+from app.batching import SharedLookup
 from app.config import Settings
 from app.domain.addresses import domain_of, normalize_email
 from app.domain.conversations import normalize_subject
@@ -45,31 +44,6 @@ from app.services.mailbox.content import INLINE_BODY_LIMIT
 
 DOMAIN_CACHE_SECONDS = 5.0  # hosted domains change rarely; users are always read fresh
 POSTMASTER = "postmaster"
-
-K = TypeVar("K", bound=Hashable)
-V = TypeVar("V")
-
-
-class SharedLookup(Generic[K, V]):
-    """Concurrent lookups by key share one query: keys asked while a query runs go in the next.
-
-    Every answer comes from a query sent after the question was asked, so it is as fresh as a
-    query of its own; under load the MX sends one ``$in`` query where it sent one per message.
-    A failed query fails everyone who waited for it.
-    """
-
-    def __init__(self, fetch: Callable[[list[K]], Awaitable[dict[K, V]]]) -> None:
-        self._fetch = fetch
-        self._batcher: Batcher[list[K], dict[K, V]] = Batcher(self._lookup)
-
-    async def get(self, keys: list[K]) -> dict[K, V]:
-        """The values found for ``keys`` (a key with none is left out)."""
-        return await self._batcher.submit(keys)
-
-    async def _lookup(self, waiters: list[Waiter[list[K], dict[K, V]]]) -> None:
-        found = await self._fetch(list(dict.fromkeys(k for w in waiters for k in w.item)))
-        for waiter in waiters:
-            waiter.answer({k: found[k] for k in waiter.item if k in found})
 
 
 @dataclass

@@ -156,9 +156,13 @@ def references_after(parent: dict[str, Any]) -> list[str]:
     ]
 
 
-async def sender_address(accounts: AccountService, viewer: Viewer, from_: str | None) -> Address:
-    """The From address: one the viewer owns (their first when not given)."""
-    owned = await accounts.addresses_of(viewer.user_id)
+async def sender_address(
+    accounts: AccountService, viewer: Viewer, from_: str | None, *, owned: list[str] | None = None
+) -> Address:
+    """The From address: one the viewer owns (their first when not given); ``owned``: the
+    viewer's addresses when the caller has them already."""
+    if owned is None:
+        owned = await accounts.addresses_of(viewer.user_id)
     if not from_:
         return Address(owned[0] if owned else viewer.email, viewer.name)
     address = parse_address(from_, "from")

@@ -8,6 +8,7 @@ the delivery workers; the job enqueued after commit is only the fast path.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,9 +17,9 @@ from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.config import Settings
-from app.domain.addresses import domain_of, normalize_email
+from app.domain.addresses import Address, domain_of, normalize_email
 from app.domain.changes import Change
-from app.domain.errors import RateLimited, ValidationError
+from app.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from app.domain.folders import Folder
 from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime, make_message_id
 from app.domain.viewer import Viewer
@@ -31,6 +32,7 @@ from app.services.mailbox.queries import MailboxService
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.compose import (
     Composition,
+    Recipients,
     check_recipient_count,
     check_send_at,
     check_subject,
@@ -47,6 +49,27 @@ MAX_IDEMPOTENCY_KEY = 200
 # More work for the send's own transaction, returning its changes (sending a draft removes the
 # draft in it).
 AlsoInTransaction = Callable[[Any], Awaitable[list[Change]]]
+
+
+@dataclass
+class SendLookups:
+    """What the checks of several sends of one viewer share (one batch): the viewer's
+    addresses, and the sender domains already found not paused."""
+
+    owned: list[str] | None = None
+    may_send: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class CheckedSend:
+    """A send that passed every check (``SendingService.check_send``)."""
+
+    sender: Address
+    recipients: Recipients
+    subject: str
+    uploads: list[dict[str, Any]]
+    send_at: datetime | None
+    parent_msg: dict[str, Any] | None
 
 
 class SendingService:
@@ -93,51 +116,11 @@ class SendingService:
             if earlier is not None:
                 return earlier
         now = datetime.now(UTC)
-        sender = await sender_address(self.accounts, viewer, c.from_)
-        if not c.transactional:  # read at send time (§6)
-            await self.reputation.check_can_send(viewer.user_id, domain_of(sender.email))
-        parsed = parse_recipients(c)
+        checked = await self.check_send(viewer, c, now)
+        await self.charge_send_limit(viewer, len(checked.recipients.everyone))
+        sender, parsed, subject = checked.sender, checked.recipients, checked.subject
+        uploads, send_at, parent_msg = checked.uploads, checked.send_at, checked.parent_msg
         everyone = parsed.everyone
-        check_recipient_count(everyone, self.settings.max_recipients)
-        subject = c.subject or ""
-        check_subject(subject)
-        body_size = checked_body_size(c, self.settings.max_body_bytes)
-        uploads = await self.attachments.owned_ready(viewer, c.attachment_ids)
-        if body_size + sum(a["size"] for a in uploads) > self.settings.max_message_bytes:
-            raise ValidationError.on(
-                "attachmentIds",
-                f"message larger than {self.settings.max_message_bytes // (1024 * 1024)} MB",
-            )
-        send_at = check_send_at(c.send_at, now)
-        if self.settings.undo_seconds:  # the undo window: every send waits, cancelSend can stop it
-            send_at = max(send_at or now, now + timedelta(seconds=self.settings.undo_seconds))
-        parent = (
-            await self.mailbox.require_item(viewer, c.in_reply_to, "inReplyTo")
-            if c.in_reply_to
-            else None
-        )
-        parent_msg = (
-            (await self.db.messages.find_one({"_id": parent["message_id"]})) if parent else None
-        )
-
-        verdict = await self.redis.hit(
-            f"send-hour:{viewer.user_id}",
-            self.settings.send_limit_per_hour,
-            3600,
-            cost=len(everyone),
-        )
-        if verdict.allowed:
-            verdict = await self.redis.hit(
-                f"send-day:{viewer.user_id}",
-                self.settings.send_limit_per_day,
-                86400,
-                cost=len(everyone),
-            )
-        if not verdict.allowed:
-            raise RateLimited(
-                "sending limit reached; try again later",
-                retry_after_seconds=verdict.retry_after_seconds,
-            )
 
         in_reply_to = parent_msg.get("rfc822_message_id") if parent_msg else None
         references = tuple(references_after(parent_msg)) if parent_msg and in_reply_to else ()
@@ -179,22 +162,7 @@ class SendingService:
             await self.db.messages.insert_one(message, session=session)
             await self.db.recipients.insert_many(recipients, session=session)
             await self.db.delivery_events.insert_many(
-                [
-                    {
-                        "message_id": message["_id"],
-                        "recipient": r["address"],
-                        "recipient_id": r["_id"],
-                        "event_type": "suppressed"
-                        if r["delivery_status"] == "suppressed"
-                        else "queued",
-                        "occurred_at": now,
-                        "sender_user_id": viewer.user_id,
-                        "sender_domain": domain_of(sender.email),
-                        "metadata": {},
-                    }
-                    for r in recipients
-                ],
-                session=session,
+                accepted_events(message, recipients, now), session=session
             )
             views = [ViewSpec(viewer.user_id, "sent", Folder.SENT.value, read=True)]
             items, changes = await file_message(
@@ -229,42 +197,134 @@ class SendingService:
             {"$addToSet": {"message_ids": message["_id"]}, "$unset": {"expires_at": ""}},
         )
         await self.notifier.committed(changes)
-        await self._enqueue_delivery(message, recipients, send_at)
+        await enqueue_delivery(self.queue, message, recipients, send_at)
         return sent_item
+
+    async def check_send(
+        self,
+        viewer: Viewer,
+        c: Composition,
+        now: datetime,
+        *,
+        lookups: SendLookups | None = None,
+    ) -> CheckedSend:
+        """Every check of a send that needs no write: sender identity, reputation pause,
+        addresses, header injection, sizes, attachments owned and ready, sendAt, the parent of
+        a reply. The per-send transaction and the batched intake (``intake.py``) both use it;
+        ``lookups`` shares the sender's addresses and pauses across one batch."""
+        lookups = lookups or SendLookups()
+        if lookups.owned is None:
+            lookups.owned = await self.accounts.addresses_of(viewer.user_id)
+        sender = await sender_address(self.accounts, viewer, c.from_, owned=lookups.owned)
+        sender_domain = domain_of(sender.email)
+        if not c.transactional and sender_domain not in lookups.may_send:  # read at send time (§6)
+            await self.reputation.check_can_send(viewer.user_id, sender_domain)
+            lookups.may_send.add(sender_domain)
+        parsed = parse_recipients(c)
+        check_recipient_count(parsed.everyone, self.settings.max_recipients)
+        subject = c.subject or ""
+        check_subject(subject)
+        body_size = checked_body_size(c, self.settings.max_body_bytes)
+        uploads = (
+            await self.attachments.owned_ready(viewer, c.attachment_ids) if c.attachment_ids else []
+        )
+        if body_size + sum(a["size"] for a in uploads) > self.settings.max_message_bytes:
+            raise ValidationError.on(
+                "attachmentIds",
+                f"message larger than {self.settings.max_message_bytes // (1024 * 1024)} MB",
+            )
+        send_at = check_send_at(c.send_at, now)
+        if self.settings.undo_seconds:  # the undo window: every send waits, cancelSend can stop it
+            send_at = max(send_at or now, now + timedelta(seconds=self.settings.undo_seconds))
+        parent = (
+            await self.mailbox.require_item(viewer, c.in_reply_to, "inReplyTo")
+            if c.in_reply_to
+            else None
+        )
+        parent_msg = (
+            (await self.db.messages.find_one({"_id": parent["message_id"]})) if parent else None
+        )
+        return CheckedSend(sender, parsed, subject, uploads, send_at, parent_msg)
+
+    async def charge_send_limit(self, viewer: Viewer, cost: int) -> None:
+        """Count ``cost`` recipients against the viewer's hourly and daily sending limits."""
+        verdict = await self.redis.hit(
+            f"send-hour:{viewer.user_id}", self.settings.send_limit_per_hour, 3600, cost=cost
+        )
+        if verdict.allowed:
+            verdict = await self.redis.hit(
+                f"send-day:{viewer.user_id}", self.settings.send_limit_per_day, 86400, cost=cost
+            )
+        if not verdict.allowed:
+            raise RateLimited(
+                "sending limit reached; try again later",
+                retry_after_seconds=verdict.retry_after_seconds,
+            )
 
     async def _idempotent_result(self, viewer: Viewer, key: str) -> dict[str, Any] | None:
         doc = await self.db.idempotency_keys.find_one({"_id": f"{viewer.user_id}:{key}"})
         if doc is None:
             return None
-        return await self.db.mailbox_items.find_one(
+        item = await self.db.mailbox_items.find_one(
             {"_id": doc["item_id"], "user_id": viewer.user_id}
         )
+        if item is None and "message_id" in doc:  # accepted by the batched intake, not stored yet
+            raise ServiceUnavailable(
+                "a send with this idempotencyKey was accepted and is being stored; retry shortly",
+                retry_after_seconds=1,
+            )
+        return item
 
-    async def _enqueue_delivery(
-        self, message: dict[str, Any], recipients: list[dict[str, Any]], send_at: datetime | None
-    ) -> None:
-        domains = sorted(
-            {
-                r["domain"]
-                for r in recipients
-                if not r.get("local_user_id") and r["delivery_status"] in ("queued", "scheduled")
-            }
+
+async def enqueue_delivery(
+    queue: JobQueue,
+    message: dict[str, Any],
+    recipients: list[dict[str, Any]],
+    send_at: datetime | None,
+) -> None:
+    """The fast path after a send commits: a delivery job per remote domain (or the scheduled
+    release); the sweep finds the queued recipients if this is lost."""
+    domains = sorted(
+        {
+            r["domain"]
+            for r in recipients
+            if not r.get("local_user_id") and r["delivery_status"] in ("queued", "scheduled")
+        }
+    )
+    for domain in domains:
+        await queue.enqueue(
+            "deliver_domain",
+            str(message["_id"]),
+            domain,
+            job_id=f"deliver:{message['_id']}:{domain}",
+            defer_until=send_at,
         )
-        for domain in domains:
-            await self.queue.enqueue(
-                "deliver_domain",
-                str(message["_id"]),
-                domain,
-                job_id=f"deliver:{message['_id']}:{domain}",
-                defer_until=send_at,
-            )
-        if send_at:  # the release queues the recipients (and delivers local ones) when due
-            await self.queue.enqueue(
-                "release_scheduled",
-                str(message["_id"]),
-                job_id=f"release:{message['_id']}",
-                defer_until=send_at,
-            )
+    if send_at:  # the release queues the recipients (and delivers local ones) when due
+        await queue.enqueue(
+            "release_scheduled",
+            str(message["_id"]),
+            job_id=f"release:{message['_id']}",
+            defer_until=send_at,
+        )
+
+
+def accepted_events(
+    message: dict[str, Any], recipients: list[dict[str, Any]], now: datetime
+) -> list[dict[str, Any]]:
+    """The first event of each recipient of an accepted send: ``queued`` or ``suppressed``."""
+    return [
+        {
+            "message_id": message["_id"],
+            "recipient": r["address"],
+            "recipient_id": r["_id"],
+            "event_type": "suppressed" if r["delivery_status"] == "suppressed" else "queued",
+            "occurred_at": now,
+            "sender_user_id": message["sender_user_id"],
+            "sender_domain": domain_of(message["from"]["email"]),
+            "metadata": {},
+        }
+        for r in recipients
+    ]
 
 
 async def deliver_locally(

@@ -1,0 +1,2 @@
+"""The batched send path (issue 14): accept now (``accept.py``), materialize after
+(``materialize.py``)."""
