@@ -19,6 +19,7 @@ import bisect
 import contextlib
 import re
 import ssl
+import time
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -175,6 +176,7 @@ class ImapSession:
         self.out = bytearray()  # responses not yet written
         self.read_ahead: dict[ObjectId, bytes] = {}  # message id → raw bytes fetched ahead
         self.ahead_until = 0  # the last UID of the views_ahead window
+        self.fresh_at = 0.0  # when this session's FETCHes last compared views with the log
         self.prefetch: asyncio.Future[None] | None = None  # the read-ahead under way
         self.prefetching: set[ObjectId] = set()  # the messages it reads
         self.views_ahead: dict[ObjectId, dict[str, Any]] = {}  # the views after the last FETCH
@@ -282,6 +284,8 @@ class ImapSession:
         try:
             command = parse_command(parts)
             tag = command.tag
+            if not _is_fetch(command):
+                self.fresh_at = 0.0  # the next FETCH compares the views with the log again
             text = await self.dispatch(command)
             self.send(f"{tag} OK {text}")
         except Respond as r:
@@ -701,9 +705,13 @@ class ImapSession:
                 if gone:
                     self.send(f"* VANISHED (EARLIER) {compact_ranges(gone)}")
             uids = [u for u in uids if sel.modseqs.get(u, 0) > changed_since]
-        await self._send_fetch(
-            sel, uids, items, set_seen=not sel.readonly, max_age=VIEW_AHEAD_SECONDS
-        )
+        # A run of FETCHes may use views checked by its first FETCH for VIEW_AHEAD_SECONDS;
+        # the first FETCH after any other command (a new session's too) checks now.
+        now = time.monotonic()
+        max_age = VIEW_AHEAD_SECONDS if now - self.fresh_at < VIEW_AHEAD_SECONDS else 0.0
+        if not max_age:
+            self.fresh_at = now
+        await self._send_fetch(sel, uids, items, set_seen=not sel.readonly, max_age=max_age)
         # no refresh here: a client syncing thousands of messages one UID FETCH at a time
         # hears about changes at its next NOOP/IDLE/SELECT or any command that changes state
         return "FETCH completed"
@@ -1124,6 +1132,17 @@ class ImapSession:
                     msn = sel.remove(u)
                     if msn:
                         self.send(f"* {msn} EXPUNGE")
+
+
+def _is_fetch(command: Command) -> bool:
+    if command.name == "FETCH":
+        return True
+    return (
+        command.name == "UID"
+        and bool(command.args)
+        and isinstance(command.args[0], str)
+        and command.args[0].upper() == "FETCH"
+    )
 
 
 class _StartTls(Exception):

@@ -150,6 +150,16 @@ async def test_flags_both_ways_fire_the_same_events(clients: MailClients) -> Non
     await system.mailbox_changes.update_items(
         Viewer(user_id, email), [str(third["_id"])], StateChange(read=True, starred=True)
     )
+
+    def fresh_session_flags() -> list[Any]:  # within a second of the cache's last check
+        other = connect(clients.imap_port, email)
+        ok(other.select("INBOX"))
+        flags = ok(other.fetch("1:*", "(FLAGS)"))
+        other.logout()
+        return flags  # type: ignore[no-any-return]
+
+    seen = await asyncio.to_thread(fresh_session_flags)
+    assert sum(b"\\Flagged" in line for line in seen) == 2, seen
     typ, data = await asyncio.to_thread(imap.noop)
     assert typ == "OK"
     untagged = imap.untagged_responses.get("FETCH", [])

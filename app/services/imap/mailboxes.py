@@ -246,8 +246,10 @@ class ImapMailboxService:
 
     async def _sync(self, viewer: Viewer, ref: MailboxRef) -> MailboxState:
         user_id = viewer.user_id
+        carried: list[tuple[int, int, list[Entry]]] = []  # (uidvalidity, from state, delta)
 
         async def work(session: Any) -> MailboxState:
+            carried.clear()  # a retried transaction starts over
             box = await self.db.imap_mailboxes.find_one_and_update(
                 {"user_id": user_id, "key": ref.key},
                 {
@@ -272,7 +274,8 @@ class ImapMailboxService:
                 if changed is None:
                     uidnext = await self._resync_whole(user_id, ref, uidnext, state, session)
                 else:
-                    uidnext = await self._resync_changed(
+                    delta: list[Entry] = []
+                    uidnext, used_copy = await self._resync_changed(
                         user_id,
                         ref,
                         uidnext,
@@ -280,7 +283,10 @@ class ImapMailboxService:
                         session,
                         uidvalidity=int(box["uidvalidity"]),
                         synced=synced,
+                        delta=delta,
                     )
+                    if used_copy:
+                        carried.append((int(box["uidvalidity"]), synced, delta))
                 await self.db.imap_mailboxes.update_one(
                     {"_id": box["_id"]},
                     {"$set": {"synced_state": state, "uidnext": uidnext}},
@@ -289,6 +295,17 @@ class ImapMailboxService:
             return MailboxState(int(box["uidvalidity"]), uidnext, state)
 
         state: MailboxState = await in_transaction(self.mongo, work)
+        key = (user_id, ref.key)
+        cached = self._numbering.get(key)
+        if carried and cached is not None and (cached[0], cached[1]) == carried[0][:2]:
+            # committed: the copy plus this sync's writes is the numbering at the new state
+            present = dict(cached[2])
+            for e in carried[0][2]:
+                if e.gone:
+                    present.pop(e.uid, None)
+                else:
+                    present[e.uid] = e
+            self._numbering[key] = (state.uidvalidity, state.modseq, present)
         return state
 
     async def _changed_since(
@@ -319,7 +336,10 @@ class ImapMailboxService:
         *,
         uidvalidity: int,
         synced: int,
-    ) -> int:
+        delta: list[Entry],
+    ) -> tuple[int, bool]:
+        """UIDNEXT after, and whether the copy of the numbering was used; then ``delta``
+        holds every entry written (so that, once committed, the copy moves on with them)."""
         ids = list(changed)
         inside = {
             d["_id"]: d
@@ -337,13 +357,19 @@ class ImapMailboxService:
             # and every change to it is a sync that moves that state (this one holds the
             # mailbox document): the copy is what the query below would return. That query
             # scans the mailbox's numbering on SecantusDB (~2 s at 10,000 messages).
+            used_copy = True
             wanted = set(ids)
+            uid_of = {e.item_id: e.uid for e in cached[2].values() if e.item_id in wanted}
             numbered = {
-                e.item_id: {"user_id": user_id, "mailbox": ref.key, "uid": e.uid}
-                for e in cached[2].values()
-                if e.item_id in wanted
+                item_id: {"user_id": user_id, "mailbox": ref.key, "uid": uid}
+                for item_id, uid in uid_of.items()
             }
+            delta += [
+                Entry(uid, item_id, changed[item_id], item_id not in inside)
+                for item_id, uid in uid_of.items()
+            ]
         else:
+            used_copy = False
             numbered = {
                 d["item_id"]: {"_id": d["_id"]}
                 for d in await self.db.imap_uids.find(
@@ -375,10 +401,11 @@ class ImapMailboxService:
         new = []
         for d in arrivals:
             new.append(_uid_doc(user_id, ref, uidnext, d["_id"], changed[d["_id"]]))
+            delta.append(Entry(uidnext, d["_id"], changed[d["_id"]]))
             uidnext += 1
         if new:
             await self.db.imap_uids.insert_many(new, ordered=True, session=session)
-        return uidnext
+        return uidnext, used_copy
 
     async def _resync_whole(
         self, user_id: ObjectId, ref: MailboxRef, uidnext: int, state: int, session: Any
