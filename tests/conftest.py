@@ -89,6 +89,18 @@ async def mongo(settings) -> AsyncIterator[object]:  # type: ignore[no-untyped-d
     await m.close()
 
 
+@pytest.fixture
+def private_database(settings, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """``settings`` on a SecantusDB of the test's own: a SIGKILLed worker leaves a transaction
+    open (the server aborts it only after 60 s), and its locks must not reach the next tests."""
+    stack = EmbeddedStack(tmp_path / "servers")
+    stack.start(mongo=True, redis=False, typesense=False)
+    try:
+        yield settings.model_copy(update={"mongodb_uri": stack.url("mongodb")})
+    finally:
+        stack.stop()
+
+
 @pytest.fixture(autouse=True)
 def _watch_async_tests(request: pytest.FixtureRequest) -> None:
     """The dump below for async tests only (an async fixture costs every test a few ms)."""

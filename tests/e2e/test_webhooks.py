@@ -4,13 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bson import ObjectId
@@ -22,6 +17,7 @@ from tests.e2e.test_inbound_bounces import arf, dsn
 from tests.support.http_servers import ApiClient, mailhub_api, webhook_receiver
 from tests.support.mx import smtp_send
 from tests.support.outbound import Outbound, outbound_world
+from tests.support.worker_process import start_worker_process, wait_until
 
 LOGIN = """mutation { login(email: "alice@example.test", password: "correct horse battery") {
   ... on LoginSuccess { token } } }"""
@@ -38,14 +34,6 @@ FAST = {
     "webhook_retry_max_seconds": 1.0,
     "webhook_timeout_seconds": 2.0,
 }
-
-
-async def _until(predicate: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _login(api: ApiClient) -> str:
@@ -111,7 +99,7 @@ async def test_events_reach_the_endpoint_signed_once_each_after_retries_and_repl
             hooks = (await api.gql(WEBHOOKS, token=token))["data"]["webhooks"]
             return bool(hooks[0]["lastError"]) and "500" in hooks[0]["lastError"]
 
-        await _until(failing_visible, 30, "the failed POSTs to show as lastError")
+        await wait_until(failing_visible, 30, "the failed POSTs to show as lastError")
 
         async def everything_arrived() -> bool:
             got = Counter(e["type"] for e in receiver.accepted_events())
@@ -122,7 +110,7 @@ async def test_events_reach_the_endpoint_signed_once_each_after_retries_and_repl
                 and (got["complained"] >= 1)
             )
 
-        await _until(everything_arrived, 60, "sent, delivered, bounced and complained events")
+        await wait_until(everything_arrived, 60, "sent, delivered, bounced and complained events")
 
         assert [d.status for d in receiver.deliveries[:3]] == [500, 500, 500]
         for d in receiver.deliveries:
@@ -176,7 +164,7 @@ async def test_an_endpoint_failing_past_the_retry_window_is_marked_failing(setti
             hooks = (await api.gql(WEBHOOKS, token=token))["data"]["webhooks"]
             return bool(hooks[0]["failing"])
 
-        await _until(failing, 30, "the endpoint to be marked failing")
+        await wait_until(failing, 30, "the endpoint to be marked failing")
         hooks = (await api.gql(WEBHOOKS, token=token))["data"]["webhooks"]
         assert hooks[0]["active"] is True and "503" in hooks[0]["lastError"]
         assert len(receiver.deliveries) >= 2 and receiver.accepted_events() == []
@@ -201,34 +189,6 @@ async def test_webhook_urls_to_internal_addresses_are_refused_in_production(sett
             assert refused["createWebhook"]["fields"][0]["field"] == "url"
         unknown = (await api.gql(CREATE, {"u": "http://x.test/", "e": ["nope"]}, token))["data"]
         assert unknown["createWebhook"]["fields"][0]["field"] == "events"
-
-
-def _worker_process(w: Outbound) -> subprocess.Popen[bytes]:
-    """`mailhub worker` as its own process (to be SIGKILLed), configured by environment."""
-    s = w.settings
-    env = {
-        **os.environ,
-        "MAILHUB_MONGODB_URI": s.mongodb_uri,
-        "MAILHUB_MONGODB_DATABASE": s.mongodb_database,
-        "MAILHUB_REDIS_URL": s.redis_url,
-        "MAILHUB_REDIS_PREFIX": s.redis_prefix,
-        "MAILHUB_DNS_SERVERS": ",".join(s.dns_servers),
-        "MAILHUB_DELIVERY_PORT": str(s.delivery_port),
-        "MAILHUB_SECRET_KEY": s.secret_key.get_secret_value(),
-        "MAILHUB_HOSTNAME": s.hostname,
-        "MAILHUB_ENVIRONMENT": "test",
-        "MAILHUB_LOG_LEVEL": "WARNING",
-        "MAILHUB_WEBHOOK_ALLOW_PRIVATE": "true",
-        "MAILHUB_EVENT_SETTLE_SECONDS": str(s.event_settle_seconds),
-        "MAILHUB_WEBHOOK_TIMEOUT_SECONDS": str(s.webhook_timeout_seconds),
-        "MAILHUB_WEBHOOK_BATCH_SIZE": str(s.webhook_batch_size),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-c", "from app.cli import main; main(['worker'])"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
 
 
 async def test_a_worker_killed_mid_post_loses_no_event_and_repeats_ids(settings):
@@ -256,7 +216,12 @@ async def test_a_worker_killed_mid_post_loses_no_event_and_repeats_ids(settings)
                 await release.wait()
 
         receiver.before = stall_first
-        process = _worker_process(w)
+        process = start_worker_process(
+            w.settings,
+            event_settle_seconds=str(w.settings.event_settle_seconds),
+            webhook_timeout_seconds=str(w.settings.webhook_timeout_seconds),
+            webhook_batch_size=str(w.settings.webhook_batch_size),
+        )
         try:
             await asyncio.wait_for(first_post.wait(), 60)
         finally:
@@ -269,7 +234,7 @@ async def test_a_worker_killed_mid_post_loses_no_event_and_repeats_ids(settings)
         async def all_arrived() -> bool:
             return {e["id"] for e in receiver.accepted_events()} >= expected
 
-        await _until(all_arrived, 60, "every event after the crash")
+        await wait_until(all_arrived, 60, "every event after the crash")
         seen = Counter(e["id"] for e in receiver.accepted_events())
         assert set(seen) == expected  # nothing lost, nothing invented
         assert all(n <= 2 for n in seen.values())
@@ -334,16 +299,16 @@ async def test_a_dead_endpoint_delays_neither_mail_nor_another_endpoint(settings
         async def fast_has(n: int) -> bool:
             return len([e for e in fast.accepted_events() if e["type"] == "sent"]) >= n
 
-        await _until(lambda: fast_has(1), 30, "the fast endpoint's first event")
+        await wait_until(lambda: fast_has(1), 30, "the fast endpoint's first event")
         # the slow endpoint is still failing its first POSTs; mail and the other endpoint go on
         second = await w.send(["carol@ok.test"], subject="second")
         await w.wait_statuses(second["message_id"], {"carol@ok.test": "sent"})
-        await _until(lambda: fast_has(2), 30, "the fast endpoint's second event")
+        await wait_until(lambda: fast_has(2), 30, "the fast endpoint's second event")
         assert slow.accepted_events() == []
 
         async def slow_failed() -> bool:  # its POSTs time out and are retried with backoff
             hooks = (await api.gql(WEBHOOKS, token=token))["data"]["webhooks"]
             return any(h["lastError"] and not h["lastSuccessAt"] for h in hooks)
 
-        await _until(slow_failed, 30, "the slow endpoint's timeout to be recorded")
+        await wait_until(slow_failed, 30, "the slow endpoint's timeout to be recorded")
         hang.set()

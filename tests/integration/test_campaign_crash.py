@@ -8,22 +8,17 @@ a second message for anyone; the sweep wakes the campaign once Redis lost its jo
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from datetime import UTC, datetime
-from typing import Any
 
 import pytest
 from bson import ObjectId
 
 from app.domain.viewer import Viewer
-from app.embedded import EmbeddedStack
 from app.services.templates.store import TemplateDraft
-from tests.support.outbound import SENDER_DOMAIN, Outbound, outbound_world
+from tests.support.outbound import SENDER_DOMAIN, outbound_world
+from tests.support.worker_process import start_worker_process, wait_until
 
 LEASE_SECONDS = 3
 HOST = "mx.mailhub.test"
@@ -32,57 +27,13 @@ VERIFIED_DNS = {
     f"_dmarc.{SENDER_DOMAIN}": ["v=DMARC1; p=none"],
 }
 RECIPIENTS = 90
-
-
-def _worker(w: Outbound) -> subprocess.Popen[bytes]:
-    s = w.settings
-    env = {
-        **os.environ,
-        "MAILHUB_MONGODB_URI": s.mongodb_uri,
-        "MAILHUB_MONGODB_DATABASE": s.mongodb_database,
-        "MAILHUB_REDIS_URL": s.redis_url,
-        "MAILHUB_REDIS_PREFIX": s.redis_prefix,
-        "MAILHUB_DNS_SERVERS": ",".join(s.dns_servers),
-        "MAILHUB_DELIVERY_PORT": str(s.delivery_port),
-        "MAILHUB_SECRET_KEY": s.secret_key.get_secret_value(),
-        "MAILHUB_HOSTNAME": s.hostname,
-        "MAILHUB_DELIVERY_LEASE_SECONDS": str(LEASE_SECONDS),
-        "MAILHUB_CAMPAIGN_LEASE_SECONDS": str(LEASE_SECONDS),
-        "MAILHUB_CAMPAIGN_STALL_SECONDS": "1",
-        "MAILHUB_CAMPAIGN_WARMUP_RAMP": "",
-        "MAILHUB_ENVIRONMENT": "test",
-        "MAILHUB_DELIVERY_TIMEOUT_SECONDS": "2",
-        "MAILHUB_LOG_LEVEL": "WARNING",
-    }
-    return subprocess.Popen(
-        [sys.executable, "-c", "from app.cli import main; main(['worker'])"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _accepted(w: Outbound) -> Counter[str]:
-    return Counter(a for sink in w.sinks.values() for r in sink.received for a in r.rcpt_tos)
-
-
-async def _wait(predicate: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
-@pytest.fixture
-def private_database(settings, tmp_path):  # type: ignore[no-untyped-def]
-    """A SecantusDB of this test's own: the killed worker may leave a transaction open."""
-    stack = EmbeddedStack(tmp_path / "servers")
-    stack.start(mongo=True, redis=False, typesense=False)
-    try:
-        yield settings.model_copy(update={"mongodb_uri": stack.url("mongodb")})
-    finally:
-        stack.stop()
+# the worker process's own settings: short leases and stall time, no warm-up ramp
+WORKER_SETTINGS = {
+    "delivery_lease_seconds": str(LEASE_SECONDS),
+    "campaign_lease_seconds": str(LEASE_SECONDS),
+    "campaign_stall_seconds": "1",
+    "campaign_warmup_ramp": "",
+}
 
 
 @pytest.mark.timeout(300)
@@ -131,9 +82,9 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
                 >= n
             )
 
-        first = _worker(w)
+        first = start_worker_process(w.settings, **WORKER_SETTINGS)
         try:
-            await _wait(lambda: queued(30), 60, "the first batches")
+            await wait_until(lambda: queued(30), 60, "the first batches")
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(10)
@@ -143,7 +94,7 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
                 {"delivery_status": "sent"}, {"address": 1}
             ).to_list()
         }
-        window = set(_accepted(w)) - recorded  # delivered but not recorded: may come twice
+        window = set(w.accepted_by_sinks()) - recorded  # delivered but not recorded: may come twice
         assert not await queued(RECIPIENTS), "the kill came too late to test anything"
         await system.redis.client.flushall()  # every job (and the next batch's) is gone
 
@@ -155,7 +106,7 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
         ]
         if leases:
             await asyncio.sleep(max(0.0, (max(leases) - datetime.now(UTC)).total_seconds()) + 0.2)
-        second = _worker(w)
+        second = start_worker_process(w.settings, **WORKER_SETTINGS)
         try:
 
             async def all_sent() -> bool:
@@ -166,7 +117,7 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
                 return doc["status"] == "completed" and sent == RECIPIENTS
 
             # a transaction the killed worker left open is aborted by the server after 60 s
-            await _wait(all_sent, 150, "the campaign to complete")
+            await wait_until(all_sent, 150, "the campaign to complete")
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(30)
@@ -177,7 +128,7 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
             for d in await w.db.messages.find({"campaign_id": ObjectId(cid)}, {"to": 1}).to_list()
         )
         assert set(per_recipient) == set(expected) and set(per_recipient.values()) == {1}
-        accepted = _accepted(w)
+        accepted = w.accepted_by_sinks()
         assert set(accepted) == set(expected)  # nobody lost
         duplicates = {a for a, n in accepted.items() if n > 1}
         assert duplicates <= window  # SMTP's own at-least-once window only

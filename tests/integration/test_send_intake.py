@@ -8,25 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import email
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter
 from email import policy
-from typing import Any
 
 import pytest
 
 from app.domain.errors import ValidationError
 from app.domain.viewer import Viewer
-from app.embedded import EmbeddedStack
 from app.services.send_intake.accept import Accepted, SendRequest
 from app.services.sending.compose import Composition
 from app.services.templates.sending import TemplateRef
 from app.services.templates.store import TemplateDraft
 from tests.support.outbound import SENDER_DOMAIN, Outbound, outbound_world
+from tests.support.worker_process import start_worker_process, wait_until
 
 SCHEMA = {
     "type": "object",
@@ -56,14 +52,6 @@ def _send(to: str, order: str, key: str | None = None, name: str = "Bob") -> Sen
         Composition(to=[to], idempotency_key=key, transactional=True),
         TemplateRef("receipt", {"order": order, "name": name}),
     )
-
-
-async def _wait(predicate: Any, seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def test_accepted_sends_become_ordinary_messages_queued_for_delivery(settings):
@@ -206,49 +194,13 @@ async def test_a_stale_batch_after_a_commit_stores_nothing_twice(settings):
         assert await w.db.recipients.count_documents({}) == 5
 
 
-def _worker(w: Outbound) -> subprocess.Popen[bytes]:
-    s = w.settings
-    env = {
-        **os.environ,
-        "MAILHUB_MONGODB_URI": s.mongodb_uri,
-        "MAILHUB_MONGODB_DATABASE": s.mongodb_database,
-        "MAILHUB_REDIS_URL": s.redis_url,
-        "MAILHUB_REDIS_PREFIX": s.redis_prefix,
-        "MAILHUB_DNS_SERVERS": ",".join(s.dns_servers),
-        "MAILHUB_DELIVERY_PORT": str(s.delivery_port),
-        "MAILHUB_SECRET_KEY": s.secret_key.get_secret_value(),
-        "MAILHUB_HOSTNAME": s.hostname,
-        "MAILHUB_ENVIRONMENT": "test",
-        "MAILHUB_DELIVERY_TIMEOUT_SECONDS": "2",
-        "MAILHUB_LOG_LEVEL": "WARNING",
-        "MAILHUB_SEND_LIMIT_PER_HOUR": str(s.send_limit_per_hour),
-        "MAILHUB_SEND_LIMIT_PER_DAY": str(s.send_limit_per_day),
-    }
-    return subprocess.Popen(
-        [sys.executable, "-c", "from app.cli import main; main(['worker'])"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-@pytest.fixture
-def private_database(settings, tmp_path):  # type: ignore[no-untyped-def]
-    """A SecantusDB of this test's own: the killed worker may leave a transaction open."""
-    stack = EmbeddedStack(tmp_path / "servers")
-    stack.start(mongo=True, redis=False, typesense=False)
-    try:
-        yield settings.model_copy(update={"mongodb_uri": stack.url("mongodb")})
-    finally:
-        stack.stop()
-
-
 @pytest.mark.timeout(300)
 async def test_a_worker_killed_between_intake_and_materializing_loses_and_doubles_nothing(
     private_database,
 ):
     sends = 600
     limits = {"send_limit_per_hour": 10_000, "send_limit_per_day": 10_000}
+    worker_limits = {name: str(value) for name, value in limits.items()}
     async with outbound_world(private_database, worker=False, **limits) as w:
         viewer = await _receipt(w)
         accepted: list[Accepted] = []
@@ -263,9 +215,9 @@ async def test_a_worker_killed_between_intake_and_materializing_loses_and_double
         async def some_stored() -> bool:
             return bool(await w.db.messages.count_documents({}))
 
-        first = _worker(w)
+        first = start_worker_process(w.settings, **worker_limits)
         try:
-            await _wait(some_stored, 60, "the first materialized batch")
+            await wait_until(some_stored, 60, "the first materialized batch")
         finally:
             first.send_signal(signal.SIGKILL)
             first.wait(10)
@@ -279,10 +231,10 @@ async def test_a_worker_killed_between_intake_and_materializing_loses_and_double
                 and await w.db.messages.count_documents({}) == sends
             )
 
-        second = _worker(w)  # the sweep at start resumes
+        second = start_worker_process(w.settings, **worker_limits)  # the sweep at start resumes
         try:
             # a transaction the killed worker left open is aborted by the server after 60 s
-            await _wait(all_stored, 200, "every accepted send to be stored")
+            await wait_until(all_stored, 200, "every accepted send to be stored")
         finally:
             second.send_signal(signal.SIGTERM)
             second.wait(30)

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import time
 import warnings
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -98,6 +99,10 @@ class Outbound:
                 transactional=transactional,
             ),
         )
+
+    def accepted_by_sinks(self) -> Counter[str]:
+        """Every address any sink accepted, with how many times (a crash test's duplicates)."""
+        return Counter(a for sink in self.sinks.values() for r in sink.received for a in r.rcpt_tos)
 
     async def recipients(self, message_id: Any) -> dict[str, dict[str, Any]]:
         docs = await self.db.recipients.find({"message_id": message_id}).to_list()
