@@ -808,38 +808,21 @@ async def test_domain_verification_ok_missing_wrong_and_unverified_campaigns_ref
             "MAILHUB_HOSTNAME": HOST,
             "MAILHUB_DNS_SERVERS": dns.address,
         }
-        cli = await asyncio.to_thread(
-            subprocess.run,
-            [
-                sys.executable,
-                "-c",
-                "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))",
-                "domains",
-                "verify",
-                "good.test",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+
+        async def verify(domain: str) -> subprocess.CompletedProcess[str]:
+            return await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "app.cli", "domains", "verify", domain],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+
+        cli = await verify("good.test")
         assert cli.returncode == 0, cli.stderr
         assert "good.test: verified" in cli.stdout and "DMARC ok" in cli.stdout
-        cli = await asyncio.to_thread(
-            subprocess.run,
-            [
-                sys.executable,
-                "-c",
-                "import sys; from app.cli import main; sys.exit(main(sys.argv[1:]))",
-                "domains",
-                "verify",
-                "missing.test",
-            ],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        cli = await verify("missing.test")
         assert cli.returncode == 1 and "NOT verified" in cli.stdout
         assert "publish: v=spf1" in cli.stdout
     finally:
