@@ -57,7 +57,15 @@ from app.domain.campaign_tokens import unsubscribe_token  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
-from bench.outbound import SINK_PORT, corpus, read_sink, run_postfix, wait_sink, worker_env  # noqa: E402
+from bench.outbound import (
+    SINK_PORT,
+    corpus,
+    read_sink,
+    run_postfix,
+    start_sink,
+    wait_sink,
+    worker_env,
+)  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
 
 SENDER = "news@client.bench.test"
@@ -264,17 +272,7 @@ def main() -> None:
     sink_status = work / "sink.status"
     sink = None
     if not a.skip_delivery or not a.skip_postfix:
-        sink = subprocess.Popen(
-            [
-                sys.executable,
-                str(base / "bin/sink.py"),
-                "--port",
-                str(SINK_PORT),
-                "--status",
-                str(sink_status),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        sink = start_sink(base, sink_status)
         time.sleep(1.0)
     stack = EmbeddedStack(work / "servers")
     results: dict[str, Any] = {

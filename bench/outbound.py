@@ -64,6 +64,21 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[k]
 
 
+def start_sink(base: Path, status: Path) -> subprocess.Popen[bytes]:
+    """The peers' counting sink (one aiosmtpd on SINK_PORT), its counts written to ``status``."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(base / "bin/sink.py"),
+            "--port",
+            str(SINK_PORT),
+            "--status",
+            str(status),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+
+
 def read_sink(path: Path) -> tuple[int, float]:
     try:
         count, last = path.read_text().split()
@@ -536,17 +551,7 @@ def main() -> None:
     base = Path(a.base)
     work = Path(tempfile.mkdtemp(prefix="bench-outbound-"))
     sink_status = work / "sink.status"
-    sink = subprocess.Popen(
-        [
-            sys.executable,
-            str(base / "bin/sink.py"),
-            "--port",
-            str(SINK_PORT),
-            "--status",
-            str(sink_status),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
+    sink = start_sink(base, sink_status)
     stack = EmbeddedStack(work / "servers")
     results: dict[str, Any] = {
         "machine": {
