@@ -99,16 +99,17 @@ def gridfs_documents(
     A blob of at most one chunk (the raw MIME of most mail) goes inline, as ``BlobStore`` reads
     it: its bytes in the files document and no chunk — one document written instead of two.
     """
+    file_doc: dict[str, Any] = {
+        "_id": blob_id,
+        "length": len(data),
+        "chunkSize": CHUNK,
+        "uploadDate": now,
+        "filename": filename,
+        "metadata": metadata,
+    }
     if len(data) <= CHUNK:
-        return {
-            "_id": blob_id,
-            "length": len(data),
-            "chunkSize": CHUNK,
-            "uploadDate": now,
-            "filename": filename,
-            "metadata": metadata,
-            INLINE_FIELD: Binary(data),
-        }, []
+        file_doc[INLINE_FIELD] = Binary(data)
+        return file_doc, []
     chunks = [
         {
             "_id": ObjectId(),
@@ -118,14 +119,6 @@ def gridfs_documents(
         }
         for n, start in enumerate(range(0, len(data), CHUNK))
     ]
-    file_doc = {
-        "_id": blob_id,
-        "length": len(data),
-        "chunkSize": CHUNK,
-        "uploadDate": now,
-        "filename": filename,
-        "metadata": metadata,
-    }
     return file_doc, chunks
 
 

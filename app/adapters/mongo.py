@@ -12,9 +12,11 @@ client type but our id value type, used as such in every layer (domain value typ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -134,6 +136,25 @@ def as_domain_error(exc: BaseException) -> DomainError | None:
     ):
         return ServiceUnavailable("the mail store is busy, retry", retry_after_seconds=1)
     return None
+
+
+def storage_failure(
+    store: str, *, retry_after_seconds: int
+) -> Callable[[BaseException], DomainError]:
+    """What a writer's callers are told when its write failed (a batcher's ``failed``): a known
+    database failure as ``as_domain_error`` translates it, anything else logged and answered
+    "the ``store`` failed; try again later"."""
+
+    def answer(exc: BaseException) -> DomainError:
+        translated = as_domain_error(exc)
+        if translated is not None:
+            return translated
+        structlog.get_logger(__name__).error(f"{store} failed", error=repr(exc)[:500])
+        return ServiceUnavailable(
+            f"the {store} failed; try again later", retry_after_seconds=retry_after_seconds
+        )
+
+    return answer
 
 
 async def in_transaction(mongo: Mongo, work: Any, attempts: int = 4) -> Any:

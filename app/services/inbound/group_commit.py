@@ -33,16 +33,15 @@ from app.adapters.blob_batches import gridfs_documents
 from app.adapters.mongo import (
     DatabaseError,
     Mongo,
-    as_domain_error,
     in_transaction,
     is_duplicate_key,
     is_transient,
     is_unreachable,
+    storage_failure,
 )
 from app.background import stop_task
 from app.batching import Batcher, Waiter
 from app.domain.changes import Change
-from app.domain.errors import DomainError, ServiceUnavailable
 from app.domain.filing_plan import ThreadContext
 from app.services.after_commit import Notifier
 from app.services.mailbox.filing import Filing, ViewSpec, file_messages, load_thread_context
@@ -103,7 +102,7 @@ class InboundStore:
             max_items=max_batch,
             max_size=MAX_BATCH_BYTES,
             size_of=lambda prepared: prepared.size,
-            failed=_storage_error,
+            failed=storage_failure("mail store", retry_after_seconds=60),
         )
 
     async def store(self, prepared: PreparedInbound) -> StoreResult:
@@ -259,11 +258,3 @@ def _filing(prepared: PreparedInbound, views: list[InboundView], now: datetime) 
 
 def _is_write_conflict(e: BaseException) -> bool:
     return getattr(e, "code", None) == 112  # WriteConflict
-
-
-def _storage_error(e: BaseException) -> DomainError:
-    translated = as_domain_error(e)
-    if translated is not None:
-        return translated
-    log.error("inbound store failed", error=repr(e)[:500])
-    return ServiceUnavailable("the mail store failed; try again later", retry_after_seconds=60)

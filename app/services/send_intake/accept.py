@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
-from app.adapters.mongo import Mongo, as_domain_error, in_transaction, is_duplicate_key
+from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key, storage_failure
 from app.adapters.queue import JobQueue
 from app.batching import Batcher, SharedLookup, Waiter
 from app.domain.errors import DomainError, ServiceUnavailable, ValidationError
@@ -89,7 +89,9 @@ class SendIntake:
         self.queue = queue
         self.hostname = hostname
         self._batcher: Batcher[_Pending, Accepted] = Batcher(
-            self._commit_batch, max_items=MAX_GROUP_COMMIT, failed=_storage_error
+            self._commit_batch,
+            max_items=MAX_GROUP_COMMIT,
+            failed=storage_failure("send store", retry_after_seconds=5),
         )
         # Concurrent single sends of one sender share their reads (each answer as fresh as a
         # query of its own): the sender's addresses, the template version.
@@ -339,11 +341,3 @@ async def _gather_answers(
         elif isinstance(answer, BaseException):
             raise answer
     return out
-
-
-def _storage_error(e: BaseException) -> DomainError:
-    translated = as_domain_error(e)
-    if translated is not None:
-        return translated
-    log.error("send intake failed", error=repr(e)[:500])
-    return ServiceUnavailable("the send store failed; try again later", retry_after_seconds=5)

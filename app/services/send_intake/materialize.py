@@ -39,6 +39,7 @@ from app.domain.addresses import Address, normalize_email
 from app.domain.changes import Change
 from app.domain.errors import DomainError
 from app.domain.folders import Folder
+from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
@@ -221,39 +222,32 @@ class SendMaterializer:
             )
         return len(built)
 
+    @staticmethod
+    async def _by_id(
+        collection: Any, ids: set[Any], projection: dict[str, int] | None = None
+    ) -> dict[Any, dict[str, Any]]:
+        """The documents of ``ids`` in ``collection``, by id (one query; none for no ids)."""
+        if not ids:
+            return {}
+        found = await collection.find({"_id": {"$in": list(ids)}}, projection).to_list()
+        return {d["_id"]: d for d in found}
+
     async def _build(self, docs: list[dict[str, Any]]) -> _Built:
         """Every document of the sends, built before the transaction (set-wise reads)."""
         now = datetime.now(UTC)
         user_id = docs[0]["user_id"]
-        version_ids = list({d["template"]["version_id"] for d in docs if d.get("template")})
-        versions = {
-            v["_id"]: v
-            for v in (
-                await self.db.template_versions.find({"_id": {"$in": version_ids}}).to_list()
-                if version_ids
-                else []
-            )
-        }
-        upload_ids = list({a for d in docs for a in d.get("attachment_ids") or ()})
-        uploads = {
-            a["_id"]: a
-            for a in (
-                await self.db.attachments.find({"_id": {"$in": upload_ids}}).to_list()
-                if upload_ids
-                else []
-            )
-        }
-        parent_ids = list({d["parent_message_id"] for d in docs if d.get("parent_message_id")})
-        parents = {
-            p["_id"]: p
-            for p in (
-                await self.db.messages.find(
-                    {"_id": {"$in": parent_ids}}, {"rfc822_message_id": 1, "references": 1}
-                ).to_list()
-                if parent_ids
-                else []
-            )
-        }
+        versions = await self._by_id(
+            self.db.template_versions,
+            {d["template"]["version_id"] for d in docs if d.get("template")},
+        )
+        uploads = await self._by_id(
+            self.db.attachments, {a for d in docs for a in d.get("attachment_ids") or ()}
+        )
+        parents = await self._by_id(
+            self.db.messages,
+            {d["parent_message_id"] for d in docs if d.get("parent_message_id")},
+            {"rfc822_message_id": 1, "references": 1},
+        )
         addresses = sorted(
             {a["email"] for d in docs for kind in ("to", "cc", "bcc") for a in d[kind]}
         )
@@ -312,7 +306,7 @@ class SendMaterializer:
             bcc=tuple(recipients.bcc),
             subject=subject,
             text=text,
-            html=html,
+            html=sanitize_html(html) if html else None,  # once, for MIME and the stored body
             attachments=tuple(
                 [
                     OutgoingAttachment(
