@@ -214,3 +214,16 @@ def test_snippet_of_one_long_word_is_cut_hard():
 
 def test_short_snippet_is_unchanged():
     assert make_snippet("Short note", 200) == "Short note"
+
+
+def test_sanitized_html_is_not_sanitized_again():
+    """A body is sanitized once where a message is put together; build_mime and the stored
+    body get the same object back instead of a second nh3 pass."""
+    from app.domain.html_safety import SafeHtml
+
+    once = sanitize_html('<p onclick="x()">hi<script>alert(1)</script></p>')
+    assert isinstance(once, SafeHtml) and once == "<p>hi</p>"
+    assert sanitize_html(once) is once
+    # a plain string with the same text is still sanitized (the type, not the text, is trusted)
+    assert sanitize_html("<p>hi</p><script>1</script>") == "<p>hi</p>"
+    assert sanitize_html("") == ""

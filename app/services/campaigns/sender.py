@@ -48,6 +48,7 @@ from app.domain.campaigns import (
     warmup_allowance,
 )
 from app.domain.errors import ValidationError
+from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingMessage, build_mime
 from app.domain.tracking import add_pixel, rewrite_links
 from app.domain.viewer import Viewer
@@ -366,7 +367,7 @@ class CampaignSender:
             to=(Address(r["email"], None),),
             subject=rendered.subject,
             text=rendered.text_part(),
-            html=html,
+            html=sanitize_html(html) if html else None,  # once, for MIME and the stored body
             message_id=f"<{rid}.{campaign['_id']}@{self.settings.hostname}>",
             date=now,
             extra_headers=(

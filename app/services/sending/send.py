@@ -21,6 +21,7 @@ from app.domain.addresses import Address, domain_of, normalize_email
 from app.domain.changes import Change
 from app.domain.errors import RateLimited, ServiceUnavailable, ValidationError
 from app.domain.folders import Folder
+from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime, make_message_id
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
@@ -131,7 +132,7 @@ class SendingService:
             bcc=tuple(parsed.bcc),
             subject=subject,
             text=c.text,
-            html=c.html,
+            html=sanitize_html(c.html) if c.html else None,  # once, for MIME and the stored body
             attachments=tuple(
                 [
                     OutgoingAttachment(
