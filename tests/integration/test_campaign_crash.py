@@ -7,10 +7,8 @@ a second message for anyone; the sweep wakes the campaign once Redis lost its jo
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from collections import Counter
-from datetime import UTC, datetime
 
 import pytest
 from bson import ObjectId
@@ -18,7 +16,7 @@ from bson import ObjectId
 from app.domain.viewer import Viewer
 from app.services.templates.store import TemplateDraft
 from tests.support.outbound import SENDER_DOMAIN, outbound_world
-from tests.support.worker_process import start_worker_process, wait_until
+from tests.support.worker_process import kill_worker_when, start_worker_process, wait_until
 
 LEASE_SECONDS = 3
 HOST = "mx.mailhub.test"
@@ -82,30 +80,15 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
                 >= n
             )
 
-        first = start_worker_process(w.settings, **WORKER_SETTINGS)
-        try:
-            await wait_until(lambda: queued(30), 60, "the first batches")
-        finally:
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
-        recorded = {
-            d["address"]
-            for d in await w.db.recipients.find(
-                {"delivery_status": "sent"}, {"address": 1}
-            ).to_list()
-        }
+        await kill_worker_when(
+            w.settings, lambda: queued(30), 60, "the first batches", **WORKER_SETTINGS
+        )
+        recorded = await w.sent_addresses()
         window = set(w.accepted_by_sinks()) - recorded  # delivered but not recorded: may come twice
         assert not await queued(RECIPIENTS), "the kill came too late to test anything"
         await system.redis.client.flushall()  # every job (and the next batch's) is gone
 
-        leases = [
-            d["lease_until"]
-            for d in await w.db.recipients.find(
-                {"delivery_status": "sending"}, {"lease_until": 1}
-            ).to_list()
-        ]
-        if leases:
-            await asyncio.sleep(max(0.0, (max(leases) - datetime.now(UTC)).total_seconds()) + 0.2)
+        await w.outlive_leases()
         second = start_worker_process(w.settings, **WORKER_SETTINGS)
         try:
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
-from datetime import UTC, datetime
 
 from tests.support.outbound import outbound_world
-from tests.support.worker_process import start_worker_process, wait_until
+from tests.support.worker_process import kill_worker_when, start_worker_process, wait_until
 
 LEASE_SECONDS = 3
 
@@ -30,23 +28,18 @@ async def test_a_killed_worker_and_a_flushed_redis_lose_nothing_and_duplicate_no
             await w.send(to, subject=f"m{n}")
             expected += to
 
-        first = start_worker_process(w.settings, delivery_lease_seconds=str(LEASE_SECONDS))
-        try:
+        async def some_delivered() -> bool:
+            return sum(w.accepted_by_sinks().values()) >= 8
 
-            async def some_delivered() -> bool:
-                return sum(w.accepted_by_sinks().values()) >= 8
-
-            await wait_until(some_delivered, 30, "the first deliveries")
-        finally:
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
+        await kill_worker_when(
+            w.settings,
+            some_delivered,
+            30,
+            "the first deliveries",
+            delivery_lease_seconds=str(LEASE_SECONDS),
+        )
         # The duplicate window: accepted by a sink but not recorded as sent when the worker died.
-        recorded = {
-            d["address"]
-            for d in await w.db.recipients.find(
-                {"delivery_status": "sent"}, {"address": 1}
-            ).to_list()
-        }
+        recorded = await w.sent_addresses()
         window = set(w.accepted_by_sinks()) - recorded
         assert sum(w.accepted_by_sinks().values()) < len(expected), (
             "the kill came too late to test anything"
@@ -54,14 +47,7 @@ async def test_a_killed_worker_and_a_flushed_redis_lose_nothing_and_duplicate_no
         await w.system.redis.client.flushall()  # Redis loses every job and lease hint
 
         # Leases of the dead worker run out; the new worker's startup sweep finds them.
-        leases = [
-            d["lease_until"]
-            for d in await w.db.recipients.find(
-                {"delivery_status": "sending"}, {"lease_until": 1}
-            ).to_list()
-        ]
-        if leases:
-            await asyncio.sleep(max(0.0, (max(leases) - datetime.now(UTC)).total_seconds()) + 0.2)
+        await w.outlive_leases()
         second = start_worker_process(w.settings, delivery_lease_seconds=str(LEASE_SECONDS))
         try:
 

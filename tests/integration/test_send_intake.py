@@ -22,7 +22,7 @@ from app.services.sending.compose import Composition
 from app.services.templates.sending import TemplateRef
 from app.services.templates.store import TemplateDraft
 from tests.support.outbound import SENDER_DOMAIN, Outbound, outbound_world
-from tests.support.worker_process import start_worker_process, wait_until
+from tests.support.worker_process import kill_worker_when, start_worker_process, wait_until
 
 SCHEMA = {
     "type": "object",
@@ -215,12 +215,9 @@ async def test_a_worker_killed_between_intake_and_materializing_loses_and_double
         async def some_stored() -> bool:
             return bool(await w.db.messages.count_documents({}))
 
-        first = start_worker_process(w.settings, **worker_limits)
-        try:
-            await wait_until(some_stored, 60, "the first materialized batch")
-        finally:
-            first.send_signal(signal.SIGKILL)
-            first.wait(10)
+        await kill_worker_when(
+            w.settings, some_stored, 60, "the first materialized batch", **worker_limits
+        )
         left = await w.db.send_intake.count_documents({})
         assert left, "the kill came too late to test anything"
         await w.system.redis.client.flushall()  # its materialize job is gone too

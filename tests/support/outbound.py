@@ -104,6 +104,20 @@ class Outbound:
         """Every address any sink accepted, with how many times (a crash test's duplicates)."""
         return Counter(a for sink in self.sinks.values() for r in sink.received for a in r.rcpt_tos)
 
+    async def sent_addresses(self) -> set[str]:
+        """The recipients recorded as sent (a crash test's window: accepted by a sink, not these)."""
+        docs = await self.db.recipients.find({"delivery_status": "sent"}, {"address": 1}).to_list()
+        return {d["address"] for d in docs}
+
+    async def outlive_leases(self) -> None:
+        """Sleep until the leases of recipients a dead worker was sending have run out."""
+        docs = await self.db.recipients.find(
+            {"delivery_status": "sending"}, {"lease_until": 1}
+        ).to_list()
+        if docs:
+            latest = max(d["lease_until"] for d in docs)
+            await asyncio.sleep(max(0.0, (latest - datetime.now(UTC)).total_seconds()) + 0.2)
+
     async def recipients(self, message_id: Any) -> dict[str, dict[str, Any]]:
         docs = await self.db.recipients.find({"message_id": message_id}).to_list()
         return {d["address"]: d for d in docs}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -58,3 +59,15 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(every)
+
+
+async def kill_worker_when(
+    settings: Any, predicate: Callable[[], Awaitable[bool]], seconds: float, what: str, **extra: str
+) -> None:
+    """Start a worker process, SIGKILL it as soon as ``predicate`` holds (or it timed out)."""
+    process = start_worker_process(settings, **extra)
+    try:
+        await wait_until(predicate, seconds, what)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
