@@ -106,6 +106,10 @@ async def test_the_worker_materializes_and_delivers_an_accepted_template_send(se
         assert got["subject"] == "Order 42"
         message = await w.db.messages.find_one({"_id": accepted.message_id})
         assert got["message-id"] == message["rfc822_message_id"]
+        # recorded as sent too; and the world is not torn down while the worker still writes
+        # that outcome (a transaction cut by the stop stays open on the server for 60 s and
+        # blocks the database's drop: the NetworkTimeout this test used to hit now and then)
+        await w.wait_statuses(accepted.message_id, {"bob@ok.test": "sent"})
 
 
 async def test_bad_variables_are_field_errors_and_nothing_is_stored(settings):
