@@ -131,6 +131,19 @@ class Batcher(Generic[T, R]):
         self._wake(loop)
         return await future
 
+    async def submit_many(self, items: list[T]) -> list[R | BaseException]:
+        """``submit`` of each item, queued together: each one's answer or error, in order. One
+        future per item and no task per item (a batch call of 500 sends spent more on 500
+        tasks than on its group commit)."""
+        if self._closed:
+            raise RuntimeError("the batcher is closed")
+        loop = asyncio.get_running_loop()
+        self._forget_other_loops(loop)
+        futures: list[asyncio.Future[R]] = [loop.create_future() for _ in items]
+        self._queue.extend(Waiter(item, f) for item, f in zip(items, futures, strict=True))
+        self._wake(loop)
+        return await asyncio.gather(*futures, return_exceptions=True)
+
     def put(self, item: T) -> None:
         """Queue ``item`` for the next batch; nobody waits for its answer."""
         loop = asyncio.get_running_loop()

@@ -35,6 +35,22 @@ async def test_items_queued_together_are_one_batch_and_each_gets_its_own_answer(
     assert process.batches == [[1, 2, 3]]
 
 
+async def test_submit_many_queues_items_together_and_gives_each_answer_or_error_in_order():
+    async def process(waiters: list[Waiter[int, int]]) -> None:
+        for w in waiters:
+            if w.item % 3 == 0:
+                w.fail(ValueError(f"no {w.item}"))
+            else:
+                w.answer(w.item * 2)
+
+    batcher: Batcher[int, int] = Batcher(process, max_items=4)
+    answers = await batcher.submit_many(list(range(1, 8)))
+    assert [a if isinstance(a, int) else str(a) for a in answers] == [
+        2, 4, "no 3", 8, 10, "no 6", 14
+    ]  # fmt: skip
+    assert batcher.idle
+
+
 async def test_items_queued_while_a_batch_runs_go_in_the_next_batch():
     process = Recorder()
     process.gate = asyncio.Event()

@@ -169,3 +169,42 @@ def test_a_schema_that_is_not_json_schema_is_refused():
     with pytest.raises(ValidationError) as caught:
         check_schema({"type": "no-such-type"})
     assert caught.value.fields[0].field == "variables"
+
+
+async def test_a_batch_of_renders_answers_each_in_order_and_one_failure_stops_no_other():
+    from bson import ObjectId
+
+    from app.domain.templates import Rendered
+    from app.services.templates.render import RENDER_CHUNK, TemplateRenderer, encode_variables
+
+    renderer = TemplateRenderer(store=None, limits=LIMITS)  # type: ignore[arg-type]
+    try:
+        version = {
+            "_id": ObjectId(),
+            "subject": "Order {{ orderId }}",
+            "text": "{% for i in items %}{{ i.sku }} {% endfor %}",
+            "html": None,
+            "variables": SCHEMA,
+        }
+        escape = {**version, "_id": ObjectId(), "text": "{{ ''.__class__.__mro__ }}"}
+        good = [{"orderId": str(n), "items": [{"sku": f"S{n}"}]} for n in range(RENDER_CHUNK + 5)]
+        jobs = [(version, v) for v in good]
+        jobs[3] = (version, {"orderId": "x", "items": []})  # fails the schema
+        jobs[RENDER_CHUNK] = (escape, good[RENDER_CHUNK])  # a sandbox escape, in the 2nd chunk
+        jobs[7] = (version, {"orderId": "7", "items": [{"sku": object()}]})  # not JSON
+        jobs[9] = (version, encode_variables(good[9]))  # already encoded
+        answers = await renderer.render_versions(jobs)
+        assert len(answers) == len(jobs)
+        failures = {n for n, a in enumerate(answers) if isinstance(a, ValidationError)}
+        assert failures == {3, 7, RENDER_CHUNK}
+        assert answers[3].fields[0].field == "variables.orderId"  # type: ignore[union-attr]
+        assert answers[7].fields[0].field == "variables"  # type: ignore[union-attr]
+        assert "not allowed" in answers[RENDER_CHUNK].message  # type: ignore[union-attr]
+        for n, answer in enumerate(answers):
+            if n not in failures:
+                assert isinstance(answer, Rendered)
+                assert (answer.subject, answer.text) == (f"Order {n}", f"S{n} ")
+        with pytest.raises(ValidationError):
+            await renderer.render_version(version, {"orderId": "x", "items": []})
+    finally:
+        renderer.close()

@@ -50,6 +50,7 @@ from app.domain.campaigns import (
 from app.domain.errors import ValidationError
 from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingMessage, build_mime
+from app.domain.templates import Rendered
 from app.domain.tracking import add_pixel, rewrite_links
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
@@ -206,7 +207,16 @@ class CampaignSender:
         version = await self.db.template_versions.find_one({"_id": campaign["version_id"]})
         if version is None:
             raise ValidationError.on("template", "the campaign's template version is gone")
-        built = await asyncio.gather(*(self._build(campaign, version, r, now) for r in to_send))
+        shared = campaign.get("variables", {})
+        rendered = await self.renderer.render_versions(
+            [(version, {**shared, **r.get("variables", {})}) for r in to_send]
+        )
+        built = await asyncio.gather(
+            *(
+                self._build(campaign, r, answer, now)
+                for r, answer in zip(to_send, rendered, strict=True)
+            )
+        )
         failed = [(r, err) for r, (_, _, err) in zip(to_send, built, strict=True) if err]
         ready = [
             (r, m, raw)
@@ -333,17 +343,13 @@ class CampaignSender:
     async def _build(
         self,
         campaign: dict[str, Any],
-        version: dict[str, Any],
         r: dict[str, Any],
+        rendered: Rendered | ValidationError,
         now: datetime,
     ) -> tuple[OutgoingMessage | None, bytes, str | None]:
         """(message, MIME bytes, None) or (None, b"", why it cannot be rendered)."""
-        try:
-            rendered = await self.renderer.render_version(
-                version, {**campaign.get("variables", {}), **r.get("variables", {})}
-            )
-        except ValidationError as e:
-            return None, b"", e.message
+        if isinstance(rendered, ValidationError):
+            return None, b"", rendered.message
         base = self.settings.base_url.rstrip("/")
         rid: ObjectId = r["_id"]
         html = rendered.html

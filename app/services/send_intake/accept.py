@@ -18,9 +18,7 @@ leaves ``send_intake`` only in the transaction that stores its message.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,10 +31,11 @@ from app.adapters.queue import JobQueue
 from app.batching import Batcher, SharedLookup, Waiter
 from app.domain.errors import DomainError, ServiceUnavailable, ValidationError
 from app.domain.mime import make_message_id
+from app.domain.templates import Rendered
 from app.domain.viewer import Viewer
 from app.services.sending.compose import Composition, addr_doc
 from app.services.sending.send import MAX_IDEMPOTENCY_KEY, SendingService, SendLookups
-from app.services.templates.render import TemplateRenderer
+from app.services.templates.render import TemplateRenderer, Variables, encode_variables
 from app.services.templates.sending import TemplateRef
 
 log = structlog.get_logger(__name__)
@@ -122,11 +121,8 @@ class SendIntake:
         lookups = SendLookups(
             owned=(await self._addresses.get([viewer.user_id])).get(viewer.user_id, [])
         )
-        versions: dict[tuple[str, int | None], dict[str, Any]] = {}
         pending: list[tuple[int, _Pending, int]] = []  # (position, document, recipients)
         keys_seen: dict[str, int] = {}
-        # prepared concurrently: one send's render (on the render threads) overlaps the
-        # checks of the next
         todo = [
             (n, r)
             for n, r in enumerate(requests)
@@ -138,16 +134,11 @@ class SendIntake:
                 and r.composition.idempotency_key in earlier
             ):
                 results[n] = earlier[r.composition.idempotency_key]
-        prepared_all = await asyncio.gather(
-            *(self._prepare(viewer, r, now, lookups, versions) for _, r in todo),
-            return_exceptions=True,
-        )
+        prepared_all = await self._prepare_all(viewer, [r for _, r in todo], now, lookups)
         for (n, request), outcome in zip(todo, prepared_all, strict=True):
             if isinstance(outcome, DomainError):
                 results[n] = outcome
                 continue
-            if isinstance(outcome, BaseException):
-                raise outcome
             prepared, cost = outcome
             key = request.composition.idempotency_key
             if key is not None and key in keys_seen:  # the same key twice in one call
@@ -172,36 +163,72 @@ class SendIntake:
             await self.queue.enqueue(MATERIALIZE_JOB, job_id=MATERIALIZE_JOB_ID)
         return [r for r in results if r is not None]
 
+    async def _prepare_all(
+        self, viewer: Viewer, requests: list[SendRequest], now: datetime, lookups: SendLookups
+    ) -> list[tuple[_Pending, int] | DomainError]:
+        """Each send checked and made into its intake document with its recipient count, or
+        the error that refuses it. The template sends are rendered together (one hand-off to
+        the render threads per chunk, not one per send)."""
+        out: list[tuple[_Pending, int] | DomainError | None] = [None] * len(requests)
+        versions: dict[tuple[str, int | None], dict[str, Any]] = {}
+        to_render: list[tuple[int, dict[str, Any], Variables]] = []  # (position, version, …)
+        for n, request in enumerate(requests):
+            try:
+                _precheck(request)
+                if request.template is not None:
+                    variables = encode_variables(request.template.variables)
+                    version = await self._version(viewer, request.template, versions)
+                    to_render.append((n, version, variables))
+            except DomainError as e:
+                out[n] = e
+        rendered = await self.renderer.render_versions([(v, x) for _, v, x in to_render])
+        renders = {
+            n: (version, variables, answer)
+            for (n, version, variables), answer in zip(to_render, rendered, strict=True)
+        }
+        for n, request in enumerate(requests):
+            if out[n] is not None:
+                continue
+            try:
+                out[n] = await self._prepare(viewer, request, now, lookups, renders.get(n))
+            except DomainError as e:
+                out[n] = e
+        return [o for o in out if o is not None]
+
+    async def _version(
+        self,
+        viewer: Viewer,
+        ref: TemplateRef,
+        versions: dict[tuple[str, int | None], dict[str, Any]],
+    ) -> dict[str, Any]:
+        """The version a template send names, read once per call (and shared with concurrent
+        single sends); the store's error when there is none."""
+        version = versions.get((ref.key, ref.version))
+        if version is None:
+            found = await self._versions.get([(viewer.user_id, ref.key, ref.version)])
+            version = found.get((viewer.user_id, ref.key, ref.version))
+            if version is None:  # the store says why (no template, no published version)
+                _, version = await self.renderer.store.version(viewer, ref.key, ref.version)
+            versions[(ref.key, ref.version)] = version
+        return version
+
     async def _prepare(
         self,
         viewer: Viewer,
         request: SendRequest,
         now: datetime,
         lookups: SendLookups,
-        versions: dict[tuple[str, int | None], dict[str, Any]],
+        render: tuple[dict[str, Any], Variables, Rendered | ValidationError] | None,
     ) -> tuple[_Pending, int]:
         c = request.composition
-        if c.idempotency_key is not None and not 1 <= len(c.idempotency_key) <= (
-            MAX_IDEMPOTENCY_KEY
-        ):
-            raise ValidationError.on("idempotencyKey", f"1 to {MAX_IDEMPOTENCY_KEY} characters")
         content: dict[str, Any]
         filled = c
-        if request.template is not None:
-            ref = request.template
-            for name, value in (("text", c.text), ("html", c.html)):
-                if value is not None:
-                    raise ValidationError.on(name, f"give {name} or a template, not both")
-            version = versions.get((ref.key, ref.version))
-            if version is None:
-                found = await self._versions.get([(viewer.user_id, ref.key, ref.version)])
-                version = found.get((viewer.user_id, ref.key, ref.version))
-                if version is None:  # the store says why (no template, no published version)
-                    _, version = await self.renderer.store.version(viewer, ref.key, ref.version)
-                versions[(ref.key, ref.version)] = version
+        if request.template is not None and render is not None:
+            version, variables, rendered = render
+            if isinstance(rendered, ValidationError):
+                raise rendered
             # rendered now so that a bad variable or a failing template is the caller's error;
             # the materializer renders the same immutable version again from the variables
-            rendered = await self.renderer.render_version(version, ref.variables)
             filled = dataclasses.replace(
                 c,
                 subject=c.subject or rendered.subject,
@@ -211,7 +238,7 @@ class SendIntake:
             content = {
                 "template": {
                     "version_id": version["_id"],
-                    "variables": json.dumps(ref.variables, separators=(",", ":")),
+                    "variables": variables.json,
                 },
                 "subject": c.subject or None,
             }
@@ -325,6 +352,17 @@ class SendIntake:
         await in_transaction(self.mongo, work)
 
 
+def _precheck(request: SendRequest) -> None:
+    """What a send's own fields can be refused for before anything is read or rendered."""
+    c = request.composition
+    if c.idempotency_key is not None and not 1 <= len(c.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
+        raise ValidationError.on("idempotencyKey", f"1 to {MAX_IDEMPOTENCY_KEY} characters")
+    if request.template is not None:
+        for name, value in (("text", c.text), ("html", c.html)):
+            if value is not None:
+                raise ValidationError.on(name, f"give {name} or a template, not both")
+
+
 def _accepted(pending: _Pending) -> Accepted:
     return Accepted(pending.doc["_id"], pending.doc["item_id"])
 
@@ -333,7 +371,7 @@ async def _gather_answers(
     batcher: Batcher[_Pending, Accepted], items: list[_Pending]
 ) -> list[Accepted | DomainError]:
     """Submit every item (they land in one group commit) and collect each answer."""
-    answers = await asyncio.gather(*(batcher.submit(p) for p in items), return_exceptions=True)
+    answers = await batcher.submit_many(items)
     out: list[Accepted | DomainError] = []
     for answer in answers:
         if isinstance(answer, Accepted | DomainError):

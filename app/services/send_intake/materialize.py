@@ -37,10 +37,11 @@ from app.adapters.mongo import Mongo, in_transaction
 from app.adapters.queue import JobQueue
 from app.domain.addresses import Address, normalize_email
 from app.domain.changes import Change
-from app.domain.errors import DomainError
+from app.domain.errors import DomainError, ValidationError
 from app.domain.folders import Folder
 from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime
+from app.domain.templates import Rendered
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
@@ -48,7 +49,7 @@ from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.mailbox.filing import Filing, ViewSpec, file_messages
 from app.services.sending.compose import Recipients, message_doc, recipient_docs, references_after
 from app.services.sending.send import accepted_events, deliver_locally, enqueue_delivery
-from app.services.templates.render import TemplateRenderer
+from app.services.templates.render import TemplateRenderer, Variables
 
 log = structlog.get_logger(__name__)
 
@@ -256,22 +257,40 @@ class SendMaterializer:
             [a for a in addresses if normalize_email(a) not in local_users],
             scope=user_scope(user_id),
         )
+        renders = await self._render(docs, versions)
         built: list[dict[str, Any]] = []
         failed: list[tuple[dict[str, Any], str]] = []
         for doc in docs:
             try:
                 built.append(
-                    await self._one(doc, versions, uploads, parents, local_users, suppressed, now)
+                    await self._one(doc, renders, uploads, parents, local_users, suppressed, now)
                 )
             except (DomainError, KeyError) as e:  # a version or upload gone: visible, retried
                 log.warning("accepted send not materialized", send=str(doc["_id"]), error=str(e))
                 failed.append((doc, str(e)[:500]))
         return built, failed, now
 
+    async def _render(
+        self, docs: list[dict[str, Any]], versions: dict[ObjectId, dict[str, Any]]
+    ) -> dict[ObjectId, Rendered | ValidationError]:
+        """The template sends' messages, rendered together (the version is immutable and the
+        variables are those checked when the send was accepted)."""
+        todo = [d for d in docs if d.get("template") and d["template"]["version_id"] in versions]
+        rendered = await self.renderer.render_versions(
+            [
+                (
+                    versions[d["template"]["version_id"]],
+                    Variables(json.loads(d["template"]["variables"]), d["template"]["variables"]),
+                )
+                for d in todo
+            ]
+        )
+        return {d["_id"]: r for d, r in zip(todo, rendered, strict=True)}
+
     async def _one(
         self,
         doc: dict[str, Any],
-        versions: dict[ObjectId, dict[str, Any]],
+        renders: dict[ObjectId, Rendered | ValidationError],
         uploads: dict[ObjectId, dict[str, Any]],
         parents: dict[ObjectId, dict[str, Any]],
         local_users: dict[str, ObjectId],
@@ -280,10 +299,11 @@ class SendMaterializer:
     ) -> dict[str, Any]:
         subject, text, html = doc.get("subject") or "", doc.get("text"), doc.get("html")
         if doc.get("template"):
-            version = versions[doc["template"]["version_id"]]
-            rendered = await self.renderer.render_version(
-                version, json.loads(doc["template"]["variables"])
-            )
+            rendered = renders.get(doc["_id"])
+            if rendered is None:
+                raise KeyError(f"template version {doc['template']['version_id']} is gone")
+            if isinstance(rendered, ValidationError):
+                raise rendered
             subject = doc.get("subject") or rendered.subject
             text, html = rendered.text_part(), rendered.html
         send_at = _aware(doc.get("send_at"))

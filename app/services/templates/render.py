@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from bson import ObjectId
@@ -31,6 +32,30 @@ from app.services.templates.store import TemplateStore
 
 MAX_VARIABLES_BYTES = 256 * 1024
 CACHE_SIZE = 512
+RENDER_CHUNK = 64  # renders a hand-off to a render thread: ~16 ms of a 5 KB receipt
+
+
+@dataclass(frozen=True)
+class Variables:
+    """A send's template variables, known to be JSON of an allowed size, with their JSON (what
+    the send intake stores: encoded once)."""
+
+    value: Any
+    json: str
+
+
+def encode_variables(value: Any) -> Variables:
+    """The variables as ``Variables``, or a ValidationError on ``variables`` (not JSON, or
+    larger than MAX_VARIABLES_BYTES)."""
+    if value is None:
+        value = {}
+    try:
+        encoded = json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError):
+        raise ValidationError.on("variables", "variables must be JSON") from None
+    if len(encoded) > MAX_VARIABLES_BYTES:
+        raise ValidationError.on("variables", f"larger than {MAX_VARIABLES_BYTES} bytes")
+    return Variables(value, encoded)
 
 
 class TemplateRenderer:
@@ -59,24 +84,51 @@ class TemplateRenderer:
 
     async def render_version(self, version: dict[str, Any], variables: Any) -> Rendered:
         """Check the variables against the version's schema, then render it."""
-        if variables is None:
-            variables = {}
-        try:
-            size = len(json.dumps(variables))
-        except (TypeError, ValueError):
-            raise ValidationError.on("variables", "variables must be JSON") from None
-        if size > MAX_VARIABLES_BYTES:
-            raise ValidationError.on("variables", f"larger than {MAX_VARIABLES_BYTES} bytes")
-        compiled, validator = self._prepared(version)
-        check_variables(validator, variables)
+        [result] = await self.render_versions([(version, variables)])
+        if isinstance(result, ValidationError):
+            raise result
+        return result
+
+    async def render_versions(
+        self, jobs: list[tuple[dict[str, Any], Any]]
+    ) -> list[Rendered | ValidationError]:
+        """Check and render many (version, variables): one answer each, in order — what it
+        rendered, or why not. The variables are as a caller gave them, or ``Variables``
+        already encoded. The renders go to the render threads in chunks, one hand-off per
+        chunk: a thread switch per message cost as much as the render itself (~0.25 ms for a
+        5 KB receipt), and a batch of sends or a campaign batch renders hundreds at once."""
+        results: list[Rendered | ValidationError | None] = [None] * len(jobs)
+        todo: list[tuple[int, CompiledTemplate, Any]] = []
+        for n, (version, variables) in enumerate(jobs):
+            try:
+                compiled, value = self._checked(version, variables)
+            except ValidationError as e:
+                results[n] = e
+                continue
+            todo.append((n, compiled, value))
         loop = asyncio.get_running_loop()
-        job = loop.run_in_executor(self._executor, render, compiled, variables, self.limits)
-        try:
-            return await asyncio.wait_for(job, self.limits.max_seconds + 1.0)
-        except TimeoutError:
-            raise ValidationError.on(
-                "variables", f"rendering took longer than {self.limits.max_seconds:g} s"
-            ) from None
+        for start in range(0, len(todo), RENDER_CHUNK):
+            chunk = todo[start : start + RENDER_CHUNK]
+            job = loop.run_in_executor(
+                self._executor, _render_each, [(c, v) for _, c, v in chunk], self.limits
+            )
+            try:
+                # each render stops itself at its own deadline; this only bounds the wait
+                answers = await asyncio.wait_for(job, self.limits.max_seconds * len(chunk) + 1.0)
+            except TimeoutError:
+                answers = [_too_slow(self.limits) for _ in chunk]
+            for (n, _, _), answer in zip(chunk, answers, strict=True):
+                results[n] = answer
+        return [r for r in results if r is not None]
+
+    def _checked(self, version: dict[str, Any], variables: Any) -> tuple[CompiledTemplate, Any]:
+        """The compiled version and the variables, once they are JSON of an allowed size that
+        its schema accepts (else the ValidationError naming each variable)."""
+        if not isinstance(variables, Variables):
+            variables = encode_variables(variables)
+        compiled, validator = self._prepared(version)
+        check_variables(validator, variables.value)
+        return compiled, variables.value
 
     async def render(
         self, viewer: Viewer, key: str, version: int | None, variables: Any
@@ -84,3 +136,20 @@ class TemplateRenderer:
         """(template, version, rendered) for ``key`` at ``version`` (default: the published)."""
         template, doc = await self.store.version(viewer, key, version)
         return template, doc, await self.render_version(doc, variables)
+
+
+def _render_each(
+    jobs: list[tuple[CompiledTemplate, Any]], limits: RenderLimits
+) -> list[Rendered | ValidationError]:
+    """On a render thread: each render's own answer (a failing one does not stop the rest)."""
+    answers: list[Rendered | ValidationError] = []
+    for compiled, variables in jobs:
+        try:
+            answers.append(render(compiled, variables, limits))
+        except ValidationError as e:
+            answers.append(e)
+    return answers
+
+
+def _too_slow(limits: RenderLimits) -> ValidationError:
+    return ValidationError.on("variables", f"rendering took longer than {limits.max_seconds:g} s")
