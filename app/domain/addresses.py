@@ -34,6 +34,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # TAB is fine; LF is judged 
 # and ZWJ stay: Persian names and emoji sequences need them.
 _DECEPTIVE = re.compile("[\u061c\u200b\u200e\u200f\u202a-\u202e\u2060\u2066-\u2069\ufeff]")
 _ANY_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LIST_OR_BRACKET = re.compile(r"[,;<>\s]")  # what _reject_lists refuses outside quotes
 
 _Fail = Callable[[str], ValidationError]
 
@@ -211,7 +212,13 @@ def _outside_quotes(text: str) -> Iterator[tuple[int, str]]:
 
 
 def _reject_lists(text: str, fail: _Fail) -> None:
-    for _, ch in _outside_quotes(text):
+    chars: Iterable[str]
+    if '"' in text or "\\" in text:
+        chars = (ch for _, ch in _outside_quotes(text))
+    else:  # nothing quoted or escaped (nearly every address): the first such character at once
+        found = _LIST_OR_BRACKET.search(text)
+        chars = (found.group(),) if found else ()
+    for ch in chars:
         if ch in ",;" or ch.isspace():
             raise fail("more than one address given; enter one address per entry")
         if ch in "<>":

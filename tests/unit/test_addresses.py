@@ -238,3 +238,27 @@ def test_bidirectional_and_invisible_characters_are_refused_in_addresses(text):
     with pytest.raises(ValidationError) as excinfo:
         parse_address(text, "to[0]")
     assert excinfo.value.fields[0].field == "to[0]"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a@b.c", "a b@c.d", "a,b@c.d", "a;b@c.d", "a<b@c.d", "a>b@c.d", "a\u2003b@c.d", "x", ""],
+)
+def test_the_unquoted_fast_path_of_the_list_check_agrees_with_the_quote_aware_scan(text):
+    from app.domain import addresses
+
+    def verdict(check):  # type: ignore[no-untyped-def]
+        try:
+            check(text, lambda m: ValidationError.on("to", m))
+        except ValidationError as e:
+            return e.message
+        return None
+
+    def scan(text, fail):  # type: ignore[no-untyped-def]  # the quote-aware path alone
+        for _, ch in addresses._outside_quotes(text):
+            if ch in ",;" or ch.isspace():
+                raise fail("more than one address given; enter one address per entry")
+            if ch in "<>":
+                raise fail("unbalanced angle brackets")
+
+    assert verdict(addresses._reject_lists) == verdict(scan)
