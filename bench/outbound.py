@@ -1,6 +1,6 @@
 """Outbound delivery benchmark: mailhub's worker next to Postfix, same messages, same sink.
 
-    .venv/bin/python bench/outbound.py [--n 10000] [--domains 50] [--mode flow|drain]
+    .venv/bin/python bench/outbound.py [--n 10000] [--domains 50] [--mode flow|drain|graphql]
 
 Both systems deliver the peers' fixed outbound corpus (msggen.py, seed 43: ~2 KB text messages,
 one recipient each, spread over d0..d49.test) to the peers' counting sink (sink.py, one aiosmtpd
@@ -17,6 +17,15 @@ on 127.0.0.1:2600) on this machine, in this run:
   while the worker delivers (like smtpload feeding Postfix). ``drain``: the queue is filled first,
   then the worker starts. Rate = messages / (last sink accept − start). Queue-to-accepted
   latency = recorded ``sent`` time − the recipient's ``created_at``.
+- ``graphql`` (flow mode as a user drives it, issue 17): a ``mailhub api`` and a ``mailhub
+  worker`` process at default settings (the only changes, each user's sending limits when the
+  share exceeds them, are printed); 20 users on client.bench.test, each logged in over GraphQL,
+  and 20 httpx clients (one per user, one connection each) calling ``sendEmail`` with the
+  corpus messages' recipient, subject and text, while the worker delivers. Accepted/s = sends /
+  (last answer − first request); delivered/s = messages / (last sink accept − first request);
+  sendEmail latency p50/p99 as the client sees it. Postfix in the same run is smtpload's 20
+  connections (accepted/s and end-of-DATA → 250 latency are smtpload's). BENCH_COMMANDS=1: the
+  api's MongoDB commands and documents per send; BENCH_PYSPY=<dir>: py-spy of the api.
 
 Needs: Debian postfix + dnsmasq, and BASE (default /tmp/peer-bench) set up by peers/setup.sh.
 Not part of the test suite. Results: docs/benchmarks.md.
@@ -26,21 +35,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 from bson import ObjectId
+from pymongo.errors import PyMongoError
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -49,7 +63,7 @@ from app.adapters.queue import JobQueue  # noqa: E402
 from app.bootstrap import build_system  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.domain.conversations import normalize_subject  # noqa: E402
-from app.embedded import EmbeddedStack  # noqa: E402
+from app.embedded import EmbeddedStack, free_port  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
 
 SENDER = "bench@client.bench.test"
@@ -132,20 +146,20 @@ def corpus(base: Path, n: int, domains: int) -> list[tuple[str, bytes]]:
 # --------------------------------------------------------------------------------- Postfix
 
 
-def run_postfix(base: Path, n: int, sink_status: Path) -> dict[str, Any]:
+def run_postfix(base: Path, n: int, sink_status: Path, clients: int = 20) -> dict[str, Any]:
     etc = base / "etc"
     running = subprocess.run(["postfix", "-c", str(etc), "status"], capture_output=True)
     if running.returncode != 0:
         subprocess.run(["postfix", "-c", str(etc), "start"], capture_output=True)
         time.sleep(1.0)
     try:
-        return _postfix_round(base, n, sink_status)
+        return _postfix_round(base, n, sink_status, clients)
     finally:
         if running.returncode != 0:  # leave the peer instance as we found it
             subprocess.run(["postfix", "-c", str(etc), "stop"], capture_output=True)
 
 
-def _postfix_round(base: Path, n: int, sink_status: Path) -> dict[str, Any]:
+def _postfix_round(base: Path, n: int, sink_status: Path, clients: int) -> dict[str, Any]:
     master = int((base / "spool/pid/master.pid").read_text().strip())
     log = base / "log/postfix.log"
     offset = log.stat().st_size if log.exists() else 0
@@ -157,6 +171,8 @@ def _postfix_round(base: Path, n: int, sink_status: Path) -> dict[str, Any]:
         "2526",
         "--n",
         str(n),
+        "--conc",
+        str(clients),
         "--mix",
         "outbound",
         "--seed",
@@ -189,6 +205,8 @@ def _postfix_round(base: Path, n: int, sink_status: Path) -> dict[str, Any]:
         "delivered": out.get("delivered"),
         "msgs_per_s": out.get("deliver_msgs_per_s"),
         "inject_msgs_per_s": out.get("accept_msgs_per_s"),
+        "accept_p50_ms": out.get("eod_to_250_p50_ms"),  # end of DATA -> 250
+        "accept_p99_ms": out.get("eod_to_250_p99_ms"),
         "seconds": out.get("deliver_all_s"),
         "latency_p50_ms": round(1000 * (percentile(delays, 50) or 0), 1),
         "latency_p99_ms": round(1000 * (percentile(delays, 99) or 0), 1),
@@ -347,20 +365,23 @@ def monitor_commands() -> None:
     atexit.register(dump)
 
 
-def profile_start(worker_pid: int, servers: dict[str, int]) -> list[subprocess.Popen[bytes]]:
-    """BENCH_PYSPY=<dir>: py-spy flame graphs of the worker and SecantusDB (not in pyproject)."""
+def profile_start(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """BENCH_PYSPY=<dir>: py-spy profiles (raw) of these processes, with BENCH_PYSPY_GIL=1 of
+    the GIL holder only (CPU, not lock waits); py-spy is not in pyproject: it is looked for on
+    PATH, then next to this Python."""
     out = os.environ.get("BENCH_PYSPY")
     if not out:
         return []
-    spy = Path(sys.executable).parent / "py-spy"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    gil = ["--gil"] if os.environ.get("BENCH_PYSPY_GIL") else []
     return [
         subprocess.Popen(
-            [str(spy), "record", "-p", str(pid), "-o", f"{out}/{name}.txt", "-f", fmt, "-r", "200"],
+            [spy, "record", "-p", str(pid), "-o", f"{out}/{name}.txt", "-f", "raw", "-r", "200"]
+            + gil,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for name, pid in (("worker", worker_pid), ("mongodb", servers["mongodb"]))
-        for fmt in ("raw",)
+        for name, pid in pids.items()
     ]
 
 
@@ -371,7 +392,8 @@ def profile_stop(spies: list[subprocess.Popen[bytes]]) -> None:
         p.wait(60)
 
 
-def worker_env(s: Settings) -> dict[str, str]:
+def service_env(s: Settings) -> dict[str, str]:
+    """What a deployment must give each mailhub process: addresses, hostname, secret."""
     return {
         **os.environ,
         "MAILHUB_MONGODB_URI": s.mongodb_uri or "",
@@ -382,9 +404,60 @@ def worker_env(s: Settings) -> dict[str, str]:
         "MAILHUB_DELIVERY_PORT": str(s.delivery_port),
         "MAILHUB_HOSTNAME": s.hostname,
         "MAILHUB_SECRET_KEY": s.secret_key.get_secret_value() if s.secret_key else "",
-        "MAILHUB_LOG_LEVEL": "WARNING",
         "MAILHUB_ENVIRONMENT": "production",
     }
+
+
+def worker_env(s: Settings) -> dict[str, str]:
+    return {**service_env(s), "MAILHUB_LOG_LEVEL": "WARNING"}
+
+
+def sink_dns(domains: int) -> DnsServer:
+    """dnsmasq answering the MX of every dN.test with the sink's address."""
+    return DnsServer(
+        mx={f"d{i}.test": [(10, f"mx.d{i}.test")] for i in range(domains)},
+        a={f"mx.d{i}.test": "127.0.0.1" for i in range(domains)},
+    ).start()
+
+
+def bench_settings(urls: dict[str, str], dns: DnsServer) -> Settings:
+    """A fresh database on the run's servers, delivering to the sink through ``dns``."""
+    return Settings(
+        mongodb_uri=urls["mongodb"],
+        mongodb_database="bench" + ObjectId().__str__()[-6:],
+        redis_url=urls["redis"],
+        redis_prefix="bench",
+        hostname="mx.mailhub.bench",
+        secret_key="bench-secret-key-0123456789abcdef",
+        dns_servers=[dns.address],
+        delivery_port=SINK_PORT,
+        _env_file=None,
+    )  # type: ignore[call-arg]
+
+
+def cpu_of(pid: int) -> float:
+    t = psutil.Process(pid).cpu_times()
+    return t.user + t.system
+
+
+async def release(system: Any, settings: Settings, dns: DnsServer) -> None:
+    """Drop the run's database (best effort: the servers go with the run anyway; a slow drop
+    must not lose the numbers), close the clients, stop dnsmasq."""
+    with contextlib.suppress(PyMongoError):
+        await system.mongo.client.drop_database(settings.mongodb_database)
+    await system.close()
+    dns.stop()
+
+
+async def stop(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then wait without blocking the loop (the client's monitors must keep running)."""
+    process.send_signal(signal.SIGTERM)
+    for _ in range(600):
+        if process.poll() is not None:
+            return
+        await asyncio.sleep(0.1)
+    process.kill()
+    process.wait()
 
 
 async def run_mailhub(
@@ -396,21 +469,8 @@ async def run_mailhub(
     mode: str,
     servers: dict[str, int],
 ) -> dict[str, Any]:
-    dns = DnsServer(
-        mx={f"d{i}.test": [(10, f"mx.d{i}.test")] for i in range(domains)},
-        a={f"mx.d{i}.test": "127.0.0.1" for i in range(domains)},
-    ).start()
-    settings = Settings(
-        mongodb_uri=urls["mongodb"],
-        mongodb_database="bench" + ObjectId().__str__()[-6:],
-        redis_url=urls["redis"],
-        redis_prefix="bench",
-        hostname="mx.mailhub.bench",
-        secret_key="bench-secret-key-0123456789abcdef",
-        dns_servers=[dns.address],
-        delivery_port=SINK_PORT,
-        _env_file=None,
-    )  # type: ignore[call-arg]
+    dns = sink_dns(domains)
+    settings = bench_settings(urls, dns)
     system = await build_system(settings)
     worker: subprocess.Popen[bytes] | None = None
     try:
@@ -436,10 +496,6 @@ async def run_mailhub(
 
         cpu: dict[str, float] = {}
 
-        def cpu_of(pid: int) -> float:
-            t = psutil.Process(pid).cpu_times()
-            return t.user + t.system
-
         before = {name: cpu_of(pid) for name, pid in servers.items()}
         own_before = time.process_time()
         at_first: dict[str, float] = {}
@@ -455,14 +511,14 @@ async def run_mailhub(
             fill_seconds = await loader.load(items)
             at_start = {name: cpu_of(pid) for name, pid in servers.items()}
             worker, t0 = start_worker()
-            spies = profile_start(worker.pid, servers)
+            spies = profile_start({"worker": worker.pid, "mongodb": servers["mongodb"]})
         else:
             worker, _ = start_worker()
             await asyncio.sleep(4.0)  # started and idle: process start-up is not delivery time
             process = psutil.Process(worker.pid)
             idle_cpu = process.cpu_times()
             at_start = {name: cpu_of(pid) for name, pid in servers.items()}
-            spies = profile_start(worker.pid, servers)
+            spies = profile_start({"worker": worker.pid, "mongodb": servers["mongodb"]})
             t0 = time.time()
             fill_seconds = await loader.load(items)
         process = psutil.Process(worker.pid)
@@ -526,24 +582,264 @@ async def run_mailhub(
         }
     finally:
         if worker is not None:
-            worker.send_signal(signal.SIGTERM)
-            for _ in range(600):  # not worker.wait(): the client's monitors must keep running
-                if worker.poll() is not None:
+            await stop(worker)
+        await release(system, settings, dns)
+
+
+# ----------------------------------------------------------------- mailhub, driven over GraphQL
+
+LOGIN = """mutation Login($email: String!, $password: String!) {
+  login(email: $email, password: $password) {
+    __typename ... on LoginSuccess { token } ... on AuthError { message } } }"""
+SEND = """mutation Send($input: SendEmailInput!) {
+  sendEmail(input: $input) {
+    __typename ... on SendEmailSuccess { item { id } }
+    ... on ValidationError { message } ... on RateLimited { message } } }"""
+
+
+def send_input(rcpt: str, raw: bytes) -> dict[str, Any]:
+    """The corpus message as a user's ``sendEmail`` input: its recipient, subject and text."""
+    head, body = raw.split(b"\r\n\r\n", 1)
+    subject = re.search(rb"^Subject: ([^\r\n]*)", head, re.M).group(1)  # type: ignore[union-attr]
+    return {"to": [rcpt], "subject": subject.decode(), "text": body.decode().replace("\r\n", "\n")}
+
+
+def api_settings_changed(n: int, clients: int) -> dict[str, str]:
+    """The only settings the GraphQL run changes: each user's sending limits, raised to the
+    user's share when the defaults (500 an hour, 2,000 a day) would refuse part of it."""
+    share = -(-n // clients)
+    defaults = Settings.model_fields
+    changed = {}
+    for name in ("send_limit_per_hour", "send_limit_per_day"):
+        if share > defaults[name].default:
+            changed[f"MAILHUB_{name.upper()}"] = str(share)
+    return changed
+
+
+def start_service(
+    name: str, args: list[str], env: dict[str, str], work: Path
+) -> subprocess.Popen[bytes]:
+    """`mailhub <args>`, its output kept in ``<work>/<name>.log`` (what a service manager
+    keeps). BENCH_COMMANDS: its MongoDB commands counted (mongo_commands) into
+    ``<work>/<name>-commands``."""
+    code = f"from app.cli import main; main({args!r})"
+    if os.environ.get("BENCH_COMMANDS"):
+        (work / f"{name}-commands").mkdir()
+        code = (
+            f"import sys; sys.path.insert(0, {str(ROOT / 'bench')!r}); import mongo_commands; "
+            f"mongo_commands.count_commands({str(work / f'{name}-commands')!r}); {code}"
+        )
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=ROOT,
+        stdout=(work / f"{name}.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+
+
+def counted_commands(work: Path, name: str) -> dict[str, Counter[str]]:
+    """A service's command and document counts so far (mongo_commands' files)."""
+    out: dict[str, Counter[str]] = {"commands": Counter(), "documents": Counter()}
+    for path in (work / f"{name}-commands").glob("*.json"):
+        data = json.loads(path.read_text())
+        for part in out:
+            out[part].update(data[part])
+    return out
+
+
+def per_send(after: dict[str, Counter[str]], before: dict[str, Counter[str]], n: int) -> Any:
+    """Commands and documents written per send, by command and collection."""
+    return {
+        part: {
+            key: round(count / n, 2)
+            for key, count in sorted((after[part] - before[part]).items())
+            if count
+        }
+        for part in after
+    }
+
+
+async def wait_healthy(http: httpx.AsyncClient, process: subprocess.Popen[bytes]) -> None:
+    for _ in range(600):
+        if process.poll() is not None:
+            raise RuntimeError("mailhub api exited; see api.log")
+        try:
+            if (await http.get("/healthz")).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(0.1)
+    raise RuntimeError("mailhub api did not come up")
+
+
+async def login(http: httpx.AsyncClient, email: str, password: str) -> str:
+    answer = await http.post(
+        "/graphql", json={"query": LOGIN, "variables": {"email": email, "password": password}}
+    )
+    result = answer.json()["data"]["login"]
+    if result["__typename"] != "LoginSuccess":
+        raise RuntimeError(f"login {email}: {result}")
+    return str(result["token"])
+
+
+async def client(
+    base_url: str, token: str, inputs: list[dict[str, Any]], latencies: list[float]
+) -> tuple[int, int]:
+    """One user's client: its sends one after the other on one kept-alive connection. A send
+    answered SERVICE_UNAVAILABLE ("busy, retry": nothing was stored) is sent again after the
+    retryAfterSeconds it names, as a client does; its latency runs from the first attempt.
+    Returns (sends that did not succeed, each answer printed; retries)."""
+    failed = retried = 0
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=120) as http:
+        for send in inputs:
+            started = time.perf_counter()
+            while True:
+                answer = await http.post(
+                    "/graphql", json={"query": SEND, "variables": {"input": send}}
+                )
+                body = answer.json()
+                wait = retry_after(body)
+                if wait is None:
                     break
-                await asyncio.sleep(0.1)
-            else:
-                worker.kill()
-                worker.wait()
-        await system.mongo.client.drop_database(settings.mongodb_database)
-        await system.close()
-        dns.stop()
+                retried += 1
+                await asyncio.sleep(wait)
+            latencies.append(time.perf_counter() - started)
+            result = (body.get("data") or {}).get("sendEmail") or {}
+            if result.get("__typename") != "SendEmailSuccess":
+                failed += 1
+                print(json.dumps({"send_failed": body}), file=sys.stderr, flush=True)
+    return failed, retried
+
+
+def retry_after(body: dict[str, Any]) -> float | None:
+    """The seconds a SERVICE_UNAVAILABLE answer asks to wait before trying again, else None."""
+    for error in body.get("errors") or ():
+        extensions = error.get("extensions") or {}
+        if extensions.get("code") == "SERVICE_UNAVAILABLE":
+            return float(extensions.get("retryAfterSeconds") or 1)
+    return None
+
+
+async def run_graphql(
+    urls: dict[str, str],
+    n: int,
+    domains: int,
+    items: list[tuple[str, bytes]],
+    sink_status: Path,
+    servers: dict[str, int],
+    work: Path,
+    clients: int,
+) -> dict[str, Any]:
+    """Flow mode as a user drives it: ``clients`` users, each logged in over GraphQL, call
+    ``sendEmail`` for their share of the corpus against a `mailhub api` process while a
+    `mailhub worker` delivers to the sink."""
+    dns = sink_dns(domains)
+    settings = bench_settings(urls, dns)
+    changed = api_settings_changed(n, clients)
+    print(json.dumps({"settings_changed": changed}), flush=True)
+    system = await build_system(settings)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        await system.accounts.add_domain("client.bench.test")
+        users = [(f"u{i}@client.bench.test", f"bench password {i}") for i in range(clients)]
+        for email, password in users:
+            await system.accounts.create_user(email, password, "Bench Sender")
+        port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        env = service_env(settings)
+        api = start_service("api", ["api", "--port", str(port)], {**env, **changed}, work)
+        worker = start_service("worker", ["worker"], env, work)
+        processes = [api, worker]
+        async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+            await wait_healthy(http, api)
+            tokens = [await login(http, email, password) for email, password in users]
+        inputs = [send_input(rcpt, raw) for rcpt, raw in items]
+        await asyncio.sleep(4.0)  # started and idle: process start-up is not sending time
+        watched = {**servers, "api": api.pid, "worker": worker.pid}
+        cpu_before = {name: cpu_of(pid) for name, pid in watched.items()}
+        own_before = time.process_time()
+        counting = bool(os.environ.get("BENCH_COMMANDS"))
+        before = {name: counted_commands(work, name) for name in ("api", "worker") if counting}
+        spies = profile_start({"api": api.pid, "worker": worker.pid, "mongodb": servers["mongodb"]})
+        base_count = read_sink(sink_status)[0]
+        waiting = asyncio.create_task(wait_sink(sink_status, base_count, base_count + n, 900))
+        latencies: list[float] = []
+        t0 = time.time()
+        answers = await asyncio.gather(
+            *(client(base_url, tokens[i], inputs[i::clients], latencies) for i in range(clients))
+        )
+        accepted_at = time.time()
+        cpu_accepted = {name: cpu_of(pid) - cpu_before[name] for name, pid in watched.items()}
+        own_accepted = time.process_time() - own_before
+        failed, retried = sum(a[0] for a in answers), sum(a[1] for a in answers)
+        accepted = n - failed
+        if failed:  # refused sends never reach the sink: wait for the accepted ones only
+            waiting.cancel()
+            waiting = asyncio.create_task(
+                wait_sink(sink_status, base_count, base_count + accepted, 900)
+            )
+        count, last, first, timeline = await waiting
+        profile_stop(spies)
+        cpu = {name: round(cpu_of(pid) - cpu_before[name], 1) for name, pid in watched.items()}
+        delivered = count - base_count
+        result = {
+            "mode": "graphql",
+            "clients": clients,
+            "settings_changed": changed,
+            "accepted": accepted,
+            "failed": failed,
+            "retried": retried,  # SERVICE_UNAVAILABLE answers, sent again
+            "delivered": delivered,
+            "accepted_msgs_per_s": round(accepted / (accepted_at - t0), 1),
+            "msgs_per_s": round(delivered / (last - t0), 1) if last > t0 else None,
+            "seconds_to_accept": round(accepted_at - t0, 2),
+            "seconds_to_deliver": round(last - t0, 2),
+            "send_p50_ms": round(1000 * (percentile(latencies, 50) or 0), 1),
+            "send_p99_ms": round(1000 * (percentile(latencies, 99) or 0), 1),
+            "first_delivery_after_s": round(first - t0, 2) if first else None,
+            # delivered in each second after the first delivery
+            "per_second": [b - a for a, b in zip([0, *timeline], timeline, strict=False)],
+            # until the last sendEmail answered, per accepted message
+            "cpu_ms_per_send": {
+                **{k: round(1000 * v / max(1, accepted), 2) for k, v in cpu_accepted.items()},
+                "clients": round(1000 * own_accepted / max(1, accepted), 2),
+            },
+            # until the sink counted every message
+            "cpu_s": cpu,
+        }
+        if counting:
+            await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
+            for name in before:
+                after = counted_commands(work, name)
+                result[f"{name}_per_send"] = per_send(after, before[name], accepted)
+        return result
+    finally:
+        for process in processes:
+            await stop(process)
+        await release(system, settings, dns)
+
+
+def ratios(mailhub: dict[str, Any], postfix: dict[str, Any]) -> dict[str, float | None]:
+    """mailhub ÷ Postfix in the same run: end to end (all delivered) and, in graphql mode,
+    accepted (sendEmail answers against SMTP 250s)."""
+    out = {}
+    for name, ours, theirs in (
+        ("delivered", mailhub.get("msgs_per_s"), postfix.get("msgs_per_s")),
+        ("accepted", mailhub.get("accepted_msgs_per_s"), postfix.get("inject_msgs_per_s")),
+    ):
+        out[name] = round(ours / theirs, 2) if ours and theirs else None
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10_000)
     ap.add_argument("--domains", type=int, default=50)
-    ap.add_argument("--mode", choices=["flow", "drain"], default="flow")
+    ap.add_argument("--mode", choices=["flow", "drain", "graphql"], default="flow")
+    # graphql mode: GraphQL clients (one user each); Postfix gets as many SMTP connections
+    ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--base", default=os.environ.get("BASE", "/tmp/peer-bench"))
     ap.add_argument("--skip-postfix", action="store_true")
     ap.add_argument("--skip-mailhub", action="store_true")
@@ -565,7 +861,7 @@ def main() -> None:
     try:
         time.sleep(1.0)
         if not a.skip_postfix:
-            results["postfix"] = run_postfix(base, a.n, sink_status)
+            results["postfix"] = run_postfix(base, a.n, sink_status, a.clients)
             print(json.dumps({"postfix": results["postfix"]}), flush=True)
         if not a.skip_mailhub:
             stack.start(mongo=True, redis=True, typesense=False)
@@ -573,14 +869,23 @@ def main() -> None:
             servers = {srv.name: srv.process.pid for srv in stack.servers}
             servers["sink"] = sink.pid
             items = corpus(base, a.n, a.domains)
-            results["mailhub"] = asyncio.run(
-                run_mailhub(urls, a.n, a.domains, items, sink_status, a.mode, servers)
-            )
+            if a.mode == "graphql":
+                results["mailhub"] = asyncio.run(
+                    run_graphql(urls, a.n, a.domains, items, sink_status, servers, work, a.clients)
+                )
+            else:
+                results["mailhub"] = asyncio.run(
+                    run_mailhub(urls, a.n, a.domains, items, sink_status, a.mode, servers)
+                )
             print(json.dumps({"mailhub": results["mailhub"]}), flush=True)
+            if "postfix" in results:
+                results["ratio"] = ratios(results["mailhub"], results["postfix"])
     finally:
         stack.stop()
         sink.send_signal(signal.SIGTERM)
         sink.wait(10)
+        shutil.rmtree(work / "servers", ignore_errors=True)  # the logs stay
+    print(f"logs: {work}", file=sys.stderr)
     print(json.dumps(results, indent=2))
 
 

@@ -36,14 +36,18 @@ async def read_blobs(
     """Blob id → content for the ids that exist (complete files only).
 
     ``lengths``: the sizes the caller already knows (a message document records its raw
-    size), so the files query is skipped for them; a blob whose chunks do not add up to the
-    known size is read the careful way (its files document decides), so a wrong hint costs a
-    query, never a wrong or partial blob."""
+    size). A blob known to be larger than a chunk is read from its chunks without the files
+    query; one of at most a chunk is most likely inline (every batched writer and sendEmail
+    write small blobs so), which the files query answers alone. A blob whose chunks do not add
+    up to the known size is read the careful way (its files document decides), so a wrong
+    hint costs a query, never a wrong or partial blob."""
     if not blob_ids:
         return {}
     ids = list(dict.fromkeys(blob_ids))
-    known = {i: n for i in ids if lengths and (n := lengths.get(i)) is not None}
-    out = await _read_chunks(db, bucket, known) if known else {}
+    chunked_known = {
+        i: n for i in ids if lengths and (n := lengths.get(i)) is not None and n > CHUNK
+    }
+    out = await _read_chunks(db, bucket, chunked_known) if chunked_known else {}
     rest = [i for i in ids if i not in out]
     if rest:
         files = (
@@ -126,20 +130,25 @@ async def write_blobs(
     db: AsyncDatabase[dict[str, Any]],
     items: Sequence[tuple[bytes, str, dict[str, Any]]],
     *,
+    ids: Sequence[ObjectId] | None = None,
     bucket: str = BUCKET,
     session: Any = None,
 ) -> list[ObjectId]:
     """Store (data, filename, metadata) blobs with two inserts in all (``gridfs_documents``):
-    the campaign batch sender writes a batch's raw MIME inside its transaction, so the blobs
-    commit with the messages that name them, or not at all."""
+    the campaign batch sender and ``sendEmail`` write raw MIME inside their transactions, so the
+    blobs commit with the messages that name them, or not at all. ``ids``: the ids to store
+    them under, when the caller named them in those messages already (new ones otherwise).
+
+    Unlike ``BlobStore.put`` (GridFS's upload), this reads nothing first: GridFS asks each
+    upload whether its collections are empty (one unfiltered ``find_one`` on each) to create
+    its indexes, which SecantusDB answers by reading the whole collection."""
     if not items:
         return []
     now = datetime.now(UTC)
-    files, chunks, ids = [], [], []
-    for data, filename, metadata in items:
-        blob_id = ObjectId()
+    files, chunks = [], []
+    ids = list(ids) if ids is not None else [ObjectId() for _ in items]
+    for blob_id, (data, filename, metadata) in zip(ids, items, strict=True):
         file_doc, parts = gridfs_documents(blob_id, data, filename, metadata, now)
-        ids.append(blob_id)
         files.append(file_doc)
         chunks.extend(parts)
     await db[f"{bucket}.files"].insert_many(files, session=session)

@@ -1,5 +1,12 @@
 """The foundation's promise: log in, send to another local user, see it arrive threaded."""
 
+from typing import Any
+
+import pytest
+
+from app.adapters.blobs import INLINE_FIELD
+from app.domain.viewer import Viewer
+from app.services.sending.compose import Composition
 from tests.support.graphql_execution import BOTH_WAYS
 
 pytestmark = BOTH_WAYS
@@ -124,3 +131,36 @@ async def test_keyset_pages_cover_the_folder_exactly_once(api):
             break
         after = page["pageInfo"]["endCursor"]
     assert seen == [f"m{i}" for i in reversed(range(7))]
+
+
+async def test_the_raw_message_is_stored_in_the_send_transaction(api):
+    """sendEmail writes its raw MIME inside the send's transaction (one inline blob document,
+    no GridFS upload before it): it reads back as the message, and a send whose transaction
+    fails leaves neither a message nor a blob behind."""
+    alice, alice_token = await api.user("alice")
+    bob, _ = await api.user("bob")
+    body = await api.gql(
+        SEND, {"input": {"to": [bob], "subject": "Raw", "text": "stored once"}}, alice_token
+    )
+    assert body["data"]["sendEmail"]["__typename"] == "SendEmailSuccess"
+    db = api.system.mongo.db
+    message = await db.messages.find_one({})
+    blob = await db["blobs.files"].find_one({"_id": message["raw_blob_id"]})
+    assert blob["length"] == message["size"] and INLINE_FIELD in blob
+    assert await db["blobs.chunks"].count_documents({}) == 0
+    raw = await api.system.blobs.get(message["raw_blob_id"])
+    assert b"Subject: Raw" in raw and b"stored once" in raw
+
+    user = await db.users.find_one({"email": alice})
+
+    async def fails(session: Any) -> list[Any]:
+        raise RuntimeError("the transaction fails")
+
+    with pytest.raises(RuntimeError):
+        await api.system.sending.send_email(
+            Viewer(user["_id"], alice),
+            Composition(to=[bob], subject="Lost", text="never stored"),
+            also_in_transaction=fails,
+        )
+    assert await db.messages.count_documents({}) == 1
+    assert await db["blobs.files"].count_documents({}) == 1

@@ -6,21 +6,26 @@ from datetime import UTC, datetime
 
 from bson import ObjectId
 
-from app.adapters.blob_batches import BUCKET, gridfs_documents, read_blobs
+from app.adapters.blob_batches import BUCKET, gridfs_documents, read_blobs, write_blobs
 from app.adapters.blobs import CHUNK, BlobStore
 
 
-async def test_known_sizes_skip_the_files_query_and_a_wrong_one_falls_back(mongo) -> None:
+async def test_known_sizes_pick_the_likely_form_and_a_wrong_one_falls_back(mongo) -> None:
+    """A known size says where to look first (a large blob's chunks, a small one's files
+    document, inline or not); whatever the hint, the answer is the blob."""
     blobs = BlobStore(mongo.db)
     small = b"Subject: hi\r\n\r\nhello\r\n"
     large = bytes(range(256)) * (2 * CHUNK // 256 + 7)  # three chunks
-    a = await blobs.put(small)
+    a = await blobs.put(small)  # GridFS's form: a files document and a chunk
     b = await blobs.put(large)
-    assert await read_blobs(mongo.db, [a, b]) == {a: small, b: large}
-    hinted = await read_blobs(mongo.db, [a, b], lengths={a: len(small), b: len(large)})
-    assert hinted == {a: small, b: large}
+    [c] = await write_blobs(mongo.db, [(small + b"inline", "m.eml", {})])  # inline
+    want = {a: small, b: large, c: small + b"inline"}
+    assert await read_blobs(mongo.db, [a, b, c]) == want
+    hinted = await read_blobs(mongo.db, [a, b, c], lengths={i: len(d) for i, d in want.items()})
+    assert hinted == want
     # a wrong or missing hint costs a query, never a wrong blob
-    assert await read_blobs(mongo.db, [a, b], lengths={a: 3, b: None}) == {a: small, b: large}
+    wrong = {a: 3, b: None, c: CHUNK + 1}
+    assert await read_blobs(mongo.db, [a, b, c], lengths=wrong) == want
 
 
 async def test_an_unfinished_upload_is_not_a_blob(mongo) -> None:

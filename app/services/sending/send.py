@@ -1,8 +1,8 @@
 """Sending (seed §7): validate, build the RFC 5322 message, store it, file the views.
 
-A send is one transaction: the message, its recipients, the sender's Sent view and the Inbox
-views of recipients hosted here all exist, or none do. Remote recipients stay ``queued`` for
-the delivery workers; the job enqueued after commit is only the fast path.
+A send is one transaction: the message, its raw MIME, its recipients, the sender's Sent view
+and the Inbox views of recipients hosted here all exist, or none do. Remote recipients stay
+``queued`` for the delivery workers; the job enqueued after commit is only the fast path.
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from bson import ObjectId
+
+from app.adapters.blob_batches import write_blobs
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue
@@ -147,7 +150,7 @@ class SendingService:
             references=references,
         )
         raw = build_mime(outgoing)
-        raw_blob = await self.blobs.put(raw, filename="message.eml", metadata={"kind": "raw"})
+        raw_blob = ObjectId()  # stored in the send's transaction, with the message naming it
         message = message_doc(viewer, outgoing, uploads, raw, raw_blob, now, send_at)
         if c.transactional:
             message["transactional"] = True
@@ -160,6 +163,9 @@ class SendingService:
 
         async def work(session: Any) -> tuple[dict[str, Any], list[Change]]:
             earlier = [] if also_in_transaction is None else await also_in_transaction(session)
+            await write_blobs(
+                self.db, [(raw, "message.eml", {"kind": "raw"})], ids=[raw_blob], session=session
+            )
             await self.db.messages.insert_one(message, session=session)
             await self.db.recipients.insert_many(recipients, session=session)
             await self.db.delivery_events.insert_many(
@@ -187,16 +193,16 @@ class SendingService:
         try:
             sent_item, changes = await in_transaction(self.mongo, work)
         except Exception as e:
-            await self.blobs.delete(raw_blob)
             if c.idempotency_key and is_duplicate_key(e):
                 earlier = await self._idempotent_result(viewer, c.idempotency_key)
                 if earlier is not None:
                     return earlier
             raise
-        await self.db.attachments.update_many(
-            {"_id": {"$in": [a["_id"] for a in uploads]}},
-            {"$addToSet": {"message_ids": message["_id"]}, "$unset": {"expires_at": ""}},
-        )
+        if uploads:
+            await self.db.attachments.update_many(
+                {"_id": {"$in": [a["_id"] for a in uploads]}},
+                {"$addToSet": {"message_ids": message["_id"]}, "$unset": {"expires_at": ""}},
+            )
         await self.notifier.committed(changes)
         await enqueue_delivery(self.queue, message, recipients, send_at)
         return sent_item
