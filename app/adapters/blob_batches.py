@@ -22,9 +22,9 @@ from typing import Any
 from bson import Binary, ObjectId
 from pymongo.asynchronous.database import AsyncDatabase
 
-from app.adapters.blobs import CHUNK, INLINE_FIELD
-
 BUCKET = "blobs"
+CHUNK = 255 * 1024
+INLINE_FIELD = "inline_data"  # a files document's own copy of a blob of at most CHUNK bytes
 
 
 async def read_blobs(
@@ -139,9 +139,9 @@ async def write_blobs(
     blobs commit with the messages that name them, or not at all. ``ids``: the ids to store
     them under, when the caller named them in those messages already (new ones otherwise).
 
-    Unlike ``BlobStore.put`` (GridFS's upload), this reads nothing first: GridFS asks each
-    upload whether its collections are empty (one unfiltered ``find_one`` on each) to create
-    its indexes, which SecantusDB answers by reading the whole collection."""
+    It reads nothing first (``BlobStore.put`` is this for one blob): GridFS's own upload asks
+    whether its collections are empty (one unfiltered ``find_one`` on each) to create its
+    indexes, which SecantusDB answers by reading the whole collection."""
     if not items:
         return []
     now = datetime.now(UTC)

@@ -19,14 +19,16 @@ from gridfs import AsyncGridFSBucket, AsyncGridOut
 from gridfs.errors import NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 
+from app.adapters.blob_batches import CHUNK, INLINE_FIELD, write_blobs
 from app.domain.errors import NotFound
 
-CHUNK = 255 * 1024
-INLINE_FIELD = "inline_data"  # a files document's own copy of a blob of at most CHUNK bytes
+__all__ = ["CHUNK", "INLINE_FIELD", "BlobStore"]
 
 
 class BlobStore:
     def __init__(self, db: AsyncDatabase[dict[str, Any]], bucket: str = "blobs") -> None:
+        self._db = db
+        self._bucket_name = bucket
         self._bucket = AsyncGridFSBucket(db, bucket_name=bucket, chunk_size_bytes=CHUNK)
 
     async def put(
@@ -37,9 +39,18 @@ class BlobStore:
         metadata: dict[str, Any] | None = None,
         session: Any = None,
     ) -> ObjectId:
-        return await self._bucket.upload_from_stream(
-            filename, data, metadata=metadata or {}, session=session
+        """Store ``data`` as one blob (inline when it fits a chunk), written as GridFS documents
+        by ``write_blobs``: GridFS's own upload first asks whether its collections are empty
+        (an unfiltered ``find_one`` on each, to create indexes that ensure_indexes creates
+        anyway), which SecantusDB answers by reading the whole collection — every upload got
+        slower as the store grew."""
+        [blob_id] = await write_blobs(
+            self._db,
+            [(data, filename, metadata or {})],
+            bucket=self._bucket_name,
+            session=session,
         )
+        return blob_id
 
     def open_upload(self, filename: str, metadata: dict[str, Any] | None = None) -> Any:
         """A streaming upload; call ``write`` per chunk, then ``close`` (or ``abort``)."""

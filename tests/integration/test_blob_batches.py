@@ -5,9 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from bson import ObjectId
+from gridfs import AsyncGridFSBucket
 
 from app.adapters.blob_batches import BUCKET, gridfs_documents, read_blobs, write_blobs
 from app.adapters.blobs import CHUNK, BlobStore
+
+
+def _gridfs(mongo) -> AsyncGridFSBucket:  # type: ignore[no-untyped-def]
+    """PyMongo's own GridFS on our bucket (``BlobStore.put`` writes through ``write_blobs``)."""
+    return AsyncGridFSBucket(mongo.db, bucket_name=BUCKET, chunk_size_bytes=CHUNK)
 
 
 async def test_known_sizes_pick_the_likely_form_and_a_wrong_one_falls_back(mongo) -> None:
@@ -16,7 +22,7 @@ async def test_known_sizes_pick_the_likely_form_and_a_wrong_one_falls_back(mongo
     blobs = BlobStore(mongo.db)
     small = b"Subject: hi\r\n\r\nhello\r\n"
     large = bytes(range(256)) * (2 * CHUNK // 256 + 7)  # three chunks
-    a = await blobs.put(small)  # GridFS's form: a files document and a chunk
+    a = await _gridfs(mongo).upload_from_stream("m.eml", small)  # GridFS's: files + a chunk
     b = await blobs.put(large)
     [c] = await write_blobs(mongo.db, [(small + b"inline", "m.eml", {})])  # inline
     want = {a: small, b: large, c: small + b"inline"}
@@ -51,7 +57,8 @@ async def test_documents_written_by_hand_are_a_blob_gridfs_reads(mongo) -> None:
             await mongo.db[f"{BUCKET}.chunks"].insert_many(chunks)
         assert await blobs.get(blob_id) == data
         assert await read_blobs(mongo.db, [blob_id]) == {blob_id: data}
-    by_gridfs = await mongo.db[f"{BUCKET}.files"].find_one({"_id": await blobs.put(b"x" * 10)})
+    stock = await _gridfs(mongo).upload_from_stream("m.eml", b"x" * 10, metadata={"kind": "raw"})
+    by_gridfs = await mongo.db[f"{BUCKET}.files"].find_one({"_id": stock})
     assert set(by_gridfs) == set(file_doc)
     assert by_gridfs["chunkSize"] == file_doc["chunkSize"] == CHUNK
 
