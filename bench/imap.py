@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -90,13 +91,18 @@ def mbsync_config(directory: Path, port: int, user: str, password: str, cert: Pa
     return config
 
 
-def timed_mbsync(config: Path) -> float:
+def timed_mbsync(config: Path) -> tuple[float, float]:
+    """(seconds, the client's CPU seconds): mbsync's own CPU (TLS, parsing, Maildir writes)
+    is part of both servers' times, so it is printed next to them."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     done = subprocess.run(["mbsync", "-c", str(config), "-a"], capture_output=True, text=True)
     elapsed = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise RuntimeError(done.stdout + done.stderr)
-    return elapsed
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return elapsed, cpu
 
 
 def start_profile(
@@ -312,7 +318,8 @@ async def main() -> None:
         await seed(system, email, [sample_message(n, email) for n in range(args.messages)])
         print(
             f"seeded {args.messages} messages in {time.monotonic() - started:.1f} s "
-            f"(inbound prepare + group commit, {SEED_BATCH} a transaction)",
+            f"(inbound prepare + group commit, {SEED_BATCH} a transaction); "
+            f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}",
             flush=True,
         )
 
@@ -370,7 +377,7 @@ async def main() -> None:
             profiler = (
                 start_profile(args.profile, "full", processes[1]) if name == "mailhub" else None
             )
-            full = await asyncio.to_thread(timed_mbsync, config)
+            full, full_cpu = await asyncio.to_thread(timed_mbsync, config)
             stop_profile(profiler)
             assert count_files(directory) == args.messages, (name, count_files(directory))
             if name == "mailhub":
@@ -388,7 +395,7 @@ async def main() -> None:
                 if name == "mailhub"
                 else None
             )
-            incremental = await asyncio.to_thread(timed_mbsync, config)
+            incremental, _ = await asyncio.to_thread(timed_mbsync, config)
             stop_profile(profiler)
             flagged = sum(
                 1 for f in (directory / "Maildir/INBOX/cur").glob("*") if f.name.endswith("FS")
@@ -409,8 +416,15 @@ async def main() -> None:
                     tmp.rename(cur / "new" / tmp.name)
 
             latencies = await idle_latencies(port, email, PASSWORD, args.idle_rounds, deliver_one)
-            results[name] = {"full": full, "incremental": incremental, "idle": latencies}
-            print(name, {k: v for k, v in results[name].items() if k != "idle"}, flush=True)
+            results[name] = {
+                "full": full,
+                "mbsync CPU in full": full_cpu,
+                "incremental": incremental,
+                "idle": latencies,
+            }
+            load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            shown = {k: round(v, 2) for k, v in results[name].items() if k != "idle"}
+            print(name, shown, f"load average {load}", flush=True)
 
         print(
             f"\n{args.messages} messages, mbsync {subprocess.run(['mbsync', '--version'], capture_output=True, text=True).stdout.strip()}, STARTTLS\n"

@@ -192,20 +192,11 @@ INDEXES: list[Index] = [
         {"unique": True},
     ),
     Index(
-        "imap_uids",
-        [("user_id", ASC), ("mailbox", ASC), ("uid", ASC)],
-        "SELECT: a mailbox's messages in UID order; one UID is never given twice",
+        "imap_uid_blocks",
+        [("user_id", ASC), ("mailbox", ASC), ("first", ASC)],
+        "SELECT/sync: a mailbox's numbering in UID order, one document per 500 UIDs; "
+        "one block per range (a UID is never given twice)",
         {"unique": True},
-    ),
-    Index(
-        "imap_uids",
-        [("user_id", ASC), ("mailbox", ASC), ("item_id", ASC)],
-        "UID sync: the UID of a changed view in a mailbox",
-    ),
-    Index(
-        "imap_uids",
-        [("user_id", ASC), ("mailbox", ASC), ("modseq", ASC)],
-        "NOOP/IDLE and CONDSTORE: what changed in a mailbox after a MODSEQ",
     ),
     Index(
         "spam_tokens",

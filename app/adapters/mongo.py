@@ -1,13 +1,14 @@
 """MongoDB connection (PyMongo's native async client) and error translation.
 
 Only adapters import pymongo (an import-linter contract in pyproject.toml). Services build
-bulk writes and index hints with the names re-exported here (``UpdateOne``, ``UpdateMany``,
-``ReturnDocument``, ``ASCENDING``, ``DESCENDING``) and ask about a failure with the predicates
-below (``is_duplicate_key``, ``is_transient``, ``is_unreachable``), catching ``DatabaseError``
-only where they must react to one. The edges see ``ServiceUnavailable`` when the database cannot
-be reached (``as_domain_error``), so the API can answer 503 / a typed GraphQL error within the
-server-selection timeout and recover by itself once MongoDB returns. ``bson.ObjectId`` is not a
-client type but our id value type, used as such in every layer (domain value types included).
+bulk writes and index hints with the names re-exported here (``InsertOne``, ``UpdateOne``,
+``UpdateMany``, ``ReturnDocument``, ``ASCENDING``, ``DESCENDING``) and ask about a failure with
+the predicates below (``is_duplicate_key``, ``is_transient``, ``is_unreachable``), catching
+``DatabaseError`` only where they must react to one. The edges see ``ServiceUnavailable`` when
+the database cannot be reached (``as_domain_error``), so the API can answer 503 / a typed
+GraphQL error within the server-selection timeout and recover by itself once MongoDB returns.
+``bson.ObjectId`` is not a client type but our id value type, used as such in every layer
+(domain value types included).
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument, UpdateMany, UpdateOne
+from pymongo import (
+    ASCENDING,
+    DESCENDING,
+    AsyncMongoClient,
+    InsertOne,
+    ReturnDocument,
+    UpdateMany,
+    UpdateOne,
+)
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
@@ -37,6 +46,7 @@ __all__ = [
     "ASCENDING",
     "DESCENDING",
     "DatabaseError",
+    "InsertOne",
     "Mongo",
     "ReturnDocument",
     "UpdateMany",

@@ -208,6 +208,8 @@ class _Planner:
                 "version": 1,
                 **summary_of(message),
             }
+            if message.get("raw_blob_id"):  # immutable: IMAP's FETCH reads it from the view
+                item["raw_blob_id"] = message["raw_blob_id"]
             if spec.dedupe_key:
                 item["dedupe_key"] = spec.dedupe_key
             if spec.spam is not None:

@@ -63,7 +63,7 @@ from app.services.imap.mailboxes import CannotDo, Entry, ImapMailboxService
 log = structlog.get_logger(__name__)
 
 FETCH_CHUNK = 250
-READ_AHEAD = 128  # messages
+READ_AHEAD = 256  # messages (128 took 1.5-2.5 s longer over 10,000 in the dev loop)
 FLUSH_BYTES = 256 << 10  # answers queued beyond this are written at once
 READ_AHEAD_MAX_MESSAGE = 1 << 20
 READ_AHEAD_MAX_BYTES = 16 << 20

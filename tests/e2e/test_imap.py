@@ -576,3 +576,51 @@ async def test_select_again_sees_what_changed_elsewhere(clients: MailClients) ->
     )
     await deliver(system, email, [sample_message(9, email)])
     assert await asyncio.to_thread(uids) == [1, 3, 4, 5]
+
+
+async def test_numbering_blocks_agree_across_processes(system, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The numbering is kept UID_BLOCK entries a document (3 here): arrivals that fill a block
+    and start the next, flag changes and a departure in two blocks, written by a process with
+    a copy of the numbering and read back by one without it, agree; a mailbox numbered in the
+    older layout starts again under a new UIDVALIDITY."""
+    from app.domain.folders import Folder
+    from app.domain.imap_names import folder_ref
+    from app.domain.viewer import Viewer
+    from app.imap.server import imap_service
+    from app.services.imap import mailboxes
+    from app.services.mailbox.changes import StateChange
+
+    monkeypatch.setattr(mailboxes, "UID_BLOCK", 3)
+    email = await make_user(system, "hal")
+    user_id = await user_id_of(system, email)
+    viewer, inbox = Viewer(user_id, email), folder_ref(Folder.INBOX)
+    one, two = imap_service(system), imap_service(system)
+
+    async def uids(service: Any) -> list[int]:
+        state = await service.sync(viewer, inbox)
+        return [e.uid for e in await service.entries(viewer, inbox, state=state)]
+
+    await deliver(system, email, [sample_message(n, email) for n in range(4)], 1)
+    assert await uids(one) == [1, 2, 3, 4]
+    await deliver(system, email, [sample_message(n, email) for n in range(4, 7)], 1)
+    assert await uids(one) == [1, 2, 3, 4, 5, 6, 7]  # from its copy: 5, 6 appended, 7 a block
+    state = await one.sync(viewer, inbox)
+    item = {e.uid: str(e.item_id) for e in await one.entries(viewer, inbox, state=state)}
+    await system.mailbox_changes.update_items(viewer, [item[2], item[6]], StateChange(starred=True))
+    await system.mailbox_changes.update_items(
+        viewer, [item[4]], StateChange(folder=Folder.TRASH.value)
+    )
+    assert await uids(two) == [1, 2, 3, 5, 6, 7]  # no copy: the blocks read and written
+    changed = await two.entries(viewer, inbox, changed_after=state.modseq)
+    assert [(e.uid, e.gone) for e in changed] == [(2, False), (4, True), (6, False)]
+    assert await uids(one) == [1, 2, 3, 5, 6, 7]  # its copy brought up to date
+    blocks = await system.mongo.db.imap_uid_blocks.find({"user_id": user_id}).to_list()
+    layout = sorted([e["u"] for e in b["entries"]] for b in blocks)
+    assert layout == [[1, 2, 3], [4, 5, 6], [7]]
+
+    await system.mongo.db.imap_mailboxes.update_one(
+        {"user_id": user_id, "key": inbox.key}, {"$unset": {"layout": ""}}
+    )
+    renumbered = await two.sync(viewer, inbox)
+    assert renumbered.uidvalidity > state.uidvalidity and renumbered.uidnext == 7
+    assert await uids(two) == [1, 2, 3, 4, 5, 6]
