@@ -14,7 +14,6 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.blob_batches import write_blobs
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue
@@ -163,8 +162,12 @@ class SendingService:
 
         async def work(session: Any) -> tuple[dict[str, Any], list[Change]]:
             earlier = [] if also_in_transaction is None else await also_in_transaction(session)
-            await write_blobs(
-                self.db, [(raw, "message.eml", {"kind": "raw"})], ids=[raw_blob], session=session
+            await self.blobs.put(
+                raw,
+                filename="message.eml",
+                metadata={"kind": "raw"},
+                blob_id=raw_blob,
+                session=session,
             )
             await self.db.messages.insert_one(message, session=session)
             await self.db.recipients.insert_many(recipients, session=session)
