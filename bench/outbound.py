@@ -24,8 +24,11 @@ on 127.0.0.1:2600) on this machine, in this run:
   corpus messages' recipient, subject and text, while the worker delivers. Accepted/s = sends /
   (last answer − first request); delivered/s = messages / (last sink accept − first request);
   sendEmail latency p50/p99 as the client sees it. Postfix in the same run is smtpload's 20
-  connections (accepted/s and end-of-DATA → 250 latency are smtpload's). BENCH_COMMANDS=1: the
-  api's MongoDB commands and documents per send; BENCH_PYSPY=<dir>: py-spy of the api.
+  connections (accepted/s and end-of-DATA → 250 latency are smtpload's).
+
+BENCH_COMMANDS=1: the MongoDB commands and documents of the worker per message (and, in graphql
+mode, of the api per send; bench/mongo_commands.py); BENCH_PYSPY=<dir>: py-spy of the mailhub
+processes and SecantusDB.
 
 Needs: Debian postfix + dnsmasq, and BASE (default /tmp/peer-bench) set up by peers/setup.sh.
 Not part of the test suite. Results: docs/benchmarks.md.
@@ -318,53 +321,6 @@ class Loader:
             )
 
 
-def monitor_commands() -> None:
-    """BENCH_COMMANDS=<file>: the worker counts its MongoDB commands (and the documents they
-    carry or return) per command and collection, written to <file> as JSON at exit."""
-    import atexit
-    from collections import Counter
-
-    from pymongo import monitoring
-
-    counts: Counter[str] = Counter()
-    docs: Counter[str] = Counter()
-    started: dict[int, str] = {}
-
-    class Listener(monitoring.CommandListener):
-        def started(self, event: Any) -> None:
-            cmd = event.command
-            name = event.command_name
-            coll = cmd.get(name) if isinstance(cmd.get(name), str) else ""
-            key = f"{name} {coll}"
-            counts[key] += 1
-            for field in ("documents", "updates", "deletes"):
-                if field in cmd:
-                    docs[key] += len(cmd[field])
-            started[event.request_id] = key
-
-        def succeeded(self, event: Any) -> None:
-            key = started.pop(event.request_id, "?")
-            reply = event.reply
-            cursor = reply.get("cursor") if isinstance(reply, dict) else None
-            if cursor:
-                docs[key + " (returned)"] += len(
-                    cursor.get("firstBatch") or cursor.get("nextBatch") or []
-                )
-            if isinstance(reply, dict) and "nModified" in reply:
-                docs[key + " (modified)"] += reply["nModified"]
-
-        def failed(self, event: Any) -> None:
-            started.pop(event.request_id, None)
-
-    monitoring.register(Listener())
-    path = os.environ["BENCH_COMMANDS"]
-
-    def dump() -> None:
-        Path(path).write_text(json.dumps({"commands": counts, "documents": docs}, indent=1))
-
-    atexit.register(dump)
-
-
 def profile_start(pids: dict[str, int]) -> list[subprocess.Popen[bytes]]:
     """BENCH_PYSPY=<dir>: py-spy profiles (raw) of these processes, with BENCH_PYSPY_GIL=1 of
     the GIL holder only (CPU, not lock waits); py-spy is not in pyproject: it is looked for on
@@ -408,8 +364,12 @@ def service_env(s: Settings) -> dict[str, str]:
     }
 
 
+# the flow/drain modes' worker (kept from the first measurements, printed with the result)
+WORKER_SETTINGS = {"MAILHUB_LOG_LEVEL": "WARNING"}
+
+
 def worker_env(s: Settings) -> dict[str, str]:
-    return {**service_env(s), "MAILHUB_LOG_LEVEL": "WARNING"}
+    return {**service_env(s), **WORKER_SETTINGS}
 
 
 def sink_dns(domains: int) -> DnsServer:
@@ -468,6 +428,7 @@ async def run_mailhub(
     sink_status: Path,
     mode: str,
     servers: dict[str, int],
+    work: Path,
 ) -> dict[str, Any]:
     dns = sink_dns(domains)
     settings = bench_settings(urls, dns)
@@ -483,16 +444,7 @@ async def run_mailhub(
         process = None
 
         def start_worker() -> tuple[subprocess.Popen[bytes], float]:
-            started = time.time()
-            code = "from app.cli import main; main(['worker'])"
-            if os.environ.get("BENCH_COMMANDS"):
-                code = f"import bench.outbound as b; b.monitor_commands(); {code}"
-            p = subprocess.Popen(
-                [sys.executable, "-c", code],
-                env=worker_env(settings),
-                cwd=ROOT,
-            )
-            return p, started
+            return start_service("worker", ["worker"], worker_env(settings), work), time.time()
 
         cpu: dict[str, float] = {}
 
@@ -551,8 +503,9 @@ async def run_mailhub(
             )
         }
         delivered = count - base_count
-        return {
+        result = {
             "mode": mode,
+            "settings_changed": WORKER_SETTINGS,
             "delivered": delivered,
             "statuses": statuses,
             "msgs_per_s": round(delivered / (last - t0), 1) if last > t0 else None,
@@ -580,6 +533,13 @@ async def run_mailhub(
                 1000 * (t.user + t.system - at_first.get("worker", 0.0)) / max(1, delivered), 2
             ),
         }
+        if os.environ.get("BENCH_COMMANDS"):
+            await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
+            empty: dict[str, Counter[str]] = {"commands": Counter(), "documents": Counter()}
+            result["worker_per_message"] = per_send(
+                counted_commands(work, "worker"), empty, max(1, delivered)
+            )
+        return result
     finally:
         if worker is not None:
             await stop(worker)
@@ -875,7 +835,7 @@ def main() -> None:
                 )
             else:
                 results["mailhub"] = asyncio.run(
-                    run_mailhub(urls, a.n, a.domains, items, sink_status, a.mode, servers)
+                    run_mailhub(urls, a.n, a.domains, items, sink_status, a.mode, servers, work)
                 )
             print(json.dumps({"mailhub": results["mailhub"]}), flush=True)
             if "postfix" in results:
