@@ -223,7 +223,7 @@ class SendIntake:
         c = request.composition
         content: dict[str, Any]
         filled = c
-        if request.template is not None and render is not None:
+        if render is not None:  # a template send (its version, variables, and render)
             version, variables, rendered = render
             if isinstance(rendered, ValidationError):
                 raise rendered
