@@ -51,14 +51,13 @@ from bson import ObjectId
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.bootstrap import build_system  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.domain.campaign_tokens import unsubscribe_token  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
 from bench.outbound import (
-    SINK_PORT,
+    bench_system,
     corpus,
     read_sink,
     run_postfix,
@@ -66,7 +65,6 @@ from bench.outbound import (
     wait_sink,
     worker_env,
 )  # noqa: E402
-from tests.support.dnsmasq import DnsServer  # noqa: E402
 
 SENDER = "news@client.bench.test"
 TEMPLATE = TemplateDraft(
@@ -105,28 +103,22 @@ async def run(
     sink_status: Path | None,
     postfix: Callable[[int], dict[str, Any]] | None,
 ) -> dict:
-    dns = DnsServer(
-        mx={f"d{i}.test": [(10, f"mx.d{i}.test")] for i in range(a.domains)},
-        a={f"mx.d{i}.test": "127.0.0.1" for i in range(a.domains)},
-    ).start()
-    settings = Settings(
-        mongodb_uri=urls["mongodb"],
-        mongodb_database="bench" + str(ObjectId())[-6:],
-        redis_url=urls["redis"],
-        redis_prefix="bench",
-        hostname="mx.mailhub.bench",
-        public_url="https://mail.bench.test",
-        secret_key="bench-secret-key-0123456789abcdef",
-        dns_servers=[dns.address],
-        delivery_port=SINK_PORT,
-        campaign_warmup_ramp=[],
-        _env_file=None,
-    )  # type: ignore[call-arg]
-    system = await build_system(settings)
+    async with bench_system(
+        urls, a.domains, public_url="https://mail.bench.test", campaign_warmup_ramp=[]
+    ) as (system, settings):
+        return await _measure(a, system, settings, sink_status, postfix)
+
+
+async def _measure(
+    a: argparse.Namespace,
+    system: Any,
+    settings: Settings,
+    sink_status: Path | None,
+    postfix: Callable[[int], dict[str, Any]] | None,
+) -> dict[str, Any]:
     out: dict[str, Any] = {}
     worker: subprocess.Popen[bytes] | None = None
     try:
-        await system.accounts.add_domain("client.bench.test")
         await system.mongo.db.domains.update_one(
             {"_id": "client.bench.test"}, {"$set": {"verification": {"verified": True}}}
         )
@@ -234,12 +226,6 @@ async def run(
     finally:
         if worker is not None:
             worker.kill()
-        try:  # SecantusDB may take longer than the client timeout to drop 100k messages
-            await system.mongo.client.drop_database(settings.mongodb_database)
-        except Exception as e:
-            print(f"drop_database: {e!r} (the stack is removed anyway)", file=sys.stderr)
-        await system.close()
-        dns.stop()
     return out
 
 

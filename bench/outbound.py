@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -380,9 +381,9 @@ def sink_dns(domains: int) -> DnsServer:
     ).start()
 
 
-def bench_settings(urls: dict[str, str], dns: DnsServer) -> Settings:
+def bench_settings(urls: dict[str, str], dns: DnsServer, **overrides: Any) -> Settings:
     """A fresh database on the run's servers, delivering to the sink through ``dns``."""
-    return Settings(
+    return Settings(  # type: ignore[call-arg]
         mongodb_uri=urls["mongodb"],
         mongodb_database="bench" + ObjectId().__str__()[-6:],
         redis_url=urls["redis"],
@@ -392,7 +393,8 @@ def bench_settings(urls: dict[str, str], dns: DnsServer) -> Settings:
         dns_servers=[dns.address],
         delivery_port=SINK_PORT,
         _env_file=None,
-    )  # type: ignore[call-arg]
+        **overrides,
+    )
 
 
 def cpu_of(pid: int) -> float:
@@ -400,13 +402,28 @@ def cpu_of(pid: int) -> float:
     return t.user + t.system
 
 
-async def release(system: Any, settings: Settings, dns: DnsServer) -> None:
-    """Drop the run's database (best effort: the servers go with the run anyway; a slow drop
-    must not lose the numbers), close the clients, stop dnsmasq."""
-    with contextlib.suppress(PyMongoError):
-        await system.mongo.client.drop_database(settings.mongodb_database)
-    await system.close()
-    dns.stop()
+@contextlib.asynccontextmanager
+async def bench_system(
+    urls: dict[str, str], domains: int, **overrides: Any
+) -> AsyncIterator[tuple[Any, Settings]]:
+    """The run's mailhub services in this process (indexes ensured, the sender's domain
+    hosted) with dnsmasq answering the sink's MX records; ``overrides``: settings of the run.
+    Afterwards the run's database is dropped (best effort: the servers go with the run anyway,
+    and SecantusDB may take longer than the client's timeout to drop 100k messages; a slow
+    drop must not lose the numbers), the clients closed and dnsmasq stopped."""
+    dns = sink_dns(domains)
+    settings = bench_settings(urls, dns, **overrides)
+    system = await build_system(settings)
+    try:
+        await system.accounts.add_domain("client.bench.test")
+        yield system, settings
+    finally:
+        try:
+            await system.mongo.client.drop_database(settings.mongodb_database)
+        except PyMongoError as e:
+            print(f"drop_database: {e!r} (the stack is removed anyway)", file=sys.stderr)
+        await system.close()
+        dns.stop()
 
 
 async def stop(process: subprocess.Popen[bytes]) -> None:
@@ -430,120 +447,119 @@ async def run_mailhub(
     servers: dict[str, int],
     work: Path,
 ) -> dict[str, Any]:
-    dns = sink_dns(domains)
-    settings = bench_settings(urls, dns)
-    system = await build_system(settings)
-    worker: subprocess.Popen[bytes] | None = None
-    try:
-        await system.accounts.add_domain("client.bench.test")
-        user = await system.accounts.create_user(SENDER, "bench password 123", "Bench Sender")
-        loader = Loader(system, system.queue, user["_id"])
-        # GridFS creates this index on its first upload; the bulk loader bypasses GridFS.
-        await system.mongo.db["blobs.chunks"].create_index([("files_id", 1), ("n", 1)], unique=True)
-        base_count = read_sink(sink_status)[0]
-        process = None
+    async with bench_system(urls, domains) as (system, settings):
+        worker: subprocess.Popen[bytes] | None = None
+        try:
+            user = await system.accounts.create_user(SENDER, "bench password 123", "Bench Sender")
+            loader = Loader(system, system.queue, user["_id"])
+            base_count = read_sink(sink_status)[0]
+            process = None
 
-        def start_worker() -> tuple[subprocess.Popen[bytes], float]:
-            return start_service("worker", ["worker"], worker_env(settings), work), time.time()
+            def start_worker() -> tuple[subprocess.Popen[bytes], float]:
+                return start_service("worker", ["worker"], worker_env(settings), work), time.time()
 
-        cpu: dict[str, float] = {}
+            cpu: dict[str, float] = {}
 
-        before = {name: cpu_of(pid) for name, pid in servers.items()}
-        own_before = time.process_time()
-        at_first: dict[str, float] = {}
+            before = {name: cpu_of(pid) for name, pid in servers.items()}
+            own_before = time.process_time()
+            at_first: dict[str, float] = {}
 
-        def first_accept() -> None:  # the worker's start-up CPU, as far as the first accept
-            if worker is not None:
-                at_first["worker"] = cpu_of(worker.pid)
+            def first_accept() -> None:  # the worker's start-up CPU, as far as the first accept
+                if worker is not None:
+                    at_first["worker"] = cpu_of(worker.pid)
 
-        waiting = asyncio.create_task(
-            wait_sink(sink_status, base_count, base_count + n, 900, first_accept)
-        )
-        if mode == "drain":
-            fill_seconds = await loader.load(items)
-            at_start = {name: cpu_of(pid) for name, pid in servers.items()}
-            worker, t0 = start_worker()
-            spies = profile_start({"worker": worker.pid, "mongodb": servers["mongodb"]})
-        else:
-            worker, _ = start_worker()
-            await asyncio.sleep(4.0)  # started and idle: process start-up is not delivery time
+            waiting = asyncio.create_task(
+                wait_sink(sink_status, base_count, base_count + n, 900, first_accept)
+            )
+            if mode == "drain":
+                fill_seconds = await loader.load(items)
+                at_start = {name: cpu_of(pid) for name, pid in servers.items()}
+                worker, t0 = start_worker()
+                spies = profile_start({"worker": worker.pid, "mongodb": servers["mongodb"]})
+            else:
+                worker, _ = start_worker()
+                await asyncio.sleep(4.0)  # started and idle: process start-up is not delivery time
+                process = psutil.Process(worker.pid)
+                idle_cpu = process.cpu_times()
+                at_start = {name: cpu_of(pid) for name, pid in servers.items()}
+                spies = profile_start({"worker": worker.pid, "mongodb": servers["mongodb"]})
+                t0 = time.time()
+                fill_seconds = await loader.load(items)
             process = psutil.Process(worker.pid)
-            idle_cpu = process.cpu_times()
-            at_start = {name: cpu_of(pid) for name, pid in servers.items()}
-            spies = profile_start({"worker": worker.pid, "mongodb": servers["mongodb"]})
-            t0 = time.time()
-            fill_seconds = await loader.load(items)
-        process = psutil.Process(worker.pid)
-        count, last, first, timeline = await waiting
-        t = process.cpu_times()
-        worker_cpu = t.user + t.system
-        if mode != "drain":
-            worker_cpu -= idle_cpu.user + idle_cpu.system
-        for name, pid in servers.items():
-            cpu[name] = round(cpu_of(pid) - before[name], 1)
-        delivery_cpu = {
-            name: round(cpu_of(pid) - at_start[name], 1) for name, pid in servers.items()
-        }
-        profile_stop(spies)
-        # Give the recorder a moment for the last outcomes, then read the latencies.
-        for _ in range(100):
-            if await system.mongo.db.recipients.count_documents({"delivery_status": "sent"}) >= n:
-                break
-            await asyncio.sleep(0.1)
-        lat = []
-        async for r in system.mongo.db.recipients.find(
-            {"delivery_status": "sent"}, {"created_at": 1, "last_attempt_at": 1}
-        ):
-            start = max(r["created_at"].timestamp(), t0)
-            lat.append(r["last_attempt_at"].timestamp() - start)
-        statuses = {
-            d["_id"]: d["n"]
-            async for d in await system.mongo.db.recipients.aggregate(
-                [{"$group": {"_id": "$delivery_status", "n": {"$sum": 1}}}]
-            )
-        }
-        delivered = count - base_count
-        result = {
-            "mode": mode,
-            "settings_changed": WORKER_SETTINGS,
-            "delivered": delivered,
-            "statuses": statuses,
-            "msgs_per_s": round(delivered / (last - t0), 1) if last > t0 else None,
-            "seconds": round(last - t0, 2),
-            "fill_seconds": round(fill_seconds, 2),
-            "first_accept_after_s": round(first - t0, 2),
-            "msgs_per_s_after_first": round(delivered / (last - first), 1)
-            if last > first
-            else None,
-            "latency_p50_ms": round(1000 * (percentile(lat, 50) or 0), 1),
-            "latency_p99_ms": round(1000 * (percentile(lat, 99) or 0), 1),
-            # accepted in each second after the first accept (stalls show here)
-            "per_second": [b - a for a, b in zip([0, *timeline], timeline, strict=False)],
-            "worker_cpu_s": round(worker_cpu, 1),
-            "server_cpu_s": cpu,
-            # this process: the loader's bulk inserts and enqueues (flow: while the worker runs)
-            "loader_cpu_s": round(time.process_time() - own_before, 1),
-            # from worker start (drain) or loader start (flow): delivery without the drain's fill
-            "server_cpu_since_start_s": delivery_cpu,
-            "mongodb_cpu_ms_per_msg": round(1000 * delivery_cpu["mongodb"] / max(1, delivered), 2),
-            "worker_cpu_ms_per_msg": round(1000 * worker_cpu / max(1, delivered), 2),
-            # after the first accept: delivery without the process start-up
-            "worker_cpu_until_first_accept_s": round(at_first.get("worker", 0.0), 2),
-            "worker_cpu_ms_per_msg_after_first": round(
-                1000 * (t.user + t.system - at_first.get("worker", 0.0)) / max(1, delivered), 2
-            ),
-        }
-        if os.environ.get("BENCH_COMMANDS"):
-            await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
-            empty: dict[str, Counter[str]] = {"commands": Counter(), "documents": Counter()}
-            result["worker_per_message"] = per_send(
-                counted_commands(work, "worker"), empty, max(1, delivered)
-            )
-        return result
-    finally:
-        if worker is not None:
-            await stop(worker)
-        await release(system, settings, dns)
+            count, last, first, timeline = await waiting
+            t = process.cpu_times()
+            worker_cpu = t.user + t.system
+            if mode != "drain":
+                worker_cpu -= idle_cpu.user + idle_cpu.system
+            for name, pid in servers.items():
+                cpu[name] = round(cpu_of(pid) - before[name], 1)
+            delivery_cpu = {
+                name: round(cpu_of(pid) - at_start[name], 1) for name, pid in servers.items()
+            }
+            profile_stop(spies)
+            # Give the recorder a moment for the last outcomes, then read the latencies.
+            for _ in range(100):
+                if (
+                    await system.mongo.db.recipients.count_documents({"delivery_status": "sent"})
+                    >= n
+                ):
+                    break
+                await asyncio.sleep(0.1)
+            lat = []
+            async for r in system.mongo.db.recipients.find(
+                {"delivery_status": "sent"}, {"created_at": 1, "last_attempt_at": 1}
+            ):
+                start = max(r["created_at"].timestamp(), t0)
+                lat.append(r["last_attempt_at"].timestamp() - start)
+            statuses = {
+                d["_id"]: d["n"]
+                async for d in await system.mongo.db.recipients.aggregate(
+                    [{"$group": {"_id": "$delivery_status", "n": {"$sum": 1}}}]
+                )
+            }
+            delivered = count - base_count
+            result = {
+                "mode": mode,
+                "settings_changed": WORKER_SETTINGS,
+                "delivered": delivered,
+                "statuses": statuses,
+                "msgs_per_s": round(delivered / (last - t0), 1) if last > t0 else None,
+                "seconds": round(last - t0, 2),
+                "fill_seconds": round(fill_seconds, 2),
+                "first_accept_after_s": round(first - t0, 2),
+                "msgs_per_s_after_first": round(delivered / (last - first), 1)
+                if last > first
+                else None,
+                "latency_p50_ms": round(1000 * (percentile(lat, 50) or 0), 1),
+                "latency_p99_ms": round(1000 * (percentile(lat, 99) or 0), 1),
+                # accepted in each second after the first accept (stalls show here)
+                "per_second": [b - a for a, b in zip([0, *timeline], timeline, strict=False)],
+                "worker_cpu_s": round(worker_cpu, 1),
+                "server_cpu_s": cpu,
+                # this process: the loader's bulk inserts and enqueues (flow: while the worker runs)
+                "loader_cpu_s": round(time.process_time() - own_before, 1),
+                # from worker start (drain) or loader start (flow): delivery without the drain's fill
+                "server_cpu_since_start_s": delivery_cpu,
+                "mongodb_cpu_ms_per_msg": round(
+                    1000 * delivery_cpu["mongodb"] / max(1, delivered), 2
+                ),
+                "worker_cpu_ms_per_msg": round(1000 * worker_cpu / max(1, delivered), 2),
+                # after the first accept: delivery without the process start-up
+                "worker_cpu_until_first_accept_s": round(at_first.get("worker", 0.0), 2),
+                "worker_cpu_ms_per_msg_after_first": round(
+                    1000 * (t.user + t.system - at_first.get("worker", 0.0)) / max(1, delivered), 2
+                ),
+            }
+            if os.environ.get("BENCH_COMMANDS"):
+                await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
+                empty: dict[str, Counter[str]] = {"commands": Counter(), "documents": Counter()}
+                result["worker_per_message"] = per_send(
+                    counted_commands(work, "worker"), empty, max(1, delivered)
+                )
+            return result
+        finally:
+            if worker is not None:
+                await stop(worker)
 
 
 # ----------------------------------------------------------------- mailhub, driven over GraphQL
@@ -695,90 +711,91 @@ async def run_graphql(
     """Flow mode as a user drives it: ``clients`` users, each logged in over GraphQL, call
     ``sendEmail`` for their share of the corpus against a `mailhub api` process while a
     `mailhub worker` delivers to the sink."""
-    dns = sink_dns(domains)
-    settings = bench_settings(urls, dns)
     changed = api_settings_changed(n, clients)
     print(json.dumps({"settings_changed": changed}), flush=True)
-    system = await build_system(settings)
-    processes: list[subprocess.Popen[bytes]] = []
-    try:
-        await system.accounts.add_domain("client.bench.test")
-        users = [(f"u{i}@client.bench.test", f"bench password {i}") for i in range(clients)]
-        for email, password in users:
-            await system.accounts.create_user(email, password, "Bench Sender")
-        port = free_port()
-        base_url = f"http://127.0.0.1:{port}"
-        env = service_env(settings)
-        api = start_service("api", ["api", "--port", str(port)], {**env, **changed}, work)
-        worker = start_service("worker", ["worker"], env, work)
-        processes = [api, worker]
-        async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
-            await wait_healthy(http, api)
-            tokens = [await login(http, email, password) for email, password in users]
-        inputs = [send_input(rcpt, raw) for rcpt, raw in items]
-        await asyncio.sleep(4.0)  # started and idle: process start-up is not sending time
-        watched = {**servers, "api": api.pid, "worker": worker.pid}
-        cpu_before = {name: cpu_of(pid) for name, pid in watched.items()}
-        own_before = time.process_time()
-        counting = bool(os.environ.get("BENCH_COMMANDS"))
-        before = {name: counted_commands(work, name) for name in ("api", "worker") if counting}
-        spies = profile_start({"api": api.pid, "worker": worker.pid, "mongodb": servers["mongodb"]})
-        base_count = read_sink(sink_status)[0]
-        waiting = asyncio.create_task(wait_sink(sink_status, base_count, base_count + n, 900))
-        latencies: list[float] = []
-        t0 = time.time()
-        answers = await asyncio.gather(
-            *(client(base_url, tokens[i], inputs[i::clients], latencies) for i in range(clients))
-        )
-        accepted_at = time.time()
-        cpu_accepted = {name: cpu_of(pid) - cpu_before[name] for name, pid in watched.items()}
-        own_accepted = time.process_time() - own_before
-        failed, retried = sum(a[0] for a in answers), sum(a[1] for a in answers)
-        accepted = n - failed
-        if failed:  # refused sends never reach the sink: wait for the accepted ones only
-            waiting.cancel()
-            waiting = asyncio.create_task(
-                wait_sink(sink_status, base_count, base_count + accepted, 900)
+    async with bench_system(urls, domains) as (system, settings):
+        processes: list[subprocess.Popen[bytes]] = []
+        try:
+            users = [(f"u{i}@client.bench.test", f"bench password {i}") for i in range(clients)]
+            for email, password in users:
+                await system.accounts.create_user(email, password, "Bench Sender")
+            port = free_port()
+            base_url = f"http://127.0.0.1:{port}"
+            env = service_env(settings)
+            api = start_service("api", ["api", "--port", str(port)], {**env, **changed}, work)
+            worker = start_service("worker", ["worker"], env, work)
+            processes = [api, worker]
+            async with httpx.AsyncClient(base_url=base_url, timeout=60) as http:
+                await wait_healthy(http, api)
+                tokens = [await login(http, email, password) for email, password in users]
+            inputs = [send_input(rcpt, raw) for rcpt, raw in items]
+            await asyncio.sleep(4.0)  # started and idle: process start-up is not sending time
+            watched = {**servers, "api": api.pid, "worker": worker.pid}
+            cpu_before = {name: cpu_of(pid) for name, pid in watched.items()}
+            own_before = time.process_time()
+            counting = bool(os.environ.get("BENCH_COMMANDS"))
+            before = {name: counted_commands(work, name) for name in ("api", "worker") if counting}
+            spies = profile_start(
+                {"api": api.pid, "worker": worker.pid, "mongodb": servers["mongodb"]}
             )
-        count, last, first, timeline = await waiting
-        profile_stop(spies)
-        cpu = {name: round(cpu_of(pid) - cpu_before[name], 1) for name, pid in watched.items()}
-        delivered = count - base_count
-        result = {
-            "mode": "graphql",
-            "clients": clients,
-            "settings_changed": changed,
-            "accepted": accepted,
-            "failed": failed,
-            "retried": retried,  # SERVICE_UNAVAILABLE answers, sent again
-            "delivered": delivered,
-            "accepted_msgs_per_s": round(accepted / (accepted_at - t0), 1),
-            "msgs_per_s": round(delivered / (last - t0), 1) if last > t0 else None,
-            "seconds_to_accept": round(accepted_at - t0, 2),
-            "seconds_to_deliver": round(last - t0, 2),
-            "send_p50_ms": round(1000 * (percentile(latencies, 50) or 0), 1),
-            "send_p99_ms": round(1000 * (percentile(latencies, 99) or 0), 1),
-            "first_delivery_after_s": round(first - t0, 2) if first else None,
-            # delivered in each second after the first delivery
-            "per_second": [b - a for a, b in zip([0, *timeline], timeline, strict=False)],
-            # until the last sendEmail answered, per accepted message
-            "cpu_ms_per_send": {
-                **{k: round(1000 * v / max(1, accepted), 2) for k, v in cpu_accepted.items()},
-                "clients": round(1000 * own_accepted / max(1, accepted), 2),
-            },
-            # until the sink counted every message
-            "cpu_s": cpu,
-        }
-        if counting:
-            await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
-            for name in before:
-                after = counted_commands(work, name)
-                result[f"{name}_per_send"] = per_send(after, before[name], accepted)
-        return result
-    finally:
-        for process in processes:
-            await stop(process)
-        await release(system, settings, dns)
+            base_count = read_sink(sink_status)[0]
+            waiting = asyncio.create_task(wait_sink(sink_status, base_count, base_count + n, 900))
+            latencies: list[float] = []
+            t0 = time.time()
+            answers = await asyncio.gather(
+                *(
+                    client(base_url, tokens[i], inputs[i::clients], latencies)
+                    for i in range(clients)
+                )
+            )
+            accepted_at = time.time()
+            cpu_accepted = {name: cpu_of(pid) - cpu_before[name] for name, pid in watched.items()}
+            own_accepted = time.process_time() - own_before
+            failed, retried = sum(a[0] for a in answers), sum(a[1] for a in answers)
+            accepted = n - failed
+            if failed:  # refused sends never reach the sink: wait for the accepted ones only
+                waiting.cancel()
+                waiting = asyncio.create_task(
+                    wait_sink(sink_status, base_count, base_count + accepted, 900)
+                )
+            count, last, first, timeline = await waiting
+            profile_stop(spies)
+            cpu = {name: round(cpu_of(pid) - cpu_before[name], 1) for name, pid in watched.items()}
+            delivered = count - base_count
+            result = {
+                "mode": "graphql",
+                "clients": clients,
+                "settings_changed": changed,
+                "accepted": accepted,
+                "failed": failed,
+                "retried": retried,  # SERVICE_UNAVAILABLE answers, sent again
+                "delivered": delivered,
+                "accepted_msgs_per_s": round(accepted / (accepted_at - t0), 1),
+                "msgs_per_s": round(delivered / (last - t0), 1) if last > t0 else None,
+                "seconds_to_accept": round(accepted_at - t0, 2),
+                "seconds_to_deliver": round(last - t0, 2),
+                "send_p50_ms": round(1000 * (percentile(latencies, 50) or 0), 1),
+                "send_p99_ms": round(1000 * (percentile(latencies, 99) or 0), 1),
+                "first_delivery_after_s": round(first - t0, 2) if first else None,
+                # delivered in each second after the first delivery
+                "per_second": [b - a for a, b in zip([0, *timeline], timeline, strict=False)],
+                # until the last sendEmail answered, per accepted message
+                "cpu_ms_per_send": {
+                    **{k: round(1000 * v / max(1, accepted), 2) for k, v in cpu_accepted.items()},
+                    "clients": round(1000 * own_accepted / max(1, accepted), 2),
+                },
+                # until the sink counted every message
+                "cpu_s": cpu,
+            }
+            if counting:
+                await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
+                for name in before:
+                    after = counted_commands(work, name)
+                    result[f"{name}_per_send"] = per_send(after, before[name], accepted)
+            return result
+        finally:
+            for process in processes:
+                await stop(process)
 
 
 def ratios(mailhub: dict[str, Any], postfix: dict[str, Any]) -> dict[str, float | None]:
