@@ -24,6 +24,10 @@ unsubscribe-to-effect latency.
    still pending; latency = start of the next batch − the unsubscribe; that batch must skip
    the recipient. Target: before the next batch, < 5 s.
 
+BENCH_COMMANDS=1: the worker's MongoDB commands and documents written per delivered message
+(bench/mongo_commands.py, as bench/outbound.py counts them); the worker's log is kept in the
+run's directory.
+
 The sending domain is marked verified directly (no DNS records for it in this run).
 Needs: Debian postfix + dnsmasq, BASE (default /tmp/peer-bench) set up by peers/setup.sh for
 parts 3's sink and Postfix. Not part of the test suite. Results: docs/benchmarks.md.
@@ -41,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +64,11 @@ from app.services.templates.store import TemplateDraft  # noqa: E402
 from bench.outbound import (
     bench_system,
     corpus,
+    counted_commands,
+    per_send,
     read_sink,
     run_postfix,
+    start_service,
     start_sink,
     wait_sink,
     worker_env,
@@ -171,18 +179,22 @@ async def _measure(
                 wait_sink(sink_status, base_count, base_count + queued, 1800)
             )
             start = time.time()
-            worker = subprocess.Popen(
-                [sys.executable, "-c", "from app.cli import main; main(['worker'])"],
-                env=worker_env(settings),
-                cwd=ROOT,
-            )
+            work = sink_status.parent  # the run's directory: the worker's log and counts
+            worker = start_service("worker", ["worker"], worker_env(settings), work)
             count, last, first, _ = await waiting
             delivered = count - base_count
             out["delivery"] = {
                 "delivered": delivered,
                 "seconds": round(last - start, 2),
                 "msgs_per_s": round(delivered / (last - start), 1) if last > start else None,
+                "worker_log": str(work / "worker.log"),
             }
+            if os.environ.get("BENCH_COMMANDS"):
+                await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
+                nothing: dict[str, Counter[str]] = {"commands": Counter(), "documents": Counter()}
+                out["delivery"]["worker_per_message"] = per_send(
+                    counted_commands(work, "worker"), nothing, delivered
+                )
             print(json.dumps({"delivery": out["delivery"]}), flush=True)
             worker.send_signal(signal.SIGTERM)
             worker.wait(60)
