@@ -212,8 +212,12 @@ class Lanes:
             return
         lane.pulling, lane.wants_pull = True, False
         try:
-            # The work arrives through put(); the answer says whether to ask again.
-            lane.wants_pull = await self.pull(lane.domain, LANE_HIGH - len(lane.queue))
+            # The work arrives through put(); the answer says whether to ask again. A note
+            # (note_waiting) that came while the round was reading stands: that round may have
+            # read before the new mail was committed, and its "nothing more" would otherwise
+            # leave the mail to the sweep, a minute later.
+            more = await self.pull(lane.domain, LANE_HIGH - len(lane.queue))
+            lane.wants_pull = lane.wants_pull or more
         finally:
             lane.pulling = False
 
