@@ -69,3 +69,18 @@ async def test_orphan_sweep_moves_on_and_eventually_visits_every_message(mongo):
         removed += await content.sweep_orphans(limit=3)
     assert removed == 5
     assert {d["_id"] async for d in mongo.db.messages.find({})} == set(kept)
+
+
+async def test_a_retired_index_is_dropped_at_startup_and_stays_away(mongo):
+    from app.adapters.indexes import RETIRED, ensure_indexes
+
+    retired = RETIRED[0]
+    collection = mongo.db[retired.collection]
+    await collection.create_index(retired.keys)  # what an earlier version made
+    assert retired.name in await collection.index_information()
+    await ensure_indexes(mongo.db)
+    assert retired.name not in await collection.index_information()
+    await ensure_indexes(mongo.db)  # nothing left to drop: no error
+    assert retired.name not in await collection.index_information()
+    wanted = {tuple(tuple(k) for k in i.keys) for i in INDEXES if i.collection == "delivery_events"}
+    assert tuple(tuple(k) for k in retired.keys) not in wanted
