@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from pymongo import monitoring
 
 from app.bootstrap import System, build_system
+from app.config import Settings
 from app.domain.changes import Change
-from app.domain.errors import NotFound
+from app.domain.errors import NotFound, ServiceUnavailable
 from app.domain.viewer import Viewer
+from app.embedded import free_port
 from app.services.feedback.suppression import user_scope
 from app.services.sending.compose import Composition
+from tests.e2e.test_failures import start_mongo
 
 DOMAIN = "example.test"
 
@@ -95,18 +98,22 @@ class Held:
             )
         )
 
-    async def queue_behind(self, sends: list[Awaitable[Any]]) -> list[Any]:
+    async def queue_behind(
+        self, sends: list[Awaitable[Any]], before_release: Callable[[], None] | None = None
+    ) -> list[Any]:
         """Start ``sends`` while the first transaction is open, wait until every one of them
-        has queued for the next, release the first; each send's result or error."""
+        has queued for the next, release the first; the first send's result or error, then
+        each of ``sends``'."""
         await self.entered.wait()
         tasks = [asyncio.ensure_future(s) for s in sends]
         committer = self.system.sending.committer
         while committer.queued < len(tasks) and not any(t.done() for t in tasks):
             await asyncio.sleep(0.01)
         assert committer.queued == len(tasks), [t.result() for t in tasks if t.done()]
+        if before_release is not None:
+            before_release()
         self.gate.set()
-        await self.task
-        return list(await asyncio.gather(*tasks, return_exceptions=True))
+        return list(await asyncio.gather(self.task, *tasks, return_exceptions=True))
 
 
 async def test_concurrent_sends_of_different_users_share_one_transaction(commits_and_system):
@@ -121,7 +128,7 @@ async def test_concurrent_sends_of_different_users_share_one_transaction(commits
     )
     held = Held(system, first)
     commits.count = 0
-    items = await held.queue_behind(
+    held_item, *items = await held.queue_behind(
         [
             system.sending.send_email(
                 v,
@@ -136,6 +143,7 @@ async def test_concurrent_sends_of_different_users_share_one_transaction(commits
         ]
     )
     assert commits.count == 2  # the held send's transaction, then one for all the others
+    assert held_item["subject"] == "held"
 
     for n, (viewer, item) in enumerate(zip(senders, items, strict=True)):
         assert isinstance(item, dict), item
@@ -191,7 +199,7 @@ async def test_a_key_used_twice_in_one_batch_stores_one_message_and_spares_the_o
         )
 
     held = Held(system, first)
-    twice, again, other, same_key_other_user = await held.queue_behind(
+    _, twice, again, other, same_key_other_user = await held.queue_behind(
         [
             send(alice, "once", "k"),
             send(alice, "once", "k"),
@@ -223,7 +231,7 @@ async def test_send_draft_removes_its_draft_in_the_send_transaction_within_a_bat
         alice, None, Composition(to=["x@remote.test"], subject="Plan", text="the plan")
     )
     held = Held(system, first)
-    sent_once, sent_twice, other = await held.queue_behind(
+    _, sent_once, sent_twice, other = await held.queue_behind(
         [
             system.drafts.send_draft(alice, str(draft["_id"])),
             system.drafts.send_draft(alice, str(draft["_id"])),  # a double click
@@ -248,3 +256,48 @@ async def test_send_draft_removes_its_draft_in_the_send_transaction_within_a_bat
     # the Sent view's thread exists: it was chosen after the draft's thread was removed
     assert await db.threads.find_one({"_id": sent["thread_id"], "user_id": alice.user_id})
     assert await db.recipients.count_documents({"address": "x@remote.test"}) == 1
+
+
+async def test_a_database_gone_under_a_batch_answers_service_unavailable_to_each_send(
+    services, tmp_path, unique_name
+):
+    port = free_port()
+    mongo = start_mongo(port, tmp_path / "db")  # a server of its own, to kill
+    settings = Settings(
+        mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
+        mongodb_database=unique_name,
+        redis_url=services.redis,
+        redis_prefix=unique_name,
+        secret_key="k" * 32,
+        mongo_timeout_ms=2000,
+        _env_file=None,
+    )
+    system = await build_system(settings)
+    try:
+        await system.accounts.add_domain(DOMAIN)
+        first, alice, bob = await _users(system, 3)
+
+        def kill() -> None:
+            mongo.kill()
+            mongo.wait()
+
+        held = Held(system, first)
+        outcomes = await held.queue_behind(
+            [
+                system.sending.send_email(
+                    v, Composition(to=["x@remote.test"], subject="s", text="t")
+                )
+                for v in (alice, bob)
+            ],
+            before_release=kill,
+        )
+        # the open transaction and the batch queued behind it: each caller told to retry
+        assert [type(o) for o in outcomes] == [ServiceUnavailable] * 3, outcomes
+        assert all(o.retry_after_seconds for o in outcomes)
+    finally:
+        mongo.kill()
+        mongo.wait()
+        mongo = start_mongo(port, tmp_path / "db")  # the client ends its sessions on close
+        await system.close()
+        mongo.kill()
+        mongo.wait()
