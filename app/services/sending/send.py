@@ -119,7 +119,8 @@ class SendingService:
         *,
         also_in_transaction: AlsoInTransaction | None = None,
     ) -> dict[str, Any]:
-        """Validate and accept a message; returns the viewer's Sent view."""
+        """Validate and accept a message; returns the viewer's Sent view once the (shared)
+        transaction that stores it has committed."""
         if c.idempotency_key is not None:
             if not 1 <= len(c.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
                 raise ValidationError.on("idempotencyKey", f"1 to {MAX_IDEMPOTENCY_KEY} characters")
