@@ -130,10 +130,14 @@ class SendCommitter:
                 return
             # One send may be the cause: each alone, so only that one fails.
             log.info("send batch failed; storing its sends one by one", n=len(waiters))
-            for waiter in waiters:
+            for n, waiter in enumerate(waiters):
                 try:
                     one, more = await self._transaction([waiter.item])
                 except Exception as alone:
+                    if _whole_batch(alone):  # the database went meanwhile: nobody waits on it
+                        for rest in waiters[n:]:
+                            rest.fail(_refusal(alone))
+                        return
                     waiter.fail(_refusal(alone))
                     continue
                 await self._after_commit([waiter], one, more)
