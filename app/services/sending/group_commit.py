@@ -58,7 +58,6 @@ log = structlog.get_logger(__name__)
 MAX_BATCH = 64  # sends in one transaction
 MAX_BATCH_BYTES = 16 * 1024 * 1024  # of raw MIME (a batch always takes at least one send)
 CONFLICT_RETRIES = 8
-CONTEXT_READS = 8  # thread-context queries of a batch in flight at once
 ENQUEUE_AT_ONCE = 32  # sends whose delivery jobs are enqueued concurrently after a commit
 
 # More work for the send's own transaction, returning its changes (sending a draft removes the
@@ -148,9 +147,13 @@ class SendCommitter:
         """One transaction for the batch, retried on write conflicts with a short random
         backoff (never on an unreachable database: ServiceUnavailable now).
 
-        The thread context of the Sent views is read first, outside the transaction and with
-        its queries in flight together, as the MX's group commit does (a snapshot read inside
-        would be as old as the transaction's start). Not when a send brings extra work: a
+        The thread context of the Sent views is read first, outside the transaction, as the
+        MX's group commit does (a snapshot read inside would be as old as the transaction's
+        start). One query at a time, not in flight together as the MX reads it: when the
+        database went away, the parallel read cancelled its other queries inside PyMongo's
+        server selection, and in 5 of 9 runs of the outage test the client's topology lock
+        stayed taken — no command of the process was ever answered again, even once the
+        database was back. Not when a send brings extra work: a
         draft's removal may delete the thread its Sent view would join, so the context is then
         read inside the transaction, after that work, as a send alone always did."""
         filings = [
@@ -162,7 +165,7 @@ class SendCommitter:
                 context = (
                     None
                     if any(p.also_in_transaction is not None for p in batch)
-                    else await load_thread_context(self.db, filings, None, parallel=CONTEXT_READS)
+                    else await load_thread_context(self.db, filings, None)
                 )
                 return await in_transaction(  # type: ignore[no-any-return]
                     self.mongo,
