@@ -11,7 +11,7 @@ group commit uses for the raw MIME of most messages. Every read here (and
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -54,6 +54,17 @@ class BlobStore:
             session=session,
         )
         return stored
+
+    async def put_many(
+        self,
+        blobs: Sequence[tuple[bytes, str, dict[str, Any]]],
+        *,
+        ids: Sequence[ObjectId],
+        session: Any = None,
+    ) -> None:
+        """Store (data, filename, metadata) blobs under ``ids`` with two inserts in all (one
+        when every blob is inline): a group commit's raw MIME, inside its transaction."""
+        await write_blobs(self._db, blobs, ids=ids, bucket=self._bucket_name, session=session)
 
     def open_upload(self, filename: str, metadata: dict[str, Any] | None = None) -> Any:
         """A streaming upload; call ``write`` per chunk, then ``close`` (or ``abort``)."""

@@ -57,6 +57,7 @@ __all__ = [
     "is_duplicate_key",
     "is_transient",
     "is_unreachable",
+    "is_write_conflict",
 ]
 
 # Every failure the database client raises; services catch it only to react (retry a batch).
@@ -122,6 +123,11 @@ def is_duplicate_key(exc: BaseException) -> bool:
 def is_transient(exc: BaseException) -> bool:
     """The server says the transaction may simply be run again (a write conflict, ...)."""
     return isinstance(exc, PyMongoError) and exc.has_error_label("TransientTransactionError")
+
+
+def is_write_conflict(exc: BaseException) -> bool:
+    """Another transaction wrote the same document first (112): running again may succeed."""
+    return isinstance(exc, PyMongoError) and getattr(exc, "code", None) == 112
 
 
 def is_unreachable(exc: BaseException) -> bool:

@@ -57,8 +57,8 @@ from app.services.accounts import AccountService
 from app.services.campaigns.store import wake
 from app.services.feedback.reputation import ReputationService
 from app.services.feedback.suppression import SuppressionService, user_scope
+from app.services.sending.accepted import deliver_locally
 from app.services.sending.compose import Recipients, message_doc, recipient_docs
-from app.services.sending.send import deliver_locally
 from app.services.templates.render import TemplateRenderer
 
 log = structlog.get_logger(__name__)

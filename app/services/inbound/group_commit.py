@@ -37,6 +37,7 @@ from app.adapters.mongo import (
     is_duplicate_key,
     is_transient,
     is_unreachable,
+    is_write_conflict,
     storage_failure,
 )
 from app.background import stop_task
@@ -150,7 +151,7 @@ class InboundStore:
                     lambda session, plan=plan, context=context: self._write(plan, context, session),
                 )
             except DatabaseError as e:
-                transient = (is_transient(e) or _is_write_conflict(e)) and not is_unreachable(
+                transient = (is_transient(e) or is_write_conflict(e)) and not is_unreachable(
                     e
                 )  # a dead database: 451 now
                 if not transient or attempt == CONFLICT_RETRIES - 1:
@@ -254,7 +255,3 @@ def _filing(prepared: PreparedInbound, views: list[InboundView], now: datetime) 
         for v in views
     ]
     return Filing(prepared.message, specs, now)
-
-
-def _is_write_conflict(e: BaseException) -> bool:
-    return getattr(e, "code", None) == 112  # WriteConflict

@@ -47,8 +47,8 @@ from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
 from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.mailbox.filing import Filing, ViewSpec, file_messages
+from app.services.sending.accepted import accepted_events, deliver_locally, enqueue_delivery
 from app.services.sending.compose import Recipients, message_doc, recipient_docs, references_after
-from app.services.sending.send import accepted_events, deliver_locally, enqueue_delivery
 from app.services.templates.render import TemplateRenderer, Variables
 
 log = structlog.get_logger(__name__)

@@ -28,7 +28,7 @@ from app.domain.viewer import Viewer
 from app.services.after_commit import Notifier
 from app.services.mailbox.filing import apply_counter_deltas, refresh_threads
 from app.services.mailbox.queries import MailboxService
-from app.services.sending.send import deliver_locally
+from app.services.sending.accepted import deliver_locally
 
 
 class SchedulingService:

@@ -1,13 +1,15 @@
 """Sending (seed §7): validate, build the RFC 5322 message, store it, file the views.
 
-A send is one transaction: the message, its raw MIME, its recipients, the sender's Sent view
-and the Inbox views of recipients hosted here all exist, or none do. Remote recipients stay
-``queued`` for the delivery workers; the job enqueued after commit is only the fast path.
+A send is stored in one transaction: the message, its raw MIME, its recipients, the sender's
+Sent view and the Inbox views of recipients hosted here all exist, or none do. That
+transaction is shared with the sends of other callers that queued meanwhile (the group
+commit, ``group_commit.py``); each caller is answered once it has committed. Remote
+recipients stay ``queued`` for the delivery workers; the job enqueued after commit is only the
+fast path.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,22 +17,21 @@ from typing import Any
 from bson import ObjectId
 
 from app.adapters.blobs import BlobStore
-from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
+from app.adapters.mongo import Mongo, is_duplicate_key
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
+from app.batching import SharedLookup
 from app.config import Settings
 from app.domain.addresses import Address, domain_of, normalize_email
-from app.domain.changes import Change
 from app.domain.errors import RateLimited, ServiceUnavailable, ValidationError
-from app.domain.folders import Folder
 from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingAttachment, OutgoingMessage, build_mime, make_message_id
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
 from app.services.feedback.reputation import ReputationService
+from app.services.feedback.suppression import GLOBAL as SUPPRESSED_FOR_ALL
 from app.services.feedback.suppression import SuppressionService, user_scope
-from app.services.mailbox.filing import ViewSpec, file_message
 from app.services.mailbox.queries import MailboxService
 from app.services.sending.attachments import AttachmentService
 from app.services.sending.compose import (
@@ -46,12 +47,9 @@ from app.services.sending.compose import (
     references_after,
     sender_address,
 )
+from app.services.sending.group_commit import AlsoInTransaction, PreparedSend, SendCommitter
 
 MAX_IDEMPOTENCY_KEY = 200
-
-# More work for the send's own transaction, returning its changes (sending a draft removes the
-# draft in it).
-AlsoInTransaction = Callable[[Any], Awaitable[list[Change]]]
 
 
 @dataclass
@@ -103,6 +101,16 @@ class SendingService:
         self.settings = settings
         self.suppression = suppression
         self.reputation = reputation  # paused senders are refused
+        self.committer = SendCommitter(
+            mongo=mongo, blobs=blobs, queue=queue, notifier=notifier, hostname=settings.hostname
+        )
+        # Concurrent sends share their reads of local recipients and suppressions (each answer
+        # from a query sent after it was asked, so as fresh as one of its own): one query each
+        # for what queued while the previous ran, instead of one each per send.
+        self._local_users: SharedLookup[str, ObjectId] = SharedLookup(accounts.users_for_addresses)
+        self._suppressions: SharedLookup[tuple[str, str], bool] = SharedLookup(
+            self._fetch_suppressions
+        )
 
     async def send_email(
         self,
@@ -111,7 +119,8 @@ class SendingService:
         *,
         also_in_transaction: AlsoInTransaction | None = None,
     ) -> dict[str, Any]:
-        """Validate and accept a message; returns the viewer's Sent view."""
+        """Validate and accept a message; returns the viewer's Sent view once the (shared)
+        transaction that stores it has committed."""
         if c.idempotency_key is not None:
             if not 1 <= len(c.idempotency_key) <= MAX_IDEMPOTENCY_KEY:
                 raise ValidationError.on("idempotencyKey", f"1 to {MAX_IDEMPOTENCY_KEY} characters")
@@ -153,62 +162,50 @@ class SendingService:
         message = message_doc(viewer, outgoing, uploads, raw, raw_blob, now, send_at)
         if c.transactional:
             message["transactional"] = True
-        local_users = await self.accounts.users_for_addresses([a.email for a in everyone])
-        suppressed = await self.suppression.suppressed(
-            [a.email for a in everyone if normalize_email(a.email) not in local_users],
-            scope=user_scope(viewer.user_id),
+        addresses = [normalize_email(a.email) for a in everyone]
+        local_users = await self._local_users.get(addresses)
+        suppressed = await self._suppressed_for(
+            viewer, [a for a in addresses if a not in local_users]
         )
         recipients = recipient_docs(message, parsed, local_users, suppressed, now, send_at)
-
-        async def work(session: Any) -> tuple[dict[str, Any], list[Change]]:
-            earlier = [] if also_in_transaction is None else await also_in_transaction(session)
-            await self.blobs.put(
-                raw,
-                filename="message.eml",
-                metadata={"kind": "raw"},
-                blob_id=raw_blob,
-                session=session,
-            )
-            await self.db.messages.insert_one(message, session=session)
-            await self.db.recipients.insert_many(recipients, session=session)
-            await self.db.delivery_events.insert_many(
-                accepted_events(message, recipients, now), session=session
-            )
-            views = [ViewSpec(viewer.user_id, "sent", Folder.SENT.value, read=True)]
-            items, changes = await file_message(
-                self.db, message, views, received_at=now, session=session
-            )
-            if send_at is None:
-                changes += await deliver_locally(
-                    self.db, message, recipients, now, session, hostname=self.settings.hostname
-                )
-            if c.idempotency_key:
-                await self.db.idempotency_keys.insert_one(
-                    {
-                        "_id": f"{viewer.user_id}:{c.idempotency_key}",
-                        "item_id": items[0]["_id"],
-                        "created_at": now,
-                    },
-                    session=session,
-                )
-            return items[0], earlier + changes
-
-        try:
-            sent_item, changes = await in_transaction(self.mongo, work)
+        prepared = PreparedSend(
+            user_id=viewer.user_id,
+            message=message,
+            raw=raw,
+            recipients=recipients,
+            attachment_ids=[a["_id"] for a in uploads],
+            send_at=send_at,
+            now=now,
+            idempotency_key=c.idempotency_key,
+            also_in_transaction=also_in_transaction,
+        )
+        try:  # stored with whatever other sends queued meanwhile, answered once durable
+            return await self.committer.commit(prepared)
         except Exception as e:
             if c.idempotency_key and is_duplicate_key(e):
                 earlier = await self._idempotent_result(viewer, c.idempotency_key)
                 if earlier is not None:
                     return earlier
             raise
-        if uploads:
-            await self.db.attachments.update_many(
-                {"_id": {"$in": [a["_id"] for a in uploads]}},
-                {"$addToSet": {"message_ids": message["_id"]}, "$unset": {"expires_at": ""}},
-            )
-        await self.notifier.committed(changes)
-        await enqueue_delivery(self.queue, message, recipients, send_at)
-        return sent_item
+
+    async def _suppressed_for(self, viewer: Viewer, addresses: list[str]) -> set[str]:
+        """The normalized ``addresses`` suppressed for the viewer's mail (their own entries and
+        the global ones), read with concurrent sends' (``_suppressions``)."""
+        if not addresses:
+            return set()
+        scope = user_scope(viewer.user_id)
+        found = await self._suppressions.get(
+            [(a, s) for a in addresses for s in (scope, SUPPRESSED_FOR_ALL)]
+        )
+        return {a for a, _ in found}
+
+    async def _fetch_suppressions(
+        self, wanted: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], bool]:
+        found = await self.suppression.suppressed_in_scopes(
+            sorted({a for a, _ in wanted}), sorted({s for _, s in wanted})
+        )
+        return {key: True for key in wanted if key in found}
 
     async def check_send(
         self,
@@ -284,117 +281,3 @@ class SendingService:
                 retry_after_seconds=1,
             )
         return item
-
-
-async def enqueue_delivery(
-    queue: JobQueue,
-    message: dict[str, Any],
-    recipients: list[dict[str, Any]],
-    send_at: datetime | None,
-) -> None:
-    """The fast path after a send commits: a delivery job per remote domain (or the scheduled
-    release); the sweep finds the queued recipients if this is lost."""
-    domains = sorted(
-        {
-            r["domain"]
-            for r in recipients
-            if not r.get("local_user_id") and r["delivery_status"] in ("queued", "scheduled")
-        }
-    )
-    for domain in domains:
-        await queue.enqueue(
-            "deliver_domain",
-            str(message["_id"]),
-            domain,
-            job_id=f"deliver:{message['_id']}:{domain}",
-            defer_until=send_at,
-        )
-    if send_at:  # the release queues the recipients (and delivers local ones) when due
-        await queue.enqueue(
-            "release_scheduled",
-            str(message["_id"]),
-            job_id=f"release:{message['_id']}",
-            defer_until=send_at,
-        )
-
-
-def accepted_events(
-    message: dict[str, Any], recipients: list[dict[str, Any]], now: datetime
-) -> list[dict[str, Any]]:
-    """The first event of each recipient of an accepted send: ``queued`` or ``suppressed``."""
-    return [
-        {
-            "message_id": message["_id"],
-            "recipient": r["address"],
-            "recipient_id": r["_id"],
-            "event_type": "suppressed" if r["delivery_status"] == "suppressed" else "queued",
-            "occurred_at": now,
-            "sender_user_id": message["sender_user_id"],
-            "sender_domain": domain_of(message["from"]["email"]),
-            "metadata": {},
-        }
-        for r in recipients
-    ]
-
-
-async def deliver_locally(
-    db: Any,
-    message: dict[str, Any],
-    recipients: list[dict[str, Any]],
-    now: datetime,
-    session: Any,
-    *,
-    hostname: str,
-) -> list[Change]:
-    """File Inbox views for recipients hosted here and mark them delivered (inside the send's
-    or the scheduled release's transaction)."""
-    local = [
-        r
-        for r in recipients
-        if r.get("local_user_id") and r["delivery_status"] in ("queued", "scheduled")
-    ]
-    if not local:
-        return []
-    users = list(dict.fromkeys(r["local_user_id"] for r in local))
-    _, changes = await file_message(
-        db,
-        message,
-        [ViewSpec(u, "received", Folder.INBOX.value) for u in users],
-        received_at=now,
-        session=session,
-    )
-    ids = [r["_id"] for r in local]
-    await db.recipients.update_many(
-        {"_id": {"$in": ids}},
-        {
-            "$set": {
-                "delivery_status": "sent",
-                "updated_at": now,
-                "attempts": 1,
-                "last_reply": {
-                    "code": 250,
-                    "enhanced": "2.0.0",
-                    "text": "delivered to a local mailbox",
-                    "mx": hostname,
-                },
-            }
-        },
-        session=session,
-    )
-    await db.delivery_events.insert_many(
-        [
-            {
-                "message_id": message["_id"],
-                "recipient": r["address"],
-                "recipient_id": r["_id"],
-                "event_type": "delivered",
-                "occurred_at": now,
-                "sender_user_id": message["sender_user_id"],
-                "sender_domain": domain_of(message["from"]["email"]),
-                "metadata": {"local": True},
-            }
-            for r in local
-        ],
-        session=session,
-    )
-    return changes
