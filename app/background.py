@@ -39,14 +39,17 @@ async def stop_task(task: asyncio.Task[Any] | None, grace: float = 30.0) -> bool
 
 
 async def all_of(awaitables: Sequence[Awaitable[T]]) -> list[T]:
-    """Await ``awaitables`` together and return their results in order. The first failure is
-    raised as itself once the others are stopped (``stop_task``): ``asyncio.TaskGroup`` would
-    wrap it in an ExceptionGroup, and callers tell database errors apart by their type
-    (transient: retry; unreachable: 451 now)."""
-    tasks = [asyncio.ensure_future(a) for a in awaitables]
-    try:
-        return list(await asyncio.gather(*tasks))
-    except BaseException:
-        for task in tasks:
-            await stop_task(task, grace=5.0)
-        raise
+    """Await ``awaitables`` together and return their results in order. A failure is raised as
+    itself (``asyncio.TaskGroup`` would wrap it in an ExceptionGroup, and callers tell
+    database errors apart by their type: transient, retry; unreachable, 451 now) once the
+    others have **ended on their own**: they are not cancelled. Cancelling a PyMongo query
+    while it waits in server selection (the database has just gone) left the client's topology
+    lock taken in 5 of 9 outage runs of the send group commit's test, after which that client
+    never answered again, database back or not. The others end by their own timeouts
+    (``serverSelectionTimeoutMS``) when the database is gone, or finish when it is not. Only a
+    cancellation of the caller cancels them (``gather`` passes it on)."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]

@@ -69,17 +69,19 @@ async def test_all_of_returns_results_in_order():
     assert await all_of([value(1, 0.02), value(2, 0.0), value(3, 0.01)]) == [1, 2, 3]
 
 
-async def test_all_of_raises_the_first_failure_as_itself_and_stops_the_rest():
+async def test_all_of_raises_a_failure_as_itself_once_the_rest_have_ended_on_their_own():
     class Unreachable(Exception):
         pass
 
-    stopped = asyncio.Event()
+    ended: list[str] = []
 
-    async def slow() -> int:
+    async def slower() -> int:
         try:
-            await asyncio.sleep(30)
-        finally:
-            stopped.set()
+            await asyncio.sleep(0.05)  # a query running into its own timeout
+            ended.append("finished")
+        except asyncio.CancelledError:  # what cancelling it inside PyMongo would be
+            ended.append("cancelled")
+            raise
         return 0
 
     async def failing() -> int:
@@ -87,5 +89,22 @@ async def test_all_of_raises_the_first_failure_as_itself_and_stops_the_rest():
         raise Unreachable("the database is gone")
 
     with pytest.raises(Unreachable):  # not an ExceptionGroup: callers tell errors by type
-        await all_of([slow(), failing()])
-    assert stopped.is_set()
+        await all_of([slower(), failing()])
+    assert ended == ["finished"]  # not cancelled: it ended before the failure was raised
+
+
+async def test_cancelling_all_of_cancels_what_it_awaits():
+    cancelled = asyncio.Event()
+
+    async def waiting() -> int:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return 0
+
+    task = asyncio.ensure_future(all_of([waiting()]))
+    await asyncio.sleep(0.01)
+    assert await stop_task(task) is True
+    assert cancelled.is_set()

@@ -170,8 +170,15 @@ class InboundStore:
         duplicates = asyncio.ensure_future(self._without_duplicates(batch, None))
         try:
             context = await load_thread_context(self.db, everyone, None, parallel=CONTEXT_READS)
-        except BaseException:  # raised as itself (the caller tells errors apart by type)
+        except asyncio.CancelledError:  # the MX is stopping
             await stop_task(duplicates, grace=5.0)
+            raise
+        except BaseException:  # raised as itself (the caller tells errors apart by type)
+            # The duplicate check ends on its own (see app.background.all_of: a query
+            # cancelled in server selection can leave the client stuck for good).
+            await asyncio.wait({duplicates})
+            if not duplicates.cancelled():
+                duplicates.exception()  # retrieved: its failure is this one's twin
             raise
         return await duplicates, context
 
