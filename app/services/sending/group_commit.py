@@ -153,7 +153,9 @@ class SendCommitter:
         database went away, the parallel read cancelled its other queries inside PyMongo's
         server selection, and in 5 of 9 runs of the outage test the client's topology lock
         stayed taken — no command of the process was ever answered again, even once the
-        database was back. Not when a send brings extra work: a
+        database was back. (``app.background.all_of`` now lets the others end on their own
+        instead; one at a time stays here, as it cost nothing measurable.) Not when a send
+        brings extra work: a
         draft's removal may delete the thread its Sent view would join, so the context is then
         read inside the transaction, after that work, as a send alone always did."""
         filings = [
