@@ -245,9 +245,10 @@ async def test_signed_webhook_events_use_the_same_path_and_replays_are_refused(a
         "message_id": message_id,
         "recipient": "erin@remote.test",
     }
-    response, signature = await post_event(api, delivered)
+    sent_at = time.time()  # a replay is the same request: same timestamp, same signature
+    response, signature = await post_event(api, delivered, timestamp=sent_at)
     assert response.status_code == 200 and response.json()["results"][0]["applied"] is True
-    replay, _ = await post_event(api, delivered, signature=signature)
+    replay, _ = await post_event(api, delivered, timestamp=sent_at, signature=signature)
     assert replay.status_code == 409
 
     stale, _ = await post_event(api, {**delivered, "id": "evt-2"}, timestamp=time.time() - 3600)
