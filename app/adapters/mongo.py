@@ -13,9 +13,11 @@ GraphQL error within the server-selection timeout and recover by itself once Mon
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pymongo import (
@@ -58,7 +60,10 @@ __all__ = [
     "is_transient",
     "is_unreachable",
     "is_write_conflict",
+    "retrying_conflicts",
 ]
+
+log = structlog.get_logger(__name__)
 
 # Every failure the database client raises; services catch it only to react (retry a batch).
 DatabaseError = PyMongoError
@@ -189,4 +194,25 @@ async def in_transaction(mongo: Mongo, work: Any, attempts: int = 4) -> Any:
                 if transient and attempt < attempts - 1 and not isinstance(e, _UNAVAILABLE):
                     continue
                 raise
+    raise AssertionError("unreachable")
+
+
+T = TypeVar("T")
+CONFLICT_RETRIES = 8  # attempts of a group commit whose batch conflicted with another writer
+
+
+async def retrying_conflicts(attempt: Callable[[], Awaitable[T]], *, what: str, size: int) -> T:
+    """``await attempt()`` (a group commit's reads, then its transaction), again after a short
+    random backoff while it fails on a transient error or a write conflict with a concurrent
+    writer (the same users' counters), up to ``CONFLICT_RETRIES`` times; an unreachable
+    database is raised at once (ServiceUnavailable / 451 now, not after the retries)."""
+    for n in range(CONFLICT_RETRIES):
+        try:
+            return await attempt()
+        except DatabaseError as e:
+            retry = (is_transient(e) or is_write_conflict(e)) and not is_unreachable(e)
+            if not retry or n == CONFLICT_RETRIES - 1:
+                raise
+            log.info(f"{what} conflicted; retrying", attempt=n, size=size)
+            await asyncio.sleep(random.uniform(0.005, 0.05) * (n + 1))
     raise AssertionError("unreachable")

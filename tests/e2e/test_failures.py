@@ -2,53 +2,21 @@
 
 import asyncio
 import contextlib
-import subprocess
 import time
 
 import httpx
 import uvicorn
 
 from app.bootstrap import build_system
-from app.config import Settings
-from app.embedded import _mongo_ready, free_port, secantus_command
+from app.embedded import free_port
 from app.web.app import create_app
-
-
-def start_mongo(port, path):
-    proc = subprocess.Popen(
-        [
-            secantus_command(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--storage-path",
-            str(path),
-            "--log-level",
-            "ERROR",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while not _mongo_ready(f"mongodb://127.0.0.1:{port}/?directConnection=true"):
-        assert time.monotonic() < deadline and proc.poll() is None, "mongo did not start"
-        time.sleep(0.1)
-    return proc
+from tests.support.own_mongo import own_mongo_settings, start_mongo
 
 
 async def test_database_outage_is_a_typed_error_and_heals(services, tmp_path, unique_name):
     port = free_port()
     mongo = start_mongo(port, tmp_path / "db")
-    settings = Settings(
-        mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        mongodb_database=unique_name,
-        redis_url=services.redis,
-        redis_prefix=unique_name,
-        secret_key="k" * 32,
-        mongo_timeout_ms=2000,
-        _env_file=None,
-    )
+    settings = own_mongo_settings(port, services, unique_name)
     system = await build_system(settings)
     await system.accounts.add_domain("example.test")
     await system.accounts.create_user("alice@example.test", "long password")
@@ -113,15 +81,8 @@ async def test_a_subscription_outlasts_a_database_outage(services, tmp_path, uni
 
     port = free_port()
     mongo = start_mongo(port, tmp_path / "db")
-    settings = Settings(
-        mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        mongodb_database=unique_name,
-        redis_url=services.redis,
-        redis_prefix=unique_name,
-        secret_key="k" * 32,
-        mongo_timeout_ms=500,
-        ws_token_check_seconds=0.2,
-        _env_file=None,
+    settings = own_mongo_settings(
+        port, services, unique_name, mongo_timeout_ms=500, ws_token_check_seconds=0.2
     )
     system = await build_system(settings)
     await system.accounts.add_domain("example.test")

@@ -12,8 +12,8 @@ from app.bootstrap import build_system
 from app.config import Settings
 from app.embedded import _mongo_ready, free_port
 from app.mx.server import start_mx
-from tests.e2e.test_failures import start_mongo
 from tests.support.mx import DOMAIN, MailZone, mail_zone, message, running_mx, smtp_send
+from tests.support.own_mongo import start_mongo
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,13 @@ import pytest
 from pymongo import monitoring
 
 from app.bootstrap import System, build_system
-from app.config import Settings
 from app.domain.changes import Change
 from app.domain.errors import NotFound, ServiceUnavailable
 from app.domain.viewer import Viewer
 from app.embedded import free_port
 from app.services.feedback.suppression import user_scope
 from app.services.sending.compose import Composition
-from tests.e2e.test_failures import start_mongo
+from tests.support.own_mongo import own_mongo_settings, start_mongo
 
 DOMAIN = "example.test"
 
@@ -263,15 +262,7 @@ async def test_a_database_gone_under_a_batch_answers_service_unavailable_to_each
 ):
     port = free_port()
     mongo = start_mongo(port, tmp_path / "db")  # a server of its own, to kill
-    settings = Settings(
-        mongodb_uri=f"mongodb://127.0.0.1:{port}/?directConnection=true",
-        mongodb_database=unique_name,
-        redis_url=services.redis,
-        redis_prefix=unique_name,
-        secret_key="k" * 32,
-        mongo_timeout_ms=2000,
-        _env_file=None,
-    )
+    settings = own_mongo_settings(port, services, unique_name)
     system = await build_system(settings)
     try:
         await system.accounts.add_domain(DOMAIN)

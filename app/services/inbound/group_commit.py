@@ -21,7 +21,6 @@ fail on that index; the batch is then re-run one message at a time so only the d
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -35,9 +34,7 @@ from app.adapters.mongo import (
     Mongo,
     in_transaction,
     is_duplicate_key,
-    is_transient,
-    is_unreachable,
-    is_write_conflict,
+    retrying_conflicts,
     storage_failure,
 )
 from app.background import stop_task
@@ -51,7 +48,6 @@ log = structlog.get_logger(__name__)
 
 BUCKET = "blobs"
 MAX_BATCH_BYTES = 16 * 1024 * 1024
-CONFLICT_RETRIES = 8
 CONTEXT_READS = 8  # thread-context queries of a batch in flight at once
 
 
@@ -143,22 +139,14 @@ class InboundStore:
         read is as old as the transaction's start, and the unique index on ``dedupe_key``
         still refuses a duplicate filed in between (the batch is then re-run one by one).
         """
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                plan, context = await self._reads(batch)
-                return await in_transaction(  # type: ignore[no-any-return]
-                    self.mongo,
-                    lambda session, plan=plan, context=context: self._write(plan, context, session),
-                )
-            except DatabaseError as e:
-                transient = (is_transient(e) or is_write_conflict(e)) and not is_unreachable(
-                    e
-                )  # a dead database: 451 now
-                if not transient or attempt == CONFLICT_RETRIES - 1:
-                    raise
-                log.info("inbound batch conflicted; retrying", attempt=attempt, size=len(batch))
-                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        raise AssertionError("unreachable")
+
+        async def attempt() -> tuple[list[StoreResult], list[Change]]:
+            plan, context = await self._reads(batch)
+            return await in_transaction(  # type: ignore[no-any-return]
+                self.mongo, lambda session: self._write(plan, context, session)
+            )
+
+        return await retrying_conflicts(attempt, what="inbound batch", size=len(batch))
 
     async def _reads(
         self, batch: list[PreparedInbound]

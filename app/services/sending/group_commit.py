@@ -24,7 +24,6 @@ listeners hear of the changes, delivery jobs are enqueued — then the callers a
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,13 +34,13 @@ from bson import ObjectId
 
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import (
-    DatabaseError,
     Mongo,
     as_domain_error,
     in_transaction,
     is_transient,
     is_unreachable,
     is_write_conflict,
+    retrying_conflicts,
     storage_failure,
 )
 from app.adapters.queue import JobQueue
@@ -57,7 +56,6 @@ log = structlog.get_logger(__name__)
 
 MAX_BATCH = 64  # sends in one transaction
 MAX_BATCH_BYTES = 16 * 1024 * 1024  # of raw MIME (a batch always takes at least one send)
-CONFLICT_RETRIES = 8
 ENQUEUE_AT_ONCE = 32  # sends whose delivery jobs are enqueued concurrently after a commit
 
 # More work for the send's own transaction, returning its changes (sending a draft removes the
@@ -162,24 +160,18 @@ class SendCommitter:
             Filing(p.message, [ViewSpec(p.user_id, "sent", Folder.SENT.value, read=True)], p.now)
             for p in batch
         ]
-        for attempt in range(CONFLICT_RETRIES):
-            try:
-                context = (
-                    None
-                    if any(p.also_in_transaction is not None for p in batch)
-                    else await load_thread_context(self.db, filings, None)
-                )
-                return await in_transaction(  # type: ignore[no-any-return]
-                    self.mongo,
-                    lambda session, context=context: self._write(batch, filings, context, session),
-                )
-            except DatabaseError as e:
-                retry = (is_transient(e) or is_write_conflict(e)) and not is_unreachable(e)
-                if not retry or attempt == CONFLICT_RETRIES - 1:
-                    raise
-                log.info("send batch conflicted; retrying", attempt=attempt, size=len(batch))
-                await asyncio.sleep(random.uniform(0.005, 0.05) * (attempt + 1))
-        raise AssertionError("unreachable")
+
+        async def attempt() -> _Written:
+            context = (
+                None
+                if any(p.also_in_transaction is not None for p in batch)
+                else await load_thread_context(self.db, filings, None)
+            )
+            return await in_transaction(  # type: ignore[no-any-return]
+                self.mongo, lambda session: self._write(batch, filings, context, session)
+            )
+
+        return await retrying_conflicts(attempt, what="send batch", size=len(batch))
 
     async def _write(
         self,
