@@ -53,6 +53,21 @@ def _bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
+def secantus_argv(port: int, path: Path, log_level: str) -> list[str]:
+    """The command line of a SecantusDB server on 127.0.0.1:``port`` storing under ``path``."""
+    return [
+        secantus_command(),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--storage-path",
+        str(path),
+        "--log-level",
+        log_level,
+    ]
+
+
 def secantus_command() -> str:
     candidate = _bin_dir() / "secantusd-py"
     if candidate.exists():
@@ -158,17 +173,7 @@ class EmbeddedStack:
         port = free_port()
         path = self.data_dir / "mongodb"
         path.mkdir(exist_ok=True)
-        argv = [
-            secantus_command(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--storage-path",
-            str(path),
-            "--log-level",
-            "WARNING",
-        ]
+        argv = secantus_argv(port, path, "WARNING")
         if os.environ.get("MAILHUB_EMBEDDED_TEST_COMMANDS"):
             argv.append("--enable-test-commands")
         url = f"mongodb://127.0.0.1:{port}/?directConnection=true"

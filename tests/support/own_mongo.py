@@ -9,22 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings
-from app.embedded import _mongo_ready, secantus_command
+from app.embedded import _mongo_ready, secantus_argv
 
 
 def start_mongo(port: int, path: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [
-            secantus_command(),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--storage-path",
-            str(path),
-            "--log-level",
-            "ERROR",
-        ],
+        secantus_argv(port, path, "ERROR"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
