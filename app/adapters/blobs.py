@@ -37,23 +37,20 @@ class BlobStore:
         *,
         filename: str = "blob",
         metadata: dict[str, Any] | None = None,
-        blob_id: ObjectId | None = None,
         session: Any = None,
     ) -> ObjectId:
         """Store ``data`` as one blob (inline when it fits a chunk), written as GridFS documents
         by ``write_blobs``: GridFS's own upload first asks whether its collections are empty
         (an unfiltered ``find_one`` on each, to create indexes that ensure_indexes creates
         anyway), which SecantusDB answers by reading the whole collection — every upload got
-        slower as the store grew. ``blob_id``: the id to store it under, when the caller names
-        it in a document of the same transaction already (a new one otherwise)."""
-        [stored] = await write_blobs(
+        slower as the store grew."""
+        [blob_id] = await write_blobs(
             self._db,
             [(data, filename, metadata or {})],
-            ids=[blob_id] if blob_id is not None else None,
             bucket=self._bucket_name,
             session=session,
         )
-        return stored
+        return blob_id
 
     async def put_many(
         self,
