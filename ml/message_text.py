@@ -13,6 +13,7 @@ import base64
 import binascii
 import quopri
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.message import Message
@@ -63,14 +64,14 @@ class MessageText:
     attachments: tuple[str, ...]  # content types of non-text parts
 
 
-class _HtmlText(HTMLParser):
-    """HTML → visible text, plus the link targets and image count spam relies on."""
+class _HtmlFacts:
+    """HTML → visible text, plus the link targets and image count spam relies on: the
+    ``html.parser`` callbacks, for ``_HtmlText`` (its own parse) and ``SharedHtml`` (another's)."""
 
     _SKIP = frozenset({"script", "style", "head", "title"})
     _BREAK = frozenset({"br", "p", "div", "tr", "li", "td", "table", "h1", "h2", "h3", "center"})
 
     def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
         self.chunks: list[str] = []
         self.links: list[str] = []
         self.images = 0
@@ -93,13 +94,50 @@ class _HtmlText(HTMLParser):
         if tag in self._SKIP and self._skip_depth:
             self._skip_depth -= 1
 
+    def handle_data(self, data: str) -> None:
+        if not self._skip_depth:
+            self.chunks.append(data)
+
+    def facts(self) -> tuple[str, list[str], int]:
+        return " ".join(self.chunks), self.links, self.images
+
+
+class _HtmlText(_HtmlFacts, HTMLParser):
+    def __init__(self) -> None:
+        HTMLParser.__init__(self, convert_charrefs=True)
+        _HtmlFacts.__init__(self)
+
     def updatepos(self, i: int, j: int) -> int:
         """Skip the line/column bookkeeping (it only feeds ``getpos()``, which we never ask)."""
         return j
 
-    def handle_data(self, data: str) -> None:
-        if not self._skip_depth:
-            self.chunks.append(data)
+
+class SharedHtml(_HtmlFacts):
+    """What ``html_to_text`` finds in the HTML documents another parser reads: an
+    ``app.domain.html_safety.HtmlListener``. The MX renders an HTML body to text for storage;
+    given this listener, the same ``html.parser`` events also give the model's text, links and
+    image count, and ``read_message(..., parsed_html=shared.documents)`` uses them instead of
+    parsing that HTML a second time.
+
+    Exact by construction: a document is known by its exact text, so the model uses a result
+    only for the very string it would have parsed, and the events are the ones its own parser
+    would have seen (``html.parser`` with converted character references, the same class; the
+    other parser must not stop on an error of its own: then the document is not kept). A parse
+    that ``html.parser`` broke off with an error ``html_to_text`` would not catch is not kept
+    either (the model's own parse raises it, as before).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.documents: dict[str, tuple[str, list[str], int]] = {}
+
+    def done(self, html: str, error: Exception | None, complete: bool) -> None:
+        if complete and (error is None or isinstance(error, _HTML_ERRORS)):
+            self.documents[html] = self.facts()
+        _HtmlFacts.__init__(self)
+
+
+_HTML_ERRORS = (AssertionError, ValueError)  # malformed markup: keep what was read so far
 
 
 def html_to_text(html: str) -> tuple[str, list[str], int]:
@@ -108,9 +146,9 @@ def html_to_text(html: str) -> tuple[str, list[str], int]:
     try:
         parser.feed(html)
         parser.close()
-    except (AssertionError, ValueError):  # malformed markup: keep what was read so far
+    except _HTML_ERRORS:
         pass
-    return " ".join(parser.chunks), parser.links, parser.images
+    return parser.facts()
 
 
 def decode_bytes(data: bytes, charset: str | None) -> str:
@@ -185,8 +223,14 @@ def _part_text(part: Message) -> str:
     return decode_bytes(payload, part.get_content_charset())
 
 
-def read_message(raw: bytes | str | Message) -> MessageText:
-    """Decode every text part (charsets, QP, base64), HTML to text; other headers dropped."""
+def read_message(
+    raw: bytes | str | Message, parsed_html: Mapping[str, tuple[str, list[str], int]] | None = None
+) -> MessageText:
+    """Decode every text part (charsets, QP, base64), HTML to text; other headers dropped.
+
+    ``parsed_html``: ``html_to_text`` results already known (``SharedHtml.documents``), by
+    document.
+    """
     if isinstance(raw, Message):
         msg = raw
     else:
@@ -217,7 +261,8 @@ def read_message(raw: bytes | str | Message) -> MessageText:
         text = _part_text(part)
         if ctype == "text/html" or _TAG_SNIFF.search(text, 0, 5000):
             html = True
-            text, found, count = html_to_text(text)
+            known = parsed_html.get(text) if parsed_html else None
+            text, found, count = known if known is not None else html_to_text(text)
             links.extend(found)
             images += count
         texts.append(strip_list_footer(text))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.message import Message
 from functools import lru_cache
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ml.features import message_tokens
+from ml.features import text_tokens
+from ml.message_text import read_message
 from ml.model import SpamModel, bucket_of, load, newest_model_path
 
 try:  # FeatureHasher's own hashing loop, without the sparse matrix (which loses token order)
@@ -151,8 +153,15 @@ def verdict_from(
     return Verdict(is_spam, score, model.version, reasons(evidence, is_spam), probable)
 
 
-def score(raw: bytes | str | Message, model: SpamModel | None = None) -> Verdict:
-    """Judge one message: full RFC 5322 bytes, an ``EmailMessage``, or "Subject: ...\\n\\nbody"."""
+def score(
+    raw: bytes | str | Message,
+    model: SpamModel | None = None,
+    parsed_html: Mapping[str, tuple[str, list[str], int]] | None = None,
+) -> Verdict:
+    """Judge one message: full RFC 5322 bytes, an ``EmailMessage``, or "Subject: ...\\n\\nbody".
+
+    ``parsed_html``: HTML bodies another parse has read already (``SharedHtml.documents``).
+    """
     model = model or load_model()
-    evidence = weigh(message_tokens(raw), model)
+    evidence = weigh(text_tokens(read_message(raw, parsed_html)), model)
     return verdict_from(evidence, calibrated_logit(evidence.mean_log_odds, model), model)

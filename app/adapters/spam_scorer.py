@@ -62,9 +62,16 @@ class ModelScorer:
         self.load()
         return self._model
 
-    def score(self, raw: bytes) -> SpamVerdict:
+    def shared_html(self) -> Any:
+        """A listener for ``parse_message(raw, html_listener=...)``: the HTML it reads for
+        storage is then not parsed again by ``score(raw, shared)`` (``ml.SharedHtml``)."""
+        self.load()
+        return self._ml.SharedHtml()
+
+    def score(self, raw: bytes, shared: Any = None) -> SpamVerdict:
         model = self.model
-        verdict = self._ml.score(bounded_for_scoring(raw), model)
+        parsed_html = shared.documents if shared is not None else None
+        verdict = self._ml.score(bounded_for_scoring(raw), model, parsed_html)
         return SpamVerdict(
             bool(verdict.is_spam),
             float(verdict.score),

@@ -24,6 +24,7 @@ import copy
 import re
 from collections.abc import Iterator
 from html.parser import HTMLParser
+from typing import Protocol
 
 import nh3
 
@@ -164,6 +165,7 @@ _PARAGRAPH_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote"}
 _SKIPPED_TAGS = {"script", "style", "head", "title", "template", "noscript", "svg", "math"}
 _LINK_SCHEMES = ("http:", "https:", "mailto:", "tel:")
 _WHITESPACE_RUN = re.compile(r"\s+")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")  # in <pre>: CRLF, CR and LF alike
 
 
 class _TextRenderer(HTMLParser):
@@ -220,7 +222,7 @@ class _TextRenderer(HTMLParser):
         if self.skip_depth:
             return
         if self.pre_depth:
-            for i, piece in enumerate(data.replace("\r\n", "\n").split("\n")):
+            for i, piece in enumerate(_LINE_BREAK.split(data)):
                 if i:
                     self.newline(force=True)
                 self.write(piece)
@@ -278,16 +280,77 @@ class _TextRenderer(HTMLParser):
         return "\n".join(out).strip("\n")
 
 
-def html_to_text(html: str) -> str:
-    """Plain-text rendering of an HTML body (for text/plain alternatives, search and snippets)."""
+class HtmlListener(Protocol):
+    """Sees the parse ``html_to_text`` makes of a document: every start tag, end tag and text
+    in order (``html.parser`` events, character references converted), then ``done``.
+
+    This is how a second reader of the same HTML, the spam model's, shares the one parse
+    instead of making its own (``ml.message_text.SharedHtml``). ``done``'s ``error`` is the
+    exception that stopped ``html.parser`` early (the events seen are those before it);
+    ``complete`` is False when the renderer's own code failed, after which the events seen are
+    not what ``html.parser`` alone would have given.
+    """
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None: ...
+
+    def handle_endtag(self, tag: str) -> None: ...
+
+    def handle_data(self, data: str) -> None: ...
+
+    def done(self, html: str, error: Exception | None, complete: bool) -> None: ...
+
+
+class _ListenedRenderer(_TextRenderer):
+    """``_TextRenderer`` passing each event to a listener first."""
+
+    def __init__(self, listener: HtmlListener) -> None:
+        super().__init__()
+        self.listener = listener
+        self.own_error = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.listener.handle_starttag(tag, attrs)
+        try:
+            super().handle_starttag(tag, attrs)
+        except Exception:
+            self.own_error = True
+            raise
+
+    def handle_endtag(self, tag: str) -> None:
+        self.listener.handle_endtag(tag)
+        try:
+            super().handle_endtag(tag)
+        except Exception:
+            self.own_error = True
+            raise
+
+    def handle_data(self, data: str) -> None:
+        self.listener.handle_data(data)
+        try:
+            super().handle_data(data)
+        except Exception:
+            self.own_error = True
+            raise
+
+
+def html_to_text(html: str, listener: HtmlListener | None = None) -> str:
+    """Plain-text rendering of an HTML body (for text/plain alternatives, search and snippets).
+
+    Line breaks may be CRLF, CR or LF: the rendering is the same (outside ``<pre>`` whitespace
+    runs become one space, inside it each kind ends a line). ``listener`` sees the same parse.
+    """
     if not html:
         return ""
-    renderer = _TextRenderer()
+    renderer = _TextRenderer() if listener is None else _ListenedRenderer(listener)
+    error: Exception | None = None
     try:
         renderer.feed(html)
         renderer.close()
-    except Exception:  # html.parser is tolerant, but never let a body break us
-        pass
+    except Exception as exc:  # html.parser is tolerant, but never let a body break us
+        error = exc
+    if listener is not None:
+        assert isinstance(renderer, _ListenedRenderer)
+        listener.done(html, error, not renderer.own_error)
     return renderer.text()
 
 

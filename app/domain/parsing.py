@@ -27,7 +27,7 @@ from typing import Any
 from app.domain.addresses import Address, parse_header_addresses
 from app.domain.conversations import normalize_message_id, parse_message_ids
 from app.domain.encoded_words import decode_charset, decode_header_words
-from app.domain.html_safety import html_to_text
+from app.domain.html_safety import HtmlListener, html_to_text
 
 # Headers kept for later decisions: list handling, auto-reply loops (RFC 3834), bounces, auth.
 SELECTED_HEADERS = (
@@ -106,7 +106,7 @@ class ParsedMessage:
     size: int = 0
 
 
-def parse_message(raw: bytes) -> ParsedMessage:
+def parse_message(raw: bytes, *, html_listener: HtmlListener | None = None) -> ParsedMessage:
     """Parse raw RFC 5322 bytes into a ``ParsedMessage``; never raises on malformed input.
 
     Bodies: every text/plain and text/html part that is not an attachment, in order (see
@@ -115,18 +115,21 @@ def parse_message(raw: bytes) -> ParsedMessage:
     parts with a filename or ``Content-Disposition: attachment``, non-text leaves, and nested
     messages (named after their subject). A message the parser cannot make sense of at all comes
     back with its raw bytes as the text body.
+
+    ``html_listener`` sees the parse of each HTML part the text body is rendered from
+    (``html_to_text``).
     """
     try:
-        return _parse(raw)
+        return _parse(raw, html_listener)
     except Exception:  # last line of defence for hostile input
         return _unparseable(raw)
 
 
-def _parse(raw: bytes) -> ParsedMessage:
+def _parse(raw: bytes, html_listener: HtmlListener | None) -> ParsedMessage:
     msg = BytesParser(policy=_PARSE_POLICY).parsebytes(raw)
     body = _Bodies()
     _collect(msg, body, depth=0)
-    text_body, html_body = _bodies(msg)
+    text_body, html_body = _bodies(msg, html_listener)
     if html_body is not None and (text_body is None or not text_body.strip()):
         text_body = html_to_text(html_body)
     references = parse_message_ids(header_text(msg, "references", decode_words=False))
@@ -270,6 +273,10 @@ def _is_inline_text(ctype: str, filename: str | None, disposition: str | None) -
 class _TextPart:
     text: str
     is_html: bool
+    # An HTML part's text as decoded, before its line breaks were normalized: what the text
+    # body is rendered from (the rendering is the same), and what the spam model decodes too,
+    # so that one parse serves both (``html_listener``).
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -284,7 +291,7 @@ class _Rendering:
 _NOTHING = _Rendering()
 
 
-def _bodies(part: Message) -> tuple[str | None, str | None]:
+def _bodies(part: Message, html_listener: HtmlListener | None) -> tuple[str | None, str | None]:
     """The text and HTML bodies: every inline text part in order, joined by a separator.
 
     multipart/alternative contributes one alternative (the last plain one to the text body, the
@@ -295,7 +302,7 @@ def _bodies(part: Message) -> tuple[str | None, str | None]:
     """
     rendering = _render(part, depth=0)
     text_body = TEXT_PART_SEPARATOR.join(
-        html_to_text(p.text) if p.is_html else p.text for p in rendering.for_text
+        html_to_text(p.source, html_listener) if p.is_html else p.text for p in rendering.for_text
     )
     html_body = None
     if any(p.is_html for p in rendering.for_html):
@@ -331,12 +338,14 @@ def _render(part: Message, depth: int) -> _Rendering:
     try:
         if not _is_inline_text(ctype, _filename(part), _disposition(part)):
             return _NOTHING
-        text = _normalize_newlines(_decode_text(part)).rstrip("\n")
+        source = _decode_text(part)
+        text = _normalize_newlines(source).rstrip("\n")
         if ctype == "text/plain":
             text = _unflow(text, part)
     except Exception:  # one hostile part must not cost us the others
         return _NOTHING
-    piece = (_TextPart(text, is_html=ctype == "text/html"),)
+    is_html = ctype == "text/html"
+    piece = (_TextPart(text, is_html, source if is_html else ""),)
     return _Rendering(piece, piece)
 
 

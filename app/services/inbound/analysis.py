@@ -47,7 +47,19 @@ def _start_helper(model_path: Path | str | None) -> None:
 
 def _analyze_in_helper(raw: bytes, score: bool) -> tuple[ParsedMessage, SpamVerdict | None]:
     assert _helper_scorer is not None
-    return parse_message(raw), _helper_scorer.score(raw) if score else None
+    return analyze(raw, _helper_scorer, score)
+
+
+def analyze(raw: bytes, scorer: Scorer, score: bool) -> tuple[ParsedMessage, SpamVerdict | None]:
+    """Parse ``raw`` and, when asked, score it. A ``ModelScorer`` shares the parse of the HTML
+    body with the storage parse (``ml.SharedHtml``): the model's text, links and image count of
+    that HTML come from the same ``html.parser`` events, not from a second parse of its own."""
+    if not score:
+        return parse_message(raw), None
+    if isinstance(scorer, ModelScorer):
+        shared = scorer.shared_html()
+        return parse_message(raw, html_listener=shared), scorer.score(raw, shared)
+    return parse_message(raw), scorer.score(raw)
 
 
 def _ready() -> bool:
@@ -108,4 +120,4 @@ class Analysis:
                 if self._pool is pool:
                     self._pool = self._new_pool()
                     pool.shutdown(wait=False, cancel_futures=True)
-        return parse_message(raw), self.scorer.score(raw) if score else None
+        return analyze(raw, self.scorer, score)
