@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -93,10 +94,30 @@ def _reference_shape_tokens(text: MessageText) -> list[str]:
     return out
 
 
+def _reference_url_tokens(urls: tuple[str, ...]) -> list[str]:
+    out = ["shape:URLS_" + f._bucket(len(urls))]
+    for url in urls:
+        if url.casefold().startswith(("mailto:", "cid:", "#")):
+            continue
+        try:
+            host = urlsplit(url if "://" in url else "http://" + url).hostname or ""
+        except ValueError:
+            continue
+        if not host:
+            continue
+        if f._IPV4.match(host):
+            out.append("shape:URL_IP")
+            continue
+        domain = f.registrable_domain(host)
+        if "." in domain:
+            out.append("url_host:" + domain)
+    return out
+
+
 def reference_text_tokens(text: MessageText) -> list[str]:
     found = _reference_run_tokens(text.subject, "subject:")
     found += _reference_run_tokens(f._LINKISH.sub(" ", text.body), "word:", pairs=True)
-    found += f._url_tokens(text.urls)
+    found += _reference_url_tokens(text.urls)
     found += _reference_shape_tokens(text)
     return list(dict.fromkeys(found))
 
@@ -196,6 +217,161 @@ def test_tokens_of_a_large_html_newsletter_are_unchanged() -> None:
     text = read_message(raw)
     assert text.html and len(text.body) > 20_000
     assert f.text_tokens(text) == reference_text_tokens(text)
+
+
+# Everything the ASCII fast paths have to get right, and the non-ASCII characters that case-fold,
+# join runs or hide in them: ſ, ı, İ, the Kelvin sign, a combining mark, "ß", Greek final sigma.
+_TRICKY = list("aAbBzZmMoOnNtTuUeEsSyYxX0123456789_ .,:;-'\n\t!?>/@$%ſıİ\u212a\u0301ßΣς中ж")
+_TRICKY_PIECES = [
+    "",
+    "a",
+    "I",
+    "OK",
+    "FREE",
+    "Free",
+    "x" * 20,
+    "y" * 21,
+    "Z" * 30,
+    "abc123",
+    "a1" * 11,
+    "7" * 21,
+    "1",
+    "12",
+    "123",
+    "1234",
+    "12345",
+    "under_score",
+    "_lead",
+    "trail_",
+    "Mon, March 3",
+    "monday",
+    "Tue 10:30 pm",
+    "2024-01-31",
+    "12/31/2024",
+    "caf\u00e9",
+    "cafe\u0301",
+    "\u212aelvin",
+    "ſtop",
+    "İstanbul",
+    "ıdea",
+    "STRASSE straße",
+    "http://Example.COM/Path_x?q=1",
+    "www.shop.test/sale",
+    "a@b.example",
+]
+
+
+def _tricky_text(rng: random.Random, ascii_only: bool) -> str:
+    parts = []
+    for _ in range(rng.randint(0, 60)):
+        if rng.random() < 0.4:
+            parts.append(rng.choice(_TRICKY_PIECES))
+        else:
+            parts.append("".join(rng.choice(_TRICKY) for _ in range(rng.randint(1, 25))))
+    text = rng.choice([" ", "", "\n", "  "]).join(parts)
+    if ascii_only:
+        text = text.encode("ascii", "ignore").decode()
+    return text
+
+
+@pytest.mark.parametrize("ascii_only", [True, False])
+def test_fast_paths_give_the_reference_tokens_on_tricky_text(ascii_only: bool) -> None:
+    rng = random.Random(23 if ascii_only else 29)
+    for n in range(4000):
+        body = _tricky_text(rng, ascii_only)
+        if n % 5 == 0:  # some all upper case, for the ALLCAPS_BODY bound
+            body = body.upper()
+        text = MessageText(
+            subject=_tricky_text(rng, ascii_only)[:80],
+            body=body,
+            html=rng.random() < 0.5,
+            urls=tuple(_URL.findall(body)) if rng.random() < 0.7 else (),
+            images=rng.choice([0, 1]),
+            attachments=(),
+        )
+        assert f.text_tokens(text) == reference_text_tokens(text), text
+        if body.isascii():
+            assert f._ascii_runs(body) == f._RUN.findall(body), body
+            runs = f._ascii_runs(body.lower())
+            lengths = list(map(len, runs))
+            for dated in (False, True):
+                fast = f._ascii_body_tokens(dated, runs, lengths, f._has_digit(body), "word:")
+                slow = dict.fromkeys(f._tokens_of_runs(dated, f._RUN.findall(body), "word:", True))
+                assert list(fast) == list(slow), body
+        words = [w for w in f._RUN.findall(body) if w.isalpha() and len(w) > 2]
+        caps = len(words) >= 10 and f._ratio(sum(w.isupper() for w in words), len(words)) > 0.3
+        assert f._words_of_body(body, None) == (len(words), caps), body
+
+
+def test_edge_bodies_give_the_reference_tokens() -> None:
+    bodies = [
+        "",
+        " ",
+        "a",
+        "1",
+        "a b c",
+        "x" * 21,
+        "1 2 3 x" + "y" * 25,
+        "12345 abc a1b2 " + "Q" * 22 + " 7 zz 99 zz",
+        "abc 1 def 22 ghi 333 jkl 4444 mno 55555 pqr v1agra stu",
+        "WORD " * 12 + "word " * 3,
+        "Word " * 30,
+        "A B C D E F G H I J K L M N word word word",
+        "ABC " * 10 + "abc " * 21,  # 10 of 31 words upper case: just over 30%
+        "ABC " * 9 + "abc " * 21,  # 9 of 30: not over
+        "Abc " * 40 + "ABC " * 12,
+        "Mon, March 3 and then some text",
+        "see http://a.example/x and www.b.example/y then more",
+        "price $100 on 2024-01-31 at 10:30 pm",
+        "\u212a \u212aa ſ ſſ ı ıı İ İİ",
+        "cafe\u0301 caf\u00e9",
+        "_ __ a_b _a_ b_",
+    ]
+    for body in bodies:
+        for subject in ("", "Hello", "1 x" + "y" * 25, body):
+            for urls in ((), tuple(_URL.findall(body))):
+                text = MessageText(subject, body, True, urls, 1, ())
+                assert f.text_tokens(text) == reference_text_tokens(text), (subject, body)
+
+
+def test_url_tokens_are_unchanged() -> None:
+    urls = [
+        "http://Example.COM/Path",
+        "HTTPS://www.mail.Example.co.uk",
+        "https://a.b.example?x=1",
+        "http://x.example#frag",
+        "http://user@host.example/",
+        "http://host.example:8080/",
+        "http://[::1]/",
+        "http://[bad/",
+        "http://10.0.0.1/i.png",
+        "http://999.1.2.3/",
+        "www.shop.test/sale",
+        "www.shop.test",
+        "www.x.example/?u=http://y.example",
+        "mailto:a@b.example",
+        "MAILTO:a@b.example",
+        "cid:part1",
+        "#top",
+        " http://lead.example/",
+        "http://ta\tb.example/",
+        "http://tab.example/\t",
+        "http://under_score.example/",
+        "http://.example./",
+        "http://localhost/",
+        "httpſ://x.org",
+        "http://ünï.example/",
+        "http://xn--n3h.example/",
+        "ftp://files.example/",
+        "http:/one.example",
+        "http://",
+        "",
+    ]
+    rng = random.Random(5)
+    for _ in range(300):
+        sample = tuple(rng.choice(urls) for _ in range(rng.randint(0, 12)))
+        assert f._url_tokens(sample) == _reference_url_tokens(sample), sample
+    assert f._url_tokens(tuple(urls)) == _reference_url_tokens(tuple(urls))
 
 
 def _reference_weigh(
