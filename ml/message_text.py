@@ -19,7 +19,8 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from html.parser import HTMLParser
+
+from app.domain.html_fast import FastHTMLParser
 
 # compat32 keeps parsing cheap (no header objects); we decode what we need ourselves.
 _PARSER = BytesParser(policy=compat32)
@@ -102,14 +103,10 @@ class _HtmlFacts:
         return " ".join(self.chunks), self.links, self.images
 
 
-class _HtmlText(_HtmlFacts, HTMLParser):
+class _HtmlText(_HtmlFacts, FastHTMLParser):
     def __init__(self) -> None:
-        HTMLParser.__init__(self, convert_charrefs=True)
+        FastHTMLParser.__init__(self, convert_charrefs=True)
         _HtmlFacts.__init__(self)
-
-    def updatepos(self, i: int, j: int) -> int:
-        """Skip the line/column bookkeeping (it only feeds ``getpos()``, which we never ask)."""
-        return j
 
 
 class SharedHtml(_HtmlFacts):
