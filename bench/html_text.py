@@ -1,0 +1,74 @@
+"""Time the two HTML readers on the inbound benchmark's HTML mail: ms per message, best of runs.
+
+    flock /work/wt/bench.lock .venv/bin/python bench/html_text.py [--peers /work/shared/peers]
+
+The documents are the HTML parts of msggen's inbound mix (200 messages, seed 42: 50 HTML-only
+newsletters of ~50 KB). Timed: ``app.domain.html_safety.html_to_text`` (storage's text),
+``ml.message_text.html_to_text`` (the spam model's own parse) and storage's parse with the
+model listening (``ml.SharedHtml``, what the MX runs). Run it with PYTHONPATH at the tree to
+measure (another checkout gives the "before").
+"""
+
+from __future__ import annotations
+
+import argparse
+import email
+import gc
+import sys
+import time
+from collections.abc import Callable
+from email import policy
+
+
+def _documents(peers: str) -> list[str]:
+    sys.path.insert(0, peers)
+    import msggen  # type: ignore[import-not-found]
+
+    corpus = msggen.build_corpus(200, 42, "inbound", lambda r: f"u{r.randrange(50)}@bench.test")
+    docs = []
+    for _rcpt, kind, data in corpus:
+        if kind != "html":
+            continue
+        message = email.message_from_bytes(data.replace(b"\r\n..", b"\r\n."), policy=policy.default)
+        for part in message.walk():
+            if part.get_content_type() == "text/html":
+                docs.append(part.get_content())
+    return docs
+
+
+def _best_ms(fn: Callable[[str], object], docs: list[str], runs: int) -> float:
+    best = float("inf")
+    for _ in range(runs):
+        gc.collect()
+        start = time.perf_counter()
+        for doc in docs:
+            fn(doc)
+        best = min(best, time.perf_counter() - start)
+    return best / len(docs) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--peers", default="/work/shared/peers")
+    parser.add_argument("--runs", type=int, default=10)
+    args = parser.parse_args()
+
+    from app.domain import html_safety
+    from ml import message_text
+
+    docs = _documents(args.peers)
+    print(f"{len(docs)} documents, {sum(map(len, docs)) // len(docs)} characters on average")
+
+    def shared(doc: str) -> None:
+        html_safety.html_to_text(doc, message_text.SharedHtml())
+
+    for name, fn in (
+        ("app.domain.html_safety.html_to_text", html_safety.html_to_text),
+        ("ml.message_text.html_to_text", message_text.html_to_text),
+        ("html_safety.html_to_text + SharedHtml", shared),
+    ):
+        print(f"{name:40} {_best_ms(fn, docs, args.runs):.3f} ms/message")
+
+
+if __name__ == "__main__":
+    main()
