@@ -43,9 +43,63 @@ unread rest instead of the whole buffer (both readers stop at an exception).
 
 from __future__ import annotations
 
+import hashlib
+import html
+import html.parser
+import inspect
 import re
 from html import unescape
 from html.parser import HTMLParser, starttagopen  # type: ignore[attr-defined]
+from typing import Any
+
+# What the fast path mirrors, as reviewed: sha256 (first 16 hex digits) of each function's
+# source and of each pattern's text and flags. CPython 3.11.2 (Debian 12) and 3.11.7 have the
+# same. The standard library is not pinned like a package: a Python whose html.parser differs
+# (a later security release) turns the fast path off, and every event is stock's again, until
+# someone re-reads the new code and records it here (docs/overrides.md).
+REVIEWED = {
+    "HTMLParser.check_for_whole_start_tag": "47aa87ac4b7ea393",
+    "HTMLParser.clear_cdata_mode": "7b1427f0aa5de1b0",
+    "HTMLParser.goahead": "482555522333534e",
+    "HTMLParser.parse_endtag": "b035acffd6ed02f6",
+    "HTMLParser.parse_starttag": "243e1b824078db92",
+    "HTMLParser.set_cdata_mode": "9df0fd31e1a76bdb",
+    "attrfind_tolerant": "040d8ffa304efffd",
+    "endendtag": "75564cef7721bd02",
+    "endtagfind": "1a685be2ca34779d",
+    "interesting_normal": "ea581c7f5394d908",
+    "locatestarttagend_tolerant": "983f762e4100bdfa",
+    "starttagopen": "457d774c48203bca",
+    "tagfind_tolerant": "54259ef245ffc3a6",
+    "unescape": "f24f060ae8765b69",
+}
+
+
+def fingerprint(obj: Any) -> str:
+    """A regular expression by its pattern and flags, anything else by its source."""
+    text = f"{obj.pattern!r} {obj.flags}" if isinstance(obj, re.Pattern) else inspect.getsource(obj)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def stock_fingerprints() -> dict[str, str]:
+    """The fingerprints of what this Python's ``html.parser`` has under ``REVIEWED``'s names."""
+    found = {}
+    for name in REVIEWED:
+        if name == "unescape":
+            obj: Any = html.unescape
+        elif name.startswith("HTMLParser."):
+            obj = getattr(html.parser.HTMLParser, name.removeprefix("HTMLParser."), None)
+        else:
+            obj = getattr(html.parser, name, None)
+        try:
+            found[name] = fingerprint(obj) if obj is not None else "missing"
+        except (OSError, TypeError):  # no source to read (a stripped install)
+            found[name] = "no source"
+    return found
+
+
+# Whether the fast path runs: only on the html.parser it was written against.
+ACTIVE = stock_fingerprints() == REVIEWED
 
 _START_TAG = re.compile(
     r"<([a-zA-Z][a-zA-Z0-9]*)"
@@ -66,7 +120,7 @@ class FastHTMLParser(HTMLParser):
     """``HTMLParser`` reading plain start and end tags with one regular expression each."""
 
     def goahead(self, end: bool) -> None:
-        if not self.convert_charrefs:
+        if not ACTIVE or not self.convert_charrefs:
             super().goahead(end)
             return
         rawdata = self.rawdata

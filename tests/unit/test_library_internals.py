@@ -156,52 +156,9 @@ FINGERPRINTS: dict[str, str] = {
     "graphql-core execute_fields": "797f54fbd779b4e3",
     "graphql-core handle_field_error": "d33a6ee408cd1695",
     "graphql-core settle_in_background": "da2b2c7303b6fa2d",
-    "html unescape": "f24f060ae8765b69",
-    "html.parser HTMLParser.check_for_whole_start_tag": "47aa87ac4b7ea393",
-    "html.parser HTMLParser.clear_cdata_mode": "7b1427f0aa5de1b0",
-    "html.parser HTMLParser.goahead": "482555522333534e",
-    "html.parser HTMLParser.parse_endtag": "b035acffd6ed02f6",
-    "html.parser HTMLParser.parse_starttag": "243e1b824078db92",
-    "html.parser HTMLParser.set_cdata_mode": "9df0fd31e1a76bdb",
-    "html.parser attrfind_tolerant": "040d8ffa304efffd",
-    "html.parser endendtag": "75564cef7721bd02",
-    "html.parser endtagfind": "1a685be2ca34779d",
-    "html.parser interesting_normal": "ea581c7f5394d908",
-    "html.parser locatestarttagend_tolerant": "983f762e4100bdfa",
-    "html.parser starttagopen": "457d774c48203bca",
-    "html.parser tagfind_tolerant": "54259ef245ffc3a6",
     "strawberry GraphQLCoreConverter.from_resolver": "bcac1354fecdee79",
     "strawberry StrawberryGraphQLCoreExecutionContext": "61e417afeaa66527",
 }
-
-
-def _html_parser() -> dict[str, Any]:
-    # the standard library's, as of Python 3.11.7 (app/domain/html_fast.py)
-    import html
-    import html.parser as stock
-
-    methods = (
-        "goahead",
-        "parse_starttag",
-        "check_for_whole_start_tag",
-        "parse_endtag",
-        "set_cdata_mode",
-        "clear_cdata_mode",
-    )
-    patterns = (
-        "starttagopen",
-        "locatestarttagend_tolerant",
-        "tagfind_tolerant",
-        "attrfind_tolerant",
-        "endendtag",
-        "endtagfind",
-        "interesting_normal",
-    )
-    return {
-        **{f"html.parser HTMLParser.{name}": getattr(stock.HTMLParser, name) for name in methods},
-        **{f"html.parser {name}": getattr(stock, name) for name in patterns},
-        "html unescape": html.unescape,
-    }
 
 
 def _mirrored() -> dict[str, Any]:
@@ -211,7 +168,6 @@ def _mirrored() -> dict[str, Any]:
         **_arq(),
         **_aiosmtpd(),
         **_dkimpy(),
-        **_html_parser(),
     }
 
 
@@ -342,6 +298,21 @@ def test_the_dkimpy_internals_the_signer_uses_are_there() -> None:
     signer = dkim.DKIM(b"From: a@example.test\r\n\r\nbody\r\n", linesep=b"\r\n")
     for name in ("should_not_sign", "body", "headers", "debug_content"):
         assert hasattr(signer, name), name
+
+
+def test_the_fast_html_parser_runs_only_on_the_html_parser_it_was_written_against() -> None:
+    """The standard library is not pinned like a package: ``html_fast`` checks its own
+    fingerprints of what it mirrors at import, and turns itself off on a Python whose
+    ``html.parser`` differs (docs/overrides.md)."""
+    from app.domain import html_fast
+
+    assert html_fast.ACTIVE == (html_fast.stock_fingerprints() == html_fast.REVIEWED)
+    assert html_fast.fingerprint(html_fast.HTMLParser.goahead) == _fingerprint(
+        html_fast.HTMLParser.goahead
+    )
+    changed = html_fast.stock_fingerprints()
+    changed["HTMLParser.goahead"] = "0" * 16  # what a changed stdlib looks like
+    assert changed != html_fast.REVIEWED
 
 
 def test_the_html_parser_internals_the_fast_parser_uses_are_there() -> None:
