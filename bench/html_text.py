@@ -1,8 +1,9 @@
 """Time the two HTML readers on the inbound benchmark's HTML mail: ms per message, best of runs.
 
-    flock /work/wt/bench.lock .venv/bin/python bench/html_text.py [--peers /work/shared/peers]
+    .venv/bin/python bench/html_text.py [--peers DIR]
 
-The documents are the HTML parts of msggen's inbound mix (200 messages, seed 42: 50 HTML-only
+``--peers``: the shared peers' folder (default: ``shared/peers`` beside the checkout, or
+``MAILHUB_PEERS_DIR``, as bench/inbound.py finds it). The documents are the HTML parts of msggen's inbound mix (200 messages, seed 42: 50 HTML-only
 newsletters of ~50 KB). Timed: ``app.domain.html_safety.html_to_text`` (storage's text),
 ``ml.message_text.html_to_text`` (the spam model's own parse) and storage's parse with the
 model listening (``ml.SharedHtml``, what the MX runs). Run it with PYTHONPATH at the tree to
@@ -14,10 +15,15 @@ from __future__ import annotations
 import argparse
 import email
 import gc
+import os
 import sys
 import time
 from collections.abc import Callable
 from email import policy
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))  # after PYTHONPATH: another tree there is the one measured
 
 
 def _documents(peers: str) -> list[str]:
@@ -49,7 +55,10 @@ def _best_ms(fn: Callable[[str], object], docs: list[str], runs: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--peers", default="/work/shared/peers")
+    parser.add_argument(
+        "--peers",
+        default=os.environ.get("MAILHUB_PEERS_DIR") or str(ROOT.parent / "shared" / "peers"),
+    )
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
 
