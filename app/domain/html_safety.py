@@ -297,36 +297,32 @@ class HtmlListener(Protocol):
 
 
 class _ListenedRenderer(_TextRenderer):
-    """``_TextRenderer`` passing each event to a listener first."""
+    """``_TextRenderer`` passing each event to a listener first. ``in_own_code`` stays True
+    when the renderer's own handling of an event raised (the listener saw that event, but
+    ``html.parser`` alone would have gone on)."""
 
     def __init__(self, listener: HtmlListener) -> None:
         super().__init__()
         self.listener = listener
-        self.own_error = False
+        self.in_own_code = False
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.listener.handle_starttag(tag, attrs)
-        try:
-            super().handle_starttag(tag, attrs)
-        except Exception:
-            self.own_error = True
-            raise
+        self.in_own_code = True
+        super().handle_starttag(tag, attrs)
+        self.in_own_code = False
 
     def handle_endtag(self, tag: str) -> None:
         self.listener.handle_endtag(tag)
-        try:
-            super().handle_endtag(tag)
-        except Exception:
-            self.own_error = True
-            raise
+        self.in_own_code = True
+        super().handle_endtag(tag)
+        self.in_own_code = False
 
     def handle_data(self, data: str) -> None:
         self.listener.handle_data(data)
-        try:
-            super().handle_data(data)
-        except Exception:
-            self.own_error = True
-            raise
+        self.in_own_code = True
+        super().handle_data(data)
+        self.in_own_code = False
 
 
 def html_to_text(html: str, listener: HtmlListener | None = None) -> str:
@@ -346,7 +342,7 @@ def html_to_text(html: str, listener: HtmlListener | None = None) -> str:
         error = exc
     if listener is not None:
         assert isinstance(renderer, _ListenedRenderer)
-        listener.done(html, error, not renderer.own_error)
+        listener.done(html, error, not renderer.in_own_code)
     return renderer.text()
 
 
