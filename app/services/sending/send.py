@@ -127,7 +127,10 @@ class SendingService:
             earlier = await self._idempotent_result(viewer, c.idempotency_key)
             if earlier is not None:
                 return earlier
+        # to the millisecond, as MongoDB keeps it: the Sent view this returns is the one a read
+        # (or a repeated idempotency key, whichever caller's send was stored) gives back later
         now = datetime.now(UTC)
+        now = now.replace(microsecond=now.microsecond // 1000 * 1000)
         checked = await self.check_send(viewer, c, now)
         await self.charge_send_limit(viewer, len(checked.recipients.everyone))
         sender, parsed, subject = checked.sender, checked.recipients, checked.subject
