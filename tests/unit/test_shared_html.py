@@ -88,7 +88,6 @@ def scorer() -> ModelScorer:
 def test_sharing_changes_no_stored_field_and_no_verdict(scorer: ModelScorer) -> None:
     shared_somewhere = 0
     for raw in _all_messages():
-        shared = scorer.shared_html()
         parsed, verdict = analyze(raw, scorer, True)
         assert parsed == parse_message(raw)
         assert verdict == scorer.score(raw)
@@ -96,7 +95,6 @@ def test_sharing_changes_no_stored_field_and_no_verdict(scorer: ModelScorer) -> 
         assert parse_message(raw, html_listener=again) == parsed
         assert scorer.score(raw, again) == verdict
         shared_somewhere += bool(again.documents)
-        del shared
     assert shared_somewhere >= 20  # the HTML-only messages (12 newsletters, 9 hostile, files)
 
 

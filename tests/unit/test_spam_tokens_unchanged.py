@@ -153,14 +153,29 @@ _PIECES = [
 ]
 
 
-def _random_text(rng: random.Random) -> str:
-    parts = []
-    for _ in range(rng.randint(0, 30)):
-        if rng.random() < 0.3:
-            parts.append(rng.choice(_PIECES))
+def _text_of(
+    rng: random.Random,
+    pieces: list[str],
+    alphabet: list[str],
+    *,
+    parts: int,
+    piece_share: float,
+    run: int,
+    joiners: list[str],
+) -> str:
+    """Up to ``parts`` pieces (whole ones, ``piece_share`` of them, or runs of up to ``run``
+    characters of ``alphabet``), joined by one of ``joiners``."""
+    chosen = []
+    for _ in range(rng.randint(0, parts)):
+        if rng.random() < piece_share:
+            chosen.append(rng.choice(pieces))
         else:
-            parts.append("".join(rng.choice(_ALPHABET) for _ in range(rng.randint(1, 12))))
-    return " ".join(parts) if rng.random() < 0.5 else "".join(parts)
+            chosen.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, run))))
+    return rng.choice(joiners).join(chosen)
+
+
+def _random_text(rng: random.Random) -> str:
+    return _text_of(rng, _PIECES, _ALPHABET, parts=30, piece_share=0.3, run=12, joiners=[" ", ""])
 
 
 def test_fast_regexes_match_exactly_what_the_originals_match() -> None:
@@ -262,13 +277,15 @@ _TRICKY_PIECES = [
 
 
 def _tricky_text(rng: random.Random, ascii_only: bool) -> str:
-    parts = []
-    for _ in range(rng.randint(0, 60)):
-        if rng.random() < 0.4:
-            parts.append(rng.choice(_TRICKY_PIECES))
-        else:
-            parts.append("".join(rng.choice(_TRICKY) for _ in range(rng.randint(1, 25))))
-    text = rng.choice([" ", "", "\n", "  "]).join(parts)
+    text = _text_of(
+        rng,
+        _TRICKY_PIECES,
+        _TRICKY,
+        parts=60,
+        piece_share=0.4,
+        run=25,
+        joiners=[" ", "", "\n", "  "],
+    )
     if ascii_only:
         text = text.encode("ascii", "ignore").decode()
     return text

@@ -153,9 +153,9 @@ class SendCommitter:
         stayed taken — no command of the process was ever answered again, even once the
         database was back. (``app.background.all_of`` now lets the others end on their own
         instead; one at a time stays here, as it cost nothing measurable.) Not when a send
-        brings extra work: a
-        draft's removal may delete the thread its Sent view would join, so the context is then
-        read inside the transaction, after that work, as a send alone always did."""
+        brings extra work: a draft's removal may delete the thread its Sent view would join, so
+        the context is then read inside the transaction, after that work, as a send alone always
+        did."""
         filings = [
             Filing(p.message, [ViewSpec(p.user_id, "sent", Folder.SENT.value, read=True)], p.now)
             for p in batch
