@@ -9,6 +9,7 @@ batch sender; the sweep (``CampaignSender.sweep``) finds a campaign whose job wa
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -179,15 +180,8 @@ class CampaignService:
         n = len(checked.accepted)
         if not n:
             return campaign, checked
-        # reserve seq numbers (and the room in the list) atomically, then insert
-        reserved = await self.db.campaigns.find_one_and_update(
-            {"_id": campaign["_id"], "recipients": {"$lte": MAX_RECIPIENTS - n}},
-            {"$inc": {"next_seq": n, "recipients": n}},
-            return_document=False,
-        )
-        if reserved is None:
-            raise ValidationError.on("recipients", f"at most {MAX_RECIPIENTS:,} recipients")
-        first_seq, now = reserved["next_seq"], datetime.now(UTC)
+        first_seq, add = await self._reserve(campaign["_id"], n)
+        now = datetime.now(UTC)
         docs = [
             {
                 "_id": ObjectId(),
@@ -201,6 +195,30 @@ class CampaignService:
             }
             for i, r in enumerate(checked.accepted)
         ]
+        await self._insert(campaign["_id"], docs, add)
+        return await self.get(viewer, campaign["_id"]), checked
+
+    async def _reserve(self, campaign_id: ObjectId, n: int) -> tuple[int, dict[str, Any]]:
+        """Reserve ``n`` seq numbers (and the room in the list) atomically: (the first, the add).
+
+        The add stays in the campaign's ``adds_open`` until its rows are in: the batch sender's
+        floor must not pass seq numbers whose rows may still arrive (``CampaignSender``)."""
+        add = {"token": secrets.token_hex(8), "at": datetime.now(UTC)}
+        reserved = await self.db.campaigns.find_one_and_update(
+            {"_id": campaign_id, "recipients": {"$lte": MAX_RECIPIENTS - n}},
+            {"$inc": {"next_seq": n, "recipients": n}, "$push": {"adds_open": add}},
+            return_document=False,
+        )
+        if reserved is None:
+            raise ValidationError.on("recipients", f"at most {MAX_RECIPIENTS:,} recipients")
+        return int(reserved["next_seq"]), add
+
+    async def _insert(
+        self, campaign_id: ObjectId, docs: list[dict[str, Any]], add: dict[str, Any]
+    ) -> None:
+        """Insert a reserved add's rows, then close the add. Any error but a duplicate leaves
+        it open (rows of it may still land after a timeout) until ``ADD_OPEN_SECONDS``."""
+        closed: dict[str, Any] = {"$pull": {"adds_open": {"token": add["token"]}}}
         try:
             await self.db.campaign_recipients.insert_many(docs, ordered=False)
         except Exception as e:
@@ -210,10 +228,8 @@ class CampaignService:
             inserted = await self.db.campaign_recipients.count_documents(
                 {"_id": {"$in": [d["_id"] for d in docs]}}
             )
-            await self.db.campaigns.update_one(
-                {"_id": campaign["_id"]}, {"$inc": {"recipients": inserted - n}}
-            )
-        return await self.get(viewer, campaign["_id"]), checked
+            closed["$inc"] = {"recipients": inserted - len(docs)}
+        await self.db.campaigns.update_one({"_id": campaign_id}, closed)
 
     async def transition(self, viewer: Viewer, campaign_id: str, action: str) -> dict[str, Any]:
         """start, pause, resume or cancel; each takes effect before the next batch (the batch

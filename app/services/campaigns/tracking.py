@@ -20,6 +20,7 @@ from app.domain.campaign_tokens import (
     parse_unsubscribe_address,
     parse_unsubscribe_token,
 )
+from app.domain.campaigns import aware
 from app.domain.errors import NotFound
 from app.domain.tracking import BURST_SECONDS, Hit, burst_partners, machine_click, machine_open
 from app.services.feedback.suppression import SuppressionService, user_scope
@@ -143,12 +144,12 @@ class TrackingService:
                 "occurred_at": {"$gte": now - window},
             }
         ).to_list()
-        recent = [(_aware(d["occurred_at"]), int(d["metadata"]["link"])) for d in recent_docs]
+        recent = [(aware(d["occurred_at"]), int(d["metadata"]["link"])) for d in recent_docs]
         hit = Hit(method, user_agent, now, None)
         rule = machine_click(hit, parsed[1], recent)
         if rule == "click_burst":  # the earlier clicks of the burst were a scanner's too
             partners = {t for t, _ in burst_partners(now, parsed[1], recent)}
-            ids = [d["_id"] for d in recent_docs if _aware(d["occurred_at"]) in partners]
+            ids = [d["_id"] for d in recent_docs if aware(d["occurred_at"]) in partners]
             await self.db.delivery_events.update_many(
                 {"_id": {"$in": ids}, "machine": False},
                 {"$set": {"machine": True, "metadata.rule": "click_burst"}},
@@ -164,10 +165,6 @@ class TrackingService:
             )
         )
         return url
-
-
-def _aware(at: datetime) -> datetime:
-    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def _event(

@@ -1,0 +1,189 @@
+"""The batch sender walks a campaign's list from its floor (issue 15): each batch reads a bounded
+``seq`` range, so a batch near the end of a long list costs what the first one did, and an add
+of recipients still landing is never passed over.
+
+Real MongoDB-protocol server (the suite's SecantusDB), the real services; batches are run one at
+a time through ``CampaignSender.run_batch``, as the ``campaign_batch`` job runs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from bson import ObjectId
+
+from app.bootstrap import System, build_system
+from app.domain.campaigns import ADD_OPEN_SECONDS
+from app.domain.viewer import Viewer
+from app.services.templates.store import TemplateDraft
+
+DOMAIN = "batches.test"
+SENDER = f"news@{DOMAIN}"
+BATCH = 10
+
+
+@pytest.fixture
+async def world(settings: Any) -> AsyncIterator[tuple[System, Viewer, str]]:
+    system = await build_system(
+        settings.model_copy(update={"campaign_batch_max": BATCH, "campaign_warmup_ramp": []})
+    )
+    try:
+        await system.accounts.add_domain(DOMAIN)
+        # set-up, not under test: the sending domain's DNS records (tested in test_campaigns)
+        await system.mongo.db.domains.update_one(
+            {"_id": DOMAIN}, {"$set": {"verification": {"verified": True}}}
+        )
+        user = await system.accounts.create_user(SENDER, "correct horse battery")
+        viewer = Viewer(user["_id"], SENDER)
+        await system.templates.save(
+            viewer, TemplateDraft(key="news", subject="Hi {{ n }}", text="Number {{ n }}.")
+        )
+        await system.templates.publish(viewer, "news", 1)
+        campaign = await system.campaigns.create(
+            viewer,
+            name="batches",
+            template_key="news",
+            template_version=None,
+            variables={},
+            from_=None,
+            rate_per_minute=None,  # full batches back to back
+            send_at=None,
+            track_opens=False,
+            track_clicks=False,
+        )
+        yield system, viewer, str(campaign["_id"])
+    finally:
+        await system.mongo.client.drop_database(settings.mongodb_database)
+        await system.close()
+
+
+def _rows(first: int, n: int) -> list[tuple[str, dict[str, Any]]]:
+    return [(f"r{k}@example.test", {"n": k}) for k in range(first, first + n)]
+
+
+def _docs(cid: str, first: int, rows: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The rows ``add_recipients`` inserts for a reservation starting at ``first``."""
+    return [
+        {
+            "_id": ObjectId(),
+            "campaign_id": ObjectId(cid),
+            "seq": first + i,
+            "email": email,
+            "key": email,
+            "variables": variables,
+            "state": "pending",
+            "created_at": datetime.now(UTC),
+        }
+        for i, (email, variables) in enumerate(rows)
+    ]
+
+
+async def _campaign(system: System, cid: str) -> dict[str, Any]:
+    doc = await system.mongo.db.campaigns.find_one({"_id": ObjectId(cid)})
+    assert doc is not None
+    return doc
+
+
+async def _batch(system: System, cid: str) -> dict[str, Any]:
+    """One batch at its time (a waiting campaign's next batch is up to a second away)."""
+    due = (await _campaign(system, cid))["next_batch_at"].replace(tzinfo=UTC)
+    await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
+    return await system.campaign_sender.run_batch(ObjectId(cid))
+
+
+async def _queued_seqs(system: System, cid: str) -> list[int]:
+    """The seq of every recipient that has a message queued, once per message."""
+    ids = [
+        r["_id"]
+        async for r in system.mongo.db.recipients.find({"campaign_id": ObjectId(cid)}, {"_id": 1})
+    ]
+    seqs = {
+        r["_id"]: r["seq"]
+        async for r in system.mongo.db.campaign_recipients.find({"_id": {"$in": ids}}, {"seq": 1})
+    }
+    return sorted(seqs[i] for i in ids)
+
+
+async def test_batches_walk_the_list_from_the_floor_across_gaps_and_late_adds(world):
+    system, viewer, cid = world
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
+    # an add whose every row turned out a duplicate of a concurrent one leaves a gap of seqs
+    first, add = await system.campaigns._reserve(ObjectId(cid), 7)
+    await system.campaigns._insert(ObjectId(cid), _docs(cid, first, _rows(0, 7)), add)
+    assert (await _campaign(system, cid))["recipients"] == 25
+    await system.campaigns.add_recipients(viewer, cid, _rows(25, 10))  # seqs 32..41
+    await system.campaigns.transition(viewer, cid, "start")
+
+    taken: list[list[int]] = []
+    floors: list[int] = []
+    for _ in range(3):
+        before = await _queued_seqs(system, cid)
+        assert (await _batch(system, cid))["queued"] == BATCH
+        taken.append(sorted(set(await _queued_seqs(system, cid)) - set(before)))
+        floors.append((await _campaign(system, cid))["pending_floor"])
+    assert taken == [
+        list(range(0, 10)),
+        list(range(10, 20)),
+        [20, 21, 22, 23, 24, 32, 33, 34, 35, 36],
+    ]
+    assert floors == [10, 20, 37]
+    # recipients added while the campaign sends come after the rest
+    await system.campaigns.add_recipients(viewer, cid, _rows(35, 4))  # seqs 42..45
+    assert (await _batch(system, cid))["queued"] == 9  # 37..41 and 42..45
+    assert (await _campaign(system, cid))["pending_floor"] == 46
+    assert (await _batch(system, cid)).get("completed")
+    assert await _queued_seqs(system, cid) == list(range(25)) + list(range(32, 46))
+    states = await system.mongo.db.campaign_recipients.distinct(
+        "state", {"campaign_id": ObjectId(cid)}
+    )
+    assert states == ["queued"]
+
+
+async def test_an_add_still_landing_holds_the_floor_and_the_campaign_open(world):
+    system, viewer, cid = world
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 30))  # seqs 0..29
+    # an add that reserved seqs 30..39 and has not inserted its rows yet ...
+    first, slow = await system.campaigns._reserve(ObjectId(cid), 10)
+    assert first == 30
+    # ... while a later add (seqs 40..49) lands first
+    await system.campaigns.add_recipients(viewer, cid, _rows(40, 10))
+    await system.campaigns.transition(viewer, cid, "start")
+    for _ in range(4):
+        assert (await _batch(system, cid))["queued"] == BATCH
+    campaign = await _campaign(system, cid)
+    assert campaign.get("pending_floor", 0) == 0  # never moved past the open add's seqs
+    assert await _queued_seqs(system, cid) == list(range(30)) + list(range(40, 50))
+    # nobody pending that anyone can see, but the add is open: the campaign waits, not completes
+    assert not (await _batch(system, cid)).get("completed")
+    assert (await _campaign(system, cid))["status"] == "sending"
+    await system.campaigns._insert(ObjectId(cid), _docs(cid, first, _rows(30, 10)), slow)
+    assert (await _campaign(system, cid))["adds_open"] == []
+    assert (await _batch(system, cid))["queued"] == BATCH
+    assert (await _campaign(system, cid))["pending_floor"] == 40
+    assert (await _batch(system, cid)).get("completed")
+    assert await _queued_seqs(system, cid) == list(range(50))  # everyone once, no one lost
+
+
+async def test_an_abandoned_add_stops_holding_the_campaign(world):
+    system, viewer, cid = world
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 5))
+    # an add whose insert failed long ago (its caller got the error) is not waited for
+    await system.mongo.db.campaigns.update_one(
+        {"_id": ObjectId(cid)},
+        {
+            "$push": {
+                "adds_open": {
+                    "token": "gone",
+                    "at": datetime.now(UTC) - timedelta(seconds=ADD_OPEN_SECONDS + 5),
+                }
+            }
+        },
+    )
+    await system.campaigns.transition(viewer, cid, "start")
+    assert (await _batch(system, cid))["queued"] == 5
+    assert (await _campaign(system, cid))["pending_floor"] == 5
+    assert (await _batch(system, cid)).get("completed")
