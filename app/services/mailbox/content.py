@@ -56,8 +56,14 @@ class ContentService:
                 {"message_id": message_id, "delivery_status": {"$in": list(UNFINISHED)}}, limit=1
             ):
                 continue
-            message = await self.db.messages.find_one_and_delete({"_id": message_id})
+            # read, then delete: only the collector whose delete removed it releases its
+            # content. (Not find_one_and_delete: SecantusDB runs findAndModify's remove as a
+            # scan of the collection, 0.4 s at 30,000 messages against 2.5 ms for these two,
+            # and a sweep of 500 timed out with 100,000 campaign messages stored.)
+            message = await self.db.messages.find_one({"_id": message_id})
             if message is None:
+                continue
+            if not (await self.db.messages.delete_one({"_id": message_id})).deleted_count:
                 continue
             removed += 1
             for key in ("raw_blob_id", "text_blob_id", "html_blob_id"):
