@@ -33,7 +33,7 @@ class _Delivery:
             raise RuntimeError("delivery is shutting down")
         return {"domain": domain}
 
-    async def sweep(self) -> dict[str, int]:
+    async def sweep(self, *, paced: bool = False) -> dict[str, int]:
         self.sweeps += 1
         return {}
 
@@ -138,7 +138,7 @@ async def test_deliver_jobs_take_no_slot_from_the_jobs_arq_runs(settings) -> Non
     release = asyncio.Event()
 
     class _SlowSweep(_Delivery):
-        async def sweep(self) -> dict[str, int]:
+        async def sweep(self, *, paced: bool = False) -> dict[str, int]:
             self.sweeps += 1
             await release.wait()
             return {}

@@ -157,11 +157,16 @@ class DeliveryService:
         return {"domain": domain}
 
     async def sweep(
-        self, now: datetime | None = None, limit: int = SWEEP_LIMIT, grace: float | None = None
+        self,
+        now: datetime | None = None,
+        limit: int = SWEEP_LIMIT,
+        grace: float | None = None,
+        *,
+        paced: bool = False,
     ) -> dict[str, int]:
         """Wake every domain whose delivery job is gone and release due scheduled sends
-        (sweep.py)."""
-        return await self.sweeper.sweep(now, limit, grace)
+        (sweep.py; ``paced``: the periodic job's, which rests after a long search)."""
+        return await self.sweeper.sweep(now, limit, grace, paced=paced)
 
     async def events_for(self, viewer: Viewer, message_id: str) -> list[dict[str, Any]]:
         """The delivery history of a message the viewer sent, oldest first (else empty)."""
