@@ -17,8 +17,9 @@ import pytest
 from bson import ObjectId
 
 from app.bootstrap import System, build_system
-from app.domain.campaigns import ADD_OPEN_SECONDS
+from app.domain.campaigns import ADD_OPEN_SECONDS, check_recipients
 from app.domain.viewer import Viewer
+from app.services.campaigns.store import recipient_rows
 from app.services.templates.store import TemplateDraft
 
 DOMAIN = "batches.test"
@@ -67,19 +68,8 @@ def _rows(first: int, n: int) -> list[tuple[str, dict[str, Any]]]:
 
 def _docs(cid: str, first: int, rows: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
     """The rows ``add_recipients`` inserts for a reservation starting at ``first``."""
-    return [
-        {
-            "_id": ObjectId(),
-            "campaign_id": ObjectId(cid),
-            "seq": first + i,
-            "email": email,
-            "key": email,
-            "variables": variables,
-            "state": "pending",
-            "created_at": datetime.now(UTC),
-        }
-        for i, (email, variables) in enumerate(rows)
-    ]
+    accepted = check_recipients(rows).accepted
+    return recipient_rows(ObjectId(cid), first, accepted, datetime.now(UTC))
 
 
 async def _campaign(system: System, cid: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from app.domain.campaigns import (
     MAX_RECIPIENTS,
     MAX_RECIPIENTS_PER_CALL,
     RecipientCheck,
+    RecipientRow,
     check_rate,
     check_recipients,
     next_status,
@@ -181,20 +182,7 @@ class CampaignService:
         if not n:
             return campaign, checked
         first_seq, add = await self._reserve(campaign["_id"], n)
-        now = datetime.now(UTC)
-        docs = [
-            {
-                "_id": ObjectId(),
-                "campaign_id": campaign["_id"],
-                "seq": first_seq + i,
-                "email": r.email,
-                "key": r.key,
-                "variables": r.variables,
-                "state": "pending",
-                "created_at": now,
-            }
-            for i, r in enumerate(checked.accepted)
-        ]
+        docs = recipient_rows(campaign["_id"], first_seq, checked.accepted, datetime.now(UTC))
         await self._insert(campaign["_id"], docs, add)
         return await self.get(viewer, campaign["_id"]), checked
 
@@ -268,6 +256,26 @@ class CampaignService:
         if target in ("sending", "scheduled"):
             await wake(self.queue, result)
         return result
+
+
+def recipient_rows(
+    campaign_id: ObjectId, first_seq: int, accepted: list[RecipientRow], now: datetime
+) -> list[dict[str, Any]]:
+    """The ``campaign_recipients`` documents of an add whose seq numbers start at
+    ``first_seq``: pending, in the order given."""
+    return [
+        {
+            "_id": ObjectId(),
+            "campaign_id": campaign_id,
+            "seq": first_seq + i,
+            "email": r.email,
+            "key": r.key,
+            "variables": r.variables,
+            "state": "pending",
+            "created_at": now,
+        }
+        for i, r in enumerate(accepted)
+    ]
 
 
 async def wake(queue: JobQueue, campaign: dict[str, Any]) -> None:

@@ -103,8 +103,7 @@ class TrackingService:
         )
         if doc is None:
             return None
-        at: datetime = doc["occurred_at"]
-        return at if at.tzinfo else at.replace(tzinfo=UTC)
+        return aware(doc["occurred_at"])
 
     async def open(self, token: str, *, method: str, user_agent: str) -> bool:
         """Record an open (the pixel is served either way); False when tracking is off."""
