@@ -21,6 +21,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from app.domain.html_fast import FastHTMLParser
+from app.domain.mime_fast import parse_bytes
 
 # compat32 keeps parsing cheap (no header objects); we decode what we need ourselves.
 _PARSER = BytesParser(policy=compat32)
@@ -232,13 +233,13 @@ def read_message(
         msg = raw
     else:
         data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
-        msg = _PARSER.parsebytes(data)
+        msg = parse_bytes(data, compat32)
         if msg.get("Content-Type") is None and not msg.is_multipart():
             body = msg.get_payload(decode=False)
             body_bytes = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else b""
             rewrapped = _sniff_multipart(body_bytes)
             if rewrapped is not None:
-                inner = _PARSER.parsebytes(rewrapped)
+                inner = parse_bytes(rewrapped, compat32)
                 inner["Subject"] = msg.get("Subject", "")
                 msg = inner
             else:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import policy as email_policy
 from email.message import Message
-from email.parser import BytesParser
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
@@ -28,6 +27,7 @@ from app.domain.addresses import Address, parse_header_addresses
 from app.domain.conversations import normalize_message_id, parse_message_ids
 from app.domain.encoded_words import decode_charset, decode_header_words
 from app.domain.html_safety import HtmlListener, html_to_text
+from app.domain.mime_fast import parse_bytes
 
 # Headers kept for later decisions: list handling, auto-reply loops (RFC 3834), bounces, auth.
 SELECTED_HEADERS = (
@@ -126,7 +126,7 @@ def parse_message(raw: bytes, *, html_listener: HtmlListener | None = None) -> P
 
 
 def _parse(raw: bytes, html_listener: HtmlListener | None) -> ParsedMessage:
-    msg = BytesParser(policy=_PARSE_POLICY).parsebytes(raw)
+    msg = parse_bytes(raw, _PARSE_POLICY)
     body = _Bodies()
     _collect(msg, body, depth=0)
     text_body, html_body = _bodies(msg, html_listener)

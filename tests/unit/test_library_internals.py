@@ -327,3 +327,24 @@ def test_the_html_parser_internals_the_fast_parser_uses_are_there() -> None:
     # get_starttag_text() reads the name-mangled attribute the fast path sets
     assert parser._HTMLParser__starttag_text == '<a href="x">'  # type: ignore[attr-defined]
     assert parser.get_starttag_text() == '<a href="x">'
+
+
+def test_the_fast_mime_parser_runs_only_on_the_email_parser_it_was_written_against() -> None:
+    """As ``html_fast``: ``mime_fast`` fingerprints the stdlib ``email`` parser code it relies
+    on and turns itself off on a Python whose parser differs (docs/overrides.md)."""
+    import email.feedparser
+
+    from app.domain import mime_fast
+
+    assert mime_fast.ACTIVE == (mime_fast.stock_fingerprints() == mime_fast.REVIEWED)
+    assert mime_fast.fingerprint(email.feedparser.FeedParser._parsegen) == _fingerprint(  # type: ignore[attr-defined]
+        email.feedparser.FeedParser._parsegen  # type: ignore[attr-defined]
+    )
+    changed = mime_fast.stock_fingerprints()
+    changed["FeedParser._parsegen"] = "0" * 16  # what a changed stdlib looks like
+    assert changed != mime_fast.REVIEWED
+    # What the fast parser reads and sets inside the stock classes.
+    lines = email.feedparser.BufferedSubFile()  # type: ignore[attr-defined]
+    for name in ("_lines", "_eofstack", "_closed", "_partial"):
+        assert hasattr(lines, name), name
+    assert "NLCRE_eol" in email.feedparser.FeedParser._parsegen.__code__.co_names  # type: ignore[attr-defined]
