@@ -10,10 +10,11 @@ its parse in two places, and both are changed here without changing a result:
    multiparts' ``boundaryre.match``) whether the line ends the part. Here the line source's
    ``__iter__`` is a generator doing what repeated ``__next__`` calls do (the next line,
    ``NeedMoreData`` when the buffer is empty and open, the end at a predicate's match, at the
-   closed buffer's end or at an empty line ``_parsegen`` pushed back), and it asks the predicates only about a line that could match one of
-   them: a boundary line starts with ``--`` (``boundaryre`` is anchored and begins with the
-   escaped ``--`` + boundary; ``_parsegen`` builds it so) and ``NLCRE.match`` needs a line that
-   starts with ``\\r`` or ``\\n``. A predicate of any other kind is always asked.
+   closed buffer's end or at an empty line ``_parsegen`` pushed back), and it asks the
+   predicates only about a line that could match one of them: a boundary line starts with
+   ``--`` (``boundaryre`` is anchored and begins with the escaped ``--`` + boundary;
+   ``_parsegen`` builds it so) and ``NLCRE.match`` needs a line that starts with ``\\r`` or
+   ``\\n``. A predicate of any other kind is always asked.
    ``readline`` itself (the multipart loop's boundary scan, ``unreadline``) is stock's.
 2. **``NLCRE_eol.search(payload)``** (``(\\r\\n|\\r|\\n)\\Z``: the line break that ends a part
    belongs to the boundary, RFC 2046) tries the pattern at every position of the payload. A
