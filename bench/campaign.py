@@ -2,7 +2,7 @@
 unsubscribe-to-effect latency.
 
     .venv/bin/python bench/campaign.py [--n 100000] [--domains 50] [--skip-delivery]
-        [--skip-postfix]
+        [--skip-postfix] [--watchers K]
 
 1. accept: ``addCampaignRecipients``' service path (CampaignService.add_recipients, 1,000 a
    call, each with its own variables) for N recipients over d0..dD.test.
@@ -23,6 +23,10 @@ unsubscribe-to-effect latency.
    unsubscribe (TrackingService.unsubscribe, what ``POST /u/{token}`` calls) for a recipient
    still pending; latency = start of the next batch − the unsubscribe; that batch must skip
    the recipient. Target: before the next batch, < 5 s.
+
+``--watchers K``: K ``campaignProgress`` subscribers during part 3, as the server runs them
+(the campaign document, its stats, a second's sleep, in the benchmark's process): what live
+progress costs the delivery it watches.
 
 BENCH_COMMANDS=1: the worker's MongoDB commands and documents written per delivered message
 (bench/mongo_commands.py, as bench/outbound.py counts them); the worker's log is kept in the
@@ -73,6 +77,7 @@ from bench.outbound import (
     wait_sink,
     worker_env,
 )  # noqa: E402
+from schema.campaigns import PROGRESS_INTERVAL  # noqa: E402
 
 SENDER = "news@client.bench.test"
 TEMPLATE = TemplateDraft(
@@ -181,14 +186,28 @@ async def _measure(
             start = time.time()
             work = sink_status.parent  # the run's directory: the worker's log and counts
             worker = start_service("worker", ["worker"], worker_env(settings), work)
+            asked: list[float] = []  # seconds each watcher's stats call took
+            watchers = [
+                asyncio.ensure_future(_watch(system, viewer, cid, asked)) for _ in range(a.watchers)
+            ]
             count, last, first, _ = await waiting
+            for watcher in watchers:
+                watcher.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
             delivered = count - base_count
             out["delivery"] = {
                 "delivered": delivered,
                 "seconds": round(last - start, 2),
                 "msgs_per_s": round(delivered / (last - start), 1) if last > start else None,
                 "worker_log": str(work / "worker.log"),
+                "watchers": a.watchers,
             }
+            if a.watchers:
+                out["delivery"]["stats_calls"] = len(asked)
+                out["delivery"]["stats_call_s"] = {
+                    "median": round(sorted(asked)[len(asked) // 2], 3) if asked else None,
+                    "max": round(max(asked), 3) if asked else None,
+                }
             if os.environ.get("BENCH_COMMANDS"):
                 await asyncio.sleep(1.0)  # mongo_commands writes its counts every half second
                 nothing: dict[str, Counter[str]] = {"commands": Counter(), "documents": Counter()}
@@ -241,6 +260,19 @@ async def _measure(
     return out
 
 
+async def _watch(system: Any, viewer: Viewer, cid: str, asked: list[float]) -> None:
+    """What one ``campaignProgress`` subscriber makes the server do (schema/campaigns.py): the
+    campaign document, its stats, a second's sleep, again. The stats come from ``live_stats``
+    (one count shared by the process's subscribers, paced), or from ``stats`` on code before it."""
+    stats = getattr(system.campaigns, "live_stats", None) or system.campaigns.stats
+    while True:
+        doc = await system.campaigns.get(viewer, cid)
+        t0 = time.perf_counter()
+        await stats(doc)
+        asked.append(time.perf_counter() - t0)
+        await asyncio.sleep(PROGRESS_INTERVAL)
+
+
 def _ratio(out: dict[str, Any]) -> dict[str, Any] | None:
     """mailhub's delivery rate over Postfix's: against each half and against both together
     (all of Postfix's messages over all of its seconds)."""
@@ -264,6 +296,12 @@ def main() -> None:
     ap.add_argument("--base", default=os.environ.get("BASE", "/tmp/peer-bench"))
     ap.add_argument("--skip-delivery", action="store_true")
     ap.add_argument("--skip-postfix", action="store_true")
+    ap.add_argument(
+        "--watchers",
+        type=int,
+        default=0,
+        help="campaignProgress subscribers (their server-side loop) during the delivery",
+    )
     a = ap.parse_args()  # Postfix alone: bench/outbound.py --skip-mailhub --n N --domains D
     base = Path(a.base)
     work = Path(tempfile.mkdtemp(prefix="bench-campaign-"))

@@ -322,7 +322,8 @@ async def _transition(info: Info, id: strawberry.ID, action: str) -> CampaignSuc
 @strawberry.type
 class CampaignsSubscription:
     @strawberry.subscription(
-        description="The campaign's stats whenever they change (checked every second); ends "
+        description="The campaign's stats whenever they change (checked every second; a "
+        "list that takes long to count is counted less often, at most a tenth of the time); ends "
         "once the campaign completed (or was canceled) and every queued message has left."
     )
     async def campaign_progress(
@@ -333,7 +334,7 @@ class CampaignsSubscription:
         doc = await system.campaigns.get(viewer, str(id))
         last: dict[str, Any] | None = None
         while True:
-            stats = await system.campaigns.stats(doc)
+            stats = await system.campaigns.live_stats(doc)
             if stats != last:
                 last = stats
                 yield CampaignStats.of(stats)
