@@ -197,6 +197,38 @@ async def in_transaction(mongo: Mongo, work: Any, attempts: int = 4) -> Any:
     raise AssertionError("unreachable")
 
 
+async def update_and_read(
+    collection: Any,
+    query: dict[str, Any],
+    update: dict[str, Any],
+    session: Any,
+    projection: dict[str, Any] | None = None,
+    *,
+    upsert: bool = False,
+) -> dict[str, Any] | None:
+    """``find_one_and_update(query, update, upsert=upsert, return_document=AFTER)`` inside a
+    transaction, as ``update_one`` and a read: the same document, since the update holds it
+    against every other writer until the transaction ends and the transaction reads its own
+    writes. The read is by ``_id`` (the query's, or the upserted one's); a query without
+    ``_id`` must name at most one document (a unique key) whose matched fields the update
+    leaves alone, and is read again as it is.
+
+    Two round trips instead of one, because the database the tests and benchmarks run on
+    (SecantusDB) runs every ``findAndModify`` as a scan of the whole collection: 433 ms against
+    2.5 ms for this at 30,000 documents, and ~150 ms per mailbox action with 10,000 users.
+    """
+    if session is None or not session.in_transaction:
+        raise ValueError("update_and_read runs inside a transaction")
+    result = await collection.update_one(query, update, upsert=upsert, session=session)
+    if result.upserted_id is not None:
+        again: dict[str, Any] = {"_id": result.upserted_id}
+    elif result.matched_count:
+        again = {"_id": query["_id"]} if "_id" in query else query
+    else:
+        return None
+    return await collection.find_one(again, projection, session=session)  # type: ignore[no-any-return]
+
+
 T = TypeVar("T")
 CONFLICT_RETRIES = 8  # attempts of a group commit whose batch conflicted with another writer
 

@@ -84,3 +84,58 @@ async def test_a_retired_index_is_dropped_at_startup_and_stays_away(mongo):
     assert retired.name not in await collection.index_information()
     wanted = {tuple(tuple(k) for k in i.keys) for i in INDEXES if i.collection == "delivery_events"}
     assert tuple(tuple(k) for k in retired.keys) not in wanted
+
+
+async def test_update_and_read_gives_what_find_one_and_update_gives_inside_a_transaction(mongo):
+    """The change log's state, draft saves, unscheduling and IMAP syncs update and read back a
+    document in two round trips instead of one ``findAndModify`` (which scans the whole
+    collection on SecantusDB): the same document after the update, None when nothing matched,
+    the upserted document on an upsert; outside a transaction it refuses."""
+    from bson import ObjectId
+    from pymongo import ReturnDocument
+
+    from app.adapters.mongo import in_transaction, update_and_read
+
+    coll = mongo.db.update_and_read_probe
+    await coll.create_index([("owner", 1), ("key", 1)], unique=True)
+    first, second = ObjectId(), ObjectId()
+    await coll.insert_many(
+        [
+            {"_id": first, "owner": "a", "key": "x", "n": 1},
+            {"_id": second, "owner": "a", "key": "y", "n": 5},
+        ]
+    )
+
+    async def both(session):
+        ours = await update_and_read(
+            coll, {"_id": first, "owner": "a"}, {"$inc": {"n": 1}}, session, {"n": 1}
+        )
+        theirs = await coll.find_one_and_update(
+            {"_id": second, "owner": "a"},
+            {"$inc": {"n": 1}},
+            projection={"n": 1},
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        missing = await update_and_read(coll, {"_id": ObjectId()}, {"$inc": {"n": 1}}, session)
+        by_key = await update_and_read(
+            coll, {"owner": "a", "key": "y"}, {"$set": {"seen": True}}, session
+        )
+        upserted = await update_and_read(
+            coll,
+            {"owner": "b", "key": "z"},
+            {"$inc": {"n": 1}, "$setOnInsert": {"created": True}},
+            session,
+            upsert=True,
+        )
+        return ours, theirs, missing, by_key, upserted
+
+    ours, theirs, missing, by_key, upserted = await in_transaction(mongo, both)
+    assert ours == {"_id": first, "n": 2}
+    assert theirs == {"_id": second, "n": 6}
+    assert missing is None
+    assert by_key == {"_id": second, "owner": "a", "key": "y", "n": 6, "seen": True}
+    assert upserted is not None and upserted["owner"] == "b" and upserted["created"] is True
+    assert await coll.find_one({"owner": "b"}) == upserted
+    with pytest.raises(ValueError, match="inside a transaction"):
+        await update_and_read(coll, {"_id": first}, {"$inc": {"n": 1}}, None)

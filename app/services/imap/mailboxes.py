@@ -52,7 +52,7 @@ from bson import ObjectId
 
 from app.adapters.blob_batches import blob_lengths, read_blobs
 from app.adapters.blobs import BlobStore
-from app.adapters.mongo import InsertOne, Mongo, UpdateOne, in_transaction
+from app.adapters.mongo import InsertOne, Mongo, UpdateOne, in_transaction, update_and_read
 from app.domain.conversations import normalize_subject
 from app.domain.errors import NotFound, ServiceUnavailable, ValidationError
 from app.domain.folders import MOVABLE, ROLE_HOME, Folder
@@ -256,15 +256,15 @@ class ImapMailboxService:
         async def work(session: Any) -> MailboxState:
             carried.clear()  # a retried transaction starts over
             read.clear()
-            box = await self.db.imap_mailboxes.find_one_and_update(
+            box = await update_and_read(  # (user_id, key) is unique; the document after
+                self.db.imap_mailboxes,
                 {"user_id": user_id, "key": ref.key},
                 {
                     "$inc": {"syncs": 1},  # the write that serialises concurrent syncs
                     "$setOnInsert": _new_numbering(),
                 },
+                session,
                 upsert=True,
-                return_document=True,  # the document after the update
-                session=session,
             )
             assert box is not None  # upserted
             if box.get("layout") != LAYOUT:
@@ -423,14 +423,11 @@ class ImapMailboxService:
         await self.db.imap_uid_blocks.delete_many(mailbox, session=session)
         fresh = _new_numbering()  # a UIDVALIDITY its clients have not seen
         fresh["uidvalidity"] = max(fresh["uidvalidity"], int(box.get("uidvalidity") or 0) + 1)
-        renumbered = await self.db.imap_mailboxes.find_one_and_update(
-            {"_id": box["_id"]},
-            {"$set": fresh},
-            return_document=True,
-            session=session,
+        renumbered = await update_and_read(
+            self.db.imap_mailboxes, {"_id": box["_id"]}, {"$set": fresh}, session
         )
         assert renumbered is not None  # written in this transaction
-        return renumbered  # type: ignore[no-any-return]
+        return renumbered
 
     async def _read_numbering(
         self, user_id: ObjectId, ref: MailboxRef, session: Any, changed_after: int | None = None

@@ -20,7 +20,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.mongo import ReturnDocument, UpdateOne
+from app.adapters.mongo import UpdateOne, update_and_read
 from app.background import all_of
 from app.domain.changes import Change
 from app.domain.filing_plan import (
@@ -209,12 +209,8 @@ async def record_changes(db: Any, changes: list[Change], session: Any) -> None:
     states: dict[ObjectId, int] = {}
     if len(by_user) == 1:  # the common case (one user's action): one round trip
         [(user_id, group)] = by_user.items()
-        user = await db.users.find_one_and_update(
-            {"_id": user_id},
-            {"$inc": {"state": len(group)}},
-            projection={"state": 1},
-            return_document=ReturnDocument.AFTER,
-            session=session,
+        user = await update_and_read(
+            db.users, {"_id": user_id}, {"$inc": {"state": len(group)}}, session, {"state": 1}
         )
         if user is not None:
             states[user_id] = int(user["state"])

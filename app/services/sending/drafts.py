@@ -11,7 +11,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.mongo import Mongo, in_transaction
+from app.adapters.mongo import Mongo, in_transaction, update_and_read
 from app.config import Settings
 from app.domain.changes import Change
 from app.domain.errors import NotFound
@@ -144,11 +144,11 @@ class DraftService:
                     session=session,
                 )
                 summary = summary_of(fields)
-                updated = await self.db.mailbox_items.find_one_and_update(
+                updated = await update_and_read(
+                    self.db.mailbox_items,
                     {"_id": existing["_id"]},
                     {"$set": {**summary, "received_at": now}, "$inc": {"version": 1}},
-                    session=session,
-                    return_document=True,
+                    session,
                 )
                 if updated is None:  # deleted meanwhile (another tab): nothing is changed
                     raise NotFound(f"no draft with id {existing['_id']}")

@@ -16,7 +16,7 @@ from typing import Any
 from bson import ObjectId
 
 from app.adapters.live_status import publish_many
-from app.adapters.mongo import Mongo, in_transaction
+from app.adapters.mongo import Mongo, in_transaction, update_and_read
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.domain.addresses import domain_of
@@ -170,14 +170,14 @@ class SchedulingService:
                     ],
                     session=session,
                 )
-            draft = await self.db.mailbox_items.find_one_and_update(
+            draft = await update_and_read(
+                self.db.mailbox_items,
                 {"_id": item["_id"], "user_id": viewer.user_id, "role": "sent"},
                 {
                     "$set": {"role": "draft", "folder": Folder.DRAFTS.value, "read": True},
                     "$inc": {"version": 1},
                 },
-                session=session,
-                return_document=True,
+                session,
             )
             if draft is None:
                 raise NotFound(f"no sent message with id {item_id}")
