@@ -14,7 +14,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
+from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key, update_and_read
 from app.domain.errors import NotFound, ValidationError
 from app.domain.templates import check_key, check_schema, compile_parts
 from app.domain.viewer import Viewer
@@ -65,14 +65,14 @@ class TemplateStore:
                 raise ValidationError.on("key", f"at most {MAX_TEMPLATES_PER_USER} templates")
 
         async def work(session: Any) -> dict[str, Any]:
-            template: dict[str, Any] | None = await self.db.templates.find_one_and_update(
+            template = await update_and_read(  # (user_id, key) is unique
+                self.db.templates,
                 {"user_id": viewer.user_id, "key": key},
                 {"$inc": {"latest_version": 1}, "$set": set_fields, "$setOnInsert": on_insert},
+                session,
                 upsert=True,
-                return_document=True,
-                session=session,
             )
-            assert template is not None  # upsert=True, return_document=True
+            assert template is not None  # upserted when missing
             await self.db.template_versions.insert_one(
                 {
                     "_id": ObjectId(),
