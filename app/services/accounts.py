@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from app.adapters.mongo import Mongo, as_domain_error, is_duplicate_key
 from app.adapters.redis_store import RedisStore
+from app.batching import SharedLookup
 from app.config import Settings
 from app.domain.addresses import domain_of, normalize_email, parse_address
 from app.domain.errors import (
@@ -76,6 +77,9 @@ class AccountService:
         self.redis = redis
         self.settings = settings
         self.api_keys = ApiKeyService(mongo, redis)  # keys authenticate like tokens (issue 14)
+        # Concurrent sends share one read of their senders' addresses (each answer from a
+        # query sent after it was asked, as fresh as a query of its own).
+        self._addresses: SharedLookup[ObjectId, list[str]] = SharedLookup(self._fetch_addresses)
 
     # --- domains -------------------------------------------------------------------------
 
@@ -189,8 +193,18 @@ class AccountService:
             raise
 
     async def addresses_of(self, user_id: ObjectId) -> list[str]:
-        docs = await self.db.identities.find({"user_id": user_id}).sort("primary", -1).to_list()
-        return [d["address"] for d in docs]
+        """The user's addresses, the primary one first."""
+        return (await self._addresses.get([user_id])).get(user_id, [])
+
+    async def _fetch_addresses(self, user_ids: list[ObjectId]) -> dict[ObjectId, list[str]]:
+        docs = await self.db.identities.find(
+            {"user_id": {"$in": user_ids}}, {"user_id": 1, "address": 1, "primary": 1}
+        ).to_list()
+        docs.sort(key=lambda d: not d.get("primary"))  # stable: primary first, the rest in order
+        found: dict[ObjectId, list[str]] = {}
+        for doc in docs:
+            found.setdefault(doc["user_id"], []).append(doc["address"])
+        return found
 
     async def users_for_addresses(self, addresses: list[str]) -> dict[str, ObjectId]:
         keys = sorted({normalize_email(a) for a in addresses})

@@ -294,3 +294,73 @@ async def test_a_database_gone_under_a_batch_answers_service_unavailable_to_each
         await system.close()
         mongo.kill()
         mongo.wait()
+
+
+class Finds(monitoring.CommandListener):
+    """The ``find`` commands sent while active: (collection, filter)."""
+
+    def __init__(self) -> None:
+        self.active = True
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def started(self, event: Any) -> None:
+        if self.active and event.command_name == "find":
+            self.calls.append((event.command["find"], dict(event.command.get("filter") or {})))
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+async def test_concurrent_sends_share_their_senders_address_and_pause_reads(settings):
+    """Sends that check their sender at the same time share one read of the senders'
+    addresses and one of the active reputation pauses; each still gets its own answer (a
+    paused sender is refused, the others are sent from their own addresses)."""
+    from app.domain.errors import ValidationError
+    from app.services.feedback.reputation import pause_key
+
+    finds = Finds()
+    monitoring.register(finds)
+    system = await build_system(settings)
+    try:
+        await system.accounts.add_domain(DOMAIN)
+        viewers = await _users(system, 4)
+        await system.accounts.add_alias(viewers[0].email, f"alias@{DOMAIN}")
+        await system.mongo.db.sending_pauses.insert_one(
+            {
+                "_id": pause_key("user", viewers[3].user_id),
+                "active": True,
+                "kind": "user",
+                "reason": "complaints above the threshold",
+            }
+        )
+        assert await system.accounts.addresses_of(viewers[0].user_id) == [
+            viewers[0].email,
+            f"alias@{DOMAIN}",
+        ]
+        finds.calls.clear()
+        results = await asyncio.gather(
+            *(
+                system.sending.send_email(
+                    v, Composition(to=["reader@remote.test"], subject=f"from {i}", text="hi")
+                )
+                for i, v in enumerate(viewers)
+            ),
+            return_exceptions=True,
+        )
+        assert not any(isinstance(r, BaseException) for r in results[:3]), results
+        assert isinstance(results[3], ValidationError) and "paused" in str(results[3])
+        stored = {
+            m["subject"]: m["from"]["email"]
+            for m in await system.mongo.db.messages.find({}, {"subject": 1, "from": 1}).to_list()
+        }
+        assert stored == {f"from {i}": viewers[i].email for i in range(3)}
+        by_user = [f for c, f in finds.calls if c == "identities" and "user_id" in f]
+        pauses = [f for c, f in finds.calls if c == "sending_pauses"]
+        assert len(by_user) == 1 and len(pauses) == 1, finds.calls
+    finally:
+        finds.active = False
+        await system.mongo.client.drop_database(settings.mongodb_database)
+        await system.close()

@@ -18,6 +18,7 @@ import structlog
 from bson import ObjectId
 
 from app.adapters.mongo import Mongo
+from app.batching import SharedLookup
 from app.config import Settings
 from app.domain.addresses import domain_of
 from app.domain.errors import ValidationError
@@ -73,6 +74,11 @@ class ReputationService:
     def __init__(self, mongo: Mongo, settings: Settings) -> None:
         self.db = mongo.db
         self.settings = settings
+        # Concurrent sends and batches share one read of the active pauses (each answer from a
+        # query sent after it was asked): one query for what queued meanwhile, not one each.
+        self._active_pauses: SharedLookup[str, dict[str, Any]] = SharedLookup(
+            self._fetch_active_pauses
+        )
         self.thresholds = Thresholds(
             settings.reputation_bounce_rate,
             settings.reputation_complaint_rate,
@@ -188,9 +194,15 @@ class ReputationService:
         return bool(result.modified_count)
 
     async def pause_for(self, user_id: ObjectId, sender_domain: str) -> dict[str, Any] | None:
-        """The active pause that stops this user sending from this domain, if any."""
+        """The active pause that stops this user sending from this domain, if any (the
+        domain's when both are paused: the first by ``_id``, as an index read gives it)."""
         keys = [pause_key("user", user_id), pause_key("domain", sender_domain.lower())]
-        return await self.db.sending_pauses.find_one({"_id": {"$in": keys}, "active": True})  # type: ignore[no-any-return]
+        found = await self._active_pauses.get(keys)
+        return found[min(found)] if found else None
+
+    async def _fetch_active_pauses(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        docs = await self.db.sending_pauses.find({"_id": {"$in": keys}, "active": True}).to_list()
+        return {d["_id"]: d for d in docs}
 
     async def check_can_send(self, user_id: ObjectId, sender_domain: str) -> None:
         """Raise a clear error when the sender's reputation paused sending (read at send time)."""
