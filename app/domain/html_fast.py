@@ -81,6 +81,16 @@ def fingerprint(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def installed_fingerprint(obj: Any) -> str:
+    """``fingerprint`` of what this Python has (None: "missing"; no source: "no source")."""
+    if obj is None:
+        return "missing"
+    try:
+        return fingerprint(obj)
+    except (OSError, TypeError):  # no source to read (a stripped install)
+        return "no source"
+
+
 def stock_fingerprints() -> dict[str, str]:
     """The fingerprints of what this Python's ``html.parser`` has under ``REVIEWED``'s names."""
     found = {}
@@ -91,10 +101,7 @@ def stock_fingerprints() -> dict[str, str]:
             obj = getattr(html.parser.HTMLParser, name.removeprefix("HTMLParser."), None)
         else:
             obj = getattr(html.parser, name, None)
-        try:
-            found[name] = fingerprint(obj) if obj is not None else "missing"
-        except (OSError, TypeError):  # no source to read (a stripped install)
-            found[name] = "no source"
+        found[name] = installed_fingerprint(obj)
     return found
 
 

@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import email.feedparser
 import email.parser
-import hashlib
-import inspect
 import re
 import types
 from collections.abc import Callable, Iterator
@@ -47,6 +45,9 @@ from email.feedparser import BufferedSubFile, FeedParser  # type: ignore[attr-de
 from email.message import Message
 from email.parser import BytesParser
 from typing import Any
+
+from app.domain.html_fast import fingerprint as fingerprint  # re-exported: what REVIEWED holds
+from app.domain.html_fast import installed_fingerprint
 
 # sha256 (first 16 hex digits) of each function's source and each pattern's text and flags,
 # as reviewed (CPython 3.11.7; Debian 12's 3.11.2 has the same).
@@ -73,12 +74,6 @@ _CHUNK = 8192  # what stock's Parser.parse reads at a time
 _BOUNDARY_START = "(?P<sep>" + re.escape("--")
 
 
-def fingerprint(obj: Any) -> str:
-    """A regular expression by its pattern and flags, anything else by its source."""
-    text = f"{obj.pattern!r} {obj.flags}" if isinstance(obj, re.Pattern) else inspect.getsource(obj)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def stock_fingerprints() -> dict[str, str]:
     """The fingerprints of what this Python's ``email`` parser has under ``REVIEWED``'s names."""
     owners = {
@@ -91,10 +86,7 @@ def stock_fingerprints() -> dict[str, str]:
     for name in REVIEWED:
         owner, _, attribute = name.rpartition(".")
         obj = getattr(owners[owner], attribute, None) if owner else vars(_feedparser).get(name)
-        try:
-            found[name] = fingerprint(obj) if obj is not None else "missing"
-        except (OSError, TypeError):  # no source to read (a stripped install)
-            found[name] = "no source"
+        found[name] = installed_fingerprint(obj)
     return found
 
 
