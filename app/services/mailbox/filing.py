@@ -20,7 +20,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.mongo import UpdateOne, update_and_read
+from app.adapters.mongo import UpdateOne
 from app.background import all_of
 from app.domain.changes import Change
 from app.domain.filing_plan import (
@@ -206,24 +206,19 @@ async def record_changes(db: Any, changes: list[Change], session: Any) -> None:
         by_user.setdefault(change.user_id, []).append(change)
     if not by_user:
         return
+    # An update and a read, for one user as for several: a findAndModify would save the one
+    # user a round trip, but SecantusDB runs it as a scan of the whole collection
+    # (app.adapters.mongo.update_and_read).
+    await db.users.bulk_write(
+        [UpdateOne({"_id": u}, {"$inc": {"state": len(g)}}) for u, g in by_user.items()],
+        ordered=False,
+        session=session,
+    )
     states: dict[ObjectId, int] = {}
-    if len(by_user) == 1:  # the common case (one user's action): one round trip
-        [(user_id, group)] = by_user.items()
-        user = await update_and_read(
-            db.users, {"_id": user_id}, {"$inc": {"state": len(group)}}, session, {"state": 1}
-        )
-        if user is not None:
-            states[user_id] = int(user["state"])
-    else:
-        await db.users.bulk_write(
-            [UpdateOne({"_id": u}, {"$inc": {"state": len(g)}}) for u, g in by_user.items()],
-            ordered=False,
-            session=session,
-        )
-        for doc in await db.users.find(
-            {"_id": {"$in": list(by_user)}}, {"state": 1}, session=session
-        ).to_list():
-            states[doc["_id"]] = int(doc.get("state") or 0)
+    for doc in await db.users.find(
+        {"_id": {"$in": list(by_user)}}, {"state": 1}, session=session
+    ).to_list():
+        states[doc["_id"]] = int(doc.get("state") or 0)
     now = datetime.now(UTC)
     log = []
     for user_id, group in by_user.items():
