@@ -10,7 +10,7 @@ import structlog
 from bson import ObjectId
 
 from app.adapters.blobs import BlobStore
-from app.adapters.mongo import Mongo
+from app.adapters.mongo import Mongo, in_transaction, update_and_read
 from app.domain.outcomes import UNFINISHED
 
 log = structlog.get_logger(__name__)
@@ -20,6 +20,7 @@ INLINE_BODY_LIMIT = 256 * 1024
 
 class ContentService:
     def __init__(self, mongo: Mongo, blobs: BlobStore) -> None:
+        self.mongo = mongo
         self.db = mongo.db
         self.blobs = blobs
 
@@ -74,17 +75,31 @@ class ContentService:
         return removed
 
     async def _release_attachment(self, attachment: dict[str, Any], message_id: ObjectId) -> None:
-        doc = await self.db.attachments.find_one_and_update(
-            {"_id": attachment["id"]}, {"$pull": {"message_ids": message_id}}, return_document=True
+        # The pull and the read of what is left, in one transaction: the same answer as a
+        # findAndModify, which SecantusDB runs as a scan of the whole collection even by _id
+        # (175 ms at 30,000 attachments against 0.7 ms; docs/benchmarks.md).
+        doc = await in_transaction(
+            self.mongo,
+            lambda session: update_and_read(
+                self.db.attachments,
+                {"_id": attachment["id"]},
+                {"$pull": {"message_ids": message_id}},
+                session,
+            ),
         )
         if doc is None:
             if attachment.get("blob_id"):
                 await self.blobs.delete(attachment["blob_id"])
             return
         if not doc.get("message_ids") and not doc.get("expires_at"):
-            # referenced once, now by nothing: no upload is waiting to be used
-            await self.db.attachments.delete_one({"_id": doc["_id"], "message_ids": {"$size": 0}})
-            await self.blobs.delete(doc["blob_id"])
+            # referenced once, now by nothing: no upload is waiting to be used. The blob goes
+            # only with the document: a message that took the attachment up in between keeps
+            # both.
+            gone = await self.db.attachments.delete_one(
+                {"_id": doc["_id"], "message_ids": {"$size": 0}}
+            )
+            if gone.deleted_count:
+                await self.blobs.delete(doc["blob_id"])
 
     async def sweep_expired_uploads(self, now: Any) -> int:
         """Uploads never used by a message expire after a day (attachments.expires_at)."""

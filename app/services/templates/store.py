@@ -103,10 +103,14 @@ class TemplateStore:
         )
         if not exists:
             raise NotFound(f"template {key} has no version {version}")
-        updated = await self.db.templates.find_one_and_update(
-            {"_id": template["_id"], "user_id": viewer.user_id},
-            {"$set": {"published_version": version, "updated_at": datetime.now(UTC)}},
-            return_document=True,
+        updated = await in_transaction(  # not a findAndModify: SecantusDB scans for one
+            self.mongo,
+            lambda session: update_and_read(
+                self.db.templates,
+                {"_id": template["_id"], "user_id": viewer.user_id},
+                {"$set": {"published_version": version, "updated_at": datetime.now(UTC)}},
+                session,
+            ),
         )
         if updated is None:
             raise NotFound(f"no template {key}")
