@@ -14,7 +14,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -31,6 +31,11 @@ LEASE_BATCH = 500  # lane pulls folded into one round
 LEASE_MAX = 5000  # recipients handed out per round (each domain at least LEASE_MAX // domains)
 PREPARE_CHUNK = 50  # recipients prepared (read, signed) and handed to lanes at a time
 MAX_IN_FLIGHT = 6000  # recipients handed out and not yet recorded, per process
+# A domain's queued recipients are read up to the end of a window (``PullRounds._queued``):
+# the newest ``next_attempt_at`` read so far plus a span sized from what the last one held.
+WINDOW_START = timedelta(seconds=30)
+WINDOW_MIN = timedelta(seconds=1)
+WINDOW_MAX = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,8 @@ class PullRounds:
         self._domain_in_flight: Counter[str] = Counter()
         self._settled_in_round: set[ObjectId] | None = None
         self._round_domains: set[str] = set()
+        # Per domain: (the newest next_attempt_at read, the span read beyond it); _queued.
+        self._windows: dict[str, tuple[datetime, timedelta]] = {}
         self._room = asyncio.Event()
         self._room.set()
         self._closed = False
@@ -162,20 +169,16 @@ class PullRounds:
         every domain may have more)."""
         share = max(25, LEASE_MAX // len(pulls))
         wanted = {domain: min(limit, share) for domain, limit in pulls.items()}
-        # One query after the other: side by side they cost SecantusDB (one thread per
-        # connection) more CPU than they save in latency, and a round is rare.
-        queued = [
-            await self.db.recipients.find({"domain": domain, "delivery_status": "queued"})
-            .limit(n + self._domain_in_flight[domain])
-            .to_list()
-            for domain, n in wanted.items()
-        ]
+        # One domain after the other: side by side the queries cost SecantusDB (one thread
+        # per connection) more CPU than they save in latency, and a round is rare.
+        queued: list[list[dict[str, Any]]] = []
+        truncated = False
+        for domain, n in wanted.items():
+            docs, more = await self._queued(domain, n + self._domain_in_flight[domain])
+            queued.append(docs)
+            truncated = truncated or more
         taken: Counter[str] = Counter()
         out: list[dict[str, Any]] = []
-        truncated = any(
-            len(docs) >= wanted[d] + self._domain_in_flight[d]
-            for d, docs in zip(wanted, queued, strict=True)
-        )
         for d in (d for docs in queued for d in docs):
             if d["_id"] not in self._in_flight and taken[d["domain"]] < wanted[d["domain"]]:
                 if is_due(d, now):
@@ -209,6 +212,37 @@ class PullRounds:
                     taken[d["domain"]] += 1
                     out.append(d)
         return out, truncated or len(out) >= LEASE_MAX
+
+    async def _queued(self, domain: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+        """Up to ``limit`` of the domain's queued recipients, the oldest (the in-flight ones
+        among them) first; and whether there may be more.
+
+        A query for all of them with a limit reads every match on SecantusDB before it stops
+        (35 ms at 2,000 queued recipients of a domain, every round), so a round first asks for
+        those due by the end of a window: the newest time read so far plus a span sized from
+        what the last window held (aiming at 1.5 x limit). Only when the window holds too few
+        does it ask for all, as before; the two together see every queued recipient."""
+        query: dict[str, Any] = {"domain": domain, "delivery_status": "queued"}
+        window = self._windows.get(domain)
+        docs: list[dict[str, Any]] = []
+        if window is not None:
+            mark, span = window
+            docs = (
+                await self.db.recipients.find({**query, "next_attempt_at": {"$lte": mark + span}})
+                .limit(2 * limit)
+                .to_list()
+            )
+            aim = span * (1.5 * limit / max(len(docs), 1))
+            self._windows[domain] = (mark, min(WINDOW_MAX, max(WINDOW_MIN, aim)))
+            if len(docs) >= limit:
+                docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
+        if len(docs) < limit:  # the window held too few: all of them, as before
+            docs = await self.db.recipients.find(query).limit(limit).to_list()
+        newest = max((d["next_attempt_at"] for d in docs if d.get("next_attempt_at")), default=None)
+        if newest is not None:
+            mark, span = self._windows.get(domain, (newest, WINDOW_START))
+            self._windows[domain] = (max(mark, newest), span)
+        return docs, len(docs) >= limit
 
     async def _hand_over(self, docs: list[dict[str, Any]], leases: dict[str, DomainLease]) -> None:
         """Prepare and hand to the lanes a chunk at a time, so sending starts early."""

@@ -1,0 +1,108 @@
+"""A round reads a domain's queued recipients up to the end of a window, not all of them
+(app/services/delivery/pulls.py ``PullRounds._queued``): every queued recipient is still read
+in time — the oldest first, one released with an old time, one beyond a window that held too
+few — and with a backlog the window query is the only one."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bson import ObjectId
+
+from app.services.delivery.pulls import PullRounds
+
+
+def rounds_on(db: Any) -> PullRounds:
+    none: Any = None  # _queued reads recipients only
+    return PullRounds(db=db, leases=none, preparer=none, hand_to=none, lane_busy=none)
+
+
+class Watched:
+    """The database, with the queries ``_queued`` sends to ``recipients`` written down."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+        self.queries: list[dict[str, Any]] = []
+
+    @property
+    def recipients(self) -> Any:
+        watched = self
+
+        class Recipients:
+            def find(self, query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+                watched.queries.append(query)
+                return watched.db.recipients.find(query, *args, **kwargs)
+
+        return Recipients()
+
+
+def row(domain: str, at: datetime, n: int) -> dict[str, Any]:
+    return {
+        "_id": ObjectId(),
+        "domain": domain,
+        "delivery_status": "queued",
+        "next_attempt_at": at,
+        "address": f"r{n}@{domain}",
+    }
+
+
+async def consume(db: Any, docs: list[dict[str, Any]]) -> None:
+    await db.recipients.update_many(
+        {"_id": {"$in": [d["_id"] for d in docs]}}, {"$set": {"delivery_status": "sent"}}
+    )
+
+
+async def test_every_queued_recipient_is_read_oldest_first_through_windows(mongo) -> None:
+    db = mongo.db
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    # 600 recipients a second apart in d1, and a neighbour domain that must never show up
+    backlog = [row("d1.test", start + timedelta(seconds=i), i) for i in range(600)]
+    await db.recipients.insert_many(backlog + [row("d2.test", start, 0)])
+    rounds = rounds_on(db)
+
+    first, more = await rounds._queued("d1.test", 50)
+    assert more and len(first) == 50
+    assert {d["address"] for d in first} == {f"r{i}@d1.test" for i in range(50)}
+    await consume(db, first)
+
+    seen = {d["_id"] for d in first}
+    watched = Watched(db)
+    rounds.db = watched
+    released = None
+    for n in range(30):
+        docs, more = await rounds._queued("d1.test", 50)
+        assert all(d["domain"] == "d1.test" for d in docs)
+        if n == 3:
+            # a recipient handed out earlier and released without an attempt comes back with
+            # its old time, behind the window's mark
+            released = first[0]["_id"]
+            await db.recipients.update_one(
+                {"_id": released}, {"$set": {"delivery_status": "queued"}}
+            )
+        if n == 4:
+            assert released in {d["_id"] for d in docs}
+        seen |= {d["_id"] for d in docs}
+        await consume(db, docs)
+        if not more:
+            break
+    assert seen == {d["_id"] for d in backlog}
+    # while the backlog lasted, the windowed query was enough in most rounds
+    windowed = [q for q in watched.queries if "next_attempt_at" in q]
+    unbounded = [q for q in watched.queries if "next_attempt_at" not in q]
+    assert len(windowed) >= 10
+    assert len(unbounded) <= 4, len(unbounded)
+
+
+async def test_a_window_that_holds_too_few_reads_beyond_it(mongo) -> None:
+    db = mongo.db
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    await db.recipients.insert_many([row("d1.test", start, i) for i in range(10)])
+    rounds = rounds_on(db)
+    docs, more = await rounds._queued("d1.test", 10)
+    assert len(docs) == 10 and more
+    await consume(db, docs)
+    later = row("d1.test", start + timedelta(days=3), 99)  # far beyond any window
+    await db.recipients.insert_one(later)
+    docs, more = await rounds._queued("d1.test", 10)
+    assert [d["_id"] for d in docs] == [later["_id"]] and not more
