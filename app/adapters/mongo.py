@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -77,11 +77,15 @@ _UNAVAILABLE = (
 )
 
 
-def connect(uri: str, *, timeout_ms: int = 3000) -> AsyncMongoClient[dict[str, Any]]:
+def connect(
+    uri: str, *, timeout_ms: int = 3000, event_listeners: Sequence[Any] = ()
+) -> AsyncMongoClient[dict[str, Any]]:
     # Journaled majority writes: a 250 or a "sent" answer is only given for data that survives
     # a crash (DESIGN.md §6). Timeouts bound how long a request waits for a dead server.
+    # ``event_listeners``: PyMongo command listeners of this client only (tests, benchmarks).
     return AsyncMongoClient(
         uri,
+        event_listeners=list(event_listeners),
         serverSelectionTimeoutMS=timeout_ms,
         connectTimeoutMS=timeout_ms,
         socketTimeoutMS=max(timeout_ms * 5, 15000),
@@ -99,8 +103,10 @@ class Mongo:
     db: AsyncDatabase[dict[str, Any]]
 
     @classmethod
-    def open(cls, uri: str, database: str, *, timeout_ms: int = 3000) -> Mongo:
-        client = connect(uri, timeout_ms=timeout_ms)
+    def open(
+        cls, uri: str, database: str, *, timeout_ms: int = 3000, event_listeners: Sequence[Any] = ()
+    ) -> Mongo:
+        client = connect(uri, timeout_ms=timeout_ms, event_listeners=event_listeners)
         return cls(
             client, client.get_database(database, write_concern=WriteConcern("majority", j=True))
         )

@@ -3,40 +3,19 @@ first and goes, blob and all, with the second; the release reads what is left wi
 ``findAndModify`` (SecantusDB scans the whole collection for one, even by ``_id``)."""
 
 from datetime import UTC, datetime
-from typing import Any
 
 from bson import ObjectId
-from pymongo import AsyncMongoClient, WriteConcern, monitoring
 
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo
 from app.services.mailbox.content import ContentService
-
-
-class _Commands(monitoring.CommandListener):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def started(self, event):  # type: ignore[no-untyped-def]
-        self.names.append(event.command_name)
-
-    def succeeded(self, event):  # type: ignore[no-untyped-def]
-        pass
-
-    def failed(self, event):  # type: ignore[no-untyped-def]
-        pass
+from tests.support.commands import CommandLog
 
 
 async def test_a_shared_attachment_goes_with_the_last_message_that_used_it(mongo, settings):
-    commands = _Commands()
-    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-        settings.mongodb_uri, tz_aware=True, event_listeners=[commands]
-    )
-    watched = Mongo(
-        client,
-        client.get_database(
-            settings.mongodb_database, write_concern=WriteConcern("majority", j=True)
-        ),
+    commands = CommandLog()
+    watched = Mongo.open(
+        settings.mongodb_uri, settings.mongodb_database, event_listeners=[commands]
     )
     try:
         blobs = BlobStore(watched.db)
@@ -55,7 +34,7 @@ async def test_a_shared_attachment_goes_with_the_last_message_that_used_it(mongo
             ]
         )
 
-        commands.names.clear()
+        commands.clear()
         assert await content.collect([first]) == 1
         kept = await mongo.db.attachments.find_one({"_id": attachment})
         assert kept is not None and kept["message_ids"] == [second]

@@ -10,31 +10,14 @@ from typing import Any
 
 from bson import ObjectId
 
+from app.adapters.mongo import Mongo
 from app.services.delivery.pulls import PullRounds
+from tests.support.commands import CommandLog
 
 
 def rounds_on(db: Any) -> PullRounds:
     none: Any = None  # _queued reads recipients only
     return PullRounds(db=db, leases=none, preparer=none, hand_to=none, lane_busy=none)
-
-
-class Watched:
-    """The database, with the queries ``_queued`` sends to ``recipients`` written down."""
-
-    def __init__(self, db: Any) -> None:
-        self.db = db
-        self.queries: list[dict[str, Any]] = []
-
-    @property
-    def recipients(self) -> Any:
-        watched = self
-
-        class Recipients:
-            def find(self, query: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
-                watched.queries.append(query)
-                return watched.db.recipients.find(query, *args, **kwargs)
-
-        return Recipients()
 
 
 def row(domain: str, at: datetime, n: int) -> dict[str, Any]:
@@ -53,7 +36,7 @@ async def consume(db: Any, docs: list[dict[str, Any]]) -> None:
     )
 
 
-async def test_every_queued_recipient_is_read_oldest_first_through_windows(mongo) -> None:
+async def test_every_queued_recipient_is_read_oldest_first_through_windows(mongo, settings) -> None:
     db = mongo.db
     start = datetime(2026, 1, 1, tzinfo=UTC)
     # 600 recipients a second apart in d1, and a neighbour domain that must never show up
@@ -67,29 +50,36 @@ async def test_every_queued_recipient_is_read_oldest_first_through_windows(mongo
     await consume(db, first)
 
     seen = {d["_id"] for d in first}
-    watched = Watched(db)
-    rounds.db = watched
-    released = None
-    for n in range(30):
-        docs, more = await rounds._queued("d1.test", 50)
-        assert all(d["domain"] == "d1.test" for d in docs)
-        if n == 3:
-            # a recipient handed out earlier and released without an attempt comes back with
-            # its old time, behind the window's mark
-            released = first[0]["_id"]
-            await db.recipients.update_one(
-                {"_id": released}, {"$set": {"delivery_status": "queued"}}
-            )
-        if n == 4:
-            assert released in {d["_id"] for d in docs}
-        seen |= {d["_id"] for d in docs}
-        await consume(db, docs)
-        if not more:
-            break
-    assert seen == {d["_id"] for d in backlog}
+    commands = CommandLog()  # the rounds from here on read through a client that logs
+    watched = Mongo.open(
+        settings.mongodb_uri, settings.mongodb_database, event_listeners=[commands]
+    )
+    rounds.db = watched.db
+    try:
+        released = None
+        for n in range(30):
+            docs, more = await rounds._queued("d1.test", 50)
+            assert all(d["domain"] == "d1.test" for d in docs)
+            if n == 3:
+                # a recipient handed out earlier and released without an attempt comes
+                # back with its old time, behind the window's mark
+                released = first[0]["_id"]
+                await db.recipients.update_one(
+                    {"_id": released}, {"$set": {"delivery_status": "queued"}}
+                )
+            if n == 4:
+                assert released in {d["_id"] for d in docs}
+            seen |= {d["_id"] for d in docs}
+            await consume(db, docs)
+            if not more:
+                break
+        assert seen == {d["_id"] for d in backlog}
+    finally:
+        await watched.close()
     # while the backlog lasted, the windowed query was enough in most rounds
-    windowed = [q for q in watched.queries if "next_attempt_at" in q]
-    unbounded = [q for q in watched.queries if "next_attempt_at" not in q]
+    queries = commands.finds("recipients")
+    windowed = [q for q in queries if "next_attempt_at" in q]
+    unbounded = [q for q in queries if "next_attempt_at" not in q]
     assert len(windowed) >= 10
     assert len(unbounded) <= 4, len(unbounded)
 

@@ -238,8 +238,8 @@ class PullRounds:
                 docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
         if len(docs) < limit:  # the window held too few: all of them, as before
             docs = await self.db.recipients.find(query).limit(limit).to_list()
-        newest = max((d["next_attempt_at"] for d in docs if d.get("next_attempt_at")), default=None)
-        if newest is not None:
+        if docs:  # every queued recipient has a next_attempt_at (compose.recipient_docs)
+            newest = max(d["next_attempt_at"] for d in docs)
             mark, span = self._windows.get(domain, (newest, WINDOW_START))
             self._windows[domain] = (max(mark, newest), span)
         return docs, len(docs) >= limit

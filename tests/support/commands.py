@@ -1,0 +1,51 @@
+"""The MongoDB commands a client sends, written down for tests that count round trips or
+check which queries a service sends (a PyMongo command listener given to one client)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pymongo import monitoring
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str  # "find", "update", "findAndModify", ...
+    collection: str | None  # what the command names, when it names one
+    filter: dict[str, Any]  # a find's filter, else empty
+
+
+class CommandLog(monitoring.CommandListener):
+    """Every command started on the clients it listens to, in order. Open the client with
+    ``Mongo.open(..., event_listeners=[log])``."""
+
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    @property
+    def names(self) -> list[str]:
+        return [c.name for c in self.commands]
+
+    def finds(self, collection: str) -> list[dict[str, Any]]:
+        """The filters of the ``find`` commands sent to ``collection``."""
+        return [c.filter for c in self.commands if c.name == "find" and c.collection == collection]
+
+    def clear(self) -> None:
+        self.commands.clear()
+
+    def started(self, event: Any) -> None:
+        target = event.command.get(event.command_name)
+        self.commands.append(
+            Command(
+                event.command_name,
+                target if isinstance(target, str) else None,
+                dict(event.command.get("filter") or {}),
+            )
+        )
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
