@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from app import loops
 from app.config import ConfigError, Settings, load_settings
 from app.domain.errors import DomainError
 
@@ -127,6 +128,7 @@ def cmd_api(args: argparse.Namespace) -> int:
         ws_per_message_deflate=False,
         proxy_headers=True,
         log_level=settings.log_level.lower(),
+        loop=settings.event_loop,
     )
     return 0
 
@@ -189,7 +191,7 @@ def cmd_imap(args: argparse.Namespace) -> int:
     if missing:
         raise ConfigError(f"set {', '.join(missing)}")
     try:
-        asyncio.run(run_mail_clients(settings, imap=not pop3, pop3=pop3))
+        loops.run(run_mail_clients(settings, imap=not pop3, pop3=pop3), settings.event_loop)
     except KeyboardInterrupt:
         return 130
     return 0
@@ -230,7 +232,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             else _dev_secret(data_dir),
             **env,
         )
-        return asyncio.run(_dev_main(settings, stack))
+        return loops.run(_dev_main(settings, stack), settings.event_loop)
     except KeyboardInterrupt:
         return 130
     finally:

@@ -170,6 +170,8 @@ class Settings(BaseSettings):
 
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # the servers' event loop (app/loops.py): uvloop, or the standard library's
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     log_json: bool = False
 
     @field_validator(

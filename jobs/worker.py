@@ -8,9 +8,11 @@ this file only assembles them. Jobs are thin: they call one service each and are
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from app import loops
 from app.background import stop_task
 from app.bootstrap import build_system, job_worker
 from app.config import Settings
@@ -77,7 +79,14 @@ def run_worker(settings: Settings) -> int:
         from app.services import monitoring
 
         monitoring.serve(settings.metrics_port, settings.http_host)
-    job_worker(settings, worker_options(settings)).run()
+    # arq's Worker takes the current loop when it is made (asyncio.get_event_loop())
+    loop = loops.loop_factory(settings.event_loop)()
+    asyncio.set_event_loop(loop)
+    worker = job_worker(settings, worker_options(settings))
+    print(
+        f"mailhub worker started (pid {os.getpid()}, event loop {loops.name_of(loop)})", flush=True
+    )
+    worker.run()
     return 0
 
 

@@ -4,6 +4,9 @@ The servers start once per test session (SecantusDB, Redis, Typesense as child p
 under a temporary directory) unless MAILHUB_TEST_MONGODB_URI / MAILHUB_TEST_REDIS_URL /
 MAILHUB_TEST_TYPESENSE_URL (+ MAILHUB_TEST_TYPESENSE_API_KEY) point at running ones.
 Each test gets a fresh database name and Redis key prefix, never a mock.
+
+The tests' event loop is the one the servers run on by default (app/loops.py: uvloop);
+MAILHUB_TEST_EVENT_LOOP=asyncio runs the suite on the standard library's loop instead.
 """
 
 from __future__ import annotations
@@ -16,7 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from app import loops
 from app.embedded import EmbeddedStack
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+    """Every async test and fixture runs on the servers' default loop (or the one named)."""
+    kind = os.environ.get("MAILHUB_TEST_EVENT_LOOP", "uvloop")
+    if kind not in ("uvloop", "asyncio"):
+        raise pytest.UsageError(f"MAILHUB_TEST_EVENT_LOOP={kind!r}: uvloop or asyncio")
+    return {kind: loops.loop_factory(kind)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 
+from app import loops
 from app.config import Settings
 from app.mx.data import DataOutcome, read_data
 from app.mx.handler import MxHandler
@@ -289,10 +290,20 @@ async def _serve(settings: Settings, reuse_port: bool, metrics_port: int | None)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
+    event_loop = loops.name_of(loop)
     log.info(
-        "mx listening", host=settings.smtp_host, port=mx.port, pid=os.getpid(), helpers=helpers
+        "mx listening",
+        host=settings.smtp_host,
+        port=mx.port,
+        pid=os.getpid(),
+        helpers=helpers,
+        event_loop=event_loop,
     )
-    print(f"mailhub mx listening on {settings.smtp_host}:{mx.port} (pid {os.getpid()})", flush=True)
+    print(
+        f"mailhub mx listening on {settings.smtp_host}:{mx.port}"
+        f" (pid {os.getpid()}, event loop {event_loop})",
+        flush=True,
+    )
     await stopping.wait()
     await mx.stop()
     await system.inbound.analysis.stop_helpers()
@@ -307,7 +318,10 @@ def run_mx(settings: Settings) -> int:
     configure_logging(settings)
     workers = settings.mx_processes
     if workers == 1:
-        return asyncio.run(_serve(settings, reuse_port=False, metrics_port=settings.metrics_port))
+        return loops.run(
+            _serve(settings, reuse_port=False, metrics_port=settings.metrics_port),
+            settings.event_loop,
+        )
     if settings.smtp_port == 0:
         print(
             "mailhub mx: MAILHUB_MX_PROCESSES > 1 needs a fixed MAILHUB_SMTP_PORT", file=sys.stderr
@@ -321,7 +335,9 @@ def run_mx(settings: Settings) -> int:
             # Each process counts its own transactions: MAILHUB_METRICS_PORT + its index.
             port = settings.metrics_port + index if settings.metrics_port else None
             try:
-                code = asyncio.run(_serve(settings, reuse_port=True, metrics_port=port))
+                code = loops.run(
+                    _serve(settings, reuse_port=True, metrics_port=port), settings.event_loop
+                )
             finally:
                 os._exit(code)
         children.append(pid)

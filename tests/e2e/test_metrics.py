@@ -121,15 +121,19 @@ def _env(w: Outbound, **extra: str) -> dict[str, str]:
 
 
 class Processes:
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
         self.running: list[subprocess.Popen[bytes]] = []
+        self.folder = folder
 
     def start(self, command: str, env: dict[str, str]) -> None:
-        self.running.append(
-            subprocess.Popen(
-                [MAILHUB, command], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        with open(self.output(command), "wb") as out:
+            self.running.append(
+                subprocess.Popen([MAILHUB, command], env=env, stdout=out, stderr=subprocess.DEVNULL)
             )
-        )
+
+    def output(self, command: str) -> Path:
+        """What the process printed on its standard output (its start-up line)."""
+        return self.folder / f"{command}.out"
 
     def stop(self) -> None:
         for p in self.running:
@@ -186,7 +190,9 @@ def _webhook(api: str, event: dict[str, Any]) -> httpx.Response:
     )
 
 
-async def test_each_process_exposes_its_metrics_and_they_move_with_their_events(settings, clamd):
+async def test_each_process_exposes_its_metrics_and_they_move_with_their_events(
+    settings, clamd, tmp_path
+):
     options = {
         "ok": {
             "rcpt": {
@@ -197,7 +203,7 @@ async def test_each_process_exposes_its_metrics_and_they_move_with_their_events(
     }
     async with outbound_world(settings, worker=False, sink_options=options) as w:
         api_port, worker_port, mx_port, smtp_port = (free_port() for _ in range(4))
-        procs = Processes()
+        procs = Processes(tmp_path)
         try:
             procs.start("worker", _env(w, MAILHUB_METRICS_PORT=str(worker_port)))
             procs.start(
@@ -218,6 +224,10 @@ async def test_each_process_exposes_its_metrics_and_they_move_with_their_events(
                 "api": f"{api}/metrics",
             }
             await asyncio.to_thread(_exercise, w, urls, api, smtp_port, clamd)
+            # the servers run on their default event loop (app/loops.py)
+            assert "(pid " in procs.output("mx").read_text()
+            for command in ("mx", "worker"):
+                assert "event loop uvloop)" in procs.output(command).read_text()
         finally:
             await asyncio.to_thread(procs.stop)
 
