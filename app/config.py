@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.loops import EventLoop
+
 ENV_PREFIX = "MAILHUB_"
 
 
@@ -171,7 +173,7 @@ class Settings(BaseSettings):
     # --- logs ---
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # the servers' event loop (app/loops.py): uvloop, or the standard library's
-    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    event_loop: EventLoop = "uvloop"
     log_json: bool = False
 
     @field_validator(

@@ -6,7 +6,8 @@ MAILHUB_TEST_TYPESENSE_URL (+ MAILHUB_TEST_TYPESENSE_API_KEY) point at running o
 Each test gets a fresh database name and Redis key prefix, never a mock.
 
 The tests' event loop is the one the servers run on by default (app/loops.py: uvloop);
-MAILHUB_TEST_EVENT_LOOP=asyncio runs the suite on the standard library's loop instead.
+MAILHUB_TEST_EVENT_LOOP=asyncio runs the suite on the standard library's loop instead
+(tests/support/event_loop.py).
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ import pytest
 
 from app import loops
 from app.embedded import EmbeddedStack
+from tests.support.event_loop import suite_loop
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
     """Every async test and fixture runs on the servers' default loop (or the one named)."""
-    kind = os.environ.get("MAILHUB_TEST_EVENT_LOOP", "uvloop")
-    if kind not in ("uvloop", "asyncio"):
-        raise pytest.UsageError(f"MAILHUB_TEST_EVENT_LOOP={kind!r}: uvloop or asyncio")
-    return {kind: loops.loop_factory(kind)}  # type: ignore[arg-type]
+    try:
+        kind = suite_loop()
+    except ValueError as e:
+        raise pytest.UsageError(str(e)) from None
+    return {kind: loops.loop_factory(kind)}
 
 
 @dataclass(frozen=True)

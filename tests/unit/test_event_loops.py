@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 
 import pytest
 import uvloop
@@ -11,6 +10,7 @@ from pydantic import ValidationError
 
 from app import loops
 from app.config import Settings
+from tests.support.event_loop import suite_loop
 
 
 async def _running_loop_type() -> type:
@@ -43,6 +43,16 @@ def test_the_default_is_uvloop_and_the_setting_is_checked(monkeypatch: pytest.Mo
 
 
 async def test_the_suite_runs_on_the_servers_default_loop() -> None:
-    # tests/conftest.py: MAILHUB_TEST_EVENT_LOOP, uvloop unless it says otherwise
-    wanted = os.environ.get("MAILHUB_TEST_EVENT_LOOP", "uvloop")
-    assert loops.name_of(asyncio.get_running_loop()) == wanted
+    # tests/conftest.py: MAILHUB_TEST_EVENT_LOOP, else the setting's default
+    assert loops.name_of(asyncio.get_running_loop()) == suite_loop()
+
+
+def test_the_test_loop_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAILHUB_TEST_EVENT_LOOP", raising=False)
+    monkeypatch.setenv("MAILHUB_EVENT_LOOP", "asyncio")  # a server setting, not the suite's
+    assert suite_loop() == "uvloop"
+    monkeypatch.setenv("MAILHUB_TEST_EVENT_LOOP", "asyncio")
+    assert suite_loop() == "asyncio"
+    monkeypatch.setenv("MAILHUB_TEST_EVENT_LOOP", "trio")
+    with pytest.raises(ValueError, match="MAILHUB_TEST_EVENT_LOOP='trio'"):
+        suite_loop()
