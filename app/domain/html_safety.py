@@ -165,8 +165,25 @@ _BLOCK_TAGS = {
 _PARAGRAPH_TAGS = {"p", "h1", "h2", "h3", "h4", "h5", "h6", "pre", "blockquote"}
 _SKIPPED_TAGS = {"script", "style", "head", "title", "template", "noscript", "svg", "math"}
 _LINK_SCHEMES = ("http:", "https:", "mailto:", "tel:")
-_WHITESPACE_RUN = re.compile(r"\s+")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")  # in <pre>: CRLF, CR and LF alike
+
+
+def collapse_whitespace(text: str) -> str:
+    """``re.sub(r"\\s+", " ", text)``: every run of whitespace becomes one space.
+
+    Twice as fast on the text of an HTML mail, and the same: ``str.split()`` and the regex's
+    ``\\s`` take the same characters for whitespace (CPython's ``Py_UNICODE_ISSPACE`` in both),
+    so the words between the runs are the same, and a run at either end becomes one space.
+    """
+    words = text.split()
+    if not words:
+        return " " if text else ""
+    joined = " ".join(words)
+    if text[0].isspace():
+        joined = " " + joined
+    if text[-1].isspace():
+        joined += " "
+    return joined
 
 
 class _TextRenderer(FastHTMLParser):
@@ -228,7 +245,7 @@ class _TextRenderer(FastHTMLParser):
                     self.newline(force=True)
                 self.write(piece)
             return
-        text = _WHITESPACE_RUN.sub(" ", data)
+        text = collapse_whitespace(data)
         if not self.current or self.current[-1].endswith(" "):
             text = text.lstrip()
         self.write(text)

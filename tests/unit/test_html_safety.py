@@ -1,8 +1,9 @@
+import random
 import re
 
 import pytest
 
-from app.domain.html_safety import html_to_text, make_snippet, sanitize_html
+from app.domain.html_safety import collapse_whitespace, html_to_text, make_snippet, sanitize_html
 
 XSS_PAYLOADS = [
     "<script>alert(1)</script>",
@@ -173,6 +174,30 @@ def test_html_to_text_survives_broken_markup():
     assert html_to_text("<p>unclosed <b>bold <a href='https://x.example'>link") == (
         "unclosed bold link <https://x.example>"
     )
+
+
+WHITESPACE = "".join(chr(i) for i in range(0x110000) if re.fullmatch(r"\s", chr(i)))
+
+
+def test_whitespace_is_what_the_regex_takes_it_to_be():
+    # collapse_whitespace relies on str.split() and the regex's \s agreeing on every character.
+    assert WHITESPACE == "".join(chr(i) for i in range(0x110000) if chr(i).isspace())
+    assert len(WHITESPACE) > 20  # not only ASCII: NBSP, NEL, U+2028, ideographic space ...
+
+
+@pytest.mark.parametrize(
+    "text", ["", " ", "a", " a ", "\r\n", "a\r\n\tb", "\xa0x\u3000\u3000y\x85", "x\u200by"]
+)
+def test_collapse_whitespace_is_the_regex_substitution(text):
+    assert collapse_whitespace(text) == re.sub(r"\s+", " ", text)
+
+
+def test_collapse_whitespace_agrees_with_the_regex_on_random_text():
+    rnd = random.Random(5)
+    alphabet = WHITESPACE + "ab\u200b\u00e9-"
+    for _ in range(20000):
+        text = "".join(rnd.choice(alphabet) for _ in range(rnd.randrange(0, 9)))
+        assert collapse_whitespace(text) == re.sub(r"\s+", " ", text), repr(text)
 
 
 def test_snippet_drops_quoted_reply_and_attribution():
