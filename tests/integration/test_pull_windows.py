@@ -11,6 +11,7 @@ from typing import Any
 from bson import ObjectId
 
 from app.adapters.mongo import Mongo
+from app.services.delivery.leases import DomainLeases
 from app.services.delivery.pulls import PullRounds
 from tests.support.commands import CommandLog
 
@@ -96,3 +97,28 @@ async def test_a_window_that_holds_too_few_reads_beyond_it(mongo) -> None:
     await db.recipients.insert_one(later)
     docs, more = await rounds._queued("d1.test", 10)
     assert [d["_id"] for d in docs] == [later["_id"]] and not more
+
+
+async def test_windows_go_with_the_leases(mongo) -> None:
+    db = mongo.db
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    await db.recipients.insert_many(
+        [row(domain, start, i) for domain in ("d1.test", "d2.test") for i in range(5)]
+    )
+    leases = DomainLeases(
+        db, timedelta(seconds=30), is_idle=lambda domain: True, wake=lambda domain: None
+    )
+    none: Any = None
+    rounds = PullRounds(db=db, leases=leases, preparer=none, hand_to=none, lane_busy=none)
+    now = datetime.now(UTC)
+    assert await leases.hold(["d1.test", "d2.test"], now) == {"d1.test", "d2.test"}
+    for domain in ("d1.test", "d2.test"):
+        await rounds._queued(domain, 3)
+    rounds._forget_windows_not_held()
+    assert set(rounds._windows) == {"d1.test", "d2.test"}  # both still held
+
+    await leases.release(["d2.test"])  # idle: given back
+    assert set(leases.held) == {"d1.test"}
+    rounds._forget_windows_not_held()
+    assert set(rounds._windows) == {"d1.test"}
+    await leases.close(give_back=True)

@@ -133,6 +133,7 @@ class PullRounds:
         self, batch: list[Waiter[_Pull, bool]], pulls: dict[str, int], now: datetime
     ) -> None:
         held = await self.leases.hold(list(pulls), now)
+        self._forget_windows_not_held()
         mine = {domain: limit for domain, limit in pulls.items() if domain in held}
         leases = {domain: self.leases.held[domain] for domain in mine}  # a lost one: until = now
         due: list[dict[str, Any]] = []
@@ -213,6 +214,14 @@ class PullRounds:
                     out.append(d)
         return out, truncated or len(out) >= LEASE_MAX
 
+    def _forget_windows_not_held(self) -> None:
+        """A domain's window serves this process while it holds the domain's lease; it goes
+        with the lease (a domain taken again starts with one full read, as a new one does), so
+        a long-running worker keeps no window per domain it ever delivered to."""
+        held = self.leases.held
+        if len(self._windows) > len(held):
+            self._windows = {d: w for d, w in self._windows.items() if d in held}
+
     async def _queued(self, domain: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
         """Up to ``limit`` of the domain's queued recipients, the oldest (the in-flight ones
         among them) first; and whether there may be more.
@@ -236,8 +245,13 @@ class PullRounds:
             self._windows[domain] = (mark, min(WINDOW_MAX, max(WINDOW_MIN, aim)))
             if len(docs) >= limit:
                 docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
-        if len(docs) < limit:  # the window held too few: all of them, as before
-            docs = await self.db.recipients.find(query).limit(limit).to_list()
+        if len(docs) < limit:  # the window held too few: all of them, oldest first
+            docs = (
+                await self.db.recipients.find(query)
+                .sort("next_attempt_at", 1)
+                .limit(limit)
+                .to_list()
+            )
         if docs:  # every queued recipient has a next_attempt_at (compose.recipient_docs)
             newest = max(d["next_attempt_at"] for d in docs)
             mark, span = self._windows.get(domain, (newest, WINDOW_START))
