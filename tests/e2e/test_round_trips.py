@@ -5,6 +5,7 @@ from pymongo import monitoring
 
 from app.bootstrap import build_system
 from tests.e2e.test_send_and_read import SEND
+from tests.support.commands import CommandLog
 
 FULL_PAGE = """query($first: Int!) { messages(first: $first) { totalCount edges { node {
   id subject textBody htmlBody bcc { email } replyTo { email } references inReplyTo
@@ -12,29 +13,13 @@ FULL_PAGE = """query($first: Int!) { messages(first: $first) { totalCount edges 
 THREADS = "query($first: Int!) { threads(first: $first) { edges { node { subject messages { id textBody } } } } }"
 
 
-class CommandCounter(monitoring.CommandListener):
-    def __init__(self):
-        self.commands = []
-        self.active = True
-
-    def started(self, event):
-        if self.active:  # pymongo cannot unregister a listener; it goes quiet after the test
-            self.commands.append(event.command_name)
-
-    def succeeded(self, event):
-        pass
-
-    def failed(self, event):
-        pass
-
-
 @pytest.fixture
 def counter():
-    c = CommandCounter()
+    c = CommandLog()
     monitoring.register(c)
     yield c
     c.active = False
-    c.commands.clear()
+    c.clear()
 
 
 async def test_page_cost_does_not_grow_with_page_size(api, settings, counter):
@@ -55,12 +40,12 @@ async def test_page_cost_does_not_grow_with_page_size(api, settings, counter):
 
         async def cost(query, first, token):
             ctx = Context(system=system, token=token, client="test")
-            counter.commands.clear()
+            counter.clear()
             result = await schema.execute(
                 query, variable_values={"first": first}, context_value=ctx
             )
             assert not result.errors, result.errors
-            return len([c for c in counter.commands if c in ("find", "aggregate", "count")])
+            return len([c for c in counter.names if c in ("find", "aggregate", "count")])
 
         small, large = await cost(FULL_PAGE, 2, b), await cost(FULL_PAGE, 30, b)
         assert small == large <= 5, (small, large)

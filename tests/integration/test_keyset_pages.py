@@ -9,6 +9,7 @@ from bson import ObjectId
 from app.config import Settings
 from app.domain.viewer import Viewer
 from app.services.mailbox.queries import MailboxService
+from tests.support.commands import CommandLog
 
 
 def inbox_item(user: ObjectId, received_at: datetime) -> dict:
@@ -119,28 +120,10 @@ async def test_thread_pages_are_exact_too(mongo):
 async def test_a_first_page_of_old_mail_needs_one_query_once_learned(settings, mongo):
     """The learned window is measured from now: a mailbox whose newest mail is a month old
     does not widen its window on every first page."""
-    from pymongo import monitoring
-
     from app.adapters.mongo import Mongo
 
-    class Finds(monitoring.CommandListener):
-        active = True
-        count = 0
-
-        def started(self, event):  # type: ignore[no-untyped-def]
-            if self.active and event.command_name == "find":
-                if event.command.get("find") == "mailbox_items":
-                    self.count += 1
-
-        def succeeded(self, event):  # type: ignore[no-untyped-def]
-            pass
-
-        def failed(self, event):  # type: ignore[no-untyped-def]
-            pass
-
-    finds = Finds()
-    monitoring.register(finds)  # before the client is made, so it reports to the listener
-    watched = Mongo.open(settings.mongodb_uri, settings.mongodb_database)
+    finds = CommandLog()
+    watched = Mongo.open(settings.mongodb_uri, settings.mongodb_database, event_listeners=[finds])
     try:
         user = ObjectId()
         newest = datetime.now(UTC) - timedelta(days=30)
@@ -161,11 +144,11 @@ async def test_a_first_page_of_old_mail_needs_one_query_once_learned(settings, m
         viewer = Viewer(user, "me@example.test")
         first = await service.list_items(viewer, folder="INBOX", first=50)
         assert [d["_id"] for d in first.nodes] == [d["_id"] for d in docs[:50]]
-        assert finds.count > 1  # the 100 s window missed a month-old page and widened
-        finds.count = 0
+        # the 100 s window missed a month-old page and widened
+        assert len(finds.finds("mailbox_items")) > 1
+        finds.clear()
         again = await service.list_items(viewer, folder="INBOX", first=50)
         assert [d["_id"] for d in again.nodes] == [d["_id"] for d in docs[:50]]
-        assert finds.count == 1
+        assert len(finds.finds("mailbox_items")) == 1
     finally:
-        finds.active = False
         await watched.close()

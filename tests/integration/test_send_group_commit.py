@@ -22,33 +22,15 @@ from app.domain.viewer import Viewer
 from app.embedded import free_port
 from app.services.feedback.suppression import user_scope
 from app.services.sending.compose import Composition
+from tests.support.commands import CommandLog
 from tests.support.own_mongo import own_mongo_settings, start_mongo
 
 DOMAIN = "example.test"
 
 
-class Commits(monitoring.CommandListener):
-    """Counts ``commitTransaction`` commands (pymongo cannot unregister a listener: it goes
-    quiet after its test)."""
-
-    def __init__(self) -> None:
-        self.active = True
-        self.count = 0
-
-    def started(self, event: Any) -> None:
-        if self.active and event.command_name == "commitTransaction":
-            self.count += 1
-
-    def succeeded(self, event: Any) -> None:
-        pass
-
-    def failed(self, event: Any) -> None:
-        pass
-
-
 @pytest.fixture
-async def commits_and_system(settings: Any) -> AsyncIterator[tuple[Commits, System]]:
-    commits = Commits()
+async def commits_and_system(settings: Any) -> AsyncIterator[tuple[CommandLog, System]]:
+    commits = CommandLog()
     monitoring.register(commits)  # before the system's client exists, so it reports here
     system = await build_system(settings)
     await system.accounts.add_domain(DOMAIN)
@@ -120,7 +102,7 @@ async def test_concurrent_sends_of_different_users_share_one_transaction(commits
         "z@remote.test", reason="manual", scope=user_scope(senders[0].user_id)
     )
     held = Held(system, first)
-    commits.count = 0
+    commits.clear()
     held_item, *items = await held.queue_behind(
         [
             system.sending.send_email(
@@ -135,7 +117,8 @@ async def test_concurrent_sends_of_different_users_share_one_transaction(commits
             for n, v in enumerate(senders)
         ]
     )
-    assert commits.count == 2  # the held send's transaction, then one for all the others
+    # the held send's transaction, then one for all the others
+    assert commits.names.count("commitTransaction") == 2
     assert held_item["subject"] == "held"
 
     for n, (viewer, item) in enumerate(zip(senders, items, strict=True)):
@@ -296,24 +279,6 @@ async def test_a_database_gone_under_a_batch_answers_service_unavailable_to_each
         mongo.wait()
 
 
-class Finds(monitoring.CommandListener):
-    """The ``find`` commands sent while active: (collection, filter)."""
-
-    def __init__(self) -> None:
-        self.active = True
-        self.calls: list[tuple[str, dict[str, Any]]] = []
-
-    def started(self, event: Any) -> None:
-        if self.active and event.command_name == "find":
-            self.calls.append((event.command["find"], dict(event.command.get("filter") or {})))
-
-    def succeeded(self, event: Any) -> None:
-        pass
-
-    def failed(self, event: Any) -> None:
-        pass
-
-
 async def test_concurrent_sends_share_their_senders_address_and_pause_reads(settings):
     """Sends that check their sender at the same time share one read of the senders'
     addresses and one of the active reputation pauses; each still gets its own answer (a
@@ -321,7 +286,7 @@ async def test_concurrent_sends_share_their_senders_address_and_pause_reads(sett
     from app.domain.errors import ValidationError
     from app.services.feedback.reputation import pause_key
 
-    finds = Finds()
+    finds = CommandLog()
     monitoring.register(finds)
     system = await build_system(settings)
     try:
@@ -340,7 +305,7 @@ async def test_concurrent_sends_share_their_senders_address_and_pause_reads(sett
             viewers[0].email,
             f"alias@{DOMAIN}",
         ]
-        finds.calls.clear()
+        finds.clear()
         results = await asyncio.gather(
             *(
                 system.sending.send_email(
@@ -357,9 +322,9 @@ async def test_concurrent_sends_share_their_senders_address_and_pause_reads(sett
             for m in await system.mongo.db.messages.find({}, {"subject": 1, "from": 1}).to_list()
         }
         assert stored == {f"from {i}": viewers[i].email for i in range(3)}
-        by_user = [f for c, f in finds.calls if c == "identities" and "user_id" in f]
-        pauses = [f for c, f in finds.calls if c == "sending_pauses"]
-        assert len(by_user) == 1 and len(pauses) == 1, finds.calls
+        by_user = [f for f in finds.finds("identities") if "user_id" in f]
+        pauses = finds.finds("sending_pauses")
+        assert len(by_user) == 1 and len(pauses) == 1, finds.commands
     finally:
         finds.active = False
         await system.mongo.client.drop_database(settings.mongodb_database)

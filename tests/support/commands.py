@@ -18,10 +18,13 @@ class Command:
 
 class CommandLog(monitoring.CommandListener):
     """Every command started on the clients it listens to, in order. Open the client with
-    ``Mongo.open(..., event_listeners=[log])``."""
+    ``Mongo.open(..., event_listeners=[log])``; or, to hear the clients a service opens itself,
+    ``monitoring.register(log)`` before they are made, and set ``active`` to False after the
+    test (PyMongo cannot unregister a listener: it goes quiet instead)."""
 
     def __init__(self) -> None:
         self.commands: list[Command] = []
+        self.active = True
 
     @property
     def names(self) -> list[str]:
@@ -35,6 +38,8 @@ class CommandLog(monitoring.CommandListener):
         self.commands.clear()
 
     def started(self, event: Any) -> None:
+        if not self.active:
+            return
         target = event.command.get(event.command_name)
         self.commands.append(
             Command(
