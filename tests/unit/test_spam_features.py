@@ -236,3 +236,18 @@ def test_retrain_with_poisoned_feedback_is_rejected() -> None:
     poison = [(f"{text} ref {i}".encode(), True) for i, text in enumerate(HAMMY * 15)]
     result = retrain(poison, corpus, SMALL)
     assert not result.not_worse
+
+
+@pytest.mark.parametrize("n_features", [1, 7, 1 << 20])
+def test_first_occurrences_are_what_np_unique_gives(n_features: int) -> None:
+    import numpy as np
+
+    from ml.scoring import first_occurrences
+
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 2, 5, 100, 10_000):
+        buckets = rng.integers(0, n_features, size=size, dtype=np.int64)
+        _, expected = np.unique(buckets, return_index=True)
+        expected.sort()
+        got = first_occurrences(buckets, n_features)
+        assert got.tolist() == expected.tolist(), (n_features, size)
