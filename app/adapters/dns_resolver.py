@@ -60,10 +60,23 @@ def _configure(resolver: dns.resolver.BaseResolver, servers: list[str], timeout:
     resolver.lifetime = timeout * 2
 
 
-def sync_resolver(servers: list[str], timeout: float = 3.0) -> dns.resolver.Resolver:
-    """A blocking resolver with the same servers (for libraries that only take one)."""
+CACHED_ANSWERS = 50_000  # answers an authenticating MX keeps (dnspython's LRU cache)
+
+
+def sync_resolver(
+    servers: list[str], timeout: float = 3.0, *, cache: bool = False
+) -> dns.resolver.Resolver:
+    """A blocking resolver with the same servers (for libraries that only take one).
+
+    ``cache``: keep answers for their TTL (dnspython's thread-safe LRU cache, at most
+    CACHED_ANSWERS; a name that does not exist is kept for its zone's negative TTL), as a
+    caching resolver would: the MX asks for the same senders' SPF, DKIM and DMARC records
+    for every message they send. A record served with TTL 0 is never kept.
+    """
     resolver = dns.resolver.Resolver(configure=not servers)
     _configure(resolver, servers, timeout)
+    if cache:
+        resolver.cache = dns.resolver.LRUCache(CACHED_ANSWERS)
     return resolver
 
 

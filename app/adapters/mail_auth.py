@@ -1,6 +1,7 @@
 """Mail authentication of inbound messages: SPF (pyspf), DKIM (dkimpy), DMARC records (dnspython).
 
-Every DNS question goes to ``MAILHUB_DNS_SERVERS`` (tests point it at a local dnsmasq). pyspf
+Every DNS question goes to ``MAILHUB_DNS_SERVERS`` (tests point it at a local dnsmasq), and
+answers are kept for their TTL (``sync_resolver(cache=True)``). pyspf
 and dkimpy are blocking libraries, so checks run in a worker thread. The verdict — which
 identifiers passed — is handed to the pure DMARC evaluation in ``app.domain.dmarc``; only this
 module imports ``spf`` and ``dkim``.
@@ -87,7 +88,7 @@ class MailAuthenticator:
     def __init__(
         self, dns_servers: list[str], authserv_id: str, timeout: float = 3.0, threads: int = 16
     ) -> None:
-        self.resolver = sync_resolver(dns_servers, timeout)
+        self.resolver = sync_resolver(dns_servers, timeout, cache=True)
         self.authserv_id = authserv_id
         self.timeout = timeout
         # Our own threads: DNS waits must not queue behind (or starve) the loop's default executor.

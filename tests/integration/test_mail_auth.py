@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.adapters.mail_auth import MailAuthenticator
+from tests.support.dnsmasq import DnsServer
 from tests.support.mx import DOMAIN, MailZone, mail_zone, message, running_mx, smtp_send
 
 
@@ -135,3 +136,28 @@ async def test_authentication_results_header_is_prepended_to_the_stored_raw_mess
     assert blob.endswith(raw)  # the message itself is kept byte for byte
     assert "dkim=pass header.d=pass.test" in stored["auth_results"]
     assert "dmarc=pass" in stored["auth_results"]
+
+
+def test_answers_are_kept_for_their_ttl_and_not_when_it_is_zero():
+    """The MX keeps DNS answers for their TTL: after the DNS server is gone, a sender's
+    records served with TTL 300 are still known; records served with TTL 0 are asked for
+    again (and nobody answers)."""
+    records = {
+        "cached.test": ["v=spf1 ip4:127.0.0.1 -all"],
+        "_dmarc.cached.test": ["v=DMARC1; p=reject"],
+    }
+    with DnsServer(txt=records, ttl=300) as kept, DnsServer(txt=records) as fresh:
+        keeping = MailAuthenticator([kept.address], "mx.mailhub.test")
+        asking = MailAuthenticator([fresh.address], "mx.mailhub.test", timeout=0.5)
+        for auth in (keeping, asking):
+            assert auth.check_spf("127.0.0.1", "client.test", "a@cached.test")[0] == "pass"
+            assert auth.check_dmarc("cached.test", "fail", "cached.test", []).policy == "reject"
+        kept.stop()
+        fresh.stop()
+
+        assert keeping.check_spf("127.0.0.1", "client.test", "a@cached.test")[0] == "pass"
+        dmarc = keeping.check_dmarc("cached.test", "fail", "cached.test", [])
+        assert (dmarc.policy, dmarc.disposition) == ("reject", "reject")
+
+        assert asking.check_spf("127.0.0.1", "client.test", "a@cached.test")[0] == "temperror"
+        assert asking.check_dmarc("cached.test", "fail", "cached.test", []).result == "temperror"

@@ -48,8 +48,10 @@ class DnsServer:
         mx: dict[str, list[tuple[int, str]]] | None = None,
         a: dict[str, str | list[str]] | None = None,
         txt: dict[str, list[str]] | None = None,
+        ttl: int = 0,
     ) -> None:
         self.mx, self.a, self.txt = mx or {}, a or {}, txt or {}
+        self.ttl = ttl  # of the records given (dnsmasq's local-ttl; 0, its default: not cached)
         self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self.dir = Path(tempfile.mkdtemp(prefix="dnsmasq-"))
@@ -71,6 +73,7 @@ class DnsServer:
             "no-negcache",
             # answer NXDOMAIN for everything not configured instead of forwarding
             "address=/#/",
+            f"local-ttl={self.ttl}",
         ]
         # "address=/#/" with no IP makes every other name NXDOMAIN; names below need explicit records
         for name, records in self.mx.items():
