@@ -215,9 +215,11 @@ class PullRounds:
         return out, truncated or len(out) >= LEASE_MAX
 
     def _forget_windows_not_held(self) -> None:
-        """A domain's window serves this process while it holds the domain's lease; it goes
-        with the lease (a domain taken again starts with one full read, as a new one does), so
-        a long-running worker keeps no window per domain it ever delivered to."""
+        """A domain's window serves this process while it holds the domain's lease: once there
+        are more windows than held leases, those of domains given back are dropped (a domain
+        taken again starts with one full read, as a new one does; a window kept meanwhile is
+        only a first guess). So a long-running worker keeps at most about one window per held
+        lease, not one per domain it ever delivered to."""
         held = self.leases.held
         if len(self._windows) > len(held):
             self._windows = {d: w for d, w in self._windows.items() if d in held}
