@@ -51,6 +51,10 @@ logging.getLogger("mail.log").addFilter(_QuitIsNotALostConnection())
 
 GRACE_SECONDS = 30.0
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -][245]\.\d{1,3}\.\d{1,3}\b")
+# A MAIL/RCPT path of the plain form nearly all mail uses: <local@domain>, both dot-atoms of
+# RFC 5322 atext (MxSMTP._getaddr). The closing ">" must follow at once.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]"
+_PLAIN_PATH = re.compile(rf"<({_ATEXT}+(?:\.{_ATEXT}+)*@{_ATEXT}+(?:\.{_ATEXT}+)*)>")
 # RFC 2034 §3: with ENHANCEDSTATUSCODES every reply but the greeting, EHLO and 354 carries one.
 _DEFAULT_ENHANCED = {
     "221": "2.0.0",
@@ -133,6 +137,32 @@ class MxSMTP(SMTP):
 
     def _create_envelope(self) -> Envelope:
         return MxEnvelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's ``_getaddr`` (the address of a MAIL or RCPT argument, and what follows
+        it), with one regex for the plain ``<local@domain>`` path instead of the email
+        package's header parser (``get_angle_addr``: 60 µs a call, twice a message).
+
+        Exact: for such a path ``get_angle_addr`` reads the two dot-atoms as they are (its
+        ``addr_spec`` quotes nothing made of atext), stops at the ">" and then skips CFWS (any
+        whitespace, when the next character is a space or a tab, and comments); so a comment
+        after the ">", and any other form of path (quoted local parts, source routes, spaces
+        or comments inside, non-ASCII, ``<>``), go to aiosmtpd's own code.
+        tests/unit/test_mx_paths.py compares both on crafted and random arguments.
+        """
+        match = _PLAIN_PATH.match(arg)
+        if match is None:
+            return super()._getaddr(arg)
+        rest = arg[match.end() :]
+        if rest and rest[0] in " \t(":
+            rest = rest.lstrip()
+            if rest.startswith("("):
+                return super()._getaddr(arg)
+        address = match[1]
+        local_part = address.rpartition("@")[0]
+        if self.local_part_limit and len(local_part) > self.local_part_limit:
+            return None, None
+        return address, rest
 
     async def _handle_client(self) -> None:
         peer = self.session.peer if self.session else None

@@ -28,7 +28,7 @@ OVERRIDDEN = {
     "graphql-core": "schema/execution.py",
     "strawberry-graphql": "schema/execution.py",
     "arq": "app/adapters/job_worker.py",
-    "aiosmtpd": "app/mx/server.py (MxSMTP.smtp_DATA), app/mx/data.py",
+    "aiosmtpd": "app/mx/server.py (MxSMTP.smtp_DATA, MxSMTP._getaddr), app/mx/data.py",
     "dkimpy": "app/adapters/dkim_signer.py",
     "pymongo": "app/adapters/blob_batches.py (GridFS documents written and read by hand)",
 }
@@ -110,6 +110,7 @@ def _aiosmtpd() -> dict[str, Any]:
         "aiosmtpd SMTP.smtp_DATA": SMTP.smtp_DATA,
         "aiosmtpd SMTP._set_post_data_state": SMTP._set_post_data_state,
         "aiosmtpd SMTP._call_handler_hook": SMTP._call_handler_hook,
+        "aiosmtpd SMTP._getaddr": SMTP._getaddr,
     }
 
 
@@ -129,6 +130,7 @@ def _dkimpy() -> dict[str, Any]:
 # The source each override mirrors, as reviewed (see docs/overrides.md for what to re-check).
 FINGERPRINTS: dict[str, str] = {
     "aiosmtpd SMTP._call_handler_hook": "6ff23a6634ea0307",
+    "aiosmtpd SMTP._getaddr": "0aeb21c56ac1260e",
     "aiosmtpd SMTP._set_post_data_state": "1dc8a8abca2a8164",
     "aiosmtpd SMTP.smtp_DATA": "3a33f30d3fd6d02f",
     "arq Worker._poll_iteration": "f8d39d823a0a59f2",
@@ -263,7 +265,14 @@ async def test_the_aiosmtpd_internals_smtp_data_uses_are_there() -> None:
         pass
 
     smtp = SMTP(Handler(), decode_data=False)
-    for name in ("_decode_data", "envelope", "data_size_limit", "line_length_limit", "session"):
+    for name in (
+        "_decode_data",
+        "envelope",
+        "data_size_limit",
+        "line_length_limit",
+        "session",
+        "local_part_limit",  # MxSMTP._getaddr
+    ):
         assert hasattr(smtp, name), name
     for method in (
         "check_helo_needed",
