@@ -7,6 +7,7 @@ import operator
 from datetime import datetime
 from email.message import EmailMessage
 
+import numpy as np
 import pytest
 import skops.io as sio
 
@@ -16,7 +17,7 @@ from ml.message_text import read_message, subject_and_body
 from ml.model import TrainingConfig, fit, load, model_bytes, predict_proba, save
 from ml.personal import score_for_user, tokens_for_feedback
 from ml.retrain import retrain
-from ml.scoring import score
+from ml.scoring import first_occurrences, score
 
 SMALL = TrainingConfig(n_features=2**12, calibration_folds=3, min_df=1)
 
@@ -240,14 +241,10 @@ def test_retrain_with_poisoned_feedback_is_rejected() -> None:
 
 @pytest.mark.parametrize("n_features", [1, 7, 1 << 20])
 def test_first_occurrences_are_what_np_unique_gives(n_features: int) -> None:
-    import numpy as np
-
-    from ml.scoring import first_occurrences
-
     rng = np.random.default_rng(3)
     for size in (0, 1, 2, 5, 100, 10_000):
         buckets = rng.integers(0, n_features, size=size, dtype=np.int64)
         _, expected = np.unique(buckets, return_index=True)
         expected.sort()
-        got = first_occurrences(buckets, n_features)
+        got = first_occurrences(buckets)
         assert got.tolist() == expected.tolist(), (n_features, size)
