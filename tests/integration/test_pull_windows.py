@@ -99,6 +99,48 @@ async def test_a_window_that_holds_too_few_reads_beyond_it(mongo) -> None:
     assert [d["_id"] for d in docs] == [later["_id"]] and not more
 
 
+async def test_a_window_that_reaches_the_round_is_the_only_query(mongo, settings) -> None:
+    """A short queue (every window holds fewer than asked for): once a domain's window reaches
+    the round's time, the window query alone serves the round; a recipient scheduled beyond
+    the window is read as soon as a round's time passes the window's end."""
+    db = mongo.db
+    now = datetime.now(UTC)
+    await db.recipients.insert_many(
+        [row("d1.test", now - timedelta(seconds=5), i) for i in range(3)]
+    )
+    rounds = rounds_on(db)
+    docs, more = await rounds._queued("d1.test", 50, now)  # no window yet: the full read
+    assert len(docs) == 3 and not more
+    await consume(db, docs)
+
+    commands = CommandLog()
+    watched = Mongo.open(
+        settings.mongodb_uri, settings.mongodb_database, event_listeners=[commands]
+    )
+    rounds.db = watched.db
+    try:
+        for n in range(5):  # new mail trickles in, a round a second
+            at = now + timedelta(seconds=n + 1)
+            fresh = [row("d1.test", at, 10 * n + k) for k in range(2)]
+            await db.recipients.insert_many(fresh)
+            docs, more = await rounds._queued("d1.test", 50, at)
+            assert {d["_id"] for d in docs} == {d["_id"] for d in fresh} and not more
+            await consume(db, docs)
+        queries = commands.finds("recipients")
+        assert len(queries) == 5 and all("next_attempt_at" in q for q in queries), queries
+
+        # a retry scheduled three days on is beyond any window (at most a day past the
+        # newest time read): not read while it is not due, read once a round passes the end
+        later = row("d1.test", now + timedelta(days=3), 99)
+        await db.recipients.insert_one(later)
+        docs, _ = await rounds._queued("d1.test", 50, now + timedelta(seconds=10))
+        assert docs == []
+        docs, more = await rounds._queued("d1.test", 50, later["next_attempt_at"])
+        assert [d["_id"] for d in docs] == [later["_id"]] and not more
+    finally:
+        await watched.close()
+
+
 async def test_windows_go_with_the_leases(mongo) -> None:
     db = mongo.db
     start = datetime(2026, 1, 1, tzinfo=UTC)

@@ -175,7 +175,7 @@ class PullRounds:
         queued: list[list[dict[str, Any]]] = []
         truncated = False
         for domain, n in wanted.items():
-            docs, more = await self._queued(domain, n + self._domain_in_flight[domain])
+            docs, more = await self._queued(domain, n + self._domain_in_flight[domain], now)
             queued.append(docs)
             truncated = truncated or more
         taken: Counter[str] = Counter()
@@ -224,7 +224,9 @@ class PullRounds:
         if len(self._windows) > len(held):
             self._windows = {d: w for d, w in self._windows.items() if d in held}
 
-    async def _queued(self, domain: str, limit: int) -> tuple[list[dict[str, Any]], bool]:
+    async def _queued(
+        self, domain: str, limit: int, now: datetime | None = None
+    ) -> tuple[list[dict[str, Any]], bool]:
         """Up to ``limit`` of the domain's queued recipients, the oldest (the in-flight ones
         among them) first; and whether there may be more.
 
@@ -232,7 +234,11 @@ class PullRounds:
         (35 ms at 2,000 queued recipients of a domain, every round), so a round first asks for
         those due by the end of a window: the newest time read so far plus a span sized from
         what the last window held (aiming at 1.5 x limit). Only when the window holds too few
-        does it ask for all, as before; the two together see every queued recipient."""
+        does it ask for all, as before; the two together see every queued recipient.
+
+        ``now`` (the round's time): a window that reaches it already holds every recipient
+        due by then, and the ones beyond it cannot be handed out in this round (``is_due``),
+        so with a short queue, where every window holds too few, one query is enough."""
         query: dict[str, Any] = {"domain": domain, "delivery_status": "queued"}
         window = self._windows.get(domain)
         docs: list[dict[str, Any]] = []
@@ -247,7 +253,8 @@ class PullRounds:
             self._windows[domain] = (mark, min(WINDOW_MAX, max(WINDOW_MIN, aim)))
             if len(docs) >= limit:
                 docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
-        if len(docs) < limit:  # the window held too few: all of them, oldest first
+        reaches_now = window is not None and now is not None and window[0] + window[1] >= now
+        if len(docs) < limit and not reaches_now:  # too few: all of them, oldest first
             docs = (
                 await self.db.recipients.find(query)
                 .sort("next_attempt_at", 1)
