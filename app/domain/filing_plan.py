@@ -54,6 +54,9 @@ class Filing:
     message: Mapping[str, Any]
     views: Sequence[ViewSpec]
     received_at: datetime
+    # its Message-ID was made for it here (a send): no thread can name it yet, so the thread
+    # context does not look it up (one query less a send); its refs are still looked up
+    fresh_message_id: bool = False
 
 
 @dataclass
@@ -162,6 +165,8 @@ def thread_lookups(filings: Iterable[Filing]) -> ThreadLookups:
     subjects: set[tuple[ObjectId, str]] = set()
     for filing in filings:
         own, refs = _own_and_referenced(filing.message)
+        if filing.fresh_message_id:
+            own = None
         subject = filing.message.get("normalized_subject") or ""
         for view in filing.views:
             users.add(view.user_id)

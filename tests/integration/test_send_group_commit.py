@@ -329,3 +329,30 @@ async def test_concurrent_sends_share_their_senders_address_and_pause_reads(sett
         finds.active = False
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
+
+
+async def test_a_send_does_not_look_up_its_own_new_message_id(commits_and_system):
+    """The Message-ID of a send is made for it, so no thread can name it: the thread context
+    of a new conversation asks thread_refs nothing. A reply still finds the conversation by
+    the ref the first send wrote (its in-reply-to is looked up), and both sit in one thread."""
+    commits, system = commits_and_system
+    [viewer] = await _users(system, 1)
+    commits.clear()
+    first = await system.sending.send_email(
+        viewer, Composition(to=["ann@remote.test"], subject="Plans", text="hi")
+    )
+    assert commits.finds("thread_refs") == []
+    assert len(commits.finds("threads")) == 1  # the subject fallback is still asked
+    reply = await system.sending.send_email(
+        viewer,
+        Composition(
+            to=["ann@remote.test"],
+            subject="Re: Plans",
+            text="and another thing",
+            in_reply_to=str(first["_id"]),
+        ),
+    )
+    [refs_query] = commits.finds("thread_refs")
+    first_message = await system.mongo.db.messages.find_one({"_id": first["message_id"]})
+    assert refs_query["rfc822_id"] == {"$in": [first_message["rfc822_message_id"]]}
+    assert reply["thread_id"] == first["thread_id"]

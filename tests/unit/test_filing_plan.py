@@ -201,6 +201,25 @@ def test_the_lookups_name_only_the_batch_s_users_ids_and_subject_only_messages()
     assert lookups.subjects == {(BEN, "b")}
 
 
+def test_a_fresh_message_id_is_not_looked_up_but_its_refs_and_subject_are():
+    """A send's own Message-ID was just made (no thread can name it): only what it refers
+    to, or its subject, is looked up; the plan still records its own ref for later replies."""
+    sent = ViewSpec(ANN, "sent", "SENT", read=True)
+    new = Filing(message("<new@x>", "Plans"), [sent], NOW, fresh_message_id=True)
+    reply = Filing(
+        message("<new2@x>", "Re: A", in_reply_to="<p@x>"), [sent], NOW, fresh_message_id=True
+    )
+    lookups = thread_lookups([new, reply])
+    assert lookups.rfc822_ids == {(ANN, "<p@x>")}
+    assert lookups.subjects == {(ANN, "plans")}
+    # the same messages not marked fresh: their own ids are looked up as before
+    assert thread_lookups([filing(message("<new@x>", "Plans"), sent)]).rfc822_ids == {
+        (ANN, "<new@x>")
+    }
+    plan = plan_filing([new], ThreadContext())
+    assert [(r.user_id, r.rfc822_id) for r in plan.thread_refs] == [(ANN, "<new@x>")]
+
+
 def test_a_message_naming_a_deleted_conversation_brings_its_thread_back_under_the_same_id():
     gone = ObjectId()  # its refs remain, the thread document does not (no subject known)
     context = ThreadContext(refs={(ANN, "<p@x>"): gone})

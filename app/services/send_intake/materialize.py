@@ -186,6 +186,7 @@ class SendMaterializer:
                             )
                         ],
                         now,
+                        fresh_message_id=True,  # made at accept (make_message_id)
                     )
                     for b in built
                 ],

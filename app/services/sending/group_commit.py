@@ -157,7 +157,12 @@ class SendCommitter:
         the context is then read inside the transaction, after that work, as a send alone always
         did."""
         filings = [
-            Filing(p.message, [ViewSpec(p.user_id, "sent", Folder.SENT.value, read=True)], p.now)
+            Filing(
+                p.message,
+                [ViewSpec(p.user_id, "sent", Folder.SENT.value, read=True)],
+                p.now,
+                fresh_message_id=True,  # send_email made it (make_message_id)
+            )
             for p in batch
         ]
 
