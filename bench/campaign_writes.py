@@ -1,0 +1,179 @@
+"""What a campaign batch's writes cost the database, document by document (issue 15).
+
+    .venv/bin/python bench/campaign_writes.py [--recipients 5000] [--reps 4]
+
+Runs a campaign of ``--recipients`` (bench/campaign.py's template and recipients) through the
+batch sender (``CampaignSender.run_batch``, 500 a batch, no pacing) on an embedded SecantusDB
+and measures the database's CPU (psutil, the SecantusDB process) and the elapsed time per
+recipient for the whole of render + queue. Then it takes the documents one batch wrote and
+writes copies of them again, one collection at a time, 500 in a transaction as the sender
+writes them, ``--reps`` times: what each kind of document costs. Also the campaign recipients'
+state change, by ``seq`` range (what the sender does) and by ``_id $in`` (what it avoids).
+
+The sum of the parts is the floor the present design (five documents a recipient at queue
+time) puts under render + queue on this database, rendering aside. Not part of the test
+suite; results in docs/benchmarks.md ("Campaigns: what each document of a batch costs").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from bson import ObjectId
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from app.adapters.mongo import in_transaction  # noqa: E402
+from app.domain.viewer import Viewer  # noqa: E402
+from app.embedded import EmbeddedStack  # noqa: E402
+from bench.campaign import SENDER, TEMPLATE, _campaign  # noqa: E402
+from bench.outbound import bench_system  # noqa: E402
+
+BATCH = 500
+COLLECTIONS = ("blobs.files", "messages", "recipients", "delivery_events")
+
+
+class Meter:
+    """CPU of one process and elapsed time, per unit of work."""
+
+    def __init__(self, pid: int) -> None:
+        self.process = psutil.Process(pid)
+
+    def cpu(self) -> float:
+        t = self.process.cpu_times()
+        return float(t.user + t.system)
+
+    async def per(self, units: int, work: Any) -> dict[str, float]:
+        cpu, start = self.cpu(), time.perf_counter()
+        await work()
+        return {
+            "cpu_ms": round((self.cpu() - cpu) * 1000 / units, 3),
+            "elapsed_ms": round((time.perf_counter() - start) * 1000 / units, 3),
+        }
+
+
+async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict[str, Any]:
+    async with bench_system(
+        urls, 50, public_url="https://mail.bench.test", campaign_warmup_ramp=[]
+    ) as (system, _settings):
+        db = system.mongo.db
+        await db.domains.update_one(
+            {"_id": "client.bench.test"}, {"$set": {"verification": {"verified": True}}}
+        )
+        user = await system.accounts.create_user(SENDER, "bench password 123", "News")
+        viewer = Viewer(user["_id"], SENDER, "News")
+        await system.templates.save(viewer, TEMPLATE)
+        await system.templates.publish(viewer, "newsletter", 1)
+        cid = await _campaign(system, viewer, "bench", None)
+        rows = [
+            (f"r{k}@d{k % 50}.test", {"name": f"Reader {k}", "code": f"C{k:07d}"})
+            for k in range(n + BATCH)  # the last BATCH stay pending, for the state updates
+        ]
+        for i in range(0, len(rows), 1000):
+            await system.campaigns.add_recipients(viewer, cid, rows[i : i + 1000])
+        await system.campaigns.transition(viewer, cid, "start")
+
+        async def render_and_queue() -> None:
+            for _ in range(n // BATCH):
+                await system.campaign_sender.run_batch(ObjectId(cid))
+
+        out: dict[str, Any] = {"render_and_queue": await meter.per(n, render_and_queue)}
+
+        written = {c: await db[c].find({}).limit(BATCH).to_list() for c in COLLECTIONS}
+        out["sizes"] = {c: len(docs) for c, docs in written.items()}
+        pending = [
+            d["_id"]
+            for d in await db.campaign_recipients.find(
+                {"campaign_id": ObjectId(cid), "state": "pending"}, {"_id": 1, "seq": 1}
+            )
+            .sort("seq", 1)
+            .limit(BATCH)
+            .to_list()
+        ]
+        seqs = await db.campaign_recipients.find({"_id": {"$in": pending}}, {"seq": 1}).to_list()
+        low, high = min(d["seq"] for d in seqs), max(d["seq"] for d in seqs)
+        parts: dict[str, list[dict[str, float]]] = {}
+        for _ in range(reps):
+            for collection, docs in written.items():
+                copies = [{**d, "_id": ObjectId()} for d in docs]
+
+                async def insert(
+                    copies: list[dict[str, Any]] = copies, c: str = collection
+                ) -> None:
+                    await in_transaction(
+                        system.mongo, lambda s: db[c].insert_many(copies, session=s)
+                    )
+
+                parts.setdefault(f"insert {collection}", []).append(
+                    await meter.per(len(copies), insert)
+                )
+            for name, which in (
+                (
+                    "update campaign_recipients by seq range",
+                    {"campaign_id": ObjectId(cid), "seq": {"$gte": low, "$lte": high}},
+                ),
+                ("update campaign_recipients by _id $in", {"_id": {"$in": pending}}),
+            ):
+
+                async def update(which: dict[str, Any] = which) -> None:
+                    await in_transaction(
+                        system.mongo,
+                        lambda s: db.campaign_recipients.update_many(
+                            {**which, "state": "pending"}, {"$set": {"state": "x"}}, session=s
+                        ),
+                    )
+
+                parts.setdefault(name, []).append(await meter.per(len(pending), update))
+                await db.campaign_recipients.update_many(
+                    {"_id": {"$in": pending}}, {"$set": {"state": "pending"}}
+                )
+        out["per_document"] = {
+            name: {
+                key: round(sorted(r[key] for r in runs)[len(runs) // 2], 3)
+                for key in ("cpu_ms", "elapsed_ms")
+            }
+            for name, runs in parts.items()
+        }
+        floor = sum(
+            v["cpu_ms"]
+            for k, v in out["per_document"].items()
+            if k.startswith("insert") or k.endswith("seq range")
+        )
+        out["writes_cpu_ms_per_recipient"] = round(floor, 3)
+        out["writes_ceiling_recipients_per_s"] = round(1000 / floor, 1)
+        return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--recipients", type=int, default=5000)
+    ap.add_argument("--reps", type=int, default=4)
+    a = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-campaign-writes-"))
+    stack = EmbeddedStack(work / "servers")
+    results: dict[str, Any] = {
+        "machine": {"cpus": psutil.cpu_count(), "platform": platform.platform()},
+        "recipients": a.recipients,
+    }
+    try:
+        stack.start(mongo=True, redis=True, typesense=False)
+        mongo = next(s for s in stack.servers if s.name == "mongodb")
+        urls = {"mongodb": stack.url("mongodb"), "redis": stack.url("redis")}
+        results.update(asyncio.run(measure(urls, Meter(mongo.process.pid), a.recipients, a.reps)))
+    finally:
+        stack.stop()
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
