@@ -18,6 +18,13 @@ the other in each round (a new seed per round, the same for every server):
 3. **the full stack** (``peers/fullstack_setup.sh``: Postfix + rspamd milter + Redis Bayes +
    Dovecot LMTP writing indexed Maildir; set up once under ``--fs-base``, Bayes trained on the
    same SpamAssassin corpus) — what an operator deploys to do mailhub's MX work;
+DNS: the benchmark's dnsmasq serves the sender's records with TTL ``--dns-ttl`` (default 0, so
+the MX's resolver cache never holds them and every message asks again); a variant with
+``DNS_TTL=N`` (``--variant cached:DNS_TTL=300``) gets its own dnsmasq serving them with TTL N,
+to price the lookups in the same run. The TTL is printed with each mailhub's settings. The
+full stack keeps its own dnsmasq (peers/fullstack_setup.sh; rspamd keeps no DNS cache of its
+own and asks it every time, as it would ask a local caching resolver).
+
 4. with ``--compare-log-level``: mailhub again, identical but for ``MAILHUB_LOG_LEVEL=WARNING``
    (its own processes and database), to price the default log level in the same run;
 5. the peers' **Python floor** (``fsync_server.py``: bare aiosmtpd that writes each message to a
@@ -433,6 +440,14 @@ def main() -> int:
         metavar="DIR",
         help="py-spy flame data (raw) of the MX processes during each mailhub run, into DIR",
     )
+    parser.add_argument(
+        "--dns-ttl",
+        type=int,
+        default=0,
+        help="TTL of the sender domain's SPF/DMARC records as the benchmark's dnsmasq serves "
+        "them (default 0: never cached, every message asks the server; a variant's "
+        "DNS_TTL=N gets its own dnsmasq with that TTL)",
+    )
     parser.add_argument("--fs-base", default=str(tmp / "fullstack-bench"))
     parser.add_argument("--out", default=str(tmp / "mailhub-bench-inbound.json"))
     args = parser.parse_args()
@@ -441,12 +456,18 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailhub-bench-"))
     base = Path(os.environ.get("BASE") or tmp / "peer-bench")
     stack = EmbeddedStack(work / "servers")
-    dns = DnsServer(
-        txt={
-            "client.bench.test": ["v=spf1 ip4:127.0.0.1 -all"],
-            "_dmarc.client.bench.test": ["v=DMARC1; p=none"],
-        }
-    )
+
+    def sender_dns(ttl: int) -> DnsServer:
+        return DnsServer(
+            txt={
+                "client.bench.test": ["v=spf1 ip4:127.0.0.1 -all"],
+                "_dmarc.client.bench.test": ["v=DMARC1; p=none"],
+            },
+            ttl=ttl,
+        )
+
+    dns = sender_dns(args.dns_ttl)
+    other_dns: dict[int, DnsServer] = {}  # variants' own DNS_TTL
     fullstack = None if args.no_fullstack else FullStack(peers, Path(args.fs_base))
     mailhubs: list[Mailhub] = []
     floor: subprocess.Popen[bytes] | None = None
@@ -471,8 +492,15 @@ def main() -> int:
             values = dict(pair.split("=", 1) for pair in pairs.split(",") if pair)
             variants.append((f"mailhub-{name}", values))
         roots = {name: values.pop("ROOT", None) for name, values in variants}
+        ttls = {name: values.pop("DNS_TTL", None) for name, values in variants}
         for name, extra in variants:
             port = free_port()
+            server = dns
+            if ttls[name] is not None and int(ttls[name]) != args.dns_ttl:
+                ttl = int(ttls[name])
+                if ttl not in other_dns:
+                    other_dns[ttl] = sender_dns(ttl).start()
+                server = other_dns[ttl]
             # What a deployment must say (where its servers are, who it is); all else default.
             env = {
                 "MAILHUB_MONGODB_URI": stack.url("mongodb"),
@@ -483,7 +511,7 @@ def main() -> int:
                 "MAILHUB_TYPESENSE_API_KEY": stack.typesense_api_key,
                 "MAILHUB_SECRET_KEY": "bench-secret-0123456789",
                 "MAILHUB_HOSTNAME": "mx.bench.test",
-                "MAILHUB_DNS_SERVERS": dns.address,
+                "MAILHUB_DNS_SERVERS": server.address,
                 "MAILHUB_SMTP_PORT": str(port),
                 **({"MAILHUB_MX_PROCESSES": str(args.mx_processes)} if args.mx_processes else {}),
                 **({"MAILHUB_MX_BATCH_MAX": str(args.batch)} if args.batch else {}),
@@ -498,6 +526,7 @@ def main() -> int:
             root = roots[name]
             if root:
                 shown["code"] = root
+            shown["dns_ttl"] = server.ttl  # of the sender's SPF/DMARC records (not a setting)
             mailhubs.append(Mailhub(name, env, shown, work, port, Path(root) if root else None))
         for hub in mailhubs:
             hub.start()
@@ -596,6 +625,8 @@ def main() -> int:
                 ["postfix", "-c", str(base / "etc"), "stop"], check=False, capture_output=True
             )
         dns.stop()
+        for server in other_dns.values():
+            server.stop()
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
 
