@@ -94,7 +94,27 @@ TEMPLATE = TemplateDraft(
 )
 
 
-async def _campaign(system: Any, viewer: Viewer, name: str, rate: int | None) -> str:
+async def bench_sender(system: Any) -> Viewer:
+    """The campaign sender: its domain marked verified, its user, the template published."""
+    await system.mongo.db.domains.update_one(
+        {"_id": "client.bench.test"}, {"$set": {"verification": {"verified": True}}}
+    )
+    user = await system.accounts.create_user(SENDER, "bench password 123", "News")
+    viewer = Viewer(user["_id"], SENDER, "News")
+    await system.templates.save(viewer, TEMPLATE)
+    await system.templates.publish(viewer, "newsletter", 1)
+    return viewer
+
+
+def recipient_rows(n: int, domains: int) -> list[tuple[str, dict[str, str]]]:
+    """n recipients over d0..d<domains-1>.test, each with its own variables."""
+    return [
+        (f"r{k}@d{k % domains}.test", {"name": f"Reader {k}", "code": f"C{k:07d}"})
+        for k in range(n)
+    ]
+
+
+async def create_campaign(system: Any, viewer: Viewer, name: str, rate: int | None) -> str:
     doc = await system.campaigns.create(
         viewer,
         name=name,
@@ -132,20 +152,11 @@ async def _measure(
     out: dict[str, Any] = {}
     worker: subprocess.Popen[bytes] | None = None
     try:
-        await system.mongo.db.domains.update_one(
-            {"_id": "client.bench.test"}, {"$set": {"verification": {"verified": True}}}
-        )
-        user = await system.accounts.create_user(SENDER, "bench password 123", "News")
-        viewer = Viewer(user["_id"], SENDER, "News")
-        await system.templates.save(viewer, TEMPLATE)
-        await system.templates.publish(viewer, "newsletter", 1)
+        viewer = await bench_sender(system)
 
         # 1. accept
-        cid = await _campaign(system, viewer, "bench", None)
-        rows = [
-            (f"r{k}@d{k % a.domains}.test", {"name": f"Reader {k}", "code": f"C{k:07d}"})
-            for k in range(a.n)
-        ]
+        cid = await create_campaign(system, viewer, "bench", None)
+        rows = recipient_rows(a.n, a.domains)
         t0 = time.perf_counter()
         for i in range(0, a.n, 1000):
             await system.campaigns.add_recipients(viewer, cid, rows[i : i + 1000])
@@ -223,7 +234,7 @@ async def _measure(
             print(json.dumps({"postfix_after": out["postfix_after"]}), flush=True)
 
         # 4. unsubscribe to effect
-        paced = await _campaign(system, viewer, "paced", 6000)
+        paced = await create_campaign(system, viewer, "paced", 6000)
         await system.campaigns.add_recipients(
             viewer, paced, [(f"p{k}@d0.test", {"name": "P", "code": "X"}) for k in range(1000)]
         )

@@ -34,9 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.adapters.mongo import in_transaction  # noqa: E402
-from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
-from bench.campaign import SENDER, TEMPLATE, _campaign  # noqa: E402
+from bench.campaign import bench_sender, create_campaign, recipient_rows  # noqa: E402
 from bench.outbound import bench_system  # noqa: E402
 
 BATCH = 500
@@ -67,18 +66,9 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
         urls, 50, public_url="https://mail.bench.test", campaign_warmup_ramp=[]
     ) as (system, _settings):
         db = system.mongo.db
-        await db.domains.update_one(
-            {"_id": "client.bench.test"}, {"$set": {"verification": {"verified": True}}}
-        )
-        user = await system.accounts.create_user(SENDER, "bench password 123", "News")
-        viewer = Viewer(user["_id"], SENDER, "News")
-        await system.templates.save(viewer, TEMPLATE)
-        await system.templates.publish(viewer, "newsletter", 1)
-        cid = await _campaign(system, viewer, "bench", None)
-        rows = [
-            (f"r{k}@d{k % 50}.test", {"name": f"Reader {k}", "code": f"C{k:07d}"})
-            for k in range(n + BATCH)  # the last BATCH stay pending, for the state updates
-        ]
+        viewer = await bench_sender(system)
+        cid = await create_campaign(system, viewer, "bench", None)
+        rows = recipient_rows(n + BATCH, 50)  # the last BATCH stay pending, for the updates
         for i in range(0, len(rows), 1000):
             await system.campaigns.add_recipients(viewer, cid, rows[i : i + 1000])
         await system.campaigns.transition(viewer, cid, "start")
