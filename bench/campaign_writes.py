@@ -81,17 +81,16 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
 
         written = {c: await db[c].find({}).limit(BATCH).to_list() for c in COLLECTIONS}
         out["sizes"] = {c: len(docs) for c, docs in written.items()}
-        pending = [
-            d["_id"]
-            for d in await db.campaign_recipients.find(
+        rest = (
+            await db.campaign_recipients.find(
                 {"campaign_id": ObjectId(cid), "state": "pending"}, {"_id": 1, "seq": 1}
             )
             .sort("seq", 1)
             .limit(BATCH)
             .to_list()
-        ]
-        seqs = await db.campaign_recipients.find({"_id": {"$in": pending}}, {"seq": 1}).to_list()
-        low, high = min(d["seq"] for d in seqs), max(d["seq"] for d in seqs)
+        )
+        pending = [d["_id"] for d in rest]
+        low, high = rest[0]["seq"], rest[-1]["seq"]
         parts: dict[str, list[dict[str, float]]] = {}
         for _ in range(reps):
             for collection, docs in written.items():
