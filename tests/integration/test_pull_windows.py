@@ -45,7 +45,7 @@ async def test_every_queued_recipient_is_read_oldest_first_through_windows(mongo
     await db.recipients.insert_many(backlog + [row("d2.test", start, 0)])
     rounds = rounds_on(db)
 
-    first, more = await rounds._queued("d1.test", 50)
+    first, more = await rounds._queued("d1.test", 50, datetime.now(UTC))
     assert more and len(first) == 50
     assert {d["address"] for d in first} == {f"r{i}@d1.test" for i in range(50)}
     await consume(db, first)
@@ -59,7 +59,7 @@ async def test_every_queued_recipient_is_read_oldest_first_through_windows(mongo
     try:
         released = None
         for n in range(30):
-            docs, more = await rounds._queued("d1.test", 50)
+            docs, more = await rounds._queued("d1.test", 50, datetime.now(UTC))
             assert all(d["domain"] == "d1.test" for d in docs)
             if n == 3:
                 # a recipient handed out earlier and released without an attempt comes
@@ -90,12 +90,12 @@ async def test_a_window_that_holds_too_few_reads_beyond_it(mongo) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC)
     await db.recipients.insert_many([row("d1.test", start, i) for i in range(10)])
     rounds = rounds_on(db)
-    docs, more = await rounds._queued("d1.test", 10)
+    docs, more = await rounds._queued("d1.test", 10, datetime.now(UTC))
     assert len(docs) == 10 and more
     await consume(db, docs)
     later = row("d1.test", start + timedelta(days=3), 99)  # far beyond any window
     await db.recipients.insert_one(later)
-    docs, more = await rounds._queued("d1.test", 10)
+    docs, more = await rounds._queued("d1.test", 10, datetime.now(UTC))
     assert [d["_id"] for d in docs] == [later["_id"]] and not more
 
 
@@ -155,7 +155,7 @@ async def test_windows_go_with_the_leases(mongo) -> None:
     now = datetime.now(UTC)
     assert await leases.hold(["d1.test", "d2.test"], now) == {"d1.test", "d2.test"}
     for domain in ("d1.test", "d2.test"):
-        await rounds._queued(domain, 3)
+        await rounds._queued(domain, 3, now)
     rounds._forget_windows_not_held()
     assert set(rounds._windows) == {"d1.test", "d2.test"}  # both still held
 

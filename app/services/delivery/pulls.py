@@ -225,7 +225,7 @@ class PullRounds:
             self._windows = {d: w for d, w in self._windows.items() if d in held}
 
     async def _queued(
-        self, domain: str, limit: int, now: datetime | None = None
+        self, domain: str, limit: int, now: datetime
     ) -> tuple[list[dict[str, Any]], bool]:
         """Up to ``limit`` of the domain's queued recipients, the oldest (the in-flight ones
         among them) first; and whether there may be more.
@@ -242,8 +242,10 @@ class PullRounds:
         query: dict[str, Any] = {"domain": domain, "delivery_status": "queued"}
         window = self._windows.get(domain)
         docs: list[dict[str, Any]] = []
+        reaches_now = False
         if window is not None:
             mark, span = window
+            reaches_now = mark + span >= now
             docs = (
                 await self.db.recipients.find({**query, "next_attempt_at": {"$lte": mark + span}})
                 .limit(2 * limit)
@@ -253,7 +255,6 @@ class PullRounds:
             self._windows[domain] = (mark, min(WINDOW_MAX, max(WINDOW_MIN, aim)))
             if len(docs) >= limit:
                 docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
-        reaches_now = window is not None and now is not None and window[0] + window[1] >= now
         if len(docs) < limit and not reaches_now:  # too few: all of them, oldest first
             docs = (
                 await self.db.recipients.find(query)
