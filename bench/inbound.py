@@ -467,7 +467,7 @@ def main() -> int:
         )
 
     dns = sender_dns(args.dns_ttl)
-    other_dns: dict[int, DnsServer] = {}  # variants' own DNS_TTL
+    dns_by_ttl = {args.dns_ttl: dns}  # and one more for each other DNS_TTL of a variant
     fullstack = None if args.no_fullstack else FullStack(peers, Path(args.fs_base))
     mailhubs: list[Mailhub] = []
     floor: subprocess.Popen[bytes] | None = None
@@ -495,12 +495,10 @@ def main() -> int:
         ttls = {name: values.pop("DNS_TTL", None) for name, values in variants}
         for name, extra in variants:
             port = free_port()
-            server = dns
-            if ttls[name] is not None and int(ttls[name]) != args.dns_ttl:
-                ttl = int(ttls[name])
-                if ttl not in other_dns:
-                    other_dns[ttl] = sender_dns(ttl).start()
-                server = other_dns[ttl]
+            ttl = args.dns_ttl if ttls[name] is None else int(ttls[name])
+            if ttl not in dns_by_ttl:
+                dns_by_ttl[ttl] = sender_dns(ttl).start()
+            server = dns_by_ttl[ttl]
             # What a deployment must say (where its servers are, who it is); all else default.
             env = {
                 "MAILHUB_MONGODB_URI": stack.url("mongodb"),
@@ -624,8 +622,7 @@ def main() -> int:
             subprocess.run(
                 ["postfix", "-c", str(base / "etc"), "stop"], check=False, capture_output=True
             )
-        dns.stop()
-        for server in other_dns.values():
+        for server in dns_by_ttl.values():
             server.stop()
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)

@@ -14,53 +14,35 @@ with PYTHONPATH at the tree to measure (another checkout gives the "before").
 from __future__ import annotations
 
 import argparse
-import gc
-import os
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.append(str(ROOT))  # after PYTHONPATH: another tree there is the one measured
+# bench/ is this script's folder (sys.path[0]); html_text puts the checkout *after* PYTHONPATH
+from html_text import add_peers_option, best_ms, inbound_mix
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--peers",
-        default=os.environ.get("MAILHUB_PEERS_DIR") or str(ROOT.parent / "shared" / "peers"),
-    )
+    add_peers_option(parser)
     parser.add_argument("--messages", type=int, default=600)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
 
-    sys.path.insert(0, args.peers)
-    import msggen  # type: ignore[import-not-found]
-
     from app.adapters.spam_scorer import ModelScorer
     from app.services.inbound import analysis
 
-    corpus = msggen.build_corpus(
-        args.messages, 7, "inbound", lambda r: f"u{r.randrange(50)}@bench.test"
-    )
+    corpus = inbound_mix(args.peers, args.messages, 7)
     by_kind: dict[str, list[bytes]] = {}
-    for _rcpt, kind, data in corpus:  # as sent: dot-stuffed; as received: not
-        by_kind.setdefault(kind, []).append(data.replace(b"\r\n..", b"\r\n."))
+    for kind, raw in corpus:
+        by_kind.setdefault(kind, []).append(raw)
     scorer = ModelScorer(None)
     scorer.load()
     print(f"tree: {Path(analysis.__file__).resolve().parents[3]}")
-    total = 0.0
+    total = 0.0  # ms, summed over every message
     for kind, messages in sorted(by_kind.items()):
-        best = float("inf")
-        for _ in range(args.runs):
-            gc.collect()
-            start = time.perf_counter()
-            for raw in messages:
-                analysis.analyze(raw, scorer, True)
-            best = min(best, time.perf_counter() - start)
-        total += best
-        print(f"{kind:6} {len(messages):4} messages  {best / len(messages) * 1e3:7.3f} ms/message")
-    print(f"mix    {len(corpus):4} messages  {total / len(corpus) * 1e3:7.3f} ms/message")
+        ms = best_ms(lambda raw: analysis.analyze(raw, scorer, True), messages, args.runs)
+        total += ms * len(messages)
+        print(f"{kind:6} {len(messages):4} messages  {ms:7.3f} ms/message")
+    print(f"mix    {len(corpus):4} messages  {total / len(corpus):7.3f} ms/message")
 
 
 if __name__ == "__main__":
