@@ -1,19 +1,25 @@
-"""DNS lookups (dnspython) for delivery (MX, A/AAAA) and mail authentication (TXT).
+"""DNS lookups: dnspython for delivery (MX, A/AAAA), c-ares (pycares) for the blocking
+questions of mail authentication (``BlockingLookup``).
 
 The nameservers come from ``MAILHUB_DNS_SERVERS`` (``host:port``, comma separated) so tests
 and development point at a local dnsmasq; unset, the system resolver is used. Results are
-translated into our own small types; dnspython exceptions stop here.
+translated into our own small types; dnspython and pycares exceptions stop here.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 import dns.asyncresolver
 import dns.exception
 import dns.name
 import dns.resolver
+import pycares
+from pycares import errno as ares_errno
 
 
 class LookupStatus(StrEnum):
@@ -60,24 +66,91 @@ def _configure(resolver: dns.resolver.BaseResolver, servers: list[str], timeout:
     resolver.lifetime = timeout * 2
 
 
-CACHED_ANSWERS = 50_000  # answers an authenticating MX keeps (dnspython's LRU cache)
-
-
-def sync_resolver(
-    servers: list[str], timeout: float = 3.0, *, cache: bool = False
-) -> dns.resolver.Resolver:
-    """A blocking resolver with the same servers (for libraries that only take one).
-
-    ``cache``: keep answers for their TTL (dnspython's thread-safe LRU cache, at most
-    CACHED_ANSWERS; a name that does not exist is kept for its zone's negative TTL), as a
-    caching resolver would: the MX asks for the same senders' SPF, DKIM and DMARC records
-    for every message they send. A record served with TTL 0 is never kept.
-    """
+def sync_resolver(servers: list[str], timeout: float = 3.0) -> dns.resolver.Resolver:
+    """A blocking dnspython resolver with the same servers (for code that wants dnspython's
+    answers; mail authentication asks through ``BlockingLookup``)."""
     resolver = dns.resolver.Resolver(configure=not servers)
     _configure(resolver, servers, timeout)
-    if cache:
-        resolver.cache = dns.resolver.LRUCache(CACHED_ANSWERS)
     return resolver
+
+
+_CARES_TYPES = {
+    "A": pycares.QUERY_TYPE_A,
+    "AAAA": pycares.QUERY_TYPE_AAAA,
+    "MX": pycares.QUERY_TYPE_MX,
+    "PTR": pycares.QUERY_TYPE_PTR,
+    "TXT": pycares.QUERY_TYPE_TXT,
+}
+_CARES_NXDOMAIN = frozenset({ares_errno.ARES_ENOTFOUND, ares_errno.ARES_ENONAME})
+_CARES_NO_DATA = frozenset({ares_errno.ARES_ENODATA})
+
+
+class BlockingLookup:
+    """Blocking DNS questions for libraries that only call blocking functions (pyspf and
+    dkimpy, run in the MX's authentication threads), answered by c-ares through pycares.
+
+    A question costs the asking thread about a fifth of the CPU of dnspython's blocking
+    resolver (≈ 60 against ≈ 290 µs against a local dnsmasq; docs/benchmarks.md, "Tenth
+    session"): c-ares builds, sends and parses in C on its own event thread, and the asking
+    thread only waits. c-ares keeps answers for their TTL (its query cache, on by default,
+    at most an hour; a record served with TTL 0 is never kept; a name that does not exist
+    is kept for its zone's negative TTL), as a caching resolver would: the MX asks for the
+    same senders' SPF, DKIM and DMARC records for every message they send.
+
+    The channel (and its event thread) is made on first use in the process that asks, so a
+    forked helper never inherits a channel whose thread did not survive the fork.
+    """
+
+    def __init__(self, servers: list[str], timeout: float = 3.0) -> None:
+        self.servers = list(servers)
+        self.timeout = timeout
+        self.tries = 2
+        self._channel: pycares.Channel | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _get_channel(self) -> pycares.Channel:
+        if self._channel is None or self._pid != os.getpid():
+            with self._lock:
+                if self._channel is None or self._pid != os.getpid():
+                    self._channel = pycares.Channel(
+                        servers=self.servers or None, timeout=self.timeout, tries=self.tries
+                    )
+                    self._pid = os.getpid()
+        return self._channel
+
+    def records(self, name: str, rdtype: str) -> tuple[LookupStatus, list[Any]]:
+        """The answer's records of type ``rdtype`` (A, AAAA, MX, PTR or TXT), as pycares'
+        record data (``.addr``, ``.priority``/``.exchange``, ``.dname``, ``.data``). CNAMEs
+        are followed by c-ares; only records of the asked type are returned."""
+        qtype = _CARES_TYPES[rdtype]
+        done = threading.Event()
+        box: list[tuple[Any, int | None]] = []
+
+        def answered(result: Any, error: int | None) -> None:
+            box.append((result, error))
+            done.set()
+
+        try:
+            self._get_channel().query(name.rstrip(".") or ".", qtype, callback=answered)
+        except (pycares.AresError, UnicodeError, ValueError):  # a name c-ares cannot ask
+            return LookupStatus.NXDOMAIN, []
+        # c-ares gives up by itself after its tries; the margin only guards a lost callback
+        if not done.wait(self.timeout * self.tries + 1.0):
+            return LookupStatus.TEMPORARY, []
+        result, error = box[0]
+        if error is not None:
+            if error in _CARES_NXDOMAIN:
+                return LookupStatus.NXDOMAIN, []
+            if error in _CARES_NO_DATA:
+                return LookupStatus.NO_DATA, []
+            return LookupStatus.TEMPORARY, []
+        found = [r.data for r in result.answer if r.type == qtype]
+        return (LookupStatus.OK if found else LookupStatus.NO_DATA), found
+
+    def txt(self, name: str) -> TxtResult:
+        status, found = self.records(name, "TXT")
+        return TxtResult(status, tuple(r.data.decode("utf-8", "replace") for r in found))
 
 
 class DnsResolver:

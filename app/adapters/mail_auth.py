@@ -1,8 +1,8 @@
 """Mail authentication of inbound messages: SPF (pyspf), DKIM (dkimpy), DMARC records (dnspython).
 
-Every DNS question goes to ``MAILHUB_DNS_SERVERS`` (tests point it at a local dnsmasq), and
-answers are kept for their TTL (``sync_resolver(cache=True)``). pyspf
-and dkimpy are blocking libraries, so checks run in a worker thread. The verdict — which
+Every DNS question goes to ``MAILHUB_DNS_SERVERS`` (tests point it at a local dnsmasq) through
+c-ares (``BlockingLookup``), which keeps answers for their TTL. pyspf and dkimpy are blocking
+libraries, so checks run in a worker thread. The verdict — which
 identifiers passed — is handed to the pure DMARC evaluation in ``app.domain.dmarc``; only this
 module imports ``spf`` and ``dkim``.
 """
@@ -17,11 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dkim
-import dns.exception
-import dns.resolver
 import spf
 
-from app.adapters.dns_resolver import sync_resolver
+from app.adapters.dns_resolver import BlockingLookup, LookupStatus
 from app.domain.dmarc import (
     DmarcResult,
     authentication_results_header,
@@ -32,9 +30,8 @@ from app.domain.dmarc import (
 
 _DKIM_HEADER = re.compile(rb"^dkim-signature\s*:", re.I | re.M)
 MAX_SIGNATURES = 5  # each costs a DNS lookup and an RSA verify; more is abuse (RFC 6376 §6.1)
-_resolver_var: contextvars.ContextVar[dns.resolver.Resolver] = contextvars.ContextVar(
-    "spf_resolver"
-)
+_lookup_var: contextvars.ContextVar[BlockingLookup] = contextvars.ContextVar("spf_lookup")
+_default_lookup = BlockingLookup([])  # the system's resolvers, for pyspf called outside a check
 
 
 @dataclass(frozen=True)
@@ -54,28 +51,24 @@ class AuthVerdict:
 
 
 def _spf_dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) -> list[Any]:
-    """pyspf's DNS hook, answering through our configured resolver (see ``_resolver_var``)."""
-    resolver = _resolver_var.get(None) or dns.resolver.get_default_resolver()
-    try:
-        answer = resolver.resolve(
-            name, qtype, lifetime=min(float(timeout), resolver.lifetime), search=False
-        )
-    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+    """pyspf's DNS hook, answering through our configured servers (see ``_lookup_var``), in
+    the shape pyspf's own dnspython hook gives: ``((name, qtype), value)`` pairs."""
+    lookup = _lookup_var.get(None) or _default_lookup
+    if qtype not in ("A", "AAAA", "MX", "PTR", "TXT", "SPF"):
         return []
-    except (dns.exception.Timeout, dns.resolver.NoNameservers) as e:
-        raise spf.TempError(f"DNS {e}") from e
-    except dns.exception.DNSException as e:
-        raise spf.TempError(f"DNS {e}") from e
+    status, found = lookup.records(name, "TXT" if qtype == "SPF" else qtype)
+    if status is LookupStatus.TEMPORARY:
+        raise spf.TempError(f"DNS {qtype} {name}: no answer")
     out: list[Any] = []
-    for rdata in answer:
+    for data in found:
         if qtype in ("A", "AAAA"):
-            out.append(((name, qtype), rdata.address))
+            out.append(((name, qtype), data.addr))
         elif qtype == "MX":
-            out.append(((name, qtype), (rdata.preference, rdata.exchange)))
+            out.append(((name, qtype), (data.priority, data.exchange)))
         elif qtype == "PTR":
-            out.append(((name, qtype), rdata.target.to_text(True)))
-        elif qtype in ("TXT", "SPF"):
-            out.append(((name, qtype), rdata.strings))
+            out.append(((name, qtype), data.dname.rstrip(".")))
+        else:
+            out.append(((name, qtype), (data.data,)))
     return out
 
 
@@ -88,7 +81,7 @@ class MailAuthenticator:
     def __init__(
         self, dns_servers: list[str], authserv_id: str, timeout: float = 3.0, threads: int = 16
     ) -> None:
-        self.resolver = sync_resolver(dns_servers, timeout, cache=True)
+        self.dns = BlockingLookup(dns_servers, timeout)
         self.authserv_id = authserv_id
         self.timeout = timeout
         # Our own threads: DNS waits must not queue behind (or starve) the loop's default executor.
@@ -113,7 +106,7 @@ class MailAuthenticator:
     def _authenticate(
         self, raw: bytes, client_ip: str, helo: str, mail_from: str, from_domain: str | None
     ) -> AuthVerdict:
-        _resolver_var.set(self.resolver)
+        _lookup_var.set(self.dns)
         spf_result, spf_domain = self.check_spf(client_ip, helo, mail_from)
         signatures = self.check_dkim(raw)
         dmarc = self.check_dmarc(
@@ -132,7 +125,7 @@ class MailAuthenticator:
 
     def check_spf(self, client_ip: str, helo: str, mail_from: str) -> tuple[str, str | None]:
         """RFC 7208: the result for MAIL FROM, or for postmaster@HELO when MAIL FROM is null."""
-        _resolver_var.set(self.resolver)
+        _lookup_var.set(self.dns)
         sender = mail_from or f"postmaster@{helo}"
         domain = sender.rpartition("@")[2].lower() or None
         try:
@@ -175,17 +168,10 @@ class MailAuthenticator:
 
     def _dkim_txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
         qname = name.decode() if isinstance(name, bytes) else name
-        try:
-            answer = self.resolver.resolve(
-                qname, "TXT", lifetime=self.resolver.lifetime, search=False
-            )
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer, dns.resolver.NoNameservers):
-            return None
-        except dns.exception.Timeout as e:
-            raise dkim.DnsTimeoutError(str(e)) from e
-        for record in answer:
-            return b"".join(record.strings)
-        return None
+        status, found = self.dns.records(qname, "TXT")
+        if status is LookupStatus.TEMPORARY:
+            raise dkim.DnsTimeoutError(f"DNS TXT {qname}: no answer")
+        return found[0].data if found else None
 
     def check_dmarc(
         self, from_domain: str, spf_result: str, spf_domain: str | None, dkim_domains: list[str]
@@ -219,15 +205,10 @@ class MailAuthenticator:
         )
 
     def _txt(self, name: str) -> tuple[str, list[str]]:
-        try:
-            answer = self.resolver.resolve(
-                name, "TXT", lifetime=self.resolver.lifetime, search=False
-            )
-        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            return "none", []
-        except dns.exception.DNSException:
+        answer = self.dns.txt(name)
+        if answer.status is LookupStatus.TEMPORARY:
             return "temperror", []
-        return "ok", [b"".join(r.strings).decode("utf-8", "replace") for r in answer]
+        return ("ok" if answer.status is LookupStatus.OK else "none"), list(answer.records)
 
 
 _SPF_RESULTS = frozenset({"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"})

@@ -1,4 +1,6 @@
-from app.adapters.dns_resolver import DnsResolver, LookupStatus
+import multiprocessing
+
+from app.adapters.dns_resolver import BlockingLookup, DnsResolver, LookupStatus
 from tests.support.dnsmasq import DnsServer
 
 LONG_DKIM = "v=DKIM1; k=rsa; p=" + "A" * 392
@@ -20,3 +22,49 @@ async def test_mx_lookup_against_a_real_dns_server():
         assert await r.addresses("mx2.two.test") == ["127.0.0.2"]
         assert (await r.txt("two.test")).records == ("v=spf1 -all",)
         assert (await r.txt("s1._domainkey.two.test")).records == (LONG_DKIM,)
+
+
+def test_blocking_lookups_through_c_ares_against_a_real_dns_server():
+    """The authentication checks' blocking questions (c-ares): records of the asked type,
+    a DKIM key split into 255-byte strings joined again, and the three ways an answer can
+    be empty told apart (no such name, no such record, nobody answering)."""
+    with DnsServer(
+        mx={"two.test": [(20, "mx2.two.test"), (10, "mx1.two.test")]},
+        a={"mx1.two.test": "127.0.0.1", "v6.test": "::1"},
+        txt={
+            "two.test": ["v=spf1 mx -all", "other record"],
+            "s1._domainkey.two.test": [LONG_DKIM],
+        },
+    ) as dns:
+        lookup = BlockingLookup([dns.address], timeout=0.5)
+        status, found = lookup.records("two.test", "MX")
+        assert status is LookupStatus.OK
+        assert sorted((r.priority, r.exchange) for r in found) == [
+            (10, "mx1.two.test"),
+            (20, "mx2.two.test"),
+        ]
+        assert [r.addr for r in lookup.records("mx1.two.test", "A")[1]] == ["127.0.0.1"]
+        assert [r.addr for r in lookup.records("v6.test", "AAAA")[1]] == ["::1"]
+        assert sorted(lookup.txt("two.test").records) == ["other record", "v=spf1 mx -all"]
+        assert lookup.txt("s1._domainkey.two.test").records == (LONG_DKIM,)
+        assert lookup.txt("two.test.").records  # a trailing dot asks the same name
+        assert lookup.txt("nowhere.test").status is LookupStatus.NXDOMAIN
+        assert lookup.records("mx1.two.test", "TXT")[0] is LookupStatus.NO_DATA
+        assert lookup.records("bad..name.test", "TXT")[0] is not LookupStatus.OK
+        dns.stop()
+        assert lookup.txt("two.test").status is LookupStatus.TEMPORARY  # TTL 0: not kept
+
+
+def test_a_forked_process_asks_through_its_own_channel():
+    """c-ares' event thread does not survive a fork: a lookup made before the fork still
+    answers in the child, through a channel the child makes for itself."""
+    with DnsServer(txt={"two.test": ["v=spf1 -all"]}) as dns:
+        lookup = BlockingLookup([dns.address], timeout=0.5)
+        assert lookup.txt("two.test").records == ("v=spf1 -all",)
+        ctx = multiprocessing.get_context("fork")
+        answers = ctx.Queue()
+        child = ctx.Process(target=lambda: answers.put(lookup.txt("two.test").records))
+        child.start()
+        assert answers.get(timeout=10) == ("v=spf1 -all",)
+        child.join(10)
+        assert child.exitcode == 0
