@@ -92,10 +92,11 @@ class BlockingLookup:
     A question costs the process a third to a fifth of the CPU of dnspython's blocking
     resolver (≈ 60–120 against ≈ 250–380 µs against a local dnsmasq; ``bench/dns_lookup.py``,
     docs/benchmarks.md "Tenth session"): c-ares builds, sends and parses in C on its own event
-    thread, and the asking thread only waits. c-ares keeps answers for their TTL (its query cache, on by default,
-    at most an hour; a record served with TTL 0 is never kept; a name that does not exist
-    is kept for its zone's negative TTL), as a caching resolver would: the MX asks for the
-    same senders' SPF, DKIM and DMARC records for every message they send.
+    thread, and the asking thread only waits. c-ares keeps answers for their TTL (its query
+    cache, on by default, at most an hour; a record served with TTL 0 is never kept; a name
+    that does not exist is kept for its zone's negative TTL), as a caching resolver would:
+    the MX asks for the same senders' SPF, DKIM and DMARC records for every message they
+    send.
 
     The channel (and its event thread) is made on first use in the process that asks, so a
     forked helper never inherits a channel whose thread did not survive the fork.
