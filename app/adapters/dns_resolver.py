@@ -81,7 +81,10 @@ _CARES_TYPES = {
     "PTR": pycares.QUERY_TYPE_PTR,
     "TXT": pycares.QUERY_TYPE_TXT,
 }
-_CARES_NXDOMAIN = frozenset({ares_errno.ARES_ENOTFOUND, ares_errno.ARES_ENONAME})
+# no such name, or a name that cannot be one (an empty or over-long label): no record there
+_CARES_NXDOMAIN = frozenset(
+    {ares_errno.ARES_ENOTFOUND, ares_errno.ARES_ENONAME, ares_errno.ARES_EBADNAME}
+)
 _CARES_NO_DATA = frozenset({ares_errno.ARES_ENODATA})
 
 
@@ -134,7 +137,7 @@ class BlockingLookup:
 
         try:
             self._get_channel().query(name.rstrip(".") or ".", qtype, callback=answered)
-        except (pycares.AresError, UnicodeError, ValueError):  # a name c-ares cannot ask
+        except (pycares.AresError, UnicodeError, ValueError, RuntimeError):  # not a DNS name
             return LookupStatus.NXDOMAIN, []
         # c-ares gives up by itself after its tries; the margin only guards a lost callback
         if not done.wait(self.timeout * self.tries + 1.0):
