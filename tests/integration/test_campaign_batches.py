@@ -9,18 +9,21 @@ a time through ``CampaignSender.run_batch``, as the ``campaign_batch`` job runs 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from bson import ObjectId
+from pymongo import monitoring
 
 from app.bootstrap import System, build_system
+from app.domain.campaign_tokens import click_token
 from app.domain.campaigns import ADD_OPEN_SECONDS, check_recipients
 from app.domain.viewer import Viewer
 from app.services.campaigns.store import recipient_rows
 from app.services.templates.store import TemplateDraft
+from tests.support.commands import CommandLog
 
 DOMAIN = "batches.test"
 SENDER = f"news@{DOMAIN}"
@@ -28,7 +31,16 @@ BATCH = 10
 
 
 @pytest.fixture
-async def world(settings: Any) -> AsyncIterator[tuple[System, Viewer, str]]:
+def commands() -> Iterator[CommandLog]:
+    """The commands of every client made while it lives (the system's: ``world`` needs it)."""
+    log = CommandLog()
+    monitoring.register(log)
+    yield log
+    log.active = False
+
+
+@pytest.fixture
+async def world(settings: Any, commands: CommandLog) -> AsyncIterator[tuple[System, Viewer, str]]:
     system = await build_system(
         settings.model_copy(update={"campaign_batch_max": BATCH, "campaign_warmup_ramp": []})
     )
@@ -177,3 +189,57 @@ async def test_an_abandoned_add_stops_holding_the_campaign(world):
     assert (await _batch(system, cid))["queued"] == 5
     assert (await _campaign(system, cid))["pending_floor"] == 5
     assert (await _batch(system, cid)).get("completed")
+
+
+async def test_tracked_links_are_stored_with_the_batch_state(world, commands):
+    """A click-tracked batch stores each recipient's links (where its click redirects may go)
+    in the batch's transaction: with the state, in one update, when every message of the batch
+    holds the same links; one more update for each distinct list when a recipient's variables
+    change a link. Nothing is written per recipient."""
+    system, viewer, _ = world
+    html = (
+        '<p><a href="https://shop.test/sale">Sale</a>'
+        '{% if own %} <a href="https://shop.test/u/{{ own }}">Yours</a>{% endif %}</p>'
+    )
+    await system.templates.save(
+        viewer, TemplateDraft(key="tracked", subject="Hi {{ n }}", text="Sale.", html=html)
+    )
+    await system.templates.publish(viewer, "tracked", 1)
+    secret = system.settings.secret_key.get_secret_value().encode()
+    for name, own_link in (("same", False), ("own", True)):
+        campaign = await system.campaigns.create(
+            viewer,
+            name=name,
+            template_key="tracked",
+            template_version=None,
+            variables={},
+            from_=None,
+            rate_per_minute=None,
+            send_at=None,
+            track_opens=False,
+            track_clicks=True,
+        )
+        cid = str(campaign["_id"])
+        rows = [
+            (f"{name}{k}@example.test", {"n": k, "own": str(k % 3) if own_link else ""})
+            for k in range(BATCH)
+        ]
+        await system.campaigns.add_recipients(viewer, cid, rows)
+        await system.campaigns.transition(viewer, cid, "start")
+        commands.clear()
+        assert (await _batch(system, cid))["queued"] == BATCH
+        updates = [
+            c
+            for c in commands.commands
+            if (c.name, c.collection) == ("update", "campaign_recipients")
+        ]
+        assert len(updates) == (1 + 3 if own_link else 1), name
+        async for r in system.mongo.db.campaign_recipients.find({"campaign_id": ObjectId(cid)}):
+            k = int(r["email"].removeprefix(name).split("@")[0])
+            want = ["https://shop.test/sale"] + (
+                [f"https://shop.test/u/{k % 3}"] if own_link else []
+            )
+            assert (r["state"], r["links"]) == ("queued", want)
+            for index, url in enumerate(want):
+                token = click_token(secret, r["_id"], index)
+                assert await system.tracking.click(token, method="GET", user_agent="Mail") == url

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from bson import ObjectId
@@ -250,18 +250,23 @@ class CampaignSender:
         rendered = await self.renderer.render_versions(
             [(version, {**shared, **r.get("variables", {})}) for r in to_send]
         )
-        built = await asyncio.gather(
-            *(
-                self._build(campaign, r, answer, now)
-                for r, answer in zip(to_send, rendered, strict=True)
-            )
-        )
-        failed = [(r, err) for r, (_, _, err) in zip(to_send, built, strict=True) if err]
-        ready = [
-            (r, m, raw)
-            for r, (m, raw, err) in zip(to_send, built, strict=True)
-            if m is not None and not err
+        built = [
+            self._build(campaign, r, answer, now)
+            for r, answer in zip(to_send, rendered, strict=True)
         ]
+        failed = [(r, b.error) for r, b in zip(to_send, built, strict=True) if b.error]
+        ready = [
+            (r, b.message, b.raw)
+            for r, b in zip(to_send, built, strict=True)
+            if b.message is not None and not b.error
+        ]
+        # the tracked links of each queued recipient (what its click redirects may go to),
+        # stored with its state in the batch's transaction; recipients whose messages hold the
+        # same links (the same template links for everyone: the common case) share one write
+        link_groups: dict[tuple[str, ...], list[ObjectId]] = {}
+        for r, b in zip(to_send, built, strict=True):
+            if b.message is not None and not b.error and b.links:
+                link_groups.setdefault(b.links, []).append(r["_id"])
         viewer = Viewer(campaign["user_id"], campaign["from"]["email"])
         messages, recipients = [], []
         local_users = await self.accounts.users_for_addresses([r["email"] for r, _, _ in ready])
@@ -300,10 +305,15 @@ class CampaignSender:
             )
             if not still.matched_count:
                 raise _Stopped
+            queued_ids = [m["_id"] for m in messages]
+            # one links list for every queued recipient: set with their state in one update
+            shared_links = None
+            if len(link_groups) == 1 and len(next(iter(link_groups.values()))) == len(queued_ids):
+                shared_links = next(iter(link_groups))
             for state, ids in (
                 ("suppressed", [r["_id"] for r in skipped]),
                 ("failed", [r["_id"] for r, _ in failed]),
-                ("queued", [m["_id"] for m in messages]),
+                ("queued", queued_ids),
             ):
                 if not ids:
                     continue
@@ -317,11 +327,19 @@ class CampaignSender:
                         "state": "pending",
                         "seq": {"$gte": pending[0]["seq"], "$lte": pending[-1]["seq"]},
                     }
+                change: dict[str, Any] = {"state": state, "updated_at": now}
+                if state == "queued" and shared_links is not None:
+                    change["links"] = list(shared_links)
                 changed = await self.db.campaign_recipients.update_many(
-                    which, {"$set": {"state": state, "updated_at": now}}, session=session
+                    which, {"$set": change}, session=session
                 )
                 if changed.modified_count != len(ids):
                     raise _Stopped
+            if shared_links is None:
+                for links, ids in link_groups.items():
+                    await self.db.campaign_recipients.update_many(
+                        {"_id": {"$in": ids}}, {"$set": {"links": list(links)}}, session=session
+                    )
             for r, err in failed:
                 await self.db.campaign_recipients.update_one(
                     {"_id": r["_id"]}, {"$set": {"error": err}}, session=session
@@ -389,28 +407,27 @@ class CampaignSender:
                 {"$set": {"state": "canceled", "updated_at": now}},
             )
 
-    async def _build(
+    def _build(
         self,
         campaign: dict[str, Any],
         r: dict[str, Any],
         rendered: Rendered | ValidationError,
         now: datetime,
-    ) -> tuple[OutgoingMessage | None, bytes, str | None]:
-        """(message, MIME bytes, None) or (None, b"", why it cannot be rendered)."""
+    ) -> _Built:
+        """The recipient's message and MIME bytes with its tracked links, or why it cannot be
+        rendered (``error``)."""
         if isinstance(rendered, ValidationError):
-            return None, b"", rendered.message
+            return _Built(None, b"", (), rendered.message)
         base = self.settings.base_url.rstrip("/")
         rid: ObjectId = r["_id"]
         html = rendered.html
+        links: tuple[str, ...] = ()
         if html and campaign.get("track_clicks"):
             tracked = rewrite_links(
                 html, lambda i: f"{base}/t/c/{click_token(self.secret, rid, i)}"
             )
             html = tracked.html
-            if tracked.links:
-                await self.db.campaign_recipients.update_one(
-                    {"_id": rid}, {"$set": {"links": tracked.links}}
-                )
+            links = tuple(tracked.links)
         if html and campaign.get("track_opens"):
             html = add_pixel(html, f"{base}/t/o/{open_token(self.secret, rid)}")
         unsubscribe = (
@@ -432,9 +449,9 @@ class CampaignSender:
             ),
         )
         try:
-            return outgoing, build_mime(outgoing), None
+            return _Built(outgoing, build_mime(outgoing), links, None)
         except ValidationError as e:
-            return None, b"", e.message
+            return _Built(None, b"", (), e.message)
 
     # --- warm-up -------------------------------------------------------------------------
 
@@ -474,6 +491,13 @@ class CampaignSender:
             )
             woke += 1
         return woke
+
+
+class _Built(NamedTuple):
+    message: OutgoingMessage | None
+    raw: bytes
+    links: tuple[str, ...]  # the original URLs of the tracked links, by index
+    error: str | None
 
 
 class _Stopped(Exception):
