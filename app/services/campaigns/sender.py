@@ -32,7 +32,7 @@ import structlog
 from bson import ObjectId
 
 from app.adapters.blob_batches import write_blobs
-from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
+from app.adapters.mongo import Mongo, UpdateMany, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue
 from app.config import Settings
 from app.domain.addresses import Address
@@ -260,9 +260,8 @@ class CampaignSender:
             for r, b in zip(to_send, built, strict=True)
             if b.message is not None and not b.error
         ]
-        # the tracked links of each queued recipient (what its click redirects may go to),
-        # stored with its state in the batch's transaction; recipients whose messages hold the
-        # same links (the same template links for everyone: the common case) share one write
+        # the tracked links of each queued recipient (what its click redirects may go to), by
+        # list: stored with its state in the batch's transaction (``_mark_queued``)
         link_groups: dict[tuple[str, ...], list[ObjectId]] = {}
         for r, b in zip(to_send, built, strict=True):
             if b.message is not None and not b.error and b.links:
@@ -305,41 +304,23 @@ class CampaignSender:
             )
             if not still.matched_count:
                 raise _Stopped
-            queued_ids = [m["_id"] for m in messages]
-            # one links list for every queued recipient: set with their state in one update
-            shared_links = None
-            if len(link_groups) == 1 and len(next(iter(link_groups.values()))) == len(queued_ids):
-                shared_links = next(iter(link_groups))
             for state, ids in (
                 ("suppressed", [r["_id"] for r in skipped]),
                 ("failed", [r["_id"] for r, _ in failed]),
-                ("queued", queued_ids),
             ):
-                if not ids:
-                    continue
-                which: dict[str, Any] = {"_id": {"$in": ids}, "state": "pending"}
-                if state == "queued" and floor is not None:
-                    # the rest of the batch, by its seq range: with no add open, every pending
-                    # recipient in it is one of the batch's (an `$in` of 500 ids costs
-                    # SecantusDB 500 comparisons a document)
-                    which = {
-                        "campaign_id": campaign["_id"],
-                        "state": "pending",
-                        "seq": {"$gte": pending[0]["seq"], "$lte": pending[-1]["seq"]},
-                    }
-                change: dict[str, Any] = {"state": state, "updated_at": now}
-                if state == "queued" and shared_links is not None:
-                    change["links"] = list(shared_links)
-                changed = await self.db.campaign_recipients.update_many(
-                    which, {"$set": change}, session=session
-                )
-                if changed.modified_count != len(ids):
-                    raise _Stopped
-            if shared_links is None:
-                for links, ids in link_groups.items():
-                    await self.db.campaign_recipients.update_many(
-                        {"_id": {"$in": ids}}, {"$set": {"links": list(links)}}, session=session
+                if ids:
+                    changed = await self.db.campaign_recipients.update_many(
+                        {"_id": {"$in": ids}, "state": "pending"},
+                        {"$set": {"state": state, "updated_at": now}},
+                        session=session,
                     )
+                    if changed.modified_count != len(ids):
+                        raise _Stopped
+            queued = [m["_id"] for m in messages]
+            if queued and await self._mark_queued(
+                campaign["_id"], pending, floor, queued, link_groups, now, session
+            ) != len(queued):
+                raise _Stopped
             for r, err in failed:
                 await self.db.campaign_recipients.update_one(
                     {"_id": r["_id"]}, {"$set": {"error": err}}, session=session
@@ -392,6 +373,57 @@ class CampaignSender:
                 job_id=f"deliver:{first['message_id']}:{domain}",
             )
         return {"queued": len(messages), "suppressed": len(skipped), "failed": len(failed)}
+
+    async def _mark_queued(
+        self,
+        campaign_id: ObjectId,
+        pending: list[dict[str, Any]],
+        floor: int | None,
+        queued: list[ObjectId],
+        link_groups: dict[tuple[str, ...], list[ObjectId]],
+        now: datetime,
+        session: Any,
+    ) -> int:
+        """Mark the batch's queued recipients ``queued``, each with its tracked links, in one
+        command; returns how many changed (fewer: one left ``pending`` meanwhile).
+
+        With no add open and every message holding the same links (or none), one update by the
+        batch's ``seq`` range: with no add open, every pending recipient in it is one of the
+        batch's, the suppressed and failed ones are marked already, and an ``$in`` of 500 ids
+        would cost SecantusDB 500 comparisons a document. Otherwise one bulk write, an update
+        for each distinct list of links: still one write a recipient, never two.
+        """
+        change: dict[str, Any] = {"state": "queued", "updated_at": now}
+        tracked = sum(map(len, link_groups.values()))
+        if floor is not None and len(link_groups) <= 1 and tracked in (0, len(queued)):
+            if link_groups:
+                change["links"] = list(next(iter(link_groups)))
+            which = {
+                "campaign_id": campaign_id,
+                "state": "pending",
+                "seq": {"$gte": pending[0]["seq"], "$lte": pending[-1]["seq"]},
+            }
+            changed = await self.db.campaign_recipients.update_many(
+                which, {"$set": change}, session=session
+            )
+            return int(changed.modified_count)
+        with_links = {i for ids in link_groups.values() for i in ids}
+        requests = [
+            UpdateMany(
+                {"_id": {"$in": ids}, "state": "pending"},
+                {"$set": {**change, "links": list(links)}},
+            )
+            for links, ids in link_groups.items()
+        ]
+        rest = [i for i in queued if i not in with_links]
+        if rest:
+            requests.append(
+                UpdateMany({"_id": {"$in": rest}, "state": "pending"}, {"$set": change})
+            )
+        written = await self.db.campaign_recipients.bulk_write(
+            requests, ordered=False, session=session
+        )
+        return int(written.modified_count)
 
     async def _settle_stopped(
         self, campaign_id: ObjectId, ids: list[ObjectId], now: datetime
