@@ -24,6 +24,9 @@ unsubscribe-to-effect latency.
    still pending; latency = start of the next batch − the unsubscribe; that batch must skip
    the recipient. Target: before the next batch, < 5 s.
 
+``--track``: the campaign of parts 1–3 tracks opens and clicks (pixel, rewritten link, the
+recipient's links stored with its state); printed with the results.
+
 ``--watchers K``: K ``campaignProgress`` subscribers during part 3, as the server runs them
 (the campaign document, its stats, a second's sleep, in the benchmark's process): what live
 progress costs the delivery it watches.
@@ -114,7 +117,9 @@ def recipient_rows(n: int, domains: int) -> list[tuple[str, dict[str, str]]]:
     ]
 
 
-async def create_campaign(system: Any, viewer: Viewer, name: str, rate: int | None) -> str:
+async def create_campaign(
+    system: Any, viewer: Viewer, name: str, rate: int | None, track: bool = False
+) -> str:
     doc = await system.campaigns.create(
         viewer,
         name=name,
@@ -124,8 +129,8 @@ async def create_campaign(system: Any, viewer: Viewer, name: str, rate: int | No
         from_=None,
         rate_per_minute=rate,
         send_at=None,
-        track_opens=False,
-        track_clicks=False,
+        track_opens=track,
+        track_clicks=track,
     )
     return str(doc["_id"])
 
@@ -155,7 +160,7 @@ async def _measure(
         viewer = await bench_sender(system)
 
         # 1. accept
-        cid = await create_campaign(system, viewer, "bench", None)
+        cid = await create_campaign(system, viewer, "bench", None, track=a.track)
         rows = recipient_rows(a.n, a.domains)
         t0 = time.perf_counter()
         for i in range(0, a.n, 1000):
@@ -308,6 +313,12 @@ def main() -> None:
     ap.add_argument("--skip-delivery", action="store_true")
     ap.add_argument("--skip-postfix", action="store_true")
     ap.add_argument(
+        "--track",
+        action="store_true",
+        help="the measured campaign with open and click tracking (the template's link carries "
+        "the recipient's code: a list of links of its own for every recipient)",
+    )
+    ap.add_argument(
         "--watchers",
         type=int,
         default=0,
@@ -329,6 +340,7 @@ def main() -> None:
             "load": os.getloadavg(),
         },
         "n": a.n,
+        "track": a.track,
         "domains": a.domains,
     }
     try:
