@@ -56,22 +56,29 @@ async def world(settings: Any, commands: CommandLog) -> AsyncIterator[tuple[Syst
             viewer, TemplateDraft(key="news", subject="Hi {{ n }}", text="Number {{ n }}.")
         )
         await system.templates.publish(viewer, "news", 1)
-        campaign = await system.campaigns.create(
-            viewer,
-            name="batches",
-            template_key="news",
-            template_version=None,
-            variables={},
-            from_=None,
-            rate_per_minute=None,  # full batches back to back
-            send_at=None,
-            track_opens=False,
-            track_clicks=False,
-        )
+        campaign = await _create(system, viewer, "batches", "news")
         yield system, viewer, str(campaign["_id"])
     finally:
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
+
+
+async def _create(
+    system: System, viewer: Viewer, name: str, template: str, *, track_clicks: bool = False
+) -> dict[str, Any]:
+    """A campaign of ``template``'s latest version, no pacing (full batches back to back)."""
+    return await system.campaigns.create(
+        viewer,
+        name=name,
+        template_key=template,
+        template_version=None,
+        variables={},
+        from_=None,
+        rate_per_minute=None,
+        send_at=None,
+        track_opens=False,
+        track_clicks=track_clicks,
+    )
 
 
 def _rows(first: int, n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -207,18 +214,7 @@ async def test_tracked_links_are_stored_with_the_batch_state(world, commands):
     await system.templates.publish(viewer, "tracked", 1)
     secret = system.settings.secret_key.get_secret_value().encode()
     for name, own_link in (("same", False), ("own", True)):
-        campaign = await system.campaigns.create(
-            viewer,
-            name=name,
-            template_key="tracked",
-            template_version=None,
-            variables={},
-            from_=None,
-            rate_per_minute=None,
-            send_at=None,
-            track_opens=False,
-            track_clicks=True,
-        )
+        campaign = await _create(system, viewer, name, "tracked", track_clicks=True)
         cid = str(campaign["_id"])
         rows = [
             (f"{name}{k}@example.test", {"n": k, "own": str(k % 3) if own_link else ""})
