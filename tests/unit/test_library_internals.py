@@ -31,6 +31,7 @@ OVERRIDDEN = {
     "aiosmtpd": "app/mx/server.py (MxSMTP.smtp_DATA, MxSMTP._getaddr), app/mx/data.py",
     "dkimpy": "app/adapters/dkim_signer.py",
     "pymongo": "app/adapters/blob_batches.py (GridFS documents written and read by hand)",
+    "pyspf": "app/adapters/mail_auth.py (spf.DNSLookup answered through c-ares)",
 }
 
 
@@ -85,7 +86,9 @@ def _strawberry() -> dict[str, Any]:
 
     return {
         "strawberry StrawberryGraphQLCoreExecutionContext": StrawberryGraphQLCoreExecutionContext,
-        "strawberry GraphQLCoreConverter.from_resolver": GraphQLCoreConverter.from_resolver,
+        "pyspf DNSLookup_dnspython": "2ad82e1400fbbd2b",
+    "pyspf query.dns": "63ad0ef0805e0745",
+    "strawberry GraphQLCoreConverter.from_resolver": GraphQLCoreConverter.from_resolver,
     }
 
 
@@ -124,6 +127,17 @@ def _dkimpy() -> dict[str, Any]:
         "dkimpy select_headers": dkim.select_headers,
         "dkimpy fold": dkim.fold,
         "dkimpy canonicalization": dkim.canonicalization,
+    }
+
+
+def _pyspf() -> dict[str, Any]:
+    import spf
+
+    return {
+        # the caller of the hook: DNSLookup(name, qtype, strict, timeout), ((name, qtype), v) pairs
+        "pyspf query.dns": spf.query.dns,
+        # the hook whose answers ours mirrors, record type by record type
+        "pyspf DNSLookup_dnspython": spf.DNSLookup_dnspython,
     }
 
 
@@ -168,6 +182,7 @@ def _mirrored() -> dict[str, Any]:
         **_arq(),
         **_aiosmtpd(),
         **_dkimpy(),
+        **_pyspf(),
     }
 
 
