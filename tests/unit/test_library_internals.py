@@ -86,9 +86,7 @@ def _strawberry() -> dict[str, Any]:
 
     return {
         "strawberry StrawberryGraphQLCoreExecutionContext": StrawberryGraphQLCoreExecutionContext,
-        "pyspf DNSLookup_dnspython": "2ad82e1400fbbd2b",
-    "pyspf query.dns": "63ad0ef0805e0745",
-    "strawberry GraphQLCoreConverter.from_resolver": GraphQLCoreConverter.from_resolver,
+        "strawberry GraphQLCoreConverter.from_resolver": GraphQLCoreConverter.from_resolver,
     }
 
 
@@ -170,6 +168,8 @@ FINGERPRINTS: dict[str, str] = {
     "graphql-core execute_fields": "797f54fbd779b4e3",
     "graphql-core handle_field_error": "d33a6ee408cd1695",
     "graphql-core settle_in_background": "da2b2c7303b6fa2d",
+    "pyspf DNSLookup_dnspython": "2ad82e1400fbbd2b",
+    "pyspf query.dns": "63ad0ef0805e0745",
     "strawberry GraphQLCoreConverter.from_resolver": "bcac1354fecdee79",
     "strawberry StrawberryGraphQLCoreExecutionContext": "61e417afeaa66527",
 }
