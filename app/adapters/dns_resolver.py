@@ -8,6 +8,7 @@ translated into our own small types; dnspython and pycares exceptions stop here.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import threading
 from dataclasses import dataclass, field
@@ -106,7 +107,14 @@ class BlockingLookup:
     """
 
     def __init__(self, servers: list[str], timeout: float = 3.0) -> None:
-        self.servers = list(servers)
+        # c-ares takes addresses, not names: a bad entry fails here, at startup, not at the
+        # first message (as dnspython's resolver did when it was given the list)
+        self.servers = []
+        for host, port in parse_nameservers(servers):
+            address = ipaddress.ip_address(host)  # ValueError: not an IP address
+            if not 0 < port < 65536:
+                raise ValueError(f"DNS server port {port} out of range")
+            self.servers.append(f"[{address}]:{port}" if address.version == 6 else f"{host}:{port}")
         self.timeout = timeout
         self.tries = 2
         self._channel: pycares.Channel | None = None

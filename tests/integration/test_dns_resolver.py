@@ -2,6 +2,8 @@ import multiprocessing
 import socket
 import time
 
+import pytest
+
 from app.adapters.dns_resolver import BlockingLookup, DnsResolver, LookupStatus
 from tests.support.dnsmasq import DnsServer
 
@@ -84,3 +86,16 @@ def test_a_server_that_never_answers_is_a_temporary_failure_in_bounded_time():
         started = time.monotonic()
         assert lookup.txt("two.test").status is LookupStatus.TEMPORARY
         assert time.monotonic() - started < 3.0
+
+
+def test_dns_servers_must_be_addresses_and_are_checked_at_once():
+    """c-ares takes IP addresses (with a port): a name or a bad port fails when the lookup is
+    made (at startup), not at the first message; IPv6 servers are given bracketed."""
+    for bad in ("dns.example.test", "127.0.0.1:0", "127.0.0.1:70000"):
+        with pytest.raises(ValueError):
+            BlockingLookup([bad])
+    assert BlockingLookup(["::1", "[::1]:5353", "127.0.0.1"]).servers == [
+        "[::1]:53",
+        "[::1]:5353",
+        "127.0.0.1:53",
+    ]
