@@ -6,6 +6,7 @@ the process with a message that names the variable instead of failing at the fir
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -212,10 +213,21 @@ class Settings(BaseSettings):
     @field_validator("dns_servers")
     @classmethod
     def _check_dns_servers(cls, value: list[str]) -> list[str]:
+        """IP addresses, each with an optional port (``[v6]:port``): the resolvers (dnspython
+        and c-ares) take addresses, not names."""
         for server in value:
-            host, _, port = server.rpartition(":") if server.count(":") == 1 else (server, "", "")
-            if port and not port.isdigit():
-                raise ValueError(f"{server!r} is not host or host:port")
+            host, port = server, ""
+            if server.startswith("["):
+                host, _, port = server[1:].partition("]")
+                port = port.removeprefix(":")
+            elif server.count(":") == 1:
+                host, _, port = server.partition(":")
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ValueError(f"{server!r} is not an IP address or address:port") from None
+            if port and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"{server!r}: the port must be 1 to 65535")
         return value
 
     @property

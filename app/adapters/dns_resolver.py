@@ -1,9 +1,10 @@
 """DNS lookups: dnspython for delivery (MX, A/AAAA), c-ares (pycares) for the blocking
 questions of mail authentication (``BlockingLookup``).
 
-The nameservers come from ``MAILHUB_DNS_SERVERS`` (``host:port``, comma separated) so tests
-and development point at a local dnsmasq; unset, the system resolver is used. Results are
-translated into our own small types; dnspython and pycares exceptions stop here.
+The nameservers come from ``MAILHUB_DNS_SERVERS`` (IP addresses with an optional ``:port``,
+comma separated) so tests and development point at a local dnsmasq; unset, the system resolver
+is used. Results are translated into our own small types; dnspython and pycares exceptions
+stop here.
 """
 
 from __future__ import annotations
