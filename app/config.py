@@ -6,7 +6,6 @@ the process with a message that names the variable instead of failing at the fir
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.domain.nameservers import parse_nameserver
 from app.loops import EventLoop
 
 ENV_PREFIX = "MAILHUB_"
@@ -216,18 +216,7 @@ class Settings(BaseSettings):
         """IP addresses, each with an optional port (``[v6]:port``): the resolvers (dnspython
         and c-ares) take addresses, not names."""
         for server in value:
-            host, port = server, ""
-            if server.startswith("["):
-                host, _, port = server[1:].partition("]")
-                port = port.removeprefix(":")
-            elif server.count(":") == 1:
-                host, _, port = server.partition(":")
-            try:
-                ipaddress.ip_address(host)
-            except ValueError:
-                raise ValueError(f"{server!r} is not an IP address or address:port") from None
-            if port and not (port.isdigit() and 0 < int(port) < 65536):
-                raise ValueError(f"{server!r}: the port must be 1 to 65535")
+            parse_nameserver(server)  # ValueError names the entry
         return value
 
     @property

@@ -9,7 +9,6 @@ stop here.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import threading
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ import dns.name
 import dns.resolver
 import pycares
 from pycares import errno as ares_errno
+
+from app.domain.nameservers import parse_nameserver
 
 
 class LookupStatus(StrEnum):
@@ -46,17 +47,8 @@ class TxtResult:
 
 
 def parse_nameservers(servers: list[str]) -> list[tuple[str, int]]:
-    out = []
-    for server in servers:
-        host, port = server, 53
-        if server.count(":") == 1:
-            host, _, raw_port = server.partition(":")
-            port = int(raw_port)
-        elif server.startswith("[") and "]:" in server:  # [::1]:5353
-            host, _, raw_port = server[1:].partition("]:")
-            port = int(raw_port)
-        out.append((host, port))
-    return out
+    """``(address, port)`` of each entry (``app.domain.nameservers``: addresses, not names)."""
+    return [parse_nameserver(server) for server in servers]
 
 
 def _configure(resolver: dns.resolver.BaseResolver, servers: list[str], timeout: float) -> None:
@@ -108,14 +100,11 @@ class BlockingLookup:
     """
 
     def __init__(self, servers: list[str], timeout: float = 3.0) -> None:
-        # c-ares takes addresses, not names: a bad entry fails here, at startup, not at the
-        # first message (as dnspython's resolver did when it was given the list)
-        self.servers = []
-        for host, port in parse_nameservers(servers):
-            address = ipaddress.ip_address(host)  # ValueError: not an IP address
-            if not 0 < port < 65536:
-                raise ValueError(f"DNS server port {port} out of range")
-            self.servers.append(f"[{address}]:{port}" if address.version == 6 else f"{host}:{port}")
+        # a bad entry fails here, at startup, not at the first message
+        self.servers = [
+            f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # c-ares brackets IPv6
+            for host, port in parse_nameservers(servers)
+        ]
         self.timeout = timeout
         self.tries = 2
         self._channel: pycares.Channel | None = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from app.config import ConfigError, load_settings
+from app.domain.nameservers import parse_nameserver
 
 
 def test_addresses_with_and_without_ports_are_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,3 +24,18 @@ def test_a_name_or_a_bad_port_is_a_configuration_error(
     monkeypatch.setenv("MAILHUB_DNS_SERVERS", bad)
     with pytest.raises(ConfigError, match="MAILHUB_DNS_SERVERS"):
         load_settings(_env_file=None)
+
+
+@pytest.mark.parametrize(
+    ("entry", "parsed"),
+    [
+        ("10.0.0.2", ("10.0.0.2", 53)),
+        ("127.0.0.1:5353", ("127.0.0.1", 5353)),
+        ("::1", ("::1", 53)),
+        ("[::1]", ("::1", 53)),
+        ("[::1]:5353", ("::1", 5353)),
+    ],
+)
+def test_an_entry_reads_as_its_address_and_port(entry: str, parsed: tuple[str, int]) -> None:
+    """What the DNS adapter asks (``app.domain.nameservers``, shared with the check above)."""
+    assert parse_nameserver(entry) == parsed
