@@ -254,18 +254,14 @@ class CampaignSender:
             self._build(campaign, r, answer, now)
             for r, answer in zip(to_send, rendered, strict=True)
         ]
-        failed = [(r, b.error) for r, b in zip(to_send, built, strict=True) if b.error]
-        ready = [
-            (r, b.message, b.raw)
-            for r, b in zip(to_send, built, strict=True)
-            if b.message is not None and not b.error
-        ]
-        # the tracked links of each queued recipient (what its click redirects may go to), by
-        # list: stored with its state in the batch's transaction (``_mark_queued``)
-        link_groups: dict[tuple[str, ...], list[ObjectId]] = {}
+        failed = [(r, b.error) for r, b in zip(to_send, built, strict=True) if b.message is None]
+        ready = [(r, b.message, b.raw) for r, b in zip(to_send, built, strict=True) if b.message]
+        # every queued recipient by the links it was tracked with (what its click redirects
+        # may go to; () without tracking): stored with its state (``_mark_queued``)
+        by_links: dict[tuple[str, ...], list[ObjectId]] = {}
         for r, b in zip(to_send, built, strict=True):
-            if b.message is not None and not b.error and b.links:
-                link_groups.setdefault(b.links, []).append(r["_id"])
+            if b.message:
+                by_links.setdefault(b.links, []).append(r["_id"])
         viewer = Viewer(campaign["user_id"], campaign["from"]["email"])
         messages, recipients = [], []
         local_users = await self.accounts.users_for_addresses([r["email"] for r, _, _ in ready])
@@ -316,10 +312,9 @@ class CampaignSender:
                     )
                     if changed.modified_count != len(ids):
                         raise _Stopped
-            queued = [m["_id"] for m in messages]
-            if queued and await self._mark_queued(
-                campaign["_id"], pending, floor, queued, link_groups, now, session
-            ) != len(queued):
+            if messages and await self._mark_queued(
+                campaign["_id"], pending, floor, by_links, now, session
+            ) != len(messages):
                 raise _Stopped
             for r, err in failed:
                 await self.db.campaign_recipients.update_one(
@@ -379,47 +374,44 @@ class CampaignSender:
         campaign_id: ObjectId,
         pending: list[dict[str, Any]],
         floor: int | None,
-        queued: list[ObjectId],
-        link_groups: dict[tuple[str, ...], list[ObjectId]],
+        by_links: dict[tuple[str, ...], list[ObjectId]],
         now: datetime,
         session: Any,
     ) -> int:
-        """Mark the batch's queued recipients ``queued``, each with its tracked links, in one
-        command; returns how many changed (fewer: one left ``pending`` meanwhile).
+        """Mark the batch's queued recipients (``by_links``: by their tracked links) ``queued``,
+        each with its links, in one command; returns how many changed (fewer: one left
+        ``pending`` meanwhile).
 
-        With no add open and every message holding the same links (or none), one update by the
-        batch's ``seq`` range: with no add open, every pending recipient in it is one of the
-        batch's, the suppressed and failed ones are marked already, and an ``$in`` of 500 ids
-        would cost SecantusDB 500 comparisons a document. Otherwise one bulk write, an update
-        for each distinct list of links: still one write a recipient, never two.
+        With no add open and one list of links for all (or none), one update by the batch's
+        ``seq`` range: with no add open, every pending recipient in it is one of the batch's,
+        the suppressed and failed ones are marked already, and an ``$in`` of 500 ids would
+        cost SecantusDB 500 comparisons a document. Otherwise one bulk write, an update for
+        each list: still one write a recipient, never two.
         """
-        change: dict[str, Any] = {"state": "queued", "updated_at": now}
-        tracked = sum(map(len, link_groups.values()))
-        if floor is not None and len(link_groups) <= 1 and tracked in (0, len(queued)):
-            if link_groups:
-                change["links"] = list(next(iter(link_groups)))
+
+        def queued(links: tuple[str, ...]) -> dict[str, Any]:
+            return {
+                "$set": {
+                    "state": "queued",
+                    "updated_at": now,
+                    **({"links": list(links)} if links else {}),
+                }
+            }
+
+        if floor is not None and len(by_links) == 1:
             which = {
                 "campaign_id": campaign_id,
                 "state": "pending",
                 "seq": {"$gte": pending[0]["seq"], "$lte": pending[-1]["seq"]},
             }
             changed = await self.db.campaign_recipients.update_many(
-                which, {"$set": change}, session=session
+                which, queued(next(iter(by_links))), session=session
             )
             return int(changed.modified_count)
-        with_links = {i for ids in link_groups.values() for i in ids}
         requests = [
-            UpdateMany(
-                {"_id": {"$in": ids}, "state": "pending"},
-                {"$set": {**change, "links": list(links)}},
-            )
-            for links, ids in link_groups.items()
+            UpdateMany({"_id": {"$in": ids}, "state": "pending"}, queued(links))
+            for links, ids in by_links.items()
         ]
-        rest = [i for i in queued if i not in with_links]
-        if rest:
-            requests.append(
-                UpdateMany({"_id": {"$in": rest}, "state": "pending"}, {"$set": change})
-            )
         written = await self.db.campaign_recipients.bulk_write(
             requests, ordered=False, session=session
         )
