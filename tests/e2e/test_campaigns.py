@@ -26,6 +26,7 @@ from bson import ObjectId
 
 from app.domain import campaign_tokens
 from app.domain.campaigns import batch_plan
+from tests.support.campaigns import create_campaign
 from tests.support.http_servers import ApiClient, mailhub_api
 from tests.support.outbound import SENDER_DOMAIN, Outbound, outbound_world
 
@@ -785,18 +786,7 @@ async def test_domain_verification_ok_missing_wrong_and_unverified_campaigns_ref
         user = await system.accounts.create_user("ann@wrong.test", "correct horse battery", "Ann")
         ann = Viewer(user["_id"], user["email"])
         with pytest.raises(ValidationError) as e:
-            await system.campaigns.create(
-                ann,
-                name="x",
-                template_key="whatever",
-                template_version=None,
-                variables={},
-                from_=None,
-                rate_per_minute=None,
-                send_at=None,
-                track_opens=False,
-                track_clicks=False,
-            )
+            await create_campaign(system, ann, "x", "whatever")
         assert e.value.fields[0].field == "from"
 
         # the command line does the same lookups

@@ -23,6 +23,7 @@ from app.domain.campaigns import ADD_OPEN_SECONDS, check_recipients
 from app.domain.viewer import Viewer
 from app.services.campaigns.store import recipient_rows
 from app.services.templates.store import TemplateDraft
+from tests.support.campaigns import create_campaign
 from tests.support.commands import CommandLog
 
 DOMAIN = "batches.test"
@@ -56,29 +57,11 @@ async def world(settings: Any, commands: CommandLog) -> AsyncIterator[tuple[Syst
             viewer, TemplateDraft(key="news", subject="Hi {{ n }}", text="Number {{ n }}.")
         )
         await system.templates.publish(viewer, "news", 1)
-        campaign = await _create(system, viewer, "batches", "news")
+        campaign = await create_campaign(system, viewer, "batches", "news")
         yield system, viewer, str(campaign["_id"])
     finally:
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
-
-
-async def _create(
-    system: System, viewer: Viewer, name: str, template: str, *, track_clicks: bool = False
-) -> dict[str, Any]:
-    """A campaign of ``template``'s latest version, no pacing (full batches back to back)."""
-    return await system.campaigns.create(
-        viewer,
-        name=name,
-        template_key=template,
-        template_version=None,
-        variables={},
-        from_=None,
-        rate_per_minute=None,
-        send_at=None,
-        track_opens=False,
-        track_clicks=track_clicks,
-    )
 
 
 def _rows(first: int, n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -214,7 +197,7 @@ async def test_tracked_links_are_stored_with_the_batch_state(world, commands):
     await system.templates.publish(viewer, "tracked", 1)
     secret = system.settings.secret_key.get_secret_value().encode()
     for name, own_link in (("same", False), ("own", True)):
-        campaign = await _create(system, viewer, name, "tracked", track_clicks=True)
+        campaign = await create_campaign(system, viewer, name, "tracked", track_clicks=True)
         cid = str(campaign["_id"])
         rows = [
             (f"{name}{k}@example.test", {"n": k, "own": str(k % 3) if own_link else ""})

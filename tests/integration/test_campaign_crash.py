@@ -15,6 +15,7 @@ from bson import ObjectId
 
 from app.domain.viewer import Viewer
 from app.services.templates.store import TemplateDraft
+from tests.support.campaigns import create_campaign
 from tests.support.outbound import SENDER_DOMAIN, outbound_world
 from tests.support.worker_process import kill_worker_when, start_worker_process, wait_until
 
@@ -55,17 +56,12 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
         )
         await system.templates.publish(viewer, "news", 1)
         assert (await system.domain_verifier.verify(SENDER_DOMAIN))["verification"]["verified"]
-        campaign = await system.campaigns.create(
+        campaign = await create_campaign(
+            system,
             viewer,
-            name="crash",
-            template_key="news",
-            template_version=None,
-            variables={},
-            from_=None,
+            "crash",
+            "news",
             rate_per_minute=900,  # 15 a batch, a batch a second
-            send_at=None,
-            track_opens=False,
-            track_clicks=False,
         )
         cid = str(campaign["_id"])
         expected = [f"u{n}@d{n % 3}.test" for n in range(RECIPIENTS)]
