@@ -46,6 +46,7 @@ from app.services.inbound.group_commit import InboundStore
 from app.services.inbound.pipeline import InboundService
 from app.services.mailbox.changes import MailboxChanges
 from app.services.mailbox.content import ContentService
+from app.services.mailbox.migrations import migrate
 from app.services.mailbox.queries import MailboxService
 from app.services.mailbox.realtime import RealtimeService
 from app.services.search.indexing import SearchIndexer
@@ -140,6 +141,7 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     )
     if ensure:
         await ensure_indexes(mongo.db)
+        await migrate(mongo.db)
     redis = RedisStore(settings.redis_url, settings.redis_prefix)
     queue = JobQueue(settings.redis_url, settings.redis_prefix)
     blobs = BlobStore(mongo.db)

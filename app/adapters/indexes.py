@@ -167,14 +167,10 @@ INDEXES: list[Index] = [
     ),
     Index(
         "threads",
-        [("user_id", ASC), ("normalized_subject", ASC), ("latest_at", DESC)],
-        "subject fallback threading for mail without reference headers",
-    ),
-    Index(
-        "thread_refs",
-        [("user_id", ASC), ("rfc822_id", ASC)],
-        "threading: RFC 822 Message-ID → the user's thread",
-        {"unique": True},
+        [("subject_key", ASC), ("latest_at", DESC)],
+        "subject fallback threading for mail without reference headers: a batch's (user, base "
+        "subject) keys in one $in, newest first (thread_refs need no index: their _id is the "
+        "user and the Message-ID)",
     ),
     Index(
         "mailbox_changes",
@@ -330,6 +326,19 @@ class Retired:
 
 
 RETIRED: list[Retired] = [
+    Retired(
+        "threads",
+        [("user_id", ASC), ("normalized_subject", ASC), ("latest_at", DESC)],
+        "replaced by (subject_key, latest_at): the subject candidates of a whole batch in one "
+        "query instead of one per user and subject",
+    ),
+    Retired(
+        "thread_refs",
+        [("user_id", ASC), ("rfc822_id", ASC)],
+        "a ref's _id is now the user and the Message-ID (unique by itself), so a batch's refs "
+        "are one _id $in query; the copies with the old _id are rewritten at start-up "
+        "(app.services.mailbox.migrations), which this unique index would refuse",
+    ),
     Retired(
         "delivery_events",
         [("message_id", ASC), ("occurred_at", ASC)],

@@ -97,6 +97,22 @@ class ThreadRef:
     rfc822_id: str
     thread_id: ObjectId
 
+    @property
+    def key(self) -> str:
+        return thread_ref_id(self.user_id, self.rfc822_id)
+
+
+def thread_ref_id(user_id: ObjectId, rfc822_id: str) -> str:
+    """A thread ref's ``_id``: the user and the Message-ID in one value, so the refs of a
+    whole batch (many users) are one ``_id $in`` query on any engine."""
+    return f"{user_id}:{rfc822_id}"
+
+
+def thread_subject_key(user_id: ObjectId, normalized_subject: str) -> str:
+    """A thread's ``subject_key``: the user and the base subject in one indexed value, so the
+    subject-fallback candidates of a whole batch are one ``$in`` query."""
+    return f"{user_id}:{normalized_subject}"
+
 
 @dataclass
 class CounterMove:
@@ -273,6 +289,7 @@ class _Planner:
             "_id": thread_id,
             "user_id": user_id,
             "normalized_subject": subject_key,
+            "subject_key": thread_subject_key(user_id, subject_key),
             "created_at": at,
         }
         self.new_thread_items[thread_id] = []

@@ -19,6 +19,7 @@ from bson import ObjectId
 from app.adapters.indexes import ensure_indexes
 from app.adapters.mongo import Mongo, in_transaction
 from app.domain.conversations import normalize_subject
+from app.domain.filing_plan import thread_subject_key
 from app.services.after_commit import Notifier
 from app.services.inbound.group_commit import InboundStore, InboundView, PreparedInbound
 from app.services.mailbox.filing import Filing, ViewSpec, file_message, load_thread_context
@@ -138,6 +139,9 @@ async def documents(mongo: Mongo) -> dict[str, list[dict]]:
         label(item["thread_id"])
     threads = await db.threads.find().to_list()
     threads.sort(key=lambda t: int(label(t["_id"])[2:]))
+    for thread in threads:  # the key names the user by id: right, then left out of the labels
+        key = thread.pop("subject_key")
+        assert key == thread_subject_key(thread["user_id"], thread["normalized_subject"])
     refs = await db.thread_refs.find({}, {"_id": 0}).to_list()
     refs.sort(key=lambda r: (labels[r["user_id"]], r["rfc822_id"]))
     counters = await db.mailbox_counters.find({}, {"_id": 0}).to_list()

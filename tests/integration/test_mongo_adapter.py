@@ -74,16 +74,18 @@ async def test_orphan_sweep_moves_on_and_eventually_visits_every_message(mongo):
 async def test_a_retired_index_is_dropped_at_startup_and_stays_away(mongo):
     from app.adapters.indexes import RETIRED, ensure_indexes
 
-    retired = RETIRED[0]
-    collection = mongo.db[retired.collection]
-    await collection.create_index(retired.keys)  # what an earlier version made
-    assert retired.name in await collection.index_information()
+    for retired in RETIRED:
+        collection = mongo.db[retired.collection]
+        await collection.create_index(retired.keys)  # what an earlier version made
+        assert retired.name in await collection.index_information()
     await ensure_indexes(mongo.db)
-    assert retired.name not in await collection.index_information()
     await ensure_indexes(mongo.db)  # nothing left to drop: no error
-    assert retired.name not in await collection.index_information()
-    wanted = {tuple(tuple(k) for k in i.keys) for i in INDEXES if i.collection == "delivery_events"}
-    assert tuple(tuple(k) for k in retired.keys) not in wanted
+    for retired in RETIRED:
+        assert retired.name not in await mongo.db[retired.collection].index_information()
+        wanted = {
+            tuple(tuple(k) for k in i.keys) for i in INDEXES if i.collection == retired.collection
+        }
+        assert tuple(tuple(k) for k in retired.keys) not in wanted, retired
 
 
 async def test_update_and_read_gives_what_find_one_and_update_gives_inside_a_transaction(mongo):

@@ -18,6 +18,7 @@ from pymongo import monitoring
 from app.bootstrap import System, build_system
 from app.domain.changes import Change
 from app.domain.errors import NotFound, ServiceUnavailable
+from app.domain.filing_plan import thread_ref_id
 from app.domain.viewer import Viewer
 from app.embedded import free_port
 from app.services.feedback.suppression import user_scope
@@ -354,5 +355,7 @@ async def test_a_send_does_not_look_up_its_own_new_message_id(commits_and_system
     )
     [refs_query] = commits.finds("thread_refs")
     first_message = await system.mongo.db.messages.find_one({"_id": first["message_id"]})
-    assert refs_query["rfc822_id"] == {"$in": [first_message["rfc822_message_id"]]}
+    assert refs_query["_id"] == {
+        "$in": [thread_ref_id(viewer.user_id, first_message["rfc822_message_id"])]
+    }
     assert reply["thread_id"] == first["thread_id"]

@@ -48,7 +48,7 @@ log = structlog.get_logger(__name__)
 
 BUCKET = "blobs"
 MAX_BATCH_BYTES = 16 * 1024 * 1024
-CONTEXT_READS = 8  # thread-context queries of a batch in flight at once
+CONTEXT_READS = 2  # the thread context's two queries (refs, subjects) go together
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ class InboundStore:
         user's counters) are retried with a short random backoff, never surfaced as 451.
 
         The reads come first, outside the transaction and together (the duplicate check and
-        the thread context: one round trip's wait instead of one per user and subject); the
+        the thread context's two queries: one round trip's wait); the
         transaction then only writes. Reading them inside it would not be safer: a snapshot
         read is as old as the transaction's start, and the unique index on ``dedupe_key``
         still refuses a duplicate filed in between (the batch is then re-run one by one).

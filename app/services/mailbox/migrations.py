@@ -1,0 +1,98 @@
+"""Data rewrites an upgrade needs, run by every process at start-up after the indexes.
+
+Each step is idempotent and resumable (a process killed half-way leaves work the next start
+finishes), and is marked done in ``schema_migrations``: once done, a start-up costs one read.
+Processes of the old version should be stopped first; two new processes migrating at once
+write the same values.
+
+``thread-keys``: thread refs get the user and the Message-ID as their ``_id``
+(``thread_ref_id``) and threads a ``subject_key`` (``thread_subject_key``), so the thread
+context of a whole batch is two ``$in`` queries (``app.services.mailbox.filing``). Refs are
+copied under the new ``_id`` before the originals go, so a crash in between loses nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+
+from app.adapters.mongo import UpdateOne
+from app.domain.filing_plan import thread_ref_id, thread_subject_key
+
+log = structlog.get_logger(__name__)
+
+PAGE = 1000  # documents rewritten a round
+
+
+async def migrate(db: Any) -> None:
+    """Run every step not marked done yet, in order."""
+    done = {doc["_id"] for doc in await db.schema_migrations.find({}, {"_id": 1}).to_list()}
+    for name, step in STEPS:
+        if name in done:
+            continue
+        rewritten = await step(db)
+        await db.schema_migrations.update_one(
+            {"_id": name}, {"$setOnInsert": {"done_at": datetime.now(UTC)}}, upsert=True
+        )
+        log.info("data migration done", migration=name, documents=rewritten)
+
+
+async def thread_keys(db: Any) -> int:
+    rewritten = 0
+    while True:
+        old = await db.thread_refs.find({"_id": {"$type": "objectId"}}).limit(PAGE).to_list()
+        if not old:
+            break
+        await db.thread_refs.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": thread_ref_id(doc["user_id"], doc["rfc822_id"])},
+                    {
+                        "$setOnInsert": {
+                            "user_id": doc["user_id"],
+                            "rfc822_id": doc["rfc822_id"],
+                            "thread_id": doc["thread_id"],
+                        }
+                    },
+                    upsert=True,
+                )
+                for doc in old
+            ],
+            ordered=False,
+        )
+        await db.thread_refs.delete_many({"_id": {"$in": [doc["_id"] for doc in old]}})
+        rewritten += len(old)
+    while True:
+        threads = (
+            await db.threads.find(
+                {"subject_key": {"$exists": False}}, {"user_id": 1, "normalized_subject": 1}
+            )
+            .limit(PAGE)
+            .to_list()
+        )
+        if not threads:
+            break
+        await db.threads.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": doc["_id"]},
+                    {
+                        "$set": {
+                            "subject_key": thread_subject_key(
+                                doc["user_id"], doc.get("normalized_subject") or ""
+                            )
+                        }
+                    },
+                )
+                for doc in threads
+            ],
+            ordered=False,
+        )
+        rewritten += len(threads)
+    return rewritten
+
+
+STEPS: list[tuple[str, Callable[[Any], Awaitable[int]]]] = [("thread-keys", thread_keys)]
