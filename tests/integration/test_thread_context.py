@@ -10,37 +10,13 @@ import pytest
 from bson import ObjectId
 
 from app.adapters.mongo import Mongo, in_transaction
-from app.domain.conversations import normalize_subject
 from app.domain.filing_plan import SUBJECT_CANDIDATES, Filing, ViewSpec
 from app.services.mailbox.filing import file_messages, load_thread_context
 from app.services.mailbox.migrations import migrate
 from tests.support.commands import CommandLog
+from tests.support.threads import message
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
-
-
-def message(
-    mid: str,
-    subject: str,
-    *,
-    refs: tuple[str, ...] = (),
-    sender: str = "ann@x.test",
-    to: str = "me@example.test",
-):
-    return {
-        "_id": ObjectId(),
-        "rfc822_message_id": mid,
-        "in_reply_to": refs[-1] if refs else None,
-        "references": list(refs),
-        "subject": subject,
-        "normalized_subject": normalize_subject(subject),
-        "from": {"name": None, "email": sender},
-        "to": [{"name": None, "email": to}],
-        "cc": [],
-        "snippet": "",
-        "has_attachments": False,
-        "size": 10,
-    }
 
 
 def filing(user: ObjectId, msg: dict, at: datetime = NOW) -> Filing:
@@ -82,7 +58,14 @@ async def test_a_batch_of_many_users_reads_its_context_in_two_queries(mongo, lis
     threads = {item["user_id"]: item["thread_id"] for item in earlier.all_items}
     batch = []
     for n, user in enumerate(users):
-        batch.append(filing(user, message(f"<r{n}@x>", "Re: Budget", refs=(f"<p{n}@x>",))))
+        batch.append(
+            filing(
+                user,
+                message(
+                    f"<r{n}@x>", "Re: Budget", in_reply_to=f"<p{n}@x>", references=[f"<p{n}@x>"]
+                ),
+            )
+        )
         batch.append(filing(user, message(f"<s{n}@x>", "Budget")))  # no refs: by subject
     log.clear()
     context = await load_thread_context(client.db, batch, None, parallel=2)
@@ -159,7 +142,7 @@ async def test_start_up_gives_the_earlier_layout_its_keys_once(mongo):
     plan = await file(
         mongo,
         [
-            filing(user, message("<r@x>", "Re: Budget", refs=("<p@x>",))),
+            filing(user, message("<r@x>", "Re: Budget", in_reply_to="<p@x>", references=["<p@x>"])),
             filing(user, message("<s@x>", "Budget")),
         ],
     )

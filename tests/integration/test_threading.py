@@ -5,29 +5,10 @@ from datetime import UTC, datetime, timedelta
 from bson import ObjectId
 
 from app.adapters.mongo import in_transaction
-from app.domain.conversations import normalize_subject
 from app.services.mailbox.filing import ViewSpec, file_message, refresh_threads
+from tests.support.threads import message
 
 USER = ObjectId()
-
-
-def message(
-    mid, subject, *, in_reply_to=None, references=(), sender="ann@remote.test", to="me@example.test"
-):
-    return {
-        "_id": ObjectId(),
-        "rfc822_message_id": mid,
-        "in_reply_to": in_reply_to,
-        "references": list(references),
-        "subject": subject,
-        "normalized_subject": normalize_subject(subject),
-        "from": {"name": None, "email": sender},
-        "to": [{"name": None, "email": to}],
-        "cc": [],
-        "snippet": "",
-        "has_attachments": False,
-        "size": 10,
-    }
 
 
 async def deliver(mongo, msg, at=None):

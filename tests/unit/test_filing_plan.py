@@ -7,7 +7,6 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.domain.conversations import normalize_subject
 from app.domain.filing_plan import (
     CounterMove,
     Filing,
@@ -18,6 +17,7 @@ from app.domain.filing_plan import (
     plan_filing,
     thread_lookups,
 )
+from tests.support.threads import message as stored_message
 
 ANN = ObjectId()
 BEN = ObjectId()
@@ -32,20 +32,14 @@ def message(
     in_reply_to: str | None = None,
     references: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    return {
-        "_id": ObjectId(),
-        "rfc822_message_id": mid,
-        "in_reply_to": in_reply_to,
-        "references": list(references),
-        "subject": subject,
-        "normalized_subject": normalize_subject(subject),
-        "from": {"name": None, "email": sender},
-        "to": [{"name": None, "email": "ann@example.test"}],
-        "cc": [],
-        "snippet": "",
-        "has_attachments": False,
-        "size": 10,
-    }
+    return stored_message(
+        mid,
+        subject,
+        sender=sender,
+        to="ann@example.test",
+        in_reply_to=in_reply_to,
+        references=references,
+    )
 
 
 def inbox(user: ObjectId = ANN, **kw: Any) -> ViewSpec:
