@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from bson import ObjectId
 
 from app.adapters.mongo import UpdateOne
 from app.domain.filing_plan import thread_ref_id, thread_subject_key
@@ -25,6 +26,9 @@ from app.domain.filing_plan import thread_ref_id, thread_subject_key
 log = structlog.get_logger(__name__)
 
 PAGE = 1000  # documents rewritten a round
+# the smallest ObjectId: {"$gte": it} is the ObjectId part of an _id index (MongoDB compares
+# within a BSON type), which is where the earlier layout's refs are
+FIRST_OBJECT_ID = ObjectId("0" * 24)
 
 
 async def migrate(db: Any) -> None:
@@ -42,8 +46,13 @@ async def migrate(db: Any) -> None:
 
 async def thread_keys(db: Any) -> int:
     rewritten = 0
-    while True:
-        old = await db.thread_refs.find({"_id": {"$type": "objectId"}}).limit(PAGE).to_list()
+    while True:  # the refs with an ObjectId _id: their index range, oldest first
+        old = (
+            await db.thread_refs.find({"_id": {"$gte": FIRST_OBJECT_ID}})
+            .sort("_id", 1)
+            .limit(PAGE)
+            .to_list()
+        )
         if not old:
             break
         await db.thread_refs.bulk_write(
@@ -65,33 +74,28 @@ async def thread_keys(db: Any) -> int:
         )
         await db.thread_refs.delete_many({"_id": {"$in": [doc["_id"] for doc in old]}})
         rewritten += len(old)
-    while True:
+    after = FIRST_OBJECT_ID
+    while True:  # every thread once, in _id pages (a filter on the missing field would scan)
         threads = (
             await db.threads.find(
-                {"subject_key": {"$exists": False}}, {"user_id": 1, "normalized_subject": 1}
+                {"_id": {"$gt": after}}, {"user_id": 1, "normalized_subject": 1, "subject_key": 1}
             )
+            .sort("_id", 1)
             .limit(PAGE)
             .to_list()
         )
         if not threads:
             break
-        await db.threads.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": doc["_id"]},
-                    {
-                        "$set": {
-                            "subject_key": thread_subject_key(
-                                doc["user_id"], doc.get("normalized_subject") or ""
-                            )
-                        }
-                    },
-                )
-                for doc in threads
-            ],
-            ordered=False,
-        )
-        rewritten += len(threads)
+        after = threads[-1]["_id"]
+        missing = [
+            UpdateOne({"_id": doc["_id"]}, {"$set": {"subject_key": key}})
+            for doc in threads
+            if doc.get("subject_key")
+            != (key := thread_subject_key(doc["user_id"], doc.get("normalized_subject") or ""))
+        ]
+        if missing:
+            await db.threads.bulk_write(missing, ordered=False)
+            rewritten += len(missing)
     return rewritten
 
 
