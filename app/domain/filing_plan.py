@@ -97,10 +97,6 @@ class ThreadRef:
     rfc822_id: str
     thread_id: ObjectId
 
-    @property
-    def key(self) -> str:
-        return thread_ref_id(self.user_id, self.rfc822_id)
-
 
 def thread_ref_id(user_id: ObjectId, rfc822_id: str) -> str:
     """A thread ref's ``_id``: the user and the Message-ID in one value, so the refs of a

@@ -29,6 +29,7 @@ from app.domain.filing_plan import (
     FilingPlan,
     ThreadCandidate,
     ThreadContext,
+    ThreadRef,
     ViewSpec,
     plan_filing,
     summary_of,
@@ -51,6 +52,7 @@ __all__ = [
     "record_changes",
     "refresh_threads",
     "summary_of",
+    "thread_ref_write",
     "write_plan",
 ]
 
@@ -108,11 +110,11 @@ async def load_thread_context(
     async def refs() -> None:
         if not wanted.rfc822_ids:
             return
-        keys = sorted(thread_ref_id(user_id, rfc822_id) for user_id, rfc822_id in wanted.rfc822_ids)
+        keys = {thread_ref_id(*pair): pair for pair in sorted(wanted.rfc822_ids)}
         for doc in await db.thread_refs.find(
-            {"_id": {"$in": keys}}, {"user_id": 1, "rfc822_id": 1, "thread_id": 1}, session=session
+            {"_id": {"$in": list(keys)}}, {"thread_id": 1}, session=session
         ).to_list():
-            context.refs[(doc["user_id"], doc["rfc822_id"])] = doc["thread_id"]
+            context.refs[keys[doc["_id"]]] = doc["thread_id"]
 
     async def subjects() -> None:
         if not wanted.subjects:
@@ -191,22 +193,7 @@ async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
         await db.threads.insert_many(plan.new_threads, session=session)
     if plan.thread_refs:
         await db.thread_refs.bulk_write(
-            [
-                UpdateOne(
-                    {"_id": ref.key},
-                    {
-                        "$setOnInsert": {
-                            "user_id": ref.user_id,
-                            "rfc822_id": ref.rfc822_id,
-                            "thread_id": ref.thread_id,
-                        }
-                    },
-                    upsert=True,
-                )
-                for ref in plan.thread_refs
-            ],
-            ordered=False,
-            session=session,
+            [thread_ref_write(ref) for ref in plan.thread_refs], ordered=False, session=session
         )
     if plan.refreshed_threads:
         await refresh_threads(db, plan.refreshed_threads, session)
@@ -224,6 +211,22 @@ async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
     if counters:
         await db.mailbox_counters.bulk_write(counters, ordered=False, session=session)
     await record_changes(db, plan.changes, session)
+
+
+def thread_ref_write(ref: ThreadRef) -> UpdateOne:
+    """Write ``ref`` unless the user has one for that Message-ID already (the first thread to
+    claim an id keeps it)."""
+    return UpdateOne(
+        {"_id": thread_ref_id(ref.user_id, ref.rfc822_id)},
+        {
+            "$setOnInsert": {
+                "user_id": ref.user_id,
+                "rfc822_id": ref.rfc822_id,
+                "thread_id": ref.thread_id,
+            }
+        },
+        upsert=True,
+    )
 
 
 async def record_changes(db: Any, changes: list[Change], session: Any) -> None:

@@ -6,9 +6,10 @@ Processes of the old version should be stopped first; two new processes migratin
 write the same values.
 
 ``thread-keys``: thread refs get the user and the Message-ID as their ``_id``
-(``thread_ref_id``) and threads a ``subject_key`` (``thread_subject_key``), so the thread
-context of a whole batch is two ``$in`` queries (``app.services.mailbox.filing``). Refs are
-copied under the new ``_id`` before the originals go, so a crash in between loses nothing.
+(``thread_ref_id``; copied with filing's own ``thread_ref_write``) and threads a
+``subject_key`` (``thread_subject_key``), so the thread context of a whole batch is two
+``$in`` queries (``app.services.mailbox.filing``). Refs are copied under the new ``_id``
+before the originals go, so a crash in between loses nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import structlog
 from bson import ObjectId
 
 from app.adapters.mongo import UpdateOne
-from app.domain.filing_plan import thread_ref_id, thread_subject_key
+from app.domain.filing_plan import ThreadRef, thread_subject_key
+from app.services.mailbox.filing import thread_ref_write
 
 log = structlog.get_logger(__name__)
 
@@ -57,17 +59,7 @@ async def thread_keys(db: Any) -> int:
             break
         await db.thread_refs.bulk_write(
             [
-                UpdateOne(
-                    {"_id": thread_ref_id(doc["user_id"], doc["rfc822_id"])},
-                    {
-                        "$setOnInsert": {
-                            "user_id": doc["user_id"],
-                            "rfc822_id": doc["rfc822_id"],
-                            "thread_id": doc["thread_id"],
-                        }
-                    },
-                    upsert=True,
-                )
+                thread_ref_write(ThreadRef(doc["user_id"], doc["rfc822_id"], doc["thread_id"]))
                 for doc in old
             ],
             ordered=False,
