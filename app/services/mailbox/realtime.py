@@ -8,7 +8,6 @@ MongoDB, scoped to their viewer, so nothing private crosses a channel it should 
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -45,10 +44,11 @@ class RealtimeService:
         self.hub = hub
 
     async def publish_changes(self, changes: list[Change]) -> None:
-        """Notifier listener: one small event per committed change, to its owner only."""
-        await asyncio.gather(
-            *(
-                self.hub.publish(
+        """Notifier listener: one small event per committed change, to its owner only; all of
+        a commit's events in one round trip to Redis."""
+        await self.hub.publish_many(
+            [
+                (
                     str(c.user_id),
                     {
                         "type": "mailbox",
@@ -59,7 +59,7 @@ class RealtimeService:
                     },
                 )
                 for c in changes
-            )
+            ]
         )
 
     async def publish_delivery(
