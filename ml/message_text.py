@@ -276,6 +276,34 @@ def read_message(
     )
 
 
+def read_tree(
+    tree: Message, raw: bytes, parsed_html: Mapping[str, tuple[str, list[str], int]] | None = None
+) -> MessageText:
+    """``read_message(raw, parsed_html)``, read from ``tree``: the MIME tree another parser
+    built from the same ``raw`` (the MX's storage parse, ``app.domain.parsing.parse_tree``),
+    so the model does not parse the message a second time.
+
+    The same reading: that parser runs the same ``FeedParser`` with ``email.policy.default``,
+    whose headers are stored as the same raw strings compat32 stores (both policies'
+    ``header_source_parse`` are one code). Only fetching a header differs (a header object,
+    not the raw string), so each part reads with compat32 while the model walks the tree, and
+    gets its policy back afterwards. A message with no Content-Type that is not multipart is
+    read from ``raw``: the model sniffs such bodies (``_sniff_multipart``), which changes
+    the tree. ``tests/unit/test_shared_html.py`` holds the two readings equal.
+    """
+    if tree.get("Content-Type") is None and not tree.is_multipart():
+        return read_message(raw, parsed_html)
+    parts = list(tree.walk())
+    policies = [part.policy for part in parts]
+    for part in parts:
+        part.policy = compat32
+    try:
+        return read_message(tree, parsed_html)
+    finally:
+        for part, policy in zip(parts, policies, strict=True):
+            part.policy = policy
+
+
 def subject_and_body(raw: bytes) -> bytes:
     """Only the Subject line and the undecoded body: how mail is judged outside the corpus."""
     msg = _PARSER.parsebytes(raw, headersonly=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ml.features import text_tokens
-from ml.message_text import read_message
+from ml.message_text import read_message, read_tree
 from ml.model import SpamModel, bucket_of, load, newest_model_path
 
 try:  # FeatureHasher's own hashing loop, without the sparse matrix (which loses token order)
@@ -177,11 +177,17 @@ def score(
     raw: bytes | str | Message,
     model: SpamModel | None = None,
     parsed_html: Mapping[str, tuple[str, list[str], int]] | None = None,
+    tree: Message | None = None,
 ) -> Verdict:
     """Judge one message: full RFC 5322 bytes, an ``EmailMessage``, or "Subject: ...\\n\\nbody".
 
-    ``parsed_html``: HTML bodies another parse has read already (``SharedHtml.documents``).
+    ``parsed_html``: HTML bodies another parse has read already (``SharedHtml.documents``);
+    ``tree``: the MIME tree another parser built of the same bytes ``raw`` (``read_tree``).
     """
     model = model or load_model()
-    evidence = weigh(text_tokens(read_message(raw, parsed_html)), model)
+    if tree is not None and isinstance(raw, bytes):
+        text = read_tree(tree, raw, parsed_html)
+    else:
+        text = read_message(raw, parsed_html)
+    evidence = weigh(text_tokens(text), model)
     return verdict_from(evidence, calibrated_logit(evidence.mean_log_odds, model), model)

@@ -106,7 +106,19 @@ class ParsedMessage:
     size: int = 0
 
 
-def parse_message(raw: bytes, *, html_listener: HtmlListener | None = None) -> ParsedMessage:
+def parse_tree(raw: bytes) -> Message | None:
+    """The MIME tree ``parse_message`` reads (``email.policy.default``'s message classes),
+    or None when the parser itself fails on ``raw``. Read it, do not change it: another
+    reader of the same message (the spam model) can then skip its own parse."""
+    try:
+        return parse_bytes(raw, _PARSE_POLICY)
+    except Exception:  # hostile input: parse_message reports it as unparseable
+        return None
+
+
+def parse_message(
+    raw: bytes, *, html_listener: HtmlListener | None = None, tree: Message | None = None
+) -> ParsedMessage:
     """Parse raw RFC 5322 bytes into a ``ParsedMessage``; never raises on malformed input.
 
     Bodies: every text/plain and text/html part that is not an attachment, in order (see
@@ -117,16 +129,16 @@ def parse_message(raw: bytes, *, html_listener: HtmlListener | None = None) -> P
     back with its raw bytes as the text body.
 
     ``html_listener`` sees the parse of each HTML part the text body is rendered from
-    (``html_to_text``).
+    (``html_to_text``). ``tree``: ``parse_tree(raw)``, when the caller has it already.
     """
     try:
-        return _parse(raw, html_listener)
+        return _parse(raw, html_listener, tree)
     except Exception:  # last line of defence for hostile input
         return _unparseable(raw)
 
 
-def _parse(raw: bytes, html_listener: HtmlListener | None) -> ParsedMessage:
-    msg = parse_bytes(raw, _PARSE_POLICY)
+def _parse(raw: bytes, html_listener: HtmlListener | None, tree: Message | None) -> ParsedMessage:
+    msg = tree if tree is not None else parse_bytes(raw, _PARSE_POLICY)
     body = _Bodies()
     _collect(msg, body, depth=0)
     text_body, html_body = _bodies(msg, html_listener)

@@ -18,11 +18,11 @@ import ml
 from app.adapters.spam_scorer import ModelScorer
 from app.domain import html_safety
 from app.domain.html_safety import html_to_text
-from app.domain.parsing import parse_message
+from app.domain.parsing import parse_message, parse_tree
 from app.services.inbound.analysis import analyze
 from ml import message_text
 from ml.features import text_tokens
-from ml.message_text import read_message
+from ml.message_text import read_message, read_tree
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -104,6 +104,38 @@ def test_the_model_reads_the_same_text_from_the_shared_parse() -> None:
         parse_message(raw, html_listener=shared)
         assert read_message(raw, shared.documents) == read_message(raw)
         assert text_tokens(read_message(raw, shared.documents)) == text_tokens(read_message(raw))
+
+
+def test_the_model_reads_the_storage_parses_mime_tree_as_its_own() -> None:
+    headerless = b"Subject: no type\n\n--b1\nContent-Type: text/plain\n\nhidden part\n--b1--\n"
+    read_from_tree = 0
+    for raw in [*_all_messages(), headerless]:
+        tree = parse_tree(raw)
+        assert tree is not None
+        shared = ml.SharedHtml()
+        parse_message(raw, html_listener=shared, tree=tree)
+        policies = [part.policy for part in tree.walk()]
+        assert read_tree(tree, raw, shared.documents) == read_message(raw, shared.documents)
+        assert [part.policy for part in tree.walk()] == policies  # given back
+        assert parse_message(raw, tree=tree) == parse_message(raw)  # and left as it was
+        read_from_tree += tree.get("Content-Type") is not None or tree.is_multipart()
+    assert read_from_tree >= 40
+    # A body with no Content-Type is sniffed for MIME from the raw bytes, as before.
+    assert "hidden" in read_tree(parse_tree(headerless), headerless).body  # type: ignore[arg-type]
+
+
+def test_the_mx_parses_a_message_once(scorer: ModelScorer, monkeypatch: pytest.MonkeyPatch) -> None:
+    parses = []
+    original = message_text.parse_bytes
+    monkeypatch.setattr(message_text, "parse_bytes", lambda *a: parses.append(1) or original(*a))
+    raw = (DATA / "eml" / "multipart_alternative.eml").read_bytes()
+    _, verdict = analyze(raw, scorer, True)
+    assert parses == []
+    assert verdict == scorer.score(raw)  # which parses on its own
+    assert parses == [1]
+    big = raw.replace(b"\n\n", b"\nX-Pad: " + b"x" * 70 + b"\n\n", 1) + b"\n" * 300_000
+    analyze(big, scorer, True)  # longer than the model reads: it parses its own prefix
+    assert parses == [1, 1]
 
 
 def test_shared_results_are_those_of_the_models_own_parse() -> None:

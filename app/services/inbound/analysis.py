@@ -25,7 +25,7 @@ from pathlib import Path
 import structlog
 
 from app.adapters.spam_scorer import ModelScorer, Scorer, SpamVerdict
-from app.domain.parsing import ParsedMessage, parse_message
+from app.domain.parsing import ParsedMessage, parse_message, parse_tree
 
 log = structlog.get_logger(__name__)
 
@@ -51,14 +51,17 @@ def _analyze_in_helper(raw: bytes, score: bool) -> tuple[ParsedMessage, SpamVerd
 
 
 def analyze(raw: bytes, scorer: Scorer, score: bool) -> tuple[ParsedMessage, SpamVerdict | None]:
-    """Parse ``raw`` and, when asked, score it. A ``ModelScorer`` shares the parse of the HTML
-    body with the storage parse (``ml.SharedHtml``): the model's text, links and image count of
-    that HTML come from the same ``html.parser`` events, not from a second parse of its own."""
+    """Parse ``raw`` and, when asked, score it. A ``ModelScorer`` shares the storage parse:
+    the model reads the same MIME tree (``ml.message_text.read_tree``), and its text, links
+    and image count of the HTML body come from the same ``html.parser`` events
+    (``ml.SharedHtml``), not from a second parse of its own."""
     if not score:
         return parse_message(raw), None
     if isinstance(scorer, ModelScorer):
         shared = scorer.shared_html()
-        return parse_message(raw, html_listener=shared), scorer.score(raw, shared)
+        tree = parse_tree(raw)
+        parsed = parse_message(raw, html_listener=shared, tree=tree)
+        return parsed, scorer.score(raw, shared, tree)
     return parse_message(raw), scorer.score(raw)
 
 
