@@ -9,23 +9,21 @@ per MX process when the machine has two cores or more): the loop keeps the SMTP 
 DNS checks and the commits, and a second core does the parsing and scoring. A helper loads the
 same model file as the MX (``ModelScorer``), so verdicts are the same as inline ones.
 
-Stdlib ``concurrent.futures.ProcessPoolExecutor`` (spawned processes: no copy of the MX's loop
-or connections). A helper that dies fails nobody: the message is analysed inline and a new pool
-is started for the next one.
+The helpers are spawned processes (no copy of the MX's loop or connections) answering over a
+socket the loop reads itself (``helper_processes``: no threads in the MX between a message and
+its helper). A helper that dies fails nobody: the message is analysed inline and a new helper is
+started for the messages after it.
 """
 
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 
 import structlog
 
 from app.adapters.spam_scorer import ModelScorer, Scorer, SpamVerdict
 from app.domain.parsing import ParsedMessage, parse_message, parse_tree
+from app.services.inbound.helper_processes import HelperDied, HelperProcesses
 
 log = structlog.get_logger(__name__)
 
@@ -65,21 +63,17 @@ def analyze(raw: bytes, scorer: Scorer, score: bool) -> tuple[ParsedMessage, Spa
     return parse_message(raw), scorer.score(raw)
 
 
-def _ready() -> bool:
-    return _helper_scorer is not None
-
-
 class Analysis:
     """``analyze(raw)``: the parsed message and (when asked) its spam verdict."""
 
     def __init__(self, scorer: Scorer) -> None:
         self.scorer = scorer
-        self._pool: ProcessPoolExecutor | None = None
-        self._helpers = 0
+        self._pool: HelperProcesses | None = None
 
     @property
     def helpers(self) -> int:
-        return self._helpers if self._pool is not None else 0
+        """Helper processes running now (0: every message is analysed inline)."""
+        return self._pool.alive if self._pool is not None else 0
 
     async def start_helpers(self, count: int) -> None:
         """Run parsing and scoring in ``count`` helper processes from now on (0: inline).
@@ -88,39 +82,22 @@ class Analysis:
         await self.stop_helpers()
         if count <= 0 or not isinstance(self.scorer, ModelScorer):
             return
-        self._helpers = count
-        self._pool = self._new_pool()
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.gather(*(loop.run_in_executor(self._pool, _ready) for _ in range(count)))
-        except BaseException:
-            await self.stop_helpers()
-            raise
+        pool = HelperProcesses(count, _analyze_in_helper, _start_helper, (self.scorer.path,))
+        await pool.start()
+        self._pool = pool
 
     async def stop_helpers(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        assert isinstance(self.scorer, ModelScorer)
-        return ProcessPoolExecutor(
-            max_workers=self._helpers,
-            mp_context=get_context("spawn"),
-            initializer=_start_helper,
-            initargs=(self.scorer.path,),
-        )
+            await pool.stop()
 
     async def analyze(self, raw: bytes, *, score: bool) -> tuple[ParsedMessage, SpamVerdict | None]:
         pool = self._pool
-        if pool is not None:
+        if pool is not None and pool.alive:
             try:
-                return await asyncio.get_running_loop().run_in_executor(
-                    pool, _analyze_in_helper, raw, score
-                )
-            except BrokenProcessPool:
+                result: tuple[ParsedMessage, SpamVerdict | None] = await pool.call(raw, score)
+                return result
+            except HelperDied:
                 log.warning("mx helper process died; analysing inline, starting a new one")
-                if self._pool is pool:
-                    self._pool = self._new_pool()
-                    pool.shutdown(wait=False, cancel_futures=True)
+                pool.replace_lost()
         return analyze(raw, self.scorer, score)

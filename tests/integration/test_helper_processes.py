@@ -1,0 +1,94 @@
+"""The MX's helper processes (app/services/inbound/helper_processes.py), with real spawned
+processes and socket pairs: answers, errors, large payloads, concurrency, death and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from app.services.inbound.helper_processes import HelperDied, HelperProcesses
+from tests.support.helper_functions import fail_to_start, remember, work
+
+
+async def _pool(count: int = 2) -> HelperProcesses:
+    pool = HelperProcesses(count, work, remember, ("started",))
+    await pool.start()
+    return pool
+
+
+async def test_calls_are_answered_by_helpers_that_ran_their_initializer() -> None:
+    pool = await _pool(2)
+    try:
+        assert pool.alive == 2 and len(set(pool.pids)) == 2 and os.getpid() not in pool.pids
+        answers = await asyncio.gather(*(pool.call("whoami", None) for _ in range(20)))
+        assert {state for _, state in answers} == {"started"}
+        assert {pid for pid, _ in answers} == set(pool.pids)  # both took calls
+        assert await pool.call("echo", {"n": 1}) == {"n": 1}
+    finally:
+        await pool.stop()
+    assert pool.alive == 0
+
+
+async def test_large_payloads_both_ways_and_many_in_flight() -> None:
+    pool = await _pool(2)
+    try:
+        payloads = [os.urandom(size) for size in (0, 1, 65_535, 65_536, 3_000_000, 10)]
+        answers = await asyncio.gather(*(pool.call("echo", p) for p in payloads * 5))
+        assert answers == payloads * 5  # each caller gets its own answer, whole
+    finally:
+        await pool.stop()
+
+
+async def test_an_error_in_the_function_is_raised_to_its_caller_only() -> None:
+    pool = await _pool(1)
+    try:
+        failing = pool.call("fail", "bad input")
+        fine = pool.call("echo", "ok")
+        with pytest.raises(ValueError, match="bad input"):
+            await failing
+        assert await fine == "ok"
+        assert pool.alive == 1
+    finally:
+        await pool.stop()
+
+
+async def test_an_initializer_that_fails_fails_start() -> None:
+    pool = HelperProcesses(1, work, fail_to_start, ("no model here",))
+    with pytest.raises(RuntimeError, match="no model here"):
+        await pool.start()
+    assert pool.alive == 0
+
+
+async def test_a_killed_helper_fails_its_waiting_calls_and_can_be_replaced() -> None:
+    pool = await _pool(1)
+    try:
+        [pid] = pool.pids
+        waiting = asyncio.ensure_future(pool.call("slow", 30))
+        await asyncio.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(HelperDied):
+            await asyncio.wait_for(waiting, 10)
+        assert pool.alive == 0
+        with pytest.raises(HelperDied):
+            await pool.call("echo", 1)
+        pool.replace_lost()
+        pool.replace_lost()  # one is starting already: no second
+        for _ in range(200):
+            if pool.alive:
+                break
+            await asyncio.sleep(0.05)
+        assert pool.alive == 1 and pool.pids != [pid]
+        assert await pool.call("whoami", None) == (pool.pids[0], "started")
+    finally:
+        await pool.stop()
+
+
+async def test_stop_ends_every_process() -> None:
+    pool = await _pool(2)
+    processes = [helper.process for helper in pool.helpers]
+    await pool.stop()
+    assert all(not p.is_alive() for p in processes)
+    assert [p.exitcode for p in processes] == [0, 0]  # they left their loop, not killed
