@@ -10,6 +10,7 @@ two parses, on the test messages, the benchmark mix and hostile HTML.
 from __future__ import annotations
 
 import random
+from email import policy
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,23 @@ def test_the_model_reads_the_storage_parses_mime_tree_as_its_own() -> None:
     assert read_from_tree >= 40
     # A body with no Content-Type is sniffed for MIME from the raw bytes, as before.
     assert "hidden" in read_tree(parse_tree(headerless), headerless).body  # type: ignore[arg-type]
+
+
+def test_both_policies_store_a_header_as_the_same_raw_string() -> None:
+    """What ``read_tree`` relies on: a tree parsed with ``email.policy.default`` holds each
+    header as compat32 would, so reading it with compat32 is reading compat32's own parse."""
+    sources = [
+        ["Subject: plain\r\n"],
+        ["Subject:   =?utf-8?q?caf=C3=A9?=\r\n", "\t folded\r\n"],
+        ["Content-Type: multipart/mixed;\n", ' boundary="b:1"\n'],
+        ["X-Empty:\r\n"],
+        ["Content-Disposition: attachment; filename*=UTF-8''na%C3%AFve.txt\r"],
+        ["To: a@x.example,\r\n", " \udcc3\udca9@y.example\r\n"],  # raw 8-bit, escaped
+    ]
+    for lines in sources:
+        assert policy.default.header_source_parse(lines) == policy.compat32.header_source_parse(
+            lines
+        )
 
 
 def test_the_mx_parses_a_message_once(scorer: ModelScorer, monkeypatch: pytest.MonkeyPatch) -> None:
