@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
+from multiprocessing.connection import Connection
 
 import pytest
 
-from app.services.inbound.helper_processes import HelperDied, HelperProcesses
+from app.services.inbound.helper_processes import HelperDied, HelperProcesses, _frame
 from tests.support.helper_functions import fail_to_start, remember, work
 
 
@@ -92,3 +94,22 @@ async def test_stop_ends_every_process() -> None:
     await pool.stop()
     assert all(not p.is_alive() for p in processes)
     assert [p.exitcode for p in processes] == [0, 0]  # they left their loop, not killed
+
+
+def test_frames_are_those_of_multiprocessing_connection() -> None:
+    """The helper side reads and writes with ``multiprocessing.connection.Connection``; the MX's
+    side writes and parses the same frames itself (``_frame``, ``_Helper.data_received``)."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        connection = Connection(os.dup(theirs.fileno()))
+        try:
+            for payload in (b"", b"abc", os.urandom(70_000)):
+                connection.send_bytes(payload)
+                wire = b""
+                while len(wire) < len(_frame(payload)):
+                    wire += ours.recv(1 << 20)
+                assert wire == _frame(payload)
+                ours.sendall(_frame(payload))
+                assert connection.recv_bytes() == payload
+        finally:
+            connection.close()
