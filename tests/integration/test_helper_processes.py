@@ -113,3 +113,14 @@ def test_frames_are_those_of_multiprocessing_connection() -> None:
                 assert connection.recv_bytes() == payload
         finally:
             connection.close()
+
+
+async def test_a_helper_outlives_a_ctrl_c_its_caller_decides_when_it_stops() -> None:
+    pool = await _pool(1)
+    try:
+        [pid] = pool.pids
+        os.kill(pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the whole process group
+        await asyncio.sleep(0.3)
+        assert await pool.call("whoami", None) == (pid, "started")
+    finally:
+        await pool.stop()

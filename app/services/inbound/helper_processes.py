@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import struct
 from collections.abc import Callable
@@ -46,10 +47,15 @@ class HelperDied(Exception):
     """The helper process answering a call went away before it answered."""
 
 
+def _header(size: int) -> bytes:
+    """The length prefix of a frame of ``size`` bytes."""
+    if size > 0x7FFFFFFF:
+        return _SHORT.pack(-1) + _LONG.pack(size)
+    return _SHORT.pack(size)
+
+
 def _frame(data: bytes) -> bytes:
-    if len(data) > 0x7FFFFFFF:
-        return _SHORT.pack(-1) + _LONG.pack(len(data)) + data
-    return _SHORT.pack(len(data)) + data
+    return _header(len(data)) + data
 
 
 def _serve(
@@ -58,23 +64,27 @@ def _serve(
     initargs: tuple[Any, ...],
     function: Callable[..., Any],
 ) -> None:
-    """A helper's main: run ``initializer``, say so, then answer calls until the socket closes."""
+    """A helper's main: run ``initializer``, say so, then answer calls until the socket closes.
+
+    Ctrl-C in a terminal signals the whole process group: the caller decides when its helpers
+    stop (it closes their sockets), so a helper ignores SIGINT."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         initializer(*initargs)
     except BaseException as exc:
         conn.send_bytes(pickle.dumps((_READY, (False, _picklable(exc)))))
         return
-    conn.send_bytes(pickle.dumps((_READY, (True, None))))
-    while True:
-        try:
+    try:
+        conn.send_bytes(pickle.dumps((_READY, (True, None))))
+        while True:
             call_id, args = pickle.loads(conn.recv_bytes())
-        except EOFError:  # the caller closed its end: stop
-            return
-        try:
-            answer = (True, function(*args))
-        except Exception as exc:  # the caller re-raises it, as a pool's future would
-            answer = (False, _picklable(exc))
-        conn.send_bytes(pickle.dumps((call_id, answer), protocol=pickle.HIGHEST_PROTOCOL))
+            try:
+                answer = (True, function(*args))
+            except Exception as exc:  # the caller re-raises it, as a pool's future would
+                answer = (False, _picklable(exc))
+            conn.send_bytes(pickle.dumps((call_id, answer), protocol=pickle.HIGHEST_PROTOCOL))
+    except (EOFError, OSError):  # the caller closed its end, or went away: stop
+        return
 
 
 def _picklable(exc: BaseException) -> BaseException:
@@ -139,9 +149,8 @@ class _Helper(asyncio.Protocol):
             future.set_exception(HelperDied(f"helper process {self.process.pid} went away"))
             return future
         self.waiting[call_id] = future
-        self.transport.write(
-            _frame(pickle.dumps((call_id, args), protocol=pickle.HIGHEST_PROTOCOL))
-        )
+        data = pickle.dumps((call_id, args), protocol=pickle.HIGHEST_PROTOCOL)
+        self.transport.writelines((_header(len(data)), data))  # no copy of a large message
         return future
 
 
