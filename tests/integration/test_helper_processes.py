@@ -12,7 +12,7 @@ from multiprocessing.connection import Connection
 import pytest
 
 from app.services.inbound.helper_processes import HelperDied, HelperProcesses, _frame
-from tests.support.helper_functions import fail_to_start, remember, work
+from tests.support.helper_functions import fail_to_start, remember, start_unless, work
 
 
 async def _pool(count: int = 2) -> HelperProcesses:
@@ -76,8 +76,9 @@ async def test_a_killed_helper_fails_its_waiting_calls_and_can_be_replaced() -> 
         assert pool.alive == 0
         with pytest.raises(HelperDied):
             await pool.call("echo", 1)
-        pool.replace_lost()
+        assert len(pool._replacing) == 1  # the lost helper started its replacement
         pool.replace_lost()  # one is starting already: no second
+        assert len(pool._replacing) == 1
         for _ in range(200):
             if pool.alive:
                 break
@@ -122,5 +123,32 @@ async def test_a_helper_outlives_a_ctrl_c_its_caller_decides_when_it_stops() -> 
         os.kill(pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the whole process group
         await asyncio.sleep(0.3)
         assert await pool.call("whoami", None) == (pid, "started")
+    finally:
+        await pool.stop()
+
+
+async def test_after_a_failed_restart_the_pool_waits_before_trying_again(tmp_path) -> None:
+    flag = tmp_path / "model-gone"
+    pool = HelperProcesses(1, work, start_unless, (str(flag),))
+    await pool.start()
+    try:
+        flag.write_text("")
+        [pid] = pool.pids
+        os.kill(pid, signal.SIGKILL)
+        for _ in range(200):  # the replacement starts by itself, and fails
+            await asyncio.sleep(0.05)
+            if not pool._replacing:
+                break
+        assert pool.alive == 0 and not pool._replacing
+        pool.replace_lost()  # within RETRY_SECONDS: no new process
+        assert not pool._replacing
+        flag.unlink()
+        pool._retry_at = 0.0  # as if RETRY_SECONDS had passed
+        pool.replace_lost()
+        for _ in range(200):
+            if pool.alive:
+                break
+            await asyncio.sleep(0.05)
+        assert await pool.call("whoami", None) == (pool.pids[0], "started")
     finally:
         await pool.stop()

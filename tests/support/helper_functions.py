@@ -28,3 +28,10 @@ def work(kind: str, value: object) -> object:
     if kind == "whoami":
         return os.getpid(), _state.get("value")
     raise AssertionError(kind)
+
+
+def start_unless(flag: str) -> None:
+    """Start, or fail to when the file ``flag`` exists (a model file that went away)."""
+    if os.path.exists(flag):
+        raise RuntimeError(f"{flag} is there")
+    _state["value"] = "started"

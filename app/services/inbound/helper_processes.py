@@ -40,6 +40,7 @@ _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 log = structlog.get_logger(__name__)
 
+RETRY_SECONDS = 30.0  # after a replacement failed to start, before the next try
 _READY = -1  # the call id of a helper's first frame: its initializer ran (or what it raised)
 
 
@@ -173,6 +174,8 @@ class HelperProcesses:
         self.helpers: list[_Helper] = []
         self._calls = 0
         self._replacing: set[asyncio.Task[None]] = set()
+        self._retry_at = 0.0  # loop time before which no replacement is started
+        self._stopping = False
 
     @property
     def alive(self) -> int:
@@ -191,7 +194,12 @@ class HelperProcesses:
 
     def replace_lost(self) -> None:
         """Start, in the background, a helper for each one that went away (none when enough
-        are running or starting already); each joins the pool once its initializer has run."""
+        are running or starting already); each joins the pool once its initializer has run.
+        A helper that goes away calls this itself. After a replacement failed to start (the
+        model file gone, say), nothing is started for ``RETRY_SECONDS``: each try costs a
+        process start and its initializer."""
+        if self._stopping or asyncio.get_running_loop().time() < self._retry_at:
+            return
         for _ in range(self.count - len(self.helpers) - len(self._replacing)):
             task = asyncio.create_task(self._start_one())
             self._replacing.add(task)
@@ -200,8 +208,12 @@ class HelperProcesses:
     def _replaced(self, task: asyncio.Task[None]) -> None:
         self._replacing.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            # The pool stays smaller; the next lost helper's call asks again.
-            log.warning("mx helper process could not be restarted", error=str(task.exception()))
+            self._retry_at = asyncio.get_running_loop().time() + RETRY_SECONDS
+            log.warning(
+                "mx helper process could not be restarted",
+                error=str(task.exception()),
+                retry_in_s=RETRY_SECONDS,
+            )
 
     async def _start_one(self) -> None:
         ours, theirs = socket.socketpair()
@@ -232,9 +244,10 @@ class HelperProcesses:
         self.helpers.append(helper)
 
     def _lost(self, helper: _Helper) -> None:
+        helper.process.join(0)  # reap it if it is gone already
         if helper in self.helpers:
             self.helpers.remove(helper)
-        helper.process.join(0)  # reap it if it is gone already
+            self.replace_lost()
 
     async def call(self, *args: Any) -> Any:
         """``function(*args)`` in the helper with the fewest calls waiting."""
@@ -246,6 +259,7 @@ class HelperProcesses:
 
     async def stop(self) -> None:
         """Close every socket (each helper leaves its loop) and wait for the processes."""
+        self._stopping = True
         for task in list(self._replacing):
             task.cancel()
             with contextlib.suppress(BaseException):
