@@ -11,7 +11,8 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from app.services.inbound.helper_processes import HelperDied, HelperProcesses, _frame
+from app.services.inbound import helper_processes
+from app.services.inbound.helper_processes import HelperDied, HelperProcesses, _header
 from tests.support.helper_functions import fail_to_start, remember, start_unless, work
 
 
@@ -99,18 +100,19 @@ async def test_stop_ends_every_process() -> None:
 
 def test_frames_are_those_of_multiprocessing_connection() -> None:
     """The helper side reads and writes with ``multiprocessing.connection.Connection``; the MX's
-    side writes and parses the same frames itself (``_frame``, ``_Helper.data_received``)."""
+    side writes and parses the same frames itself (``_header``, ``_Helper.data_received``)."""
     ours, theirs = socket.socketpair()
     with ours, theirs:
         connection = Connection(os.dup(theirs.fileno()))
         try:
             for payload in (b"", b"abc", os.urandom(70_000)):
+                frame = _header(len(payload)) + payload
                 connection.send_bytes(payload)
                 wire = b""
-                while len(wire) < len(_frame(payload)):
+                while len(wire) < len(frame):
                     wire += ours.recv(1 << 20)
-                assert wire == _frame(payload)
-                ours.sendall(_frame(payload))
+                assert wire == frame
+                ours.sendall(frame)
                 assert connection.recv_bytes() == payload
         finally:
             connection.close()
@@ -127,7 +129,10 @@ async def test_a_helper_outlives_a_ctrl_c_its_caller_decides_when_it_stops() -> 
         await pool.stop()
 
 
-async def test_after_a_failed_restart_the_pool_waits_before_trying_again(tmp_path) -> None:
+async def test_after_a_failed_restart_the_pool_waits_before_trying_again(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(helper_processes, "RETRY_SECONDS", 2.0)
     flag = tmp_path / "model-gone"
     pool = HelperProcesses(1, work, start_unless, (str(flag),))
     await pool.start()
@@ -137,15 +142,13 @@ async def test_after_a_failed_restart_the_pool_waits_before_trying_again(tmp_pat
         os.kill(pid, signal.SIGKILL)
         for _ in range(200):  # the replacement starts by itself, and fails
             await asyncio.sleep(0.05)
-            if not pool._replacing:
+            if pool._retry is not None:
                 break
         assert pool.alive == 0 and not pool._replacing
         pool.replace_lost()  # within RETRY_SECONDS: no new process
         assert not pool._replacing
         flag.unlink()
-        pool._retry_at = 0.0  # as if RETRY_SECONDS had passed
-        pool.replace_lost()
-        for _ in range(200):
+        for _ in range(200):  # RETRY_SECONDS later the pool tries again by itself
             if pool.alive:
                 break
             await asyncio.sleep(0.05)

@@ -93,13 +93,10 @@ class Analysis:
 
     async def analyze(self, raw: bytes, *, score: bool) -> tuple[ParsedMessage, SpamVerdict | None]:
         pool = self._pool
-        if pool is not None:
-            if pool.alive < pool.count:
-                pool.replace_lost()  # nothing when one is starting, or soon after a failed start
-            if pool.alive:
-                try:
-                    result: tuple[ParsedMessage, SpamVerdict | None] = await pool.call(raw, score)
-                    return result
-                except HelperDied:
-                    log.warning("mx helper process died; analysing inline, starting a new one")
+        if pool is not None and pool.alive:  # none while a lost helper's replacement starts
+            try:
+                result: tuple[ParsedMessage, SpamVerdict | None] = await pool.call(raw, score)
+                return result
+            except HelperDied:
+                log.warning("mx helper process died; analysing inline, starting a new one")
         return analyze(raw, self.scorer, score)

@@ -32,6 +32,7 @@ import struct
 from collections.abc import Callable
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from typing import Any, cast
 
 import structlog
@@ -53,10 +54,6 @@ def _header(size: int) -> bytes:
     if size > 0x7FFFFFFF:
         return _SHORT.pack(-1) + _LONG.pack(size)
     return _SHORT.pack(size)
-
-
-def _frame(data: bytes) -> bytes:
-    return _header(len(data)) + data
 
 
 def _serve(
@@ -99,7 +96,7 @@ def _picklable(exc: BaseException) -> BaseException:
 class _Helper(asyncio.Protocol):
     """The caller's end of one helper's socket: frames out, frames in, calls waiting."""
 
-    def __init__(self, process: Any, on_lost: Callable[[_Helper], None]) -> None:
+    def __init__(self, process: BaseProcess, on_lost: Callable[[_Helper], None]) -> None:
         self.process = process
         self.transport: asyncio.Transport | None = None
         self.waiting: dict[int, asyncio.Future[Any]] = {}
@@ -137,17 +134,20 @@ class _Helper(asyncio.Protocol):
             future.set_exception(value)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        died = HelperDied(f"helper process {self.process.pid} went away")
+        died = self._died()
         for future in [self.ready, *self.waiting.values()]:
             if not future.done():
                 future.set_exception(died)
         self.waiting.clear()
         self._on_lost(self)
 
+    def _died(self) -> HelperDied:
+        return HelperDied(f"helper process {self.process.pid} went away")
+
     def send(self, call_id: int, args: tuple[Any, ...]) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if self.transport is None or self.transport.is_closing():
-            future.set_exception(HelperDied(f"helper process {self.process.pid} went away"))
+            future.set_exception(self._died())
             return future
         self.waiting[call_id] = future
         data = pickle.dumps((call_id, args), protocol=pickle.HIGHEST_PROTOCOL)
@@ -174,7 +174,7 @@ class HelperProcesses:
         self.helpers: list[_Helper] = []
         self._calls = 0
         self._replacing: set[asyncio.Task[None]] = set()
-        self._retry_at = 0.0  # loop time before which no replacement is started
+        self._retry: asyncio.TimerHandle | None = None  # the next try after a failed start
         self._stopping = False
 
     @property
@@ -183,7 +183,7 @@ class HelperProcesses:
 
     @property
     def pids(self) -> list[int]:
-        return [h.process.pid for h in self.helpers]
+        return [h.process.pid for h in self.helpers if h.process.pid is not None]  # started
 
     async def start(self) -> None:
         try:
@@ -196,9 +196,9 @@ class HelperProcesses:
         """Start, in the background, a helper for each one that went away (none when enough
         are running or starting already); each joins the pool once its initializer has run.
         A helper that goes away calls this itself. After a replacement failed to start (the
-        model file gone, say), nothing is started for ``RETRY_SECONDS``: each try costs a
-        process start and its initializer."""
-        if self._stopping or asyncio.get_running_loop().time() < self._retry_at:
+        model file gone, say), the pool tries again by itself ``RETRY_SECONDS`` later, and
+        starts nothing before that: each try costs a process start and its initializer."""
+        if self._stopping or self._retry is not None:
             return
         for _ in range(self.count - len(self.helpers) - len(self._replacing)):
             task = asyncio.create_task(self._start_one())
@@ -207,13 +207,17 @@ class HelperProcesses:
 
     def _replaced(self, task: asyncio.Task[None]) -> None:
         self._replacing.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._retry_at = asyncio.get_running_loop().time() + RETRY_SECONDS
+        if not task.cancelled() and task.exception() is not None and self._retry is None:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._try_again)
             log.warning(
                 "mx helper process could not be restarted",
                 error=str(task.exception()),
                 retry_in_s=RETRY_SECONDS,
             )
+
+    def _try_again(self) -> None:
+        self._retry = None
+        self.replace_lost()
 
     async def _start_one(self) -> None:
         ours, theirs = socket.socketpair()
@@ -260,6 +264,8 @@ class HelperProcesses:
     async def stop(self) -> None:
         """Close every socket (each helper leaves its loop) and wait for the processes."""
         self._stopping = True
+        if self._retry is not None:
+            self._retry.cancel()
         for task in list(self._replacing):
             task.cancel()
             with contextlib.suppress(BaseException):
