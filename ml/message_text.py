@@ -214,6 +214,12 @@ def strip_list_footer(text: str) -> str:
     return "\n".join(lines)
 
 
+def _undeclared(msg: Message) -> bool:
+    """A message whose body declares no MIME structure: the model sniffs it from the raw body
+    (``_sniff_multipart``, ``_sniff_transfer_encoding``)."""
+    return msg.get("Content-Type") is None and not msg.is_multipart()
+
+
 def _part_text(part: Message) -> str:
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
@@ -234,7 +240,7 @@ def read_message(
     else:
         data = raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw
         msg = parse_bytes(data, compat32)
-        if msg.get("Content-Type") is None and not msg.is_multipart():
+        if _undeclared(msg):
             body = msg.get_payload(decode=False)
             body_bytes = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else b""
             rewrapped = _sniff_multipart(body_bytes)
@@ -291,7 +297,7 @@ def read_tree(
     read from ``raw``: the model sniffs such bodies (``_sniff_multipart``), which changes
     the tree. ``tests/unit/test_shared_html.py`` holds the two readings equal.
     """
-    if tree.get("Content-Type") is None and not tree.is_multipart():
+    if _undeclared(tree):
         return read_message(raw, parsed_html)
     parts = list(tree.walk())
     policies = [part.policy for part in parts]
