@@ -1,5 +1,5 @@
 """CPU a DNS question costs the MX's authentication threads: dnspython's blocking resolver
-(what the MX used before the tenth session) next to c-ares (``BlockingLookup``, what it uses).
+(what the MX used before the tenth session) next to c-ares (``CaresLookup``, what it uses).
 
     .venv/bin/python bench/dns_lookup.py [--questions 2000]
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
-from app.adapters.dns_resolver import BlockingLookup, sync_resolver  # noqa: E402
+from app.adapters.dns_resolver import CaresLookup, sync_resolver  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
 
 NAMES = ("sender.test", "_dmarc.sender.test")
@@ -47,10 +47,10 @@ def main() -> None:
     records = {NAMES[0]: ["v=spf1 ip4:127.0.0.1 -all"], NAMES[1]: ["v=DMARC1; p=none"]}
     with DnsServer(txt=records) as dns:
         resolver = sync_resolver([dns.address])
-        lookup = BlockingLookup([dns.address])
+        lookup = CaresLookup([dns.address])
         for label, ask in (
             ("dnspython Resolver.resolve", lambda n: resolver.resolve(n, "TXT", search=False)),
-            ("c-ares BlockingLookup.txt", lookup.txt),
+            ("c-ares CaresLookup.txt", lookup.txt),
         ):
             cpu, wall = measure(ask, args.questions)
             print(f"{label:28} {cpu:7.1f} µs CPU  {wall:7.1f} µs wall  a question")

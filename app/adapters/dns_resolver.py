@@ -1,5 +1,5 @@
 """DNS lookups: dnspython for delivery (MX, A/AAAA), c-ares (pycares) for the blocking
-questions of mail authentication (``BlockingLookup``).
+questions of mail authentication (``CaresLookup``).
 
 The nameservers come from ``MAILHUB_DNS_SERVERS`` (IP addresses with an optional ``:port``,
 comma separated) so tests and development point at a local dnsmasq; unset, the system resolver
@@ -9,8 +9,11 @@ stop here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -62,7 +65,7 @@ def _configure(resolver: dns.resolver.BaseResolver, servers: list[str], timeout:
 
 def sync_resolver(servers: list[str], timeout: float = 3.0) -> dns.resolver.Resolver:
     """A blocking dnspython resolver with the same servers (for code that wants dnspython's
-    answers; mail authentication asks through ``BlockingLookup``)."""
+    answers; mail authentication asks through ``CaresLookup``)."""
     resolver = dns.resolver.Resolver(configure=not servers)
     _configure(resolver, servers, timeout)
     return resolver
@@ -82,14 +85,15 @@ _CARES_NXDOMAIN = frozenset(
 _CARES_NO_DATA = frozenset({ares_errno.ARES_ENODATA})
 
 
-class BlockingLookup:
-    """Blocking DNS questions for libraries that only call blocking functions (pyspf and
-    dkimpy, run in the MX's authentication threads), answered by c-ares through pycares.
+class CaresLookup:
+    """The MX's authentication questions (SPF, DKIM, DMARC), answered by c-ares through
+    pycares: asked from the event loop (``records_async``, how ``MailAuthenticator`` asks) or
+    blocking (``records``, for pyspf and dkimpy run in a thread, and direct calls).
 
     A question costs the process a third to a fifth of the CPU of dnspython's blocking
     resolver (≈ 60–120 against ≈ 250–380 µs against a local dnsmasq; ``bench/dns_lookup.py``,
     docs/benchmarks.md "Tenth session"): c-ares builds, sends and parses in C on its own event
-    thread, and the asking thread only waits. c-ares keeps answers for their TTL (its query
+    thread, and the asker only waits. c-ares keeps answers for their TTL (its query
     cache, on by default, at most an hour; a record served with TTL 0 is never kept; a name
     that does not exist is kept for its zone's negative TTL), as a caching resolver would:
     the MX asks for the same senders' SPF, DKIM and DMARC records for every message they
@@ -121,11 +125,26 @@ class BlockingLookup:
                     self._pid = os.getpid()
         return self._channel
 
+    def _ask(self, name: str, rdtype: str, answered: Callable[[Any, int | None], None]) -> bool:
+        """Send the question; False when ``name`` cannot be a DNS name (nothing is sent).
+        ``answered(result, error)`` is called on c-ares' event thread."""
+        try:
+            self._get_channel().query(
+                name.rstrip(".") or ".", _CARES_TYPES[rdtype], callback=answered
+            )
+        except (pycares.AresError, UnicodeError, ValueError, RuntimeError):  # not a DNS name
+            return False
+        return True
+
+    @property
+    def _wait(self) -> float:
+        # c-ares gives up by itself after its tries; the margin only guards a lost callback
+        return self.timeout * self.tries + 1.0
+
     def records(self, name: str, rdtype: str) -> tuple[LookupStatus, list[Any]]:
         """The answer's records of type ``rdtype`` (A, AAAA, MX, PTR or TXT), as pycares'
         record data (``.addr``, ``.priority``/``.exchange``, ``.dname``, ``.data``). CNAMEs
-        are followed by c-ares; only records of the asked type are returned."""
-        qtype = _CARES_TYPES[rdtype]
+        are followed by c-ares; only records of the asked type are returned. Blocks."""
         done = threading.Event()
         box: list[tuple[Any, int | None]] = []
 
@@ -133,26 +152,53 @@ class BlockingLookup:
             box.append((result, error))
             done.set()
 
-        try:
-            self._get_channel().query(name.rstrip(".") or ".", qtype, callback=answered)
-        except (pycares.AresError, UnicodeError, ValueError, RuntimeError):  # not a DNS name
+        if not self._ask(name, rdtype, answered):
             return LookupStatus.NXDOMAIN, []
-        # c-ares gives up by itself after its tries; the margin only guards a lost callback
-        if not done.wait(self.timeout * self.tries + 1.0):
+        if not done.wait(self._wait):
             return LookupStatus.TEMPORARY, []
-        result, error = box[0]
-        if error is not None:
-            if error in _CARES_NXDOMAIN:
-                return LookupStatus.NXDOMAIN, []
-            if error in _CARES_NO_DATA:
-                return LookupStatus.NO_DATA, []
+        return _records_of(rdtype, *box[0])
+
+    async def records_async(self, name: str, rdtype: str) -> tuple[LookupStatus, list[Any]]:
+        """``records`` from the event loop: the loop goes on while c-ares asks."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Any, int | None]] = loop.create_future()
+
+        def settle(result: Any, error: int | None) -> None:
+            if not future.done():  # not given up on (a timeout, a cancelled check)
+                future.set_result((result, error))
+
+        def answered(result: Any, error: int | None) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(settle, result, error)
+
+        if not self._ask(name, rdtype, answered):
+            return LookupStatus.NXDOMAIN, []
+        try:
+            answer = await asyncio.wait_for(future, self._wait)
+        except TimeoutError:
             return LookupStatus.TEMPORARY, []
-        found = [r.data for r in result.answer if r.type == qtype]
-        return (LookupStatus.OK if found else LookupStatus.NO_DATA), found
+        return _records_of(rdtype, *answer)
 
     def txt(self, name: str) -> TxtResult:
-        status, found = self.records(name, "TXT")
-        return TxtResult(status, tuple(r.data.decode("utf-8", "replace") for r in found))
+        return txt_result(*self.records(name, "TXT"))
+
+
+def _records_of(rdtype: str, result: Any, error: int | None) -> tuple[LookupStatus, list[Any]]:
+    """A pycares answer as ``CaresLookup.records`` gives it."""
+    if error is not None:
+        if error in _CARES_NXDOMAIN:
+            return LookupStatus.NXDOMAIN, []
+        if error in _CARES_NO_DATA:
+            return LookupStatus.NO_DATA, []
+        return LookupStatus.TEMPORARY, []
+    qtype = _CARES_TYPES[rdtype]
+    found = [r.data for r in result.answer if r.type == qtype]
+    return (LookupStatus.OK if found else LookupStatus.NO_DATA), found
+
+
+def txt_result(status: LookupStatus, found: list[Any]) -> TxtResult:
+    """TXT records (pycares' record data) as text."""
+    return TxtResult(status, tuple(r.data.decode("utf-8", "replace") for r in found))
 
 
 class DnsResolver:

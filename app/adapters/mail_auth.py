@@ -1,25 +1,36 @@
 """Mail authentication of inbound messages: SPF (pyspf), DKIM (dkimpy), DMARC records (dnspython).
 
 Every DNS question goes to ``MAILHUB_DNS_SERVERS`` (tests point it at a local dnsmasq) through
-c-ares (``BlockingLookup``), which keeps answers for their TTL. pyspf and dkimpy are blocking
-libraries, so checks run in a worker thread. The verdict — which
-identifiers passed — is handed to the pure DMARC evaluation in ``app.domain.dmarc``; only this
-module imports ``spf`` and ``dkim``.
+c-ares (``CaresLookup``), which keeps answers for their TTL. The verdict — which identifiers
+passed — is handed to the pure DMARC evaluation in ``app.domain.dmarc``; only this module
+imports ``spf`` and ``dkim``.
+
+pyspf and dkimpy ask DNS by calling a blocking function. ``authenticate`` runs them on the
+event loop anyway, without ever blocking it: the loop asks the questions a check will ask
+(``CheckAnswers.fetch``, all at once), then runs the check with hooks that only read those
+answers. A question nobody asked yet stops the check (``NeedAnswer``); the loop asks it and runs
+the check again. The checks are pure functions of the answers, so a check that ran again gives
+what one run would have; the stages that finished (SPF, DKIM, DMARC) are kept. Most mail needs
+one round (the sender's SPF record, its DMARC record, the DKIM keys of its signatures); a check
+that still misses answers after ``MAX_ROUNDS`` (long include chains) finishes in a thread, where
+the hooks ask as they go.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import re
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import dkim
 import spf
 
-from app.adapters.dns_resolver import BlockingLookup, LookupStatus
+from app.adapters.dns_resolver import CaresLookup, LookupStatus, TxtResult, txt_result
 from app.domain.dmarc import (
     DmarcResult,
     authentication_results_header,
@@ -29,9 +40,77 @@ from app.domain.dmarc import (
 )
 
 _DKIM_HEADER = re.compile(rb"^dkim-signature\s*:", re.I | re.M)
+# A DKIM-Signature field (with its folded lines) and its d= and s= tags, for asking the keys
+# ahead; a field these miss is still verified (its key is asked in a second round).
+_DKIM_FIELD = re.compile(rb"^dkim-signature\s*:(.*(?:\r?\n[ \t].*)*)", re.I | re.M)
+_DKIM_TAG = re.compile(rb"(?:^|;)\s*([ds])\s*=\s*([^;\s]+)")
 MAX_SIGNATURES = 5  # each costs a DNS lookup and an RSA verify; more is abuse (RFC 6376 §6.1)
-_lookup_var: contextvars.ContextVar[BlockingLookup] = contextvars.ContextVar("spf_lookup")
-_default_lookup = BlockingLookup([])  # the system's resolvers, for pyspf called outside a check
+MAX_ROUNDS = 8  # rounds of questions on the loop before a check finishes in a thread
+T = TypeVar("T")
+
+
+class Answering(Protocol):
+    """What the checks ask DNS through: ``CaresLookup`` (blocking) or ``CheckAnswers``."""
+
+    def records(self, name: str, rdtype: str) -> tuple[LookupStatus, list[Any]]: ...
+
+    def txt(self, name: str) -> TxtResult: ...
+
+
+_lookup_var: contextvars.ContextVar[Answering] = contextvars.ContextVar("auth_lookup")
+_default_lookup = CaresLookup([])  # the system's resolvers, for pyspf called outside a check
+
+
+class NeedAnswer(BaseException):
+    """A check asked a question whose answer has not been fetched. A ``BaseException``:
+    pyspf and dkimpy catch ``Exception`` around their DNS calls."""
+
+
+class CheckAnswers:
+    """The DNS answers of one message's checks, asked from the loop (``fetch``) and read by the
+    blocking libraries' hooks (``records``, ``txt``). A question not fetched raises
+    ``NeedAnswer`` and is remembered in ``missed`` (a library's bare ``except:`` may swallow
+    the exception, but not the record of it); with ``blocking`` set (the thread fallback) it is
+    asked there and then."""
+
+    def __init__(self, lookup: CaresLookup) -> None:
+        self.lookup = lookup
+        self.known: dict[tuple[str, str], tuple[LookupStatus, list[Any]]] = {}
+        self.missed: set[tuple[str, str]] = set()
+        self.misses = 0  # questions not answered when asked, ever (``_Check._stage``)
+        self.blocking = False
+
+    def records(self, name: str, rdtype: str) -> tuple[LookupStatus, list[Any]]:
+        key = (_question_name(name), rdtype)
+        answer = self.known.get(key)
+        if answer is None:
+            if not self.blocking:
+                self.missed.add(key)
+                self.misses += 1
+                raise NeedAnswer(key)
+            answer = self.known[key] = self.lookup.records(*key)
+        return answer
+
+    def txt(self, name: str) -> TxtResult:
+        return txt_result(*self.records(name, "TXT"))
+
+    async def fetch(self, questions: Iterable[tuple[str, str]]) -> None:
+        """Ask the questions not answered yet, all at once."""
+        keys = [k for k in dict.fromkeys(questions) if k not in self.known]
+        answers = await asyncio.gather(*(self.lookup.records_async(*k) for k in keys))
+        self.known.update(zip(keys, answers, strict=True))
+        self.missed.difference_update(keys)
+
+
+def _question_name(name: bytes | str) -> str:
+    """How a name is asked and kept: without the root's dot, in lower case (a name in bytes
+    that is not ASCII raises ``UnicodeDecodeError``)."""
+    text = name.decode("ascii") if isinstance(name, bytes) else name
+    return text.rstrip(".").lower()
+
+
+def _answering() -> Answering | None:
+    return _lookup_var.get(None)
 
 
 @dataclass(frozen=True)
@@ -53,7 +132,7 @@ class AuthVerdict:
 def _spf_dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) -> list[Any]:
     """pyspf's DNS hook, answering through our configured servers (see ``_lookup_var``), in
     the shape pyspf's own dnspython hook gives: ``((name, qtype), value)`` pairs."""
-    lookup = _lookup_var.get(None) or _default_lookup
+    lookup = _answering() or _default_lookup
     if qtype not in ("A", "AAAA", "MX", "PTR", "TXT", "SPF"):
         return []
     status, found = lookup.records(name, "TXT" if qtype == "SPF" else qtype)
@@ -81,53 +160,38 @@ class MailAuthenticator:
     def __init__(
         self, dns_servers: list[str], authserv_id: str, timeout: float = 3.0, threads: int = 16
     ) -> None:
-        self.dns = BlockingLookup(dns_servers, timeout)
+        self.dns = CaresLookup(dns_servers, timeout)
         self.authserv_id = authserv_id
         self.timeout = timeout
-        # Our own threads: DNS waits must not queue behind (or starve) the loop's default executor.
+        # For the checks that need more rounds of questions than MAX_ROUNDS: our own threads,
+        # so DNS waits never queue behind (or starve) the loop's default executor.
         self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mail-auth")
 
     async def authenticate(
         self, raw: bytes, *, client_ip: str, helo: str, mail_from: str, from_domain: str | None
     ) -> AuthVerdict:
-        """Check the message; never raises on hostile input (errors become temperror/permerror)."""
+        """Check the message; never raises on hostile input (errors become temperror/permerror).
+        Runs on the loop, which goes on while DNS answers (see the module's docstring)."""
+        check = _Check(self, raw, client_ip, helo, mail_from, from_domain)
+        await check.answers.fetch(check.first_questions())
+        for _ in range(MAX_ROUNDS):
+            verdict = check.run()
+            if verdict is not None:
+                return verdict
+            await check.answers.fetch(check.answers.missed)
+        check.answers.blocking = True
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._threads,
-            contextvars.copy_context().run,
-            self._authenticate,
-            raw,
-            client_ip,
-            helo,
-            mail_from,
-            from_domain,
+        finished: AuthVerdict | None = await loop.run_in_executor(
+            self._threads, contextvars.copy_context().run, check.run
         )
-
-    def _authenticate(
-        self, raw: bytes, client_ip: str, helo: str, mail_from: str, from_domain: str | None
-    ) -> AuthVerdict:
-        _lookup_var.set(self.dns)
-        spf_result, spf_domain = self.check_spf(client_ip, helo, mail_from)
-        signatures = self.check_dkim(raw)
-        dmarc = self.check_dmarc(
-            from_domain or "",
-            spf_result,
-            spf_domain,
-            [s.domain for s in signatures if s.result == "pass" and s.domain],
-        )
-        header = authentication_results_header(
-            authserv_id=self.authserv_id,
-            spf=(spf_result, mail_from or None),
-            dkim=[(s.result, s.domain, s.selector) for s in signatures],
-            dmarc=dmarc,
-        )
-        return AuthVerdict(spf_result, spf_domain, tuple(signatures), dmarc, header)
+        assert finished is not None  # blocking answers never miss
+        return finished
 
     def check_spf(self, client_ip: str, helo: str, mail_from: str) -> tuple[str, str | None]:
         """RFC 7208: the result for MAIL FROM, or for postmaster@HELO when MAIL FROM is null."""
-        _lookup_var.set(self.dns)
-        sender = mail_from or f"postmaster@{helo}"
+        sender = _spf_sender(helo, mail_from)
         domain = sender.rpartition("@")[2].lower() or None
+        token = _lookup_var.set(_answering() or self.dns)
         try:
             result, _explanation = spf.check2(
                 i=client_ip,
@@ -138,6 +202,8 @@ class MailAuthenticator:
             )
         except Exception:  # pyspf raises on syntax it cannot handle at all
             return "permerror", domain
+        finally:
+            _lookup_var.reset(token)
         result = str(result).lower()
         return (result if result in _SPF_RESULTS else "permerror"), domain
 
@@ -167,8 +233,8 @@ class MailAuthenticator:
         return out
 
     def _dkim_txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
-        qname = name.decode() if isinstance(name, bytes) else name
-        status, found = self.dns.records(qname, "TXT")
+        qname = _question_name(name)
+        status, found = (_answering() or self.dns).records(qname, "TXT")
         if status is LookupStatus.TEMPORARY:
             raise dkim.DnsTimeoutError(f"DNS TXT {qname}: no answer")
         return found[0].data if found else None
@@ -181,7 +247,7 @@ class MailAuthenticator:
         lookup_error = None
         record = None
         at_org = False
-        if domain and "." in domain:
+        if _dmarc_domain(domain):
             status, records = self._txt(f"_dmarc.{domain}")
             if status == "temperror":
                 lookup_error = "temperror"
@@ -205,10 +271,115 @@ class MailAuthenticator:
         )
 
     def _txt(self, name: str) -> tuple[str, list[str]]:
-        answer = self.dns.txt(name)
+        answer = (_answering() or self.dns).txt(name)
         if answer.status is LookupStatus.TEMPORARY:
             return "temperror", []
         return ("ok" if answer.status is LookupStatus.OK else "none"), list(answer.records)
+
+
+class _Check:
+    """One message's SPF, DKIM and DMARC checks, run as often as answers are missing; each
+    stage's result is kept once it finished without a missing answer."""
+
+    def __init__(
+        self,
+        auth: MailAuthenticator,
+        raw: bytes,
+        client_ip: str,
+        helo: str,
+        mail_from: str,
+        from_domain: str | None,
+    ) -> None:
+        self.auth = auth
+        self.raw = raw
+        self.client_ip = client_ip
+        self.helo = helo
+        self.mail_from = mail_from
+        self.from_domain = from_domain
+        self.answers = CheckAnswers(auth.dns)
+        self.spf: tuple[str, str | None] | None = None
+        self.signatures: list[DkimSignature] | None = None
+        self.dmarc: DmarcResult | None = None
+
+    def first_questions(self) -> list[tuple[str, str]]:
+        """What the checks will ask first: the SPF record of the MAIL FROM (or HELO) domain,
+        the keys of the DKIM signatures, the DMARC records of the From domain and of its
+        organizational domain."""
+        sender = _spf_sender(self.helo, self.mail_from)
+        questions = [(_question_name(sender.rpartition("@")[2]), "TXT")]
+        questions += [(key, "TXT") for key in _dkim_key_names(self.raw)]
+        domain = _dmarc_domain(self.from_domain or "")
+        if domain:  # and where DMARC looks when the domain has no record (RFC 7489 §6.6.3)
+            questions += [
+                (f"_dmarc.{d}", "TXT")
+                for d in dict.fromkeys((domain, organizational_domain(domain)))
+            ]
+        return questions
+
+    def run(self) -> AuthVerdict | None:
+        """The verdict, or None when an answer is missing (``answers.missed`` says which)."""
+        token = _lookup_var.set(self.answers)
+        try:
+            auth = self.auth
+            if self.spf is None:
+                self.spf = self._stage(
+                    lambda: auth.check_spf(self.client_ip, self.helo, self.mail_from)
+                )
+            if self.signatures is None:
+                self.signatures = self._stage(lambda: auth.check_dkim(self.raw))
+            if self.spf is None or self.signatures is None:
+                return None
+            spf_result, spf_domain = self.spf
+            passing = [s.domain for s in self.signatures if s.result == "pass" and s.domain]
+            if self.dmarc is None:
+                self.dmarc = self._stage(
+                    lambda: auth.check_dmarc(
+                        self.from_domain or "", spf_result, spf_domain, passing
+                    )
+                )
+            if self.dmarc is None:
+                return None
+        finally:
+            _lookup_var.reset(token)
+        header = authentication_results_header(
+            authserv_id=auth.authserv_id,
+            spf=(spf_result, self.mail_from or None),
+            dkim=[(s.result, s.domain, s.selector) for s in self.signatures],
+            dmarc=self.dmarc,
+        )
+        return AuthVerdict(spf_result, spf_domain, tuple(self.signatures), self.dmarc, header)
+
+    def _stage(self, compute: Callable[[], T]) -> T | None:
+        """``compute()``, or None when it asked a question not answered yet (even one a
+        library's bare ``except:`` swallowed: it is in ``missed`` all the same)."""
+        misses = self.answers.misses
+        try:
+            result = compute()
+        except NeedAnswer:
+            return None
+        return result if self.answers.misses == misses else None
+
+
+def _spf_sender(helo: str, mail_from: str) -> str:
+    """RFC 7208 §2.4: the MAIL FROM, or postmaster@HELO for the null sender."""
+    return mail_from or f"postmaster@{helo}"
+
+
+def _dmarc_domain(from_domain: str) -> str | None:
+    """The From domain as its DMARC record is asked for (None: it cannot have one)."""
+    domain = from_domain.strip().rstrip(".").lower()
+    return domain if domain and "." in domain else None
+
+
+def _dkim_key_names(raw: bytes) -> list[str]:
+    """The key record names (``<s>._domainkey.<d>``) of the message's DKIM signatures."""
+    names = []
+    for field in _DKIM_FIELD.findall(_header_block(raw))[:MAX_SIGNATURES]:
+        tags = dict(_DKIM_TAG.findall(re.sub(rb"\s+", b"", field)))
+        if b"d" in tags and b"s" in tags:
+            with contextlib.suppress(UnicodeDecodeError):  # verified as permerror, not asked
+                names.append(_question_name(tags[b"s"] + b"._domainkey." + tags[b"d"]))
+    return names
 
 
 _SPF_RESULTS = frozenset({"none", "neutral", "pass", "fail", "softfail", "temperror", "permerror"})

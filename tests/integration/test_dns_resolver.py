@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from app.adapters.dns_resolver import BlockingLookup, DnsResolver, LookupStatus
+from app.adapters.dns_resolver import CaresLookup, DnsResolver, LookupStatus
 from tests.support.dnsmasq import DnsServer
 
 LONG_DKIM = "v=DKIM1; k=rsa; p=" + "A" * 392
@@ -40,7 +40,7 @@ def test_blocking_lookups_through_c_ares_against_a_real_dns_server():
             "s1._domainkey.two.test": [LONG_DKIM],
         },
     ) as dns:
-        lookup = BlockingLookup([dns.address], timeout=0.5)
+        lookup = CaresLookup([dns.address], timeout=0.5)
         status, found = lookup.records("two.test", "MX")
         assert status is LookupStatus.OK
         assert sorted((r.priority, r.exchange) for r in found) == [
@@ -64,7 +64,7 @@ def test_a_forked_process_asks_through_its_own_channel():
     """c-ares' event thread does not survive a fork: a lookup made before the fork still
     answers in the child, through a channel the child makes for itself."""
     with DnsServer(txt={"two.test": ["v=spf1 -all"]}) as dns:
-        lookup = BlockingLookup([dns.address], timeout=0.5)
+        lookup = CaresLookup([dns.address], timeout=0.5)
         assert lookup.txt("two.test").records == ("v=spf1 -all",)
         ctx = multiprocessing.get_context("fork")
         answers = ctx.Queue()
@@ -82,7 +82,7 @@ def test_a_server_that_never_answers_is_a_temporary_failure_in_bounded_time():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
         silent.bind(("127.0.0.1", 0))
         port = silent.getsockname()[1]
-        lookup = BlockingLookup([f"127.0.0.1:{port}"], timeout=0.3)
+        lookup = CaresLookup([f"127.0.0.1:{port}"], timeout=0.3)
         started = time.monotonic()
         assert lookup.txt("two.test").status is LookupStatus.TEMPORARY
         assert time.monotonic() - started < 3.0
@@ -93,8 +93,8 @@ def test_dns_servers_must_be_addresses_and_are_checked_at_once():
     made (at startup), not at the first message; IPv6 servers are given bracketed."""
     for bad in ("dns.example.test", "127.0.0.1:0", "127.0.0.1:70000"):
         with pytest.raises(ValueError):
-            BlockingLookup([bad])
-    assert BlockingLookup(["::1", "[::1]:5353", "127.0.0.1"]).servers == [
+            CaresLookup([bad])
+    assert CaresLookup(["::1", "[::1]:5353", "127.0.0.1"]).servers == [
         "[::1]:53",
         "[::1]:5353",
         "127.0.0.1:53",

@@ -1,0 +1,177 @@
+"""Mail authentication on the event loop: the checks' DNS questions asked from the loop in
+rounds (``app.adapters.mail_auth``), against a real dnsmasq, give the verdicts the blocking
+checks give; a long include chain finishes in a thread; the loop never waits for DNS."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from app.adapters import mail_auth
+from app.adapters.mail_auth import MailAuthenticator, _dkim_key_names
+from tests.support.dnsmasq import DnsServer
+
+CHAIN = 9  # includes in a row: more rounds than MAX_ROUNDS, within SPF's 10 lookups
+
+# Each domain's SPF record (and one DMARC record), chosen so that the check needs answers
+# beyond the first round: include chains, a/mx mechanisms, redirect, an exp= explanation
+# (looked up inside pyspf's bare ``except:``), a DMARC record only at the organizational domain.
+SPF = {
+    "direct.test": "v=spf1 ip4:127.0.0.1 -all",
+    "include.test": "v=spf1 include:_spf.include.test -all",
+    "_spf.include.test": "v=spf1 include:_spf2.include.test ~all",
+    "_spf2.include.test": "v=spf1 ip4:127.0.0.0/8 -all",
+    "amech.test": "v=spf1 a:host.amech.test -all",
+    "mxmech.test": "v=spf1 mx -all",
+    "redirect.test": "v=spf1 redirect=direct.test",
+    "refused.test": "v=spf1 include:_spf.include.test a:host.amech.test -all exp=why.refused.test",
+    "why.refused.test": "not from here",
+    "missing.test": "v=spf1 include:nothing.missing.test -all",
+    **{f"c{i}.chain.test": f"v=spf1 include:c{i + 1}.chain.test -all" for i in range(CHAIN)},
+    f"c{CHAIN}.chain.test": "v=spf1 ip4:127.0.0.1 -all",
+}
+DMARC = {"_dmarc.org.test": "v=DMARC1; p=reject"}
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[DnsServer]:
+    txt = {name: [value] for name, value in {**SPF, **DMARC}.items()}
+    a = {"host.amech.test": "127.0.0.1", "mail.mxmech.test": "192.0.2.7"}
+    mx = {"mxmech.test": [(10, "mail.mxmech.test")]}
+    with DnsServer(txt=txt, a=a, mx=mx) as server:
+        yield server
+
+
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "direct.test",
+        "include.test",
+        "amech.test",
+        "mxmech.test",
+        "redirect.test",
+        "refused.test",
+        "missing.test",
+        "c0.chain.test",
+        "nowhere.test",
+    ],
+)
+@pytest.mark.parametrize("client_ip", ["127.0.0.1", "192.0.2.7"])
+async def test_the_verdict_on_the_loop_is_the_blocking_checks_verdict(dns, domain, client_ip):
+    auth = MailAuthenticator([dns.address], "mx.mailhub.test")
+    sender = f"alice@{domain}"
+    verdict = await auth.authenticate(
+        b"From: alice@mail.sub.org.test\r\nSubject: hi\r\n\r\nhello\r\n",
+        client_ip=client_ip,
+        helo="client.test",
+        mail_from=sender,
+        from_domain="mail.sub.org.test",
+    )
+    blocking = await asyncio.to_thread(auth.check_spf, client_ip, "client.test", sender)
+    assert (verdict.spf, verdict.spf_domain) == blocking
+    # the DMARC record is at the organizational domain: a second round finds it
+    assert (verdict.dmarc.policy, verdict.dmarc.result) == ("reject", "fail")
+    assert (blocking[0] == "permerror") == (domain == "missing.test")  # an include of nothing
+
+
+async def test_the_expected_results(dns):
+    auth = MailAuthenticator([dns.address], "mx.mailhub.test")
+    results = {}
+    for domain in ("include.test", "amech.test", "mxmech.test", "refused.test", "c0.chain.test"):
+        verdict = await auth.authenticate(
+            b"Subject: hi\r\n\r\nhello\r\n",
+            client_ip="192.0.2.7",
+            helo="client.test",
+            mail_from=f"a@{domain}",
+            from_domain=domain,
+        )
+        results[domain] = verdict.spf
+    assert results == {
+        "include.test": "fail",
+        "amech.test": "fail",
+        "mxmech.test": "pass",
+        "refused.test": "fail",
+        "c0.chain.test": "fail",
+    }
+
+
+async def test_a_long_include_chain_finishes_in_a_thread(dns, monkeypatch):
+    auth = MailAuthenticator([dns.address], "mx.mailhub.test")
+    finished_in: list[str] = []
+    run = mail_auth._Check.run
+
+    def recording_run(check: mail_auth._Check) -> object:
+        verdict = run(check)
+        if verdict is not None:
+            finished_in.append("thread" if check.answers.blocking else "loop")
+        return verdict
+
+    monkeypatch.setattr(mail_auth._Check, "run", recording_run)
+    for domain, where in (("c0.chain.test", "thread"), ("c2.chain.test", "loop")):
+        verdict = await auth.authenticate(
+            b"Subject: hi\r\n\r\nhello\r\n",
+            client_ip="127.0.0.1",
+            helo="client.test",
+            mail_from=f"a@{domain}",
+            from_domain=domain,
+        )
+        assert verdict.spf == "pass"
+        assert finished_in.pop() == where
+
+
+async def test_the_loop_goes_on_while_dns_does_not_answer():
+    """A DNS server that never answers: the check waits c-ares' timeouts out (temperror), and
+    the loop runs other work meanwhile (a blocking check would hold it for the whole wait)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        address = f"127.0.0.1:{silent.getsockname()[1]}"
+        auth = MailAuthenticator([address], "mx.mailhub.test", timeout=0.4)
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            last = time.monotonic()
+            while not stop.is_set():
+                await asyncio.sleep(0.01)
+                now = time.monotonic()
+                gaps.append(now - last)
+                last = now
+
+        ticking = asyncio.create_task(ticker())
+        started = time.monotonic()
+        verdict = await auth.authenticate(
+            b"Subject: hi\r\n\r\nhello\r\n",
+            client_ip="127.0.0.1",
+            helo="client.test",
+            mail_from="a@slow.test",
+            from_domain="slow.test",
+        )
+        waited = time.monotonic() - started
+        stop.set()
+        await ticking
+    finally:
+        silent.close()
+    assert verdict.spf == "temperror"
+    assert verdict.dmarc.result == "temperror"
+    assert waited >= 0.8  # the SPF and DMARC questions went unanswered, together
+    assert len(gaps) > 40 and max(gaps) < 0.2
+
+
+def test_the_dkim_keys_asked_ahead_are_the_signatures_selectors():
+    raw = (
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=Example.COM; s=sel1;\r\n"
+        b"\th=from:subject; bh=abc=; b=def\r\n"
+        b"dkim-signature: v=1; a=rsa-sha256; s=\r\n  two; d=mail.example.org; b=x\r\n"
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=no-selector.test; b=x\r\n"
+        b"DKIM-Signature: v=1; d=caf\xc3\xa9.test; s=s; b=x\r\n"
+        b"Subject: hi\r\n\r\nDKIM-Signature: d=body.test; s=body\r\n"
+    )
+    assert _dkim_key_names(raw) == [
+        "sel1._domainkey.example.com",
+        "two._domainkey.mail.example.org",
+    ]
