@@ -83,11 +83,12 @@ _CARES_NXDOMAIN = frozenset(
     {ares_errno.ARES_ENOTFOUND, ares_errno.ARES_ENONAME, ares_errno.ARES_EBADNAME}
 )
 _CARES_NO_DATA = frozenset({ares_errno.ARES_ENODATA})
+_NOT_A_NAME = ares_errno.ARES_EBADNAME  # what a question that cannot be asked is answered
 
 
 class CaresLookup:
     """The MX's authentication questions (SPF, DKIM, DMARC), answered by c-ares through
-    pycares: asked from the event loop (``records_async``, how ``MailAuthenticator`` asks) or
+    pycares: asked from the event loop (``records_many``, how ``MailAuthenticator`` asks) or
     blocking (``records``, for pyspf and dkimpy run in a thread, and direct calls).
 
     A question costs the process a third to a fifth of the CPU of dnspython's blocking
@@ -153,31 +154,48 @@ class CaresLookup:
             done.set()
 
         if not self._ask(name, rdtype, answered):
-            return LookupStatus.NXDOMAIN, []
+            return _records_of(rdtype, None, _NOT_A_NAME)
         if not done.wait(self._wait):
             return LookupStatus.TEMPORARY, []
         return _records_of(rdtype, *box[0])
 
-    async def records_async(self, name: str, rdtype: str) -> tuple[LookupStatus, list[Any]]:
-        """``records`` from the event loop: the loop goes on while c-ares asks."""
+    async def records_many(
+        self, questions: list[tuple[str, str]]
+    ) -> list[tuple[LookupStatus, list[Any]]]:
+        """``records`` of each ``(name, rdtype)``, asked together from the event loop, which
+        goes on meanwhile; the loop is woken once, when the last answer is in."""
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[tuple[Any, int | None]] = loop.create_future()
+        all_in: asyncio.Future[None] = loop.create_future()
+        raw: list[tuple[Any, int | None] | None] = [None] * len(questions)
+        waiting = [len(questions)]
+        lock = threading.Lock()  # answers come on c-ares' thread (or at once, from its cache)
 
-        def settle(result: Any, error: int | None) -> None:
-            if not future.done():  # not given up on (a timeout, a cancelled check)
-                future.set_result((result, error))
+        def settle() -> None:
+            if not all_in.done():  # not given up on (a timeout, a cancelled session)
+                all_in.set_result(None)
 
-        def answered(result: Any, error: int | None) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, result, error)
+        def answer_to(index: int) -> Callable[[Any, int | None], None]:
+            def answered(result: Any, error: int | None) -> None:
+                raw[index] = (result, error)
+                with lock:
+                    waiting[0] -= 1
+                    last = waiting[0] == 0
+                if last:
+                    with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                        loop.call_soon_threadsafe(settle)
 
-        if not self._ask(name, rdtype, answered):
-            return LookupStatus.NXDOMAIN, []
-        try:
-            answer = await asyncio.wait_for(future, self._wait)
-        except TimeoutError:
-            return LookupStatus.TEMPORARY, []
-        return _records_of(rdtype, *answer)
+            return answered
+
+        for index, (name, rdtype) in enumerate(questions):
+            if not self._ask(name, rdtype, answer_to(index)):
+                answer_to(index)(None, _NOT_A_NAME)
+        if questions:
+            with contextlib.suppress(TimeoutError):  # unanswered ones are TEMPORARY below
+                await asyncio.wait_for(all_in, self._wait)
+        return [
+            _records_of(rdtype, *got) if got is not None else (LookupStatus.TEMPORARY, [])
+            for (_name, rdtype), got in zip(questions, raw, strict=True)
+        ]
 
     def txt(self, name: str) -> TxtResult:
         return txt_result(*self.records(name, "TXT"))

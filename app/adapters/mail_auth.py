@@ -97,8 +97,7 @@ class CheckAnswers:
     async def fetch(self, questions: Iterable[tuple[str, str]]) -> None:
         """Ask the questions not answered yet, all at once."""
         keys = [k for k in dict.fromkeys(questions) if k not in self.known]
-        answers = await asyncio.gather(*(self.lookup.records_async(*k) for k in keys))
-        self.known.update(zip(keys, answers, strict=True))
+        self.known.update(zip(keys, await self.lookup.records_many(keys), strict=True))
         self.missed.difference_update(keys)
 
 
@@ -303,17 +302,13 @@ class _Check:
 
     def first_questions(self) -> list[tuple[str, str]]:
         """What the checks will ask first: the SPF record of the MAIL FROM (or HELO) domain,
-        the keys of the DKIM signatures, the DMARC records of the From domain and of its
-        organizational domain."""
+        the keys of the DKIM signatures, the DMARC record of the From domain."""
         sender = _spf_sender(self.helo, self.mail_from)
         questions = [(_question_name(sender.rpartition("@")[2]), "TXT")]
         questions += [(key, "TXT") for key in _dkim_key_names(self.raw)]
         domain = _dmarc_domain(self.from_domain or "")
-        if domain:  # and where DMARC looks when the domain has no record (RFC 7489 §6.6.3)
-            questions += [
-                (f"_dmarc.{d}", "TXT")
-                for d in dict.fromkeys((domain, organizational_domain(domain)))
-            ]
+        if domain:  # (the organizational domain's record, when it has none, in a second round)
+            questions.append((f"_dmarc.{domain}", "TXT"))
         return questions
 
     def run(self) -> AuthVerdict | None:

@@ -60,6 +60,51 @@ def test_blocking_lookups_through_c_ares_against_a_real_dns_server():
         assert lookup.txt("two.test").status is LookupStatus.TEMPORARY  # TTL 0: not kept
 
 
+async def test_questions_asked_together_from_the_loop_get_the_blocking_answers():
+    """``records_many``: the same answers as ``records``, question by question and in order,
+    with questions that cannot be asked answered NXDOMAIN at once, and the same question
+    twice answered twice; nothing to ask returns at once."""
+    with DnsServer(
+        mx={"two.test": [(10, "mx1.two.test")]},
+        a={"mx1.two.test": "127.0.0.1"},
+        txt={"two.test": ["v=spf1 mx -all"], "s1._domainkey.two.test": [LONG_DKIM]},
+    ) as dns:
+        lookup = CaresLookup([dns.address], timeout=0.5)
+        questions = [
+            ("two.test", "TXT"),
+            ("bad..name.test", "TXT"),
+            ("two.test", "MX"),
+            ("s1._domainkey.two.test", "TXT"),
+            ("nowhere.test", "TXT"),
+            ("mx1.two.test", "TXT"),
+            ("mx1.two.test", "A"),
+            ("two.test", "TXT"),
+        ]
+        together = await lookup.records_many(questions)
+        one_by_one = [lookup.records(name, rdtype) for name, rdtype in questions]
+
+        def readable(answers):  # type: ignore[no-untyped-def]
+            return [
+                (status, [repr(sorted(vars(r).items())) for r in found])
+                for status, found in answers
+            ]
+
+        assert readable(together) == readable(one_by_one)
+        assert [status for status, _ in together] == [
+            LookupStatus.OK,
+            LookupStatus.NXDOMAIN,
+            LookupStatus.OK,
+            LookupStatus.OK,
+            LookupStatus.NXDOMAIN,
+            LookupStatus.NO_DATA,
+            LookupStatus.OK,
+            LookupStatus.OK,
+        ]
+        assert await lookup.records_many([]) == []
+        dns.stop()
+        assert await lookup.records_many([("two.test", "TXT")]) == [(LookupStatus.TEMPORARY, [])]
+
+
 def test_a_forked_process_asks_through_its_own_channel():
     """c-ares' event thread does not survive a fork: a lookup made before the fork still
     answers in the child, through a channel the child makes for itself."""

@@ -111,7 +111,7 @@ async def test_a_long_include_chain_finishes_in_a_thread(dns, monkeypatch):
         return verdict
 
     monkeypatch.setattr(mail_auth._Check, "run", recording_run)
-    for domain, where in (("c0.chain.test", "thread"), ("c2.chain.test", "loop")):
+    for domain, where in (("c0.chain.test", "thread"), ("c3.chain.test", "loop")):
         verdict = await auth.authenticate(
             b"Subject: hi\r\n\r\nhello\r\n",
             client_ip="127.0.0.1",
