@@ -13,7 +13,8 @@ the check again. The checks are pure functions of the answers, so a check that r
 what one run would have; the stages that finished (SPF, DKIM, DMARC) are kept. Most mail needs
 one round (the sender's SPF record, its DMARC record, the DKIM keys of its signatures); a check
 that still misses answers after ``MAX_ROUNDS`` (long include chains) finishes in a thread, where
-the hooks ask as they go.
+the hooks ask as they go, and so does the check of a large signed message (``INLINE_SIGNED_BYTES``:
+its body hash takes long enough to stall the other sessions on the loop).
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ _DKIM_FIELD = re.compile(rb"^dkim-signature\s*:(.*(?:\r?\n[ \t].*)*)", re.I | re
 _DKIM_TAG = re.compile(rb"(?:^|;)\s*([ds])\s*=\s*([^;\s]+)")
 MAX_SIGNATURES = 5  # each costs a DNS lookup and an RSA verify; more is abuse (RFC 6376 §6.1)
 MAX_ROUNDS = 8  # rounds of questions on the loop before a check finishes in a thread
+# A DKIM-signed message larger than this is checked in a thread: hashing its body (dkimpy's
+# canonicalization, in Python) must not hold the loop and every other session on it.
+INLINE_SIGNED_BYTES = 256 * 1024
 T = TypeVar("T")
 
 
@@ -173,7 +177,8 @@ class MailAuthenticator:
         Runs on the loop, which goes on while DNS answers (see the module's docstring)."""
         check = _Check(self, raw, client_ip, helo, mail_from, from_domain)
         await check.answers.fetch(check.first_questions())
-        for _ in range(MAX_ROUNDS):
+        inline = len(raw) <= INLINE_SIGNED_BYTES or not _DKIM_HEADER.search(_header_block(raw))
+        for _ in range(MAX_ROUNDS if inline else 0):
             verdict = check.run()
             if verdict is not None:
                 return verdict

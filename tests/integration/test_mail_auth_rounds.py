@@ -14,6 +14,7 @@ import pytest
 from app.adapters import mail_auth
 from app.adapters.mail_auth import MailAuthenticator, _dkim_key_names
 from tests.support.dnsmasq import DnsServer
+from tests.support.mx import mail_zone, message
 
 CHAIN = 9  # includes in a row: more rounds than MAX_ROUNDS, within SPF's 10 lookups
 
@@ -121,6 +122,41 @@ async def test_a_long_include_chain_finishes_in_a_thread(dns, monkeypatch):
         )
         assert verdict.spf == "pass"
         assert finished_in.pop() == where
+
+
+async def test_a_large_signed_message_is_checked_in_a_thread(monkeypatch):
+    """Its body hash would hold the loop: the check runs in a thread, with the answers the
+    loop fetched, and gives the same verdict; a small signed message stays on the loop."""
+    zone = mail_zone()
+    try:
+        auth = MailAuthenticator([zone.address], "mx.mailhub.test")
+        where: list[bool] = []
+        run = mail_auth._Check.run
+
+        def recording_run(check: mail_auth._Check) -> object:
+            where.append(check.answers.blocking)
+            return run(check)
+
+        monkeypatch.setattr(mail_auth._Check, "run", recording_run)
+        small = zone.domains["pass.test"].sign(message(sender="alice@pass.test"))
+        large = zone.domains["pass.test"].sign(
+            message(sender="alice@pass.test", body=("y" * 78 + "\n") * 4000)
+        )
+        assert len(large) > mail_auth.INLINE_SIGNED_BYTES >= len(small)
+        for raw, in_thread in ((small, False), (large, True)):
+            verdict = await auth.authenticate(
+                raw,
+                client_ip="127.0.0.1",
+                helo="client.test",
+                mail_from="alice@pass.test",
+                from_domain="pass.test",
+            )
+            assert [(s.domain, s.result) for s in verdict.dkim] == [("pass.test", "pass")]
+            assert (verdict.spf, verdict.dmarc.result) == ("pass", "pass")
+            assert where == [in_thread]
+            where.clear()
+    finally:
+        zone.dns.stop()
 
 
 async def test_the_loop_goes_on_while_dns_does_not_answer():
