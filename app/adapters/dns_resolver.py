@@ -163,11 +163,13 @@ class CaresLookup:
         self, questions: list[tuple[str, str]]
     ) -> list[tuple[LookupStatus, list[Any]]]:
         """``records`` of each ``(name, rdtype)``, asked together from the event loop, which
-        goes on meanwhile; the loop is woken once, when the last answer is in."""
+        goes on meanwhile; the loop is woken once, when the last answer is in. A question
+        given twice is asked once."""
+        distinct = list(dict.fromkeys(questions))
         loop = asyncio.get_running_loop()
         all_in: asyncio.Future[None] = loop.create_future()
-        raw: list[tuple[Any, int | None] | None] = [None] * len(questions)
-        waiting = [len(questions)]
+        raw: list[tuple[Any, int | None] | None] = [None] * len(distinct)
+        waiting = [len(distinct)]
         lock = threading.Lock()  # answers come on c-ares' thread (or at once, from its cache)
 
         def settle() -> None:
@@ -176,8 +178,10 @@ class CaresLookup:
 
         def answer_to(index: int) -> Callable[[Any, int | None], None]:
             def answered(result: Any, error: int | None) -> None:
-                raw[index] = (result, error)
                 with lock:
+                    if raw[index] is not None:  # told twice: pycares answers a bad name, then
+                        return  # raises, and ``_ask`` answers it again
+                    raw[index] = (result, error)
                     waiting[0] -= 1
                     last = waiting[0] == 0
                 if last:
@@ -186,16 +190,19 @@ class CaresLookup:
 
             return answered
 
-        for index, (name, rdtype) in enumerate(questions):
+        for index, (name, rdtype) in enumerate(distinct):
             if not self._ask(name, rdtype, answer_to(index)):
                 answer_to(index)(None, _NOT_A_NAME)
-        if questions:
+        if distinct:
             with contextlib.suppress(TimeoutError):  # unanswered ones are TEMPORARY below
                 await asyncio.wait_for(all_in, self._wait)
-        return [
-            _records_of(rdtype, *got) if got is not None else (LookupStatus.TEMPORARY, [])
-            for (_name, rdtype), got in zip(questions, raw, strict=True)
-        ]
+        answers = {
+            question: _records_of(question[1], *got)
+            if got is not None
+            else (LookupStatus.TEMPORARY, [])
+            for question, got in zip(distinct, raw, strict=True)
+        }
+        return [answers[question] for question in questions]
 
     def txt(self, name: str) -> TxtResult:
         return txt_result(*self.records(name, "TXT"))

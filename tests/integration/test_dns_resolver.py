@@ -62,8 +62,9 @@ def test_blocking_lookups_through_c_ares_against_a_real_dns_server():
 
 async def test_questions_asked_together_from_the_loop_get_the_blocking_answers():
     """``records_many``: the same answers as ``records``, question by question and in order,
-    with questions that cannot be asked answered NXDOMAIN at once, and the same question
-    twice answered twice; nothing to ask returns at once."""
+    with questions that cannot be asked answered NXDOMAIN at once (pycares calls back for a
+    bad name and then raises: counted twice, it ended the wait before the last answer), and
+    the same question twice answered twice; nothing to ask returns at once."""
     with DnsServer(
         mx={"two.test": [(10, "mx1.two.test")]},
         a={"mx1.two.test": "127.0.0.1"},
