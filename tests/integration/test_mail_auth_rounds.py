@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.adapters import mail_auth
-from app.adapters.mail_auth import MailAuthenticator, _dkim_key_names
+from app.adapters.mail_auth import AuthVerdict, MailAuthenticator, _dkim_key_names
 from tests.support.dnsmasq import DnsServer
 from tests.support.mx import mail_zone, message
 
@@ -36,6 +36,24 @@ SPF = {
     f"c{CHAIN}.chain.test": "v=spf1 ip4:127.0.0.1 -all",
 }
 DMARC = {"_dmarc.org.test": "v=DMARC1; p=reject"}
+
+
+async def check(
+    auth: MailAuthenticator,
+    sender: str,
+    *,
+    from_domain: str | None = None,
+    raw: bytes = b"Subject: hi\r\n\r\nhello\r\n",
+    client_ip: str = "127.0.0.1",
+) -> AuthVerdict:
+    """The verdict on a message from ``sender`` (MAIL FROM), From domain the sender's."""
+    return await auth.authenticate(
+        raw,
+        client_ip=client_ip,
+        helo="client.test",
+        mail_from=sender,
+        from_domain=from_domain or sender.rpartition("@")[2],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +83,7 @@ def dns() -> Iterator[DnsServer]:
 async def test_the_verdict_on_the_loop_is_the_blocking_checks_verdict(dns, domain, client_ip):
     auth = MailAuthenticator([dns.address], "mx.mailhub.test")
     sender = f"alice@{domain}"
-    verdict = await auth.authenticate(
-        b"From: alice@mail.sub.org.test\r\nSubject: hi\r\n\r\nhello\r\n",
-        client_ip=client_ip,
-        helo="client.test",
-        mail_from=sender,
-        from_domain="mail.sub.org.test",
-    )
+    verdict = await check(auth, sender, from_domain="mail.sub.org.test", client_ip=client_ip)
     blocking = await asyncio.to_thread(auth.check_spf, client_ip, "client.test", sender)
     assert (verdict.spf, verdict.spf_domain) == blocking
     # the DMARC record is at the organizational domain: a second round finds it
@@ -83,13 +95,7 @@ async def test_the_expected_results(dns):
     auth = MailAuthenticator([dns.address], "mx.mailhub.test")
     results = {}
     for domain in ("include.test", "amech.test", "mxmech.test", "refused.test", "c0.chain.test"):
-        verdict = await auth.authenticate(
-            b"Subject: hi\r\n\r\nhello\r\n",
-            client_ip="192.0.2.7",
-            helo="client.test",
-            mail_from=f"a@{domain}",
-            from_domain=domain,
-        )
+        verdict = await check(auth, f"a@{domain}", client_ip="192.0.2.7")
         results[domain] = verdict.spf
     assert results == {
         "include.test": "fail",
@@ -113,13 +119,7 @@ async def test_a_long_include_chain_finishes_in_a_thread(dns, monkeypatch):
 
     monkeypatch.setattr(mail_auth._Check, "run", recording_run)
     for domain, where in (("c0.chain.test", "thread"), ("c3.chain.test", "loop")):
-        verdict = await auth.authenticate(
-            b"Subject: hi\r\n\r\nhello\r\n",
-            client_ip="127.0.0.1",
-            helo="client.test",
-            mail_from=f"a@{domain}",
-            from_domain=domain,
-        )
+        verdict = await check(auth, f"a@{domain}")
         assert verdict.spf == "pass"
         assert finished_in.pop() == where
 
@@ -144,13 +144,7 @@ async def test_a_large_signed_message_is_checked_in_a_thread(monkeypatch):
         )
         assert len(large) > mail_auth.INLINE_SIGNED_BYTES >= len(small)
         for raw, in_thread in ((small, False), (large, True)):
-            verdict = await auth.authenticate(
-                raw,
-                client_ip="127.0.0.1",
-                helo="client.test",
-                mail_from="alice@pass.test",
-                from_domain="pass.test",
-            )
+            verdict = await check(auth, "alice@pass.test", raw=raw)
             assert [(s.domain, s.result) for s in verdict.dkim] == [("pass.test", "pass")]
             assert (verdict.spf, verdict.dmarc.result) == ("pass", "pass")
             assert where == [in_thread]
@@ -180,13 +174,7 @@ async def test_the_loop_goes_on_while_dns_does_not_answer():
 
         ticking = asyncio.create_task(ticker())
         started = time.monotonic()
-        verdict = await auth.authenticate(
-            b"Subject: hi\r\n\r\nhello\r\n",
-            client_ip="127.0.0.1",
-            helo="client.test",
-            mail_from="a@slow.test",
-            from_domain="slow.test",
-        )
+        verdict = await check(auth, "a@slow.test")
         waited = time.monotonic() - started
         stop.set()
         await ticking
