@@ -199,3 +199,23 @@ def test_the_dkim_keys_asked_ahead_are_the_signatures_selectors():
         "sel1._domainkey.example.com",
         "two._domainkey.mail.example.org",
     ]
+
+
+async def test_hostile_names_in_a_round_leave_the_other_answers_alone(dns):
+    """Questions that cannot be asked (a key name with an empty label, a d= that is not ASCII,
+    more signatures than are verified) are answered "no such name" in the same round as the
+    real questions; the SPF and DMARC answers of that round still arrive (a bad name used to
+    be counted twice, ending the round before the last answer, which came back TEMPORARY)."""
+    auth = MailAuthenticator([dns.address], "mx.mailhub.test")
+    signatures = b"".join(
+        b"DKIM-Signature: v=1; a=rsa-sha256; d=%s; s=%s; h=from; bh=x; b=y\r\n" % pair
+        for pair in [(b"bad..name", b"x"), ("café.test".encode(), b"s")]
+        + [(b"d%d.test" % i, b"s") for i in range(6)]
+    )
+    raw = signatures + b"From: a@org.test\r\nSubject: hi\r\n\r\nhello\r\n"
+    for _ in range(20):  # the double count lost whichever answer came last
+        verdict = await check(auth, "alice@direct.test", from_domain="org.test", raw=raw)
+        assert verdict.spf == "pass"
+        assert (verdict.dmarc.result, verdict.dmarc.policy) == ("fail", "reject")
+        assert len(verdict.dkim) == mail_auth.MAX_SIGNATURES
+        assert {s.result for s in verdict.dkim} <= {"permerror", "fail"}
