@@ -25,7 +25,7 @@ import contextvars
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import dkim
@@ -247,11 +247,11 @@ class MailAuthenticator:
         self, from_domain: str, spf_result: str, spf_domain: str | None, dkim_domains: list[str]
     ) -> DmarcResult:
         """RFC 7489 §6.6.3: the record at _dmarc.<From domain>, else at the org domain."""
-        domain = from_domain.strip().rstrip(".").lower()
+        domain = _normal_domain(from_domain)
         lookup_error = None
         record = None
         at_org = False
-        if _dmarc_domain(domain):
+        if "." in domain:  # a name that can have a record
             status, records = self._txt(f"_dmarc.{domain}")
             if status == "temperror":
                 lookup_error = "temperror"
@@ -281,29 +281,24 @@ class MailAuthenticator:
         return ("ok" if answer.status is LookupStatus.OK else "none"), list(answer.records)
 
 
+@dataclass
 class _Check:
     """One message's SPF, DKIM and DMARC checks, run as often as answers are missing; each
     stage's result is kept once it finished without a missing answer."""
 
-    def __init__(
-        self,
-        auth: MailAuthenticator,
-        raw: bytes,
-        client_ip: str,
-        helo: str,
-        mail_from: str,
-        from_domain: str | None,
-    ) -> None:
-        self.auth = auth
-        self.raw = raw
-        self.client_ip = client_ip
-        self.helo = helo
-        self.mail_from = mail_from
-        self.from_domain = from_domain
-        self.answers = CheckAnswers(auth.dns)
-        self.spf: tuple[str, str | None] | None = None
-        self.signatures: list[DkimSignature] | None = None
-        self.dmarc: DmarcResult | None = None
+    auth: MailAuthenticator
+    raw: bytes
+    client_ip: str
+    helo: str
+    mail_from: str
+    from_domain: str | None
+    answers: CheckAnswers = field(init=False)
+    spf: tuple[str, str | None] | None = field(default=None, init=False)
+    signatures: list[DkimSignature] | None = field(default=None, init=False)
+    dmarc: DmarcResult | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.answers = CheckAnswers(self.auth.dns)
 
     def first_questions(self) -> list[tuple[str, str]]:
         """What the checks will ask first: the SPF record of the MAIL FROM (or HELO) domain,
@@ -311,8 +306,8 @@ class _Check:
         sender = _spf_sender(self.helo, self.mail_from)
         questions = [(_question_name(sender.rpartition("@")[2]), "TXT")]
         questions += [(key, "TXT") for key in _dkim_key_names(self.raw)]
-        domain = _dmarc_domain(self.from_domain or "")
-        if domain:  # (the organizational domain's record, when it has none, in a second round)
+        domain = _normal_domain(self.from_domain or "")
+        if "." in domain:  # (the organizational domain's record, if none, in a second round)
             questions.append((f"_dmarc.{domain}", "TXT"))
         return questions
 
@@ -365,17 +360,16 @@ def _spf_sender(helo: str, mail_from: str) -> str:
     return mail_from or f"postmaster@{helo}"
 
 
-def _dmarc_domain(from_domain: str) -> str | None:
-    """The From domain as its DMARC record is asked for (None: it cannot have one)."""
-    domain = from_domain.strip().rstrip(".").lower()
-    return domain if domain and "." in domain else None
+def _normal_domain(from_domain: str) -> str:
+    """The From domain as DMARC reads it (RFC 7489 §6.6.3 asks only for names with a dot)."""
+    return from_domain.strip().rstrip(".").lower()
 
 
 def _dkim_key_names(raw: bytes) -> list[str]:
     """The key record names (``<s>._domainkey.<d>``) of the message's DKIM signatures."""
     names = []
-    for field in _DKIM_FIELD.findall(_header_block(raw))[:MAX_SIGNATURES]:
-        tags = dict(_DKIM_TAG.findall(re.sub(rb"\s+", b"", field)))
+    for value in _DKIM_FIELD.findall(_header_block(raw))[:MAX_SIGNATURES]:
+        tags = dict(_DKIM_TAG.findall(re.sub(rb"\s+", b"", value)))
         if b"d" in tags and b"s" in tags:
             with contextlib.suppress(UnicodeDecodeError):  # verified as permerror, not asked
                 names.append(_question_name(tags[b"s"] + b"._domainkey." + tags[b"d"]))
