@@ -169,7 +169,6 @@ class CaresLookup:
         loop = asyncio.get_running_loop()
         all_in: asyncio.Future[None] = loop.create_future()
         raw: list[tuple[Any, int | None] | None] = [None] * len(distinct)
-        waiting = [len(distinct)]
         lock = threading.Lock()  # answers come on c-ares' thread (or at once, from its cache)
 
         def settle() -> None:
@@ -178,12 +177,9 @@ class CaresLookup:
 
         def answer_to(index: int) -> Callable[[Any, int | None], None]:
             def answered(result: Any, error: int | None) -> None:
-                with lock:
-                    if raw[index] is not None:  # told twice: pycares answers a bad name, then
-                        return  # raises, and ``_ask`` answers it again
-                    raw[index] = (result, error)
-                    waiting[0] -= 1
-                    last = waiting[0] == 0
+                with lock:  # (pycares answers a bad name, then raises: ``_ask`` answers
+                    raw[index] = (result, error)  # it again, which changes nothing here)
+                    last = None not in raw
                 if last:
                     with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                         loop.call_soon_threadsafe(settle)
