@@ -16,8 +16,9 @@ plain ``Connection``; each frame is a pickle of ``(call id, payload)``.
 
 A helper runs one call at a time; a call goes to the helper with the fewest calls waiting.
 When a helper's socket closes (the process died), its waiting calls fail with
-``HelperDied`` and the helper is gone from the pool (``alive`` says how many are left); the
-caller decides what to do (``Analysis`` analyses inline and starts a replacement).
+``HelperDied``, the helper is gone from the pool (``alive`` says how many are left) and the
+pool starts its replacement (``replace_lost``); the caller decides what to do with the calls
+that failed (``Analysis`` analyses them inline).
 """
 
 from __future__ import annotations
