@@ -14,10 +14,10 @@ import skops.io as sio
 from ml.corpus import CorpusMessage
 from ml.features import message_tokens, registrable_domain
 from ml.message_text import read_message, subject_and_body
-from ml.model import TrainingConfig, fit, load, model_bytes, predict_proba, save
+from ml.model import TrainingConfig, bucket_of, fit, load, model_bytes, predict_proba, save
 from ml.personal import score_for_user, tokens_for_feedback
 from ml.retrain import retrain
-from ml.scoring import first_occurrences, score
+from ml.scoring import first_occurrences, score, token_buckets
 
 SMALL = TrainingConfig(n_features=2**12, calibration_folds=3, min_df=1)
 
@@ -248,3 +248,33 @@ def test_first_occurrences_are_what_np_unique_gives(n_features: int) -> None:
         expected.sort()
         got = first_occurrences(buckets)
         assert got.tolist() == expected.tolist(), (n_features, size)
+
+
+@pytest.mark.parametrize("n_features", [1, 7, 1 << 20])
+def test_token_buckets_are_the_columns_training_gives(n_features: int) -> None:
+    """The scorer's hashing (mmh3) puts every token in the column scikit-learn's FeatureHasher
+    gave it in training: ASCII, accented, CJK, emoji, empty and long tokens, and the tokens
+    of a real message."""
+    from sklearn.feature_extraction import FeatureHasher
+
+    tokens = [
+        "",
+        "a",
+        "word:viagra",
+        "pair:click_here",
+        "word:café",
+        "subject:größe",
+        "word:日本語のメール",
+        "word:🙂🙂",
+        "shape:LONG_TOKEN",
+        "x" * 5000,
+        *message_tokens(b"Subject: Ihre Bestellung\r\n\r\nBitte best\xc3\xa4tigen: 12.03.2026 ..."),
+        *(f"word:w{i}" for i in range(2000)),
+    ]
+    got = token_buckets(tokens, n_features)
+    assert got.dtype == np.int64
+    assert got.tolist() == [bucket_of(t, n_features) for t in tokens]
+    hasher = FeatureHasher(n_features=n_features, input_type="string", alternate_sign=False)
+    matrix = hasher.transform([[t] for t in tokens])
+    assert got.tolist() == matrix.indices.tolist()
+    assert token_buckets([], n_features).tolist() == []
