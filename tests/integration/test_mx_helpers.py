@@ -56,7 +56,7 @@ async def test_a_dead_helper_fails_no_message_and_is_replaced():
     analysis = Analysis(ModelScorer())
     await analysis.start_helpers(1)
     try:
-        pool = analysis._pool
+        pool = analysis.pool
         assert pool is not None
         [pid] = pool.pids
         os.kill(pid, signal.SIGKILL)
@@ -68,9 +68,9 @@ async def test_a_dead_helper_fails_no_message_and_is_replaced():
                 break
             await asyncio.sleep(0.1)
         assert analysis.helpers == 1 and pool.pids != [pid]
-        calls = pool._calls
+        calls = pool.calls
         assert await analysis.analyze(raw, score=True) == expected  # the new helper
-        assert pool._calls == calls + 1
+        assert pool.calls == calls + 1
     finally:
         await analysis.stop_helpers()
 

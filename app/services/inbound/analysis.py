@@ -71,6 +71,11 @@ class Analysis:
         self._pool: HelperProcesses | None = None
 
     @property
+    def pool(self) -> HelperProcesses | None:
+        """The helper processes (None while every message is analysed inline)."""
+        return self._pool
+
+    @property
     def helpers(self) -> int:
         """Helper processes running now (0: every message is analysed inline)."""
         return self._pool.alive if self._pool is not None else 0

@@ -183,6 +183,12 @@ class HelperProcesses:
         return len(self.helpers)
 
     @property
+    def calls(self) -> int:
+        """Calls handed to a helper since the pool started (a caller that analyses inline
+        when no helper is running does not count here)."""
+        return self._calls
+
+    @property
     def pids(self) -> list[int]:
         return [h.process.pid for h in self.helpers if h.process.pid is not None]  # started
 
