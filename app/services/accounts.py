@@ -80,6 +80,9 @@ class AccountService:
         # Concurrent sends share one read of their senders' addresses (each answer from a
         # query sent after it was asked, as fresh as a query of its own).
         self._addresses: SharedLookup[ObjectId, list[str]] = SharedLookup(self._fetch_addresses)
+        # Concurrent requests share one read of their session tokens, the same way: a token
+        # revoked before a request asked is refused by that request's answer.
+        self._tokens: SharedLookup[str, dict[str, Any]] = SharedLookup(self._fetch_tokens)
 
     # --- domains -------------------------------------------------------------------------
 
@@ -292,11 +295,16 @@ class AccountService:
             raise AuthError("authentication required: send Authorization: Bearer <token>")
         if is_api_key(token):
             return await self.api_keys.authenticate(token)
-        doc = await self.db.api_tokens.find_one({"_id": hash_token(token)})
+        key = hash_token(token)
+        doc = (await self._tokens.get([key])).get(key)
         now = datetime.now(UTC)
         if doc is None or doc.get("revoked_at") or doc["expires_at"] <= now:
             raise AuthError("invalid or expired token")
         return Viewer(doc["user_id"], doc["email"], doc.get("name"), doc["_id"])
+
+    async def _fetch_tokens(self, ids: list[str]) -> dict[str, dict[str, Any]]:
+        docs = await self.db.api_tokens.find({"_id": {"$in": ids}}).to_list()
+        return {doc["_id"]: doc for doc in docs}
 
     async def set_disabled(self, user_id: ObjectId, disabled: bool = True) -> None:
         """Disable (or re-enable) a user; disabling revokes every token at once."""

@@ -1,0 +1,70 @@
+"""Session tokens: concurrent requests share one read of their tokens, and each still gets its
+own answer — its viewer, or UNAUTHENTICATED for a revoked, expired or forged token."""
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from app.adapters.mongo import Mongo
+from app.adapters.redis_store import RedisStore
+from app.domain.errors import AuthError
+from app.services.accounts import AccountService, hash_token
+from tests.support.commands import CommandLog
+
+DOMAIN = "tokens.test"
+
+
+@pytest.fixture
+async def accounts(settings):  # type: ignore[no-untyped-def]
+    commands = CommandLog()
+    mongo = Mongo.open(settings.mongodb_uri, settings.mongodb_database, event_listeners=[commands])
+    redis = RedisStore(settings.redis_url, settings.redis_prefix)
+    service = AccountService(mongo, redis, settings)
+    await service.add_domain(DOMAIN)
+    yield service, commands
+    await mongo.client.drop_database(settings.mongodb_database)
+    await redis.close()
+    await mongo.close()
+
+
+async def _token(accounts: AccountService, local: str) -> str:
+    await accounts.create_user(f"{local}@{DOMAIN}", "correct horse battery")
+    token, _ = await accounts.login(f"{local}@{DOMAIN}", "correct horse battery", "test")
+    return token
+
+
+async def test_concurrent_requests_share_one_read_and_each_gets_its_own_answer(accounts):
+    service, commands = accounts
+    alice, bob, carol, dave = [await _token(service, n) for n in ("alice", "bob", "carol", "dave")]
+    assert await service.revoke(carol)
+    await service.db.api_tokens.update_one(
+        {"_id": hash_token(dave)}, {"$set": {"expires_at": datetime.now(UTC) - timedelta(1)}}
+    )
+    tokens = [alice, bob, carol, dave, "mh_forged"] * 8
+
+    commands.clear()
+    answers = await asyncio.gather(
+        *(service.authenticate(t) for t in tokens), return_exceptions=True
+    )
+
+    for token, answer in zip(tokens, answers, strict=True):
+        if token == alice:
+            assert not isinstance(answer, BaseException) and answer.email == f"alice@{DOMAIN}"
+        elif token == bob:
+            assert not isinstance(answer, BaseException) and answer.email == f"bob@{DOMAIN}"
+        else:  # revoked, expired, forged: the same error, saying nothing about which
+            assert isinstance(answer, AuthError), (token, answer)
+            assert answer.message == "invalid or expired token"
+    finds = commands.finds("api_tokens")
+    assert 1 <= len(finds) < len(tokens) // 4, finds  # shared: 40 requests, a few reads
+    assert all(set(f) == {"_id"} and "$in" in f["_id"] for f in finds)
+
+
+async def test_a_token_revoked_between_two_requests_is_refused_by_the_second(accounts):
+    service, _ = accounts
+    token = await _token(service, "erin")
+    assert (await service.authenticate(token)).email == f"erin@{DOMAIN}"
+    assert await service.revoke(token)
+    with pytest.raises(AuthError):  # nothing remembered: every request's answer is a new read
+        await service.authenticate(token)
