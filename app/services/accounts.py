@@ -325,9 +325,7 @@ class AccountService:
     async def token_is_live(self, token_id: str) -> bool:
         if token_id.startswith("key:"):
             return await self.api_keys.is_live(token_id)
-        doc = await self.db.api_tokens.find_one(
-            {"_id": token_id}, {"revoked_at": 1, "expires_at": 1}
-        )
+        doc = (await self._tokens.get([token_id])).get(token_id)  # shared, as authenticate's
         return bool(doc and not doc.get("revoked_at") and doc["expires_at"] > datetime.now(UTC))
 
     async def token_still_live(self, token_id: str) -> bool | None:

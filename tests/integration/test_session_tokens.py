@@ -68,3 +68,18 @@ async def test_a_token_revoked_between_two_requests_is_refused_by_the_second(acc
     assert await service.revoke(token)
     with pytest.raises(AuthError):  # nothing remembered: every request's answer is a new read
         await service.authenticate(token)
+
+
+async def test_live_subscriptions_check_their_tokens_together(accounts):
+    """A live subscription asks now and then whether its token still holds (schema/realtime.py);
+    many asking at once share a read, and a revoked or expired token is not live."""
+    service, commands = accounts
+    alice, bob = await _token(service, "alice"), await _token(service, "bob")
+    assert await service.revoke(bob)
+    ids = [hash_token(alice), hash_token(bob), "no-such-token"] * 10
+
+    commands.clear()
+    live = await asyncio.gather(*(service.token_is_live(i) for i in ids))
+
+    assert live == [True, False, False] * 10
+    assert 1 <= len(commands.finds("api_tokens")) < len(ids) // 4
