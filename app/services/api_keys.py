@@ -18,6 +18,7 @@ from bson import ObjectId
 
 from app.adapters.mongo import Mongo
 from app.adapters.redis_store import RedisStore
+from app.batching import SharedLookup
 from app.domain.api_scopes import SCOPES, check_scope_names
 from app.domain.errors import AuthError, ValidationError
 from app.domain.ids import parse_object_id
@@ -44,6 +45,10 @@ class ApiKeyService:
     def __init__(self, mongo: Mongo, redis: RedisStore) -> None:
         self.db = mongo.db
         self.redis = redis
+        # Concurrent requests (and live subscriptions' checks) share one read of their keys;
+        # each answer comes from a read sent after it was asked, so a key deleted (revoked)
+        # before a request asked is refused by that request.
+        self._keys: SharedLookup[str, dict[str, Any]] = SharedLookup(self._fetch_keys)
 
     async def create(
         self, viewer: Viewer, name: str, scopes: list[str]
@@ -100,7 +105,7 @@ class ApiKeyService:
 
     async def authenticate(self, key: str) -> Viewer:
         key_hash = hash_token(key)
-        doc = await self.db.api_keys.find_one({"hash": key_hash})
+        doc = (await self._keys.get([key_hash])).get(key_hash)
         if doc is None:
             raise AuthError("invalid or revoked API key")
         now = datetime.now(UTC)
@@ -121,4 +126,8 @@ class ApiKeyService:
     async def is_live(self, token_id: str) -> bool:
         """Is the key behind this Viewer.token_id still there (not revoked)?"""
         key_hash = token_id.removeprefix("key:")
-        return await self.db.api_keys.count_documents({"hash": key_hash}, limit=1) > 0
+        return key_hash in await self._keys.get([key_hash])
+
+    async def _fetch_keys(self, hashes: list[str]) -> dict[str, dict[str, Any]]:
+        docs = await self.db.api_keys.find({"hash": {"$in": hashes}}).to_list()
+        return {doc["hash"]: doc for doc in docs}

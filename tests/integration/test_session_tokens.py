@@ -83,3 +83,40 @@ async def test_live_subscriptions_check_their_tokens_together(accounts):
 
     assert live == [True, False, False] * 10
     assert 1 <= len(commands.finds("api_tokens")) < len(ids) // 4
+
+
+async def test_api_keys_are_read_together_and_a_deleted_key_is_refused(accounts):
+    """The sending API's keys (issue 14): concurrent requests share a read of their keys, each
+    gets its own viewer with its scopes, and a revoked (deleted) key is refused at once."""
+    service, commands = accounts
+    await service.create_user(f"frank@{DOMAIN}", "correct horse battery")
+    await service.create_user(f"grace@{DOMAIN}", "correct horse battery")
+    frank, _ = await service.login(f"frank@{DOMAIN}", "correct horse battery", "test")
+    grace, _ = await service.login(f"grace@{DOMAIN}", "correct horse battery", "test")
+    frank_key, _ = await service.api_keys.create(await service.authenticate(frank), "a", ["send"])
+    grace_key, doc = await service.api_keys.create(
+        await service.authenticate(grace), "b", ["send", "read"]
+    )
+    keys = [frank_key, grace_key, "mhk_forged"] * 8
+
+    commands.clear()
+    answers = await asyncio.gather(*(service.authenticate(k) for k in keys), return_exceptions=True)
+
+    for key, answer in zip(keys, answers, strict=True):
+        if key == frank_key:
+            assert not isinstance(answer, BaseException)
+            assert answer.email == f"frank@{DOMAIN}" and answer.scopes == {"send"}
+        elif key == grace_key:
+            assert not isinstance(answer, BaseException)
+            assert answer.email == f"grace@{DOMAIN}" and answer.scopes == {"send", "read"}
+        else:
+            assert isinstance(answer, AuthError), (key, answer)
+    assert 1 <= len(commands.finds("api_keys")) < len(keys) // 4
+    viewer = answers[1]
+    assert not isinstance(viewer, BaseException) and viewer.token_id
+    assert await service.token_is_live(viewer.token_id)
+
+    assert await service.api_keys.revoke(await service.authenticate(grace), str(doc["_id"]))
+    assert not await service.token_is_live(viewer.token_id)
+    with pytest.raises(AuthError):
+        await service.authenticate(grace_key)
