@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import operator
+import subprocess
+import sys
 from datetime import datetime
 from email.message import EmailMessage
 
@@ -278,3 +280,20 @@ def test_token_buckets_are_the_columns_training_gives(n_features: int) -> None:
     matrix = hasher.transform([[t] for t in tokens])
     assert got.tolist() == matrix.indices.tolist()
     assert token_buckets([], n_features).tolist() == []
+
+
+def test_a_token_with_a_lone_surrogate_is_refused_not_a_crash() -> None:
+    """mmh3 5.3.1 segfaults on a str with a lone surrogate (no UTF-8 form); ``token_buckets``
+    refuses such text first, with the error scikit-learn's hashing raised. Run in a child
+    process, so a regression shows as this test's failure, not the end of the test run."""
+    code = (
+        "from ml.scoring import token_buckets\n"
+        "try:\n"
+        "    token_buckets(['word:ok', 'word:caf\\udce9'], 1 << 20)\n"
+        "except UnicodeEncodeError:\n"
+        "    print('refused')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "refused", (done.returncode, done)
