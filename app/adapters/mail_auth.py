@@ -31,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 import dkim
 import spf
 
-from app.adapters.dns_resolver import CaresLookup, LookupStatus, TxtResult, txt_result
+from app.adapters.dns_resolver import CaresLookup, LookupStatus, txt_result
 from app.domain.dmarc import (
     DmarcResult,
     authentication_results_header,
@@ -58,8 +58,6 @@ class Answering(Protocol):
 
     def records(self, name: str, rdtype: str) -> tuple[LookupStatus, list[Any]]: ...
 
-    def txt(self, name: str) -> TxtResult: ...
-
 
 _lookup_var: contextvars.ContextVar[Answering] = contextvars.ContextVar("auth_lookup")
 _default_lookup = CaresLookup([])  # the system's resolvers, for pyspf called outside a check
@@ -72,7 +70,7 @@ class NeedAnswer(BaseException):
 
 class CheckAnswers:
     """The DNS answers of one message's checks, asked from the loop (``fetch``) and read by the
-    blocking libraries' hooks (``records``, ``txt``). A question not fetched raises
+    blocking libraries' hooks (``records``). A question not fetched raises
     ``NeedAnswer`` and is remembered in ``missed`` (a library's bare ``except:`` may swallow
     the exception, but not the record of it); with ``blocking`` set (the thread fallback) it is
     asked there and then."""
@@ -95,9 +93,6 @@ class CheckAnswers:
             answer = self.known[key] = self.lookup.records(*key)
         return answer
 
-    def txt(self, name: str) -> TxtResult:
-        return txt_result(*self.records(name, "TXT"))
-
     async def fetch(self, questions: Iterable[tuple[str, str]]) -> None:
         """Ask the questions not answered yet, all at once."""
         keys = [k for k in dict.fromkeys(questions) if k not in self.known]
@@ -110,10 +105,6 @@ def _question_name(name: bytes | str) -> str:
     that is not ASCII raises ``UnicodeDecodeError``)."""
     text = name.decode("ascii") if isinstance(name, bytes) else name
     return text.rstrip(".").lower()
-
-
-def _answering() -> Answering | None:
-    return _lookup_var.get(None)
 
 
 @dataclass(frozen=True)
@@ -135,7 +126,7 @@ class AuthVerdict:
 def _spf_dns_lookup(name: str, qtype: str, strict: Any = True, timeout: float = 20) -> list[Any]:
     """pyspf's DNS hook, answering through our configured servers (see ``_lookup_var``), in
     the shape pyspf's own dnspython hook gives: ``((name, qtype), value)`` pairs."""
-    lookup = _answering() or _default_lookup
+    lookup = _lookup_var.get(None) or _default_lookup
     if qtype not in ("A", "AAAA", "MX", "PTR", "TXT", "SPF"):
         return []
     status, found = lookup.records(name, "TXT" if qtype == "SPF" else qtype)
@@ -195,7 +186,7 @@ class MailAuthenticator:
         """RFC 7208: the result for MAIL FROM, or for postmaster@HELO when MAIL FROM is null."""
         sender = _spf_sender(helo, mail_from)
         domain = sender.rpartition("@")[2].lower() or None
-        token = _lookup_var.set(_answering() or self.dns)
+        token = _lookup_var.set(self._answering())
         try:
             result, _explanation = spf.check2(
                 i=client_ip,
@@ -238,7 +229,7 @@ class MailAuthenticator:
 
     def _dkim_txt(self, name: bytes | str, timeout: float = 5) -> bytes | None:
         qname = _question_name(name)
-        status, found = (_answering() or self.dns).records(qname, "TXT")
+        status, found = self._answering().records(qname, "TXT")
         if status is LookupStatus.TEMPORARY:
             raise dkim.DnsTimeoutError(f"DNS TXT {qname}: no answer")
         return found[0].data if found else None
@@ -274,8 +265,12 @@ class MailAuthenticator:
             lookup_error=lookup_error,
         )
 
+    def _answering(self) -> Answering:
+        """The answers of the check running in this context (``_Check.run``), else ours."""
+        return _lookup_var.get(None) or self.dns
+
     def _txt(self, name: str) -> tuple[str, list[str]]:
-        answer = (_answering() or self.dns).txt(name)
+        answer = txt_result(*self._answering().records(name, "TXT"))
         if answer.status is LookupStatus.TEMPORARY:
             return "temperror", []
         return ("ok" if answer.status is LookupStatus.OK else "none"), list(answer.records)
