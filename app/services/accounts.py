@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import hashlib
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from app.domain.errors import (
     ValidationError,
 )
 from app.domain.ids import parse_object_id
+from app.domain.tokens import hash_token
 from app.domain.viewer import Viewer
 from app.services.api_keys import ApiKeyService, is_api_key
 
@@ -57,10 +57,6 @@ class DnsRecord:
     def zone_line(self) -> str:
         value = self.value if self.type == "MX" else f'"{self.value}"'
         return f"{self.name}. IN {self.type} {value}"
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _dkim_public_key(private_pem: str) -> str:

@@ -9,7 +9,8 @@ import pytest
 from app.adapters.mongo import Mongo
 from app.adapters.redis_store import RedisStore
 from app.domain.errors import AuthError
-from app.services.accounts import AccountService, hash_token
+from app.domain.tokens import hash_token
+from app.services.accounts import AccountService
 from tests.support.commands import CommandLog
 
 DOMAIN = "tokens.test"
