@@ -166,6 +166,19 @@ def _parse(raw: bytes, html_listener: HtmlListener | None, tree: Message | None)
     )
 
 
+def attachment_data(raw: bytes, index: int) -> bytes | None:
+    """The decoded bytes of ``parse_message(raw).attachments[index]``, or None when ``raw``
+    has no such attachment. Received messages keep their attachments only inside their raw
+    MIME (docs/inbound.md, "Attachments"); a download reads them back through this, the same
+    parse that listed them."""
+    try:
+        body = _Bodies()
+        _collect(parse_bytes(raw, _PARSE_POLICY), body, depth=0)
+    except Exception:  # hostile input: parse_message found no attachments in it either
+        return None
+    return body.attachments[index].data if 0 <= index < len(body.attachments) else None
+
+
 def _unparseable(raw: bytes) -> ParsedMessage:
     return ParsedMessage(
         message_id=None,

@@ -338,7 +338,7 @@ class Rest:
             await context.viewer(), request.path_params["id"]
         )
         return StreamingResponse(
-            self.system.attachments.content(doc),
+            await self.system.attachments.content(doc),
             media_type=doc["content_type"],
             headers={
                 "Content-Disposition": self.system.attachments.content_disposition(doc["filename"]),

@@ -156,3 +156,41 @@ async def test_every_inline_text_part_is_readable_through_graphql(api, settings)
         "This is explicitly typed plain US-ASCII text.\nIt DOES end with a linebreak."
     )
     assert rfc["data"]["message"]["htmlBody"] is None
+
+
+async def test_received_attachments_are_stored_once_inside_the_raw_mime(api, settings):
+    """A received attachment is not written a second time as a blob of its own: its document
+    points into the message's raw MIME, the download decodes it from there (checked against
+    its SHA-256 first), and it goes with the message."""
+    mx = await start_mx(settings, api.system)
+    try:
+        email, token = await api.user("carol")
+        raw = as_sent((DATA / "eml" / "attachments.eml").read_bytes())
+        reply = await smtp_send(mx.port, raw, rcpts=[email], mail_from="sender@none.test")
+        assert reply["data"][0] == 250, reply
+    finally:
+        await mx.stop(grace=2)
+    db = api.system.mongo.db
+    expected = parse_message(raw).attachments
+    stored = await db.messages.find_one({"content_sha256": hashlib.sha256(raw).hexdigest()})
+    docs = await db.attachments.find({"message_ids": stored["_id"]}).sort("in_raw.index").to_list()
+    assert len(docs) == len(expected) == 5
+    assert all("blob_id" not in d and d["in_raw"]["blob_id"] == stored["raw_blob_id"] for d in docs)
+    assert await db["blobs.files"].count_documents({}) == 1  # the raw MIME, nothing else
+    auth = {"Authorization": f"Bearer {token}"}
+    for doc, original in zip(docs, expected, strict=True):
+        got = await api.http.get(f"/api/attachments/{doc['_id']}", headers=auth)
+        assert got.status_code == 200 and got.content == original.data, doc["filename"]
+        assert got.headers["content-length"] == str(len(original.data))
+
+    # content that no longer matches what arrived is refused, not served
+    await db.attachments.update_one({"_id": docs[0]["_id"]}, {"$set": {"sha256": "0" * 64}})
+    assert (
+        await api.http.get(f"/api/attachments/{docs[0]['_id']}", headers=auth)
+    ).status_code == 404
+
+    await db.mailbox_items.delete_many({"message_id": stored["_id"]})
+    assert await api.system.content.collect([stored["_id"]]) == 1
+    assert await db.attachments.count_documents({}) == 0
+    assert await db["blobs.files"].count_documents({}) == 0
+    assert await db["blobs.chunks"].count_documents({}) == 0

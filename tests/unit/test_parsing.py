@@ -13,6 +13,7 @@ from app.domain.parsing import (
     MAX_SELECTED_HEADER_CHARS,
     TEXT_PART_SEPARATOR,
     ParsedMessage,
+    attachment_data,
     parse_message,
     safe_filename,
 )
@@ -399,3 +400,21 @@ def test_shared_header_objects_parse_exactly_like_the_stdlib_default_policy(monk
 def test_a_subject_with_raw_latin1_bytes_inside_an_encoded_word_is_decoded():
     raw = b"Subject: =?iso-8859-1?Q?Die_Hasen_und_die_Fr\xf6sche?=\r\n\r\nbody\r\n"
     assert parse_message(raw).subject == "Die Hasen und die Frösche"
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=lambda p: p.name)
+def test_attachment_data_gives_each_parsed_attachment_back_from_the_raw(path):
+    """A received message's attachments are read back from its raw MIME by index: every
+    sample's attachments, nested messages and bad base64 included, come back byte for byte,
+    and an index past the end (or before the start) is None, not another part."""
+    raw = path.read_bytes()
+    attachments = parse_message(raw).attachments
+    for index, attachment in enumerate(attachments):
+        assert attachment_data(raw, index) == attachment.data, index
+    assert attachment_data(raw, len(attachments)) is None
+    assert attachment_data(raw, -1) is None
+
+
+def test_attachment_data_of_input_the_parser_cannot_read_is_none():
+    assert attachment_data(b"", 0) is None
+    assert attachment_data(b"\xff" * 100, 0) is None

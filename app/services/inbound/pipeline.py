@@ -308,19 +308,19 @@ class InboundService:
         now = datetime.now(UTC)
         message_id = ObjectId()
         content_hash = hashlib.sha256(raw).hexdigest()
-        stored_raw = self._trace_headers(envelope, auth, now, message_id, mailboxes) + raw
+        trace = self._trace_headers(envelope, auth, now, message_id, mailboxes)
         raw_blob = BlobWrite(
-            ObjectId(), stored_raw, "message.eml", {"kind": "raw", "message_id": message_id}
+            ObjectId(), trace + raw, "message.eml", {"kind": "raw", "message_id": message_id}
         )
         blobs = [raw_blob]
         attachment_docs, attachment_refs = [], []
-        for a in parsed.attachments:
-            blob = BlobWrite(ObjectId(), a.data, a.filename, {"kind": "attachment"})
-            blobs.append(blob)
+        for index, a in enumerate(parsed.attachments):
+            # no blob of its own: the attachment is read back from the raw MIME it came in
+            # (``AttachmentService.content``), so a 1 MB attachment is written once, not twice
             doc = {
                 "_id": ObjectId(),
                 "owner_user_id": None,
-                "blob_id": blob.blob_id,
+                "in_raw": {"blob_id": raw_blob.blob_id, "offset": len(trace), "index": index},
                 "filename": a.filename,
                 "content_type": a.content_type,
                 "declared_content_type": a.content_type,
@@ -340,7 +340,6 @@ class InboundService:
                     "content_type": a.content_type,
                     "size": doc["size"],
                     "sha256": doc["sha256"],
-                    "blob_id": blob.blob_id,
                     "content_id": a.content_id,
                     "inline": a.inline,
                 }

@@ -98,7 +98,7 @@ class ContentService:
             gone = await self.db.attachments.delete_one(
                 {"_id": doc["_id"], "message_ids": {"$size": 0}}
             )
-            if gone.deleted_count:
+            if gone.deleted_count and doc.get("blob_id"):  # (a received one's is its raw)
                 await self.blobs.delete(doc["blob_id"])
 
     async def sweep_expired_uploads(self, now: Any) -> int:
@@ -108,7 +108,8 @@ class ContentService:
             {"expires_at": {"$lte": now}, "message_ids": {"$size": 0}}
         ):
             await self.db.attachments.delete_one({"_id": doc["_id"]})
-            await self.blobs.delete(doc["blob_id"])
+            if doc.get("blob_id"):
+                await self.blobs.delete(doc["blob_id"])
             count += 1
         return count
 

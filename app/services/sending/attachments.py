@@ -6,6 +6,7 @@ once a message references it, it lives as long as that message.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import mimetypes
 import re
@@ -16,14 +17,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import filetype
+import structlog
 from bson import ObjectId
 
-from app.adapters.blobs import BlobStore
+from app.adapters.blobs import CHUNK, BlobStore
 from app.adapters.mongo import Mongo
 from app.config import Settings
 from app.domain.errors import NotFound, PayloadTooLarge, ValidationError
 from app.domain.ids import parse_object_id
+from app.domain.parsing import attachment_data
 from app.domain.viewer import Viewer
+
+log = structlog.get_logger(__name__)
 
 UNREFERENCED_TTL = timedelta(days=1)
 SNIFF_BYTES = 8192
@@ -181,6 +186,27 @@ class AttachmentService:
         ascii_name = re.sub(r"[^\w.\- ()\[\]]", "_", ascii_name) or "attachment"
         return f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
-    def content(self, download: dict[str, Any]) -> AsyncIterator[bytes]:
-        """The bytes of an attachment ``for_download`` authorised, streamed in chunks."""
-        return self.blobs.stream(download["blob_id"])
+    async def content(self, download: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The bytes of an attachment ``for_download`` authorised, streamed in chunks.
+
+        An upload (and what was sent with it) is a blob of its own. A received message's
+        attachment lives only in that message's raw MIME (``in_raw``: the raw blob, where the
+        message as received starts in it, after our trace headers, and which of its parsed
+        attachments it is): it is decoded from there, with the same parse that listed it, and
+        checked against the SHA-256 taken when it arrived before a byte is sent."""
+        if download.get("blob_id"):
+            return self.blobs.stream(download["blob_id"])
+        where = download.get("in_raw") or {}
+        stored = await self.blobs.get(where["blob_id"]) if where.get("blob_id") else b""
+        data = await asyncio.to_thread(
+            attachment_data, stored[int(where.get("offset", 0)) :], int(where.get("index", -1))
+        )
+        if data is None or hashlib.sha256(data).hexdigest() != download.get("sha256"):
+            log.error("attachment not found in its message", attachment=str(download["_id"]))
+            raise NotFound("the attachment's content could not be read from its message")
+        return _chunks(data)
+
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), CHUNK):
+        yield data[start : start + CHUNK]
