@@ -69,6 +69,7 @@ from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
 from bench.outbound import (
+    WORKER_SETTINGS,
     bench_system,
     corpus,
     counted_commands,
@@ -217,6 +218,7 @@ async def _measure(
                 "msgs_per_s": round(delivered / (last - start), 1) if last > start else None,
                 "worker_log": str(work / "worker.log"),
                 "watchers": a.watchers,
+                "worker_settings_changed": WORKER_SETTINGS,  # beyond addresses/hostname/secret
             }
             if a.watchers:
                 out["delivery"]["stats_calls"] = len(asked)
