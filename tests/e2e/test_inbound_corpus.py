@@ -12,6 +12,7 @@ import pytest
 
 from app.domain.parsing import parse_message
 from app.mx.server import start_mx
+from app.services.inbound import pipeline
 from tests.support.mx import MailZone, mail_zone, smtp_send
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -194,3 +195,39 @@ async def test_received_attachments_are_stored_once_inside_the_raw_mime(api, set
     assert await db.attachments.count_documents({}) == 0
     assert await db["blobs.files"].count_documents({}) == 0
     assert await db["blobs.chunks"].count_documents({}) == 0
+
+
+async def test_a_received_attachment_over_the_limit_keeps_a_blob_of_its_own(
+    api, settings, monkeypatch
+):
+    """Past ``ATTACHMENT_IN_RAW_MAX`` an attachment is also a blob of its own (its download
+    streams it instead of parsing the whole message); the smaller ones of the same message
+    stay in the raw MIME only. Both kinds download byte for byte and go with the message."""
+    monkeypatch.setattr(pipeline, "ATTACHMENT_IN_RAW_MAX", 50)
+    mx = await start_mx(settings, api.system)
+    try:
+        email, token = await api.user("dave")
+        raw = as_sent((DATA / "eml" / "attachments.eml").read_bytes())
+        reply = await smtp_send(mx.port, raw, rcpts=[email], mail_from="sender@none.test")
+        assert reply["data"][0] == 250, reply
+    finally:
+        await mx.stop(grace=2)
+    db = api.system.mongo.db
+    expected = parse_message(raw).attachments
+    stored = await db.messages.find_one({"content_sha256": hashlib.sha256(raw).hexdigest()})
+    docs = {d["sha256"]: d for d in await db.attachments.find({}).to_list()}
+    big = [a for a in expected if len(a.data) > 50]
+    assert big and len(big) < len(expected)
+    auth = {"Authorization": f"Bearer {token}"}
+    for original in expected:
+        doc = docs[hashlib.sha256(original.data).hexdigest()]
+        assert ("blob_id" in doc) == (len(original.data) > 50), doc["filename"]
+        assert ("in_raw" in doc) == (len(original.data) <= 50), doc["filename"]
+        got = await api.http.get(f"/api/attachments/{doc['_id']}", headers=auth)
+        assert got.status_code == 200 and got.content == original.data, doc["filename"]
+    assert await db["blobs.files"].count_documents({}) == 1 + len(big)
+
+    await db.mailbox_items.delete_many({"message_id": stored["_id"]})
+    assert await api.system.content.collect([stored["_id"]]) == 1
+    assert await db.attachments.count_documents({}) == 0
+    assert await db["blobs.files"].count_documents({}) == 0

@@ -44,6 +44,10 @@ from app.services.mailbox.content import INLINE_BODY_LIMIT
 
 DOMAIN_CACHE_SECONDS = 5.0  # hosted domains change rarely; users are always read fresh
 POSTMASTER = "postmaster"
+# A received attachment up to this size (decoded) is stored only inside the raw MIME it came
+# in; a larger one also gets a blob of its own, so its download streams it instead of reading
+# and parsing the whole message (docs/inbound.md, "Attachments").
+ATTACHMENT_IN_RAW_MAX = 8 * 1024 * 1024
 
 
 @dataclass
@@ -315,12 +319,19 @@ class InboundService:
         blobs = [raw_blob]
         attachment_docs, attachment_refs = [], []
         for index, a in enumerate(parsed.attachments):
-            # no blob of its own: the attachment is read back from the raw MIME it came in
-            # (``AttachmentService.content``), so a 1 MB attachment is written once, not twice
+            # up to ATTACHMENT_IN_RAW_MAX no blob of its own: the attachment is read back from
+            # the raw MIME it came in (``AttachmentService.content``), written once, not twice
+            where: dict[str, Any] = {
+                "in_raw": {"blob_id": raw_blob.blob_id, "offset": len(trace), "index": index}
+            }
+            if len(a.data) > ATTACHMENT_IN_RAW_MAX:
+                blob = BlobWrite(ObjectId(), a.data, a.filename, {"kind": "attachment"})
+                blobs.append(blob)
+                where = {"blob_id": blob.blob_id}
             doc = {
                 "_id": ObjectId(),
                 "owner_user_id": None,
-                "in_raw": {"blob_id": raw_blob.blob_id, "offset": len(trace), "index": index},
+                **where,
                 "filename": a.filename,
                 "content_type": a.content_type,
                 "declared_content_type": a.content_type,
@@ -340,6 +351,7 @@ class InboundService:
                     "content_type": a.content_type,
                     "size": doc["size"],
                     "sha256": doc["sha256"],
+                    **({"blob_id": doc["blob_id"]} if "blob_id" in doc else {}),
                     "content_id": a.content_id,
                     "inline": a.inline,
                 }
