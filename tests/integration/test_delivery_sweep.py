@@ -56,3 +56,43 @@ async def test_a_paced_sweep_rests_after_a_long_search_and_then_finds_the_lost_j
         assert (found["resting"], found["due"], found["enqueued"]) == (0, 2, 2)
         # an explicit sweep (not the periodic job's) never rests
         assert (await w.system.delivery.sweep(now=later))["resting"] == 0
+
+
+async def test_a_lapsed_per_recipient_lease_of_an_older_release_is_given_back_and_delivered(
+    settings,
+):
+    """Older releases leased recipients one by one (``sending`` until ``lease_until``). The
+    pull rounds ask only for ``queued`` and ``deferred``; the sweep gives such a recipient back
+    once its lease has lapsed (never while it holds), wakes its domain, and it is delivered."""
+    async with outbound_world(settings, worker=False) as w:
+        view = await w.send(["a@ok.test", "b@ok.test"], subject="legacy")
+        await w.system.redis.client.flushall()
+        now = datetime.now(UTC)
+        db = w.system.mongo.db
+        message_id = view["message_id"]
+        for address, until in (
+            ("a@ok.test", now - timedelta(seconds=5)),
+            ("b@ok.test", now + timedelta(hours=1)),
+        ):
+            await db.recipients.update_one(
+                {"message_id": message_id, "address": address},
+                {
+                    "$set": {
+                        "delivery_status": "sending",
+                        "lease_until": until,
+                        "lease_token": "old",
+                    }
+                },
+            )
+
+        swept = await w.system.delivery.sweep(now=now)
+        assert (swept["due"], swept["enqueued"]) == (1, 1)
+        rows = await w.recipients(message_id)
+        assert rows["a@ok.test"]["delivery_status"] == "queued"
+        assert rows["a@ok.test"]["lease_until"] is None
+        assert rows["b@ok.test"]["delivery_status"] == "sending"  # its lease still holds
+
+        await w.start_worker()
+        await w.wait_statuses(message_id, {"a@ok.test": "sent"})
+        assert w.accepted_by_sinks()["a@ok.test"] == 1
+        assert (await w.recipients(message_id))["b@ok.test"]["delivery_status"] == "sending"

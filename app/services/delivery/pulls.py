@@ -164,7 +164,7 @@ class PullRounds:
     async def _due(self, pulls: dict[str, int], now: datetime) -> tuple[list[dict[str, Any]], bool]:
         """Due recipients of the asking (held) domains, at most each one's limit and LEASE_MAX
         in all: new ones first (each domain its fair share, queried side by side), then
-        retries and lost per-recipient leases (one query each for all domains). Every query
+        retries (one query for all domains). Every query
         is an equality prefix of the lane index (domain, status, next_attempt_at). Recipients
         already on their way are skipped. Also says whether the round was cut short (then
         every domain may have more)."""
@@ -187,17 +187,19 @@ class PullRounds:
                     out.append(d)
         domains = list(pulls)
         busy = sum(self._domain_in_flight[d] for d in domains)
-        for status, extra in (
-            ("deferred", {"next_attempt_at": {"$lte": now}}),
-            ("sending", {"lease_until": {"$lt": now}}),
-        ):
-            room = LEASE_MAX - len(out)
-            if room <= 0:
-                truncated = True
-                break
+        # (A recipient an older release left ``sending`` under a lease of its own is given
+        # back to queued or deferred by the sweep once that lease lapses: sweep.py.)
+        room = LEASE_MAX - len(out)
+        if room <= 0:
+            truncated = True
+        else:
             docs = (
                 await self.db.recipients.find(
-                    {"delivery_status": status, "domain": {"$in": domains}, **extra}
+                    {
+                        "delivery_status": "deferred",
+                        "domain": {"$in": domains},
+                        "next_attempt_at": {"$lte": now},
+                    }
                 )
                 .limit(room * 2 + busy)
                 .to_list()

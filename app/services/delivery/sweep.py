@@ -15,8 +15,9 @@ from bson import ObjectId
 
 from app.adapters import metrics
 from app.adapters.delivery_jobs import missing_jobs
+from app.adapters.mongo import UpdateOne
 from app.adapters.queue import JobQueue
-from app.services.delivery.outbox import is_due, job_id
+from app.services.delivery.outbox import is_due, job_id, unleased_status
 from app.services.sending.scheduling import SchedulingService
 
 SWEEP_LIMIT = 2000
@@ -57,7 +58,9 @@ class Sweeper:
         """Wake every domain with due recipients whose job is gone (Redis flushed, worker
         killed), and release scheduled sends whose time has come.
 
-        A lost lease (``sending`` past ``lease_until``) gets a job keyed by that lease; other
+        A lost lease (``sending`` past ``lease_until``: a per-recipient lease of an older
+        release; this one leases domains, leases.py) is given back first, to ``queued`` or
+        ``deferred`` where the lanes' pulls find it, and gets a job keyed by that lease; other
         recipients the id their last deferral used, so a job still waiting in Redis is not
         duplicated. One job per domain: it wakes the lane, which pulls all that is due.
 
@@ -93,6 +96,7 @@ class Sweeper:
             "message_id": 1,
             "domain": 1,
             "job_id": 1,
+            "attempts": 1,
             "lease_until": 1,
             "local_user_id": 1,
             "delivery_status": 1,
@@ -108,6 +112,7 @@ class Sweeper:
         ):
             found = await self.db.recipients.find(query, fields).limit(limit).to_list()
             docs += [d for d in found if is_due(d, now)]
+        await self._give_back_lapsed([d for d in docs if d["delivery_status"] == "sending"], now)
         # One job per domain is enough: it wakes the domain's lane, which pulls everything due.
         wanted: dict[str, tuple[ObjectId, str]] = {}
         seen: set[str] = set()
@@ -138,3 +143,30 @@ class Sweeper:
                 for status in QUEUE_STATUSES
             }
         )
+
+    async def _give_back_lapsed(self, docs: list[dict[str, Any]], now: datetime) -> None:
+        """Recipients an older release left ``sending`` under a lease of their own that has
+        lapsed: back to the status a release without an attempt gives (the pull rounds ask
+        only for ``queued`` and ``deferred``), each only if its lease is still the one read."""
+        if docs:
+            await self.db.recipients.bulk_write(
+                [
+                    UpdateOne(
+                        {
+                            "_id": d["_id"],
+                            "delivery_status": "sending",
+                            "lease_until": d["lease_until"],
+                        },
+                        {
+                            "$set": {
+                                "delivery_status": unleased_status(d),
+                                "lease_until": None,
+                                "lease_token": None,
+                                "updated_at": now,
+                            }
+                        },
+                    )
+                    for d in docs
+                ],
+                ordered=False,
+            )
