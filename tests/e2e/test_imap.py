@@ -5,14 +5,20 @@ from __future__ import annotations
 import asyncio
 import imaplib
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from app.domain.errors import NotFound
+from app.domain.parsing import parse_message
+from app.domain.viewer import Viewer
 from tests.e2e.conftest import DOMAIN
 from tests.support.imap import PASSWORD, MailClients, deliver, running_mail_clients, sample_message
 
 pytestmark = pytest.mark.timeout(300)
+
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 
 @pytest.fixture
@@ -298,6 +304,43 @@ async def test_append_to_sent_and_drafts(clients: MailClients) -> None:
     user_id = await user_id_of(system, email)
     sent = await system.mongo.db.mailbox_items.find_one({"user_id": user_id, "folder": "SENT"})
     assert sent["role"] == "sent" and sent["read"] and sent["subject"] == "Sent from my mail client"
+
+
+async def test_an_appended_messages_attachments_are_listed_and_download(
+    clients: MailClients,
+) -> None:
+    """A message a mail client APPENDs keeps its attachments in its raw MIME, listed on the
+    message and downloadable like a received message's (before, it listed none)."""
+    system = clients.system
+    email = await make_user(system, "fay")
+    raw = (DATA / "eml" / "attachments.eml").read_bytes().replace(b"\r\n", b"\n")
+    raw = raw.replace(b"\n", b"\r\n")
+
+    def session() -> Any:
+        imap = connect(clients.imap_port, email)
+        out = imap.append("Archive", None, None, raw)
+        imap.logout()
+        return out
+
+    assert (await asyncio.to_thread(session))[0] == "OK"
+    user_id = await user_id_of(system, email)
+    item = await system.mongo.db.mailbox_items.find_one({"user_id": user_id})
+    message = await system.mongo.db.messages.find_one({"_id": item["message_id"]})
+    expected = parse_message(raw).attachments
+    assert [(a["filename"], a["size"]) for a in message["attachments"]] == [
+        (a.filename, len(a.data)) for a in expected
+    ]
+    viewer = Viewer(user_id, email)
+    for ref, original in zip(message["attachments"], expected, strict=True):
+        doc = await system.attachments.for_download(viewer, str(ref["id"]))
+        data = b"".join([chunk async for chunk in await system.attachments.content(doc)])
+        assert data == original.data, ref["filename"]
+    other = Viewer(
+        (await system.accounts.create_user(f"gus@{DOMAIN}", PASSWORD, "Gus"))["_id"],
+        f"gus@{DOMAIN}",
+    )
+    with pytest.raises(NotFound):
+        await system.attachments.for_download(other, str(message["attachments"][0]["id"]))
 
 
 class RawClient:

@@ -12,7 +12,7 @@ import pytest
 
 from app.domain.parsing import parse_message
 from app.mx.server import start_mx
-from app.services.inbound import pipeline
+from app.services.mailbox import content as mailbox_content
 from tests.support.mx import MailZone, mail_zone, smtp_send
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -203,7 +203,7 @@ async def test_a_received_attachment_over_the_limit_keeps_a_blob_of_its_own(
     """Past ``ATTACHMENT_IN_RAW_MAX`` an attachment is also a blob of its own (its download
     streams it instead of parsing the whole message); the smaller ones of the same message
     stay in the raw MIME only. Both kinds download byte for byte and go with the message."""
-    monkeypatch.setattr(pipeline, "ATTACHMENT_IN_RAW_MAX", 50)
+    monkeypatch.setattr(mailbox_content, "ATTACHMENT_IN_RAW_MAX", 50)
     mx = await start_mx(settings, api.system)
     try:
         email, token = await api.user("dave")

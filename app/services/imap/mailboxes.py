@@ -63,6 +63,7 @@ from app.domain.parsing import parse_message
 from app.domain.viewer import Viewer
 from app.services.after_commit import Notifier
 from app.services.mailbox.changes import MAX_BATCH, MailboxChanges, StateChange
+from app.services.mailbox.content import received_attachments
 from app.services.mailbox.filing import ViewSpec, file_message
 
 SYNC_ATTEMPTS = 12
@@ -834,6 +835,11 @@ class ImapMailboxService:
         now = datetime.now(UTC)
         blob_id = await self.blobs.put(raw, filename="message.eml", metadata={"kind": "raw"})
         message_id = ObjectId()
+        # its attachments downloadable like a received message's (most from the raw MIME)
+        stored = received_attachments(parsed.attachments, message_id, blob_id, 0, "not_scanned")
+        blob_ids = [b[0] for b in stored.blobs]
+        if stored.blobs:
+            await self.blobs.put_many([b[1:] for b in stored.blobs], ids=blob_ids)
         message = {
             "_id": message_id,
             "rfc822_message_id": parsed.message_id,
@@ -857,7 +863,7 @@ class ImapMailboxService:
             "headers": parsed.headers,
             "raw_blob_id": blob_id,
             "content_sha256": hashlib.sha256(raw).hexdigest(),
-            "attachments": [],
+            "attachments": stored.refs,
             "has_attachments": bool(parsed.attachments),
             "size": len(raw),
             "created_at": now,
@@ -868,6 +874,8 @@ class ImapMailboxService:
 
         async def work(session: Any) -> tuple[list[dict[str, Any]], list[Any]]:
             await self.db.messages.insert_one(message, session=session)
+            if stored.docs:
+                await self.db.attachments.insert_many(stored.docs, session=session)
             return await file_message(
                 self.db, message, [spec], received_at=received_at, session=session
             )
@@ -875,7 +883,8 @@ class ImapMailboxService:
         try:
             items, changes = await in_transaction(self.mongo, work)
         except BaseException:
-            await self.blobs.delete(blob_id)
+            for stored_blob in (blob_id, *blob_ids):
+                await self.blobs.delete(stored_blob)
             raise
         self._changed(viewer.user_id)
         await self.notifier.committed(changes)

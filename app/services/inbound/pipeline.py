@@ -40,14 +40,10 @@ from app.services.feedback.bounces import BounceProcessor
 from app.services.feedback.spam import SpamFeedbackService
 from app.services.inbound.analysis import Analysis
 from app.services.inbound.group_commit import BlobWrite, InboundStore, InboundView, PreparedInbound
-from app.services.mailbox.content import INLINE_BODY_LIMIT
+from app.services.mailbox.content import INLINE_BODY_LIMIT, received_attachments
 
 DOMAIN_CACHE_SECONDS = 5.0  # hosted domains change rarely; users are always read fresh
 POSTMASTER = "postmaster"
-# A received attachment up to this size (decoded) is stored only inside the raw MIME it came
-# in; a larger one also gets a blob of its own, so its download streams it instead of reading
-# and parsing the whole message (docs/inbound.md, "Attachments").
-ATTACHMENT_IN_RAW_MAX = 8 * 1024 * 1024
 
 
 @dataclass
@@ -316,46 +312,14 @@ class InboundService:
         raw_blob = BlobWrite(
             ObjectId(), trace + raw, "message.eml", {"kind": "raw", "message_id": message_id}
         )
-        blobs = [raw_blob]
-        attachment_docs, attachment_refs = [], []
-        for index, a in enumerate(parsed.attachments):
-            # up to ATTACHMENT_IN_RAW_MAX no blob of its own: the attachment is read back from
-            # the raw MIME it came in (``AttachmentService.content``), written once, not twice
-            where: dict[str, Any] = {
-                "in_raw": {"blob_id": raw_blob.blob_id, "offset": len(trace), "index": index}
-            }
-            if len(a.data) > ATTACHMENT_IN_RAW_MAX:
-                blob = BlobWrite(ObjectId(), a.data, a.filename, {"kind": "attachment"})
-                blobs.append(blob)
-                where = {"blob_id": blob.blob_id}
-            doc = {
-                "_id": ObjectId(),
-                "owner_user_id": None,
-                **where,
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "declared_content_type": a.content_type,
-                "size": len(a.data),
-                "sha256": hashlib.sha256(a.data).hexdigest(),
-                "status": "ready",
-                "scan_status": "clean" if self.scanner else "not_scanned",
-                "message_ids": [message_id],
-                "content_id": a.content_id,
-                "inline": a.inline,
-            }
-            attachment_docs.append(doc)
-            attachment_refs.append(
-                {
-                    "id": doc["_id"],
-                    "filename": a.filename,
-                    "content_type": a.content_type,
-                    "size": doc["size"],
-                    "sha256": doc["sha256"],
-                    **({"blob_id": doc["blob_id"]} if "blob_id" in doc else {}),
-                    "content_id": a.content_id,
-                    "inline": a.inline,
-                }
-            )
+        stored = received_attachments(
+            parsed.attachments,
+            message_id,
+            raw_blob.blob_id,
+            len(trace),
+            "clean" if self.scanner else "not_scanned",
+        )
+        blobs = [raw_blob, *(BlobWrite(*b) for b in stored.blobs)]
         bodies: dict[str, Any] = {}
         for name, value in (("text_body", parsed.text_body), ("html_body", parsed.html_body)):
             if value is not None and len(value) > INLINE_BODY_LIMIT:
@@ -389,8 +353,8 @@ class InboundService:
             "headers": parsed.headers,
             "raw_blob_id": raw_blob.blob_id,
             "content_sha256": content_hash,
-            "attachments": attachment_refs,
-            "has_attachments": bool(attachment_refs),
+            "attachments": stored.refs,
+            "has_attachments": bool(stored.refs),
             "size": len(raw),
             "spam": spam_doc,
             "auth_results": auth.header,
@@ -411,7 +375,7 @@ class InboundService:
             views=[InboundView(u, *(personal or {}).get(u, (folder, spam_doc))) for u in users],
             dedupe_key=f"{parsed.message_id or ''}|{content_hash}",
             blobs=blobs,
-            attachments=attachment_docs,
+            attachments=stored.docs,
         )
 
     def _trace_headers(

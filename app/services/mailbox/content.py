@@ -4,6 +4,9 @@ collection of content (message, raw MIME, attachment blobs) that no view referen
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -12,10 +15,76 @@ from bson import ObjectId
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo, in_transaction, update_and_read
 from app.domain.outcomes import UNFINISHED
+from app.domain.parsing import ParsedAttachment
 
 log = structlog.get_logger(__name__)
 
 INLINE_BODY_LIMIT = 256 * 1024
+# A received attachment up to this size (decoded) is stored only inside the raw MIME it came
+# in; a larger one also gets a blob of its own, so its download streams it instead of reading
+# and parsing the whole message (docs/inbound.md, "Attachments").
+ATTACHMENT_IN_RAW_MAX = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ReceivedAttachments:
+    """What a received (or IMAP-appended) message's attachments are stored as."""
+
+    docs: list[dict[str, Any]]  # the ``attachments`` documents
+    refs: list[dict[str, Any]]  # the message document's ``attachments``
+    blobs: list[tuple[ObjectId, bytes, str, dict[str, Any]]]  # (id, data, filename, metadata)
+
+
+def received_attachments(
+    attachments: Sequence[ParsedAttachment],
+    message_id: ObjectId,
+    raw_blob_id: ObjectId,
+    offset: int,
+    scan_status: str,
+) -> ReceivedAttachments:
+    """The documents of a message's parsed attachments. Up to ``ATTACHMENT_IN_RAW_MAX`` an
+    attachment has no blob of its own: ``in_raw`` says where it is (the raw blob, the offset
+    where the message as parsed starts in it, its index in ``parse_message().attachments``),
+    and ``AttachmentService.content`` decodes it from there. A larger one gets a blob (the
+    caller writes ``blobs`` with the message)."""
+    docs, refs, blobs = [], [], []
+    for index, a in enumerate(attachments):
+        where: dict[str, Any] = {
+            "in_raw": {"blob_id": raw_blob_id, "offset": offset, "index": index}
+        }
+        if len(a.data) > ATTACHMENT_IN_RAW_MAX:
+            blob_id = ObjectId()
+            blobs.append((blob_id, a.data, a.filename, {"kind": "attachment"}))
+            where = {"blob_id": blob_id}
+        doc = {
+            "_id": ObjectId(),
+            "owner_user_id": None,
+            **where,
+            "filename": a.filename,
+            "content_type": a.content_type,
+            "declared_content_type": a.content_type,
+            "size": len(a.data),
+            "sha256": hashlib.sha256(a.data).hexdigest(),
+            "status": "ready",
+            "scan_status": scan_status,
+            "message_ids": [message_id],
+            "content_id": a.content_id,
+            "inline": a.inline,
+        }
+        docs.append(doc)
+        refs.append(
+            {
+                "id": doc["_id"],
+                "filename": a.filename,
+                "content_type": a.content_type,
+                "size": doc["size"],
+                "sha256": doc["sha256"],
+                **({"blob_id": doc["blob_id"]} if "blob_id" in doc else {}),
+                "content_id": a.content_id,
+                "inline": a.inline,
+            }
+        )
+    return ReceivedAttachments(docs, refs, blobs)
 
 
 class ContentService:

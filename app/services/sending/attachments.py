@@ -189,8 +189,9 @@ class AttachmentService:
     async def content(self, download: dict[str, Any]) -> AsyncIterator[bytes]:
         """The bytes of an attachment ``for_download`` authorised, streamed in chunks.
 
-        An upload (and what was sent with it) is a blob of its own. A received message's
-        attachment lives only in that message's raw MIME (``in_raw``: the raw blob, where the
+        An upload (and what was sent with it) is a blob of its own, and so is a received
+        attachment over 8 MiB. A smaller received one lives only in its message's raw MIME
+        (``in_raw``: the raw blob, where the
         message as received starts in it, after our trace headers, and which of its parsed
         attachments it is): it is decoded from there, with the same parse that listed it, and
         checked against the SHA-256 taken when it arrived before a byte is sent."""
