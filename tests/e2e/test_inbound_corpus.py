@@ -159,26 +159,43 @@ async def test_every_inline_text_part_is_readable_through_graphql(api, settings)
     assert rfc["data"]["message"]["htmlBody"] is None
 
 
-async def test_received_attachments_are_stored_once_inside_the_raw_mime(api, settings):
-    """A received attachment is not written a second time as a blob of its own: its document
-    points into the message's raw MIME, the download decodes it from there (checked against
-    its SHA-256 first), and it goes with the message."""
+async def receive_attachments_eml(api, settings, local):  # type: ignore[no-untyped-def]
+    """attachments.eml through the MX to a new user: (its bytes as sent, the stored message,
+    the user's Authorization header)."""
     mx = await start_mx(settings, api.system)
     try:
-        email, token = await api.user("carol")
+        email, token = await api.user(local)
         raw = as_sent((DATA / "eml" / "attachments.eml").read_bytes())
         reply = await smtp_send(mx.port, raw, rcpts=[email], mail_from="sender@none.test")
         assert reply["data"][0] == 250, reply
     finally:
         await mx.stop(grace=2)
+    digest = hashlib.sha256(raw).hexdigest()
+    stored = await api.system.mongo.db.messages.find_one({"content_sha256": digest})
+    return raw, stored, {"Authorization": f"Bearer {token}"}
+
+
+async def collected_with_everything(api, stored) -> None:  # type: ignore[no-untyped-def]
+    """Once no view references it, the message goes with its attachments and every blob."""
+    db = api.system.mongo.db
+    await db.mailbox_items.delete_many({"message_id": stored["_id"]})
+    assert await api.system.content.collect([stored["_id"]]) == 1
+    assert await db.attachments.count_documents({}) == 0
+    assert await db["blobs.files"].count_documents({}) == 0
+    assert await db["blobs.chunks"].count_documents({}) == 0
+
+
+async def test_received_attachments_are_stored_once_inside_the_raw_mime(api, settings):
+    """A received attachment is not written a second time as a blob of its own: its document
+    points into the message's raw MIME, the download decodes it from there (checked against
+    its SHA-256 first), and it goes with the message."""
+    raw, stored, auth = await receive_attachments_eml(api, settings, "carol")
     db = api.system.mongo.db
     expected = parse_message(raw).attachments
-    stored = await db.messages.find_one({"content_sha256": hashlib.sha256(raw).hexdigest()})
     docs = await db.attachments.find({"message_ids": stored["_id"]}).sort("in_raw.index").to_list()
     assert len(docs) == len(expected) == 5
     assert all("blob_id" not in d and d["in_raw"]["blob_id"] == stored["raw_blob_id"] for d in docs)
     assert await db["blobs.files"].count_documents({}) == 1  # the raw MIME, nothing else
-    auth = {"Authorization": f"Bearer {token}"}
     for doc, original in zip(docs, expected, strict=True):
         got = await api.http.get(f"/api/attachments/{doc['_id']}", headers=auth)
         assert got.status_code == 200 and got.content == original.data, doc["filename"]
@@ -190,11 +207,7 @@ async def test_received_attachments_are_stored_once_inside_the_raw_mime(api, set
         await api.http.get(f"/api/attachments/{docs[0]['_id']}", headers=auth)
     ).status_code == 404
 
-    await db.mailbox_items.delete_many({"message_id": stored["_id"]})
-    assert await api.system.content.collect([stored["_id"]]) == 1
-    assert await db.attachments.count_documents({}) == 0
-    assert await db["blobs.files"].count_documents({}) == 0
-    assert await db["blobs.chunks"].count_documents({}) == 0
+    await collected_with_everything(api, stored)
 
 
 async def test_a_received_attachment_over_the_limit_keeps_a_blob_of_its_own(
@@ -204,21 +217,12 @@ async def test_a_received_attachment_over_the_limit_keeps_a_blob_of_its_own(
     streams it instead of parsing the whole message); the smaller ones of the same message
     stay in the raw MIME only. Both kinds download byte for byte and go with the message."""
     monkeypatch.setattr(mailbox_content, "ATTACHMENT_IN_RAW_MAX", 50)
-    mx = await start_mx(settings, api.system)
-    try:
-        email, token = await api.user("dave")
-        raw = as_sent((DATA / "eml" / "attachments.eml").read_bytes())
-        reply = await smtp_send(mx.port, raw, rcpts=[email], mail_from="sender@none.test")
-        assert reply["data"][0] == 250, reply
-    finally:
-        await mx.stop(grace=2)
+    raw, stored, auth = await receive_attachments_eml(api, settings, "dave")
     db = api.system.mongo.db
     expected = parse_message(raw).attachments
-    stored = await db.messages.find_one({"content_sha256": hashlib.sha256(raw).hexdigest()})
     docs = {d["sha256"]: d for d in await db.attachments.find({}).to_list()}
     big = [a for a in expected if len(a.data) > 50]
     assert big and len(big) < len(expected)
-    auth = {"Authorization": f"Bearer {token}"}
     for original in expected:
         doc = docs[hashlib.sha256(original.data).hexdigest()]
         assert ("blob_id" in doc) == (len(original.data) > 50), doc["filename"]
@@ -226,8 +230,4 @@ async def test_a_received_attachment_over_the_limit_keeps_a_blob_of_its_own(
         got = await api.http.get(f"/api/attachments/{doc['_id']}", headers=auth)
         assert got.status_code == 200 and got.content == original.data, doc["filename"]
     assert await db["blobs.files"].count_documents({}) == 1 + len(big)
-
-    await db.mailbox_items.delete_many({"message_id": stored["_id"]})
-    assert await api.system.content.collect([stored["_id"]]) == 1
-    assert await db.attachments.count_documents({}) == 0
-    assert await db["blobs.files"].count_documents({}) == 0
+    await collected_with_everything(api, stored)
