@@ -152,7 +152,9 @@ class EventLog:
         return bound
 
     async def expire(self) -> int:
-        """Delete events older than the retention (``MAILHUB_EVENT_RETENTION_DAYS``)."""
-        cutoff = datetime.now(UTC) - self.retention
-        result = await self.db.delivery_events.delete_many({"occurred_at": {"$lt": cutoff}})
+        """Delete events recorded longer ago than the retention
+        (``MAILHUB_EVENT_RETENTION_DAYS``): an ``_id`` range (an event's id is made when it is
+        recorded), so no index of its own on ``occurred_at``."""
+        cutoff = ObjectId.from_datetime(datetime.now(UTC) - self.retention)
+        result = await self.db.delivery_events.delete_many({"_id": {"$lt": cutoff}})
         return int(result.deleted_count)

@@ -92,10 +92,12 @@ class ReputationService:
         domain: str | None = None,
         now: datetime | None = None,
     ) -> Counts:
-        """Rolling-window counts for one sending user or one sending domain."""
+        """Rolling-window counts for one sending user or one sending domain: the events
+        recorded in the window (an ``_id`` range of the (sender, _id) indexes; a bounce or
+        complaint reported late counts from when it arrived)."""
         since = (now or datetime.now(UTC)) - timedelta(days=self.settings.reputation_window_days)
         match: dict[str, Any] = {
-            "occurred_at": {"$gte": since},
+            "_id": {"$gte": ObjectId.from_datetime(since)},
             "event_type": {"$in": [*SENT_EVENTS, "bounced", "complained"]},
         }
         if user_id is not None:
