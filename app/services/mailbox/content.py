@@ -14,6 +14,7 @@ from bson import ObjectId
 
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo, in_transaction, update_and_read
+from app.domain.attachments import attachment_ref
 from app.domain.outcomes import UNFINISHED
 from app.domain.parsing import ParsedAttachment
 
@@ -31,8 +32,12 @@ class ReceivedAttachments:
     """What a received (or IMAP-appended) message's attachments are stored as."""
 
     docs: list[dict[str, Any]]  # the ``attachments`` documents
-    refs: list[dict[str, Any]]  # the message document's ``attachments``
     blobs: list[tuple[ObjectId, bytes, str, dict[str, Any]]]  # (id, data, filename, metadata)
+
+    @property
+    def refs(self) -> list[dict[str, Any]]:
+        """The message document's ``attachments``."""
+        return [attachment_ref(doc) for doc in self.docs]
 
 
 def received_attachments(
@@ -47,7 +52,7 @@ def received_attachments(
     where the message as parsed starts in it, its index in ``parse_message().attachments``),
     and ``AttachmentService.content`` decodes it from there. A larger one gets a blob (the
     caller writes ``blobs`` with the message)."""
-    docs, refs, blobs = [], [], []
+    docs, blobs = [], []
     for index, a in enumerate(attachments):
         where: dict[str, Any] = {
             "in_raw": {"blob_id": raw_blob_id, "offset": offset, "index": index}
@@ -72,19 +77,7 @@ def received_attachments(
             "inline": a.inline,
         }
         docs.append(doc)
-        refs.append(
-            {
-                "id": doc["_id"],
-                "filename": a.filename,
-                "content_type": a.content_type,
-                "size": doc["size"],
-                "sha256": doc["sha256"],
-                **({"blob_id": doc["blob_id"]} if "blob_id" in doc else {}),
-                "content_id": a.content_id,
-                "inline": a.inline,
-            }
-        )
-    return ReceivedAttachments(docs, refs, blobs)
+    return ReceivedAttachments(docs, blobs)
 
 
 class ContentService:

@@ -21,6 +21,7 @@ from app.domain.addresses import (
     parse_address,
     parse_address_list,
 )
+from app.domain.attachments import attachment_ref
 from app.domain.conversations import normalize_subject
 from app.domain.errors import ValidationError
 from app.domain.html_safety import html_to_text, make_snippet, sanitize_html
@@ -192,17 +193,7 @@ def content_fields(
         "snippet": make_snippet(text_body or ""),
         "text_body": text_body,
         "html_body": sanitize_html(html) if html else None,
-        "attachments": [
-            {
-                "id": a["_id"],
-                "filename": a["filename"],
-                "content_type": a["content_type"],
-                "size": a["size"],
-                "sha256": a["sha256"],
-                "blob_id": a["blob_id"],
-            }
-            for a in uploads
-        ],
+        "attachments": [attachment_ref(a) for a in uploads],
         "has_attachments": bool(uploads),
         "size": len((text or "").encode())
         + len((html or "").encode())
