@@ -197,11 +197,9 @@ class AttachmentService:
         checked against the SHA-256 taken when it arrived before a byte is sent."""
         if download.get("blob_id"):
             return self.blobs.stream(download["blob_id"])
-        where = download.get("in_raw") or {}
-        stored = await self.blobs.get(where["blob_id"]) if where.get("blob_id") else b""
-        data = await asyncio.to_thread(
-            attachment_data, stored[int(where.get("offset", 0)) :], int(where.get("index", -1))
-        )
+        where = download["in_raw"]
+        stored = await self.blobs.get(where["blob_id"])  # NotFound once the message is gone
+        data = await asyncio.to_thread(attachment_data, stored[where["offset"] :], where["index"])
         if data is None or hashlib.sha256(data).hexdigest() != download.get("sha256"):
             log.error("attachment not found in its message", attachment=str(download["_id"]))
             raise NotFound("the attachment's content could not be read from its message")
