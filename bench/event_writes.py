@@ -8,7 +8,7 @@ version keeps against those it retired, and what a reputation count costs to rea
    collection with the secondary indexes of ``app.adapters.indexes`` for ``delivery_events``
    ("now"), and into one with the set before the fifteenth session ("before": the three
    ``occurred_at`` indexes instead of ``(sender_domain, _id)``); SecantusDB's CPU per event
-   (psutil), ``--reps`` times each, alternating.
+   (``bench.campaign_writes.Meter``), ``--reps`` times each, alternating.
 2. reads: ``--reads`` events of ten senders, then one sender's reputation count
    (``ReputationService.counts``' pipeline) by ``_id`` range on the indexes now, and by
    ``occurred_at`` range on the indexes before.
@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.adapters.indexes import INDEXES  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
+from bench.campaign_writes import Meter  # noqa: E402
 
 BATCH = 500
 NOW = [(i.keys, i.options) for i in INDEXES if i.collection == "delivery_events"]
@@ -79,24 +80,23 @@ async def collection(db: Any, name: str, indexes: list[Any]) -> Any:
 async def run(url: str, pid: int, events: int, reps: int, reads: int) -> dict[str, Any]:
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(url)
     db = client.bench
-    server = psutil.Process(pid)
-
-    def cpu() -> float:
-        t = server.cpu_times()
-        return float(t.user + t.system)
-
+    meter = Meter(pid)
     writes: dict[str, list[float]] = {"now": [], "before": []}
     for rep in range(reps):
         for name, indexes in (("now", NOW), ("before", BEFORE)):
             coll = await collection(db, f"events_{name}_{rep}", indexes)
             campaign, user = ObjectId(), ObjectId()
-            start = cpu()
-            for _ in range(events // BATCH):
-                docs = [event(campaign, user, "client.bench.test") for _ in range(BATCH)]
-                async with client.start_session() as session:
-                    async with await session.start_transaction():
-                        await coll.insert_many(docs, session=session)
-            writes[name].append(round((cpu() - start) * 1000 / events, 3))
+
+            async def insert(
+                coll: Any = coll, campaign: ObjectId = campaign, user: ObjectId = user
+            ) -> None:
+                for _ in range(events // BATCH):
+                    docs = [event(campaign, user, "client.bench.test") for _ in range(BATCH)]
+                    async with client.start_session() as session:
+                        async with await session.start_transaction():
+                            await coll.insert_many(docs, session=session)
+
+            writes[name].append((await meter.per(events, insert))["cpu_ms"])
 
     counts: dict[str, float] = {}
     users = [ObjectId() for _ in range(10)]
