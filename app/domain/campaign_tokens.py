@@ -108,3 +108,19 @@ def parse_unsubscribe_address(secret: bytes, address: str) -> ObjectId | None:
     if prefix != UNSUBSCRIBE_PREFIX or not plus:
         return None
     return parse_unsubscribe_token(secret, token)
+
+
+_MESSAGE_ID = re.compile(r"<?([0-9a-f]{24})\.[0-9a-f]{24}@[^>]*>?")
+
+
+def campaign_message_id(recipient_id: ObjectId, campaign_id: ObjectId, hostname: str) -> str:
+    """The Message-ID of the campaign message sent to one recipient."""
+    return f"<{recipient_id}.{campaign_id}@{hostname}>"
+
+
+def campaign_row_id(message_id: str) -> ObjectId | None:
+    """The recipient (and delivery row) id a campaign message's Message-ID names, else None:
+    complaint reports quote the Message-ID, and campaign mail keeps no message document to
+    find it by."""
+    found = _MESSAGE_ID.fullmatch(message_id.strip())
+    return ObjectId(found.group(1)) if found else None

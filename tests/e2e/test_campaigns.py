@@ -26,6 +26,8 @@ from bson import ObjectId
 
 from app.domain import campaign_tokens
 from app.domain.campaigns import batch_plan
+from app.domain.viewer import Viewer
+from app.services.feedback.bounces import report_from_webhook
 from tests.support.campaigns import create_campaign
 from tests.support.http_servers import ApiClient, mailhub_api
 from tests.support.outbound import SENDER_DOMAIN, Outbound, outbound_world
@@ -466,10 +468,11 @@ def _report(kind: str, to: str, recipient: str) -> bytes:
     return text.replace("\n", "\r\n").encode()
 
 
-async def test_the_orphan_sweep_after_delivery_keeps_stats_events_and_verp_reports(settings):
-    """Campaign messages have no mailbox view, so the orphan sweep removes their message
-    documents and raw MIME once delivered. Stats, the event log and bounces/complaints sent
-    back to the VERP address must not need them."""
+async def test_campaign_mail_keeps_no_message_document_and_verp_reports_still_land(settings):
+    """Campaign mail to remote addresses has no mailbox view, so it stores no message document
+    or blob: each delivery row carries its MIME until its delivery is final. Stats, the event
+    log, a message's delivery history and bounces/complaints sent back to the VERP address
+    need nothing more."""
     from app.mx.server import start_mx
     from tests.support.mx import smtp_send
 
@@ -487,15 +490,20 @@ async def test_the_orphan_sweep_after_delivery_keeps_stats_events_and_verp_repor
         ids = [
             r["_id"] for r in await w.db.campaign_recipients.find({"campaign_id": oid}).to_list()
         ]
-        assert await w.db.messages.count_documents({"_id": {"$in": ids}}) == 3
+        assert await w.db.messages.count_documents({"_id": {"$in": ids}}) == 0
+        assert await w.db.messages.count_documents({"campaign_id": oid}) == 0
+        rows = await w.db.recipients.find({"_id": {"$in": ids}}).to_list()
+        assert sorted(r["delivery_status"] for r in rows) == ["sent"] * 3
+        assert all("raw" not in r for r in rows), "a final row keeps no MIME"
+        assert {r["from"]["email"] for r in rows} == {w.sender.email}
         events = await w.db.delivery_events.count_documents({"campaign_id": oid})
         assert events == 6  # queued + delivered, each of the three
-
-        for _ in range(10):  # the sweep visits messages in pages of 500 from where it stopped
-            await w.system.content.sweep_orphans()
-        assert await w.db.messages.count_documents({"_id": {"$in": ids}}) == 0  # swept
+        # the sender reads one message's delivery history by its id
+        history = await w.system.delivery.events_for(w.sender, str(ids[0]))
+        assert [e["event_type"] for e in history] == ["queued", "sent"]
+        stranger = Viewer(ObjectId(), "someone@else.test")
+        assert await w.system.delivery.events_for(stranger, str(ids[0])) == []
         assert (await s.stats(cid))["stats"] == before
-        assert await w.db.delivery_events.count_documents({"campaign_id": oid}) == events
 
         # reports to the VERP return paths the sinks saw, through the MX
         envelopes = {m.rcpt_tos[0]: m.mail_from for m in w.sinks["ok"].received}
@@ -528,12 +536,65 @@ async def test_the_orphan_sweep_after_delivery_keeps_stats_events_and_verp_repor
             assert e["recipient"] == (
                 "p0@ok.test" if e["event_type"] == "bounced" else "p1@ok.test"
             )
+        # a provider's event that names the message only by its Message-ID, as the sinks
+        # received it: the campaign message has no message document to find it by
+        received = {m.rcpt_tos[0]: m for m in w.sinks["ok"].received}
+        quoted = email.message_from_bytes(received["p2@ok.test"].data)["Message-ID"]
+        applied = await w.system.bounces.apply(
+            report_from_webhook(
+                {
+                    "id": "provider-1",
+                    "type": "bounced",
+                    "rfc822_message_id": quoted,
+                    "recipient": "p2@ok.test",
+                    "diagnostic": "550 5.1.1 user unknown",
+                },
+                b"",
+            )
+        )
+        assert applied.applied, applied
+        bounced = await w.db.recipients.find_one({"address_key": "p2@ok.test", "campaign_id": oid})
+        assert bounced["delivery_status"] == "bounced"
         after = (await s.stats(cid))["stats"]
-        assert after["complained"] == 1
-        assert await w.system.suppression.suppressed(["p0@ok.test", "p1@ok.test"]) == {
-            "p0@ok.test",
-            "p1@ok.test",
+        assert (after["complained"], after["bounced"]) == (1, 2)
+        assert await w.system.suppression.suppressed(
+            ["p0@ok.test", "p1@ok.test", "p2@ok.test"]
+        ) == {"p0@ok.test", "p1@ok.test", "p2@ok.test"}
+
+
+async def test_a_campaign_to_a_hosted_user_and_a_remote_one_in_one_batch(settings):
+    """A hosted recipient's copy is a message in their inbox; the remote one's is its
+    delivery row's MIME, sent to its server. Both counted delivered."""
+    async with (
+        outbound_world(settings, **WORLD) as w,
+        mailhub_api(w.settings, w.system) as api,
+    ):
+        bob = await w.system.accounts.create_user(f"bob@{SENDER_DOMAIN}", "long enough pw 1")
+        s = await _session(w, api)
+        cid = await s.create()
+        oid = ObjectId(cid)
+        await s.add(
+            cid,
+            [
+                {"email": f"bob@{SENDER_DOMAIN}", "variables": {"name": "Bob", "code": "7"}},
+                {"email": "p0@ok.test", "variables": {"name": "P0", "code": "0"}},
+            ],
+        )
+        await s.act(cid, "startCampaign")
+        done = (await s.finished(cid))["stats"]
+        assert (done["queued"], done["delivered"], done["failed"]) == (2, 2, 0), done
+        ids = {
+            r["email"]: r["_id"]
+            for r in await w.db.campaign_recipients.find({"campaign_id": oid}).to_list()
         }
+        local = await w.db.messages.find_one({"_id": ids[f"bob@{SENDER_DOMAIN}"]})
+        assert local is not None and local["campaign_id"] == oid
+        items = await w.db.mailbox_items.find({"user_id": bob["_id"]}).to_list()
+        assert [i["message_id"] for i in items] == [local["_id"]]
+        assert "raw" not in await w.db.recipients.find_one({"_id": local["_id"]})
+        assert await w.db.messages.find_one({"_id": ids["p0@ok.test"]}) is None
+        assert [m.rcpt_tos for m in w.sinks["ok"].received] == [["p0@ok.test"]]
+        assert "Hello P0" in _parse(w.sinks["ok"].received[0].data)["Subject"]
 
 
 # --- pause, resume, cancel; warm-up; reputation -------------------------------------------
@@ -721,7 +782,6 @@ async def test_domain_verification_ok_missing_wrong_and_unverified_campaigns_ref
     from app.adapters.dns_resolver import DnsResolver
     from app.bootstrap import build_system
     from app.domain.errors import ValidationError
-    from app.domain.viewer import Viewer
     from app.services.campaigns.domains import DomainVerifier
     from tests.support.dnsmasq import DnsServer
 

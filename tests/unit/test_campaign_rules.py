@@ -155,6 +155,17 @@ def test_unsubscribe_address_is_a_short_enough_local_part() -> None:
     assert tokens.parse_unsubscribe_address(SECRET, "unsubscribe+abc@example.test") is None
 
 
+def test_a_campaign_message_id_names_its_recipient_row() -> None:
+    rid, cid = ObjectId(), ObjectId()
+    mid = tokens.campaign_message_id(rid, cid, "mx.example.test")
+    assert mid == f"<{rid}.{cid}@mx.example.test>"
+    assert tokens.campaign_row_id(mid) == rid
+    assert tokens.campaign_row_id(f" {mid[1:-1]} ") == rid  # as a report may quote it
+    assert tokens.campaign_row_id(f"<{rid}@mx.example.test>") is None  # not campaign mail
+    assert tokens.campaign_row_id("<hello@example.test>") is None
+    assert tokens.campaign_row_id(f"<{rid}.{cid}>") is None
+
+
 # --- tracking --------------------------------------------------------------------------------
 
 

@@ -13,11 +13,15 @@ A batch, run by the ``campaign_batch`` job under the campaign's batch lease:
    unsubscribe POSTed a moment ago stops this batch's message;
 4. renders each message (template version + campaign variables + recipient variables), with
    List-Unsubscribe headers and, when the campaign asks, tracking;
-5. in one transaction: the messages, their ``recipients`` rows (queued for the delivery
-   workers, which apply per-domain throttles and reputation as for any mail), the ``queued``
-   events and the campaign recipients' new states. A message's id *is* its campaign
-   recipient's id, so a batch replayed after a crash cannot store a second message for anyone
-   (the insert fails on the duplicate id and nothing of that batch commits twice);
+5. in one transaction: the ``recipients`` rows (queued for the delivery workers, which apply
+   per-domain throttles and reputation as for any mail), the ``queued`` events and the
+   campaign recipients' new states. A row to a remote address carries its rendered MIME
+   itself (``raw``, dropped once the row's delivery is final): campaign mail has no mailbox
+   view, so it needs no message document or blob, which the orphan sweep would only delete
+   again after delivery. Mail to a hosted user is stored as a message with its mailbox copy.
+   A row's id *is* its campaign recipient's id, so a batch replayed after a crash cannot
+   store a second message for anyone (the insert fails on the duplicate id and nothing of
+   that batch commits twice);
 6. wakes the delivery lanes and schedules the next batch.
 """
 
@@ -35,8 +39,9 @@ from app.adapters.blob_batches import write_blobs
 from app.adapters.mongo import Mongo, UpdateMany, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue
 from app.config import Settings
-from app.domain.addresses import Address
+from app.domain.addresses import Address, normalize_email
 from app.domain.campaign_tokens import (
+    campaign_message_id,
     click_token,
     open_token,
     unsubscribe_address,
@@ -263,23 +268,34 @@ class CampaignSender:
             if b.message:
                 by_links.setdefault(b.links, []).append(r["_id"])
         viewer = Viewer(campaign["user_id"], campaign["from"]["email"])
-        messages, recipients = [], []
+        # messages: only those to hosted users, who get a mailbox copy (``local``, with its
+        # raw MIME in a blob); ``raws``: their MIME bytes, in the same order
+        messages, raws, recipients = [], [], []
         local_users = await self.accounts.users_for_addresses([r["email"] for r, _, _ in ready])
+        carried = _carried(campaign)
         for r, outgoing, raw in ready:
+            to = Recipients(list(outgoing.to), [], [])
+            if normalize_email(r["email"]) not in local_users:
+                # remote: the delivery row carries its MIME (``raw``), no message document
+                (row,) = recipient_docs(
+                    {"_id": r["_id"], "sender_user_id": campaign["user_id"]},
+                    to,
+                    local_users,
+                    set(),
+                    now,
+                    None,
+                )
+                row.update(_id=r["_id"], **carried, raw=raw, size=len(raw))
+                recipients.append(row)
+                continue
             # raw_blob_id: set when the blob is written, in the batch's transaction
             message = message_doc(viewer, outgoing, [], raw, ObjectId(), now, None)
             message.update(_id=r["_id"], campaign_id=campaign["_id"], bulk=True)
-            rows = recipient_docs(
-                message,
-                Recipients(list(outgoing.to), [], []),
-                local_users,
-                set(),
-                now,
-                None,
-            )
+            rows = recipient_docs(message, to, local_users, set(), now, None)
             for row in rows:
                 row.update(_id=r["_id"], campaign_id=campaign["_id"])
             messages.append(message)
+            raws.append(raw)
             recipients.extend(rows)
         events = [_event(campaign, r["_id"], r["address"], "queued", now) for r in recipients] + [
             _event(campaign, r["_id"], r["email"], "suppressed", now) for r in skipped
@@ -312,9 +328,9 @@ class CampaignSender:
                     )
                     if changed.modified_count != len(ids):
                         raise _Stopped
-            if messages and await self._mark_queued(
+            if recipients and await self._mark_queued(
                 campaign["_id"], pending, floor, by_links, now, session
-            ) != len(messages):
+            ) != len(recipients):
                 raise _Stopped
             for r, err in failed:
                 await self.db.campaign_recipients.update_one(
@@ -324,12 +340,13 @@ class CampaignSender:
                 # the raw MIME commits with the messages that name it, or not at all
                 written = await write_blobs(
                     self.db,
-                    [(raw, "message.eml", {"kind": "raw"}) for _, _, raw in ready],
+                    [(raw, "message.eml", {"kind": "raw"}) for raw in raws],
                     session=session,
                 )
                 for message, blob in zip(messages, written, strict=True):
                     message["raw_blob_id"] = blob
                 await self.db.messages.insert_many(messages, session=session)
+            if recipients:
                 await self.db.recipients.insert_many(recipients, session=session)
                 local: dict[ObjectId, list[dict[str, Any]]] = {}
                 for x in recipients:  # one row per message: by message id, not a scan each
@@ -367,7 +384,7 @@ class CampaignSender:
                 domain,
                 job_id=f"deliver:{first['message_id']}:{domain}",
             )
-        return {"queued": len(messages), "suppressed": len(skipped), "failed": len(failed)}
+        return {"queued": len(recipients), "suppressed": len(skipped), "failed": len(failed)}
 
     async def _mark_queued(
         self,
@@ -464,7 +481,7 @@ class CampaignSender:
             subject=rendered.subject,
             text=rendered.text_part(),
             html=sanitize_html(html) if html else None,  # once, for MIME and the stored body
-            message_id=f"<{rid}.{campaign['_id']}@{self.settings.hostname}>",
+            message_id=campaign_message_id(rid, campaign["_id"], self.settings.hostname),
             date=now,
             extra_headers=(
                 ("List-Unsubscribe", unsubscribe),
@@ -526,6 +543,17 @@ class _Built(NamedTuple):
 
 class _Stopped(Exception):
     """The campaign left ``sending``, or a recipient left ``pending``, during the batch."""
+
+
+def _carried(campaign: dict[str, Any]) -> dict[str, Any]:
+    """What a campaign's delivery row to a remote address carries in place of a message
+    document: the lanes sign and send its ``raw`` MIME (``delivery/prepare.py``), and bounces,
+    the event log and the stats need only these."""
+    return {
+        "campaign_id": campaign["_id"],
+        "from": {"email": campaign["from"]["email"], "name": campaign["from"].get("name")},
+        "bulk": True,
+    }
 
 
 def _event(

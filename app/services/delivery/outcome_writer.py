@@ -25,7 +25,7 @@ from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.domain.bounces import SmtpOutcome
 from app.domain.changes import Change
-from app.domain.outcomes import Decision, decide, dsn_report, status_event
+from app.domain.outcomes import UNFINISHED, Decision, decide, dsn_report, status_event
 from app.domain.retry import retry_until
 from app.services.after_commit import Notifier
 from app.services.delivery.notices import Notice, build_notice, file_notices, store_raw
@@ -190,7 +190,7 @@ class OutcomeWriter:
                     continue
                 d = decisions[id(a)]
                 fields = self._attempt_fields(a, d, now)
-                updates.append((self._key(a.work), {"$set": fields}))
+                updates.append((self._key(a.work), _update(a.work, fields)))
                 changed.append({**a.work.recipient, **fields})
                 events.append(self._event(a.work, d.event_type, now, self._metadata(a, d)))
             for w in batch.suppressed:
@@ -202,7 +202,7 @@ class OutcomeWriter:
                     "lease_token": None,
                     "updated_at": now,
                 }
-                updates.append((self._key(w), {"$set": fields}))
+                updates.append((self._key(w), _update(w, fields)))
                 changed.append({**w.recipient, **fields})
                 events.append(self._event(w, "suppressed", now, {"at": "attempt"}))
             for r in batch.releases:
@@ -314,7 +314,7 @@ class OutcomeWriter:
         attempt count we read")."""
         groups: dict[str, tuple[list[dict[str, Any]], dict[str, Any]]] = {}
         for key, update in updates:
-            signature = repr((key["attempts"], sorted(update["$set"].items())))
+            signature = repr((key["attempts"], sorted(update["$set"].items()), "$unset" in update))
             groups.setdefault(signature, ([], update))[0].append(key)
         requests: list[UpdateOne | UpdateMany] = []
         for keys, update in groups.values():
@@ -395,3 +395,11 @@ class OutcomeWriter:
             await self.queue.enqueue(
                 "deliver_domain", str(message_id), domain, job_id=jid, defer_until=at
             )
+
+
+def _update(w: Work, fields: dict[str, Any]) -> dict[str, Any]:
+    """The recipient's update: ``fields``, and a row that carried its own MIME (campaign mail,
+    ``delivery/prepare.py``) lets it go once nothing will be sent from it again."""
+    if w.recipient.get("raw") is not None and fields["delivery_status"] not in UNFINISHED:
+        return {"$set": fields, "$unset": {"raw": ""}}
+    return {"$set": fields}

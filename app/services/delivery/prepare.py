@@ -1,4 +1,5 @@
-"""Preparing outbound mail for the lanes: the raw MIME from the blob store, DKIM-signed once.
+"""Preparing outbound mail for the lanes: the raw MIME from the blob store (or from the row
+itself, for campaign mail to remote addresses), DKIM-signed once.
 
 A message going to several domains (or retried) is read and signed once and kept in a small
 cache; each sender domain's DKIM key is cached for KEY_TTL seconds. Suppression is read from
@@ -30,6 +31,9 @@ from app.services.feedback.suppression import GLOBAL, SuppressionService, user_s
 PREPARED_CACHE = 512  # signed messages kept for their other domains and retries
 KEY_TTL = 60.0  # seconds a domain's DKIM key is cached
 _GONE = PreparedMessage(ObjectId(b"\0" * 12), {}, b"", b"", "")  # a deleted message's placeholder
+# what a row that carries its own MIME gives its PreparedMessage's ``doc`` (the rest of a
+# message document the lanes, the outcome writer and the retry policy read is absent there)
+CARRIED_FIELDS = ("from", "sender_user_id", "campaign_id", "bulk")
 _MESSAGE_FIELDS = {"text_body": 0, "html_body": 0, "bcc": 0, "attachments": 0, "headers": 0}
 
 
@@ -57,7 +61,10 @@ class MessagePreparer:
         """The recipients ready for a lane, and those whose message was deleted (canceled
         here; the caller settles them). Suppressed recipients and messages whose content is
         unavailable go straight to the recorder."""
-        prepared = await self._prepared_messages({d["message_id"] for d in docs})
+        prepared = await self._prepared_messages(
+            {d["message_id"] for d in docs if d.get("raw") is None}
+        )
+        prepared.update(await self._carried_messages([d for d in docs if d.get("raw") is not None]))
         # (a user's own entries stop only that user's mail: app/services/feedback/suppression.py)
         senders = {m.id: user_scope(m.sender_user_id) for m in prepared.values()}
         suppressed: set[tuple[str, str]] = set()
@@ -148,6 +155,28 @@ class MessagePreparer:
             self._prepared[doc["_id"]] = message
             while len(self._prepared) > PREPARED_CACHE:
                 self._prepared.popitem(last=False)
+        return out
+
+    async def _carried_messages(
+        self, rows: list[dict[str, Any]]
+    ) -> dict[ObjectId, PreparedMessage]:
+        """Rows that carry their own MIME (campaign mail to remote addresses: no message
+        document, ``campaigns/sender.py``), each signed as it comes; one recipient a message,
+        so they are not kept in the cache."""
+        if not rows:
+            return {}
+        keys = await self._dkim_keys({domain_of(r["from"]["email"]) for r in rows})
+        signed = await self.signer.sign_many(
+            [(r["raw"], keys.get(domain_of(r["from"]["email"]))) for r in rows]
+        )
+        out = {}
+        for r, data in zip(rows, signed, strict=True):
+            doc = {f: r.get(f) for f in CARRIED_FIELDS}
+            doc["_id"] = r["message_id"]
+            headers = r["raw"].split(b"\r\n\r\n", 1)[0] + b"\r\n"
+            out[r["message_id"]] = PreparedMessage(
+                r["message_id"], doc, data, headers, domain_of(r["from"]["email"])
+            )
         return out
 
     async def _placeholder(self, message_id: ObjectId) -> PreparedMessage | None:

@@ -178,6 +178,11 @@ class DeliveryService:
                 {"_id": mid, "sender_user_id": viewer.user_id}, {"_id": 1}
             )
         )
+        if message is None and mid is not None:
+            # campaign mail to a remote address: its delivery row stands for the message
+            message = await self.db.recipients.find_one(
+                {"message_id": mid, "sender_user_id": viewer.user_id}, {"_id": 1}
+            )
         if message is None:  # someone else's message reads exactly like a missing one
             return []
         return (

@@ -27,6 +27,7 @@ from app.domain.bounces import (
     parse_diagnostic,
     parse_reply,
 )
+from app.domain.campaign_tokens import campaign_row_id
 from app.domain.dsn import RecipientReport, parse_dsn
 from app.domain.errors import Conflict, ValidationError
 from app.domain.feedback_reports import parse_feedback_report
@@ -141,7 +142,11 @@ class BounceProcessor:
             )
             return Applied(False, reason="unknown recipient")
         message = (
-            await self.db.messages.find_one({"_id": recipient["message_id"]}, {"from": 1}) or {}
+            # a campaign's row to a remote address names its sender itself (no message doc)
+            recipient
+            if recipient.get("from")
+            else await self.db.messages.find_one({"_id": recipient["message_id"]}, {"from": 1})
+            or {}
         )
         campaign_id = recipient.get("campaign_id")
         if not message and campaign_id:
@@ -279,6 +284,11 @@ class BounceProcessor:
             if message is not None:
                 return await self.db.recipients.find_one(  # type: ignore[no-any-return]
                     {"message_id": message["_id"], "address_key": normalize_email(report.address)}
+                )
+            rid = campaign_row_id(report.metadata["rfc822_message_id"])
+            if rid is not None:  # campaign mail: ``<row id>.<campaign id>@host``, no message doc
+                return await self.db.recipients.find_one(  # type: ignore[no-any-return]
+                    {"_id": rid, "address_key": normalize_email(report.address)}
                 )
         return None
 
