@@ -58,6 +58,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
 from bson import ObjectId
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +170,7 @@ async def _measure(
         accept = time.perf_counter() - t0
         # 2. render + queue
         await system.campaigns.transition(viewer, cid, "start")
-        t1 = time.perf_counter()
+        t1, db_cpu = time.perf_counter(), _cpu(a.db_pid)
         batches = 0
         while True:
             result = await system.campaign_sender.run_batch(ObjectId(cid))
@@ -177,6 +178,7 @@ async def _measure(
             if result.get("completed"):
                 break
         queue = time.perf_counter() - t1
+        queue_db_cpu = _cpu(a.db_pid) - db_cpu
         queued = await system.mongo.db.recipients.count_documents({"campaign_id": ObjectId(cid)})
         out["accept_render_queue"] = {
             "recipients": a.n,
@@ -187,6 +189,8 @@ async def _measure(
             "render_queue_s": round(queue, 2),
             "render_queue_per_s": round(a.n / queue, 1),
             "total_per_s": round(a.n / (accept + queue), 1),
+            # the database's CPU for render + queue (an embedded SecantusDB's process)
+            "db_cpu_ms_per_recipient": round(queue_db_cpu * 1000 / a.n, 3),
         }
         print(json.dumps(out), flush=True)
 
@@ -200,14 +204,17 @@ async def _measure(
             waiting = asyncio.ensure_future(
                 wait_sink(sink_status, base_count, base_count + queued, 1800)
             )
-            start = time.time()
+            start, db_cpu = time.time(), _cpu(a.db_pid)
             work = sink_status.parent  # the run's directory: the worker's log and counts
             worker = start_service("worker", ["worker"], worker_env(settings), work)
+            worker_cpu = 0.0
             asked: list[float] = []  # seconds each watcher's stats call took
             watchers = [
                 asyncio.ensure_future(_watch(system, viewer, cid, asked)) for _ in range(a.watchers)
             ]
             count, last, first, _ = await waiting
+            delivery_db_cpu = _cpu(a.db_pid) - db_cpu
+            worker_cpu = _cpu(worker.pid)
             for watcher in watchers:
                 watcher.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)
@@ -219,6 +226,10 @@ async def _measure(
                 "worker_log": str(work / "worker.log"),
                 "watchers": a.watchers,
                 "worker_settings_changed": WORKER_SETTINGS,  # beyond addresses/hostname/secret
+                # CPU a message delivered: the database (to the last message at the sink) and
+                # the worker (since its start, its start-up included)
+                "db_cpu_ms_per_message": round(delivery_db_cpu * 1000 / max(delivered, 1), 3),
+                "worker_cpu_ms_per_message": round(worker_cpu * 1000 / max(delivered, 1), 3),
             }
             if a.watchers:
                 out["delivery"]["stats_calls"] = len(asked)
@@ -307,6 +318,12 @@ def _ratio(out: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
+def _cpu(pid: int) -> float:
+    """Seconds of CPU a process has used (user + system)."""
+    t = psutil.Process(pid).cpu_times()
+    return float(t.user + t.system)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
@@ -348,6 +365,7 @@ def main() -> None:
     try:
         stack.start(mongo=True, redis=True, typesense=False)
         urls = {"mongodb": stack.url("mongodb"), "redis": stack.url("redis")}
+        a.db_pid = next(s for s in stack.servers if s.name == "mongodb").process.pid
         postfix = None
         if not a.skip_postfix:
             corpus(base, 1, a.domains)  # the peers' generator is importable
