@@ -184,8 +184,16 @@ def storage_failure(
     return answer
 
 
+# seconds before the 2nd, 3rd, 4th... attempt of a transaction that hit a write conflict,
+# each drawn from half to one and a half times this: the other transaction usually holds the
+# document for milliseconds, and attempts straight after each other all met it again (a
+# mailbox move refused as busy while a new message was being filed, in the browser tests)
+RETRY_DELAYS = (0.01, 0.04, 0.16)
+
+
 async def in_transaction(mongo: Mongo, work: Any, attempts: int = 4) -> Any:
-    """Run ``await work(session)`` in one transaction; retried on write conflicts only.
+    """Run ``await work(session)`` in one transaction; retried on write conflicts only,
+    after a short randomized wait (``RETRY_DELAYS``, about 0.2 s in all).
 
     Not PyMongo's ``with_transaction``: that retries for up to two minutes, and a request
     must fail fast (ServiceUnavailable) when the database is gone.
@@ -198,6 +206,8 @@ async def in_transaction(mongo: Mongo, work: Any, attempts: int = 4) -> Any:
             except PyMongoError as e:
                 transient = e.has_error_label("TransientTransactionError")
                 if transient and attempt < attempts - 1 and not isinstance(e, _UNAVAILABLE):
+                    delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                     continue
                 raise
     raise AssertionError("unreachable")

@@ -141,3 +141,34 @@ async def test_update_and_read_gives_what_find_one_and_update_gives_inside_a_tra
     assert await coll.find_one({"owner": "b"}) == upserted
     with pytest.raises(ValueError, match="inside a transaction"):
         await update_and_read(coll, {"_id": first}, {"$inc": {"n": 1}}, None)
+
+
+async def test_a_write_conflict_waits_for_the_other_transaction_instead_of_failing(mongo):
+    """A transaction that meets another's uncommitted write is retried after a short wait
+    (``RETRY_DELAYS``): attempts straight after each other all met the same write again and
+    the request was refused as busy."""
+    import asyncio
+
+    from app.adapters.mongo import in_transaction
+
+    coll = mongo.db.conflict_probe
+    await coll.insert_one({"_id": 1, "n": 0})
+    holding = asyncio.Event()
+
+    async def slow(session):
+        await coll.update_one({"_id": 1}, {"$inc": {"n": 1}}, session=session)
+        holding.set()
+        await asyncio.sleep(0.06)  # less than the least the retries wait in all (0.105 s)
+
+    attempts: list[int] = []
+
+    async def quick(session):
+        attempts.append(1)
+        await coll.update_one({"_id": 1}, {"$inc": {"n": 10}}, session=session)
+
+    first = asyncio.create_task(in_transaction(mongo, slow, attempts=1))
+    await holding.wait()
+    await in_transaction(mongo, quick)
+    await first
+    assert (await coll.find_one({"_id": 1}))["n"] == 11
+    assert len(attempts) >= 2, "the conflict was never met: the test proves nothing"
