@@ -22,6 +22,7 @@ import pytest
 
 from app import loops
 from app.embedded import EmbeddedStack
+from tests.support.cleanup import drop_database
 from tests.support.event_loop import suite_loop
 
 
@@ -100,7 +101,7 @@ async def mongo(settings) -> AsyncIterator[object]:  # type: ignore[no-untyped-d
     m = Mongo.open(settings.mongodb_uri, settings.mongodb_database)
     await ensure_indexes(m.db)
     yield m
-    await m.client.drop_database(settings.mongodb_database)
+    await drop_database(m.client, settings.mongodb_database)
     await m.close()
 
 

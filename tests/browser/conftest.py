@@ -32,6 +32,7 @@ from app.bootstrap import build_system
 from app.embedded import free_port
 from app.web.app import create_app
 from app.web.frontends import Frontends
+from tests.support.cleanup import drop_database
 from tests.support.mx import DOMAIN, MailZone, mail_zone, smtp_send
 
 CHROMIUM = os.environ.get("MAILHUB_TEST_CHROMIUM", "/usr/bin/chromium")
@@ -170,7 +171,7 @@ async def mailhub(settings, zone, mailhub_overrides, mailhub_worker) -> AsyncIte
                 with contextlib.suppress(Exception):
                     await hub.stop_worker()
         await mx.stop(grace=2)
-        await system.mongo.client.drop_database(settings.mongodb_database)
+        await drop_database(system.mongo.client, settings.mongodb_database)
         await system.close()
 
 

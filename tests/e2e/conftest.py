@@ -15,6 +15,7 @@ import uvicorn
 from app.bootstrap import build_system
 from app.embedded import free_port
 from app.web.app import create_app
+from tests.support.cleanup import drop_database
 
 DOMAIN = "example.test"
 
@@ -36,7 +37,7 @@ async def system(settings) -> AsyncIterator[Any]:  # type: ignore[no-untyped-def
     system = await build_system(settings)
     await system.accounts.add_domain(DOMAIN)
     yield system
-    await system.mongo.client.drop_database(settings.mongodb_database)
+    await drop_database(system.mongo.client, settings.mongodb_database)
     await system.close()
 
 

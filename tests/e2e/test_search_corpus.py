@@ -17,6 +17,7 @@ from bson import ObjectId
 from app.bootstrap import build_system
 from app.config import Settings
 from app.domain.viewer import Viewer
+from tests.support.cleanup import drop_database
 
 OWNER_ITEMS, OTHER_ITEMS = 2200, 400
 PEOPLE = [
@@ -151,7 +152,7 @@ async def corpus(services):  # type: ignore[no-untyped-def]
     views = [{**i, "message": m} for i, m in rows if i["user_id"] == me]
     yield Corpus(system, Viewer(me, "alice@example.test", "Alice Example", None), views)
     await system.search.index.drop_all()
-    await system.mongo.client.drop_database(name)
+    await drop_database(system.mongo.client, name)
     await system.close()
 
 

@@ -21,9 +21,11 @@ from app.bootstrap import System, build_system
 from app.domain.campaign_tokens import click_token
 from app.domain.campaigns import ADD_OPEN_SECONDS, check_recipients
 from app.domain.viewer import Viewer
+from app.services.campaigns.stats import recipient_states
 from app.services.campaigns.store import recipient_rows
 from app.services.templates.store import TemplateDraft
 from tests.support.campaigns import create_campaign
+from tests.support.cleanup import drop_database
 from tests.support.commands import CommandLog
 
 DOMAIN = "batches.test"
@@ -60,7 +62,7 @@ async def world(settings: Any, commands: CommandLog) -> AsyncIterator[tuple[Syst
         campaign = await create_campaign(system, viewer, "batches", "news")
         yield system, viewer, str(campaign["_id"])
     finally:
-        await system.mongo.client.drop_database(settings.mongodb_database)
+        await drop_database(system.mongo.client, settings.mongodb_database)
         await system.close()
 
 
@@ -129,10 +131,8 @@ async def test_batches_walk_the_list_from_the_floor_across_gaps_and_late_adds(wo
     assert (await _campaign(system, cid))["pending_floor"] == 46
     assert (await _batch(system, cid)).get("completed")
     assert await _queued_seqs(system, cid) == list(range(25)) + list(range(32, 46))
-    states = await system.mongo.db.campaign_recipients.distinct(
-        "state", {"campaign_id": ObjectId(cid)}
-    )
-    assert states == ["queued"]
+    # every recipient queued, as the stats count them (below the floor, ``pending`` is queued)
+    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 39}
 
 
 async def test_an_add_still_landing_holds_the_floor_and_the_campaign_open(world):
@@ -179,6 +179,33 @@ async def test_an_abandoned_add_stops_holding_the_campaign(world):
     assert (await _batch(system, cid))["queued"] == 5
     assert (await _campaign(system, cid))["pending_floor"] == 5
     assert (await _batch(system, cid)).get("completed")
+
+
+async def test_an_untracked_batch_queues_by_the_floor_alone_and_a_cancel_spares_it(world, commands):
+    """With no add open and no tracked links a batch writes nothing to its recipients'
+    documents: moving the campaign's floor past them queues them. The stats count them
+    queued, the next batch starts above them, and a cancel marks canceled only those left."""
+    system, viewer, cid = world
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
+    await system.campaigns.transition(viewer, cid, "start")
+    commands.clear()
+    assert (await _batch(system, cid))["queued"] == BATCH
+    touched = [
+        c
+        for c in commands.commands
+        if c.collection == "campaign_recipients" and c.name not in ("find", "getMore")
+    ]
+    assert touched == []
+    assert (await _campaign(system, cid))["pending_floor"] == BATCH
+    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 10, "pending": 15}
+    assert (await _batch(system, cid))["queued"] == BATCH
+    assert await _queued_seqs(system, cid) == list(range(20))  # each once, in order
+    await system.campaigns.transition(viewer, cid, "cancel")
+    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 20, "canceled": 5}
+    stored = await system.mongo.db.campaign_recipients.find(
+        {"campaign_id": ObjectId(cid), "state": "canceled"}, {"seq": 1}
+    ).to_list()
+    assert sorted(r["seq"] for r in stored) == list(range(20, 25))
 
 
 async def test_tracked_links_are_stored_with_the_batch_state(world, commands):

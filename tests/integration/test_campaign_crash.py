@@ -14,6 +14,7 @@ import pytest
 from bson import ObjectId
 
 from app.domain.viewer import Viewer
+from app.services.campaigns.stats import recipient_states
 from app.services.templates.store import TemplateDraft
 from tests.support.campaigns import create_campaign
 from tests.support.outbound import SENDER_DOMAIN, outbound_world
@@ -69,12 +70,7 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
         await system.campaigns.transition(viewer, cid, "start")
 
         async def queued(n: int) -> bool:
-            return (
-                await w.db.campaign_recipients.count_documents(
-                    {"campaign_id": ObjectId(cid), "state": "queued"}
-                )
-                >= n
-            )
+            return (await recipient_states(system.mongo, ObjectId(cid))).get("queued", 0) >= n
 
         await kill_worker_when(
             w.settings, lambda: queued(30), 60, "the first batches", **WORKER_SETTINGS

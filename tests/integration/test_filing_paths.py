@@ -23,6 +23,7 @@ from app.domain.filing_plan import thread_subject_key
 from app.services.after_commit import Notifier
 from app.services.inbound.group_commit import InboundStore, InboundView, PreparedInbound
 from app.services.mailbox.filing import Filing, ViewSpec, file_message, load_thread_context
+from tests.support.cleanup import drop_database
 
 ANN = ObjectId()
 BEN = ObjectId()
@@ -172,7 +173,7 @@ async def test_filing_one_at_a_time_and_as_a_batch_write_the_same_documents(sett
         assert got["mailbox_counters"] == expected["mailbox_counters"]
     finally:
         for mongo in (single, batched):
-            await mongo.client.drop_database(mongo.db.name)
+            await drop_database(mongo.client, mongo.db.name)
             await mongo.close()
 
 

@@ -23,6 +23,7 @@ from app.domain.viewer import Viewer
 from app.embedded import free_port
 from app.services.feedback.suppression import user_scope
 from app.services.sending.compose import Composition
+from tests.support.cleanup import drop_database
 from tests.support.commands import CommandLog
 from tests.support.own_mongo import own_mongo_settings, start_mongo
 
@@ -39,7 +40,7 @@ async def commits_and_system(settings: Any) -> AsyncIterator[tuple[CommandLog, S
         yield commits, system
     finally:
         commits.active = False
-        await system.mongo.client.drop_database(settings.mongodb_database)
+        await drop_database(system.mongo.client, settings.mongodb_database)
         await system.close()
 
 
@@ -328,7 +329,7 @@ async def test_concurrent_sends_share_their_senders_address_and_pause_reads(sett
         assert len(by_user) == 1 and len(pauses) == 1, finds.commands
     finally:
         finds.active = False
-        await system.mongo.client.drop_database(settings.mongodb_database)
+        await drop_database(system.mongo.client, settings.mongodb_database)
         await system.close()
 
 

@@ -11,6 +11,7 @@ from app.adapters.redis_store import RedisStore
 from app.domain.errors import AuthError
 from app.domain.tokens import hash_token
 from app.services.accounts import AccountService
+from tests.support.cleanup import drop_database
 from tests.support.commands import CommandLog
 
 DOMAIN = "tokens.test"
@@ -24,7 +25,7 @@ async def accounts(settings):  # type: ignore[no-untyped-def]
     service = AccountService(mongo, redis, settings)
     await service.add_domain(DOMAIN)
     yield service, commands
-    await mongo.client.drop_database(settings.mongodb_database)
+    await drop_database(mongo.client, settings.mongodb_database)
     await redis.close()
     await mongo.close()
 

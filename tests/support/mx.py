@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from app.bootstrap import build_system
 from app.config import Settings
 from app.mx.server import MxServer, start_mx
+from tests.support.cleanup import drop_database
 from tests.support.dnsmasq import DnsServer
 
 DOMAIN = "example.test"
@@ -142,7 +143,7 @@ async def running_mx(
         yield MxHarness(system, mx, settings)
     finally:
         await mx.stop(grace=2)
-        await system.mongo.client.drop_database(settings.mongodb_database)
+        await drop_database(system.mongo.client, settings.mongodb_database)
         await system.close()
 
 

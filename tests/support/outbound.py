@@ -36,6 +36,7 @@ from app.bootstrap import System, build_system
 from app.domain.viewer import Viewer
 from app.embedded import free_port
 from app.services.sending.compose import Composition
+from tests.support.cleanup import drop_database
 from tests.support.dnsmasq import DnsServer
 from tests.support.smtp_sinks import Sink
 
@@ -224,7 +225,7 @@ async def outbound_world(
                 with warnings.catch_warnings():  # arq 0.28 calls redis-py's deprecated close()
                     warnings.simplefilter("ignore", DeprecationWarning)
                     await stop()
-        await system.mongo.client.drop_database(world_settings.mongodb_database)
+        await drop_database(system.mongo.client, world_settings.mongodb_database)
         await system.close()
         dns.stop()
         for sink in sinks.values():
