@@ -224,10 +224,10 @@ class CampaignSender:
         until ``ADD_OPEN_SECONDS`` (app/domain/campaigns.py).
         """
         query: dict[str, Any] = {"campaign_id": campaign["_id"], "state": "pending"}
-        if adding:
-            rows = self.db.campaign_recipients.find(query).sort("seq", 1).limit(size)
-            return await rows.to_list(), None
         low, end = int(campaign.get("pending_floor", 0)), int(campaign.get("next_seq", 0))
+        if adding:  # (below the floor every recipient was handled: see ``_mark_queued``)
+            rows = self.db.campaign_recipients.find({**query, "seq": {"$gte": low}})
+            return await rows.sort("seq", 1).limit(size).to_list(), None
         pending: list[dict[str, Any]] = []
         while len(pending) < size and low < end:
             high = min(low + size, end)
@@ -395,16 +395,25 @@ class CampaignSender:
         now: datetime,
         session: Any,
     ) -> int:
-        """Mark the batch's queued recipients (``by_links``: by their tracked links) ``queued``,
-        each with its links, in one command; returns how many changed (fewer: one left
-        ``pending`` meanwhile).
+        """Mark the batch's queued recipients (``by_links``: by their tracked links) ``queued``;
+        returns how many are (fewer: one left ``pending`` meanwhile).
 
-        With no add open and one list of links for all (or none), one update by the batch's
-        ``seq`` range: with no add open, every pending recipient in it is one of the batch's,
-        the suppressed and failed ones are marked already, and an ``$in`` of 500 ids would
-        cost SecantusDB 500 comparisons a document. Otherwise one bulk write, an update for
-        each list: still one write a recipient, never two.
+        With no add open and no tracked links, nothing is written: the batch's transaction
+        moves the campaign's ``pending_floor`` past its last recipient, and a recipient below
+        the floor still stored ``pending`` is one its batch queued (``queued_below_floor``;
+        the suppressed and failed ones are marked already). That write was a third of the
+        database's work a recipient at queue time (docs/benchmarks.md). Each batch reads
+        from the floor, and the campaign's status, checked first in the transaction, stops a
+        cancel from marking anyone while a batch commits.
+
+        With tracked links, each recipient's (what its click redirects may go to) are
+        stored with its ``queued`` state: with no add open and one list for all, one update
+        by the batch's ``seq`` range (an ``$in`` of 500 ids costs SecantusDB 500
+        comparisons a document); otherwise one bulk write, an update for each list. With an
+        add open the floor stays, so the state is written.
         """
+        if floor is not None and list(by_links) == [()]:
+            return sum(len(ids) for ids in by_links.values())
 
         def queued(links: tuple[str, ...]) -> dict[str, Any]:
             return {

@@ -88,12 +88,7 @@ async def count(mongo: Mongo, campaign: dict[str, Any]) -> dict[str, Any]:
     """What ``stats_of`` needs counted from the records (every recipient of the campaign)."""
     db = mongo.db
     cid = campaign["_id"]
-    states = {
-        d["_id"]: d["n"]
-        async for d in await db.campaign_recipients.aggregate(
-            [{"$match": {"campaign_id": cid}}, {"$group": {"_id": "$state", "n": {"$sum": 1}}}]
-        )
-    }
+    states = await recipient_states(mongo, cid)
     delivery = {
         d["_id"]: d["n"]
         async for d in await db.recipients.aggregate(
@@ -139,6 +134,36 @@ async def count(mongo: Mongo, campaign: dict[str, Any]) -> dict[str, Any]:
         "unsubscribed": unsubscribed,
         "tracked": tracked,
     }
+
+
+async def recipient_states(mongo: Mongo, campaign_id: ObjectId) -> dict[str, int]:
+    """How many of a campaign's recipients are in each state (pending, queued, suppressed,
+    failed, canceled).
+
+    A recipient still stored ``pending`` below the campaign's ``pending_floor`` is ``queued``:
+    a batch with no add open and no tracked links queues its recipients by moving the floor
+    past them, without a write to each (``CampaignSender._mark_queued``). The floor is read
+    first, so a batch committing meanwhile can only leave its recipients counted pending in
+    this count, never queued twice."""
+    db = mongo.db
+    doc = await db.campaigns.find_one({"_id": campaign_id}, {"pending_floor": 1}) or {}
+    floor = int(doc.get("pending_floor", 0))
+    states: dict[str, int] = {
+        d["_id"]: d["n"]
+        async for d in await db.campaign_recipients.aggregate(
+            [
+                {"$match": {"campaign_id": campaign_id}},
+                {"$group": {"_id": "$state", "n": {"$sum": 1}}},
+            ]
+        )
+    }
+    if states.get("pending") and floor:
+        below = await db.campaign_recipients.count_documents(
+            {"campaign_id": campaign_id, "state": "pending", "seq": {"$lt": floor}}
+        )
+        states["pending"] -= below
+        states["queued"] = states.get("queued", 0) + below
+    return {k: n for k, n in states.items() if n}
 
 
 def stats_of(campaign: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:

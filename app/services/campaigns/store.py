@@ -3,7 +3,9 @@ cancel, read, and the live statistics.
 
 State is in MongoDB only: ``campaigns`` (one document each) and ``campaign_recipients`` (one
 per recipient, numbered by ``seq`` so that a batch is a range query, with its own ``state``:
-pending → queued | suppressed | failed | canceled). Redis only carries the jobs that wake the
+pending → queued | suppressed | failed | canceled; a recipient stored ``pending`` below the
+campaign's ``pending_floor`` was queued by its batch without a write of its own:
+``stats.recipient_states``). Redis only carries the jobs that wake the
 batch sender; the sweep (``CampaignSender.sweep``) finds a campaign whose job was lost.
 """
 
@@ -255,8 +257,14 @@ class CampaignService:
         if result is None:  # changed under us: report against the fresh state
             return await self.transition(viewer, campaign_id, action)
         if target == "canceled":
+            # (below the floor, ``pending`` means queued by its batch: stats.recipient_states;
+            # no batch commits after the status change, which its transaction checks first)
             await self.db.campaign_recipients.update_many(
-                {"campaign_id": campaign["_id"], "state": "pending"},
+                {
+                    "campaign_id": campaign["_id"],
+                    "state": "pending",
+                    "seq": {"$gte": int(result.get("pending_floor", 0))},
+                },
                 {"$set": {"state": "canceled", "updated_at": now}},
             )
         if target in ("sending", "scheduled"):
