@@ -264,8 +264,12 @@ async def _measure(
             wait = (doc["next_batch_at"] - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(0.0, wait))
             await system.campaign_sender.run_batch(ObjectId(paced))
-            target = await system.mongo.db.campaign_recipients.find_one(
-                {"campaign_id": ObjectId(paced), "state": "pending"}, sort=[("seq", 1)]
+            floor = (await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})).get(
+                "pending_floor", 0
+            )
+            target = await system.mongo.db.campaign_recipients.find_one(  # the next one to go
+                {"campaign_id": ObjectId(paced), "state": "pending", "seq": {"$gte": floor}},
+                sort=[("seq", 1)],
             )
             await asyncio.sleep(0.1 + 0.15 * round_)  # somewhere inside the batch interval
             clicked = time.time()

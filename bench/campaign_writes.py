@@ -81,9 +81,11 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
 
         written = {c: await db[c].find({}).limit(BATCH).to_list() for c in COLLECTIONS}
         out["sizes"] = {c: len(docs) for c, docs in written.items()}
+        floor = (await db.campaigns.find_one({"_id": ObjectId(cid)})).get("pending_floor", 0)
         rest = (
-            await db.campaign_recipients.find(
-                {"campaign_id": ObjectId(cid), "state": "pending"}, {"_id": 1, "seq": 1}
+            await db.campaign_recipients.find(  # (below the floor, "pending" ones are queued)
+                {"campaign_id": ObjectId(cid), "state": "pending", "seq": {"$gte": floor}},
+                {"_id": 1, "seq": 1},
             )
             .sort("seq", 1)
             .limit(BATCH)
