@@ -15,7 +15,8 @@ A batch, run by the ``campaign_batch`` job under the campaign's batch lease:
    List-Unsubscribe headers and, when the campaign asks, tracking;
 5. in one transaction: the ``recipients`` rows (queued for the delivery workers, which apply
    per-domain throttles and reputation as for any mail), the ``queued`` events and the
-   campaign recipients' new states. A row to a remote address carries its rendered MIME
+   campaign recipients' new states (queued ones by moving the campaign's ``pending_floor``
+   past them when it can: ``_mark_queued``). A row to a remote address carries its rendered MIME
    itself (``raw``, dropped once the row's delivery is final): campaign mail has no mailbox
    view, so it needs no message document or blob, which the orphan sweep would only delete
    again after delivery. Mail to a hosted user is stored as a message with its mailbox copy.
@@ -400,7 +401,7 @@ class CampaignSender:
 
         With no add open and no tracked links, nothing is written: the batch's transaction
         moves the campaign's ``pending_floor`` past its last recipient, and a recipient below
-        the floor still stored ``pending`` is one its batch queued (``queued_below_floor``;
+        the floor still stored ``pending`` is one its batch queued (``stats.recipient_states``;
         the suppressed and failed ones are marked already). That write was a third of the
         database's work a recipient at queue time (docs/benchmarks.md). Each batch reads
         from the floor, and the campaign's status, checked first in the transaction, stops a
