@@ -140,19 +140,14 @@ class MessagePreparer:
         sizes = {d["raw_blob_id"]: d.get("size") for d in docs if d.get("raw_blob_id")}
         for part in chunked(list(sizes)):
             raws.update(await read_blobs(self.db, part, lengths=sizes))
-        keys = await self._dkim_keys({domain_of(d["from"]["email"]) for d in docs})
-        todo = [
-            (doc, raw, keys.get(domain_of(doc["from"]["email"])))
+        found = [
+            (doc, raw)
             for doc in docs
             if (raw := raws.get(doc.get("raw_blob_id"))) is not None  # type: ignore[arg-type]
         ]
-        signed = await self.signer.sign_many([(raw, key) for _, raw, key in todo])
-        for (doc, raw, _), data in zip(todo, signed, strict=True):
-            sender_domain = domain_of(doc["from"]["email"])
-            headers = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n"
-            message = PreparedMessage(doc["_id"], doc, data, headers, sender_domain)
-            out[doc["_id"]] = message
-            self._prepared[doc["_id"]] = message
+        for message in await self._signed(found):
+            out[message.id] = message
+            self._prepared[message.id] = message
             while len(self._prepared) > PREPARED_CACHE:
                 self._prepared.popitem(last=False)
         return out
@@ -163,21 +158,25 @@ class MessagePreparer:
         """Rows that carry their own MIME (campaign mail to remote addresses: no message
         document, ``campaigns/sender.py``), each signed as it comes; one recipient a message,
         so they are not kept in the cache."""
-        if not rows:
-            return {}
-        keys = await self._dkim_keys({domain_of(r["from"]["email"]) for r in rows})
+        carried = [
+            ({**{f: r.get(f) for f in CARRIED_FIELDS}, "_id": r["message_id"]}, r["raw"])
+            for r in rows
+        ]
+        return {m.id: m for m in await self._signed(carried)}
+
+    async def _signed(self, found: list[tuple[dict[str, Any], bytes]]) -> list[PreparedMessage]:
+        """Each (message document, raw MIME) DKIM-signed for its sender's domain."""
+        if not found:
+            return []
+        domains = [domain_of(doc["from"]["email"]) for doc, _ in found]
+        keys = await self._dkim_keys(set(domains))
         signed = await self.signer.sign_many(
-            [(r["raw"], keys.get(domain_of(r["from"]["email"]))) for r in rows]
+            [(raw, keys.get(d)) for (_, raw), d in zip(found, domains, strict=True)]
         )
-        out = {}
-        for r, data in zip(rows, signed, strict=True):
-            doc = {f: r.get(f) for f in CARRIED_FIELDS}
-            doc["_id"] = r["message_id"]
-            headers = r["raw"].split(b"\r\n\r\n", 1)[0] + b"\r\n"
-            out[r["message_id"]] = PreparedMessage(
-                r["message_id"], doc, data, headers, domain_of(r["from"]["email"])
-            )
-        return out
+        return [
+            PreparedMessage(doc["_id"], doc, data, raw.split(b"\r\n\r\n", 1)[0] + b"\r\n", d)
+            for (doc, raw), d, data in zip(found, domains, signed, strict=True)
+        ]
 
     async def _placeholder(self, message_id: ObjectId) -> PreparedMessage | None:
         doc = await self.db.messages.find_one({"_id": message_id}, _MESSAGE_FIELDS)
