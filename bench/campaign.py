@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
 from app.domain.campaign_tokens import unsubscribe_token  # noqa: E402
+from app.domain.campaigns import still_pending  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
@@ -264,12 +265,9 @@ async def _measure(
             wait = (doc["next_batch_at"] - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(0.0, wait))
             await system.campaign_sender.run_batch(ObjectId(paced))
-            floor = (await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})).get(
-                "pending_floor", 0
-            )
+            doc = await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})
             target = await system.mongo.db.campaign_recipients.find_one(  # the next one to go
-                {"campaign_id": ObjectId(paced), "state": "pending", "seq": {"$gte": floor}},
-                sort=[("seq", 1)],
+                still_pending(doc), sort=[("seq", 1)]
             )
             await asyncio.sleep(0.1 + 0.15 * round_)  # somewhere inside the batch interval
             clicked = time.time()

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.adapters.mongo import in_transaction  # noqa: E402
+from app.domain.campaigns import still_pending  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
 from bench.campaign import bench_sender, create_campaign, recipient_rows  # noqa: E402
 from bench.outbound import bench_system  # noqa: E402
@@ -81,12 +82,9 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
 
         written = {c: await db[c].find({}).limit(BATCH).to_list() for c in COLLECTIONS}
         out["sizes"] = {c: len(docs) for c, docs in written.items()}
-        floor = (await db.campaigns.find_one({"_id": ObjectId(cid)})).get("pending_floor", 0)
+        campaign = await db.campaigns.find_one({"_id": ObjectId(cid)})
         rest = (
-            await db.campaign_recipients.find(  # (below the floor, "pending" ones are queued)
-                {"campaign_id": ObjectId(cid), "state": "pending", "seq": {"$gte": floor}},
-                {"_id": 1, "seq": 1},
-            )
+            await db.campaign_recipients.find(still_pending(campaign), {"_id": 1, "seq": 1})
             .sort("seq", 1)
             .limit(BATCH)
             .to_list()

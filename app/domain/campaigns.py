@@ -156,6 +156,18 @@ def adds_open(campaign: Mapping[str, Any], now: datetime) -> bool:
     return any(aware(add["at"]) > since for add in campaign.get("adds_open") or ())
 
 
+def still_pending(campaign: Mapping[str, Any]) -> dict[str, Any]:
+    """The query for the recipients of a campaign document no batch has taken yet: stored
+    ``pending`` at or above its ``pending_floor``. Below the floor, one stored ``pending`` was
+    queued by its batch, which moved the floor past it instead of writing each recipient's
+    state (``CampaignSender._mark_queued``)."""
+    return {
+        "campaign_id": campaign["_id"],
+        "state": "pending",
+        "seq": {"$gte": int(campaign.get("pending_floor", 0))},
+    }
+
+
 def aware(at: datetime) -> datetime:
     """A datetime read back from MongoDB (naive, UTC) as an aware one."""
     return at if at.tzinfo else at.replace(tzinfo=UTC)

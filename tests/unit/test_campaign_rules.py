@@ -278,3 +278,15 @@ def test_an_add_is_open_until_closed_or_abandoned() -> None:
     assert not adds_open({"adds_open": [old]}, now)
     assert not adds_open({"adds_open": []}, now)
     assert not adds_open({}, now)  # campaigns made before adds were tracked
+
+
+def test_still_pending_starts_at_the_floor() -> None:
+    from app.domain.campaigns import still_pending
+
+    cid = ObjectId()
+    assert still_pending({"_id": cid}) == {
+        "campaign_id": cid,
+        "state": "pending",
+        "seq": {"$gte": 0},
+    }
+    assert still_pending({"_id": cid, "pending_floor": 500})["seq"] == {"$gte": 500}

@@ -54,6 +54,7 @@ from app.domain.campaigns import (
     batch_plan,
     day_of,
     next_day_start,
+    still_pending,
     warmup_allowance,
 )
 from app.domain.errors import ValidationError
@@ -224,11 +225,11 @@ class CampaignSender:
         without moving the floor; an add whose insert failed stays open (slower, never wrong)
         until ``ADD_OPEN_SECONDS`` (app/domain/campaigns.py).
         """
-        query: dict[str, Any] = {"campaign_id": campaign["_id"], "state": "pending"}
-        low, end = int(campaign.get("pending_floor", 0)), int(campaign.get("next_seq", 0))
-        if adding:  # (below the floor every recipient was handled: see ``_mark_queued``)
-            rows = self.db.campaign_recipients.find({**query, "seq": {"$gte": low}})
+        query = still_pending(campaign)
+        if adding:
+            rows = self.db.campaign_recipients.find(query)
             return await rows.sort("seq", 1).limit(size).to_list(), None
+        low, end = int(campaign.get("pending_floor", 0)), int(campaign.get("next_seq", 0))
         pending: list[dict[str, Any]] = []
         while len(pending) < size and low < end:
             high = min(low + size, end)

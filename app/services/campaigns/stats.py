@@ -146,8 +146,7 @@ async def recipient_states(mongo: Mongo, campaign_id: ObjectId) -> dict[str, int
     first, so a batch committing meanwhile can only leave its recipients counted pending in
     this count, never queued twice."""
     db = mongo.db
-    doc = await db.campaigns.find_one({"_id": campaign_id}, {"pending_floor": 1}) or {}
-    floor = int(doc.get("pending_floor", 0))
+    doc = await db.campaigns.find_one({"_id": campaign_id}, {"pending_floor": 1})
     states: dict[str, int] = {
         d["_id"]: d["n"]
         async for d in await db.campaign_recipients.aggregate(
@@ -157,7 +156,10 @@ async def recipient_states(mongo: Mongo, campaign_id: ObjectId) -> dict[str, int
             ]
         )
     }
+    floor = int((doc or {}).get("pending_floor", 0))
     if states.get("pending") and floor:
+        # the complement of ``still_pending`` (counted, rather than it: a cancel may move
+        # recipients above the floor from pending to canceled meanwhile, never those below)
         below = await db.campaign_recipients.count_documents(
             {"campaign_id": campaign_id, "state": "pending", "seq": {"$lt": floor}}
         )

@@ -28,6 +28,7 @@ from app.domain.campaigns import (
     check_rate,
     check_recipients,
     next_status,
+    still_pending,
 )
 from app.domain.errors import NotFound, ValidationError
 from app.domain.ids import parse_object_id
@@ -257,15 +258,9 @@ class CampaignService:
         if result is None:  # changed under us: report against the fresh state
             return await self.transition(viewer, campaign_id, action)
         if target == "canceled":
-            # (below the floor, ``pending`` means queued by its batch: stats.recipient_states;
-            # no batch commits after the status change, which its transaction checks first)
+            # (no batch commits after the status change, which its transaction checks first)
             await self.db.campaign_recipients.update_many(
-                {
-                    "campaign_id": campaign["_id"],
-                    "state": "pending",
-                    "seq": {"$gte": int(result.get("pending_floor", 0))},
-                },
-                {"$set": {"state": "canceled", "updated_at": now}},
+                still_pending(result), {"$set": {"state": "canceled", "updated_at": now}}
             )
         if target in ("sending", "scheduled"):
             await wake(self.queue, result)
