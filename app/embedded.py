@@ -58,12 +58,11 @@ def mongod_cache_size(memory: int | None = None) -> str:
     (this one's when None): half of (RAM - 1 GiB), at least 256 MiB, as ``secantusd-py
     --cache-size`` takes it.
 
-    SecantusDB stands in for MongoDB (DESIGN.md section 4) but defaults to a 1 GiB cache. A
-    100,000-recipient campaign's backlog outgrows that, and every write then pays for
-    eviction: SecantusDB's CPU a delivered message 2.33 ms with 1 GiB against 1.79 ms with
-    8 GiB (docs/benchmarks.md "Seventeenth session"). Production runs mongod, whose default is
-    this formula, so the stand-in is given the same. The cache is a ceiling, filled as data is
-    read and written, not allocated at start."""
+    SecantusDB stands in for MongoDB (DESIGN.md section 4) but defaults to a 1 GiB cache, which
+    a 100,000-recipient campaign's backlog (with its oplog) outgrows (docs/benchmarks.md
+    "Seventeenth session"). Production runs mongod, whose default is this formula, so the
+    stand-in is given the same. The cache is a ceiling, filled as data is read and written,
+    not allocated at start."""
     if memory is None:
         memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     mib = max(256, (memory - 2**30) // 2 // 2**20)
