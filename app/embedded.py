@@ -53,25 +53,17 @@ def _bin_dir() -> Path:
     return Path(sys.executable).parent
 
 
-def mongod_cache_size(memory: int | None = None) -> str:
-    """The WiredTiger cache mongod gives itself by default on a machine with ``memory`` bytes
-    (this one's when None): half of (RAM - 1 GiB), at least 256 MiB, as ``secantusd-py
-    --cache-size`` takes it.
-
-    SecantusDB stands in for MongoDB (DESIGN.md section 4) but defaults to a 1 GiB cache, which
-    a 100,000-recipient campaign's backlog (with its oplog) outgrows (docs/benchmarks.md
-    "Seventeenth session"). Production runs mongod, whose default is this formula, so the
-    stand-in is given the same. The cache is a ceiling, filled as data is read and written,
-    not allocated at start."""
-    if memory is None:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    mib = max(256, (memory - 2**30) // 2 // 2**20)
-    return f"{mib}M"
+# SecantusDB's WiredTiger cache: its own default, said here so that the benchmarks can print it.
+# mongod's default (half of the RAM less 1 GiB: 11.5 GiB on the 24 GiB development VM) was
+# tried: 3-8 % less database CPU a message in a 100,000-recipient campaign drain, but with
+# eviction no longer writing dirty pages out as they come, the 60-second checkpoint wrote them
+# all at once and two inbound rounds of ten ran at half speed, p50 242 ms (docs/benchmarks.md
+# "Seventeenth session"). Production runs mongod with its own default.
+DB_CACHE_SIZE = "1G"
 
 
 def secantus_argv(port: int, path: Path, log_level: str) -> list[str]:
-    """The command line of a SecantusDB server on 127.0.0.1:``port`` storing under ``path``,
-    with mongod's default cache size (``mongod_cache_size``)."""
+    """The command line of a SecantusDB server on 127.0.0.1:``port`` storing under ``path``."""
     return [
         secantus_command(),
         "--host",
@@ -83,7 +75,7 @@ def secantus_argv(port: int, path: Path, log_level: str) -> list[str]:
         "--log-level",
         log_level,
         "--cache-size",
-        mongod_cache_size(),
+        DB_CACHE_SIZE,
     ]
 
 

@@ -68,7 +68,7 @@ from app.config import Settings  # noqa: E402
 from app.domain.campaign_tokens import unsubscribe_token  # noqa: E402
 from app.domain.campaigns import still_pending  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
-from app.embedded import EmbeddedStack, mongod_cache_size  # noqa: E402
+from app.embedded import DB_CACHE_SIZE, EmbeddedStack  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
 from bench.outbound import (
     WORKER_SETTINGS,
@@ -361,7 +361,7 @@ def main() -> None:
             "load": os.getloadavg(),
         },
         # the embedded database as `mailhub dev` starts it (app/embedded.py): mongod's cache size
-        "database": {"server": "SecantusDB (embedded)", "cache_size": mongod_cache_size()},
+        "database": {"server": "SecantusDB (embedded)", "cache_size": DB_CACHE_SIZE},
         "n": a.n,
         "track": a.track,
         "domains": a.domains,

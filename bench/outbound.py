@@ -67,7 +67,7 @@ from app.adapters.queue import JobQueue  # noqa: E402
 from app.bootstrap import build_system  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.domain.conversations import normalize_subject  # noqa: E402
-from app.embedded import EmbeddedStack, free_port, mongod_cache_size  # noqa: E402
+from app.embedded import DB_CACHE_SIZE, EmbeddedStack, free_port  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
 
 SENDER = "bench@client.bench.test"
@@ -835,7 +835,7 @@ def main() -> None:
             "python": platform.python_version(),
         },
         # the embedded database as `mailhub dev` starts it (app/embedded.py)
-        "database": {"server": "SecantusDB (embedded)", "cache_size": mongod_cache_size()},
+        "database": {"server": "SecantusDB (embedded)", "cache_size": DB_CACHE_SIZE},
         "n": a.n,
         "domains": a.domains,
     }
