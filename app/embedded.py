@@ -62,6 +62,12 @@ def _bin_dir() -> Path:
 DB_CACHE_SIZE = "1G"
 
 
+def database_facts() -> dict[str, str]:
+    """What a benchmark prints about its database: an embedded SecantusDB, started as
+    ``mailhub dev`` starts it."""
+    return {"server": "SecantusDB (embedded)", "cache_size": DB_CACHE_SIZE}
+
+
 def secantus_argv(port: int, path: Path, log_level: str) -> list[str]:
     """The command line of a SecantusDB server on 127.0.0.1:``port`` storing under ``path``."""
     return [

@@ -68,7 +68,7 @@ from app.config import Settings  # noqa: E402
 from app.domain.campaign_tokens import unsubscribe_token  # noqa: E402
 from app.domain.campaigns import still_pending  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
-from app.embedded import DB_CACHE_SIZE, EmbeddedStack  # noqa: E402
+from app.embedded import EmbeddedStack, database_facts  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
 from bench.outbound import (
     WORKER_SETTINGS,
@@ -360,8 +360,7 @@ def main() -> None:
             "platform": platform.platform(),
             "load": os.getloadavg(),
         },
-        # the embedded database as `mailhub dev` starts it (app/embedded.py): mongod's cache size
-        "database": {"server": "SecantusDB (embedded)", "cache_size": DB_CACHE_SIZE},
+        "database": database_facts(),
         "n": a.n,
         "track": a.track,
         "domains": a.domains,

@@ -59,7 +59,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
-from app.embedded import DB_CACHE_SIZE, EmbeddedStack, free_port  # noqa: E402
+from app.embedded import EmbeddedStack, database_facts, free_port  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
 
 FULLSTACK_PORT = 2527  # fixed by peers/fullstack_setup.sh
@@ -593,8 +593,7 @@ def main() -> int:
         ratios = ratio_lines(summary)
         report = {
             "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
-            # the embedded database as `mailhub dev` starts it (app/embedded.py)
-            "database": {"server": "SecantusDB (embedded)", "cache_size": DB_CACHE_SIZE},
+            "database": database_facts(),
             "started": started_at,
             "uptime_before": uptime_before,
             "uptime_after": subprocess.run(

@@ -67,7 +67,7 @@ from app.adapters.queue import JobQueue  # noqa: E402
 from app.bootstrap import build_system  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.domain.conversations import normalize_subject  # noqa: E402
-from app.embedded import DB_CACHE_SIZE, EmbeddedStack, free_port  # noqa: E402
+from app.embedded import EmbeddedStack, database_facts, free_port  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
 
 SENDER = "bench@client.bench.test"
@@ -834,8 +834,7 @@ def main() -> None:
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        # the embedded database as `mailhub dev` starts it (app/embedded.py)
-        "database": {"server": "SecantusDB (embedded)", "cache_size": DB_CACHE_SIZE},
+        "database": database_facts(),
         "n": a.n,
         "domains": a.domains,
     }
