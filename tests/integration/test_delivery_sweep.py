@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from app.services.delivery.sweep import SWEEP_GRACE, Sweeper
+from bson import ObjectId
+
+from app.services.delivery.sweep import SWEEP_GRACE, SWEEP_SHARE, Sweeper
 from tests.support.outbound import outbound_world
 
 
@@ -35,7 +37,9 @@ async def test_a_paced_sweep_rests_after_a_long_search_and_then_finds_the_lost_j
     async with outbound_world(settings, worker=False) as w:
         await w.send(["a@ok.test", "b@mixed.test"], subject="one")
         await w.system.redis.client.flushall()  # every job is gone
-        ticks = iter([0.0, 5.0, 10.0, 49.0, 51.0, 51.5])  # the clock, read twice per search
+        rest = 5.0 / SWEEP_SHARE  # a search that took 5 s of the clock rests this long
+        # the clock, read twice per full search and once per resting sweep
+        ticks = iter([0.0, 5.0, 10.0, rest - 1, rest + 1, rest + 1.5])
         sweeper = Sweeper(
             db=w.system.mongo.db,
             queue=w.system.delivery.sweeper.queue,
@@ -43,19 +47,59 @@ async def test_a_paced_sweep_rests_after_a_long_search_and_then_finds_the_lost_j
             clock=lambda: next(ticks),
         )
         now = datetime.now(UTC)
-        first = await sweeper.sweep(now=now, paced=True)  # took 5 s of the clock: rest 50 s
+        first = await sweeper.sweep(now=now, paced=True)  # took 5 s of the clock: rest
         assert (first["resting"], first["enqueued"]) == (0, 2)
 
         await w.system.redis.client.flushall()
         later = now + timedelta(seconds=SWEEP_GRACE + 1)  # overdue: a search would find them
-        for _ in range(2):  # at 10 s and 49 s: resting, nothing read
-            resting = await sweeper.sweep(now=later, paced=True)
+        for _ in range(2):  # at 10 s and just before the rest ends: no full search
+            resting = await sweeper.sweep(now=later, paced=True)  # (no domain was ever leased)
             assert (resting["resting"], resting["due"], resting["enqueued"]) == (1, 0, 0)
         assert "released" in resting  # scheduled sends are released all the same
-        found = await sweeper.sweep(now=later, paced=True)  # at 51 s: searches again
+        found = await sweeper.sweep(now=later, paced=True)  # after the rest: searches again
         assert (found["resting"], found["due"], found["enqueued"]) == (0, 2, 2)
         # an explicit sweep (not the periodic job's) never rests
         assert (await w.system.delivery.sweep(now=later))["resting"] == 0
+
+
+async def test_a_resting_sweep_wakes_the_domains_nobody_holds_and_leaves_held_ones_alone(
+    settings,
+):
+    """While the full search rests, the domains whose lease ended or was given back (a killed
+    worker's, an idle lane's) are looked at on every sweep; a held domain's backlog is not
+    read (its holder's lanes are on it), and a domain never leased waits for the full search."""
+    async with outbound_world(settings, worker=False) as w:
+        await w.send(["a@ok.test", "b@mixed.test", "c@implicit.test"], subject="one")
+        db = w.system.mongo.db
+        now = datetime.now(UTC)
+        ticks = iter([0.0, 5.0, 10.0, 20.0, 30.0])
+        sweeper = Sweeper(
+            db=db,
+            queue=w.system.delivery.sweeper.queue,
+            scheduling=w.system.scheduling,
+            clock=lambda: next(ticks),
+        )
+        assert (await sweeper.sweep(now=now, paced=True))["resting"] == 0  # rests from here
+
+        await w.system.redis.client.flushall()  # every job is gone
+        later = now + timedelta(seconds=SWEEP_GRACE + 1)
+        await db.domain_leases.insert_many(
+            [  # ok.test given back (the document stays, ended); implicit.test held elsewhere
+                {"_id": "ok.test", "token": ObjectId(), "until": now},
+                {"_id": "implicit.test", "token": ObjectId(), "until": later + timedelta(1)},
+            ]
+        )
+        swept = await sweeper.sweep(now=later, paced=True)
+        assert (swept["resting"], swept["due"], swept["enqueued"]) == (1, 1, 1)
+        assert (await sweeper.sweep(now=later, paced=True))["enqueued"] == 0  # its job waits
+
+        # The holder died: its lease runs out, and the next sweep wakes that domain too.
+        await db.domain_leases.update_one({"_id": "implicit.test"}, {"$set": {"until": now}})
+        swept = await sweeper.sweep(now=later, paced=True)
+        assert (swept["resting"], swept["due"], swept["enqueued"]) == (1, 2, 1)
+        # mixed.test was never leased: the full search (an explicit sweep here) finds it.
+        found = await w.system.delivery.sweep(now=later)
+        assert (found["resting"], found["due"], found["enqueued"]) == (0, 3, 1)
 
 
 async def test_a_lapsed_per_recipient_lease_of_an_older_release_is_given_back_and_delivered(

@@ -3,7 +3,8 @@
 A process takes a domain's lease (one small ``domain_leases`` document keyed by the domain)
 before it pulls that domain's mail, renews every lease it holds while it works, and gives a
 lease back once the domain is idle (no lane, nothing in flight, not in a pull round) for
-IDLE_HOLD seconds, so another worker can take it at once. Recipients need no lease write of
+IDLE_HOLD seconds, so another worker can take it at once (its document stays, ended: the
+sweep looks at the mail of domains nobody holds, sweep.py). Recipients need no lease write of
 their own: a delivered recipient costs one write (its outcome) instead of two. A lease that is
 not renewed expires, so a killed worker's domains are taken over after ``lease`` seconds.
 """
@@ -119,10 +120,13 @@ class DomainLeases:
             gone = [d for d in domains if d in self.held and (self._closed or self._is_idle(d))]
             for domain in gone:
                 self.held.pop(domain)
+            # The document stays, ended: the sweep's record of a domain nobody holds, whose
+            # retries fall due with no lane on them (sweep.py).
+            now = datetime.now(UTC)
             try:
                 for part in chunked(gone):
-                    await self.db.domain_leases.delete_many(
-                        {"_id": {"$in": part}, "token": self.token}
+                    await self.db.domain_leases.update_many(
+                        {"_id": {"$in": part}, "token": self.token}, {"$set": {"until": now}}
                     )
             except Exception:
                 log.exception("giving domain leases back failed", n=len(gone))  # they expire

@@ -2,6 +2,12 @@
 
 MongoDB is the queue; a Redis job only says "mail for this domain is due now". When that job
 is lost (Redis flushed, worker killed mid-lease) the sweep puts it back, one per domain.
+
+Two searches find lost jobs. The domains nobody holds (``domain_leases`` whose lease has ended
+or was given back: leases.py keeps the document) are looked at on every periodic sweep, one
+short read of each such domain's overdue mail; a domain somebody holds is being worked, so its
+backlog is not read. The full search (every status range of the recipients, and the queue-depth
+counts) also finds the mail of domains never leased; it rests after a long read.
 """
 
 from __future__ import annotations
@@ -23,12 +29,28 @@ from app.services.sending.scheduling import SchedulingService
 SWEEP_LIMIT = 2000
 QUEUE_STATUSES = ("queued", "deferred", "sending", "scheduled")  # waiting to be delivered
 SWEEP_GRACE = 60.0  # seconds a recipient is overdue before a periodic sweep wakes its domain
-# The periodic sweep's search for lost jobs (and the queue-depth counts) spends at most this
-# share of the time: after a search that took T seconds, the next periodic one waits until T /
-# SWEEP_SHARE has passed. On SecantusDB these reads decode every waiting recipient (it has no
-# limit pushdown): 2.7 s + 2.4 s with 50,000 queued, which every 15 s took a third of the
-# database from the deliveries working through that backlog.
-SWEEP_SHARE = 0.1
+# The periodic sweep's full search for lost jobs (and the queue-depth counts) spends at most
+# this share of the time: after a search that took T seconds, the next periodic one waits until
+# T / SWEEP_SHARE has passed. On SecantusDB these reads decode every waiting recipient (it has
+# no limit pushdown): 2.7 s + 2.4 s with 50,000 queued. At 0.1 of the time they still cost a
+# 100,000-recipient campaign drain 15 % of its rate (docs/benchmarks.md "Eighteenth
+# session"); the domains that were leased, where a killed worker or a flushed Redis leaves
+# mail, are looked at on every sweep instead (``_idle_domains_due``). On MongoDB the full search
+# takes milliseconds and still runs every 15 s.
+SWEEP_SHARE = 0.02
+# A given-back lease's document is the sweep's record that the domain had mail; one idle this
+# long is removed by a full search (which finds any mail of a domain without one).
+LEASE_RECORD_KEPT = timedelta(days=7)
+FIELDS = {
+    "message_id": 1,
+    "domain": 1,
+    "job_id": 1,
+    "attempts": 1,
+    "lease_until": 1,
+    "local_user_id": 1,
+    "delivery_status": 1,
+    "next_attempt_at": 1,
+}
 
 
 class Sweeper:
@@ -45,7 +67,7 @@ class Sweeper:
         self.scheduling = scheduling
         self._swept = False  # the first sweep of a process looks at everything due
         self._clock = clock
-        self._rest_until = 0.0  # (clock) a paced sweep before this only releases scheduled sends
+        self._rest_until = 0.0  # (clock) a paced sweep before this skips the full search
 
     async def sweep(
         self,
@@ -69,10 +91,11 @@ class Sweeper:
         long before that, so a backlog being worked through is not read again every 15 s. Each
         status is one range of the (delivery_status, next_attempt_at) index.
 
-        ``paced`` (the periodic job): scheduled sends are released every time, but the search
-        for lost jobs rests after a long one (``SWEEP_SHARE``): with a large backlog a lost
-        job is found later (ten times as long as the backlog takes to read), never not at
-        all. ``resting`` says it rested.
+        ``paced`` (the periodic job): scheduled sends are released and the domains nobody
+        holds are looked at every time (``_idle_domains_due``), but the full search rests
+        after a long one (``SWEEP_SHARE``): with a large backlog, mail of a domain never
+        leased whose job was lost is found later (fifty times as long as the backlog takes to
+        read), never not at all. ``resting`` says the full search rested.
         """
         now = now or datetime.now(UTC)
         scheduled = (
@@ -87,32 +110,52 @@ class Sweeper:
             await self.scheduling.release_due(list({d["message_id"] for d in scheduled}))
         )
         started = self._clock()
-        if paced and self._swept and started < self._rest_until:
-            return {"due": 0, "enqueued": 0, "released": released, "resting": 1}
         if grace is None:
             grace = SWEEP_GRACE if self._swept else 0.0
-        self._swept = True
-        fields = {
-            "message_id": 1,
-            "domain": 1,
-            "job_id": 1,
-            "attempts": 1,
-            "lease_until": 1,
-            "local_user_id": 1,
-            "delivery_status": 1,
-            "next_attempt_at": 1,
-        }
-        # Lost leases first (few, and the reason the sweep exists), then the waiting ones.
         overdue = now - timedelta(seconds=grace)
+        if paced and self._swept and started < self._rest_until:
+            docs = await self._idle_domains_due(now, overdue)
+            enqueued = await self._wake(docs)
+            return {"due": len(docs), "enqueued": enqueued, "released": released, "resting": 1}
+        self._swept = True
+        # Lost leases first (few, and the reason the sweep exists), then the waiting ones.
         docs = []
         for query in (
             {"delivery_status": "sending"},
             {"delivery_status": "queued", "next_attempt_at": {"$lte": overdue}},
             {"delivery_status": "deferred", "next_attempt_at": {"$lte": overdue}},
         ):
-            found = await self.db.recipients.find(query, fields).limit(limit).to_list()
+            found = await self.db.recipients.find(query, FIELDS).limit(limit).to_list()
             docs += [d for d in found if is_due(d, now)]
         await self._give_back_lapsed([d for d in docs if d["delivery_status"] == "sending"], now)
+        enqueued = await self._wake(docs)
+        await self._count_queue()
+        await self.db.domain_leases.delete_many({"until": {"$lt": now - LEASE_RECORD_KEPT}})
+        self._rest_until = started + (self._clock() - started) / SWEEP_SHARE
+        return {"due": len(docs), "enqueued": enqueued, "released": released, "resting": 0}
+
+    async def _idle_domains_due(self, now: datetime, overdue: datetime) -> list[dict[str, Any]]:
+        """One overdue recipient of each domain whose lease has ended or was given back (a
+        killed worker's, or a lane's that went idle before a retry fell due): each a short
+        range of the (domain, delivery_status, next_attempt_at) index. A held domain is left
+        alone: its holder's lanes pull all that is due there."""
+        idle = await self.db.domain_leases.find({"until": {"$lte": now}}, {"_id": 1}).to_list()
+        docs = []
+        for lease in idle:
+            for status in ("queued", "deferred"):
+                query = {
+                    "domain": lease["_id"],
+                    "delivery_status": status,
+                    "next_attempt_at": {"$lte": overdue},
+                }
+                found = await self.db.recipients.find(query, FIELDS).limit(1).to_list()
+                docs += [d for d in found if is_due(d, now)]
+                if found:
+                    break
+        return docs
+
+    async def _wake(self, docs: list[dict[str, Any]]) -> int:
+        """Enqueue a job for each domain of ``docs`` that has none waiting in Redis."""
         # One job per domain is enough: it wakes the domain's lane, which pulls everything due.
         wanted: dict[str, tuple[ObjectId, str]] = {}
         seen: set[str] = set()
@@ -130,9 +173,7 @@ class Sweeper:
             message_id, domain = wanted[jid]
             if await self.queue.enqueue("deliver_domain", str(message_id), domain, job_id=jid):
                 enqueued += 1
-        await self._count_queue()
-        self._rest_until = started + (self._clock() - started) / SWEEP_SHARE
-        return {"due": len(docs), "enqueued": enqueued, "released": released, "resting": 0}
+        return enqueued
 
     async def _count_queue(self) -> None:
         """The send queue's depth by status, for the metrics (each count is one range of the
