@@ -6,7 +6,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from bson import ObjectId
+from prometheus_client import REGISTRY
 
+from app.adapters import metrics
+from app.services.delivery import sweep as sweep_module
 from app.services.delivery.sweep import SWEEP_GRACE, SWEEP_SHARE, Sweeper
 from tests.support.outbound import outbound_world
 
@@ -38,7 +41,7 @@ async def test_a_paced_sweep_rests_after_a_long_search_and_then_finds_the_lost_j
         await w.send(["a@ok.test", "b@mixed.test"], subject="one")
         await w.system.redis.client.flushall()  # every job is gone
         rest = 5.0 / SWEEP_SHARE  # a search that took 5 s of the clock rests this long
-        # the clock, read twice per full search and once per resting sweep
+        # the clock, read twice per full search or counting sweep, once per resting sweep
         ticks = iter([0.0, 5.0, 10.0, rest - 1, rest + 1, rest + 1.5])
         sweeper = Sweeper(
             db=w.system.mongo.db,
@@ -47,8 +50,10 @@ async def test_a_paced_sweep_rests_after_a_long_search_and_then_finds_the_lost_j
             clock=lambda: next(ticks),
         )
         now = datetime.now(UTC)
-        first = await sweeper.sweep(now=now, paced=True)  # took 5 s of the clock: rest
-        assert (first["resting"], first["enqueued"]) == (0, 2)
+        # A worker's first sweep: the domains nobody holds (none was ever leased here) and
+        # the counts, which took 5 s of the clock: the full search rests as after a 5 s one.
+        first = await sweeper.sweep(now=now, paced=True)
+        assert (first["resting"], first["enqueued"]) == (1, 0)
 
         await w.system.redis.client.flushall()
         later = now + timedelta(seconds=SWEEP_GRACE + 1)  # overdue: a search would find them
@@ -63,7 +68,7 @@ async def test_a_paced_sweep_rests_after_a_long_search_and_then_finds_the_lost_j
 
 
 async def test_a_resting_sweep_wakes_the_domains_nobody_holds_and_leaves_held_ones_alone(
-    settings,
+    settings, monkeypatch
 ):
     """While the full search rests, the domains whose lease ended or was given back (a killed
     worker's, an idle lane's) are looked at on every sweep; a held domain's backlog is not
@@ -72,14 +77,14 @@ async def test_a_resting_sweep_wakes_the_domains_nobody_holds_and_leaves_held_on
         await w.send(["a@ok.test", "b@mixed.test", "c@implicit.test"], subject="one")
         db = w.system.mongo.db
         now = datetime.now(UTC)
-        ticks = iter([0.0, 5.0, 10.0, 20.0, 30.0])
+        ticks = iter([0.0, 5.0, 10.0, 20.0, 25.0, 30.0])
         sweeper = Sweeper(
             db=db,
             queue=w.system.delivery.sweeper.queue,
             scheduling=w.system.scheduling,
             clock=lambda: next(ticks),
         )
-        assert (await sweeper.sweep(now=now, paced=True))["resting"] == 0  # rests from here
+        assert (await sweeper.sweep(now=now, paced=True))["resting"] == 1  # counted in 5 s
 
         await w.system.redis.client.flushall()  # every job is gone
         later = now + timedelta(seconds=SWEEP_GRACE + 1)
@@ -93,6 +98,14 @@ async def test_a_resting_sweep_wakes_the_domains_nobody_holds_and_leaves_held_on
         assert (swept["resting"], swept["due"], swept["enqueued"]) == (1, 1, 1)
         assert (await sweeper.sweep(now=later, paced=True))["enqueued"] == 0  # its job waits
 
+        # Only the most recently ended leases are looked at; the full search covers the rest.
+        await db.domain_leases.insert_one(
+            {"_id": "quiet.test", "token": ObjectId(), "until": now + timedelta(seconds=1)}
+        )
+        with monkeypatch.context() as patch:
+            patch.setattr(sweep_module, "IDLE_DOMAINS_MAX", 1)
+            assert (await sweeper.sweep(now=later, paced=True))["due"] == 0  # quiet.test only
+        await db.domain_leases.delete_one({"_id": "quiet.test"})
         # The holder died: its lease runs out, and the next sweep wakes that domain too.
         await db.domain_leases.update_one({"_id": "implicit.test"}, {"$set": {"until": now}})
         swept = await sweeper.sweep(now=later, paced=True)
@@ -100,6 +113,38 @@ async def test_a_resting_sweep_wakes_the_domains_nobody_holds_and_leaves_held_on
         # mixed.test was never leased: the full search (an explicit sweep here) finds it.
         found = await w.system.delivery.sweep(now=later)
         assert (found["resting"], found["due"], found["enqueued"]) == (0, 3, 1)
+
+
+async def test_a_workers_first_sweep_wakes_ended_leases_at_once_and_searches_when_counted(
+    settings,
+):
+    """A worker's start-up sweep (the periodic job's first): the domains whose lease ended are
+    woken with no grace (mail due now) and the queue is counted; the full search, which finds
+    a domain never leased, rests as long as after a search as long as the counts took (they
+    read the same backlog), so the lanes start without the backlog being searched."""
+    async with outbound_world(settings, worker=False) as w:
+        await w.send(["a@ok.test", "b@mixed.test"], subject="one")
+        await w.system.redis.client.flushall()  # every job is gone
+        db = w.system.mongo.db
+        now = datetime.now(UTC)
+        await db.domain_leases.insert_one({"_id": "ok.test", "token": ObjectId(), "until": now})
+        ticks = iter([0.0, 2.0, 50.0, 101.0, 102.0])  # the counts take 2 s: rest 100 s
+        sweeper = Sweeper(
+            db=db,
+            queue=w.system.delivery.sweeper.queue,
+            scheduling=w.system.scheduling,
+            clock=lambda: next(ticks),
+        )
+        metrics.QUEUE_DEPTH.labels("queued").set(-1)
+        first = await sweeper.sweep(now=now, paced=True)  # due now, not overdue: found
+        assert (first["resting"], first["due"], first["enqueued"]) == (1, 1, 1)
+        queued = REGISTRY.get_sample_value("mailhub_send_queue_recipients", {"status": "queued"})
+        assert queued is not None and queued >= 2  # and the queue is counted at once
+        later = now + timedelta(seconds=SWEEP_GRACE + 1)
+        resting = await sweeper.sweep(now=later, paced=True)  # at 50 s: ok.test's job waits
+        assert (resting["resting"], resting["enqueued"]) == (1, 0)
+        found = await sweeper.sweep(now=later, paced=True)  # at 101 s: the full search
+        assert (found["resting"], found["due"], found["enqueued"]) == (0, 2, 1)  # mixed.test
 
 
 async def test_a_lapsed_per_recipient_lease_of_an_older_release_is_given_back_and_delivered(

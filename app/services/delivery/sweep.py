@@ -3,15 +3,16 @@
 MongoDB is the queue; a Redis job only says "mail for this domain is due now". When that job
 is lost (Redis flushed, worker killed mid-lease) the sweep puts it back, one per domain.
 
-Two searches find lost jobs. The domains nobody holds (``domain_leases`` whose lease has ended
-or was given back: leases.py keeps the document) are looked at on every periodic sweep, one
-short read of each such domain's overdue mail; a domain somebody holds is being worked, so its
-backlog is not read. The full search (every status range of the recipients, and the queue-depth
-counts) also finds the mail of domains never leased; it rests after a long read.
+Two searches find lost jobs. The full search (every status range of the recipients, and the
+queue-depth counts) finds them all; it rests after a long read. While it rests, the domains
+nobody holds (``domain_leases`` whose lease has ended or was given back: leases.py keeps the
+document) are looked at on every periodic sweep, one short read of each such domain's overdue
+mail; a domain somebody holds is being worked, so its backlog is not read.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -33,14 +34,18 @@ SWEEP_GRACE = 60.0  # seconds a recipient is overdue before a periodic sweep wak
 # this share of the time: after a search that took T seconds, the next periodic one waits until
 # T / SWEEP_SHARE has passed. On SecantusDB these reads decode every waiting recipient (it has
 # no limit pushdown): 2.7 s + 2.4 s with 50,000 queued. At 0.1 of the time they still cost a
-# 100,000-recipient campaign drain 15 % of its rate (docs/benchmarks.md "Eighteenth
+# 100,000-recipient campaign drain 17-21 % of its rate (docs/benchmarks.md "Eighteenth
 # session"); the domains that were leased, where a killed worker or a flushed Redis leaves
-# mail, are looked at on every sweep instead (``_idle_domains_due``). On MongoDB the full search
-# takes milliseconds and still runs every 15 s.
+# mail, are looked at while it rests instead (``_idle_domains_due``). On MongoDB the full
+# search takes milliseconds and still runs every 15 s.
 SWEEP_SHARE = 0.02
 # A given-back lease's document is the sweep's record that the domain had mail; one idle this
 # long is removed by a full search (which finds any mail of a domain without one).
 LEASE_RECORD_KEPT = timedelta(days=7)
+# The domains nobody holds looked at by one sweep: the most recently ended leases (a killed
+# worker's, a lane idle since its last retry), one short read each. The full search covers the
+# rest; on MongoDB it runs every 15 s, so this check only matters while it rests.
+IDLE_DOMAINS_MAX = 200
 FIELDS = {
     "message_id": 1,
     "domain": 1,
@@ -68,6 +73,7 @@ class Sweeper:
         self._swept = False  # the first sweep of a process looks at everything due
         self._clock = clock
         self._rest_until = 0.0  # (clock) a paced sweep before this skips the full search
+        self._count_rest_until = 0.0  # (clock) ... and the queue-depth counts
 
     async def sweep(
         self,
@@ -89,7 +95,14 @@ class Sweeper:
         The first sweep of a process looks at everything due; later ones only at recipients
         due for more than ``grace`` seconds (SWEEP_GRACE): a healthy worker takes a recipient
         long before that, so a backlog being worked through is not read again every 15 s. Each
-        status is one range of the (delivery_status, next_attempt_at) index.
+        status is one range of the (delivery_status, next_attempt_at) index. The periodic
+        job's first sweep (a worker's start-up) looks at the domains nobody holds and counts
+        the queue; the counts read the backlog as the full search would, so the first full
+        search waits as a search of their duration would have it rest (on MongoDB: the next
+        sweep; with 100,000 queued on SecantusDB, minutes, while the lanes start). A killed
+        predecessor's domains stay leased to it for the lease length anyway, and their mail
+        is found once its leases end. The queue-depth counts are also taken while the full
+        search rests, whenever their own last duration allows (the same share of the time).
 
         ``paced`` (the periodic job): scheduled sends are released and the domains nobody
         holds are looked at every time (``_idle_domains_due``), but the full search rests
@@ -113,9 +126,18 @@ class Sweeper:
         if grace is None:
             grace = SWEEP_GRACE if self._swept else 0.0
         overdue = now - timedelta(seconds=grace)
+        start_up = paced and not self._swept
+        if start_up:  # the domains nobody holds, with no grace, and the counts (below)
+            self._swept = True
+            self._rest_until = math.inf
         if paced and self._swept and started < self._rest_until:
             docs = await self._idle_domains_due(now, overdue)
             enqueued = await self._wake(docs)
+            if started >= self._count_rest_until:  # the gauge, paced by its own cost
+                await self._count_queue()
+                self._count_rest_until = started + (self._clock() - started) / SWEEP_SHARE
+            if start_up:  # the counts read the backlog as a search would: paced by them
+                self._rest_until = self._count_rest_until
             return {"due": len(docs), "enqueued": enqueued, "released": released, "resting": 1}
         self._swept = True
         # Lost leases first (few, and the reason the sweep exists), then the waiting ones.
@@ -132,14 +154,21 @@ class Sweeper:
         await self._count_queue()
         await self.db.domain_leases.delete_many({"until": {"$lt": now - LEASE_RECORD_KEPT}})
         self._rest_until = started + (self._clock() - started) / SWEEP_SHARE
+        self._count_rest_until = self._rest_until
         return {"due": len(docs), "enqueued": enqueued, "released": released, "resting": 0}
 
     async def _idle_domains_due(self, now: datetime, overdue: datetime) -> list[dict[str, Any]]:
         """One overdue recipient of each domain whose lease has ended or was given back (a
-        killed worker's, or a lane's that went idle before a retry fell due): each a short
-        range of the (domain, delivery_status, next_attempt_at) index. A held domain is left
-        alone: its holder's lanes pull all that is due there."""
-        idle = await self.db.domain_leases.find({"until": {"$lte": now}}, {"_id": 1}).to_list()
+        killed worker's, or a lane's that went idle before a retry fell due; the
+        IDLE_DOMAINS_MAX most recent): each a short range of the (domain, delivery_status,
+        next_attempt_at) index. A held domain is left alone: its holder's lanes pull all that
+        is due there."""
+        idle = (
+            await self.db.domain_leases.find({"until": {"$lte": now}}, {"_id": 1})
+            .sort("until", -1)
+            .limit(IDLE_DOMAINS_MAX)
+            .to_list()
+        )
         docs = []
         for lease in idle:
             for status in ("queued", "deferred"):
