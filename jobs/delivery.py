@@ -2,9 +2,9 @@
 
 ``deliver_domain`` keeps no result (keep_result=0) so a recipient that is due again can be
 re-enqueued under the same deterministic id as soon as the previous job is gone; the sweep runs
-at startup and every 15 seconds (the domains nobody holds every time, its full search for lost
-jobs less often after a long one, with a large backlog: sweep.py), so a killed worker or a
-flushed Redis delays mail, never loses it.
+at startup and every 15 seconds (its full search for lost jobs less often after a long one,
+with a large backlog, and the domains nobody holds meanwhile: sweep.py), so a killed worker or
+a flushed Redis delays mail, never loses it.
 """
 
 from __future__ import annotations

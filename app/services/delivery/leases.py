@@ -132,8 +132,8 @@ class DomainLeases:
                 log.exception("giving domain leases back failed", n=len(gone))  # they expire
 
     async def _take(self, domain: str, now: datetime, until: datetime) -> None:
-        """Ours, or free (never taken, expired): take it. Held by another worker: the upsert's
-        insert collides on ``_id`` (a duplicate key)."""
+        """Ours, or free (never taken, expired, given back): take it. Held by another worker:
+        the upsert's insert collides on ``_id`` (a duplicate key)."""
         await self.db.domain_leases.update_one(
             {"_id": domain, "$or": [{"token": self.token}, {"until": {"$lt": now}}]},
             {"$set": {"token": self.token, "until": until, "taken_at": now}},

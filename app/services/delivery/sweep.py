@@ -12,7 +12,6 @@ mail; a domain somebody holds is being worked, so its backlog is not read.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -104,8 +103,9 @@ class Sweeper:
         is found once its leases end. The queue-depth counts are also taken while the full
         search rests, whenever their own last duration allows (the same share of the time).
 
-        ``paced`` (the periodic job): scheduled sends are released and the domains nobody
-        holds are looked at every time (``_idle_domains_due``), but the full search rests
+        ``paced`` (the periodic job): scheduled sends are released every time, and the domains
+        nobody holds are looked at whenever the full search does not run
+        (``_idle_domains_due``); the full search rests
         after a long one (``SWEEP_SHARE``): with a large backlog, mail of a domain never
         leased whose job was lost is found later (fifty times as long as the backlog takes to
         read), never not at all. ``resting`` says the full search rested.
@@ -126,16 +126,14 @@ class Sweeper:
         if grace is None:
             grace = SWEEP_GRACE if self._swept else 0.0
         overdue = now - timedelta(seconds=grace)
-        start_up = paced and not self._swept
-        if start_up:  # the domains nobody holds, with no grace, and the counts (below)
+        start_up = paced and not self._swept  # the domains nobody holds, no grace, the counts
+        if start_up or (paced and started < self._rest_until):
             self._swept = True
-            self._rest_until = math.inf
-        if paced and self._swept and started < self._rest_until:
             docs = await self._idle_domains_due(now, overdue)
             enqueued = await self._wake(docs)
             if started >= self._count_rest_until:  # the gauge, paced by its own cost
                 await self._count_queue()
-                self._count_rest_until = started + (self._clock() - started) / SWEEP_SHARE
+                self._count_rest_until = self._rest_after(started)
             if start_up:  # the counts read the backlog as a search would: paced by them
                 self._rest_until = self._count_rest_until
             return {"due": len(docs), "enqueued": enqueued, "released": released, "resting": 1}
@@ -153,9 +151,13 @@ class Sweeper:
         enqueued = await self._wake(docs)
         await self._count_queue()
         await self.db.domain_leases.delete_many({"until": {"$lt": now - LEASE_RECORD_KEPT}})
-        self._rest_until = started + (self._clock() - started) / SWEEP_SHARE
-        self._count_rest_until = self._rest_until
+        self._rest_until = self._count_rest_until = self._rest_after(started)
         return {"due": len(docs), "enqueued": enqueued, "released": released, "resting": 0}
+
+    def _rest_after(self, started: float) -> float:
+        """When a read begun at ``started`` (the clock) and ending now may be done again: it
+        takes at most SWEEP_SHARE of the time."""
+        return started + (self._clock() - started) / SWEEP_SHARE
 
     async def _idle_domains_due(self, now: datetime, overdue: datetime) -> list[dict[str, Any]]:
         """One overdue recipient of each domain whose lease has ended or was given back (a
@@ -178,8 +180,8 @@ class Sweeper:
                     "next_attempt_at": {"$lte": overdue},
                 }
                 found = await self.db.recipients.find(query, FIELDS).limit(1).to_list()
-                docs += [d for d in found if is_due(d, now)]
-                if found:
+                if found and is_due(found[0], now):
+                    docs.append(found[0])
                     break
         return docs
 
