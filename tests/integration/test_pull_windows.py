@@ -1,7 +1,8 @@
 """A round reads a domain's queued recipients up to the end of a window, not all of them
 (app/services/delivery/pulls.py ``PullRounds._queued``): every queued recipient is still read
 in time — the oldest first, one released with an old time, one beyond a window that held too
-few — and with a backlog the window query is the only one."""
+few — and with a backlog the window query is the only one. A busy domain's rounds read from
+just behind the newest recipient handed out, not again the ones in flight (``_Cursor``)."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from bson import ObjectId
 
 from app.adapters.mongo import Mongo
 from app.services.delivery.leases import DomainLeases
-from app.services.delivery.pulls import PullRounds
+from app.services.delivery.pulls import LATE_COMMIT, OLDEST_READ_EVERY, PullRounds
 from tests.support.commands import CommandLog
 
 
 def rounds_on(db: Any) -> PullRounds:
-    none: Any = None  # _queued reads recipients only
-    return PullRounds(db=db, leases=none, preparer=none, hand_to=none, lane_busy=none)
+    none: Any = None  # _due and _queued read recipients only
+    return PullRounds(
+        db=db, leases=none, preparer=none, hand_to=none, lane_busy=lambda domain: True
+    )
 
 
 def row(domain: str, at: datetime, n: int) -> dict[str, Any]:
@@ -164,3 +167,78 @@ async def test_windows_go_with_the_leases(mongo) -> None:
     rounds._forget_windows_not_held()
     assert set(rounds._windows) == {"d1.test"}
     await leases.close(give_back=True)
+
+
+def counting_reads(rounds: PullRounds) -> list[int]:
+    """The number of recipients each of ``rounds``' reads of queued mail returned."""
+    reads: list[int] = []
+    read = rounds._queued
+
+    async def counted(*args: Any, **kwargs: Any) -> tuple[list[dict[str, Any]], bool]:
+        docs, more = await read(*args, **kwargs)
+        reads.append(len(docs))
+        return docs, more
+
+    rounds._queued = counted  # type: ignore[method-assign]
+    return reads
+
+
+async def test_a_round_reads_from_the_newest_handed_out_not_the_ones_in_flight(mongo) -> None:
+    """The rounds of a busy domain read from just behind the newest recipient handed out
+    (pulls.py ``_Cursor``): the ones in flight before it are not read again each round."""
+    db = mongo.db
+    now = datetime.now(UTC)
+    start = now - timedelta(hours=1)
+    backlog = [row("d1.test", start + timedelta(seconds=i), i) for i in range(300)]
+    await db.recipients.insert_many(backlog)
+    rounds = rounds_on(db)
+    reads = counting_reads(rounds)
+
+    handed: list[ObjectId] = []
+    for _ in range(4):  # nothing settles: every recipient handed out stays in flight
+        due, _ = await rounds._due({"d1.test": 50}, now)
+        rounds._mark_in_flight(due)
+        handed += [d["_id"] for d in due]
+    assert handed == [d["_id"] for d in backlog[:200]]  # oldest first, none twice
+    # the first round read from the oldest; each later one its 50 and the few in flight
+    # within LATE_COMMIT of the newest handed out (recipients a second apart: 3), where
+    # reading from the oldest would return every one in flight too (100, 150, 200)
+    assert reads[0] == 50 and all(n <= 53 for n in reads[1:]), reads
+
+    assert rounds._skipped("d1.test", None) == 200
+    rounds._settle_ids(handed)  # their outcomes committed
+    assert rounds._skipped("d1.test", None) == 0 and not rounds._times_in_flight
+
+
+async def test_mail_behind_the_newest_handed_out_is_read_late_or_at_the_next_oldest_read(
+    mongo,
+) -> None:
+    """Mail that lands behind a domain's cursor: within LATE_COMMIT of the newest one handed
+    out (a transaction that committed after newer mail was handed out) the next round reads
+    it; further behind (given back with an old time), the round OLDEST_READ_EVERY after the
+    last read from the oldest does, and none before it."""
+    db = mongo.db
+    now = datetime.now(UTC)
+    start = now - timedelta(hours=1)
+    await db.recipients.insert_many(
+        [row("d1.test", start + timedelta(seconds=i), i) for i in range(100)]
+    )
+    rounds = rounds_on(db)
+    due, _ = await rounds._due({"d1.test": 20}, now)
+    rounds._mark_in_flight(due)
+    newest = due[-1]["next_attempt_at"]
+
+    late = row("d1.test", newest - LATE_COMMIT + timedelta(milliseconds=500), 1000)
+    behind = row("d1.test", start - timedelta(minutes=5), 1001)
+    await db.recipients.insert_many([late, behind])
+    due, _ = await rounds._due({"d1.test": 20}, now + timedelta(seconds=1))
+    rounds._mark_in_flight(due)
+    ids = [d["_id"] for d in due]
+    assert late["_id"] in ids and behind["_id"] not in ids
+
+    due, _ = await rounds._due({"d1.test": 20}, now + OLDEST_READ_EVERY - timedelta(seconds=1))
+    rounds._mark_in_flight(due)
+    assert behind["_id"] not in [d["_id"] for d in due]
+    due, _ = await rounds._due({"d1.test": 20}, now + OLDEST_READ_EVERY)
+    assert due[0]["_id"] == behind["_id"]  # the oldest first, the ones in flight left out
+    assert not {d["_id"] for d in due} & set(rounds._in_flight)

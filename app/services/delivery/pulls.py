@@ -36,6 +36,22 @@ MAX_IN_FLIGHT = 6000  # recipients handed out and not yet recorded, per process
 WINDOW_START = timedelta(seconds=30)
 WINDOW_MIN = timedelta(seconds=1)
 WINDOW_MAX = timedelta(days=1)
+# A domain's rounds read its queued recipients from just behind the newest one handed out
+# (``_Cursor``), not from the oldest, which are mostly in flight: LATE_COMMIT behind it, for
+# mail whose transaction committed after newer mail was handed out; and from the oldest at
+# least every OLDEST_READ_EVERY, for anything further behind (given back with an old time).
+LATE_COMMIT = timedelta(seconds=2)
+OLDEST_READ_EVERY = timedelta(seconds=30)
+
+
+@dataclass
+class _Cursor:
+    """Where a domain's reads of queued recipients start: ``handed``, the newest
+    ``next_attempt_at`` handed out (less LATE_COMMIT); ``oldest_read``, the round that last
+    read from the oldest."""
+
+    handed: datetime
+    oldest_read: datetime
 
 
 @dataclass(frozen=True)
@@ -69,8 +85,10 @@ class PullRounds:
         self._rounds: Batcher[_Pull, bool] = Batcher(self._serve, max_items=LEASE_BATCH)
         # Recipients handed to lanes whose outcome is not committed yet: a pull sees them as
         # still due, so they are left out; so are those settled while a round was reading.
-        self._in_flight: dict[ObjectId, str] = {}
+        self._in_flight: dict[ObjectId, tuple[str, datetime]] = {}  # (domain, next_attempt_at)
         self._domain_in_flight: Counter[str] = Counter()
+        self._times_in_flight: dict[str, Counter[datetime]] = {}  # per domain
+        self._cursors: dict[str, _Cursor] = {}
         self._settled_in_round: set[ObjectId] | None = None
         self._round_domains: set[str] = set()
         # Per domain: (the newest next_attempt_at read, the span read beyond it); _queued.
@@ -146,11 +164,7 @@ class PullRounds:
                 due = [d for d in due if d["_id"] not in self._settled_in_round]
             finally:
                 self._settled_in_round = None
-            for d in due:  # from here until their outcome is committed, nobody pulls them
-                self._in_flight[d["_id"]] = d["domain"]
-                self._domain_in_flight[d["domain"]] += 1
-            if len(self._in_flight) >= MAX_IN_FLIGHT:
-                self._room.clear()
+            self._mark_in_flight(due)
         found = Counter(d["domain"] for d in due)
         for r in batch:
             # "more": this round could not see everything; the lane should ask again. The
@@ -175,16 +189,22 @@ class PullRounds:
         queued: list[list[dict[str, Any]]] = []
         truncated = False
         for domain, n in wanted.items():
-            docs, more = await self._queued(domain, n + self._domain_in_flight[domain], now)
+            low = self._read_from(domain, now)
+            docs, more = await self._queued(domain, n + self._skipped(domain, low), now, low)
             queued.append(docs)
             truncated = truncated or more
         taken: Counter[str] = Counter()
         out: list[dict[str, Any]] = []
-        for d in (d for docs in queued for d in docs):
+        for d in (d for docs in queued for d in docs):  # each domain's oldest first
             if d["_id"] not in self._in_flight and taken[d["domain"]] < wanted[d["domain"]]:
                 if is_due(d, now):
                     taken[d["domain"]] += 1
                     out.append(d)
+                    cursor = self._cursors.get(d["domain"])
+                    if cursor is None:
+                        self._cursors[d["domain"]] = _Cursor(d["next_attempt_at"], now)
+                    elif d["next_attempt_at"] > cursor.handed:
+                        cursor.handed = d["next_attempt_at"]
         domains = list(pulls)
         busy = sum(self._domain_in_flight[d] for d in domains)
         # (A recipient an older release left ``sending`` under a lease of its own is given
@@ -225,12 +245,45 @@ class PullRounds:
         held = self.leases.held
         if len(self._windows) > len(held):
             self._windows = {d: w for d, w in self._windows.items() if d in held}
+        if len(self._cursors) > len(held):
+            self._cursors = {d: c for d, c in self._cursors.items() if d in held}
+
+    def _read_from(self, domain: str, now: datetime) -> datetime | None:
+        """Where this round reads the domain's queued recipients from: None, the oldest (no
+        cursor yet, or the last such read was OLDEST_READ_EVERY ago); else LATE_COMMIT behind
+        the newest one handed out. Everything older than that is in flight, or came back
+        late and waits at most OLDEST_READ_EVERY (or, once the lane is idle and its lease
+        given back, the next lease's first read)."""
+        cursor = self._cursors.get(domain)
+        if cursor is None or now - cursor.oldest_read >= OLDEST_READ_EVERY:
+            if cursor is not None:
+                cursor.oldest_read = now
+            return None
+        return cursor.handed - LATE_COMMIT
+
+    def _skipped(self, domain: str, low: datetime | None) -> int:
+        """How many of the domain's recipients from ``low`` on are in flight: a read from
+        there returns them too, and leaves them out."""
+        if low is None:
+            return self._domain_in_flight[domain]
+        times = self._times_in_flight.get(domain, Counter[datetime]())
+        return sum(n for at, n in times.items() if at >= low)
+
+    def _mark_in_flight(self, due: list[dict[str, Any]]) -> None:
+        """From here until their outcome is committed, nobody pulls them."""
+        for d in due:
+            domain, at = d["domain"], d["next_attempt_at"]
+            self._in_flight[d["_id"]] = (domain, at)
+            self._domain_in_flight[domain] += 1
+            self._times_in_flight.setdefault(domain, Counter())[at] += 1
+        if len(self._in_flight) >= MAX_IN_FLIGHT:
+            self._room.clear()
 
     async def _queued(
-        self, domain: str, limit: int, now: datetime
+        self, domain: str, limit: int, now: datetime, low: datetime | None = None
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Up to ``limit`` of the domain's queued recipients, the oldest (the in-flight ones
-        among them) first; and whether there may be more.
+        """Up to ``limit`` of the domain's queued recipients (from ``low`` on, if given), the
+        oldest (the in-flight ones among them) first; and whether there may be more.
 
         A query for all of them with a limit reads every match on SecantusDB before it stops
         (35 ms at 2,000 queued recipients of a domain, every round), so a round first asks for
@@ -242,6 +295,7 @@ class PullRounds:
         due by then, and the ones beyond it cannot be handed out in this round (``is_due``),
         so with a short queue, where every window holds too few, one query is enough."""
         query: dict[str, Any] = {"domain": domain, "delivery_status": "queued"}
+        since: dict[str, Any] = {} if low is None else {"$gte": low}
         window = self._windows.get(domain)
         docs: list[dict[str, Any]] = []
         reaches_now = False
@@ -249,17 +303,21 @@ class PullRounds:
             mark, span = window
             reaches_now = mark + span >= now
             docs = (
-                await self.db.recipients.find({**query, "next_attempt_at": {"$lte": mark + span}})
+                await self.db.recipients.find(
+                    {**query, "next_attempt_at": {**since, "$lte": mark + span}}
+                )
                 .limit(2 * limit)
                 .to_list()
             )
             aim = span * (1.5 * limit / max(len(docs), 1))
             self._windows[domain] = (mark, min(WINDOW_MAX, max(WINDOW_MIN, aim)))
-            if len(docs) >= limit:
-                docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
+            # oldest first (the round hands them out in this order: _Cursor)
+            docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
         if len(docs) < limit and not reaches_now:  # too few: all of them, oldest first
             docs = (
-                await self.db.recipients.find(query)
+                await self.db.recipients.find(
+                    {**query, **({"next_attempt_at": since} if since else {})}
+                )
                 .sort("next_attempt_at", 1)
                 .limit(limit)
                 .to_list()
@@ -287,11 +345,17 @@ class PullRounds:
     def _settle_ids(self, ids: list[ObjectId]) -> None:
         domains = set()
         for i in ids:
-            domain = self._in_flight.pop(i, None)
-            if domain is not None:
+            flight = self._in_flight.pop(i, None)
+            if flight is not None:
+                domain, at = flight
+                times = self._times_in_flight[domain]
+                times[at] -= 1
+                if not times[at]:
+                    del times[at]
                 self._domain_in_flight[domain] -= 1
                 if not self._domain_in_flight[domain]:
                     del self._domain_in_flight[domain]
+                    del self._times_in_flight[domain]
                     domains.add(domain)
             if self._settled_in_round is not None:
                 self._settled_in_round.add(i)
