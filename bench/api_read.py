@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -425,6 +426,7 @@ async def main() -> None:
         await mongo.close()
         if stack:
             stack.stop()
+            shutil.rmtree(stack.data_dir, ignore_errors=True)  # the servers' files
     print(
         "| mailbox | read | GraphQL p50 | GraphQL p95 | driver p50 | driver p95 | GraphQL/driver (p50) |"
     )

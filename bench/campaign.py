@@ -47,6 +47,7 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -383,6 +384,8 @@ def main() -> None:
         print(json.dumps({"ratio": results["ratio"]}), flush=True)
     finally:
         stack.stop()
+        # the database's files (GBs at 100,000 recipients); the worker's log stays
+        shutil.rmtree(stack.data_dir, ignore_errors=True)
         if sink is not None:
             sink.send_signal(signal.SIGTERM)
             sink.wait(10)

@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -163,6 +164,7 @@ def main() -> None:
         results.update(asyncio.run(measure(urls, Meter(mongo.process.pid), a.recipients, a.reps)))
     finally:
         stack.stop()
+        shutil.rmtree(stack.data_dir, ignore_errors=True)  # the servers' files
     print(json.dumps(results, indent=2))
 
 

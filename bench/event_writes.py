@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -142,6 +143,7 @@ def main() -> None:
         )
     finally:
         stack.stop()
+        shutil.rmtree(stack.data_dir, ignore_errors=True)  # the servers' files
     print(json.dumps(out, indent=2))
 
 

@@ -27,6 +27,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import smtplib
 import subprocess
 import sys
@@ -287,6 +288,7 @@ async def main() -> None:
         mx.wait(10)
         await mongo.close()
         stack.stop()
+        shutil.rmtree(stack.data_dir, ignore_errors=True)  # the servers' files
     if rows:
         print("| subscribers | 250 → frame p50 | 250 → frame p99 | api RSS per idle subscription |")
         print("|---|---|---|---|")

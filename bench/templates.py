@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -350,6 +351,7 @@ async def run(args: argparse.Namespace) -> None:
         await system.mongo.client.drop_database(settings.mongodb_database)
         await system.close()
         stack.stop()
+        shutil.rmtree(stack.data_dir, ignore_errors=True)  # the servers' files
     print(f"\nmachine: {os.cpu_count()} cores (shared), SecantusDB + Redis embedded")
     print(
         "settings changed from the defaults: send_limit_per_hour=send_limit_per_day=10^9 (the "
