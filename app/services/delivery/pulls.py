@@ -47,8 +47,8 @@ OLDEST_READ_EVERY = timedelta(seconds=30)
 @dataclass
 class _Cursor:
     """Where a domain's reads of queued recipients start: ``handed``, the newest
-    ``next_attempt_at`` handed out (less LATE_COMMIT); ``oldest_read``, the round that last
-    read from the oldest."""
+    ``next_attempt_at`` handed out (its rounds read from LATE_COMMIT before it);
+    ``oldest_read``, the round that last read from the oldest."""
 
     handed: datetime
     oldest_read: datetime
