@@ -205,9 +205,9 @@ async def test_a_round_reads_from_the_newest_handed_out_not_the_ones_in_flight(m
     # reading from the oldest would return every one in flight too (100, 150, 200)
     assert reads[0] == 50 and all(n <= 53 for n in reads[1:]), reads
 
-    assert rounds._skipped("d1.test", None) == 200
+    assert rounds._in_flight_from("d1.test", None) == 200
     rounds._settle_ids(handed)  # their outcomes committed
-    assert rounds._skipped("d1.test", None) == 0 and not rounds._times_in_flight
+    assert rounds._in_flight_from("d1.test", None) == 0 and not rounds._times_in_flight
 
 
 async def test_mail_behind_the_newest_handed_out_is_read_late_or_at_the_next_oldest_read(

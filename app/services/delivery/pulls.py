@@ -86,8 +86,8 @@ class PullRounds:
         # Recipients handed to lanes whose outcome is not committed yet: a pull sees them as
         # still due, so they are left out; so are those settled while a round was reading.
         self._in_flight: dict[ObjectId, tuple[str, datetime]] = {}  # (domain, next_attempt_at)
-        self._domain_in_flight: Counter[str] = Counter()
-        self._times_in_flight: dict[str, Counter[datetime]] = {}  # per domain
+        # per domain with recipients in flight: how many at each next_attempt_at
+        self._times_in_flight: dict[str, Counter[datetime]] = {}
         self._cursors: dict[str, _Cursor] = {}
         self._settled_in_round: set[ObjectId] | None = None
         self._round_domains: set[str] = set()
@@ -110,7 +110,7 @@ class PullRounds:
 
     def idle(self, domain: str) -> bool:
         """Nothing of ``domain`` is in flight or in the round being read."""
-        return not self._domain_in_flight[domain] and domain not in self._round_domains
+        return domain not in self._times_in_flight and domain not in self._round_domains
 
     def settled(self, works: list[Work]) -> None:
         """Their outcomes are committed: they are no longer in flight."""
@@ -190,7 +190,7 @@ class PullRounds:
         truncated = False
         for domain, n in wanted.items():
             low = self._read_from(domain, now)
-            docs, more = await self._queued(domain, n + self._skipped(domain, low), now, low)
+            docs, more = await self._queued(domain, n + self._in_flight_from(domain, low), now, low)
             queued.append(docs)
             truncated = truncated or more
         taken: Counter[str] = Counter()
@@ -200,13 +200,11 @@ class PullRounds:
                 if is_due(d, now):
                     taken[d["domain"]] += 1
                     out.append(d)
-                    cursor = self._cursors.get(d["domain"])
-                    if cursor is None:
-                        self._cursors[d["domain"]] = _Cursor(d["next_attempt_at"], now)
-                    elif d["next_attempt_at"] > cursor.handed:
-                        cursor.handed = d["next_attempt_at"]
+                    at = d["next_attempt_at"]
+                    cursor = self._cursors.setdefault(d["domain"], _Cursor(at, now))
+                    cursor.handed = max(cursor.handed, at)
         domains = list(pulls)
-        busy = sum(self._domain_in_flight[d] for d in domains)
+        busy = sum(self._in_flight_from(d, None) for d in domains)
         # (A recipient an older release left ``sending`` under a lease of its own is given
         # back to queued or deferred by the sweep once that lease lapses: sweep.py.)
         room = LEASE_MAX - len(out)
@@ -261,20 +259,17 @@ class PullRounds:
             return None
         return cursor.handed - LATE_COMMIT
 
-    def _skipped(self, domain: str, low: datetime | None) -> int:
-        """How many of the domain's recipients from ``low`` on are in flight: a read from
-        there returns them too, and leaves them out."""
-        if low is None:
-            return self._domain_in_flight[domain]
+    def _in_flight_from(self, domain: str, low: datetime | None) -> int:
+        """How many of the domain's recipients from ``low`` on (None: all) are in flight: a
+        read from there returns them too, and the round leaves them out."""
         times = self._times_in_flight.get(domain, Counter[datetime]())
-        return sum(n for at, n in times.items() if at >= low)
+        return sum(n for at, n in times.items() if low is None or at >= low)
 
     def _mark_in_flight(self, due: list[dict[str, Any]]) -> None:
         """From here until their outcome is committed, nobody pulls them."""
         for d in due:
             domain, at = d["domain"], d["next_attempt_at"]
             self._in_flight[d["_id"]] = (domain, at)
-            self._domain_in_flight[domain] += 1
             self._times_in_flight.setdefault(domain, Counter())[at] += 1
         if len(self._in_flight) >= MAX_IN_FLIGHT:
             self._room.clear()
@@ -316,7 +311,7 @@ class PullRounds:
         if len(docs) < limit and not reaches_now:  # too few: all of them, oldest first
             docs = (
                 await self.db.recipients.find(
-                    {**query, **({"next_attempt_at": since} if since else {})}
+                    {**query, "next_attempt_at": since} if since else query
                 )
                 .sort("next_attempt_at", 1)
                 .limit(limit)
@@ -352,11 +347,9 @@ class PullRounds:
                 times[at] -= 1
                 if not times[at]:
                     del times[at]
-                self._domain_in_flight[domain] -= 1
-                if not self._domain_in_flight[domain]:
-                    del self._domain_in_flight[domain]
-                    del self._times_in_flight[domain]
-                    domains.add(domain)
+                    if not times:  # the domain's last one in flight
+                        del self._times_in_flight[domain]
+                        domains.add(domain)
             if self._settled_in_round is not None:
                 self._settled_in_round.add(i)
         if len(self._in_flight) < MAX_IN_FLIGHT:
