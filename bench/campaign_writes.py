@@ -10,9 +10,24 @@ writes copies of them again, one collection at a time, 500 in a transaction as t
 writes them, ``--reps`` times: what each kind of document costs. Also the campaign recipients'
 state change, by ``seq`` range (what the sender does) and by ``_id $in`` (what it avoids).
 
-The sum of the parts is the floor the present design (five documents a recipient at queue
-time) puts under render + queue on this database, rendering aside. Not part of the test
-suite; results in docs/benchmarks.md ("Campaigns: what each document of a batch costs").
+The sum of the parts is the floor the present design puts under render + queue on this
+database, rendering aside.
+
+Then a recipient's whole life, for two designs (``life``):
+
+- **present**: at queue time its ``recipients`` row (carrying the MIME) and its ``queued``
+  event; at delivery the row's outcome update (as ``OutcomeWriter._write`` does it: the
+  delivered fields and ``$unset raw``, 50 ids an ``UpdateMany``, 100 a transaction) and the
+  ``delivered`` event.
+- **parcels** (not built; docs/campaigns.md "Where render + queue can go"): at queue time one
+  parcel document per destination domain of a batch (the ids, addresses and variables of
+  its ≈ 10 recipients); at delivery the row inserted once in its final state (no MIME kept),
+  the ``queued`` and ``delivered`` events, and the parcel's deletion.
+
+Each part is measured alone, on copies of what a real batch wrote, so the floors are the
+database's write CPU only (no reads, no rendering, no SMTP). Not part of the test suite;
+results in docs/benchmarks.md ("Campaigns: what each document of a batch costs", "What a
+recipient costs the database across its life").
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ import shutil
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +50,10 @@ from bson import ObjectId
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.adapters.mongo import in_transaction  # noqa: E402
+from app.adapters.mongo import UpdateMany, in_transaction  # noqa: E402
 from app.domain.campaigns import still_pending  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
+from app.services.delivery.outbox import owned_filter  # noqa: E402
 from bench.campaign import bench_sender, create_campaign, recipient_rows  # noqa: E402
 from bench.outbound import bench_system  # noqa: E402
 
@@ -143,7 +160,144 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
         )
         out["writes_cpu_ms_per_recipient"] = round(floor, 3)
         out["writes_ceiling_recipients_per_s"] = round(1000 / floor, 1)
+        out["life"] = await life(system, meter, written, reps)
         return out
+
+
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {
+        key: round(sorted(r[key] for r in runs)[len(runs) // 2], 3)
+        for key in ("cpu_ms", "elapsed_ms")
+    }
+
+
+async def life(
+    system: Any, meter: Meter, written: dict[str, list[dict[str, Any]]], reps: int
+) -> dict[str, Any]:
+    """What one campaign recipient costs the database from queue to delivered, part by part,
+    for the present design and for parcels (see the module's docstring)."""
+    db = system.mongo.db
+    rows, events = written["recipients"], written["delivery_events"]
+    now = datetime.now(UTC)
+    delivered = {
+        "delivery_status": "delivered",
+        "attempts": 1,
+        "lease_until": None,
+        "lease_token": None,
+        "updated_at": now,
+        "bounce_class": None,
+        "last_reply": {"code": 250, "enhanced": "2.0.0", "text": "ok", "mx": "mx.bench.test"},
+        "last_attempt_at": now,
+    }
+    parts: dict[str, list[dict[str, float]]] = {}
+
+    async def timed(name: str, units: int, work: Any) -> None:
+        parts.setdefault(name, []).append(await meter.per(units, work))
+
+    for _ in range(reps):
+        copies = [{**r, "_id": ObjectId()} for r in rows]
+        await timed(
+            "insert recipients: queued, with MIME",
+            len(copies),
+            lambda: in_transaction(
+                system.mongo, lambda s: db.recipients.insert_many(copies, session=s)
+            ),
+        )
+        ids = [c["_id"] for c in copies]
+        logged = [{**e, "_id": ObjectId()} for e in events]
+        await timed(
+            "insert delivery_events",
+            len(logged),
+            lambda: in_transaction(
+                system.mongo, lambda s: db.delivery_events.insert_many(logged, session=s)
+            ),
+        )
+
+        async def outcome() -> None:
+            for i in range(0, len(ids), 100):
+                part = ids[i : i + 100]
+                requests = [
+                    UpdateMany(
+                        {"_id": {"$in": part[j : j + 50]}, **owned_filter(0)},
+                        {"$set": delivered, "$unset": {"raw": ""}},
+                    )
+                    for j in range(0, len(part), 50)
+                ]
+                await in_transaction(
+                    system.mongo,
+                    lambda s, r=requests: db.recipients.bulk_write(r, ordered=False, session=s),
+                )
+
+        await timed("update recipients: delivered outcome", len(ids), outcome)
+        final = [
+            {**{k: v for k, v in r.items() if k != "raw"}, **delivered, "_id": ObjectId()}
+            for r in rows
+        ]
+        await timed(
+            "insert recipients: final, without MIME",
+            len(final),
+            lambda: in_transaction(
+                system.mongo, lambda s: db.recipients.insert_many(final, session=s)
+            ),
+        )
+        by_domain: dict[str, list[dict[str, Any]]] = {}
+        for r in rows:
+            by_domain.setdefault(r["domain"], []).append(r)
+        parcels = [
+            {
+                "_id": ObjectId(),
+                "campaign_id": rows[0].get("campaign_id"),
+                "domain": domain,
+                "status": "queued",
+                "next_attempt_at": now,
+                "queued_at": now,
+                "recipients": [
+                    {
+                        "_id": r["_id"],
+                        "email": r["address"],
+                        "variables": {"name": "x", "code": "y"},
+                    }
+                    for r in members
+                ],
+            }
+            for domain, members in by_domain.items()
+        ]
+        await timed(
+            "insert campaign_parcels: one a domain of a batch",
+            len(rows),
+            lambda: in_transaction(
+                system.mongo, lambda s: db.campaign_parcels.insert_many(parcels, session=s)
+            ),
+        )
+
+        async def drop_parcels() -> None:
+            for p in parcels:
+                await in_transaction(
+                    system.mongo,
+                    lambda s, p=p: db.campaign_parcels.delete_one({"_id": p["_id"]}, session=s),
+                )
+
+        await timed("delete campaign_parcels: each when done", len(rows), drop_parcels)
+    cost = {name: _median(runs) for name, runs in parts.items()}
+    event = cost["insert delivery_events"]["cpu_ms"]
+    row_insert = cost["insert recipients: final, without MIME"]["cpu_ms"]
+    present = {
+        "queue": round(cost["insert recipients: queued, with MIME"]["cpu_ms"] + event, 3),
+        "delivery": round(cost["update recipients: delivered outcome"]["cpu_ms"] + event, 3),
+    }
+    parcels_floor = {
+        "queue": cost["insert campaign_parcels: one a domain of a batch"]["cpu_ms"],
+        "delivery": round(
+            row_insert + 2 * event + cost["delete campaign_parcels: each when done"]["cpu_ms"],
+            3,
+        ),
+    }
+    return {
+        "per_recipient": cost,
+        "event_insert_cpu_ms": event,
+        "present_cpu_ms": {**present, "total": round(sum(present.values()), 3)},
+        "parcels_cpu_ms": {**parcels_floor, "total": round(sum(parcels_floor.values()), 3)},
+    }
 
 
 def main() -> None:
