@@ -146,13 +146,7 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
                 await db.campaign_recipients.update_many(
                     {"_id": {"$in": pending}}, {"$set": {"state": "pending"}}
                 )
-        out["per_document"] = {
-            name: {
-                key: round(sorted(r[key] for r in runs)[len(runs) // 2], 3)
-                for key in ("cpu_ms", "elapsed_ms")
-            }
-            for name, runs in parts.items()
-        }
+        out["per_document"] = {name: _median(runs) for name, runs in parts.items()}
         floor = sum(
             v["cpu_ms"]
             for k, v in out["per_document"].items()
@@ -194,24 +188,22 @@ async def life(
     async def timed(name: str, units: int, work: Any) -> None:
         parts.setdefault(name, []).append(await meter.per(units, work))
 
+    async def insert(name: str, collection: str, docs: list[dict[str, Any]]) -> None:
+        """``docs`` in one transaction, as a batch writes them; timed a document."""
+        await timed(
+            name,
+            len(docs),
+            lambda: in_transaction(
+                system.mongo, lambda s: db[collection].insert_many(docs, session=s)
+            ),
+        )
+
     for _ in range(reps):
         copies = [{**r, "_id": ObjectId()} for r in rows]
-        await timed(
-            "insert recipients: queued, with MIME",
-            len(copies),
-            lambda: in_transaction(
-                system.mongo, lambda s: db.recipients.insert_many(copies, session=s)
-            ),
-        )
+        await insert("insert recipients: queued, with MIME", "recipients", copies)
         ids = [c["_id"] for c in copies]
         logged = [{**e, "_id": ObjectId()} for e in events]
-        await timed(
-            "insert delivery_events",
-            len(logged),
-            lambda: in_transaction(
-                system.mongo, lambda s: db.delivery_events.insert_many(logged, session=s)
-            ),
-        )
+        await insert("insert delivery_events", "delivery_events", logged)
 
         async def outcome() -> None:
             for i in range(0, len(ids), 100):
@@ -233,13 +225,7 @@ async def life(
             {**{k: v for k, v in r.items() if k != "raw"}, **delivered, "_id": ObjectId()}
             for r in rows
         ]
-        await timed(
-            "insert recipients: final, without MIME",
-            len(final),
-            lambda: in_transaction(
-                system.mongo, lambda s: db.recipients.insert_many(final, session=s)
-            ),
-        )
+        await insert("insert recipients: final, without MIME", "recipients", final)
         by_domain: dict[str, list[dict[str, Any]]] = {}
         for r in rows:
             by_domain.setdefault(r["domain"], []).append(r)
@@ -262,6 +248,7 @@ async def life(
             }
             for domain, members in by_domain.items()
         ]
+        # (timed per recipient: a parcel holds the batch's recipients of its domain)
         await timed(
             "insert campaign_parcels: one a domain of a batch",
             len(rows),
