@@ -181,7 +181,9 @@ async def _measure(
                 break
         queue = time.perf_counter() - t1
         queue_db_cpu = _cpu(a.db_pid) - db_cpu
-        queued = await system.mongo.db.recipients.count_documents({"campaign_id": ObjectId(cid)})
+        queued = await system.mongo.db.delivery_events.count_documents(
+            {"campaign_id": ObjectId(cid), "event_type": "queued"}
+        )
         out["accept_render_queue"] = {
             "recipients": a.n,
             "queued": queued,

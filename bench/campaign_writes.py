@@ -10,19 +10,21 @@ writes copies of them again, one collection at a time, 500 in a transaction as t
 writes them, ``--reps`` times: what each kind of document costs. Also the campaign recipients'
 state change, by ``seq`` range (what the sender does) and by ``_id $in`` (what it avoids).
 
-The sum of the parts is the floor the present design puts under render + queue on this
+The sum of the parts is the floor the rows design (below) put under render + queue on this
 database, rendering aside.
 
-Then a recipient's whole life, for two designs (``life``):
+Then a recipient's whole life, for three designs (``life``):
 
-- **present**: at queue time its ``recipients`` row (carrying the MIME) and its ``queued``
-  event; at delivery the row's outcome update (as ``OutcomeWriter._write`` does it: the
-  delivered fields and ``$unset raw``, 50 ids an ``UpdateMany``, 100 a transaction) and the
-  ``delivered`` event.
-- **parcels** (not built; docs/campaigns.md "Where render + queue can go"): at queue time one
-  parcel document per destination domain of a batch (the ids, addresses and variables of
-  its ≈ 10 recipients); at delivery the row inserted once in its final state (no MIME kept),
-  the ``queued`` and ``delivered`` events, and the parcel's deletion.
+- **rows** (until the twentieth session): at queue time its ``recipients`` row (carrying the
+  MIME) and its ``queued`` event; at delivery the row's outcome update (the delivered fields
+  and ``$unset raw``, 50 ids an ``UpdateMany``, 100 a transaction, as the outcome writer
+  updates rows) and the ``delivered`` event.
+- **parcels** (what the batch sender does now, app/services/delivery/parcels.py): at queue
+  time one parcel per destination domain of the batch (``parcels_of``) and the ``queued``
+  events; at delivery the row inserted once in its final state (no MIME kept), the
+  ``delivered`` event, and the parcel's deletion.
+- **parcels_events_at_delivery** (not built): the same with the ``queued`` events written at
+  delivery too, so that nothing per recipient is written at queue time.
 
 Each part is measured alone, on copies of what a real batch wrote, so the floors are the
 database's write CPU only (no reads, no rendering, no SMTP). Not part of the test suite;
@@ -54,6 +56,7 @@ from app.adapters.mongo import UpdateMany, in_transaction  # noqa: E402
 from app.domain.campaigns import still_pending  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
 from app.services.delivery.outbox import owned_filter  # noqa: E402
+from app.services.delivery.parcels import members, parcels_of  # noqa: E402
 from bench.campaign import bench_sender, create_campaign, recipient_rows  # noqa: E402
 from bench.outbound import bench_system  # noqa: E402
 
@@ -99,6 +102,9 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
         out: dict[str, Any] = {"render_and_queue": await meter.per(n, render_and_queue)}
 
         written = {c: await db[c].find({}).limit(BATCH).to_list() for c in COLLECTIONS}
+        # the batch queued its rows in parcels (app/services/delivery/parcels.py): the rows
+        # themselves are what the parts below copy, as the design before parcels wrote them
+        written["recipients"] = members(await db.recipients.find({}).to_list())[:BATCH]
         out["sizes"] = {c: len(docs) for c, docs in written.items()}
         campaign = await db.campaigns.find_one({"_id": ObjectId(cid)})
         rest = (
@@ -169,7 +175,7 @@ async def life(
     system: Any, meter: Meter, written: dict[str, list[dict[str, Any]]], reps: int
 ) -> dict[str, Any]:
     """What one campaign recipient costs the database from queue to delivered, part by part,
-    for the present design and for parcels (see the module's docstring)."""
+    for the three designs of the module's docstring."""
     db = system.mongo.db
     rows, events = written["recipients"], written["delivery_events"]
     now = datetime.now(UTC)
@@ -226,34 +232,13 @@ async def life(
             for r in rows
         ]
         await insert("insert recipients: final, without MIME", "recipients", final)
-        by_domain: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            by_domain.setdefault(r["domain"], []).append(r)
-        parcels = [
-            {
-                "_id": ObjectId(),
-                "campaign_id": rows[0].get("campaign_id"),
-                "domain": domain,
-                "status": "queued",
-                "next_attempt_at": now,
-                "queued_at": now,
-                "recipients": [
-                    {
-                        "_id": r["_id"],
-                        "email": r["address"],
-                        "variables": {"name": "x", "code": "y"},
-                    }
-                    for r in members
-                ],
-            }
-            for domain, members in by_domain.items()
-        ]
-        # (timed per recipient: a parcel holds the batch's recipients of its domain)
+        # the batch's rows as the batch sender queues them now: parcels (fresh ids)
+        parcels = parcels_of([{**r, "_id": ObjectId()} for r in rows])
         await timed(
-            "insert campaign_parcels: one a domain of a batch",
+            "insert parcels: one a domain of a batch",
             len(rows),
             lambda: in_transaction(
-                system.mongo, lambda s: db.campaign_parcels.insert_many(parcels, session=s)
+                system.mongo, lambda s: db.recipients.insert_many(parcels, session=s)
             ),
         )
 
@@ -261,29 +246,35 @@ async def life(
             for p in parcels:
                 await in_transaction(
                     system.mongo,
-                    lambda s, p=p: db.campaign_parcels.delete_one({"_id": p["_id"]}, session=s),
+                    lambda s, p=p: db.recipients.delete_one({"_id": p["_id"]}, session=s),
                 )
 
-        await timed("delete campaign_parcels: each when done", len(rows), drop_parcels)
+        await timed("delete parcels: each when done", len(rows), drop_parcels)
     cost = {name: _median(runs) for name, runs in parts.items()}
     event = cost["insert delivery_events"]["cpu_ms"]
     row_insert = cost["insert recipients: final, without MIME"]["cpu_ms"]
-    present = {
-        "queue": round(cost["insert recipients: queued, with MIME"]["cpu_ms"] + event, 3),
-        "delivery": round(cost["update recipients: delivered outcome"]["cpu_ms"] + event, 3),
-    }
-    parcels_floor = {
-        "queue": cost["insert campaign_parcels: one a domain of a batch"]["cpu_ms"],
-        "delivery": round(
-            row_insert + 2 * event + cost["delete campaign_parcels: each when done"]["cpu_ms"],
-            3,
-        ),
+    parcel = cost["insert parcels: one a domain of a batch"]["cpu_ms"]
+    parcel_gone = cost["delete parcels: each when done"]["cpu_ms"]
+    designs = {
+        "rows": {  # until the twentieth session
+            "queue": cost["insert recipients: queued, with MIME"]["cpu_ms"] + event,
+            "delivery": cost["update recipients: delivered outcome"]["cpu_ms"] + event,
+        },
+        "parcels": {"queue": parcel + event, "delivery": row_insert + event + parcel_gone},
+        "parcels_events_at_delivery": {
+            "queue": parcel,
+            "delivery": row_insert + 2 * event + parcel_gone,
+        },
     }
     return {
         "per_recipient": cost,
-        "event_insert_cpu_ms": event,
-        "present_cpu_ms": {**present, "total": round(sum(present.values()), 3)},
-        "parcels_cpu_ms": {**parcels_floor, "total": round(sum(parcels_floor.values()), 3)},
+        **{
+            f"{name}_cpu_ms": {
+                **{k: round(v, 3) for k, v in d.items()},
+                "total": round(sum(d.values()), 3),
+            }
+            for name, d in designs.items()
+        },
     }
 
 

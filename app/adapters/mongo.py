@@ -2,11 +2,12 @@
 
 Only adapters import pymongo (an import-linter contract in pyproject.toml). Services build
 bulk writes and index hints with the names re-exported here (``InsertOne``, ``UpdateOne``,
-``UpdateMany``, ``ReturnDocument``, ``ASCENDING``, ``DESCENDING``) and ask about a failure with
-the predicates below (``is_duplicate_key``, ``is_transient``, ``is_unreachable``), catching
-``DatabaseError`` only where they must react to one. The edges see ``ServiceUnavailable`` when
-the database cannot be reached (``as_domain_error``), so the API can answer 503 / a typed
-GraphQL error within the server-selection timeout and recover by itself once MongoDB returns.
+``UpdateMany``, ``DeleteOne``, ``ReturnDocument``, ``ASCENDING``, ``DESCENDING``) and ask
+about a failure with the predicates below (``is_duplicate_key``, ``is_transient``,
+``is_unreachable``), catching ``DatabaseError`` only where they must react to one. The edges
+see ``ServiceUnavailable`` when the database cannot be reached (``as_domain_error``), so the
+API can answer 503 / a typed GraphQL error within the server-selection timeout and recover
+by itself once MongoDB returns.
 ``bson.ObjectId`` is not a client type but our id value type, used as such in every layer
 (domain value types included).
 """
@@ -24,6 +25,7 @@ from pymongo import (
     ASCENDING,
     DESCENDING,
     AsyncMongoClient,
+    DeleteOne,
     InsertOne,
     ReturnDocument,
     UpdateMany,
@@ -48,6 +50,7 @@ __all__ = [
     "ASCENDING",
     "DESCENDING",
     "DatabaseError",
+    "DeleteOne",
     "InsertOne",
     "Mongo",
     "ReturnDocument",

@@ -24,7 +24,7 @@ from app.domain.viewer import Viewer
 from app.services.campaigns.stats import recipient_states
 from app.services.campaigns.store import recipient_rows
 from app.services.templates.store import TemplateDraft
-from tests.support.campaigns import create_campaign
+from tests.support.campaigns import campaign_messages, create_campaign
 from tests.support.cleanup import drop_database
 from tests.support.commands import CommandLog
 
@@ -90,11 +90,9 @@ async def _batch(system: System, cid: str) -> dict[str, Any]:
 
 
 async def _queued_seqs(system: System, cid: str) -> list[int]:
-    """The seq of every recipient that has a message queued, once per message."""
-    ids = [
-        r["_id"]
-        async for r in system.mongo.db.recipients.find({"campaign_id": ObjectId(cid)}, {"_id": 1})
-    ]
+    """The seq of every recipient that has a message queued (a row, or a member of a
+    parcel: app/services/delivery/parcels.py), once per message."""
+    ids = [r["_id"] for r in await campaign_messages(system.mongo.db, ObjectId(cid))]
     seqs = {
         r["_id"]: r["seq"]
         async for r in system.mongo.db.campaign_recipients.find({"_id": {"$in": ids}}, {"seq": 1})

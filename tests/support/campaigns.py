@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from bson import ObjectId
+
 from app.bootstrap import System
 from app.domain.viewer import Viewer
+from app.services.delivery.parcels import members
 
 
 async def create_campaign(
@@ -31,3 +34,12 @@ async def create_campaign(
         track_opens=False,
         track_clicks=track_clicks,
     )
+
+
+async def campaign_messages(db: Any, campaign_id: ObjectId) -> list[dict[str, Any]]:
+    """Every message of a campaign stored for delivery: its rows, and the members of its
+    parcels still queued (app/services/delivery/parcels.py), each as a row."""
+    found = await db.recipients.find(
+        {"$or": [{"campaign_id": campaign_id}, {"parcel.campaign_id": campaign_id}]}
+    ).to_list()
+    return [r for r in members(found) if r.get("campaign_id") == campaign_id]

@@ -14,6 +14,7 @@ class Command:
     name: str  # "find", "update", "findAndModify", ...
     collection: str | None  # what the command names, when it names one
     filter: dict[str, Any]  # a find's filter, else empty
+    statements: tuple[dict[str, Any], ...] = ()  # an update's or a delete's filters (``q``)
 
 
 class CommandLog(monitoring.CommandListener):
@@ -34,6 +35,15 @@ class CommandLog(monitoring.CommandListener):
         """The filters of the ``find`` commands sent to ``collection``."""
         return [c.filter for c in self.commands if c.name == "find" and c.collection == collection]
 
+    def write_filters(self, collection: str) -> list[dict[str, Any]]:
+        """The filter of every update and delete statement sent to ``collection``."""
+        return [
+            q
+            for c in self.commands
+            if c.name in ("update", "delete") and c.collection == collection
+            for q in c.statements
+        ]
+
     def clear(self) -> None:
         self.commands.clear()
 
@@ -46,6 +56,10 @@ class CommandLog(monitoring.CommandListener):
                 event.command_name,
                 target if isinstance(target, str) else None,
                 dict(event.command.get("filter") or {}),
+                tuple(
+                    dict(statement.get("q") or {})
+                    for statement in event.command.get("updates", event.command.get("deletes", []))
+                ),
             )
         )
 

@@ -65,6 +65,7 @@ from app.domain.tracking import add_pixel, rewrite_links
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.campaigns.store import wake
+from app.services.delivery.parcels import parcels_of
 from app.services.feedback.reputation import ReputationService
 from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.sending.accepted import deliver_locally
@@ -349,7 +350,12 @@ class CampaignSender:
                     message["raw_blob_id"] = blob
                 await self.db.messages.insert_many(messages, session=session)
             if recipients:
-                await self.db.recipients.insert_many(recipients, session=session)
+                # mail to remote addresses: one parcel per domain (delivery/parcels.py)
+                remote = [x for x in recipients if x.get("raw") is not None]
+                rows = [x for x in recipients if x.get("raw") is None]
+                for part in (rows, parcels_of(remote)):
+                    if part:
+                        await self.db.recipients.insert_many(part, session=session)
                 local: dict[ObjectId, list[dict[str, Any]]] = {}
                 for x in recipients:  # one row per message: by message id, not a scan each
                     if x.get("local_user_id"):

@@ -20,7 +20,7 @@ from bson import ObjectId
 from app.adapters import metrics
 from app.adapters.blobs import BlobStore
 from app.adapters.live_status import publish_many
-from app.adapters.mongo import Mongo, UpdateMany, UpdateOne, in_transaction
+from app.adapters.mongo import DeleteOne, Mongo, UpdateMany, UpdateOne, in_transaction
 from app.adapters.queue import JobQueue
 from app.adapters.redis_store import RedisStore
 from app.domain.bounces import SmtpOutcome
@@ -37,6 +37,7 @@ from app.services.delivery.outbox import (
     state_of,
     unleased_status,
 )
+from app.services.delivery.parcels import as_row
 from app.services.feedback.suppression import SuppressionService
 
 
@@ -179,10 +180,10 @@ class OutcomeWriter:
                     ).to_list()
                     if d.get("delivery_status") in DUE_STATUSES
                     and int(d.get("attempts") or 0) == _attempts(works[d["_id"]])
-                }
+                } | await self._still_in_parcels(list(works.values()), session)
             else:
                 owned = set(ids)
-            updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            updates: list[tuple[Work, dict[str, Any]]] = []
             events: list[dict[str, Any]] = []
             changed: list[dict[str, Any]] = []
             for a in batch.attempts:
@@ -190,7 +191,7 @@ class OutcomeWriter:
                     continue
                 d = decisions[id(a)]
                 fields = self._attempt_fields(a, d, now)
-                updates.append((self._key(a.work), _update(a.work, fields)))
+                updates.append((a.work, _update(a.work, fields)))
                 changed.append({**a.work.recipient, **fields})
                 events.append(self._event(a.work, d.event_type, now, self._metadata(a, d)))
             for w in batch.suppressed:
@@ -202,7 +203,7 @@ class OutcomeWriter:
                     "lease_token": None,
                     "updated_at": now,
                 }
-                updates.append((self._key(w), _update(w, fields)))
+                updates.append((w, _update(w, fields)))
                 changed.append({**w.recipient, **fields})
                 events.append(self._event(w, "suppressed", now, {"at": "attempt"}))
             for r in batch.releases:
@@ -216,7 +217,7 @@ class OutcomeWriter:
                     "updated_at": now,
                     "job_id": job_id(r.work.message.id, r.work.domain, r.due),
                 }
-                updates.append((self._key(r.work), {"$set": fields}))
+                updates.append((r.work, {"$set": fields}))
                 changed.append({**r.work.recipient, **fields})
             if await self._write(updates, session) != len(updates) and not checked[0]:
                 raise _LeaseLost  # roll back, then write only what we still hold
@@ -303,10 +304,66 @@ class OutcomeWriter:
     def _key(w: Work) -> dict[str, Any]:
         return w.owned
 
-    async def _write(
+    async def _write(self, updates: list[tuple[Work, dict[str, Any]]], session: Any) -> int:
+        """The transaction's recipient updates: rows updated (``_update_rows``), parcel
+        members moved out of their parcels as rows (``_move_out``). Returns how many of them
+        were still ours."""
+        rows = [(self._key(w), u) for w, u in updates if "parcel_id" not in w.recipient]
+        moved = [(w, u) for w, u in updates if "parcel_id" in w.recipient]
+        return await self._update_rows(rows, session) + await self._move_out(moved, session)
+
+    async def _move_out(self, moved: list[tuple[Work, dict[str, Any]]], session: Any) -> int:
+        """Members leaving their parcels with an outcome (delivery/parcels.py). Their parcels
+        are read in the transaction first: each must still hold every member written here
+        (whoever holds the domain owns what its parcels hold), else nothing moves and the
+        count says so (the caller rolls back and writes what is still ours). Then, in one bulk
+        write, a parcel left with nothing is deleted and from any other the members are
+        pulled (a parcel changed meanwhile by another transaction makes this one conflict
+        and run again); the members are inserted as rows with the outcome applied. Every
+        filter is an ``_id``: SecantusDB scans the whole collection for an update whose
+        filter adds a condition on the parcel's members."""
+        if not moved:
+            return 0
+        groups: dict[str, list[tuple[Work, dict[str, Any]]]] = {}
+        for w, u in moved:
+            groups.setdefault(w.recipient["parcel_id"], []).append((w, u))
+        held = await self._parcels_hold(list(groups), session)
+        requests: list[DeleteOne | UpdateOne] = []
+        for pid, group in groups.items():
+            ids = {w.id for w, _ in group}
+            if not ids <= held.get(pid, set()):
+                return 0
+            if ids == held[pid]:
+                requests.append(DeleteOne({"_id": pid}))
+            else:
+                requests.append(
+                    UpdateOne({"_id": pid}, {"$pull": {"parcel": {"_id": {"$in": list(ids)}}}})
+                )
+        await self.db.recipients.bulk_write(requests, ordered=False, session=session)
+        await self.db.recipients.insert_many(
+            [_applied(as_row(w.recipient), u) for w, u in moved], session=session
+        )
+        return len(moved)
+
+    async def _parcels_hold(self, pids: list[Any], session: Any) -> dict[Any, set[ObjectId]]:
+        """What each of these parcels still holds (read in the transaction); a parcel gone
+        holds nothing."""
+        if not pids:
+            return {}
+        found = await self.db.recipients.find(
+            {"_id": {"$in": pids}}, {"parcel._id": 1}, session=session
+        ).to_list()
+        return {d["_id"]: {m["_id"] for m in d.get("parcel", [])} for d in found}
+
+    async def _still_in_parcels(self, works: list[Work], session: Any) -> set[ObjectId]:
+        """The members of ``works`` their parcels still hold (read in the transaction)."""
+        pids = list({w.recipient["parcel_id"] for w in works if "parcel_id" in w.recipient})
+        return set().union(*(await self._parcels_hold(pids, session)).values())
+
+    async def _update_rows(
         self, updates: list[tuple[dict[str, Any], dict[str, Any]]], session: Any
     ) -> int:
-        """All the transaction's recipient updates in one unordered bulk write (one round
+        """All the transaction's row updates in one unordered bulk write (one round
         trip): identical updates (the same reply from one MX, for recipients at the same
         attempt count) as one multi-document update each, the rest one by one. SecantusDB's
         cost per updated document is a third lower in a multi-document update than in single
@@ -395,6 +452,14 @@ class OutcomeWriter:
             await self.queue.enqueue(
                 "deliver_domain", str(message_id), domain, job_id=jid, defer_until=at
             )
+
+
+def _applied(row: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with ``update`` (``$set`` and ``$unset`` only) applied."""
+    out = {**row, **update["$set"]}
+    for key in update.get("$unset", {}):
+        out.pop(key, None)
+    return out
 
 
 def _update(w: Work, fields: dict[str, Any]) -> dict[str, Any]:

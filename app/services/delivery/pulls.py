@@ -23,6 +23,7 @@ from bson import ObjectId
 from app.batching import Batcher, Waiter
 from app.services.delivery.leases import DomainLeases
 from app.services.delivery.outbox import DomainLease, Work, chunked, is_due
+from app.services.delivery.parcels import members
 from app.services.delivery.prepare import MessagePreparer
 
 log = structlog.get_logger(__name__)
@@ -297,7 +298,7 @@ class PullRounds:
         if window is not None:
             mark, span = window
             reaches_now = mark + span >= now
-            docs = (
+            docs = members(
                 await self.db.recipients.find(
                     {**query, "next_attempt_at": {**since, "$lte": mark + span}}
                 )
@@ -309,7 +310,7 @@ class PullRounds:
             # oldest first (the round hands them out in this order: _Cursor)
             docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
         if len(docs) < limit and not reaches_now:  # too few: all of them, oldest first
-            docs = (
+            docs = members(
                 await self.db.recipients.find(
                     {**query, "next_attempt_at": since} if since else query
                 )

@@ -179,8 +179,9 @@ class DeliveryService:
             )
         )
         if message is None and mid is not None:
-            # campaign mail to a remote address: its delivery row stands for the message
-            message = await self.db.recipients.find_one(
+            # campaign mail to a remote address: its events (from its ``queued`` one on, also
+            # while it waits in a parcel, delivery/parcels.py) name the sender
+            message = await self.db.delivery_events.find_one(
                 {"message_id": mid, "sender_user_id": viewer.user_id}, {"_id": 1}
             )
         if message is None:  # someone else's message reads exactly like a missing one

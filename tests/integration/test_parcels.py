@@ -1,0 +1,210 @@
+"""Parcels (app/services/delivery/parcels.py): a campaign batch's mail to one domain is one
+queued document; the lanes read it as its members, and each member leaves it, as an ordinary
+row, with its first outcome — only while the parcel still holds it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from pymongo import monitoring
+
+from app.bootstrap import System, build_system
+from app.domain.bounces import SmtpOutcome
+from app.services.delivery.outbox import DomainLease, PreparedMessage, Work
+from app.services.delivery.outcome_writer import Attempt, OutcomeBatch, Release
+from app.services.delivery.parcels import members, parcels_of
+from app.services.delivery.pulls import PullRounds
+from tests.support.cleanup import drop_database
+from tests.support.commands import CommandLog
+
+DOMAIN = "parcel.test"
+NOW = datetime.now(UTC)
+
+
+@pytest.fixture
+def commands() -> Iterator[CommandLog]:
+    """The commands of every client made while it lives (the system's)."""
+    log = CommandLog()
+    monitoring.register(log)
+    yield log
+    log.active = False
+
+
+@pytest.fixture
+async def system(settings: Any, commands: CommandLog) -> AsyncIterator[System]:
+    system = await build_system(settings)
+    try:
+        yield system
+    finally:
+        await drop_database(system.mongo.client, settings.mongodb_database)
+        await system.close()
+
+
+def campaign_row(n: int, domain: str = DOMAIN, at: datetime = NOW) -> dict[str, Any]:
+    """A queued campaign row to a remote address, as the batch sender builds it."""
+    rid = ObjectId()
+    address = f"r{n}@{domain}"
+    return {
+        "_id": rid,
+        "message_id": rid,
+        "address": address,
+        "address_key": address,
+        "domain": domain,
+        "type": "to",
+        "local_user_id": None,
+        "delivery_status": "queued",
+        "attempts": 0,
+        "next_attempt_at": at,
+        "lease_until": None,
+        "last_reply": None,
+        "bounce_class": None,
+        "created_at": at,
+        "updated_at": at,
+        "sender_user_id": ObjectId(),
+        "campaign_id": ObjectId(),
+        "from": {"email": "news@sender.test", "name": None},
+        "bulk": True,
+        "raw": f"Subject: {n}\r\n\r\nhello {n}\r\n".encode(),
+        "size": 20,
+    }
+
+
+def works(docs: list[dict[str, Any]]) -> list[Work]:
+    lease = DomainLease(DOMAIN, datetime.now(UTC) + timedelta(seconds=60))
+    return [
+        Work(
+            d,
+            PreparedMessage(
+                d["message_id"],
+                {k: d[k] for k in ("campaign_id", "sender_user_id", "from", "bulk")},
+                b"",
+                b"",
+                "s.test",
+            ),
+            lease,
+        )
+        for d in docs
+    ]
+
+
+def delivered(ws: list[Work]) -> OutcomeBatch:
+    return OutcomeBatch(attempts=[Attempt(w, SmtpOutcome(250, "2.0.0", "OK"), "mx") for w in ws])
+
+
+async def read(system: System) -> list[dict[str, Any]]:
+    """The domain's queued mail as a pull round reads it."""
+    none: Any = None
+    rounds = PullRounds(
+        db=system.mongo.db, leases=none, preparer=none, hand_to=none, lane_busy=lambda d: True
+    )
+    docs, _ = await rounds._queued(DOMAIN, 100, datetime.now(UTC))
+    return docs
+
+
+def test_one_parcel_per_domain_named_after_its_first_member() -> None:
+    rows = [campaign_row(0), campaign_row(1, "other.test"), campaign_row(2)]
+    parcels = parcels_of(rows)
+    assert [p["domain"] for p in parcels] == [DOMAIN, "other.test"]
+    assert parcels[0]["_id"] == f"parcel:{rows[0]['_id']}"
+    assert parcels[0]["message_id"] == rows[0]["_id"]
+    assert [m["_id"] for m in parcels[0]["parcel"]] == [rows[0]["_id"], rows[2]["_id"]]
+    assert parcels[0]["delivery_status"] == "queued" and "campaign_id" not in parcels[0]
+    # read back: the members, due when the parcel is; a plain row stays itself
+    plain = campaign_row(3)
+    later = NOW + timedelta(seconds=5)
+    out = members([{**parcels[0], "next_attempt_at": later}, plain])
+    assert [m["_id"] for m in out] == [rows[0]["_id"], rows[2]["_id"], plain["_id"]]
+    assert out[0]["next_attempt_at"] == later and out[0]["parcel_id"] == parcels[0]["_id"]
+    assert "parcel_id" not in out[2]
+
+
+async def test_a_round_reads_a_parcel_as_its_members_beside_plain_rows(system: System) -> None:
+    rows = [campaign_row(n) for n in range(3)]
+    plain = campaign_row(9, at=NOW - timedelta(seconds=1))
+    await system.mongo.db.recipients.insert_many([*parcels_of(rows), plain])
+    docs = await read(system)
+    assert [d["_id"] for d in docs] == [plain["_id"], *(r["_id"] for r in rows)]
+    assert all(d["address"] == r["address"] for d, r in zip(docs[1:], rows, strict=True))
+
+
+async def test_members_leave_their_parcel_as_rows_with_their_outcome(
+    system: System, commands: CommandLog
+) -> None:
+    db = system.mongo.db
+    writer = system.delivery.recorder.writer
+    rows = [campaign_row(n) for n in range(4)]
+    [parcel] = parcels_of(rows)
+    await db.recipients.insert_one(parcel)
+    ws = works(await read(system))
+
+    # two delivered: pulled out of the parcel, inserted as final rows without their MIME
+    await writer.write(delivered(ws[:2]))
+    left = await db.recipients.find_one({"_id": parcel["_id"]})
+    assert [m["_id"] for m in left["parcel"]] == [rows[2]["_id"], rows[3]["_id"]]
+    for r in rows[:2]:
+        row = await db.recipients.find_one({"_id": r["_id"]})
+        assert row["delivery_status"] == "sent" and row["attempts"] == 1
+        assert "raw" not in row and "parcel_id" not in row
+        assert row["campaign_id"] == r["campaign_id"] and row["address"] == r["address"]
+    # a later round reads only what the parcel still holds
+    assert [d["_id"] for d in await read(system)] == [rows[2]["_id"], rows[3]["_id"]]
+
+    # one given back unattempted (due later), one delivered: the parcel is emptied and gone
+    due = NOW + timedelta(minutes=5)
+    batch = delivered(ws[3:])
+    batch.releases.append(Release(ws[2], due))
+    await writer.write(batch)
+    assert await db.recipients.find_one({"_id": parcel["_id"]}) is None
+    released = await db.recipients.find_one({"_id": rows[2]["_id"]})
+    assert released["delivery_status"] == "queued" and released["raw"] == rows[2]["raw"]
+    assert released["next_attempt_at"] == due.replace(microsecond=due.microsecond // 1000 * 1000)
+    ids = [r["_id"] for r in rows]
+    events = await db.delivery_events.find({"recipient_id": {"$in": ids}}).to_list()
+    assert sorted(e["event_type"] for e in events) == ["sent"] * 3
+    # every write to a parcel named it by _id alone: SecantusDB scans the whole collection
+    # for an update whose filter also names the parcel's members
+    parcel_writes = [
+        q for q in commands.write_filters("recipients") if q.get("_id") == parcel["_id"]
+    ]
+    assert len(parcel_writes) == 2 and all(set(q) == {"_id"} for q in parcel_writes)
+
+
+async def test_a_whole_parcel_delivered_at_once_is_deleted_and_its_members_are_rows(
+    system: System,
+) -> None:
+    db = system.mongo.db
+    rows = [campaign_row(n) for n in range(3)]
+    [parcel] = parcels_of(rows)
+    await db.recipients.insert_one(parcel)
+    await system.delivery.recorder.writer.write(delivered(works(await read(system))))
+    assert await db.recipients.find_one({"_id": parcel["_id"]}) is None
+    found = await db.recipients.find({"_id": {"$in": [r["_id"] for r in rows]}}).to_list()
+    assert sorted(d["delivery_status"] for d in found) == ["sent"] * 3
+
+
+async def test_an_outcome_is_dropped_for_a_member_someone_else_moved_out(system: System) -> None:
+    """A worker whose domain lease ran out writes only the members its parcel still holds:
+    the new holder's outcome stands, and nobody is recorded twice."""
+    db = system.mongo.db
+    writer = system.delivery.recorder.writer
+    rows = [campaign_row(n) for n in range(3)]
+    [parcel] = parcels_of(rows)
+    await db.recipients.insert_one(parcel)
+    mine = works(await read(system))
+    # meanwhile the domain's new holder read the parcel too and deferred the first member
+    theirs = works(await read(system))
+    deferred = OutcomeBatch(attempts=[Attempt(theirs[0], SmtpOutcome(451, "4.3.0", "later"), "mx")])
+    await writer.write(deferred)
+
+    await writer.write(delivered(mine))  # all three: the first is no longer ours
+    first = await db.recipients.find_one({"_id": rows[0]["_id"]})
+    assert first["delivery_status"] == "deferred" and first["raw"] == rows[0]["raw"]
+    for r in rows[1:]:
+        assert (await db.recipients.find_one({"_id": r["_id"]}))["delivery_status"] == "sent"
+    assert await db.recipients.find_one({"_id": parcel["_id"]}) is None
+    events = await db.delivery_events.find({"recipient_id": rows[0]["_id"]}).to_list()
+    assert [e["event_type"] for e in events] == ["deferred"]
