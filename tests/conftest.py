@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from pymongo import monitoring
 
 from app import loops
 from app.embedded import EmbeddedStack
 from tests.support.cleanup import drop_database
+from tests.support.commands import CommandLog
 from tests.support.event_loop import suite_loop
 
 
@@ -63,6 +65,16 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceUrls]:
         )
     finally:
         stack.stop()
+
+
+@pytest.fixture
+def commands() -> Iterator[CommandLog]:
+    """The MongoDB commands of every client made while it lives (a service's own, when the
+    service is built inside the test); quiet afterwards (PyMongo cannot unregister it)."""
+    log = CommandLog()
+    monitoring.register(log)
+    yield log
+    log.active = False
 
 
 @pytest.fixture

@@ -9,13 +9,12 @@ a time through ``CampaignSender.run_batch``, as the ``campaign_batch`` job runs 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import monitoring
 
 from app.bootstrap import System, build_system
 from app.domain.campaign_tokens import click_token
@@ -31,15 +30,6 @@ from tests.support.commands import CommandLog
 DOMAIN = "batches.test"
 SENDER = f"news@{DOMAIN}"
 BATCH = 10
-
-
-@pytest.fixture
-def commands() -> Iterator[CommandLog]:
-    """The commands of every client made while it lives (the system's: ``world`` needs it)."""
-    log = CommandLog()
-    monitoring.register(log)
-    yield log
-    log.active = False
 
 
 @pytest.fixture

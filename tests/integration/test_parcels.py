@@ -4,13 +4,12 @@ row, with its first outcome — only while the parcel still holds it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from bson import ObjectId
-from pymongo import monitoring
 
 from app.bootstrap import System, build_system
 from app.domain.bounces import SmtpOutcome
@@ -23,15 +22,6 @@ from tests.support.commands import CommandLog
 
 DOMAIN = "parcel.test"
 NOW = datetime.now(UTC)
-
-
-@pytest.fixture
-def commands() -> Iterator[CommandLog]:
-    """The commands of every client made while it lives (the system's)."""
-    log = CommandLog()
-    monitoring.register(log)
-    yield log
-    log.active = False
 
 
 @pytest.fixture
@@ -95,6 +85,14 @@ def delivered(ws: list[Work]) -> OutcomeBatch:
     return OutcomeBatch(attempts=[Attempt(w, SmtpOutcome(250, "2.0.0", "OK"), "mx") for w in ws])
 
 
+async def queued_parcel(system: System, n: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A parcel of ``n`` campaign rows to DOMAIN, queued; and its rows."""
+    rows = [campaign_row(i) for i in range(n)]
+    [parcel] = parcels_of(rows)
+    await system.mongo.db.recipients.insert_one(parcel)
+    return parcel, rows
+
+
 async def read(system: System) -> list[dict[str, Any]]:
     """The domain's queued mail as a pull round reads it."""
     none: Any = None
@@ -136,9 +134,7 @@ async def test_members_leave_their_parcel_as_rows_with_their_outcome(
 ) -> None:
     db = system.mongo.db
     writer = system.delivery.recorder.writer
-    rows = [campaign_row(n) for n in range(4)]
-    [parcel] = parcels_of(rows)
-    await db.recipients.insert_one(parcel)
+    parcel, rows = await queued_parcel(system, 4)
     ws = works(await read(system))
 
     # two delivered: pulled out of the parcel, inserted as final rows without their MIME
@@ -177,9 +173,7 @@ async def test_a_whole_parcel_delivered_at_once_is_deleted_and_its_members_are_r
     system: System,
 ) -> None:
     db = system.mongo.db
-    rows = [campaign_row(n) for n in range(3)]
-    [parcel] = parcels_of(rows)
-    await db.recipients.insert_one(parcel)
+    parcel, rows = await queued_parcel(system, 3)
     await system.delivery.recorder.writer.write(delivered(works(await read(system))))
     assert await db.recipients.find_one({"_id": parcel["_id"]}) is None
     found = await db.recipients.find({"_id": {"$in": [r["_id"] for r in rows]}}).to_list()
@@ -191,9 +185,7 @@ async def test_an_outcome_is_dropped_for_a_member_someone_else_moved_out(system:
     the new holder's outcome stands, and nobody is recorded twice."""
     db = system.mongo.db
     writer = system.delivery.recorder.writer
-    rows = [campaign_row(n) for n in range(3)]
-    [parcel] = parcels_of(rows)
-    await db.recipients.insert_one(parcel)
+    parcel, rows = await queued_parcel(system, 3)
     mine = works(await read(system))
     # meanwhile the domain's new holder read the parcel too and deferred the first member
     theirs = works(await read(system))
