@@ -194,11 +194,14 @@ async def life(
     async def timed(name: str, units: int, work: Any) -> None:
         parts.setdefault(name, []).append(await meter.per(units, work))
 
-    async def insert(name: str, collection: str, docs: list[dict[str, Any]]) -> None:
-        """``docs`` in one transaction, as a batch writes them; timed a document."""
+    async def insert(
+        name: str, collection: str, docs: list[dict[str, Any]], units: int | None = None
+    ) -> None:
+        """``docs`` in one transaction, as a batch writes them; timed a document (or a unit
+        of ``units``: a parcel's cost is per recipient it carries)."""
         await timed(
             name,
-            len(docs),
+            units or len(docs),
             lambda: in_transaction(
                 system.mongo, lambda s: db[collection].insert_many(docs, session=s)
             ),
@@ -234,13 +237,7 @@ async def life(
         await insert("insert recipients: final, without MIME", "recipients", final)
         # the batch's rows as the batch sender queues them now: parcels (fresh ids)
         parcels = parcels_of([{**r, "_id": ObjectId()} for r in rows])
-        await timed(
-            "insert parcels: one a domain of a batch",
-            len(rows),
-            lambda: in_transaction(
-                system.mongo, lambda s: db.recipients.insert_many(parcels, session=s)
-            ),
-        )
+        await insert("insert parcels: one a domain of a batch", "recipients", parcels, len(rows))
 
         async def drop_parcels() -> None:
             for p in parcels:
