@@ -26,8 +26,8 @@ on 127.0.0.1:2600) on this machine, in this run:
   sendEmail latency p50/p99 as the client sees it. Postfix in the same run is smtpload's 20
   connections (accepted/s and end-of-DATA → 250 latency are smtpload's).
 
-BENCH_COMMANDS=1: the MongoDB commands and documents of the worker per message (and, in graphql
-mode, of the api per send; bench/mongo_commands.py); BENCH_PYSPY=<dir>: py-spy of the mailhub
+BENCH_COMMANDS=1: the MongoDB commands, documents written and documents read of the worker per
+message (and, in graphql mode, of the api per send; bench/mongo_commands.py); BENCH_PYSPY=<dir>: py-spy of the mailhub
 processes and SecantusDB.
 
 Needs: Debian postfix + dnsmasq, and BASE (default /tmp/peer-bench) set up by peers/setup.sh.
@@ -620,18 +620,17 @@ def counted_commands(work: Path, name: str) -> dict[str, Counter[str]]:
     """A service's command and document counts so far (mongo_commands' files)."""
     out: dict[str, Counter[str]] = {"commands": Counter(), "documents": Counter()}
     for path in (work / f"{name}-commands").glob("*.json"):
-        data = json.loads(path.read_text())
-        for part in out:
-            out[part].update(data[part])
+        for part, counts in json.loads(path.read_text()).items():
+            out.setdefault(part, Counter()).update(counts)
     return out
 
 
 def per_send(after: dict[str, Counter[str]], before: dict[str, Counter[str]], n: int) -> Any:
-    """Commands and documents written per send, by command and collection."""
+    """Commands, documents written and documents read per send, by command and collection."""
     return {
         part: {
             key: round(count / n, 2)
-            for key, count in sorted((after[part] - before[part]).items())
+            for key, count in sorted((after[part] - before.get(part, Counter())).items())
             if count
         }
         for part in after
