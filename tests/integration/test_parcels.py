@@ -93,12 +93,16 @@ async def queued_parcel(system: System, n: int) -> tuple[dict[str, Any], list[di
     return parcel, rows
 
 
-async def read(system: System) -> list[dict[str, Any]]:
-    """The domain's queued mail as a pull round reads it."""
+def rounds_on(system: System) -> PullRounds:
     none: Any = None
-    rounds = PullRounds(
+    return PullRounds(
         db=system.mongo.db, leases=none, preparer=none, hand_to=none, lane_busy=lambda d: True
     )
+
+
+async def read(system: System) -> list[dict[str, Any]]:
+    """The domain's queued mail as a pull round reads it."""
+    rounds = rounds_on(system)
     docs, _ = await rounds._queued(DOMAIN, 100, datetime.now(UTC))
     return docs
 
@@ -200,3 +204,82 @@ async def test_an_outcome_is_dropped_for_a_member_someone_else_moved_out(system:
     assert await db.recipients.find_one({"_id": parcel["_id"]}) is None
     events = await db.delivery_events.find({"recipient_id": rows[0]["_id"]}).to_list()
     assert [e["event_type"] for e in events] == ["deferred"]
+
+
+async def backlog(system: System) -> list[dict[str, Any]]:
+    """30 queued parcels of 10 members, a second apart, an hour old."""
+    start = NOW.replace(microsecond=0) - timedelta(hours=1)
+    parcels = []
+    for p in range(30):
+        at = start + timedelta(seconds=p)
+        parcels += parcels_of([campaign_row(10 * p + k, at=at) for k in range(10)])
+    await system.mongo.db.recipients.insert_many(parcels)
+    return parcels
+
+
+def queued_reads(commands: CommandLog) -> list[dict[str, Any]]:
+    """The filters of the reads of queued mail since the last call."""
+    queued = [q for q in commands.finds("recipients") if q["delivery_status"] == "queued"]
+    commands.clear()
+    return queued
+
+
+async def test_a_backlog_of_parcels_is_read_by_members_and_not_again_in_flight(
+    system: System, commands: CommandLog
+) -> None:
+    """A domain's rounds read a backlog of parcels a recipient at a time: the first read asks
+    for the times and member ids of the oldest and then reads only the parcels that hold the
+    members it wants (not that many parcels); the next round reads from the parcel partly
+    handed out on, not again the ones whose members are all in flight (pulls.py)."""
+    parcels = await backlog(system)
+    in_order = [m["_id"] for p in parcels for m in p["parcel"]]
+    rounds = rounds_on(system)
+
+    commands.clear()
+    due, _ = await rounds._due({DOMAIN: 25}, NOW)
+    rounds._mark_in_flight(due)
+    assert [d["_id"] for d in due] == in_order[:25]
+    probe, first = queued_reads(commands)
+    assert "next_attempt_at" not in probe  # the oldest: their times and member ids
+    assert first["next_attempt_at"] == {"$lte": parcels[2]["next_attempt_at"]}  # 3 parcels
+
+    due, _ = await rounds._due({DOMAIN: 25}, NOW)
+    rounds._mark_in_flight(due)
+    assert [d["_id"] for d in due] == in_order[25:50]
+    [window] = queued_reads(commands)
+    assert window["next_attempt_at"]["$gte"] == parcels[2]["next_attempt_at"]
+
+
+async def test_members_read_and_not_handed_out_serve_the_next_rounds(
+    system: System, commands: CommandLog
+) -> None:
+    """Parcel members a round read and did not hand out are kept for the next rounds (pulls.py
+    ``_keep_ahead``): a round they suffice for reads nothing, and the next read starts at the
+    newest of them, not again at the oldest."""
+    parcels = await backlog(system)
+    in_order = [m["_id"] for p in parcels for m in p["parcel"]]
+    rounds = rounds_on(system)
+
+    commands.clear()
+    due, _ = await rounds._due({DOMAIN: 25}, NOW)  # read 3 parcels, handed out 25
+    rounds._mark_in_flight(due)
+    queued_reads(commands)
+    assert [d["_id"] for d in rounds._ahead[DOMAIN]] == in_order[25:30]
+
+    due, _ = await rounds._due({DOMAIN: 5}, NOW)
+    rounds._mark_in_flight(due)
+    assert [d["_id"] for d in due] == in_order[25:30]
+    assert queued_reads(commands) == []  # served from what the first round read
+
+    due, _ = await rounds._due({DOMAIN: 25}, NOW)
+    rounds._mark_in_flight(due)
+    assert [d["_id"] for d in due] == in_order[30:55]
+    [window] = queued_reads(commands)
+    assert window["next_attempt_at"]["$gte"] == parcels[2]["next_attempt_at"]
+    ahead = [d["_id"] for d in rounds._ahead[DOMAIN]]
+    assert ahead and ahead == in_order[55 : 55 + len(ahead)]
+
+    # a lease given back: what was read ahead goes, and so does the cursor that counted it
+    rounds.leases = type("Held", (), {"held": {}})()
+    rounds._forget_windows_not_held()
+    assert DOMAIN not in rounds._ahead and DOMAIN not in rounds._cursors

@@ -2,7 +2,8 @@
 (app/services/delivery/pulls.py ``PullRounds._queued``): every queued recipient is still read
 in time — the oldest first, one released with an old time, one beyond a window that held too
 few — and with a backlog the window query is the only one. A busy domain's rounds read from
-just behind the newest recipient handed out, not again the ones in flight (``_Cursor``)."""
+the newest recipient handed out, not again the ones in flight (``_Cursor``); a parcel counts
+as its members."""
 
 from __future__ import annotations
 
@@ -170,13 +171,13 @@ async def test_windows_go_with_the_leases(mongo) -> None:
 
 
 def counting_reads(rounds: PullRounds) -> list[int]:
-    """The number of recipients each of ``rounds``' reads of queued mail returned."""
+    """How many recipients in flight each of ``rounds``' reads of queued mail returned."""
     reads: list[int] = []
     read = rounds._queued
 
     async def counted(*args: Any, **kwargs: Any) -> tuple[list[dict[str, Any]], bool]:
         docs, more = await read(*args, **kwargs)
-        reads.append(len(docs))
+        reads.append(sum(d["_id"] in rounds._in_flight for d in docs))
         return docs, more
 
     rounds._queued = counted  # type: ignore[method-assign]
@@ -184,8 +185,8 @@ def counting_reads(rounds: PullRounds) -> list[int]:
 
 
 async def test_a_round_reads_from_the_newest_handed_out_not_the_ones_in_flight(mongo) -> None:
-    """The rounds of a busy domain read from just behind the newest recipient handed out
-    (pulls.py ``_Cursor``): the ones in flight before it are not read again each round."""
+    """The rounds of a backlogged domain read from the newest recipient handed out (pulls.py
+    ``_Cursor``): the ones in flight before it are not read again each round."""
     db = mongo.db
     now = datetime.now(UTC)
     start = now - timedelta(hours=1)
@@ -200,10 +201,11 @@ async def test_a_round_reads_from_the_newest_handed_out_not_the_ones_in_flight(m
         rounds._mark_in_flight(due)
         handed += [d["_id"] for d in due]
     assert handed == [d["_id"] for d in backlog[:200]]  # oldest first, none twice
-    # the first round read from the oldest; each later one its 50 and the few in flight
-    # within LATE_COMMIT of the newest handed out (recipients a second apart: 3), where
-    # reading from the oldest would return every one in flight too (100, 150, 200)
-    assert reads[0] == 50 and all(n <= 53 for n in reads[1:]), reads
+    # each later round read of those in flight only the newest handed out (the backlog is
+    # an hour old: whatever commits behind the cursor now is stamped within LATE_COMMIT of
+    # now), where reading from the oldest would return every one in flight (50, 100, 150),
+    # and reading from LATE_COMMIT behind the cursor 3 (a second apart)
+    assert reads == [0, 1, 1, 1], reads
 
     assert rounds._in_flight_from("d1.test", None) == 200
     rounds._settle_ids(handed)  # their outcomes committed
@@ -213,22 +215,23 @@ async def test_a_round_reads_from_the_newest_handed_out_not_the_ones_in_flight(m
 async def test_mail_behind_the_newest_handed_out_is_read_late_or_at_the_next_oldest_read(
     mongo,
 ) -> None:
-    """Mail that lands behind a domain's cursor: within LATE_COMMIT of the newest one handed
-    out (a transaction that committed after newer mail was handed out) the next round reads
-    it; further behind (given back with an old time), the round OLDEST_READ_EVERY after the
-    last read from the oldest does, and none before it."""
+    """Mail that lands behind a domain's cursor: stamped within LATE_COMMIT of the last read
+    (a transaction that committed after newer mail was handed out) the next round reads it;
+    further behind (given back with an old time), the round OLDEST_READ_EVERY after the last
+    read from the oldest does, and none before it."""
     db = mongo.db
     now = datetime.now(UTC)
-    start = now - timedelta(hours=1)
+    start = now - timedelta(seconds=1)  # 100 recipients queued over the last second
     await db.recipients.insert_many(
-        [row("d1.test", start + timedelta(seconds=i), i) for i in range(100)]
+        [row("d1.test", start + timedelta(milliseconds=10 * i), i) for i in range(100)]
     )
     rounds = rounds_on(db)
     due, _ = await rounds._due({"d1.test": 20}, now)
     rounds._mark_in_flight(due)
     newest = due[-1]["next_attempt_at"]
 
-    late = row("d1.test", newest - LATE_COMMIT + timedelta(milliseconds=500), 1000)
+    late = row("d1.test", now - LATE_COMMIT + timedelta(milliseconds=100), 1000)
+    assert late["next_attempt_at"] < newest
     behind = row("d1.test", start - timedelta(minutes=5), 1001)
     await db.recipients.insert_many([late, behind])
     due, _ = await rounds._due({"d1.test": 20}, now + timedelta(seconds=1))

@@ -37,10 +37,11 @@ MAX_IN_FLIGHT = 6000  # recipients handed out and not yet recorded, per process
 WINDOW_START = timedelta(seconds=30)
 WINDOW_MIN = timedelta(seconds=1)
 WINDOW_MAX = timedelta(days=1)
-# A domain's rounds read its queued recipients from just behind the newest one handed out
-# (``_Cursor``), not from the oldest, which are mostly in flight: LATE_COMMIT behind it, for
-# mail whose transaction committed after newer mail was handed out; and from the oldest at
-# least every OLDEST_READ_EVERY, for anything further behind (given back with an old time).
+# A domain's rounds read its queued recipients from the newest one handed out (``_Cursor``), not
+# from the oldest, which are mostly in flight; from further back only for mail whose
+# transaction committed after the domain's last read (its ``next_attempt_at`` is at most
+# LATE_COMMIT older than its commit); and from the oldest at least every OLDEST_READ_EVERY,
+# for anything further behind (given back with an old time).
 LATE_COMMIT = timedelta(seconds=2)
 OLDEST_READ_EVERY = timedelta(seconds=30)
 
@@ -48,10 +49,12 @@ OLDEST_READ_EVERY = timedelta(seconds=30)
 @dataclass
 class _Cursor:
     """Where a domain's reads of queued recipients start: ``handed``, the newest
-    ``next_attempt_at`` handed out (its rounds read from LATE_COMMIT before it);
-    ``oldest_read``, the round that last read from the oldest."""
+    ``next_attempt_at`` handed out or read ahead (``PullRounds._ahead``); ``read``, the round
+    that last read them (``_read_from``); ``oldest_read``, the round that last read from the
+    oldest."""
 
     handed: datetime
+    read: datetime
     oldest_read: datetime
 
 
@@ -90,6 +93,9 @@ class PullRounds:
         # per domain with recipients in flight: how many at each next_attempt_at
         self._times_in_flight: dict[str, Counter[datetime]] = {}
         self._cursors: dict[str, _Cursor] = {}
+        # Per domain: campaign parcel members a round read and did not hand out, oldest first,
+        # for the next rounds (``_keep_ahead``).
+        self._ahead: dict[str, list[dict[str, Any]]] = {}
         self._settled_in_round: set[ObjectId] | None = None
         self._round_domains: set[str] = set()
         # Per domain: (the newest next_attempt_at read, the span read beyond it); _queued.
@@ -190,8 +196,18 @@ class PullRounds:
         queued: list[list[dict[str, Any]]] = []
         truncated = False
         for domain, n in wanted.items():
+            ahead = self._ahead.pop(domain, [])
+            if len(ahead) >= n:  # read ahead by an earlier round: enough without a read
+                queued.append(ahead)
+                truncated = True
+                continue
             low = self._read_from(domain, now)
             docs, more = await self._queued(domain, n + self._in_flight_from(domain, low), now, low)
+            if (cursor := self._cursors.get(domain)) is not None:
+                cursor.read = now
+            if ahead:  # older than what the read returned, or among it (the newest parcel)
+                kept = {d["_id"] for d in ahead}
+                docs = ahead + [d for d in docs if d["_id"] not in kept]
             queued.append(docs)
             truncated = truncated or more
         taken: Counter[str] = Counter()
@@ -202,8 +218,11 @@ class PullRounds:
                     taken[d["domain"]] += 1
                     out.append(d)
                     at = d["next_attempt_at"]
-                    cursor = self._cursors.setdefault(d["domain"], _Cursor(at, now))
+                    cursor = self._cursors.setdefault(d["domain"], _Cursor(at, now, now))
                     cursor.handed = max(cursor.handed, at)
+        handed = {d["_id"] for d in out}
+        for domain, docs in zip(wanted, queued, strict=True):
+            self._keep_ahead(domain, [d for d in docs if d["_id"] not in handed], now)
         domains = list(pulls)
         busy = sum(self._in_flight_from(d, None) for d in domains)
         # (A recipient an older release left ``sending`` under a lease of its own is given
@@ -235,6 +254,23 @@ class PullRounds:
                     out.append(d)
         return out, truncated or len(out) >= LEASE_MAX
 
+    def _keep_ahead(self, domain: str, left: list[dict[str, Any]], now: datetime) -> None:
+        """What a round read of ``domain`` and did not hand out (``left``, oldest first), kept
+        for the next rounds when it is all members of campaign parcels, due: the cursor moves
+        past them (``_Cursor.handed``), so the next read starts at the newest of them, not
+        again at the oldest. Each of those rounds takes from them first, and reads only when
+        they are fewer than it wants. Only parcel members: nobody but this lease's holder
+        changes a parcel (a queued row can be canceled meanwhile, and would be sent from
+        here). Anything else left (a row, one not due yet) and nothing is kept: the next read
+        starts at the newest handed out, and returns it again."""
+        left = [d for d in left if d["_id"] not in self._in_flight]
+        if not left or not all("parcel_id" in d and is_due(d, now) for d in left):
+            return
+        self._ahead[domain] = left
+        newest = max(d["next_attempt_at"] for d in left)
+        cursor = self._cursors.setdefault(domain, _Cursor(newest, now, now))
+        cursor.handed = max(cursor.handed, newest)
+
     def _forget_windows_not_held(self) -> None:
         """A domain's window serves this process while it holds the domain's lease: once there
         are more windows than held leases, those of domains given back are dropped (a domain
@@ -246,19 +282,31 @@ class PullRounds:
             self._windows = {d: w for d, w in self._windows.items() if d in held}
         if len(self._cursors) > len(held):
             self._cursors = {d: c for d, c in self._cursors.items() if d in held}
+        for domain in [d for d in self._ahead if d not in held]:
+            del self._ahead[domain]  # read again from the oldest, as a new lease is
+            self._cursors.pop(domain, None)  # it counted them
 
     def _read_from(self, domain: str, now: datetime) -> datetime | None:
         """Where this round reads the domain's queued recipients from: None, the oldest (no
-        cursor yet, or the last such read was OLDEST_READ_EVERY ago); else LATE_COMMIT behind
-        the newest one handed out. Everything older than that is in flight, or came back
-        late and waits at most OLDEST_READ_EVERY (or, once the lane is idle and its lease
-        given back, the next lease's first read)."""
+        cursor yet, or the last such read was OLDEST_READ_EVERY ago); else the newest one
+        handed out, or LATE_COMMIT before the domain's last read if that is older.
+
+        Each round hands out the oldest of what it reads, and its read reaches back to the
+        newest handed out before it, so what lies behind the cursor unhanded was committed
+        after the last read began (later than the round's ``now``), and its
+        ``next_attempt_at`` is at most LATE_COMMIT older than that. With a backlog (the
+        cursor far behind the clock) a round reads from the cursor on: the recipients in
+        flight behind it are not read again each round, with the MIME of the campaign
+        parcels they are in (parcels.py). Mail that breaks the rule (given back with an old
+        time, or stamped by a clock more than LATE_COMMIT behind this one) waits at most
+        OLDEST_READ_EVERY (or, once the lane is idle and its lease given back, the next
+        lease's first read): late, never lost."""
         cursor = self._cursors.get(domain)
         if cursor is None or now - cursor.oldest_read >= OLDEST_READ_EVERY:
             if cursor is not None:
                 cursor.oldest_read = now
             return None
-        return cursor.handed - LATE_COMMIT
+        return min(cursor.handed, cursor.read - LATE_COMMIT)
 
     def _in_flight_from(self, domain: str, low: datetime | None) -> int:
         """How many of the domain's recipients from ``low`` on (None: all) are in flight: a
@@ -278,8 +326,9 @@ class PullRounds:
     async def _queued(
         self, domain: str, limit: int, now: datetime, low: datetime | None = None
     ) -> tuple[list[dict[str, Any]], bool]:
-        """Up to ``limit`` of the domain's queued recipients (from ``low`` on, if given), the
-        oldest (the in-flight ones among them) first; and whether there may be more.
+        """At least ``limit`` of the domain's queued recipients (from ``low`` on, if given) if
+        there are that many, the oldest (the in-flight ones among them) first, with whatever
+        else the reads returned after them (``_keep_ahead``); and whether there may be more.
 
         A query for all of them with a limit reads every match on SecantusDB before it stops
         (35 ms at 2,000 queued recipients of a domain, every round), so a round first asks for
@@ -308,21 +357,52 @@ class PullRounds:
             aim = span * (1.5 * limit / max(len(docs), 1))
             self._windows[domain] = (mark, min(WINDOW_MAX, max(WINDOW_MIN, aim)))
             # oldest first (the round hands them out in this order: _Cursor)
-            docs = sorted(docs, key=lambda d: d["next_attempt_at"])[:limit]
+            docs = sorted(docs, key=lambda d: d["next_attempt_at"])
         if len(docs) < limit and not reaches_now:  # too few: all of them, oldest first
-            docs = members(
-                await self.db.recipients.find(
-                    {**query, "next_attempt_at": since} if since else query
-                )
-                .sort("next_attempt_at", 1)
-                .limit(limit)
-                .to_list()
-            )
+            docs = await self._oldest(query, since, limit)
         if docs:  # every queued recipient has a next_attempt_at (compose.recipient_docs)
-            newest = max(d["next_attempt_at"] for d in docs)
-            mark, span = self._windows.get(domain, (newest, WINDOW_START))
+            newest = docs[:limit][-1]["next_attempt_at"]  # the limit's newest: docs are sorted
+            first = WINDOW_START
+            if len(docs) >= limit:  # a backlog: the span these took, aimed as windows aim
+                first = min(
+                    WINDOW_START, max(WINDOW_MIN, 1.5 * (newest - docs[0]["next_attempt_at"]))
+                )
+            mark, span = self._windows.get(domain, (newest, first))
             self._windows[domain] = (max(mark, newest), span)
         return docs, len(docs) >= limit
+
+    async def _oldest(
+        self, query: dict[str, Any], since: dict[str, Any], limit: int
+    ) -> list[dict[str, Any]]:
+        """The oldest ``limit`` of the recipients ``query`` matches from ``since`` on (and the
+        rest of the last parcel among them), oldest first, a parcel counted as its members:
+        first their times and member ids, oldest first, to find the time by which ``limit``
+        are due; then the documents due by then.
+        SecantusDB reads every match to sort them either way; what it sends, and this process
+        decodes, is ``limit`` recipients' documents, not ``limit`` parcels of dozens each."""
+        probe = (
+            await self.db.recipients.find(
+                {**query, "next_attempt_at": since} if since else query,
+                {"next_attempt_at": 1, "parcel._id": 1},
+            )
+            .sort("next_attempt_at", 1)
+            .limit(limit)
+            .to_list()
+        )
+        if not probe:
+            return []
+        counted, until = 0, probe[-1]["next_attempt_at"]
+        for d in probe:
+            counted += len(d.get("parcel") or ()) or 1
+            if counted >= limit:
+                until = d["next_attempt_at"]
+                break
+        docs = members(
+            await self.db.recipients.find({**query, "next_attempt_at": {**since, "$lte": until}})
+            .limit(2 * limit)
+            .to_list()
+        )
+        return sorted(docs, key=lambda d: d["next_attempt_at"])
 
     async def _hand_over(self, docs: list[dict[str, Any]], leases: dict[str, DomainLease]) -> None:
         """Prepare and hand to the lanes a chunk at a time, so sending starts early."""
