@@ -93,10 +93,18 @@ async def queued_parcel(system: System, n: int) -> tuple[dict[str, Any], list[di
     return parcel, rows
 
 
+class Held:
+    """The leases pull rounds consult (``held``): DOMAIN's, for a minute."""
+
+    def __init__(self) -> None:
+        self.held = {DOMAIN: DomainLease(DOMAIN, datetime.now(UTC) + timedelta(seconds=60))}
+
+
 def rounds_on(system: System) -> PullRounds:
     none: Any = None
+    leases: Any = Held()
     return PullRounds(
-        db=system.mongo.db, leases=none, preparer=none, hand_to=none, lane_busy=lambda d: True
+        db=system.mongo.db, leases=leases, preparer=none, hand_to=none, lane_busy=lambda d: True
     )
 
 
@@ -264,7 +272,7 @@ async def test_members_read_and_not_handed_out_serve_the_next_rounds(
     due, _ = await rounds._due({DOMAIN: 25}, NOW)  # read 3 parcels, handed out 25
     rounds._mark_in_flight(due)
     queued_reads(commands)
-    assert [d["_id"] for d in rounds._ahead[DOMAIN]] == in_order[25:30]
+    assert [d["_id"] for d in rounds._ahead[DOMAIN][1]] == in_order[25:30]
 
     due, _ = await rounds._due({DOMAIN: 5}, NOW)
     rounds._mark_in_flight(due)
@@ -276,10 +284,25 @@ async def test_members_read_and_not_handed_out_serve_the_next_rounds(
     assert [d["_id"] for d in due] == in_order[30:55]
     [window] = queued_reads(commands)
     assert window["next_attempt_at"]["$gte"] == parcels[2]["next_attempt_at"]
-    ahead = [d["_id"] for d in rounds._ahead[DOMAIN]]
+    ahead = [d["_id"] for d in rounds._ahead[DOMAIN][1]]
     assert ahead and ahead == in_order[55 : 55 + len(ahead)]
 
-    # a lease given back: what was read ahead goes, and so does the cursor that counted it
-    rounds.leases = type("Held", (), {"held": {}})()
+    # the lease given back and taken again: another worker may have sent what was read
+    # ahead meanwhile, so it is not served; the next read starts from the oldest again
+    rounds.leases.held[DOMAIN] = DomainLease(DOMAIN, datetime.now(UTC) + timedelta(seconds=60))
+    due, _ = await rounds._due({DOMAIN: len(ahead)}, NOW)
+    assert [d["_id"] for d in due] == ahead  # read again (the rest is in flight here)
+    reads = queued_reads(commands)
+    assert reads and all("$gte" not in q.get("next_attempt_at", {}) for q in reads), reads
+
+    # kept under a lease that has ended since: not served either
+    rounds._keep_ahead(DOMAIN, due, NOW)
+    assert rounds._ahead_of(DOMAIN, rounds.leases.held[DOMAIN].until) == []
+    assert DOMAIN not in rounds._cursors
+
+    # a lease given back and not taken again: what was read ahead goes, and the cursor
+    rounds._keep_ahead(DOMAIN, due, NOW)
+    assert DOMAIN in rounds._ahead
+    rounds.leases.held.clear()
     rounds._forget_windows_not_held()
     assert DOMAIN not in rounds._ahead and DOMAIN not in rounds._cursors

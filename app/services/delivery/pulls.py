@@ -94,8 +94,8 @@ class PullRounds:
         self._times_in_flight: dict[str, Counter[datetime]] = {}
         self._cursors: dict[str, _Cursor] = {}
         # Per domain: campaign parcel members a round read and did not hand out, oldest first,
-        # for the next rounds (``_keep_ahead``).
-        self._ahead: dict[str, list[dict[str, Any]]] = {}
+        # for the next rounds, with the lease they were read under (``_keep_ahead``).
+        self._ahead: dict[str, tuple[DomainLease, list[dict[str, Any]]]] = {}
         self._settled_in_round: set[ObjectId] | None = None
         self._round_domains: set[str] = set()
         # Per domain: (the newest next_attempt_at read, the span read beyond it); _queued.
@@ -196,7 +196,7 @@ class PullRounds:
         queued: list[list[dict[str, Any]]] = []
         truncated = False
         for domain, n in wanted.items():
-            ahead = self._ahead.pop(domain, [])
+            ahead = self._ahead_of(domain, now)
             if len(ahead) >= n:  # read ahead by an earlier round: enough without a read
                 queued.append(ahead)
                 truncated = True
@@ -259,17 +259,36 @@ class PullRounds:
         for the next rounds when it is all members of campaign parcels, due: the cursor moves
         past them (``_Cursor.handed``), so the next read starts at the newest of them, not
         again at the oldest. Each of those rounds takes from them first, and reads only when
-        they are fewer than it wants. Only parcel members: nobody but this lease's holder
-        changes a parcel (a queued row can be canceled meanwhile, and would be sent from
-        here). Anything else left (a row, one not due yet) and nothing is kept: the next read
-        starts at the newest handed out, and returns it again."""
+        they are fewer than it wants, while the lease they were read under holds
+        (``_ahead_of``). Only parcel members: nobody but the lease's holder changes a parcel
+        (a queued row can be canceled meanwhile, and would be sent from here). Anything else
+        left (a row, one not due yet) and nothing is kept: the next read starts at the newest
+        handed out, and returns it again."""
         left = [d for d in left if d["_id"] not in self._in_flight]
         if not left or not all("parcel_id" in d and is_due(d, now) for d in left):
             return
-        self._ahead[domain] = left
+        lease = self.leases.held.get(domain)
+        if lease is None:
+            return
+        self._ahead[domain] = (lease, left)
         newest = max(d["next_attempt_at"] for d in left)
         cursor = self._cursors.setdefault(domain, _Cursor(newest, now, now))
         cursor.handed = max(cursor.handed, newest)
+
+    def _ahead_of(self, domain: str, now: datetime) -> list[dict[str, Any]]:
+        """What an earlier round read ahead for ``domain`` (``_keep_ahead``), taken out, if
+        the lease it was read under still holds: the same lease (not given back and taken
+        again since, when another worker may have sent them) and not ended (so nobody else
+        can have taken the domain meanwhile). Otherwise nothing, and the cursor that counted
+        them goes too (the next read starts from the oldest)."""
+        kept = self._ahead.pop(domain, None)
+        if kept is None:
+            return []
+        lease, docs = kept
+        if self.leases.held.get(domain) is lease and now < lease.until:
+            return docs
+        self._cursors.pop(domain, None)
+        return []
 
     def _forget_windows_not_held(self) -> None:
         """A domain's window serves this process while it holds the domain's lease: once there
