@@ -396,9 +396,9 @@ class PullRounds:
         """The oldest ``limit`` of the recipients ``query`` matches from ``since`` on (and the
         rest of the last parcel among them), oldest first, a parcel counted as its members:
         first their times and member ids, oldest first, to find the time by which ``limit``
-        are due; then the documents due by then.
-        SecantusDB reads every match to sort them either way; what it sends, and this process
-        decodes, is ``limit`` recipients' documents, not ``limit`` parcels of dozens each."""
+        are due; then the documents due by then. SecantusDB reads every match to sort them
+        either way; what it sends, and this process decodes, is ``limit`` recipients'
+        documents, not ``limit`` parcels of dozens each."""
         probe = (
             await self.db.recipients.find(
                 {**query, "next_attempt_at": since} if since else query,
