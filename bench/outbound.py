@@ -27,8 +27,8 @@ on 127.0.0.1:2600) on this machine, in this run:
   connections (accepted/s and end-of-DATA → 250 latency are smtpload's).
 
 BENCH_COMMANDS=1: the MongoDB commands, documents written and documents read of the worker per
-message (and, in graphql mode, of the api per send; bench/mongo_commands.py); BENCH_PYSPY=<dir>: py-spy of the mailhub
-processes and SecantusDB.
+message (and, in graphql mode, of the api per send; bench/mongo_commands.py); BENCH_PYSPY=<dir>:
+py-spy of the mailhub processes and SecantusDB.
 
 Needs: Debian postfix + dnsmasq, and BASE (default /tmp/peer-bench) set up by peers/setup.sh.
 Not part of the test suite. Results: docs/benchmarks.md.

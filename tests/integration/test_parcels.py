@@ -297,6 +297,7 @@ async def test_members_read_and_not_handed_out_serve_the_next_rounds(
 
     # kept under a lease that has ended since: not served either
     rounds._keep_ahead(DOMAIN, due, NOW)
+    assert DOMAIN in rounds._ahead
     assert rounds._ahead_of(DOMAIN, rounds.leases.held[DOMAIN].until) == []
     assert DOMAIN not in rounds._cursors
 

@@ -222,7 +222,8 @@ class PullRounds:
                     cursor.handed = max(cursor.handed, at)
         handed = {d["_id"] for d in out}
         for domain, docs in zip(wanted, queued, strict=True):
-            self._keep_ahead(domain, [d for d in docs if d["_id"] not in handed], now)
+            left = [d for d in docs if d["_id"] not in handed and d["_id"] not in self._in_flight]
+            self._keep_ahead(domain, left, now)
         domains = list(pulls)
         busy = sum(self._in_flight_from(d, None) for d in domains)
         # (A recipient an older release left ``sending`` under a lease of its own is given
@@ -255,16 +256,15 @@ class PullRounds:
         return out, truncated or len(out) >= LEASE_MAX
 
     def _keep_ahead(self, domain: str, left: list[dict[str, Any]], now: datetime) -> None:
-        """What a round read of ``domain`` and did not hand out (``left``, oldest first), kept
-        for the next rounds when it is all members of campaign parcels, due: the cursor moves
-        past them (``_Cursor.handed``), so the next read starts at the newest of them, not
-        again at the oldest. Each of those rounds takes from them first, and reads only when
-        they are fewer than it wants, while the lease they were read under holds
-        (``_ahead_of``). Only parcel members: nobody but the lease's holder changes a parcel
+        """What a round read of ``domain`` and neither handed out nor has in flight (``left``,
+        oldest first), kept for the next rounds when it is all members of campaign parcels,
+        due: the cursor moves past them (``_Cursor.handed``), so the next read starts at the
+        newest of them, not again at the oldest. Each of those rounds takes from them first,
+        and reads only when they are fewer than it wants, while the lease they were read under
+        holds (``_ahead_of``). Only parcel members: nobody but the lease's holder changes a parcel
         (a queued row can be canceled meanwhile, and would be sent from here). Anything else
         left (a row, one not due yet) and nothing is kept: the next read starts at the newest
         handed out, and returns it again."""
-        left = [d for d in left if d["_id"] not in self._in_flight]
         if not left or not all("parcel_id" in d and is_due(d, now) for d in left):
             return
         lease = self.leases.held.get(domain)
