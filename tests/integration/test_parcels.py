@@ -258,6 +258,35 @@ async def test_a_backlog_of_parcels_is_read_by_members_and_not_again_in_flight(
     assert window["next_attempt_at"]["$gte"] == parcels[2]["next_attempt_at"]
 
 
+async def test_members_whose_outcome_commits_while_a_round_reads_are_not_kept_ahead(
+    system: System,
+) -> None:
+    """A round's read can return members whose outcome commits while it reads (they were in
+    flight when it began, and are not when it ends): the round hands none of them out again
+    (``_settled_in_round``), and keeps none of them for the next rounds either. Kept, the next
+    round would send them a second time (seen as whole parcels sent twice at 100,000)."""
+    parcels = await backlog(system)
+    in_order = [m["_id"] for p in parcels for m in p["parcel"]]
+    rounds = rounds_on(system)
+    due, _ = await rounds._due({DOMAIN: 25}, NOW)
+    rounds._mark_in_flight(due)
+    assert [d["_id"] for d in due] == in_order[:25]
+
+    # the next round reads from the oldest (as every OLDEST_READ_EVERY), and while it reads,
+    # the outcomes of the first 20 commit: the database still answers with their parcels
+    rounds._ahead.clear()
+    rounds._cursors.pop(DOMAIN)
+    rounds._settled_in_round = set()
+    rounds._settle_ids(in_order[:20])
+    due, _ = await rounds._due({DOMAIN: 5}, NOW)
+    handed = [d["_id"] for d in due if d["_id"] not in rounds._settled_in_round]
+    rounds._settled_in_round = None
+    assert handed == []  # the five it took are among the settled: _round drops them
+    ahead = [d["_id"] for d in rounds._ahead[DOMAIN][1]]
+    assert not set(ahead) & set(in_order[:25]), "settled or in flight, kept to be sent again"
+    assert ahead == in_order[25 : 25 + len(ahead)]
+
+
 async def test_members_read_and_not_handed_out_serve_the_next_rounds(
     system: System, commands: CommandLog
 ) -> None:

@@ -220,9 +220,11 @@ class PullRounds:
                     at = d["next_attempt_at"]
                     cursor = self._cursors.setdefault(d["domain"], _Cursor(at, now, now))
                     cursor.handed = max(cursor.handed, at)
-        handed = {d["_id"] for d in out}
+        # Not kept ahead: what is handed out or in flight, and what left the flight while the
+        # round was reading (its outcome committed: the read may still have returned it)
+        gone = {d["_id"] for d in out} | (self._settled_in_round or set())
         for domain, docs in zip(wanted, queued, strict=True):
-            left = [d for d in docs if d["_id"] not in handed and d["_id"] not in self._in_flight]
+            left = [d for d in docs if d["_id"] not in gone and d["_id"] not in self._in_flight]
             self._keep_ahead(domain, left, now)
         domains = list(pulls)
         busy = sum(self._in_flight_from(d, None) for d in domains)
