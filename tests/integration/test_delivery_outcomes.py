@@ -13,6 +13,7 @@ from bson import ObjectId
 from app.domain.bounces import SmtpOutcome
 from app.domain.verp import parse_verp_address
 from app.services.delivery.outbox import DomainLease, PreparedMessage, Work
+from tests.support.events import events_of
 from tests.support.outbound import SENDER_DOMAIN, outbound_world
 
 
@@ -69,7 +70,7 @@ async def test_4xx_and_2xx_are_recorded_separately_and_5xx_suppresses_only_its_a
         assert suppressed[0]["reason"] == "hard_bounce"
         # one connection carried every transaction of the domain
         assert w.sinks["mixed"].connections == 1
-        events = await w.db.delivery_events.find({"message_id": item["message_id"]}).to_list()
+        events = await events_of(w.db, {"message_id": item["message_id"]})
         by = {(e["recipient"], e["event_type"]) for e in events}
         assert {
             ("ok@mixed.test", "sent"),
@@ -153,12 +154,8 @@ async def test_a_deferred_recipient_is_retried_on_schedule_and_then_delivered(se
         docs = await w.wait_statuses(item["message_id"], {"bob@ok.test": "sent"})
         assert docs["bob@ok.test"]["attempts"] == 2
         assert len(w.sinks["ok"].received) == 1
-        types = [
-            e["event_type"]
-            for e in await w.db.delivery_events.find({"message_id": item["message_id"]})
-            .sort("occurred_at", 1)
-            .to_list()
-        ]
+        events = await events_of(w.db, {"message_id": item["message_id"]})
+        types = [e["event_type"] for e in sorted(events, key=lambda e: e["occurred_at"])]
         assert types == ["queued", "deferred", "sent"]
 
 
@@ -307,7 +304,7 @@ async def test_a_domain_lease_is_held_while_delivering_and_given_back_when_idle(
         else:
             raise AssertionError("the idle domain's lease was not given back")
         # One write per delivered recipient: the outcome (no lease write on the recipient).
-        events = await w.db.delivery_events.find({"message_id": item["message_id"]}).to_list()
+        events = await events_of(w.db, {"message_id": item["message_id"]})
         assert sorted(e["event_type"] for e in events) == ["queued", "queued", "sent", "sent"]
 
 
@@ -332,5 +329,5 @@ async def test_an_outcome_is_dropped_when_someone_else_attempted_the_recipient(s
             await asyncio.sleep(0.05)
         after = (await w.recipients(item["message_id"]))["bob@ok.test"]
         assert after["delivery_status"] == "deferred" and after["attempts"] == 1
-        events = await w.db.delivery_events.find({"recipient_id": doc["_id"]}).to_list()
+        events = await events_of(w.db, {"recipient_id": doc["_id"]})
         assert [e["event_type"] for e in events] == ["queued"]

@@ -11,6 +11,7 @@ from bson import ObjectId
 
 from app.adapters.mongo import Mongo
 from app.domain.viewer import Viewer
+from app.services.events.buckets import bucket_docs, expand_all
 from app.services.events.log import EventLog
 
 
@@ -121,3 +122,54 @@ async def test_events_older_than_the_retention_are_deleted(mongo):
     assert await log.expire() == 1
     left = await mongo.db.delivery_events.find({}).to_list()
     assert [(now - d["occurred_at"]).days for d in left] == [29]
+
+
+async def test_buckets_read_as_their_events_and_a_cursor_may_point_into_one(mongo):
+    """A campaign batch's events in one document each (events/buckets.py) page exactly like
+    the same events one by one: in id order, each once, from any cursor, also one inside a
+    bucket."""
+    user = ObjectId()
+    expected = await _seed(mongo, user)
+    now = datetime.now(UTC)
+    buckets = []
+    for k, (minutes, n) in enumerate(((30, 400), (5, 300), (1, 2))):
+        at = now - timedelta(minutes=minutes)
+        process = os.urandom(5)
+        ids = [
+            ObjectId(int(at.timestamp()).to_bytes(4, "big") + process + c.to_bytes(3, "big"))
+            for c in range(1000 * k, 1000 * k + n)
+        ]
+        events = [
+            {
+                "message_id": ObjectId(),
+                "recipient": f"b{k}-{i}@x.test",
+                "recipient_id": None,
+                "event_type": "queued",
+                "occurred_at": at,
+                "sender_user_id": user,
+                "sender_domain": "x.test",
+                "campaign_id": ObjectId(),
+                "metadata": {},
+            }
+            for i in range(n)
+        ]
+        buckets += bucket_docs(events, ids)
+        expected += ids
+    assert [d["count"] for d in buckets] == [400, 300, 2]
+    await mongo.db.delivery_events.insert_many(buckets)
+    expected.sort()
+    log = EventLog(mongo, settle_seconds=0, retention_days=30)
+    viewer = Viewer(user, "a@x.test")
+    for first in (7, 150, 500):  # pages that end inside a bucket, and pages that hold several
+        assert await _pages(log, viewer, first) == expected
+    singles = await mongo.db.delivery_events.find(
+        {"sender_user_id": user, "event_type": "queued", "events": None}
+    ).to_list()
+    everyone = [d["_id"] for d in singles] + [e["_id"] for e in expand_all(buckets)]
+    assert await _pages(log, viewer, 64, ["queued"]) == sorted(everyone)
+    # from a cursor inside a bucket: the rest of that bucket, then what follows it
+    inside = buckets[0]["events"][123]["_id"]
+    docs, _ = await log.page(viewer, None, str(inside), 500)
+    tail = expected[expected.index(inside) + 1 :][:500]
+    assert [d["_id"] for d in docs] == tail
+    assert docs[0]["recipient"] == "b0-124@x.test" and docs[0]["event_type"] == "queued"

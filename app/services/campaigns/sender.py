@@ -14,7 +14,8 @@ A batch, run by the ``campaign_batch`` job under the campaign's batch lease:
 4. renders each message (template version + campaign variables + recipient variables), with
    List-Unsubscribe headers and, when the campaign asks, tracking;
 5. in one transaction: the ``recipients`` rows (queued for the delivery workers, which apply
-   per-domain throttles and reputation as for any mail), the ``queued`` events and the
+   per-domain throttles and reputation as for any mail), the ``queued`` events (in one bucket
+   document: ``events/buckets.py``) and the
    campaign recipients' new states (queued ones by moving the campaign's ``pending_floor``
    past them when it can: ``_mark_queued``). A row to a remote address carries its rendered MIME
    itself (``raw``, dropped once the row's delivery is final): campaign mail has no mailbox
@@ -66,6 +67,7 @@ from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.campaigns.store import wake
 from app.services.delivery.parcels import parcels_of
+from app.services.events.buckets import in_buckets
 from app.services.feedback.reputation import ReputationService
 from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.sending.accepted import deliver_locally
@@ -300,9 +302,11 @@ class CampaignSender:
             messages.append(message)
             raws.append(raw)
             recipients.extend(rows)
-        events = [_event(campaign, r["_id"], r["address"], "queued", now) for r in recipients] + [
-            _event(campaign, r["_id"], r["email"], "suppressed", now) for r in skipped
-        ]
+        # the batch's events: a bucket document for each kind (events/buckets.py)
+        events = in_buckets(
+            [_event(campaign, r["_id"], r["address"], "queued", now) for r in recipients]
+            + [_event(campaign, r["_id"], r["email"], "suppressed", now) for r in skipped]
+        )
 
         async def work(session: Any) -> list[Any]:
             changes: list[Any] = []

@@ -5,7 +5,8 @@ a batch and when).
 One MongoDB transaction per batch, the recipient updates in one bulk write. Every write is
 conditional on the recipient still being pending at the attempt count the worker read: an
 outcome for a recipient that another worker attempted meanwhile (after this one's domain lease
-ran out) is dropped, not written over theirs."""
+ran out) is dropped, not written over theirs. A batch's ``sent`` events are one bucket document
+for each sender (events/buckets.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,13 @@ from app.services.delivery.outbox import (
     unleased_status,
 )
 from app.services.delivery.parcels import as_row
+from app.services.events.buckets import in_buckets
 from app.services.feedback.suppression import SuppressionService
+
+# the events a batch writes in buckets: the one every delivered message has. Bounces,
+# complaints and the rest stay documents of their own (the reputation window reads their
+# metadata, a suppression names its bounce by id)
+BUCKETED = ("sent",)
 
 
 def _attempts(w: Work) -> int:
@@ -222,7 +229,9 @@ class OutcomeWriter:
             if await self._write(updates, session) != len(updates) and not checked[0]:
                 raise _LeaseLost  # roll back, then write only what we still hold
             if events:
-                await self.db.delivery_events.insert_many(events, session=session)
+                # the ``sent`` events of a batch in one bucket a sender (events/buckets.py)
+                docs = in_buckets(events, BUCKETED)
+                await self.db.delivery_events.insert_many(docs, session=session)
             ours = [i for i, (n, _) in enumerate(notices) if set(n.recipient_ids) <= owned]
             changes = await file_notices(
                 self.db,

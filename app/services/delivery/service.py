@@ -45,6 +45,7 @@ from app.services.delivery.outcomes import OutcomeRecorder
 from app.services.delivery.prepare import MessagePreparer
 from app.services.delivery.pulls import PullRounds
 from app.services.delivery.sweep import SWEEP_LIMIT, Sweeper
+from app.services.events.buckets import expand_all
 from app.services.feedback.suppression import SuppressionService
 from app.services.sending.scheduling import SchedulingService
 
@@ -186,13 +187,10 @@ class DeliveryService:
             )
         if message is None:  # someone else's message reads exactly like a missing one
             return []
-        return (
-            await self.db.delivery_events.find({"message_id": mid})
-            .sort(  # type: ignore[no-any-return]
-                [("occurred_at", 1), ("_id", 1)]
-            )
-            .to_list()
-        )
+        # a bucket (a batch's events, events/buckets.py) names each of its events' messages
+        found = await self.db.delivery_events.find({"message_id": mid}).to_list()
+        events = [e for e in expand_all(found) if e.get("message_id") == mid]
+        return sorted(events, key=lambda e: (e["occurred_at"], e["_id"]))
 
     async def close(self) -> None:
         """Graceful stop: finish transactions in flight, give everything else back to the

@@ -10,6 +10,10 @@ log only shows events whose id is older than the settle window
 well within it (they are bounded by the database timeouts, seconds), so once an id range is
 readable it is complete and reads of it are repeatable. The price is that an event appears in
 the log (and in webhooks) up to the window (+1 s, ObjectId's resolution) after it happened.
+
+A document may be a bucket of events (a campaign batch's ``queued`` ones, a delivery outcome
+batch's ``sent`` ones: events/buckets.py): its events are shown one by one, each with its own
+id, and a cursor may point into it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from app.domain.errors import ValidationError
 from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
 from app.domain.webhooks import EVENT_TYPES, check_event_types
+from app.services.events.buckets import expand_all, run_start
 
 MAX_PAGE = 500
 PAGE_CACHE = 16  # full pages kept (at most webhook_batch_size events each)
@@ -103,7 +108,10 @@ class EventLog:
         else:
             lower, bound = ObjectId.from_datetime(datetime.now(UTC) - self.retention), "$gte"
         span = FIRST_WINDOW
+        # a cursor inside a bucket (a page ended there): the rest of its events come first
         out: list[dict[str, Any]] = []
+        if after is not None:
+            out = await self._rest_of_bucket(user_id, wanted, after, end)
         while len(out) < limit and lower < end:
             upper = min(end, ObjectId.from_datetime(lower.generation_time + span))
             query = {
@@ -117,13 +125,30 @@ class EventLog:
                 .limit(limit - len(out))
                 .to_list()
             )
-            out += found
+            # a bucket's events all fall in its own window (events/buckets.py): cut to the limit
+            out += expand_all(found)
             lower, bound, span = upper, "$gte", _next_span(span, len(found), limit - len(out))
+        out = out[:limit]
         if len(out) == limit and after is not None:
             self._full_pages[key] = out
             while len(self._full_pages) > PAGE_CACHE:
                 self._full_pages.popitem(last=False)
         return out
+
+    async def _rest_of_bucket(
+        self, user_id: ObjectId, wanted: list[str], after: ObjectId, end: ObjectId
+    ) -> list[dict[str, Any]]:
+        """The events after ``after`` of the bucket holding it, if one does: a bucket starts at
+        most ``MAX_EVENTS`` ids of the same process and second before any of its events, a
+        range that holds a few documents at most."""
+        query = {
+            "sender_user_id": user_id,
+            "_id": {"$gte": run_start(after), "$lte": after},
+            "event_type": {"$in": wanted},
+            "last_id": {"$gt": after},
+        }
+        found = await self.db.delivery_events.find(query, hint=LOG_INDEX).to_list()
+        return [e for e in expand_all(found) if after < e["_id"] < end]
 
     async def page(
         self, viewer: Viewer, types: list[str] | None, after: str | None, first: int

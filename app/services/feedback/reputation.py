@@ -2,10 +2,11 @@
 
 Counts come straight from ``delivery_events`` (append-only, carrying ``sender_user_id`` and
 ``sender_domain``) over the last ``reputation_window_days``: recipients accepted for sending
-(``queued``/``scheduled`` events — one per recipient, local ones included), hard bounces and
-complaints. Over the thresholds, with at least ``reputation_min_recipients`` recipients, the
-user's (or the domain's) sending is paused: a ``sending_pauses`` document that ``sending.py``
-reads on every send, and a ``reputation_events`` record saying why.
+(``queued``/``scheduled`` events — one per recipient, local ones included, a bucket counting
+as the events it holds), hard bounces and complaints. Over the thresholds, with at least
+``reputation_min_recipients`` recipients, the user's (or the domain's) sending is paused: a
+``sending_pauses`` document that ``sending.py`` reads on every send, and a
+``reputation_events`` record saying why.
 """
 
 from __future__ import annotations
@@ -104,7 +105,11 @@ class ReputationService:
             match["sender_user_id"] = user_id
         if domain is not None:
             match["sender_domain"] = domain.lower()
-        sent = {"$cond": [{"$in": ["$event_type", list(SENT_EVENTS)]}, 1, 0]}
+        # a bucket (a campaign batch's ``queued`` events, events/buckets.py) counts as the
+        # events it holds
+        sent = {
+            "$cond": [{"$in": ["$event_type", list(SENT_EVENTS)]}, {"$ifNull": ["$count", 1]}, 0]
+        }
         hard = {
             "$cond": [
                 {"$and": [{"$eq": ["$event_type", "bounced"]}, {"$eq": ["$metadata.hard", True]}]},
