@@ -188,8 +188,13 @@ async def _measure(
                 break
         queue = time.perf_counter() - t1
         queue_db_cpu = _cpu(a.db_pid) - db_cpu
-        queued = await system.mongo.db.delivery_events.count_documents(
-            {"campaign_id": ObjectId(cid), "event_type": "queued"}
+        queued = sum(  # a bucket (the batch's, app/services/events/buckets.py): its events
+            [
+                d.get("count", 1)
+                async for d in system.mongo.db.delivery_events.find(
+                    {"campaign_id": ObjectId(cid), "event_type": "queued"}, {"count": 1}
+                )
+            ]
         )
         out["accept_render_queue"] = {
             "recipients": a.n,
