@@ -100,3 +100,18 @@ def test_events_are_bucketed_by_kind_and_by_what_they_share() -> None:
     assert {d["campaign_id"] for d in docs[2:]} == {"c", "d"}
     everything = in_buckets(bounced)  # every kind when none is named
     assert len(expand_all(everything)) == 2 and len(everything) in (1, 2)
+
+
+def test_events_alike_but_for_a_field_are_not_bucketed_together() -> None:
+    """Every field but an event's own (``OWN``) must match: one nobody thought of too, so a
+    field added to events later is never lost in a bucket."""
+    plain = [event(n) for n in range(3)]
+    flagged = [event(n) | {"machine": True} for n in range(3, 6)]
+    named = [event(6) | {"_id": ObjectId()}, event(7) | {"count": 2}]  # a bucket's own fields
+    docs = in_buckets(plain + flagged + named)
+    assert [d.get("machine") for d in expand_all(docs)].count(True) == 3
+    singles = [d for d in docs if "events" not in d]
+    assert named[0] in singles and named[1] in singles
+    by_recipient = {e["recipient"]: e for e in expand_all(docs)}
+    assert all(by_recipient[e["recipient"]].get("machine") for e in flagged)
+    assert not any(by_recipient[e["recipient"]].get("machine") for e in plain)

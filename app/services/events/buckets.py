@@ -34,22 +34,26 @@ from bson import ObjectId
 
 MAX_EVENTS = 1000  # events a bucket holds at most (≈ 120 KB with a campaign's fields)
 OWN = ("message_id", "recipient", "recipient_id", "metadata")  # what differs between events
-SHARED = ("event_type", "occurred_at", "sender_user_id", "sender_domain", "campaign_id")
+BUCKET = ("_id", "last_id", "count", "message_id", "events")  # a bucket's own fields
 
 
 def in_buckets(
     events: list[dict[str, Any]], kinds: Iterable[str] | None = None
 ) -> list[dict[str, Any]]:
     """``events`` as documents to insert: those of ``kinds`` (every kind when None) in a bucket
-    for each group that shares the ``SHARED`` fields, the others one document each."""
+    for each group that is alike in every field but ``OWN``, the others one document each (as
+    is an event with a field a bucket keeps for itself)."""
     wanted = None if kinds is None else set(kinds)
     singles: list[dict[str, Any]] = []
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for e in events:
-        if wanted is not None and e["event_type"] not in wanted:
+        shared = [(k, v) for k, v in e.items() if k not in OWN]
+        if (wanted is not None and e["event_type"] not in wanted) or any(
+            k in BUCKET for k, _ in shared
+        ):
             singles.append(e)
         else:
-            groups.setdefault(tuple(e.get(k) for k in SHARED), []).append(e)
+            groups.setdefault(tuple(sorted((k, repr(v)) for k, v in shared)), []).append(e)
     return singles + [d for group in groups.values() for d in bucket_docs(group)]
 
 
@@ -62,7 +66,6 @@ def bucket_docs(
     if not events:
         return []
     shared = {k: v for k, v in events[0].items() if k not in OWN and k != "_id"}
-    assert set(shared) <= set(SHARED), f"not a field events share: {set(shared) - set(SHARED)}"
     docs: list[dict[str, Any]] = []
     start = 0
     for run in runs(ids if ids is not None else [ObjectId() for _ in events]):
@@ -92,9 +95,7 @@ def expand(doc: dict[str, Any]) -> list[dict[str, Any]]:
     inner = doc.get("events")
     if inner is None:
         return [doc]
-    shared = {
-        k: v for k, v in doc.items() if k not in ("_id", "last_id", "count", "message_id", "events")
-    }
+    shared = {k: v for k, v in doc.items() if k not in BUCKET}
     return [{**shared, **e} for e in inner]
 
 
