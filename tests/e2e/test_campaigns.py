@@ -508,6 +508,10 @@ async def test_campaign_mail_keeps_no_message_document_and_verp_reports_still_la
         # the sender reads one message's delivery history by its id
         history = await w.system.delivery.events_for(w.sender, str(ids[0]))
         assert [e["event_type"] for e in history] == ["queued", "sent"]
+        # each its own event (the queued one out of its bucket), of that message alone
+        (address,) = {r["address"] for r in rows if r["_id"] == ids[0]}
+        assert [e["recipient"] for e in history] == [address, address]
+        assert len({e["_id"] for e in history}) == 2
         stranger = Viewer(ObjectId(), "someone@else.test")
         assert await w.system.delivery.events_for(stranger, str(ids[0])) == []
         assert (await s.stats(cid))["stats"] == before

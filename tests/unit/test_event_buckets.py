@@ -115,3 +115,9 @@ def test_events_alike_but_for_a_field_are_not_bucketed_together() -> None:
     by_recipient = {e["recipient"]: e for e in expand_all(docs)}
     assert all(by_recipient[e["recipient"]].get("machine") for e in flagged)
     assert not any(by_recipient[e["recipient"]].get("machine") for e in plain)
+
+
+def test_an_event_comes_back_without_the_fields_it_did_not_have() -> None:
+    bare = [{k: v for k, v in event(n).items() if k != "metadata"} for n in range(3)]
+    back = expand_all(bucket_docs(bare))
+    assert [{k: v for k, v in e.items() if k != "_id"} for e in back] == bare

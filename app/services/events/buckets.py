@@ -17,11 +17,11 @@ a higher counter), so the bucket's ``_id``, the run's first id, orders it among 
 documents exactly as its events would be ordered one by one, and a reader in id windows
 (events/log.py) finds a bucket in the window its events belong to.
 
-A bucket document: the shared fields (``event_type``, ``occurred_at``, ``sender_user_id``,
-``sender_domain``, ``campaign_id``), ``_id`` (the first event's id), ``last_id``, ``count``,
-``message_id`` (the events' message ids: an array, so the ``(message_id, event_type,
-occurred_at)`` index finds a message's bucket, as it finds its other events) and ``events``
-(each ``{_id, message_id, recipient, recipient_id, metadata}``). ``expand`` turns any
+A bucket document: every field its events share (those not in ``OWN``: ``event_type``,
+``occurred_at``, ``sender_user_id``, ``sender_domain``, ``campaign_id`` …), ``_id`` (the first
+event's id), ``last_id``, ``count``, ``message_id`` (the events' message ids: an array, so the
+``(message_id, event_type, occurred_at)`` index finds a message's bucket, as it finds its other
+events) and ``events`` (each event's id and its ``OWN`` fields). ``expand`` turns any
 ``delivery_events`` document into the events it holds.
 """
 
@@ -82,7 +82,8 @@ def bucket_docs(
                 "count": len(run),
                 "message_id": [e["message_id"] for e in part],
                 "events": [
-                    {"_id": i, **{k: e.get(k) for k in OWN}} for i, e in zip(run, part, strict=True)
+                    {"_id": i, **{k: e[k] for k in OWN if k in e}}
+                    for i, e in zip(run, part, strict=True)
                 ],
             }
         )
@@ -106,9 +107,8 @@ def expand_all(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_start(event_id: ObjectId) -> ObjectId:
     """The smallest id a run holding ``event_id`` can start at: the same second and process,
     a counter at most ``MAX_EVENTS - 1`` lower (a run never wraps the counter)."""
-    raw = event_id.binary
-    counter = int.from_bytes(raw[9:], "big")
-    return ObjectId(raw[:9] + max(0, counter - (MAX_EVENTS - 1)).to_bytes(3, "big"))
+    start = max(0, _counter(event_id) - (MAX_EVENTS - 1))
+    return ObjectId(event_id.binary[:9] + start.to_bytes(3, "big"))
 
 
 def runs(ids: list[ObjectId]) -> list[list[ObjectId]]:
