@@ -254,6 +254,14 @@ INDEXES: list[Index] = [
     ),
     Index(
         "delivery_events",
+        [("event_ids", ASC)],
+        "the event log: the bucket a cursor points into (app/services/events/buckets.py); "
+        "sparse: buckets only, so a single event pays nothing for it (SecantusDB scans the "
+        "collection for a partial index's equality, 190 ms at 20,000 events; sparse 8.5 ms)",
+        {"sparse": True},
+    ),
+    Index(
+        "delivery_events",
         [("sender_domain", ASC), ("_id", ASC)],
         "reputation: a sending domain's counts over the rolling window (an _id range)",
     ),

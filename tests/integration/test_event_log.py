@@ -173,3 +173,38 @@ async def test_buckets_read_as_their_events_and_a_cursor_may_point_into_one(mong
     tail = expected[expected.index(inside) + 1 :][:500]
     assert [d["_id"] for d in docs] == tail
     assert docs[0]["recipient"] == "b0-124@x.test" and docs[0]["event_type"] == "queued"
+
+
+async def test_the_bucket_a_cursor_points_into_is_found_on_its_index(commands, mongo):
+    """A page after a cursor first looks for the bucket holding it (``_rest_of_bucket``): with
+    a filter SecantusDB answers from the buckets' sparse index of their events' ids (a hint,
+    or another field beside it, and it scans the collection: ≈ 190 ms at 20,000 events)."""
+    user, at = ObjectId(), datetime.now(UTC) - timedelta(minutes=1)
+    process = os.urandom(5)
+    ids = [
+        ObjectId(int(at.timestamp()).to_bytes(4, "big") + process + c.to_bytes(3, "big"))
+        for c in range(5)
+    ]
+    events = [
+        {
+            "message_id": ObjectId(),
+            "recipient": f"r{i}@x.test",
+            "event_type": "sent",
+            "occurred_at": at,
+            "sender_user_id": user,
+            "metadata": {},
+        }
+        for i in range(5)
+    ]
+    await mongo.db.delivery_events.insert_many(bucket_docs(events, ids))
+    log = EventLog(mongo, settle_seconds=0, retention_days=30)
+    commands.clear()
+    docs, _ = await log.page(Viewer(user, "a@x.test"), None, str(ids[1]), 10)
+    assert [d["_id"] for d in docs] == ids[2:]
+    [lookup] = [f for f in commands.finds("delivery_events") if "event_ids" in f]
+    assert lookup == {"event_ids": ids[1]}
+    plan = (await mongo.db.command("explain", {"find": "delivery_events", "filter": lookup}))[
+        "queryPlanner"
+    ]["winningPlan"]
+    assert plan["inputStage"]["stage"] == "IXSCAN", plan
+    assert plan["inputStage"]["keyPattern"] == {"event_ids": 1}

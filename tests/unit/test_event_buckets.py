@@ -12,7 +12,6 @@ from app.services.events.buckets import (
     bucket_docs,
     expand_all,
     in_buckets,
-    run_start,
     runs,
 )
 
@@ -76,15 +75,6 @@ def test_a_run_holds_at_most_max_events() -> None:
     me = os.urandom(5)
     ids = [oid(100, me, c) for c in range(MAX_EVENTS + 5)]
     assert [len(r) for r in runs(ids)] == [MAX_EVENTS, 5]
-
-
-def test_the_start_of_a_run_is_found_from_any_of_its_ids() -> None:
-    me = os.urandom(5)
-    first = oid(100, me, 5000)
-    for k in (0, 1, MAX_EVENTS - 1):
-        inside = oid(100, me, 5000 + k)
-        assert run_start(inside) <= first <= inside
-    assert run_start(oid(100, me, 3)) == oid(100, me, 0)  # not below the second's first id
 
 
 def test_events_are_bucketed_by_kind_and_by_what_they_share() -> None:

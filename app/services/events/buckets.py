@@ -21,8 +21,10 @@ A bucket document: every field its events share (those not in ``OWN``: ``event_t
 ``occurred_at``, ``sender_user_id``, ``sender_domain``, ``campaign_id`` …), ``_id`` (the first
 event's id), ``last_id``, ``count``, ``message_id`` (the events' message ids: an array, so the
 ``(message_id, event_type, occurred_at)`` index finds a message's bucket, as it finds its other
-events) and ``events`` (each event's id and its ``OWN`` fields). ``expand`` turns any
-``delivery_events`` document into the events it holds.
+events), ``event_ids`` (the events' ids again, for the sparse index that finds the bucket a log
+cursor points into: SecantusDB answers ``events._id`` with a scan, 190 ms at 20,000 events
+against 8.5 for the sparse index) and ``events`` (each event's id and its ``OWN`` fields).
+``expand`` turns any ``delivery_events`` document into the events it holds.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from bson import ObjectId
 
 MAX_EVENTS = 1000  # events a bucket holds at most (≈ 120 KB with a campaign's fields)
 OWN = ("message_id", "recipient", "recipient_id", "metadata")  # what differs between events
-BUCKET = ("_id", "last_id", "count", "message_id", "events")  # a bucket's own fields
+BUCKET = ("_id", "last_id", "count", "message_id", "event_ids", "events")  # a bucket's own
 
 
 def in_buckets(
@@ -81,6 +83,7 @@ def bucket_docs(
                 **shared,
                 "count": len(run),
                 "message_id": [e["message_id"] for e in part],
+                "event_ids": run,
                 "events": [
                     {"_id": i, **{k: e[k] for k in OWN if k in e}}
                     for i, e in zip(run, part, strict=True)
@@ -102,13 +105,6 @@ def expand(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def expand_all(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for d in docs for e in expand(d)]
-
-
-def run_start(event_id: ObjectId) -> ObjectId:
-    """The smallest id a run holding ``event_id`` can start at: the same second and process,
-    a counter at most ``MAX_EVENTS - 1`` lower (a run never wraps the counter)."""
-    start = max(0, _counter(event_id) - (MAX_EVENTS - 1))
-    return ObjectId(event_id.binary[:9] + start.to_bytes(3, "big"))
 
 
 def runs(ids: list[ObjectId]) -> list[list[ObjectId]]:
