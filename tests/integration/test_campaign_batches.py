@@ -9,6 +9,7 @@ a time through ``CampaignSender.run_batch``, as the ``campaign_batch`` job runs 
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from app.domain.campaigns import ADD_OPEN_SECONDS, check_recipients
 from app.domain.viewer import Viewer
 from app.services.campaigns.stats import recipient_states
 from app.services.campaigns.store import recipient_rows
+from app.services.feedback.suppression import user_scope
 from app.services.templates.store import TemplateDraft
 from tests.support.campaigns import campaign_messages, create_campaign
 from tests.support.cleanup import drop_database
@@ -237,3 +239,54 @@ async def test_tracked_links_are_stored_with_the_batch_state(world, commands):
             for index, url in enumerate(want):
                 token = click_token(secret, r["_id"], index)
                 assert await system.tracking.click(token, method="GET", user_agent="Mail") == url
+
+
+async def test_the_next_batch_renders_ahead_and_still_reads_suppressions_when_it_runs(world):
+    """An unpaced batch renders the next one while it commits; the next batch takes those
+    messages, but the suppression list it checks is the one in force when it runs: an
+    unsubscribe after the render still stops that recipient's message."""
+    system, viewer, cid = world
+    sender = system.campaign_sender
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
+    await system.campaigns.transition(viewer, cid, "start")
+    assert (await _batch(system, cid))["queued"] == BATCH
+    ahead = sender._ahead[ObjectId(cid)]
+    pending, built = await ahead.task  # seqs 10..19, rendered and built
+    assert [r["seq"] for r in pending] == list(range(10, 20))
+    await system.suppression.add(
+        "r12@example.test", reason="unsubscribe", scope=user_scope(viewer.user_id)
+    )
+    taken = sender.ahead_taken
+    assert (await _batch(system, cid)) | {"ran": True} == {
+        "ran": True,
+        "queued": BATCH - 1,
+        "suppressed": 1,
+        "failed": 0,
+    }
+    assert sender.ahead_taken == taken + 1
+    assert await _queued_seqs(system, cid) == [k for k in range(20) if k != 12]
+    messages = await campaign_messages(system.mongo.db, ObjectId(cid))
+    bodies = {m["address"]: m["raw"] for m in messages if m.get("raw")}
+    assert b"Number 15." in bodies["r15@example.test"]
+    assert (await _batch(system, cid))["queued"] == 5
+    assert (await _batch(system, cid)).get("completed")
+    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 24, "suppressed": 1}
+
+
+async def test_a_batch_rendered_ahead_is_dropped_when_another_process_ran_the_batch(world):
+    """What one process rendered ahead is taken only from the floor it was read at: when
+    another process (another worker) ran that batch meanwhile, the next batch here reads
+    the list again, and nobody is queued twice."""
+    system, viewer, cid = world
+    sender = system.campaign_sender
+    other = copy.copy(sender)
+    other._ahead, other.ahead_taken = {}, 0
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 30))
+    await system.campaigns.transition(viewer, cid, "start")
+    assert (await _batch(system, cid))["queued"] == BATCH  # here: 0..9, 10..19 rendered ahead
+    await sender._ahead[ObjectId(cid)].task
+    assert (await other.run_batch(ObjectId(cid)))["queued"] == BATCH  # there: 10..19
+    taken = sender.ahead_taken
+    assert (await _batch(system, cid))["queued"] == BATCH  # here again: 20..29, read afresh
+    assert sender.ahead_taken == taken
+    assert await _queued_seqs(system, cid) == list(range(30))  # each once

@@ -25,12 +25,21 @@ A batch, run by the ``campaign_batch`` job under the campaign's batch lease:
    store a second message for anyone (the insert fails on the duplicate id and nothing of
    that batch commits twice);
 6. wakes the delivery lanes and schedules the next batch.
+
+An unpaced campaign renders ahead (``_Ahead``): while a batch checks suppressions and
+commits, which is the database's work, the next batch's recipients are read and their
+messages rendered and built, which is this process's. The next batch takes them when nothing
+has moved under them (its floor is where the batch before left it, no add is open, the same
+template version), and steps 1, 3 and 5 are still its own: the status and the suppression
+list are read when it runs, so a pause, cancel or unsubscribe stops a rendered-ahead message
+as it stops any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
@@ -79,6 +88,8 @@ log = structlog.get_logger(__name__)
 MAX_EARLY_SECONDS = 2.0  # a batch job this early waits for its time; earlier ones end
 WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
 ADD_WAIT_SECONDS = 1.0  # how often a campaign with no one pending but an add open looks again
+AHEAD_SECONDS = 60.0  # a batch rendered ahead and not taken by then is dropped
+BUILD_CHUNK = 50  # messages built between yields to the event loop (a commit's replies wait)
 
 
 class CampaignSender:
@@ -104,6 +115,9 @@ class CampaignSender:
         key = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self.secret = key.encode()
         self._lease = timedelta(seconds=settings.campaign_lease_seconds)
+        # by campaign: the next batch, read and rendered while the last one committed
+        self._ahead: dict[ObjectId, _Ahead] = {}
+        self.ahead_taken = 0  # batches that took what was rendered ahead (tests, logs)
 
     # --- one batch ---------------------------------------------------------------------
 
@@ -158,7 +172,13 @@ class CampaignSender:
                 return await self._wait(campaign, "warmup", next_day_start(now))
             size = min(size, allowance)
         adding = adds_open(campaign, now)
-        pending, floor = await self._next_pending(campaign, size, adding)
+        taken = await self._take_ahead(campaign, size, adding)
+        prebuilt: dict[ObjectId, _Built] = {}
+        floor: int | None
+        if taken is not None:
+            pending, floor, prebuilt = taken
+        else:
+            pending, floor = await self._next_pending(campaign, size, adding)
         if not pending and adding:  # an add's rows are still landing: not complete yet
             return await self._wait(campaign, None, now + timedelta(seconds=ADD_WAIT_SECONDS))
         if not pending:
@@ -167,7 +187,10 @@ class CampaignSender:
                 {"$set": {"status": "completed", "completed_at": now, "waiting": None}},
             )
             return {"ran": True, "completed": True}
-        outcome = await self._send(campaign, pending, now, floor)
+        if floor is not None and not plan.interval_seconds and floor < campaign["next_seq"]:
+            # the next batch reads and renders while this one checks, builds and commits
+            self._render_ahead(campaign, floor, plan.size)
+        outcome = await self._send(campaign, pending, now, floor, prebuilt)
         if outcome["queued"]:
             await self._count_warmup(campaign["from_domain"], now, outcome["queued"])
         following = await self.db.campaigns.find_one_and_update(
@@ -248,7 +271,9 @@ class CampaignSender:
         pending: list[dict[str, Any]],
         now: datetime,
         floor: int | None,
+        prebuilt: dict[ObjectId, _Built],
     ) -> dict[str, int]:
+        """Queue a batch (``prebuilt``: those of its messages rendered ahead)."""
         scope = user_scope(campaign["user_id"])
         suppressed = await self.suppression.suppressed([r["key"] for r in pending], scope=scope)
         to_send = [r for r in pending if r["key"] not in suppressed]
@@ -256,14 +281,9 @@ class CampaignSender:
         version = await self.db.template_versions.find_one({"_id": campaign["version_id"]})
         if version is None:
             raise ValidationError.on("template", "the campaign's template version is gone")
-        shared = campaign.get("variables", {})
-        rendered = await self.renderer.render_versions(
-            [(version, {**shared, **r.get("variables", {})}) for r in to_send]
-        )
-        built = [
-            self._build(campaign, r, answer, now)
-            for r, answer in zip(to_send, rendered, strict=True)
-        ]
+        missing = [r for r in to_send if r["_id"] not in prebuilt]
+        prebuilt.update(await self._render(campaign, version, missing, now))
+        built = [prebuilt[r["_id"]] for r in to_send]
         failed = [(r, b.error) for r, b in zip(to_send, built, strict=True) if b.message is None]
         ready = [(r, b.message, b.raw) for r, b in zip(to_send, built, strict=True) if b.message]
         # every queued recipient by the links it was tracked with (what its click redirects
@@ -397,6 +417,88 @@ class CampaignSender:
                 job_id=f"deliver:{first['message_id']}:{domain}",
             )
         return {"queued": len(recipients), "suppressed": len(skipped), "failed": len(failed)}
+
+    async def _render(
+        self,
+        campaign: dict[str, Any],
+        version: dict[str, Any],
+        rows: list[dict[str, Any]],
+        now: datetime,
+    ) -> dict[ObjectId, _Built]:
+        """Each recipient's message, by recipient id: rendered (in the render threads) and
+        built, ``BUILD_CHUNK`` at a time with the event loop free in between, so that a batch
+        rendered ahead does not hold up the replies of the transaction it overlaps."""
+        shared = campaign.get("variables", {})
+        rendered = await self.renderer.render_versions(
+            [(version, {**shared, **r.get("variables", {})}) for r in rows]
+        )
+        built: dict[ObjectId, _Built] = {}
+        for start in range(0, len(rows), BUILD_CHUNK):
+            for r, answer in zip(
+                rows[start : start + BUILD_CHUNK],
+                rendered[start : start + BUILD_CHUNK],
+                strict=True,
+            ):
+                built[r["_id"]] = self._build(campaign, r, answer, now)
+            await asyncio.sleep(0)
+        return built
+
+    # --- rendering ahead -----------------------------------------------------------------
+
+    def _render_ahead(self, campaign: dict[str, Any], floor: int, size: int) -> None:
+        """Start reading and rendering the batch after this one: the ``size`` recipients
+        pending from ``floor``, the floor this batch sets when it commits. The batch's own
+        writes are all below it, so what the read finds is what the next batch would."""
+        now = datetime.now(UTC)
+        following = {**campaign, "pending_floor": floor}
+
+        async def prepare() -> tuple[list[dict[str, Any]], dict[ObjectId, _Built]]:
+            pending, _ = await self._next_pending(following, size, False)
+            version = await self.db.template_versions.find_one({"_id": campaign["version_id"]})
+            if version is None:  # the batch itself says so
+                return [], {}
+            return pending, await self._render(following, version, pending, now)
+
+        for cid, stale in list(self._ahead.items()):
+            if cid == campaign["_id"] or stale.started < time.monotonic() - AHEAD_SECONDS:
+                del self._ahead[cid]
+                stale.task.cancel()
+        task = asyncio.create_task(prepare())
+        task.add_done_callback(_retrieved)
+        self._ahead[campaign["_id"]] = _Ahead(
+            floor, size, campaign.get("next_seq"), campaign["version_id"], time.monotonic(), task
+        )
+
+    async def _take_ahead(
+        self, campaign: dict[str, Any], size: int, adding: bool
+    ) -> tuple[list[dict[str, Any]], int, dict[ObjectId, _Built]] | None:
+        """(pending, floor, built) rendered ahead for this batch, or None: nothing was, or
+        something moved under it (the last batch did not commit, an add opened, another
+        process ran a batch, the version changed) or this batch may take more than it read
+        (the warm-up's allowance held the last one back)."""
+        ahead = self._ahead.pop(campaign["_id"], None)
+        if ahead is None:
+            return None
+        if (
+            adding
+            or ahead.floor != campaign.get("pending_floor")
+            or ahead.size < size
+            or ahead.next_seq != campaign.get("next_seq")
+            or ahead.version_id != campaign["version_id"]
+            or ahead.started < time.monotonic() - AHEAD_SECONDS
+        ):
+            ahead.task.cancel()
+            return None
+        try:
+            pending, built = await ahead.task
+        except Exception as e:  # the batch reads and renders again
+            log.warning("campaign batch rendered ahead failed", error=repr(e))
+            return None
+        pending = pending[:size]
+        if not pending:
+            return None
+        self.ahead_taken += 1
+        return pending, pending[-1]["seq"] + 1, {r["_id"]: built[r["_id"]] for r in pending}
 
     async def _mark_queued(
         self,
@@ -560,6 +662,23 @@ class _Built(NamedTuple):
     raw: bytes
     links: tuple[str, ...]  # the original URLs of the tracked links, by index
     error: str | None
+
+
+class _Ahead(NamedTuple):
+    """A batch being read and rendered ahead, and the state it was read in."""
+
+    floor: int  # the pending_floor it reads from
+    size: int  # how many it reads (a batch may take fewer: its first ones)
+    next_seq: int | None  # the campaign's next_seq then (an add since moves it)
+    version_id: Any
+    started: float  # time.monotonic()
+    task: asyncio.Task[tuple[list[dict[str, Any]], dict[ObjectId, _Built]]]
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """A render-ahead task nobody took: its error (or cancellation) is not left unread."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _Stopped(Exception):
