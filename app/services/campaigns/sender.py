@@ -89,6 +89,7 @@ MAX_EARLY_SECONDS = 2.0  # a batch job this early waits for its time; earlier on
 WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
 ADD_WAIT_SECONDS = 1.0  # how often a campaign with no one pending but an add open looks again
 AHEAD_SECONDS = 60.0  # a batch rendered ahead and not taken by then is dropped
+WAKE_AT_ONCE = 10  # deliver_domain jobs enqueued concurrently (each its own Redis connection)
 BUILD_CHUNK = 50  # messages built between yields to the event loop (a commit's replies wait)
 
 
@@ -275,10 +276,15 @@ class CampaignSender:
     ) -> dict[str, int]:
         """Queue a batch (``prebuilt``: those of its messages rendered ahead)."""
         scope = user_scope(campaign["user_id"])
-        suppressed = await self.suppression.suppressed([r["key"] for r in pending], scope=scope)
+        # three reads at once: the suppressions in force now, the template version, and which
+        # recipients are hosted here (of the whole batch: a suppressed one is simply unused)
+        suppressed, version, local_users = await asyncio.gather(
+            self.suppression.suppressed([r["key"] for r in pending], scope=scope),
+            self.db.template_versions.find_one({"_id": campaign["version_id"]}),
+            self.accounts.users_for_addresses([r["email"] for r in pending]),
+        )
         to_send = [r for r in pending if r["key"] not in suppressed]
         skipped = [r for r in pending if r["key"] in suppressed]
-        version = await self.db.template_versions.find_one({"_id": campaign["version_id"]})
         if version is None:
             raise ValidationError.on("template", "the campaign's template version is gone")
         missing = [r for r in to_send if r["_id"] not in prebuilt]
@@ -296,7 +302,6 @@ class CampaignSender:
         # messages: only those to hosted users, who get a mailbox copy (``local``, with its
         # raw MIME in a blob); ``raws``: their MIME bytes, in the same order
         messages, raws, recipients = [], [], []
-        local_users = await self.accounts.users_for_addresses([r["email"] for r, _, _ in ready])
         carried = _carried(campaign)
         for r, outgoing, raw in ready:
             to = Recipients(list(outgoing.to), [], [])
@@ -408,15 +413,27 @@ class CampaignSender:
                 log.warning("campaign batch replayed", campaign=str(campaign["_id"]))
                 return {"queued": 0, "suppressed": 0, "failed": 0}
             raise
-        for domain in sorted({x["domain"] for x in recipients if not x.get("local_user_id")}):
-            first = next(x for x in recipients if x["domain"] == domain)
-            await self.queue.enqueue(
-                "deliver_domain",
-                str(first["message_id"]),
-                domain,
-                job_id=f"deliver:{first['message_id']}:{domain}",
-            )
+        await self._wake_lanes(recipients)
         return {"queued": len(recipients), "suppressed": len(skipped), "failed": len(failed)}
+
+    async def _wake_lanes(self, recipients: list[dict[str, Any]]) -> None:
+        """One ``deliver_domain`` job per destination domain of the batch's remote mail,
+        ``WAKE_AT_ONCE`` enqueued at a time (one after the other they were a round trip to
+        Redis each, on the batch's path, for up to a batch's worth of domains)."""
+        first: dict[str, dict[str, Any]] = {}
+        for x in recipients:
+            if not x.get("local_user_id"):
+                first.setdefault(x["domain"], x)
+        lanes = sorted((domain, str(row["message_id"])) for domain, row in first.items())
+        for start in range(0, len(lanes), WAKE_AT_ONCE):
+            await asyncio.gather(
+                *(
+                    self.queue.enqueue(
+                        "deliver_domain", mid, domain, job_id=f"deliver:{mid}:{domain}"
+                    )
+                    for domain, mid in lanes[start : start + WAKE_AT_ONCE]
+                )
+            )
 
     async def _render(
         self,
