@@ -21,6 +21,7 @@ from app.bootstrap import System, build_system
 from app.domain.campaign_tokens import click_token
 from app.domain.campaigns import ADD_OPEN_SECONDS, check_recipients
 from app.domain.viewer import Viewer
+from app.services.campaigns.sender import AHEAD_SECONDS
 from app.services.campaigns.stats import recipient_states
 from app.services.campaigns.store import recipient_rows
 from app.services.feedback.suppression import user_scope
@@ -290,3 +291,26 @@ async def test_a_batch_rendered_ahead_is_dropped_when_another_process_ran_the_ba
     assert (await _batch(system, cid))["queued"] == BATCH  # here again: 20..29, read afresh
     assert sender.ahead_taken == taken
     assert await _queued_seqs(system, cid) == list(range(30))  # each once
+
+
+async def test_a_paced_campaign_does_not_render_ahead_and_a_stale_render_is_not_taken(world):
+    """Batches paced apart do not wait on each other: nothing is rendered ahead for them. An
+    unpaced campaign's render ahead older than ``AHEAD_SECONDS`` is dropped, not sent."""
+    system, viewer, cid = world
+    sender = system.campaign_sender
+    paced = await create_campaign(system, viewer, "paced", "news", rate_per_minute=600)
+    await system.campaigns.add_recipients(viewer, str(paced["_id"]), _rows(100, 25))
+    await system.campaigns.transition(viewer, str(paced["_id"]), "start")
+    assert (await _batch(system, str(paced["_id"])))["queued"] == BATCH
+    assert paced["_id"] not in sender._ahead
+
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
+    await system.campaigns.transition(viewer, cid, "start")
+    assert (await _batch(system, cid))["queued"] == BATCH
+    ahead = sender._ahead[ObjectId(cid)]
+    await ahead.task
+    sender._ahead[ObjectId(cid)] = ahead._replace(started=ahead.started - AHEAD_SECONDS - 1)
+    taken = sender.ahead_taken
+    assert (await _batch(system, cid))["queued"] == BATCH
+    assert sender.ahead_taken == taken
+    assert await _queued_seqs(system, cid) == list(range(20))
