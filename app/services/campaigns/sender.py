@@ -120,6 +120,12 @@ class CampaignSender:
         self._ahead: dict[ObjectId, _Ahead] = {}
         self.ahead_taken = 0  # batches that took what was rendered ahead (tests, logs)
 
+    def close(self) -> None:
+        """Drop what is rendered ahead (the process is stopping: the next holder renders it)."""
+        for ahead in self._ahead.values():
+            ahead.task.cancel()
+        self._ahead.clear()
+
     # --- one batch ---------------------------------------------------------------------
 
     async def run_batch(self, campaign_id: ObjectId) -> dict[str, Any]:
