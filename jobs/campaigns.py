@@ -11,11 +11,12 @@ from app.domain.ids import parse_object_id
 
 
 async def campaign_batch(ctx: dict[str, Any], campaign_id: str) -> dict[str, Any]:
-    """Send a campaign's next batch (under its batch lease) and schedule the one after."""
+    """Send a campaign's next batch (under its batch lease), and those after it while they
+    are due at once (an unpaced campaign, for up to ``CHAIN_SECONDS``); schedule the next."""
     oid = parse_object_id(campaign_id)
     if oid is None:
         return {"ran": False}
-    result: dict[str, Any] = await ctx["system"].campaign_sender.run_batch(oid)
+    result: dict[str, Any] = await ctx["system"].campaign_sender.run_batches(oid)
     return result
 
 

@@ -75,11 +75,12 @@ async def _campaign(system: System, cid: str) -> dict[str, Any]:
     return doc
 
 
-async def _batch(system: System, cid: str) -> dict[str, Any]:
-    """One batch at its time (a waiting campaign's next batch is up to a second away)."""
+async def _batch(system: System, cid: str, *, chain: bool = False) -> dict[str, Any]:
+    """One batch at its time (a waiting campaign's next batch is up to a second away);
+    ``chain``: as the campaign_batch job runs all but its last (rendering the next ahead)."""
     due = (await _campaign(system, cid))["next_batch_at"].replace(tzinfo=UTC)
     await asyncio.sleep(max(0.0, (due - datetime.now(UTC)).total_seconds()))
-    return await system.campaign_sender.run_batch(ObjectId(cid))
+    return await system.campaign_sender.run_batch(ObjectId(cid), chain=chain)
 
 
 async def _queued_seqs(system: System, cid: str) -> list[int]:
@@ -250,7 +251,7 @@ async def test_the_next_batch_renders_ahead_and_still_reads_suppressions_when_it
     sender = system.campaign_sender
     await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
     await system.campaigns.transition(viewer, cid, "start")
-    assert (await _batch(system, cid))["queued"] == BATCH
+    assert (await _batch(system, cid, chain=True))["queued"] == BATCH
     ahead = sender._ahead[ObjectId(cid)]
     pending, built = await ahead.task  # seqs 10..19, rendered and built
     assert [r["seq"] for r in pending] == list(range(10, 20))
@@ -258,11 +259,12 @@ async def test_the_next_batch_renders_ahead_and_still_reads_suppressions_when_it
         "r12@example.test", reason="unsubscribe", scope=user_scope(viewer.user_id)
     )
     taken = sender.ahead_taken
-    assert (await _batch(system, cid)) | {"ran": True} == {
+    assert (await _batch(system, cid, chain=True)) == {
         "ran": True,
         "queued": BATCH - 1,
         "suppressed": 1,
         "failed": 0,
+        "next_now": True,
     }
     assert sender.ahead_taken == taken + 1
     assert await _queued_seqs(system, cid) == [k for k in range(20) if k != 12]
@@ -284,11 +286,11 @@ async def test_a_batch_rendered_ahead_is_dropped_when_another_process_ran_the_ba
     other._ahead, other.ahead_taken = {}, 0
     await system.campaigns.add_recipients(viewer, cid, _rows(0, 30))
     await system.campaigns.transition(viewer, cid, "start")
-    assert (await _batch(system, cid))["queued"] == BATCH  # here: 0..9, 10..19 rendered ahead
+    assert (await _batch(system, cid, chain=True))["queued"] == BATCH  # 0..9; 10..19 ahead
     await sender._ahead[ObjectId(cid)].task
     assert (await other.run_batch(ObjectId(cid)))["queued"] == BATCH  # there: 10..19
     taken = sender.ahead_taken
-    assert (await _batch(system, cid))["queued"] == BATCH  # here again: 20..29, read afresh
+    assert (await _batch(system, cid, chain=True))["queued"] == BATCH  # 20..29, read afresh
     assert sender.ahead_taken == taken
     assert await _queued_seqs(system, cid) == list(range(30))  # each once
 
@@ -301,12 +303,12 @@ async def test_a_paced_campaign_does_not_render_ahead_and_a_stale_render_is_not_
     paced = await create_campaign(system, viewer, "paced", "news", rate_per_minute=600)
     await system.campaigns.add_recipients(viewer, str(paced["_id"]), _rows(100, 25))
     await system.campaigns.transition(viewer, str(paced["_id"]), "start")
-    assert (await _batch(system, str(paced["_id"])))["queued"] == BATCH
+    assert (await _batch(system, str(paced["_id"]), chain=True))["queued"] == BATCH
     assert paced["_id"] not in sender._ahead
 
     await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
     await system.campaigns.transition(viewer, cid, "start")
-    assert (await _batch(system, cid))["queued"] == BATCH
+    assert (await _batch(system, cid, chain=True))["queued"] == BATCH
     ahead = sender._ahead[ObjectId(cid)]
     await ahead.task
     sender._ahead[ObjectId(cid)] = ahead._replace(started=ahead.started - AHEAD_SECONDS - 1)
@@ -314,3 +316,39 @@ async def test_a_paced_campaign_does_not_render_ahead_and_a_stale_render_is_not_
     assert (await _batch(system, cid))["queued"] == BATCH
     assert sender.ahead_taken == taken
     assert await _queued_seqs(system, cid) == list(range(20))
+
+
+async def _batch_jobs(system: System, cid: str) -> list[str]:
+    """The campaign's campaign_batch jobs waiting in Redis (arq's job keys)."""
+    pool = await system.queue.pool()
+    return sorted(k.decode() for k in await pool.keys(f"arq:job:campaign:{cid}:*"))
+
+
+async def test_the_job_runs_an_unpaced_campaigns_batches_in_one_chain(world):
+    """The campaign_batch job runs an unpaced campaign's batches one after another in its
+    process (each taking what the one before rendered ahead) and enqueues no job between
+    them; with its time used up it runs one batch, renders nothing ahead and hands the
+    campaign on to the next job."""
+    system, viewer, cid = world
+    sender = system.campaign_sender
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
+    await system.campaigns.transition(viewer, cid, "start")
+    taken = sender.ahead_taken
+    result = await sender.run_batches(ObjectId(cid))
+    assert (result["completed"], result["chained"]) == (True, 4)  # 10, 10, 5, then done
+    assert sender.ahead_taken == taken + 2
+    assert await _queued_seqs(system, cid) == list(range(25))
+    # no job enqueued between the batches: only the start's wake-up, which a worker would run
+    assert await _batch_jobs(system, cid) == [f"arq:job:campaign:{cid}:0"]
+
+    other = await create_campaign(system, viewer, "handed on", "news")
+    oid = other["_id"]
+    await system.campaigns.add_recipients(viewer, str(oid), _rows(100, 25))
+    await system.campaigns.transition(viewer, str(oid), "start")
+    result = await sender.run_batches(oid, seconds=0)
+    assert (result["queued"], result["chained"]) == (BATCH, 1)
+    assert oid not in sender._ahead
+    assert await _batch_jobs(system, str(oid)) == [
+        f"arq:job:campaign:{oid}:0",  # the start's wake-up
+        f"arq:job:campaign:{oid}:1",  # the next batch's: handed on
+    ]

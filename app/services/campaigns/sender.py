@@ -26,13 +26,14 @@ A batch, run by the ``campaign_batch`` job under the campaign's batch lease:
    that batch commits twice);
 6. wakes the delivery lanes and schedules the next batch.
 
-An unpaced campaign renders ahead (``_Ahead``): while a batch checks suppressions and
-commits, which is the database's work, the next batch's recipients are read and their
-messages rendered and built, which is this process's. The next batch takes them when nothing
-has moved under them (its floor is where the batch before left it, no add is open, the same
-template version), and steps 1, 3 and 5 are still its own: the status and the suppression
-list are read when it runs, so a pause, cancel or unsubscribe stops a rendered-ahead message
-as it stops any other.
+The ``campaign_batch`` job runs an unpaced campaign's batches one after another for up to
+``CHAIN_SECONDS`` (``run_batches``), and each of them but the last renders ahead
+(``_Ahead``): while a batch checks suppressions and commits, which is the database's work,
+the next batch's recipients are read and their messages rendered and built, which is this
+process's. The next batch takes them when nothing has moved under them (its floor is where
+the batch before left it, no add is open, the same template version), and steps 1, 3 and 5
+are still its own: the status and the suppression list are read when it runs, so a pause,
+cancel or unsubscribe stops a rendered-ahead message as it stops any other.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ MAX_EARLY_SECONDS = 2.0  # a batch job this early waits for its time; earlier on
 WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
 ADD_WAIT_SECONDS = 1.0  # how often a campaign with no one pending but an add open looks again
 AHEAD_SECONDS = 60.0  # a batch rendered ahead and not taken by then is dropped
+CHAIN_SECONDS = 30.0  # how long one campaign_batch job runs an unpaced campaign's batches
 WAKE_AT_ONCE = 10  # deliver_domain jobs enqueued concurrently (each its own Redis connection)
 BUILD_CHUNK = 50  # messages built between yields to the event loop (a commit's replies wait)
 
@@ -128,7 +130,29 @@ class CampaignSender:
 
     # --- one batch ---------------------------------------------------------------------
 
-    async def run_batch(self, campaign_id: ObjectId) -> dict[str, Any]:
+    async def run_batches(
+        self, campaign_id: ObjectId, seconds: float = CHAIN_SECONDS
+    ) -> dict[str, Any]:
+        """What the ``campaign_batch`` job runs: the campaign's next batch and, while the
+        campaign is unpaced and still sending, the batches after it, one after another in
+        this process for up to ``seconds`` (each under its own lease, in its own
+        transaction). The last one hands the campaign on to the next job as any batch does.
+        So the batch rendered ahead is rendered where it is taken: with several workers the
+        next job may run in any of them. Returns the last batch's result, with ``chained``:
+        how many batches ran."""
+        deadline = time.monotonic() + seconds
+        chained = 0
+        while True:
+            last = time.monotonic() >= deadline
+            result = await self.run_batch(campaign_id, chain=not last)
+            chained += 1
+            if not result.pop("next_now", False):
+                return {**result, "chained": chained}
+
+    async def run_batch(self, campaign_id: ObjectId, *, chain: bool = False) -> dict[str, Any]:
+        """One batch. ``chain``: the caller runs the next batch itself when it is due at once
+        (``next_now`` in the result, and no job is enqueued for it), so this batch renders
+        that one ahead (``_Ahead``); without it the next batch's job is enqueued."""
         due = await self.db.campaigns.find_one({"_id": campaign_id}, {"next_batch_at": 1})
         if due and due.get("next_batch_at"):
             # the queue may run a deferred job a few milliseconds early: wait for the plan
@@ -155,13 +179,13 @@ class CampaignSender:
         if campaign is None:
             return {"ran": False}
         try:
-            return await self._batch(campaign, now)
+            return await self._batch(campaign, now, chain)
         finally:  # (already released when the batch scheduled the next one)
             await self.db.campaigns.update_one(
                 {"_id": campaign_id, "lease": lease}, {"$set": {"batch_lease_until": None}}
             )
 
-    async def _batch(self, campaign: dict[str, Any], now: datetime) -> dict[str, Any]:
+    async def _batch(self, campaign: dict[str, Any], now: datetime, chain: bool) -> dict[str, Any]:
         if campaign["status"] == "scheduled":
             campaign["status"] = "sending"
             await self.db.campaigns.update_one(
@@ -194,7 +218,12 @@ class CampaignSender:
                 {"$set": {"status": "completed", "completed_at": now, "waiting": None}},
             )
             return {"ran": True, "completed": True}
-        if floor is not None and not plan.interval_seconds and floor < campaign["next_seq"]:
+        if (
+            chain
+            and floor is not None
+            and not plan.interval_seconds
+            and floor < campaign["next_seq"]
+        ):
             # the next batch reads and renders while this one checks, builds and commits
             self._render_ahead(campaign, floor, plan.size)
         outcome = await self._send(campaign, pending, now, floor, prebuilt)
@@ -220,7 +249,10 @@ class CampaignSender:
             },
             return_document=True,
         )
-        if following and following["status"] == "sending":
+        sending = bool(following and following["status"] == "sending")
+        if chain and sending and not plan.interval_seconds:
+            return {"ran": True, **outcome, "next_now": True}  # the caller runs it
+        if following and sending:
             await wake(self.queue, following)
         return {"ran": True, **outcome}
 
