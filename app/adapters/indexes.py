@@ -253,13 +253,6 @@ INDEXES: list[Index] = [
         "reputation: a user's counts over the rolling window (an _id range: by when recorded)",
     ),
     Index(
-        "recipients",
-        [("parcel_since", ASC)],
-        "the queue-depth gauge: the parcels (delivery/parcels.py), counted as their members; "
-        "sparse: parcels only (SecantusDB scans the collection for a range of string _ids)",
-        {"sparse": True},
-    ),
-    Index(
         "delivery_events",
         [("event_ids", ASC)],
         "the event log: the bucket a cursor points into (app/services/events/buckets.py); "

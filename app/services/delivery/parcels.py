@@ -31,9 +31,8 @@ from __future__ import annotations
 from typing import Any
 
 PREFIX = "parcel:"
-# every parcel and nothing else: by ``parcel_since``, which only a parcel has (a sparse index;
-# SecantusDB answers a range of string ``_id``s by scanning the whole collection)
-ALL_PARCELS = {"parcel_since": {"$exists": True}}
+# every parcel's _id and nothing else (rows' ids are ObjectIds, which sort apart from strings)
+ALL_PARCELS = {"_id": {"$gte": PREFIX, "$lt": PREFIX[:-1] + chr(ord(PREFIX[-1]) + 1)}}
 
 
 def parcels_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -59,7 +58,6 @@ def parcels_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "created_at": first["created_at"],
                 "updated_at": first["updated_at"],
                 "size": sum(int(m.get("size") or 0) for m in members),
-                "parcel_since": first["created_at"],  # marks a parcel (``ALL_PARCELS``)
                 "parcel": members,
             }
         )

@@ -211,16 +211,25 @@ class Sweeper:
         """The send queue's depth by status, for the metrics: recipients, each count one range
         of the (delivery_status, next_attempt_at) index, where a parcel (delivery/parcels.py)
         is one document and counts as the members it still carries (one read of the parcels,
-        by their sparse ``parcel_since`` index)."""
+        a range of the ``_id`` index)."""
         counts = {
             status: await self.db.recipients.count_documents({"delivery_status": status})
             for status in QUEUE_STATUSES
         }
-        async for parcel in self.db.recipients.find(
-            ALL_PARCELS, {"delivery_status": 1, "parcel._id": 1}
+        async for by_status in await self.db.recipients.aggregate(
+            [
+                {"$match": ALL_PARCELS},
+                {
+                    "$group": {
+                        "_id": "$delivery_status",
+                        "parcels": {"$sum": 1},
+                        "members": {"$sum": {"$size": "$parcel"}},
+                    }
+                },
+            ]
         ):
-            if parcel.get("delivery_status") in counts:
-                counts[parcel["delivery_status"]] += len(parcel.get("parcel") or ()) - 1
+            if by_status["_id"] in counts:
+                counts[by_status["_id"]] += by_status["members"] - by_status["parcels"]
         metrics.queue_depth(counts)
 
     async def _give_back_lapsed(self, docs: list[dict[str, Any]], now: datetime) -> None:
