@@ -10,7 +10,6 @@ from prometheus_client import REGISTRY
 
 from app.adapters import metrics
 from app.services.delivery import sweep as sweep_module
-from app.services.delivery.parcels import parcels_of
 from app.services.delivery.sweep import SWEEP_GRACE, SWEEP_SHARE, Sweeper
 from tests.support.outbound import outbound_world
 
@@ -186,39 +185,3 @@ async def test_a_lapsed_per_recipient_lease_of_an_older_release_is_given_back_an
         await w.wait_statuses(message_id, {"a@ok.test": "sent"})
         assert w.accepted_by_sinks()["a@ok.test"] == 1
         assert (await w.recipients(message_id))["b@ok.test"]["delivery_status"] == "sending"
-
-
-async def test_the_queue_depth_counts_a_parcel_as_the_members_it_still_carries(settings):
-    """A campaign batch queues its mail to a domain as one parcel document (delivery/
-    parcels.py): the gauge of recipients waiting counts its members, not the document, and
-    a member that has left its parcel is counted no more."""
-    async with outbound_world(settings, worker=False) as w:
-        await w.send(["a@ok.test", "b@mixed.test"], subject="one")  # two rows, queued
-        db = w.system.mongo.db
-        now = datetime.now(UTC)
-
-        def member(k: int, domain: str) -> dict[str, object]:
-            rid = ObjectId()
-            return {
-                "_id": rid,
-                "message_id": rid,
-                "address": f"m{k}@{domain}",
-                "domain": domain,
-                "delivery_status": "queued",
-                "next_attempt_at": now,
-                "sender_user_id": ObjectId(),
-                "created_at": now,
-                "updated_at": now,
-                "size": 100,
-            }
-
-        rows = [member(k, "p1.test") for k in range(3)] + [member(k, "p2.test") for k in range(2)]
-        parcels = parcels_of(rows)
-        await db.recipients.insert_many(parcels)
-        await db.recipients.update_one(  # one member of p2.test left with its outcome
-            {"_id": parcels[1]["_id"]}, {"$pull": {"parcel": {"_id": rows[3]["_id"]}}}
-        )
-        metrics.QUEUE_DEPTH.labels("queued").set(-1)
-        await w.system.delivery.sweeper._count_queue()
-        queued = REGISTRY.get_sample_value("mailhub_send_queue_recipients", {"status": "queued"})
-        assert queued == 2 + 3 + 1

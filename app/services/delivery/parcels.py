@@ -31,8 +31,6 @@ from __future__ import annotations
 from typing import Any
 
 PREFIX = "parcel:"
-# every parcel's _id and nothing else (rows' ids are ObjectIds, which sort apart from strings)
-ALL_PARCELS = {"_id": {"$gte": PREFIX, "$lt": PREFIX[:-1] + chr(ord(PREFIX[-1]) + 1)}}
 
 
 def parcels_of(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -24,7 +24,6 @@ from app.adapters.delivery_jobs import missing_jobs
 from app.adapters.mongo import UpdateOne
 from app.adapters.queue import JobQueue
 from app.services.delivery.outbox import is_due, job_id, unleased_status
-from app.services.delivery.parcels import ALL_PARCELS
 from app.services.sending.scheduling import SchedulingService
 
 SWEEP_LIMIT = 2000
@@ -208,29 +207,14 @@ class Sweeper:
         return enqueued
 
     async def _count_queue(self) -> None:
-        """The send queue's depth by status, for the metrics: recipients, each count one range
-        of the (delivery_status, next_attempt_at) index, where a parcel (delivery/parcels.py)
-        is one document and counts as the members it still carries (one read of the parcels,
-        a range of the ``_id`` index)."""
-        counts = {
-            status: await self.db.recipients.count_documents({"delivery_status": status})
-            for status in QUEUE_STATUSES
-        }
-        async for by_status in await self.db.recipients.aggregate(
-            [
-                {"$match": ALL_PARCELS},
-                {
-                    "$group": {
-                        "_id": "$delivery_status",
-                        "parcels": {"$sum": 1},
-                        "members": {"$sum": {"$size": "$parcel"}},
-                    }
-                },
-            ]
-        ):
-            if by_status["_id"] in counts:
-                counts[by_status["_id"]] += by_status["members"] - by_status["parcels"]
-        metrics.queue_depth(counts)
+        """The send queue's depth by status, for the metrics (each count is one range of the
+        (delivery_status, next_attempt_at) index)."""
+        metrics.queue_depth(
+            {
+                status: await self.db.recipients.count_documents({"delivery_status": status})
+                for status in QUEUE_STATUSES
+            }
+        )
 
     async def _give_back_lapsed(self, docs: list[dict[str, Any]], now: datetime) -> None:
         """Recipients an older release left ``sending`` under a lease of their own that has
