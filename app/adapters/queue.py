@@ -4,6 +4,8 @@ anything a lost job missed (DESIGN.md §6), so enqueue failures are logged, neve
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -16,6 +18,14 @@ log = structlog.get_logger(__name__)
 
 def queue_name(prefix: str) -> str:
     return f"{prefix}:arq:queue"
+
+
+async def in_waves(calls: Iterable[Callable[[], Awaitable[Any]]], at_once: int) -> None:
+    """Run ``calls`` (enqueues, mostly) ``at_once`` at a time: one after the other they are a
+    Redis round trip each on the caller's path; all at once, a connection each."""
+    todo = list(calls)
+    for start in range(0, len(todo), at_once):
+        await asyncio.gather(*(call() for call in todo[start : start + at_once]))
 
 
 class JobQueue:

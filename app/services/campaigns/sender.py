@@ -42,6 +42,7 @@ import asyncio
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, NamedTuple
 
 import structlog
@@ -49,7 +50,7 @@ from bson import ObjectId
 
 from app.adapters.blob_batches import write_blobs
 from app.adapters.mongo import Mongo, UpdateMany, in_transaction, is_duplicate_key
-from app.adapters.queue import JobQueue
+from app.adapters.queue import JobQueue, in_waves
 from app.config import Settings
 from app.domain.addresses import Address, normalize_email
 from app.domain.campaign_tokens import (
@@ -456,22 +457,25 @@ class CampaignSender:
 
     async def _wake_lanes(self, recipients: list[dict[str, Any]]) -> None:
         """One ``deliver_domain`` job per destination domain of the batch's remote mail,
-        ``WAKE_AT_ONCE`` enqueued at a time (one after the other they were a round trip to
-        Redis each, on the batch's path, for up to a batch's worth of domains)."""
+        ``WAKE_AT_ONCE`` enqueued at a time."""
         first: dict[str, dict[str, Any]] = {}
         for x in recipients:
             if not x.get("local_user_id"):
                 first.setdefault(x["domain"], x)
         lanes = sorted((domain, str(row["message_id"])) for domain, row in first.items())
-        for start in range(0, len(lanes), WAKE_AT_ONCE):
-            await asyncio.gather(
-                *(
-                    self.queue.enqueue(
-                        "deliver_domain", mid, domain, job_id=f"deliver:{mid}:{domain}"
-                    )
-                    for domain, mid in lanes[start : start + WAKE_AT_ONCE]
+        await in_waves(
+            (
+                partial(
+                    self.queue.enqueue,
+                    "deliver_domain",
+                    mid,
+                    domain,
+                    job_id=f"deliver:{mid}:{domain}",
                 )
-            )
+                for domain, mid in lanes
+            ),
+            WAKE_AT_ONCE,
+        )
 
     async def _render(
         self,

@@ -26,6 +26,7 @@ import json
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -34,7 +35,7 @@ from bson import ObjectId
 from app.adapters.blob_batches import gridfs_documents
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo, in_transaction
-from app.adapters.queue import JobQueue
+from app.adapters.queue import JobQueue, in_waves
 from app.domain.addresses import Address, normalize_email
 from app.domain.changes import Change
 from app.domain.errors import DomainError, ValidationError
@@ -215,13 +216,13 @@ class SendMaterializer:
                     },
                 )
         await self.notifier.committed(changes)
-        for start in range(0, len(built), ENQUEUE_AT_ONCE):
-            await asyncio.gather(
-                *(
-                    enqueue_delivery(self.queue, b["message"], b["recipients"], b["send_at"])
-                    for b in built[start : start + ENQUEUE_AT_ONCE]
-                )
-            )
+        await in_waves(
+            (
+                partial(enqueue_delivery, self.queue, b["message"], b["recipients"], b["send_at"])
+                for b in built
+            ),
+            ENQUEUE_AT_ONCE,
+        )
         return len(built)
 
     @staticmethod

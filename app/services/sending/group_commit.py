@@ -23,10 +23,10 @@ listeners hear of the changes, delivery jobs are enqueued — then the callers a
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 import structlog
@@ -43,7 +43,7 @@ from app.adapters.mongo import (
     retrying_conflicts,
     storage_failure,
 )
-from app.adapters.queue import JobQueue
+from app.adapters.queue import JobQueue, in_waves
 from app.batching import Batcher, Waiter
 from app.domain.changes import Change
 from app.domain.filing_plan import ThreadContext
@@ -243,13 +243,15 @@ class SendCommitter:
                 log.warning("attachments not marked sent", message=str(p.message["_id"]))
                 refused[n] = _refusal(e)
         await self.notifier.committed(changes)
-        for start in range(0, len(waiters), ENQUEUE_AT_ONCE):
-            await asyncio.gather(
-                *(
-                    enqueue_delivery(self.queue, w.item.message, w.item.recipients, w.item.send_at)
-                    for w in waiters[start : start + ENQUEUE_AT_ONCE]
+        await in_waves(
+            (
+                partial(
+                    enqueue_delivery, self.queue, w.item.message, w.item.recipients, w.item.send_at
                 )
-            )
+                for w in waiters
+            ),
+            ENQUEUE_AT_ONCE,
+        )
         for n, (waiter, item) in enumerate(zip(waiters, sent, strict=True)):
             if n in refused:
                 waiter.fail(refused[n])
