@@ -121,7 +121,7 @@ class CampaignSender:
         self._lease = timedelta(seconds=settings.campaign_lease_seconds)
         # by campaign: the next batch, read and rendered while the last one committed
         self._ahead: dict[ObjectId, _Ahead] = {}
-        self.ahead_taken = 0  # batches that took what was rendered ahead (tests, logs)
+        self.ahead_taken = 0  # batches that took what was rendered ahead (what tests read)
 
     def close(self) -> None:
         """Drop what is rendered ahead (the process is stopping: the next holder renders it)."""
@@ -219,12 +219,8 @@ class CampaignSender:
                 {"$set": {"status": "completed", "completed_at": now, "waiting": None}},
             )
             return {"ran": True, "completed": True}
-        if (
-            chain
-            and floor is not None
-            and not plan.interval_seconds
-            and floor < campaign["next_seq"]
-        ):
+        chain = chain and not plan.interval_seconds  # a paced batch's successor waits anyway
+        if chain and floor is not None and floor < campaign["next_seq"]:
             # the next batch reads and renders while this one checks, builds and commits
             self._render_ahead(campaign, floor, plan.size)
         outcome = await self._send(campaign, pending, now, floor, prebuilt)
@@ -250,10 +246,9 @@ class CampaignSender:
             },
             return_document=True,
         )
-        sending = bool(following and following["status"] == "sending")
-        if chain and sending and not plan.interval_seconds:
-            return {"ran": True, **outcome, "next_now": True}  # the caller runs it
-        if following and sending:
+        if following and following["status"] == "sending":
+            if chain:
+                return {"ran": True, **outcome, "next_now": True}  # the caller runs it
             await wake(self.queue, following)
         return {"ran": True, **outcome}
 
@@ -492,14 +487,10 @@ class CampaignSender:
             [(version, {**shared, **r.get("variables", {})}) for r in rows]
         )
         built: dict[ObjectId, _Built] = {}
-        for start in range(0, len(rows), BUILD_CHUNK):
-            for r, answer in zip(
-                rows[start : start + BUILD_CHUNK],
-                rendered[start : start + BUILD_CHUNK],
-                strict=True,
-            ):
-                built[r["_id"]] = self._build(campaign, r, answer, now)
-            await asyncio.sleep(0)
+        for n, (r, answer) in enumerate(zip(rows, rendered, strict=True), 1):
+            built[r["_id"]] = self._build(campaign, r, answer, now)
+            if n % BUILD_CHUNK == 0:
+                await asyncio.sleep(0)
         return built
 
     # --- rendering ahead -----------------------------------------------------------------
@@ -518,14 +509,14 @@ class CampaignSender:
                 return [], {}
             return pending, await self._render(following, version, pending, now)
 
-        for cid, stale in list(self._ahead.items()):
-            if cid == campaign["_id"] or stale.started < time.monotonic() - AHEAD_SECONDS:
+        for cid, old in list(self._ahead.items()):  # this campaign's, and any left lying
+            if cid == campaign["_id"] or old.stale():
                 del self._ahead[cid]
-                stale.task.cancel()
+                old.task.cancel()
         task = asyncio.create_task(prepare())
         task.add_done_callback(_retrieved)
         self._ahead[campaign["_id"]] = _Ahead(
-            floor, size, campaign.get("next_seq"), campaign["version_id"], time.monotonic(), task
+            floor, size, campaign["next_seq"], campaign["version_id"], time.monotonic(), task
         )
 
     async def _take_ahead(
@@ -542,9 +533,9 @@ class CampaignSender:
             adding
             or ahead.floor != campaign.get("pending_floor")
             or ahead.size < size
-            or ahead.next_seq != campaign.get("next_seq")
+            or ahead.next_seq != campaign["next_seq"]
             or ahead.version_id != campaign["version_id"]
-            or ahead.started < time.monotonic() - AHEAD_SECONDS
+            or ahead.stale()
         ):
             ahead.task.cancel()
             return None
@@ -728,10 +719,13 @@ class _Ahead(NamedTuple):
 
     floor: int  # the pending_floor it reads from
     size: int  # how many it reads (a batch may take fewer: its first ones)
-    next_seq: int | None  # the campaign's next_seq then (an add since moves it)
+    next_seq: int  # the campaign's next_seq then (an add since moves it)
     version_id: Any
     started: float  # time.monotonic()
     task: asyncio.Task[tuple[list[dict[str, Any]], dict[ObjectId, _Built]]]
+
+    def stale(self) -> bool:
+        return self.started < time.monotonic() - AHEAD_SECONDS
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:
