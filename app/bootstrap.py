@@ -116,7 +116,7 @@ class System:
         if self.search is not None:
             await self.search.close()
         await self.webhooks.client.close()
-        self.campaign_sender.close()  # before the renderer its renders ahead use
+        await self.campaign_sender.close()  # before the renderer its renders ahead use
         self.renderer.close()
         await self.hub.close()
         await self.queue.close()

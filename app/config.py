@@ -169,6 +169,9 @@ class Settings(BaseSettings):
     )
     campaign_stall_seconds: float = Field(default=30.0, ge=0)  # the sweep wakes a late batch
     campaign_lease_seconds: float = Field(default=60.0, gt=0)  # a batch's lease (killed worker)
+    # processes that render and build campaign messages beside a worker's batch sender (0: in
+    # its own render threads; services/campaigns/messages.py)
+    campaign_render_processes: int = Field(default=1, ge=0, le=16)
     tracking_prefetch_seconds: float = Field(default=10.0, ge=0)  # see app/domain/tracking.py
 
     # --- logs ---

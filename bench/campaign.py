@@ -70,9 +70,9 @@ sys.path.insert(0, str(ROOT))
 
 from app.config import Settings  # noqa: E402
 from app.domain.campaign_tokens import unsubscribe_token  # noqa: E402
-from app.domain.campaigns import still_pending  # noqa: E402
 from app.domain.viewer import Viewer  # noqa: E402
 from app.embedded import EmbeddedStack, database_facts  # noqa: E402
+from app.services.campaigns import lists  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
 from bench.outbound import (
     WORKER_SETTINGS,
@@ -284,22 +284,20 @@ async def _measure(
             await asyncio.sleep(max(0.0, wait))
             await system.campaign_sender.run_batch(ObjectId(paced))
             doc = await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})
-            target = await system.mongo.db.campaign_recipients.find_one(  # the next one to go
-                still_pending(doc), sort=[("seq", 1)]
+            (target,) = await lists.pending_from(  # the next one to go
+                system.mongo.db, doc, int(doc["pending_floor"]), 1
             )
             await asyncio.sleep(0.1 + 0.15 * round_)  # somewhere inside the batch interval
             clicked = time.time()
-            await system.tracking.unsubscribe(unsubscribe_token(secret, target["_id"]))
+            await system.tracking.unsubscribe(unsubscribe_token(secret, target.id))
             doc = await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})
             wait = (doc["next_batch_at"] - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(0.0, wait))
             await system.campaign_sender.run_batch(ObjectId(paced))
             after = await system.mongo.db.campaigns.find_one({"_id": ObjectId(paced)})
             batch_at = after["batch_log"][-1]["at"].timestamp()
-            state = (await system.mongo.db.campaign_recipients.find_one({"_id": target["_id"]}))[
-                "state"
-            ]
-            assert state == "suppressed", state
+            found = await lists.find_recipient(system.mongo.db, target.id)
+            assert found is not None and found.state == "suppressed", found
             latencies.append(round(batch_at - clicked, 3))
         out["unsubscribe_to_effect_s"] = {"samples": latencies, "max": max(latencies)}
         print(json.dumps({"unsubscribe": out["unsubscribe_to_effect_s"]}), flush=True)

@@ -7,8 +7,9 @@ batch sender (``CampaignSender.run_batch``, 500 a batch, no pacing) on an embedd
 and measures the database's CPU (psutil, the SecantusDB process) and the elapsed time per
 recipient for the whole of render + queue. Then it takes the documents one batch wrote and
 writes copies of them again, one collection at a time, 500 in a transaction as the sender
-writes them, ``--reps`` times: what each kind of document costs. Also the campaign recipients'
-state change, by ``seq`` range (what the sender does) and by ``_id $in`` (what it avoids).
+writes them, ``--reps`` times: what each kind of document costs. (Until the twenty-fourth
+session it also timed the per-recipient state change of the list's one-document-a-recipient
+design, which the list's parts have no more: app/services/campaigns/lists.py.)
 
 The sum of the parts is the floor the rows design (below) put under render + queue on this
 database, rendering aside.
@@ -53,7 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.adapters.mongo import UpdateMany, in_transaction  # noqa: E402
-from app.domain.campaigns import still_pending  # noqa: E402
 from app.embedded import EmbeddedStack  # noqa: E402
 from app.services.delivery.outbox import owned_filter  # noqa: E402
 from app.services.delivery.parcels import members, parcels_of  # noqa: E402
@@ -90,7 +90,7 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
         db = system.mongo.db
         viewer = await bench_sender(system)
         cid = await create_campaign(system, viewer, "bench", None)
-        rows = recipient_rows(n + BATCH, 50)  # the last BATCH stay pending, for the updates
+        rows = recipient_rows(n + BATCH, 50)  # the last BATCH stay pending
         for i in range(0, len(rows), 1000):
             await system.campaigns.add_recipients(viewer, cid, rows[i : i + 1000])
         await system.campaigns.transition(viewer, cid, "start")
@@ -106,15 +106,6 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
         # themselves are what the parts below copy, as the design before parcels wrote them
         written["recipients"] = members(await db.recipients.find({}).to_list())[:BATCH]
         out["sizes"] = {c: len(docs) for c, docs in written.items()}
-        campaign = await db.campaigns.find_one({"_id": ObjectId(cid)})
-        rest = (
-            await db.campaign_recipients.find(still_pending(campaign), {"_id": 1, "seq": 1})
-            .sort("seq", 1)
-            .limit(BATCH)
-            .to_list()
-        )
-        pending = [d["_id"] for d in rest]
-        low, high = rest[0]["seq"], rest[-1]["seq"]
         parts: dict[str, list[dict[str, float]]] = {}
         for _ in range(reps):
             for collection, docs in written.items():
@@ -132,32 +123,8 @@ async def measure(urls: dict[str, str], meter: Meter, n: int, reps: int) -> dict
                 parts.setdefault(f"insert {collection}", []).append(
                     await meter.per(len(copies), insert)
                 )
-            for name, which in (
-                (
-                    "update campaign_recipients by seq range",
-                    {"campaign_id": ObjectId(cid), "seq": {"$gte": low, "$lte": high}},
-                ),
-                ("update campaign_recipients by _id $in", {"_id": {"$in": pending}}),
-            ):
-
-                async def update(which: dict[str, Any] = which) -> None:
-                    await in_transaction(
-                        system.mongo,
-                        lambda s: db.campaign_recipients.update_many(
-                            {**which, "state": "pending"}, {"$set": {"state": "x"}}, session=s
-                        ),
-                    )
-
-                parts.setdefault(name, []).append(await meter.per(len(pending), update))
-                await db.campaign_recipients.update_many(
-                    {"_id": {"$in": pending}}, {"$set": {"state": "pending"}}
-                )
         out["per_document"] = {name: _median(runs) for name, runs in parts.items()}
-        floor = sum(
-            v["cpu_ms"]
-            for k, v in out["per_document"].items()
-            if k.startswith("insert") or k.endswith("seq range")
-        )
+        floor = sum(v["cpu_ms"] for k, v in out["per_document"].items() if k.startswith("insert"))
         out["writes_cpu_ms_per_recipient"] = round(floor, 3)
         out["writes_ceiling_recipients_per_s"] = round(1000 / floor, 1)
         out["life"] = await life(system, meter, written, reps)

@@ -80,15 +80,15 @@ INDEXES: list[Index] = [
         "campaign sweep: sending campaigns whose next batch is overdue",
     ),
     Index(
-        "campaign_recipients",
-        [("campaign_id", ASC), ("key", ASC)],
-        "addCampaignRecipients / CSV: an address once per campaign (duplicates reported)",
-        {"unique": True},
+        "campaign_lists",
+        [("campaign_id", ASC), ("keys", ASC)],
+        "addCampaignRecipients / CSV: the addresses an add repeats (duplicates reported; not "
+        "unique, the add's transaction checks: services/campaigns/lists.py)",
     ),
     Index(
-        "campaign_recipients",
-        [("campaign_id", ASC), ("state", ASC), ("seq", ASC)],
-        "the batch sender: a campaign's next pending recipients in order (a range); stats",
+        "campaign_lists",
+        [("campaign_id", ASC), ("end", ASC)],
+        "the batch sender: the parts of a campaign's list from its pending floor (a range); stats",
     ),
     Index(
         "recipients",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -141,31 +141,6 @@ def batch_plan(rate_per_minute: int | None, max_batch: int = MAX_BATCH) -> Batch
         raise ValidationError.on("ratePerMinute", "ratePerMinute must be at least 1")
     size = max(1, min(max_batch, math.ceil(rate_per_minute / 60)))
     return BatchPlan(size, size * 60.0 / rate_per_minute)
-
-
-# An add of recipients reserves its seq numbers before its rows land (app/services/campaigns
-# store.py): while it is open, the batch sender neither moves its floor past numbers the add may
-# fill nor completes the campaign. An add open longer than this was abandoned (its caller got an
-# error; whatever of it landed is visible by then).
-ADD_OPEN_SECONDS = 900.0
-
-
-def adds_open(campaign: Mapping[str, Any], now: datetime) -> bool:
-    """Whether an add of recipients to ``campaign`` may still be inserting rows."""
-    since = now - timedelta(seconds=ADD_OPEN_SECONDS)
-    return any(aware(add["at"]) > since for add in campaign.get("adds_open") or ())
-
-
-def still_pending(campaign: Mapping[str, Any]) -> dict[str, Any]:
-    """The query for the recipients of a campaign document no batch has taken yet: stored
-    ``pending`` at or above its ``pending_floor``. Below the floor, one stored ``pending`` was
-    queued by its batch, which moved the floor past it instead of writing each recipient's
-    state (``CampaignSender._mark_queued``)."""
-    return {
-        "campaign_id": campaign["_id"],
-        "state": "pending",
-        "seq": {"$gte": int(campaign.get("pending_floor", 0))},
-    }
 
 
 def aware(at: datetime) -> datetime:

@@ -57,7 +57,7 @@ def campaign_routes(system: Any, context_for: Callable[[Request], Awaitable[Any]
             return _not_found()
         body = (
             f"<h1>Unsubscribe</h1><p>Stop sending these emails to "
-            f"<b>{html.escape(recipient['email'])}</b>?</p>"
+            f"<b>{html.escape(recipient.email)}</b>?</p>"
             f'<form method="post" action="/u/{html.escape(token)}">'
             '<input type="hidden" name="List-Unsubscribe" value="One-Click">'
             '<button type="submit">Unsubscribe</button></form>'
@@ -70,7 +70,7 @@ def campaign_routes(system: Any, context_for: Callable[[Request], Awaitable[Any]
         except NotFound:
             return _not_found()
         body = (
-            f"<h1>Unsubscribed</h1><p>{html.escape(recipient['email'])} will get no more of "
+            f"<h1>Unsubscribed</h1><p>{html.escape(recipient.email)} will get no more of "
             "these emails.</p>"
         )
         return HTMLResponse(_PAGE.format(body=body), headers=NO_STORE)

@@ -1,6 +1,6 @@
-"""The batch sender walks a campaign's list from its floor (issue 15): each batch reads a bounded
-``seq`` range, so a batch near the end of a long list costs what the first one did, and an add
-of recipients still landing is never passed over.
+"""The batch sender walks a campaign's list from its floor (issue 15): each batch reads the
+parts of a bounded ``seq`` range, so a batch near the end of a long list costs what the first
+one did; an add of recipients is stored whole or not at all, each address once.
 
 Real MongoDB-protocol server (the suite's SecantusDB), the real services; batches are run one at
 a time through ``CampaignSender.run_batch``, as the ``campaign_batch`` job runs them.
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import os
+import signal
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -19,11 +21,10 @@ from bson import ObjectId
 
 from app.bootstrap import System, build_system
 from app.domain.campaign_tokens import click_token
-from app.domain.campaigns import ADD_OPEN_SECONDS, check_recipients
 from app.domain.viewer import Viewer
+from app.services.campaigns import lists, messages, store
 from app.services.campaigns.sender import AHEAD_SECONDS
 from app.services.campaigns.stats import recipient_states
-from app.services.campaigns.store import recipient_rows
 from app.services.feedback.suppression import user_scope
 from app.services.templates.store import TemplateDraft
 from tests.support.campaigns import campaign_messages, create_campaign
@@ -63,12 +64,6 @@ def _rows(first: int, n: int) -> list[tuple[str, dict[str, Any]]]:
     return [(f"r{k}@example.test", {"n": k}) for k in range(first, first + n)]
 
 
-def _docs(cid: str, first: int, rows: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The rows ``add_recipients`` inserts for a reservation starting at ``first``."""
-    accepted = check_recipients(rows).accepted
-    return recipient_rows(ObjectId(cid), first, accepted, datetime.now(UTC))
-
-
 async def _campaign(system: System, cid: str) -> dict[str, Any]:
     doc = await system.mongo.db.campaigns.find_one({"_id": ObjectId(cid)})
     assert doc is not None
@@ -87,21 +82,28 @@ async def _queued_seqs(system: System, cid: str) -> list[int]:
     """The seq of every recipient that has a message queued (a row, or a member of a
     parcel: app/services/delivery/parcels.py), once per message."""
     ids = [r["_id"] for r in await campaign_messages(system.mongo.db, ObjectId(cid))]
-    seqs = {
-        r["_id"]: r["seq"]
-        async for r in system.mongo.db.campaign_recipients.find({"_id": {"$in": ids}}, {"seq": 1})
-    }
+    seqs = {r.id: r.seq for r in await _recipients(system, cid)}
     return sorted(seqs[i] for i in ids)
 
 
-async def test_batches_walk_the_list_from_the_floor_across_gaps_and_late_adds(world):
+async def _recipients(system: System, cid: str) -> list[lists.Recipient]:
+    parts = system.mongo.db.campaign_lists.find({"campaign_id": ObjectId(cid)}).sort("seq", 1)
+    return [r for part in await parts.to_list() for r in lists.recipients_of(part)]
+
+
+async def _states(system: System, cid: str) -> dict[str, int]:
+    states, _ = await recipient_states(system.mongo, ObjectId(cid))
+    return states
+
+
+async def test_batches_walk_the_list_from_the_floor_across_parts_and_late_adds(world):
     system, viewer, cid = world
-    await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
-    # an add whose every row turned out a duplicate of a concurrent one leaves a gap of seqs
-    first, add = await system.campaigns._reserve(ObjectId(cid), 7)
-    await system.campaigns._insert(ObjectId(cid), _docs(cid, first, _rows(0, 7)), add)
-    assert (await _campaign(system, cid))["recipients"] == 25
-    await system.campaigns.add_recipients(viewer, cid, _rows(25, 10))  # seqs 32..41
+    system.campaign_sender.helpers.count = 0  # renders in the sender's threads, as configured
+    # parts of 7, 25 and 3: batches of 10 cross them
+    for first, n in ((0, 7), (7, 25), (32, 3)):
+        await system.campaigns.add_recipients(viewer, cid, _rows(first, n))
+    parts = await system.mongo.db.campaign_lists.find({"campaign_id": ObjectId(cid)}).to_list()
+    assert sorted((p["seq"], p["end"]) for p in parts) == [(0, 7), (7, 32), (32, 35)]
     await system.campaigns.transition(viewer, cid, "start")
 
     taken: list[list[int]] = []
@@ -111,72 +113,63 @@ async def test_batches_walk_the_list_from_the_floor_across_gaps_and_late_adds(wo
         assert (await _batch(system, cid))["queued"] == BATCH
         taken.append(sorted(set(await _queued_seqs(system, cid)) - set(before)))
         floors.append((await _campaign(system, cid))["pending_floor"])
-    assert taken == [
-        list(range(0, 10)),
-        list(range(10, 20)),
-        [20, 21, 22, 23, 24, 32, 33, 34, 35, 36],
-    ]
-    assert floors == [10, 20, 37]
+    assert taken == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    assert floors == [10, 20, 30]
     # recipients added while the campaign sends come after the rest
-    await system.campaigns.add_recipients(viewer, cid, _rows(35, 4))  # seqs 42..45
-    assert (await _batch(system, cid))["queued"] == 9  # 37..41 and 42..45
-    assert (await _campaign(system, cid))["pending_floor"] == 46
+    await system.campaigns.add_recipients(viewer, cid, _rows(35, 4))  # seqs 35..38
+    assert (await _batch(system, cid))["queued"] == 9  # 30..34 and 35..38
+    assert (await _campaign(system, cid))["pending_floor"] == 39
     assert (await _batch(system, cid)).get("completed")
-    assert await _queued_seqs(system, cid) == list(range(25)) + list(range(32, 46))
+    assert await _queued_seqs(system, cid) == list(range(39))
     # every recipient queued, as the stats count them (below the floor, ``pending`` is queued)
-    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 39}
+    assert await _states(system, cid) == {"queued": 39}
+    assert system.campaign_sender.helpers._pool is None
 
 
-async def test_an_add_still_landing_holds_the_floor_and_the_campaign_open(world):
+async def test_concurrent_adds_store_each_address_once(world):
+    """Adds of overlapping lists at the same time: each address is stored once and reported
+    a duplicate to every other add, the numbers stay contiguous and the count is exact (the
+    check for repeats and the insert are one transaction with the campaign's count)."""
     system, viewer, cid = world
-    await system.campaigns.add_recipients(viewer, cid, _rows(0, 30))  # seqs 0..29
-    # an add that reserved seqs 30..39 and has not inserted its rows yet ...
-    first, slow = await system.campaigns._reserve(ObjectId(cid), 10)
-    assert first == 30
-    # ... while a later add (seqs 40..49) lands first
-    await system.campaigns.add_recipients(viewer, cid, _rows(40, 10))
-    await system.campaigns.transition(viewer, cid, "start")
-    for _ in range(4):
-        assert (await _batch(system, cid))["queued"] == BATCH
-    campaign = await _campaign(system, cid)
-    assert campaign.get("pending_floor", 0) == 0  # never moved past the open add's seqs
-    assert await _queued_seqs(system, cid) == list(range(30)) + list(range(40, 50))
-    # nobody pending that anyone can see, but the add is open: the campaign waits, not completes
-    assert not (await _batch(system, cid)).get("completed")
-    assert (await _campaign(system, cid))["status"] == "sending"
-    await system.campaigns._insert(ObjectId(cid), _docs(cid, first, _rows(30, 10)), slow)
-    assert (await _campaign(system, cid))["adds_open"] == []
-    assert (await _batch(system, cid))["queued"] == BATCH
-    assert (await _campaign(system, cid))["pending_floor"] == 40
-    assert (await _batch(system, cid)).get("completed")
-    assert await _queued_seqs(system, cid) == list(range(50))  # everyone once, no one lost
-
-
-async def test_an_abandoned_add_stops_holding_the_campaign(world):
-    system, viewer, cid = world
-    await system.campaigns.add_recipients(viewer, cid, _rows(0, 5))
-    # an add whose insert failed long ago (its caller got the error) is not waited for
-    await system.mongo.db.campaigns.update_one(
-        {"_id": ObjectId(cid)},
-        {
-            "$push": {
-                "adds_open": {
-                    "token": "gone",
-                    "at": datetime.now(UTC) - timedelta(seconds=ADD_OPEN_SECONDS + 5),
-                }
-            }
-        },
+    lists_ = [_rows(first, 40) for first in (0, 10, 20, 30, 35)]
+    results = await asyncio.gather(
+        *(system.campaigns.add_recipients(viewer, cid, rows) for rows in lists_)
     )
+    accepted = [len(checked.accepted) for _, checked in results]
+    duplicates = [len(checked.duplicates) for _, checked in results]
+    assert sum(accepted) == 75 and sum(duplicates) == 5 * 40 - 75
+    stored = await _recipients(system, cid)
+    assert sorted(r.key for r in stored) == sorted(f"r{k}@example.test" for k in range(75))
+    assert [r.seq for r in stored] == list(range(75))
+    campaign = await _campaign(system, cid)
+    assert (campaign["recipients"], campaign["next_seq"]) == (75, 75)
+    # and an add of what the list has already stores nothing and reports it all
+    _, again = await system.campaigns.add_recipients(viewer, cid, _rows(70, 10))
+    assert (len(again.accepted), len(again.duplicates)) == (5, 5)
+    assert (await _campaign(system, cid))["recipients"] == 80
+
+
+async def test_a_batch_does_not_complete_a_campaign_an_add_just_grew(world):
+    """A batch that finds nobody pending completes the campaign only if no add committed
+    since it read the campaign; otherwise the next batch sends the added recipients."""
+    system, viewer, cid = world
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, BATCH))
     await system.campaigns.transition(viewer, cid, "start")
-    assert (await _batch(system, cid))["queued"] == 5
-    assert (await _campaign(system, cid))["pending_floor"] == 5
+    assert (await _batch(system, cid))["queued"] == BATCH
+    read = await _campaign(system, cid)  # what the next batch read before the add committed
+    await system.campaigns.add_recipients(viewer, cid, _rows(BATCH, 3))
+    outcome = await system.campaign_sender._batch(read, datetime.now(UTC), False)
+    assert not outcome.get("completed")
+    assert (await _campaign(system, cid))["status"] == "sending"
+    assert (await _batch(system, cid))["queued"] == 3
     assert (await _batch(system, cid)).get("completed")
+    assert await _queued_seqs(system, cid) == list(range(BATCH + 3))
 
 
 async def test_an_untracked_batch_queues_by_the_floor_alone_and_a_cancel_spares_it(world, commands):
-    """With no add open and no tracked links a batch writes nothing to its recipients'
-    documents: moving the campaign's floor past them queues them. The stats count them
-    queued, the next batch starts above them, and a cancel marks canceled only those left."""
+    """With no tracked links and nobody suppressed a batch writes nothing to the list: moving
+    the campaign's floor past its recipients queues them. The stats count them queued, the
+    next batch starts above them, and a cancel cancels only those left, writing nothing."""
     system, viewer, cid = world
     await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
     await system.campaigns.transition(viewer, cid, "start")
@@ -185,26 +178,28 @@ async def test_an_untracked_batch_queues_by_the_floor_alone_and_a_cancel_spares_
     touched = [
         c
         for c in commands.commands
-        if c.collection == "campaign_recipients" and c.name not in ("find", "getMore")
+        if c.collection == "campaign_lists" and c.name not in ("find", "getMore")
     ]
     assert touched == []
     assert (await _campaign(system, cid))["pending_floor"] == BATCH
-    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 10, "pending": 15}
+    assert await _states(system, cid) == {"queued": 10, "pending": 15}
     assert (await _batch(system, cid))["queued"] == BATCH
     assert await _queued_seqs(system, cid) == list(range(20))  # each once, in order
+    commands.clear()
     await system.campaigns.transition(viewer, cid, "cancel")
-    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 20, "canceled": 5}
-    stored = await system.mongo.db.campaign_recipients.find(
-        {"campaign_id": ObjectId(cid), "state": "canceled"}, {"seq": 1}
-    ).to_list()
-    assert sorted(r["seq"] for r in stored) == list(range(20, 25))
+    assert [c for c in commands.commands if c.collection == "campaign_lists"] == []
+    assert await _states(system, cid) == {"queued": 20, "canceled": 5}
+    campaign = await _campaign(system, cid)
+    canceled = [
+        r.seq for r in await _recipients(system, cid) if lists.state_of(r, campaign) == "canceled"
+    ]
+    assert canceled == list(range(20, 25))
 
 
 async def test_tracked_links_are_stored_with_the_batch_state(world, commands):
     """A click-tracked batch stores each recipient's links (where its click redirects may go)
-    with its state, in the batch's transaction and in one command: the update by the batch's
-    seq range when every message holds the same links, one bulk write when a recipient's
-    variables change a link. No second write a recipient."""
+    in the batch's transaction and in one command (an update of each part the batch read),
+    whether every message holds the same links or a recipient's variables change a link."""
     system, viewer, _ = world
     html = (
         '<p><a href="https://shop.test/sale">Sale</a>'
@@ -227,19 +222,18 @@ async def test_tracked_links_are_stored_with_the_batch_state(world, commands):
         commands.clear()
         assert (await _batch(system, cid))["queued"] == BATCH
         updates = [
-            c
-            for c in commands.commands
-            if (c.name, c.collection) == ("update", "campaign_recipients")
+            c for c in commands.commands if (c.name, c.collection) == ("update", "campaign_lists")
         ]
         assert len(updates) == 1, name
-        async for r in system.mongo.db.campaign_recipients.find({"campaign_id": ObjectId(cid)}):
-            k = int(r["email"].removeprefix(name).split("@")[0])
+        campaign = await _campaign(system, cid)
+        for r in await _recipients(system, cid):
+            k = int(r.email.removeprefix(name).split("@")[0])
             want = ["https://shop.test/sale"] + (
                 [f"https://shop.test/u/{k % 3}"] if own_link else []
             )
-            assert (r["state"], r["links"]) == ("queued", want)
+            assert (lists.state_of(r, campaign), list(r.links)) == ("queued", want)
             for index, url in enumerate(want):
-                token = click_token(secret, r["_id"], index)
+                token = click_token(secret, r.id, index)
                 assert await system.tracking.click(token, method="GET", user_agent="Mail") == url
 
 
@@ -254,7 +248,7 @@ async def test_the_next_batch_renders_ahead_and_still_reads_suppressions_when_it
     assert (await _batch(system, cid, chain=True))["queued"] == BATCH
     ahead = sender._ahead[ObjectId(cid)]
     pending, built = await ahead.task  # seqs 10..19, rendered and built
-    assert [r["seq"] for r in pending] == list(range(10, 20))
+    assert [r.seq for r in pending] == list(range(10, 20))
     await system.suppression.add(
         "r12@example.test", reason="unsubscribe", scope=user_scope(viewer.user_id)
     )
@@ -273,7 +267,7 @@ async def test_the_next_batch_renders_ahead_and_still_reads_suppressions_when_it
     assert b"Number 15." in bodies["r15@example.test"]
     assert (await _batch(system, cid))["queued"] == 5
     assert (await _batch(system, cid)).get("completed")
-    assert await recipient_states(system.mongo, ObjectId(cid)) == {"queued": 24, "suppressed": 1}
+    assert await _states(system, cid) == {"queued": 24, "suppressed": 1}
 
 
 async def test_a_batch_rendered_ahead_is_dropped_when_another_process_ran_the_batch(world):
@@ -352,3 +346,64 @@ async def test_the_job_runs_an_unpaced_campaigns_batches_in_one_chain(world):
         f"arq:job:campaign:{oid}:0",  # the start's wake-up
         f"arq:job:campaign:{oid}:1",  # the next batch's: handed on
     ]
+
+
+async def test_render_helpers_build_what_the_sender_builds_and_a_dead_one_loses_nothing(world):
+    """A worker's batches are rendered in a helper process (messages.py): byte for byte the
+    message the sender builds itself. A helper killed while it renders loses nothing: the
+    call answers None (the batch then renders in the sender's threads), the pool is dropped
+    and the next batch starts a new helper."""
+    system, viewer, cid = world
+    sender = system.campaign_sender
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 25))
+    await system.campaigns.transition(viewer, cid, "start")
+    assert (await _batch(system, cid))["queued"] == BATCH
+    pool = sender.helpers._pool
+    assert pool is not None and pool.calls >= 1 and pool.alive == 1
+
+    recipients = (await _recipients(system, cid))[:3]
+    campaign = await _campaign(system, cid)
+    version = await system.mongo.db.template_versions.find_one({"_id": campaign["version_id"]})
+    now = datetime.now(UTC)
+    rows = [(r.id, r.email, r.variables) for r in recipients]
+    helped = await sender.helpers.render(campaign, version, rows, now)
+    rendered = await system.renderer.render_versions([(version, r.variables) for r in recipients])
+    here = [
+        messages.build(campaign, r.id, r.email, answer, now, sender.signing)
+        for r, answer in zip(recipients, rendered, strict=True)
+    ]
+    assert helped is not None and [b.raw for b in helped] == [b.raw for b in here]
+    assert b"Number 1." in helped[1].raw
+
+    # a helper killed while it renders: the call says so (None), the pool is dropped
+    (pid,) = pool.pids
+    many = [(ObjectId(), f"m{k}@example.test", {"n": k}) for k in range(3000)]
+    call = asyncio.create_task(sender.helpers.render(campaign, version, many, now))
+    await asyncio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    assert await call is None
+    assert sender.helpers._pool is None
+    assert (await _batch(system, cid))["queued"] == BATCH  # 10..19
+    assert (await _batch(system, cid))["queued"] == 5
+    assert await _queued_seqs(system, cid) == list(range(25))
+    renewed = sender.helpers._pool
+    assert renewed is not None and renewed.alive == 1 and renewed.pids != [pid]
+
+
+async def test_a_long_upload_goes_in_chunks_each_address_once(world, monkeypatch):
+    """A CSV upload is stored ``ADD_CHUNK`` recipients a transaction: addresses the list has
+    (from an earlier add, or an earlier chunk of this one) are reported, never stored twice,
+    and the numbers stay contiguous across the chunks."""
+    system, viewer, cid = world
+    monkeypatch.setattr(store, "ADD_CHUNK", 10)
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 3))
+    rows = _rows(2, 25) + [("R20@example.test", {"n": 99})]  # r2 is listed; R20 is r20 again
+    _, checked = await system.campaigns.add_recipients(viewer, cid, rows, csv=True)
+    assert len(checked.accepted) == 24
+    assert sorted(checked.duplicates) == ["R20@example.test", "r2@example.test"]
+    stored = await _recipients(system, cid)
+    assert [r.seq for r in stored] == list(range(27))
+    assert sorted(r.key for r in stored) == sorted(f"r{k}@example.test" for k in range(27))
+    parts = await system.mongo.db.campaign_lists.count_documents({"campaign_id": ObjectId(cid)})
+    assert parts == 4  # the first add's, then chunks of 10, 10 and 4
+    assert (await _campaign(system, cid))["recipients"] == 27

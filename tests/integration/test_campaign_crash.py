@@ -1,8 +1,9 @@
 """A campaign survives a SIGKILLed worker and a flushed Redis: nobody twice, nobody lost.
 
-The state is in MongoDB (campaign_recipients per-recipient states, the campaign's batch lease);
-a message's id is its campaign recipient's id, so a batch replayed after the crash cannot store
-a second message for anyone; the sweep wakes the campaign once Redis lost its jobs.
+The state is in MongoDB (the list's parts in campaign_lists and the campaign's pending_floor,
+which together give each recipient's state, and the campaign's batch lease); a message's id is
+its campaign recipient's id, so a batch replayed after the crash cannot store a second message
+for anyone; the sweep wakes the campaign once Redis lost its jobs.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ async def test_a_killed_worker_and_a_flushed_redis_mid_campaign(private_database
         await system.campaigns.transition(viewer, cid, "start")
 
         async def queued(n: int) -> bool:
-            return (await recipient_states(system.mongo, ObjectId(cid))).get("queued", 0) >= n
+            states, _ = await recipient_states(system.mongo, ObjectId(cid))
+            return states.get("queued", 0) >= n
 
         await kill_worker_when(
             w.settings, lambda: queued(30), 60, "the first batches", **WORKER_SETTINGS

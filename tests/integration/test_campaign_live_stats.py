@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from bson import ObjectId
 
 from app.bootstrap import System, build_system
+from app.domain.campaigns import RecipientRow
+from app.services.campaigns import lists
 from app.services.campaigns import stats as stats_module
 from app.services.campaigns.stats import STATS_SHARE, LiveStats, campaign_stats, stats_of
 
@@ -27,6 +30,10 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def _rows(*names: str) -> list[RecipientRow]:
+    return [RecipientRow(f"{n}@live.test", f"{n}@live.test", {}) for n in names]
 
 
 @pytest.fixture
@@ -43,13 +50,19 @@ async def test_one_count_for_concurrent_subscribers_then_paced_by_its_duration(
 ) -> None:
     db = system.mongo.db
     cid = ObjectId()
-    await db.campaign_recipients.insert_many(
-        [
-            {"campaign_id": cid, "key": f"r{i}@live.test", "seq": i, "state": state}
-            for i, state in enumerate(["queued", "pending", "pending"])
-        ]
-    )
-    campaign = {"_id": cid, "recipients": 3, "track_opens": False, "track_clicks": False}
+    now = datetime.now(UTC)
+    await db.campaign_lists.insert_many(lists.parts_of(cid, 0, _rows("r0", "r1", "r2"), now))
+    # the first batch queued r0: the campaign's pending_floor is past it (lists.state_of)
+    campaign = {
+        "_id": cid,
+        "status": "sending",
+        "pending_floor": 1,
+        "next_seq": 3,
+        "recipients": 3,
+        "track_opens": False,
+        "track_clicks": False,
+    }
+    await db.campaigns.insert_one(campaign)
     clock = Clock()
     counts: list[float] = []
     real_count = stats_module.count
@@ -72,9 +85,7 @@ async def test_one_count_for_concurrent_subscribers_then_paced_by_its_duration(
     assert (first["queued"], first["pending"]) == (1, 2)
 
     # The batch sender queues another; the campaign document says the list grew.
-    await db.campaign_recipients.update_one(
-        {"campaign_id": cid, "seq": 1}, {"$set": {"state": "queued"}}
-    )
+    await db.campaigns.update_one({"_id": cid}, {"$set": {"pending_floor": 2}})
     grown = {**campaign, "recipients": 4, "waiting": "warmup"}
     pace = 2.0 / STATS_SHARE  # the next count no sooner than this after the last began
     clock.now = 100.0 + pace - 0.5
@@ -100,11 +111,11 @@ async def test_a_quick_count_is_made_every_time_and_tracking_is_counted_apart(
     db = system.mongo.db
     cid = ObjectId()
     campaign = {"_id": cid, "recipients": 1, "track_opens": False}
+    await db.campaigns.insert_one({**campaign, "status": "sending", "pending_floor": 0})
     live = LiveStats(system.mongo, clock=Clock())  # counts take none of its time
     assert (await live.stats(campaign))["pending"] == 0
-    await db.campaign_recipients.insert_one(
-        {"campaign_id": cid, "key": "a@live.test", "seq": 0, "state": "pending"}
-    )
+    parts = lists.parts_of(cid, 0, _rows("a"), datetime.now(UTC))
+    await db.campaign_lists.insert_many(parts)
     assert (await live.stats(campaign))["pending"] == 1
     tracked = await live.stats({**campaign, "track_opens": True})
     assert tracked == await campaign_stats(system.mongo, {**campaign, "track_opens": True})

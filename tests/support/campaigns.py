@@ -10,6 +10,8 @@ from bson import ObjectId
 
 from app.bootstrap import System
 from app.domain.viewer import Viewer
+from app.services.campaigns import lists
+from app.services.campaigns.lists import Recipient
 from app.services.delivery.parcels import members
 
 
@@ -43,3 +45,10 @@ async def campaign_messages(db: Any, campaign_id: ObjectId) -> list[dict[str, An
         {"$or": [{"campaign_id": campaign_id}, {"parcel.campaign_id": campaign_id}]}
     ).to_list()
     return [r for r in members(found) if r.get("campaign_id") == campaign_id]
+
+
+async def campaign_recipients(db: Any, campaign_id: ObjectId) -> list[Recipient]:
+    """Every recipient of a campaign's list, in order, read from its parts
+    (app/services/campaigns/lists.py)."""
+    parts = await db.campaign_lists.find({"campaign_id": campaign_id}).sort("seq", 1).to_list()
+    return [r for p in parts for r in lists.recipients_of(p)]

@@ -9,8 +9,6 @@ from bson import ObjectId
 
 from app.domain import campaign_tokens as tokens
 from app.domain.campaigns import (
-    ADD_OPEN_SECONDS,
-    adds_open,
     batch_plan,
     check_recipients,
     next_day_start,
@@ -267,26 +265,3 @@ def test_verified_needs_spf_dkim_and_dmarc() -> None:
     ]
     assert verified(checks)  # MX only matters for receiving
     assert not verified(checks[:2] + [check_dmarc("_dmarc.example.test", [], DMARC)])
-
-
-def test_an_add_is_open_until_closed_or_abandoned() -> None:
-    now = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-    recent = {"token": "a", "at": (now - timedelta(seconds=5)).replace(tzinfo=None)}  # as read
-    old = {"token": "b", "at": now - timedelta(seconds=ADD_OPEN_SECONDS + 1)}
-    assert adds_open({"adds_open": [recent]}, now)
-    assert adds_open({"adds_open": [old, recent]}, now)
-    assert not adds_open({"adds_open": [old]}, now)
-    assert not adds_open({"adds_open": []}, now)
-    assert not adds_open({}, now)  # campaigns made before adds were tracked
-
-
-def test_still_pending_starts_at_the_floor() -> None:
-    from app.domain.campaigns import still_pending
-
-    cid = ObjectId()
-    assert still_pending({"_id": cid}) == {
-        "campaign_id": cid,
-        "state": "pending",
-        "seq": {"$gte": 0},
-    }
-    assert still_pending({"_id": cid, "pending_floor": 500})["seq"] == {"$gte": 500}

@@ -23,10 +23,11 @@ from typing import Any
 from bson import ObjectId
 
 from app.adapters.mongo import Mongo
+from app.services.campaigns import lists
 
 # campaignProgress: the share of the time one campaign's live stats may spend counting. Each
-# count reads every recipient of the campaign (on SecantusDB 1 s of database CPU at 10,000
-# recipients, 10.7 s at 100,000), so after a count that took T seconds the next one starts no
+# count reads every part of the campaign's list and groups every delivery row of it, which
+# grows with the list, so after a count that took T seconds the next one starts no
 # sooner than T / STATS_SHARE after it began; subscribers in between get the last count.
 STATS_SHARE = 0.1
 _FORGET_AFTER = 3600.0  # seconds: counts nobody asked for since are dropped
@@ -88,7 +89,7 @@ async def count(mongo: Mongo, campaign: dict[str, Any]) -> dict[str, Any]:
     """What ``stats_of`` needs counted from the records (every recipient of the campaign)."""
     db = mongo.db
     cid = campaign["_id"]
-    states = await recipient_states(mongo, cid)
+    states, unsubscribed = await recipient_states(mongo, cid)
     delivery = {
         d["_id"]: d["n"]
         async for d in await db.recipients.aggregate(
@@ -100,9 +101,6 @@ async def count(mongo: Mongo, campaign: dict[str, Any]) -> dict[str, Any]:
     }
     complained = await db.recipients.count_documents(
         {"campaign_id": cid, "complained_at": {"$ne": None}}
-    )
-    unsubscribed = await db.campaign_recipients.count_documents(
-        {"campaign_id": cid, "unsubscribed_at": {"$ne": None}}
     )
     tracked: dict[tuple[str, bool], int] = {}
     people: dict[str, set[Any]] = {"opened": set(), "clicked": set()}
@@ -136,36 +134,15 @@ async def count(mongo: Mongo, campaign: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def recipient_states(mongo: Mongo, campaign_id: ObjectId) -> dict[str, int]:
+async def recipient_states(mongo: Mongo, campaign_id: ObjectId) -> tuple[dict[str, int], int]:
     """How many of a campaign's recipients are in each state (pending, queued, suppressed,
-    failed, canceled).
+    failed, canceled), and how many unsubscribed through it.
 
-    A recipient still stored ``pending`` below the campaign's ``pending_floor`` is ``queued``:
-    a batch with no add open and no tracked links queues its recipients by moving the floor
-    past them, without a write to each (``CampaignSender._mark_queued``). The floor is read
-    first, so a batch committing meanwhile can only leave its recipients counted pending in
-    this count, never queued twice."""
-    db = mongo.db
-    doc = await db.campaigns.find_one({"_id": campaign_id}, {"pending_floor": 1})
-    states: dict[str, int] = {
-        d["_id"]: d["n"]
-        async for d in await db.campaign_recipients.aggregate(
-            [
-                {"$match": {"campaign_id": campaign_id}},
-                {"$group": {"_id": "$state", "n": {"$sum": 1}}},
-            ]
-        )
-    }
-    floor = int((doc or {}).get("pending_floor", 0))
-    if states.get("pending") and floor:
-        # the complement of ``still_pending`` (counted, rather than it: a cancel may move
-        # recipients above the floor from pending to canceled meanwhile, never those below)
-        below = await db.campaign_recipients.count_documents(
-            {"campaign_id": campaign_id, "state": "pending", "seq": {"$lt": floor}}
-        )
-        states["pending"] -= below
-        states["queued"] = states.get("queued", 0) + below
-    return {k: n for k, n in states.items() if n}
+    Counted from the list's parts (``lists.states``) and the campaign's ``pending_floor`` and
+    status, read first: a batch committing meanwhile can only leave its recipients counted
+    pending in this count, never queued twice."""
+    doc = await mongo.db.campaigns.find_one({"_id": campaign_id}, {"pending_floor": 1, "status": 1})
+    return await lists.states(mongo.db, doc or {"_id": campaign_id})
 
 
 def stats_of(campaign: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:

@@ -1,23 +1,21 @@
 """Campaigns and their recipient lists (issue 15): create, add recipients, start, pause, resume,
 cancel, read, and the live statistics.
 
-State is in MongoDB only: ``campaigns`` (one document each) and ``campaign_recipients`` (one
-per recipient, numbered by ``seq`` so that a batch is a range query, with its own ``state``:
-pending → queued | suppressed | failed | canceled; a recipient stored ``pending`` below the
-campaign's ``pending_floor`` was queued by its batch without a write of its own:
-``stats.recipient_states``). Redis only carries the jobs that wake the
-batch sender; the sweep (``CampaignSender.sweep``) finds a campaign whose job was lost.
+State is in MongoDB only: ``campaigns`` (one document each) and ``campaign_lists`` (the
+recipient list in parts of up to 500, numbered by ``seq`` so that a batch is a range: lists.py,
+which also says how a recipient's state follows from the campaign's ``pending_floor``). Redis
+only carries the jobs that wake the batch sender; the sweep (``CampaignSender.sweep``) finds a
+campaign whose job was lost.
 """
 
 from __future__ import annotations
 
-import secrets
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.mongo import Mongo, is_duplicate_key
+from app.adapters.mongo import Mongo, in_transaction
 from app.adapters.queue import JobQueue
 from app.domain.addresses import domain_of
 from app.domain.campaigns import (
@@ -28,18 +26,20 @@ from app.domain.campaigns import (
     check_rate,
     check_recipients,
     next_status,
-    still_pending,
 )
 from app.domain.errors import NotFound, ValidationError
 from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.campaigns.domains import DomainVerifier
+from app.services.campaigns.lists import existing_keys, parts_of
 from app.services.campaigns.stats import LiveStats, campaign_stats
 from app.services.sending.compose import check_send_at, sender_address
 from app.services.templates.store import TemplateStore
 
 MAX_NAME = 200
+ADD_CHUNK = 5_000  # recipients of a CSV upload stored in one transaction
+ADD_ATTEMPTS = 8
 TERMINAL = ("completed", "canceled")
 
 
@@ -108,6 +108,7 @@ class CampaignService:
             "status": "draft",
             "recipients": 0,
             "next_seq": 0,
+            "pending_floor": 0,  # no recipient below it is pending (lists.py)
             "batches": 0,
             "next_batch_at": None,
             "batch_lease_until": None,
@@ -166,7 +167,15 @@ class CampaignService:
     async def add_recipients(
         self, viewer: Viewer, campaign_id: str, rows: list[tuple[str, Any]], *, csv: bool = False
     ) -> tuple[dict[str, Any], RecipientCheck]:
-        """Append recipients (duplicates of the list and invalid addresses are reported)."""
+        """Append recipients (duplicates of the list and invalid addresses are reported).
+
+        Each ``ADD_CHUNK`` of them goes in one transaction (``_add``): the check for addresses
+        the list has already, the campaign's new ``next_seq`` and count, and the parts. A
+        batch sees an add whole or not at all, and two adds of the same address cannot both
+        commit: both write the campaign document, so the second's transaction conflicts and
+        runs again, and then its check sees the first's parts. A CSV upload of more than one
+        chunk that fails part way keeps the chunks before the failure (an upload again
+        reports them as duplicates)."""
         if not csv and len(rows) > MAX_RECIPIENTS_PER_CALL:
             raise ValidationError.on(
                 "recipients", f"at most {MAX_RECIPIENTS_PER_CALL} recipients a call"
@@ -175,58 +184,42 @@ class CampaignService:
         if campaign["status"] in TERMINAL:
             raise ValidationError.on("id", f"the campaign is {campaign['status']}")
         checked = check_recipients(rows)
-        if not checked.accepted:
+        accepted: list[RecipientRow] = []
+        for start in range(0, len(checked.accepted), ADD_CHUNK):
+            chunk = checked.accepted[start : start + ADD_CHUNK]
+            repeated = await self._add(campaign["_id"], chunk)
+            checked.duplicates += [r.email for r in chunk if r.key in repeated]
+            accepted += [r for r in chunk if r.key not in repeated]
+        checked.accepted = accepted
+        if not accepted:
             return campaign, checked
-        keys = [r.key for r in checked.accepted]
-        existing = {
-            d["key"]
-            async for d in self.db.campaign_recipients.find(
-                {"campaign_id": campaign["_id"], "key": {"$in": keys}}, {"key": 1}
-            )
-        }
-        if existing:
-            checked.duplicates += [r.email for r in checked.accepted if r.key in existing]
-            checked.accepted = [r for r in checked.accepted if r.key not in existing]
-        n = len(checked.accepted)
-        if not n:
-            return campaign, checked
-        first_seq, add = await self._reserve(campaign["_id"], n)
-        docs = recipient_rows(campaign["_id"], first_seq, checked.accepted, datetime.now(UTC))
-        await self._insert(campaign["_id"], docs, add)
         return await self.get(viewer, campaign["_id"]), checked
 
-    async def _reserve(self, campaign_id: ObjectId, n: int) -> tuple[int, dict[str, Any]]:
-        """Reserve ``n`` seq numbers (and the room in the list) atomically: (the first, the add).
+    async def _add(self, campaign_id: ObjectId, chunk: list[RecipientRow]) -> set[str]:
+        """Store ``chunk`` but the addresses the list has already; returns those."""
 
-        The add stays in the campaign's ``adds_open`` until its rows are in: the batch sender's
-        floor must not pass seq numbers whose rows may still arrive (``CampaignSender``)."""
-        add = {"token": secrets.token_hex(8), "at": datetime.now(UTC)}
-        reserved = await self.db.campaigns.find_one_and_update(
-            {"_id": campaign_id, "recipients": {"$lte": MAX_RECIPIENTS - n}},
-            {"$inc": {"next_seq": n, "recipients": n}, "$push": {"adds_open": add}},
-            return_document=False,
-        )
-        if reserved is None:
-            raise ValidationError.on("recipients", f"at most {MAX_RECIPIENTS:,} recipients")
-        return int(reserved["next_seq"]), add
-
-    async def _insert(
-        self, campaign_id: ObjectId, docs: list[dict[str, Any]], add: dict[str, Any]
-    ) -> None:
-        """Insert a reserved add's rows, then close the add. Any error but a duplicate leaves
-        it open (rows of it may still land after a timeout) until ``ADD_OPEN_SECONDS``."""
-        closed: dict[str, Any] = {"$pull": {"adds_open": {"token": add["token"]}}}
-        try:
-            await self.db.campaign_recipients.insert_many(docs, ordered=False)
-        except Exception as e:
-            if not is_duplicate_key(e):
-                raise
-            # a concurrent call added some of the same addresses: count what really went in
-            inserted = await self.db.campaign_recipients.count_documents(
-                {"_id": {"$in": [d["_id"] for d in docs]}}
+        async def work(session: Any) -> set[str]:
+            repeated = await existing_keys(self.db, campaign_id, [r.key for r in chunk], session)
+            new = [r for r in chunk if r.key not in repeated]
+            if not new:
+                return repeated
+            reserved = await self.db.campaigns.find_one_and_update(
+                {"_id": campaign_id, "recipients": {"$lte": MAX_RECIPIENTS - len(new)}},
+                {"$inc": {"next_seq": len(new), "recipients": len(new)}},
+                projection={"next_seq": 1, "status": 1},
+                session=session,
             )
-            closed["$inc"] = {"recipients": inserted - len(docs)}
-        await self.db.campaigns.update_one({"_id": campaign_id}, closed)
+            if reserved is None:
+                raise ValidationError.on("recipients", f"at most {MAX_RECIPIENTS:,} recipients")
+            if reserved["status"] in TERMINAL:
+                raise ValidationError.on("id", f"the campaign is {reserved['status']}")
+            parts = parts_of(campaign_id, int(reserved["next_seq"]), new, datetime.now(UTC))
+            await self.db.campaign_lists.insert_many(parts, session=session)
+            return repeated
+
+        # (adds of one campaign at once conflict on its document: more tries than a send's)
+        result: set[str] = await in_transaction(self.mongo, work, attempts=ADD_ATTEMPTS)
+        return result
 
     async def transition(self, viewer: Viewer, campaign_id: str, action: str) -> dict[str, Any]:
         """start, pause, resume or cancel; each takes effect before the next batch (the batch
@@ -257,34 +250,9 @@ class CampaignService:
         )
         if result is None:  # changed under us: report against the fresh state
             return await self.transition(viewer, campaign_id, action)
-        if target == "canceled":
-            # (no batch commits after the status change, which its transaction checks first)
-            await self.db.campaign_recipients.update_many(
-                still_pending(result), {"$set": {"state": "canceled", "updated_at": now}}
-            )
         if target in ("sending", "scheduled"):
             await wake(self.queue, result)
         return result
-
-
-def recipient_rows(
-    campaign_id: ObjectId, first_seq: int, accepted: list[RecipientRow], now: datetime
-) -> list[dict[str, Any]]:
-    """The ``campaign_recipients`` documents of an add whose seq numbers start at
-    ``first_seq``: pending, in the order given."""
-    return [
-        {
-            "_id": ObjectId(),
-            "campaign_id": campaign_id,
-            "seq": first_seq + i,
-            "email": r.email,
-            "key": r.key,
-            "variables": r.variables,
-            "state": "pending",
-            "created_at": now,
-        }
-        for i, r in enumerate(accepted)
-    ]
 
 
 async def wake(queue: JobQueue, campaign: dict[str, Any]) -> None:

@@ -23,6 +23,7 @@ from app.domain.campaign_tokens import (
 from app.domain.campaigns import aware
 from app.domain.errors import NotFound
 from app.domain.tracking import BURST_SECONDS, Hit, burst_partners, machine_click, machine_open
+from app.services.campaigns.lists import Recipient, find_recipient, locate
 from app.services.feedback.suppression import SuppressionService, user_scope
 
 FORGED = "no such link"
@@ -36,14 +37,12 @@ class TrackingService:
         key = settings.secret_key.get_secret_value() if settings.secret_key else ""
         self.secret = key.encode()
 
-    async def _recipient(self, rid: ObjectId | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _recipient(self, rid: ObjectId | None) -> tuple[Recipient, dict[str, Any]]:
         if rid is None:
             raise NotFound(FORGED)
-        recipient = await self.db.campaign_recipients.find_one({"_id": rid})
+        recipient = await find_recipient(self.db, rid)
         campaign = (
-            await self.db.campaigns.find_one({"_id": recipient["campaign_id"]})
-            if recipient
-            else None
+            await self.db.campaigns.find_one({"_id": recipient.campaign_id}) if recipient else None
         )
         if recipient is None or campaign is None:
             raise NotFound(FORGED)
@@ -51,12 +50,12 @@ class TrackingService:
 
     # --- unsubscribe -------------------------------------------------------------------
 
-    async def check_unsubscribe(self, token: str) -> dict[str, Any]:
+    async def check_unsubscribe(self, token: str) -> Recipient:
         """The recipient a valid token names (the GET page shows its address)."""
         recipient, _ = await self._recipient(parse_unsubscribe_token(self.secret, token))
         return recipient
 
-    async def unsubscribe(self, token: str, *, via: str = "one-click") -> dict[str, Any]:
+    async def unsubscribe(self, token: str, *, via: str = "one-click") -> Recipient:
         """Suppress the recipient for the campaign's sender (before its next batch: the batch
         sender reads suppressions from MongoDB when it starts). Idempotent."""
         return await self._unsubscribe(parse_unsubscribe_token(self.secret, token), via)
@@ -75,18 +74,19 @@ class TrackingService:
     def is_unsubscribe_address(self, address: str) -> bool:
         return bool(self.secret) and parse_unsubscribe_address(self.secret, address) is not None
 
-    async def _unsubscribe(self, rid: ObjectId | None, via: str) -> dict[str, Any]:
+    async def _unsubscribe(self, rid: ObjectId | None, via: str) -> Recipient:
         recipient, campaign = await self._recipient(rid)
         await self.suppression.add(
-            recipient["email"],
+            recipient.email,
             reason="unsubscribe",
             scope=user_scope(campaign["user_id"]),
-            source_message_id=recipient["_id"],
+            source_message_id=recipient.id,
         )
         now = datetime.now(UTC)
-        first = await self.db.campaign_recipients.update_one(
-            {"_id": recipient["_id"], "unsubscribed_at": None},
-            {"$set": {"unsubscribed_at": now, "unsubscribed_via": via}},
+        part, i = locate(recipient.id)
+        first = await self.db.campaign_lists.update_one(
+            {"_id": part, f"unsubscribed.{i}": {"$exists": False}},
+            {"$set": {f"unsubscribed.{i}": {"at": now, "via": via}}},
         )
         if first.modified_count:
             await self.db.delivery_events.insert_one(
@@ -111,7 +111,7 @@ class TrackingService:
         if not campaign.get("track_opens"):
             return False
         now = datetime.now(UTC)
-        hit = Hit(method, user_agent, now, await self._delivered_at(recipient["_id"]))
+        hit = Hit(method, user_agent, now, await self._delivered_at(recipient.id))
         rule = machine_open(hit, self.settings.tracking_prefetch_seconds)
         await self.db.delivery_events.insert_one(
             _event(
@@ -130,7 +130,7 @@ class TrackingService:
         parsed = parse_click_token(self.secret, token)
         recipient, campaign = await self._recipient(parsed[0] if parsed else None)
         assert parsed is not None
-        links = recipient.get("links") or []
+        links = recipient.links
         if not campaign.get("track_clicks") or not 0 <= parsed[1] < len(links):
             raise NotFound(FORGED)
         url: str = links[parsed[1]]
@@ -138,7 +138,7 @@ class TrackingService:
         window = timedelta(seconds=BURST_SECONDS)
         recent_docs = await self.db.delivery_events.find(
             {
-                "message_id": recipient["_id"],
+                "message_id": recipient.id,
                 "event_type": "clicked",
                 "occurred_at": {"$gte": now - window},
             }
@@ -168,16 +168,16 @@ class TrackingService:
 
 def _event(
     campaign: dict[str, Any],
-    recipient: dict[str, Any],
+    recipient: Recipient,
     kind: str,
     now: datetime,
     machine: bool,
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     return {
-        "message_id": recipient["_id"],
-        "recipient": recipient["email"],
-        "recipient_id": recipient["_id"],
+        "message_id": recipient.id,
+        "recipient": recipient.email,
+        "recipient_id": recipient.id,
         "event_type": kind,
         "occurred_at": now,
         "sender_user_id": campaign["user_id"],

@@ -121,6 +121,21 @@ class TemplateRenderer:
                 results[n] = answer
         return [r for r in results if r is not None]
 
+    def render_here(
+        self, jobs: list[tuple[dict[str, Any], Any]]
+    ) -> list[Rendered | ValidationError]:
+        """``render_versions`` on this thread, for a process whose work is rendering (the
+        campaign render helpers: services/campaigns/messages.py)."""
+        answers: list[Rendered | ValidationError] = []
+        for version, variables in jobs:
+            try:
+                compiled, value = self._checked(version, variables)
+            except ValidationError as e:
+                answers.append(e)
+                continue
+            answers += _render_each([(compiled, value)], self.limits)
+        return answers
+
     def _checked(self, version: dict[str, Any], variables: Any) -> tuple[CompiledTemplate, Any]:
         """The compiled version and the variables, once they are JSON of an allowed size that
         its schema accepts (else the ValidationError naming each variable)."""

@@ -1,0 +1,233 @@
+"""A campaign's recipient list, stored in parts (issue 15).
+
+A list of up to 1,000,000 recipients is stored as ``campaign_lists`` documents of up to
+``PART_ROWS`` recipients each, in the order they were added. One document a recipient cost
+SecantusDB 0.2-0.5 ms of CPU to insert and as much again to read back for its batch, more than
+rendering and queueing the message (docs/benchmarks.md, twenty-fourth session); a part costs
+about that for all its recipients together. A part:
+
+- ``_id``: an ObjectId whose last three bytes are zero. Recipient ``i`` of the part has the id
+  ``_id + i`` (``recipient_id``), so a recipient id names its part and its place in it
+  (``locate``): the tokens of its unsubscribe, open and click links, its message's id and its
+  delivery row's id are that id, and finding its recipient is one read by ``_id``. The five
+  bytes before are random for each part, as an ObjectId's are for each process, so no other
+  id shares them;
+- ``campaign_id``; ``seq`` and ``end``: the recipients' numbers in the list, ``seq`` to
+  ``end - 1``, in order (a batch is a range of them); ``n`` = ``end - seq``;
+- ``keys``: the normalized addresses. An index of ``(campaign_id, keys)`` finds the addresses
+  an add repeats (``existing_keys``). It is not unique: a unique index cost SecantusDB 0.1 ms
+  of CPU an address, five times everything else of an add, so an add checks and inserts in one
+  transaction that also writes the campaign document, and two adds cannot both commit
+  unchecked (``CampaignService.add_recipients``);
+- ``rows``: ``[email as given, key, variables]`` of each recipient, as one JSON string (read
+  whole, a part is one value to decode, not a thousand documents);
+- what happened to a recipient, by its place (a string of ``i``), written only when it is not
+  what the campaign's ``pending_floor`` implies: ``states`` (``suppressed`` or ``failed``),
+  ``errors`` (why it failed), ``links`` (the URLs its tracked click links may redirect to),
+  ``unsubscribed`` (``{at, via}``).
+
+A recipient's state (``state_of``): its ``states`` entry; else ``queued`` when it is below the
+campaign's ``pending_floor`` (its batch moved the floor past it); else ``canceled`` when the
+campaign is; else ``pending``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bson import ObjectId
+
+from app.adapters.mongo import UpdateOne
+from app.domain.campaigns import MAX_BATCH, RecipientRow
+
+PART_ROWS = MAX_BATCH  # a full batch reads one part
+PART_BYTES = 4_000_000  # and a part stays far below MongoDB's 16 MB a document
+_LOW = 3  # bytes of a recipient id that number it within its part
+
+
+def part_id(now: datetime) -> ObjectId:
+    """A new part's id: the time, five random bytes, and a zero place number."""
+    return ObjectId(struct.pack(">I", int(now.timestamp())) + os.urandom(5) + bytes(_LOW))
+
+
+def recipient_id(part: ObjectId, i: int) -> ObjectId:
+    return ObjectId(part.binary[:-_LOW] + i.to_bytes(_LOW, "big"))
+
+
+def locate(rid: ObjectId) -> tuple[ObjectId, int]:
+    """(the part, the place in it) of a recipient id."""
+    return ObjectId(rid.binary[:-_LOW] + bytes(_LOW)), int.from_bytes(rid.binary[-_LOW:], "big")
+
+
+def parts_of(
+    campaign_id: ObjectId, first_seq: int, accepted: list[RecipientRow], now: datetime
+) -> list[dict[str, Any]]:
+    """The ``campaign_lists`` documents of an add whose numbers start at ``first_seq``."""
+    parts: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
+    size = 0
+    seq = first_seq
+
+    def close() -> None:
+        nonlocal rows, size, seq
+        parts.append(
+            {
+                "_id": part_id(now),
+                "campaign_id": campaign_id,
+                "seq": seq,
+                "end": seq + len(rows),
+                "n": len(rows),
+                "keys": [r[1] for r in rows],
+                "rows": json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
+                "created_at": now,
+            }
+        )
+        seq += len(rows)
+        rows, size = [], 0
+
+    for r in accepted:
+        row = [r.email, r.key, r.variables]
+        weight = len(json.dumps(r.variables)) + 2 * len(r.key) + 16
+        if rows and (len(rows) >= PART_ROWS or size + weight > PART_BYTES):
+            close()
+        rows.append(row)
+        size += weight
+    if rows:
+        close()
+    return parts
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient of a list, read from its part."""
+
+    id: ObjectId
+    campaign_id: ObjectId
+    seq: int
+    email: str
+    key: str
+    variables: dict[str, Any]
+    state: str | None  # the explicit state (``states``), None when the floor implies it
+    links: tuple[str, ...]
+    unsubscribed: dict[str, Any] | None
+
+
+def recipients_of(part: Mapping[str, Any]) -> list[Recipient]:
+    """Every recipient of a part document (read without ``keys``)."""
+    states = part.get("states") or {}
+    links = part.get("links") or {}
+    unsubscribed = part.get("unsubscribed") or {}
+    out = []
+    for i, (email, key, variables) in enumerate(json.loads(part["rows"])):
+        at = str(i)
+        out.append(
+            Recipient(
+                recipient_id(part["_id"], i),
+                part["campaign_id"],
+                part["seq"] + i,
+                email,
+                key,
+                variables,
+                states.get(at),
+                tuple(links.get(at) or ()),
+                unsubscribed.get(at),
+            )
+        )
+    return out
+
+
+def state_of(r: Recipient, campaign: Mapping[str, Any]) -> str:
+    if r.state:
+        return r.state
+    if r.seq < int(campaign.get("pending_floor") or 0):
+        return "queued"
+    return "canceled" if campaign.get("status") == "canceled" else "pending"
+
+
+_READ = {"keys": 0}  # every read but the duplicate check leaves the index's copy out
+
+
+async def existing_keys(db: Any, campaign_id: ObjectId, keys: list[str], session: Any) -> set[str]:
+    """Which of ``keys`` the campaign's list has already.
+
+    (On SecantusDB, a part that holds some of them costs |keys| x its size to match, about 0.75 s
+    for 1,000 keys against a part of 500: re-adding a list is slow there, adding a new one is
+    not; MongoDB answers from the index.)"""
+    wanted = set(keys)
+    found: set[str] = set()
+    async for part in db.campaign_lists.find(
+        {"campaign_id": campaign_id, "keys": {"$in": keys}}, {"keys": 1}, session=session
+    ):
+        found.update(k for k in part["keys"] if k in wanted)
+    return found
+
+
+async def pending_from(
+    db: Any, campaign: Mapping[str, Any], floor: int, size: int
+) -> list[Recipient]:
+    """The first ``size`` recipients at or above ``floor`` that have no state of their own, in
+    order. Reads the parts that overlap windows of ``size`` numbers from ``floor`` up to the
+    campaign's ``next_seq`` (each a bounded range of the ``(campaign_id, end)`` index, so a
+    batch at the end of a long list costs what one at its start does)."""
+    cid = campaign["_id"]
+    low, stop = floor, int(campaign.get("next_seq") or 0)
+    out: list[Recipient] = []
+    while len(out) < size and low < stop:
+        high = min(low + size, stop)
+        query = {"campaign_id": cid, "end": {"$gt": low, "$lte": high + PART_ROWS}}
+        parts = await db.campaign_lists.find({**query, "seq": {"$lt": high}}, _READ).to_list()
+        for part in sorted(parts, key=lambda p: p["seq"]):
+            for r in recipients_of(part):
+                if low <= r.seq < high and r.state is None and len(out) < size:
+                    out.append(r)
+        low = high
+    return out
+
+
+async def find_recipient(db: Any, rid: ObjectId) -> Recipient | None:
+    part_key, i = locate(rid)
+    part = await db.campaign_lists.find_one({"_id": part_key}, _READ)
+    if part is None or not 0 <= i < part["n"]:
+        return None
+    return recipients_of(part)[i]
+
+
+def mark(
+    recipients: Iterable[tuple[Recipient, dict[str, Any]]],
+) -> list[UpdateOne]:
+    """One update a part: ``$set`` each recipient's fields (``{"states": "failed", ...}``) at
+    its place."""
+    by_part: dict[ObjectId, dict[str, Any]] = {}
+    for r, fields in recipients:
+        part_key, i = locate(r.id)
+        at = by_part.setdefault(part_key, {})
+        for name, value in fields.items():
+            at[f"{name}.{i}"] = value
+    return [UpdateOne({"_id": p}, {"$set": s}) for p, s in by_part.items()]
+
+
+async def states(db: Any, campaign: Mapping[str, Any]) -> tuple[dict[str, int], int]:
+    """({state: how many recipients}, how many unsubscribed through the campaign), counted
+    from the parts' counts and their few recipients with a state of their own."""
+    counts: dict[str, int] = {}
+    unsubscribed = 0
+    floor = int(campaign.get("pending_floor") or 0)
+    rest = "canceled" if campaign.get("status") == "canceled" else "pending"
+    async for part in db.campaign_lists.find(
+        {"campaign_id": campaign["_id"]}, {"seq": 1, "n": 1, "states": 1, "unsubscribed": 1}
+    ):
+        own = part.get("states") or {}
+        for state in own.values():
+            counts[state] = counts.get(state, 0) + 1
+        below = max(0, min(part["n"], floor - part["seq"]))
+        explicit_below = sum(1 for i in own if int(i) < below)
+        counts["queued"] = counts.get("queued", 0) + below - explicit_below
+        counts[rest] = counts.get(rest, 0) + part["n"] - below - (len(own) - explicit_below)
+        unsubscribed += len(part.get("unsubscribed") or {})
+    return {k: n for k, n in counts.items() if n}, unsubscribed
