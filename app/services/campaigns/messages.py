@@ -183,7 +183,11 @@ class RenderHelpers:
             if self._failed_at and loop.time() - self._failed_at < RETRY_SECONDS:
                 return None
             pool = HelperProcesses(
-                self.count, _render_in_helper, _start_helper, (self.limits, self.signing)
+                self.count,
+                _render_in_helper,
+                _start_helper,
+                (self.limits, self.signing),
+                name="campaign-render",
             )
             try:
                 await pool.start()

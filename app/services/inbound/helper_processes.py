@@ -167,7 +167,10 @@ class HelperProcesses:
         function: Callable[..., Any],
         initializer: Callable[..., Any],
         initargs: tuple[Any, ...] = (),
+        *,
+        name: str = "mx",
     ) -> None:
+        self.name = name  # whose helpers: in logs and the process titles
         self.count = count
         self.function = function
         self.initializer = initializer
@@ -217,7 +220,8 @@ class HelperProcesses:
         if not task.cancelled() and task.exception() is not None and self._retry is None:
             self._retry = asyncio.get_running_loop().call_later(RETRY_SECONDS, self._try_again)
             log.warning(
-                "mx helper process could not be restarted",
+                "helper process could not be restarted",
+                pool=self.name,
                 error=str(task.exception()),
                 retry_in_s=RETRY_SECONDS,
             )
@@ -234,7 +238,7 @@ class HelperProcesses:
             target=_serve,
             args=(child, self.initializer, self.initargs, self.function),
             daemon=True,
-            name="mailhub-helper",
+            name=f"mailhub-{self.name}-helper",
         )
         try:
             await asyncio.to_thread(process.start)
