@@ -31,6 +31,7 @@ from app.domain.templates import RenderLimits
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
 from app.services.campaigns.domains import DomainVerifier
+from app.services.campaigns.lists import parts_from_rows
 from app.services.campaigns.sender import CampaignSender
 from app.services.campaigns.store import CampaignService
 from app.services.campaigns.tracking import TrackingService
@@ -46,7 +47,7 @@ from app.services.inbound.group_commit import InboundStore
 from app.services.inbound.pipeline import InboundService
 from app.services.mailbox.changes import MailboxChanges
 from app.services.mailbox.content import ContentService
-from app.services.mailbox.migrations import migrate
+from app.services.mailbox.migrations import STEPS, migrate
 from app.services.mailbox.queries import MailboxService
 from app.services.mailbox.realtime import RealtimeService
 from app.services.search.indexing import SearchIndexer
@@ -142,7 +143,7 @@ async def build_system(settings: Settings, *, ensure: bool = True) -> System:
     )
     if ensure:
         await ensure_indexes(mongo.db)
-        await migrate(mongo.db)
+        await migrate(mongo.db, [*STEPS, ("campaign-lists", parts_from_rows)])
     redis = RedisStore(settings.redis_url, settings.redis_prefix)
     queue = JobQueue(settings.redis_url, settings.redis_prefix)
     blobs = BlobStore(mongo.db)

@@ -91,6 +91,12 @@ INDEXES: list[Index] = [
         "the batch sender: the parts of a campaign's list from its pending floor (a range); stats",
     ),
     Index(
+        "campaign_lists",
+        [("ids", ASC)],
+        "unsubscribe / tracking: a recipient of a list stored before the parts, by its own id",
+        {"sparse": True},
+    ),
+    Index(
         "recipients",
         [("campaign_id", ASC), ("delivery_status", ASC)],
         "campaign stats: the delivery states of a campaign's messages",

@@ -20,7 +20,7 @@ import pytest
 from bson import ObjectId
 
 from app.bootstrap import System, build_system
-from app.domain.campaign_tokens import click_token
+from app.domain.campaign_tokens import click_token, unsubscribe_token
 from app.domain.viewer import Viewer
 from app.services.campaigns import lists, messages, store
 from app.services.campaigns.sender import AHEAD_SECONDS
@@ -407,3 +407,76 @@ async def test_a_long_upload_goes_in_chunks_each_address_once(world, monkeypatch
     parts = await system.mongo.db.campaign_lists.count_documents({"campaign_id": ObjectId(cid)})
     assert parts == 4  # the first add's, then chunks of 10, 10 and 4
     assert (await _campaign(system, cid))["recipients"] == 27
+
+
+async def test_a_list_stored_before_the_parts_moves_into_parts_keeping_its_ids(world):
+    """The start-up migration (``lists.parts_from_rows``): a campaign's one-document-a-recipient
+    list of the earlier layout becomes parts, runs of consecutive numbers. Each recipient keeps
+    its id, so links that went out before still unsubscribe and redirect, and the rest of the
+    campaign is sent under the same ids; the states count as before. A part written by a run
+    killed before it deleted the rows is written again, not twice; a second run moves nothing."""
+    system, viewer, cid = world
+    db, oid = system.mongo.db, ObjectId(cid)
+    now = datetime.now(UTC)
+    rows = [
+        {
+            "_id": ObjectId(),
+            "campaign_id": oid,
+            "seq": seq,
+            "email": f"Old{k}@example.test",
+            "key": f"old{k}@example.test",
+            "variables": {"n": k},
+            "state": "pending",
+            "created_at": now,
+        }
+        for k, seq in enumerate([0, 1, 2, 3, 4, 5, 8, 9, 10, 11])  # 6 and 7: an add's gap
+    ]
+    rows[0]["state"] = "queued"
+    rows[2]["state"] = "suppressed"
+    rows[3].update(state="failed", error="no subject")
+    rows[4].update(state="suppressed", unsubscribed_at=now, unsubscribed_via="one-click")
+    rows[5].update(state="queued", links=["https://shop.test/a"])
+    await db.campaign_recipients.insert_many(rows)
+    await db.campaigns.update_one(
+        {"_id": oid},
+        {
+            "$set": {
+                "status": "paused",
+                "recipients": 10,
+                "next_seq": 12,
+                "pending_floor": 6,  # rows 1 (stored pending) and 0, 5 were queued
+                "track_clicks": True,
+            }
+        },
+    )
+    campaign = await _campaign(system, cid)
+    await db.campaign_lists.insert_one(lists.legacy_part(campaign, rows[:6]))  # killed here
+    # (every start-up runs it: build_system did, on the empty database)
+    assert await db.schema_migrations.find_one({"_id": "campaign-lists"})
+
+    assert await lists.parts_from_rows(db) == 10
+    assert await db.campaign_recipients.count_documents({}) == 0
+    parts = await db.campaign_lists.find({"campaign_id": oid}).sort("seq", 1).to_list()
+    assert [(p["seq"], p["end"]) for p in parts] == [(0, 6), (8, 12)]
+    stored = await _recipients(system, cid)
+    assert [r.id for r in stored] == [r["_id"] for r in rows]
+    assert [r.seq for r in stored] == [r["seq"] for r in rows]
+    assert await recipient_states(system.mongo, oid) == (
+        {"queued": 3, "suppressed": 2, "failed": 1, "pending": 4},
+        1,
+    )
+    # the links that went out with the old ids still work
+    secret = system.settings.secret_key.get_secret_value().encode()
+    click = click_token(secret, rows[5]["_id"], 0)
+    assert await system.tracking.click(click, method="GET", user_agent="Mail") == (
+        "https://shop.test/a"
+    )
+    await system.tracking.unsubscribe(unsubscribe_token(secret, rows[8]["_id"]))
+    assert (await recipient_states(system.mongo, oid))[1] == 2
+    assert await lists.parts_from_rows(db) == 0
+
+    await system.campaigns.transition(viewer, cid, "resume")
+    assert await _batch(system, cid) == {"ran": True, "queued": 3, "suppressed": 1, "failed": 0}
+    queued = {r["_id"] for r in await campaign_messages(db, oid)}
+    assert queued == {rows[k]["_id"] for k in (6, 7, 9)}
+    assert (await _batch(system, cid)).get("completed")

@@ -29,6 +29,11 @@ about that for all its recipients together. A part:
 A recipient's state (``state_of``): its ``states`` entry; else ``queued`` when it is below the
 campaign's ``pending_floor`` (its batch moved the floor past it); else ``canceled`` when the
 campaign is; else ``pending``.
+
+A list stored before the parts (one ``campaign_recipients`` document a recipient) is moved
+into parts at start-up (``parts_from_rows``, the data migration ``campaign-lists``). Its
+recipients keep their ids, which their links and messages carry: such a part lists them in
+``ids``, and a recipient id that names no part is looked up there (a sparse index).
 """
 
 from __future__ import annotations
@@ -108,6 +113,8 @@ class Recipient:
     """One recipient of a list, read from its part."""
 
     id: ObjectId
+    part: ObjectId  # the part it is in, and its place there
+    place: int
     campaign_id: ObjectId
     seq: int
     email: str
@@ -123,12 +130,15 @@ def recipients_of(part: Mapping[str, Any]) -> list[Recipient]:
     states = part.get("states") or {}
     links = part.get("links") or {}
     unsubscribed = part.get("unsubscribed") or {}
+    ids = part.get("ids")  # a part migrated from the earlier layout keeps its ids
     out = []
     for i, (email, key, variables) in enumerate(json.loads(part["rows"])):
         at = str(i)
         out.append(
             Recipient(
-                recipient_id(part["_id"], i),
+                ids[i] if ids else recipient_id(part["_id"], i),
+                part["_id"],
+                i,
                 part["campaign_id"],
                 part["seq"] + i,
                 email,
@@ -193,9 +203,14 @@ async def pending_from(
 async def find_recipient(db: Any, rid: ObjectId) -> Recipient | None:
     part_key, i = locate(rid)
     part = await db.campaign_lists.find_one({"_id": part_key}, _READ)
-    if part is None or not 0 <= i < part["n"]:
+    if part is not None and 0 <= i < part["n"] and not part.get("ids"):
+        return recipients_of(part)[i]
+    # a recipient of a list stored before the parts (``parts_from_rows``), whose links went
+    # out with its own id
+    part = await db.campaign_lists.find_one({"ids": rid}, _READ)
+    if part is None:
         return None
-    return recipients_of(part)[i]
+    return recipients_of(part)[part["ids"].index(rid)]
 
 
 def mark(
@@ -205,10 +220,9 @@ def mark(
     its place."""
     by_part: dict[ObjectId, dict[str, Any]] = {}
     for r, fields in recipients:
-        part_key, i = locate(r.id)
-        at = by_part.setdefault(part_key, {})
+        at = by_part.setdefault(r.part, {})
         for name, value in fields.items():
-            at[f"{name}.{i}"] = value
+            at[f"{name}.{r.place}"] = value
     return [UpdateOne({"_id": p}, {"$set": s}) for p, s in by_part.items()]
 
 
@@ -231,3 +245,78 @@ async def states(db: Any, campaign: Mapping[str, Any]) -> tuple[dict[str, int], 
         counts[rest] = counts.get(rest, 0) + part["n"] - below - (len(own) - explicit_below)
         unsubscribed += len(part.get("unsubscribed") or {})
     return {k: n for k, n in counts.items() if n}, unsubscribed
+
+
+# --- the layout before the parts ----------------------------------------------------------
+
+
+def legacy_part(campaign: Mapping[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The part of ``rows``, ``campaign_recipients`` documents of the layout before the parts
+    (one a recipient; consecutive ``seq`` numbers, in order). Each keeps its id (``ids``: its
+    tokens and its message went out with it), its state where the floor does not imply it,
+    its error, links and unsubscribe. The part's ``_id`` is the first row's with its last byte
+    odd: never what ``locate`` makes of a recipient id, and the same on a second run."""
+    first = rows[0]["_id"].binary
+    floor = int(campaign.get("pending_floor") or 0)
+    states: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    links: dict[str, list[str]] = {}
+    unsubscribed: dict[str, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        at, state = str(i), row.get("state", "pending")
+        if state not in ("pending", "queued") or (state == "queued" and row["seq"] >= floor):
+            states[at] = state
+        if row.get("error"):
+            errors[at] = row["error"]
+        if row.get("links"):
+            links[at] = list(row["links"])
+        if row.get("unsubscribed_at"):
+            unsubscribed[at] = {"at": row["unsubscribed_at"], "via": row.get("unsubscribed_via")}
+    return {
+        "_id": ObjectId(first[:-1] + bytes([first[-1] | 1])),
+        "campaign_id": campaign["_id"],
+        "seq": rows[0]["seq"],
+        "end": rows[-1]["seq"] + 1,
+        "n": len(rows),
+        "keys": [r["key"] for r in rows],
+        "rows": json.dumps(
+            [[r["email"], r["key"], r.get("variables") or {}] for r in rows],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ),
+        "ids": [r["_id"] for r in rows],
+        "created_at": rows[0].get("created_at"),
+        "states": states,
+        "errors": errors,
+        "links": links,
+        "unsubscribed": unsubscribed,
+    }
+
+
+async def parts_from_rows(db: Any) -> int:
+    """The data migration ``campaign-lists``: every campaign's ``campaign_recipients``
+    documents become parts (``legacy_part``: runs of consecutive numbers, up to ``PART_ROWS``),
+    a part written before its rows are deleted, so a process killed between the two writes the
+    same part again at the next start. Returns how many recipients moved."""
+    moved = 0
+    for cid in await db.campaign_recipients.distinct("campaign_id"):
+        campaign = await db.campaigns.find_one({"_id": cid}) or {"_id": cid}
+        while True:
+            rows = (
+                await db.campaign_recipients.find({"campaign_id": cid})
+                .sort("seq", 1)
+                .limit(PART_ROWS)
+                .to_list()
+            )
+            if not rows:
+                break
+            run = [rows[0]]
+            for row in rows[1:]:
+                if row["seq"] != run[-1]["seq"] + 1:
+                    break
+                run.append(row)
+            part = legacy_part(campaign, run)
+            await db.campaign_lists.replace_one({"_id": part["_id"]}, part, upsert=True)
+            await db.campaign_recipients.delete_many({"_id": {"$in": part["ids"]}})
+            moved += len(run)
+    return moved

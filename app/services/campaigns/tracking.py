@@ -23,7 +23,7 @@ from app.domain.campaign_tokens import (
 from app.domain.campaigns import aware
 from app.domain.errors import NotFound
 from app.domain.tracking import BURST_SECONDS, Hit, burst_partners, machine_click, machine_open
-from app.services.campaigns.lists import Recipient, find_recipient, locate
+from app.services.campaigns.lists import Recipient, find_recipient
 from app.services.feedback.suppression import SuppressionService, user_scope
 
 FORGED = "no such link"
@@ -83,10 +83,10 @@ class TrackingService:
             source_message_id=recipient.id,
         )
         now = datetime.now(UTC)
-        part, i = locate(recipient.id)
+        at = f"unsubscribed.{recipient.place}"
         first = await self.db.campaign_lists.update_one(
-            {"_id": part, f"unsubscribed.{i}": {"$exists": False}},
-            {"$set": {f"unsubscribed.{i}": {"at": now, "via": via}}},
+            {"_id": recipient.part, at: {"$exists": False}},
+            {"$set": {at: {"at": now, "via": via}}},
         )
         if first.modified_count:
             await self.db.delivery_events.insert_one(

@@ -5,6 +5,9 @@ finishes), and is marked done in ``schema_migrations``: once done, a start-up co
 Processes of the old version should be stopped first; two new processes migrating at once
 write the same values.
 
+Steps of other packages run from the same list (``app/bootstrap.py``): ``campaign-lists``
+(``app.services.campaigns.lists.parts_from_rows``).
+
 ``thread-keys``: thread refs get the user and the Message-ID as their ``_id``
 (``thread_ref_id``; copied with filing's own ``thread_ref_write``) and threads a
 ``subject_key`` (``thread_subject_key``), so the thread context of a whole batch is two
@@ -28,15 +31,17 @@ from app.services.mailbox.filing import thread_ref_write
 log = structlog.get_logger(__name__)
 
 PAGE = 1000  # documents rewritten a round
+Step = Callable[[Any], Awaitable[int]]  # a step: rewrites, returns how many documents
 # the smallest ObjectId: {"$gte": it} is the ObjectId part of an _id index (MongoDB compares
 # within a BSON type), which is where the earlier layout's refs are
 FIRST_OBJECT_ID = ObjectId("0" * 24)
 
 
-async def migrate(db: Any) -> None:
-    """Run every step not marked done yet, in order."""
+async def migrate(db: Any, steps: list[tuple[str, Step]] | None = None) -> None:
+    """Run every step not marked done yet, in order: ``steps`` (the start-up's list,
+    app/bootstrap.py: these and other packages' own), or this module's."""
     done = {doc["_id"] for doc in await db.schema_migrations.find({}, {"_id": 1}).to_list()}
-    for name, step in STEPS:
+    for name, step in STEPS if steps is None else steps:
         if name in done:
             continue
         rewritten = await step(db)
@@ -91,4 +96,4 @@ async def thread_keys(db: Any) -> int:
     return rewritten
 
 
-STEPS: list[tuple[str, Callable[[Any], Awaitable[int]]]] = [("thread-keys", thread_keys)]
+STEPS: list[tuple[str, Step]] = [("thread-keys", thread_keys)]
