@@ -127,6 +127,13 @@ class AccountService:
     async def is_hosted(self, domain: str) -> bool:
         return await self.db.domains.count_documents({"_id": domain.lower()}, limit=1) > 0
 
+    async def hosted_among(self, domains: set[str]) -> set[str]:
+        """Which of ``domains`` (lower case) are hosted here: one read by ``_id``."""
+        if not domains:
+            return set()
+        found = self.db.domains.find({"_id": {"$in": sorted(domains)}}, {"_id": 1})
+        return {d["_id"] async for d in found}
+
     async def domain_names(self) -> list[str]:
         """Every hosted domain, sorted (`mailhub domains list`)."""
         return [d["_id"] async for d in self.db.domains.find({}, {"_id": 1}).sort("_id", 1)]

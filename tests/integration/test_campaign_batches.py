@@ -480,3 +480,28 @@ async def test_a_list_stored_before_the_parts_moves_into_parts_keeping_its_ids(w
     queued = {r["_id"] for r in await campaign_messages(db, oid)}
     assert queued == {rows[k]["_id"] for k in (6, 7, 9)}
     assert (await _batch(system, cid)).get("completed")
+
+
+async def test_a_batch_asks_for_hosted_users_only_at_hosted_domains(world, commands):
+    """Which of a batch's recipients are hosted here is read for the addresses at a hosted
+    domain only (every identity is at one): a batch to remote domains reads no identities,
+    and a hosted recipient in a batch still gets the mailbox copy."""
+    system, viewer, cid = world
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 5))  # example.test: remote
+    await system.campaigns.transition(viewer, cid, "start")
+    commands.clear()
+    assert (await _batch(system, cid))["queued"] == 5
+    assert [c for c in commands.commands if c.collection == "identities"] == []
+
+    reader = await system.accounts.create_user(f"reader@{DOMAIN}", "correct horse battery")
+    other = await create_campaign(system, viewer, "mixed", "news")
+    rows = [*_rows(10, 3), (f"Reader@{DOMAIN}", {"n": 7})]
+    await system.campaigns.add_recipients(viewer, str(other["_id"]), rows)
+    await system.campaigns.transition(viewer, str(other["_id"]), "start")
+    commands.clear()
+    assert (await _batch(system, str(other["_id"])))["queued"] == 4
+    assert len([c for c in commands.commands if c.collection == "identities"]) == 1
+    copy_ = await system.mongo.db.messages.find_one({"campaign_id": other["_id"]})
+    assert copy_ is not None and b"Number 7." in (await system.blobs.get(copy_["raw_blob_id"]))
+    item = await system.mongo.db.mailbox_items.find_one({"user_id": reader["_id"]})
+    assert item is not None and item["message_id"] == copy_["_id"]

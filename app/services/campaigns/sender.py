@@ -53,7 +53,7 @@ from app.adapters.blob_batches import write_blobs
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue, in_waves
 from app.config import Settings
-from app.domain.addresses import normalize_email
+from app.domain.addresses import domain_of, normalize_email
 from app.domain.campaigns import (
     aware,
     batch_plan,
@@ -277,7 +277,7 @@ class CampaignSender:
         suppressed, version, local_users = await asyncio.gather(
             self.suppression.suppressed([r.key for r in pending], scope=scope),
             self.db.template_versions.find_one({"_id": campaign["version_id"]}),
-            self.accounts.users_for_addresses([r.email for r in pending]),
+            self._hosted_users(pending),
         )
         to_send = [r for r in pending if r.key not in suppressed]
         skipped = [r for r in pending if r.key in suppressed]
@@ -400,6 +400,15 @@ class CampaignSender:
             raise
         await self._wake_lanes(recipients)
         return {"queued": len(recipients), "suppressed": len(skipped), "failed": len(failed)}
+
+    async def _hosted_users(self, pending: list[Recipient]) -> dict[str, ObjectId]:
+        """The users of the batch's addresses hosted here (``users_for_addresses``), asking
+        only about those at a hosted domain: every identity is at one (``create_user``,
+        ``add_alias``), and a batch's 500 addresses are at a few dozen domains. The identities
+        read cost SecantusDB 10-17 ms of CPU a batch of 500, the domains read 1.5."""
+        hosted = await self.accounts.hosted_among({domain_of(r.key) for r in pending})
+        ours = [r.email for r in pending if domain_of(r.key) in hosted]
+        return await self.accounts.users_for_addresses(ours) if ours else {}
 
     async def _wake_lanes(self, recipients: list[dict[str, Any]]) -> None:
         """One ``deliver_domain`` job per destination domain of the batch's remote mail,
