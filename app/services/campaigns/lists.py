@@ -2,8 +2,8 @@
 
 A list of up to 1,000,000 recipients is stored as ``campaign_lists`` documents of up to
 ``PART_ROWS`` recipients each, in the order they were added. One document a recipient cost
-SecantusDB 0.2-0.5 ms of CPU to insert and as much again to read back for its batch, more than
-rendering and queueing the message (docs/benchmarks.md, twenty-fourth session); a part costs
+SecantusDB 0.2-0.5 ms of CPU to insert, as much as rendering and queueing its message, and
+0.08 ms to read back for its batch (docs/benchmarks.md, twenty-fourth session); a part costs
 about that for all its recipients together. A part:
 
 - ``_id``: an ObjectId whose last three bytes are zero. Recipient ``i`` of the part has the id

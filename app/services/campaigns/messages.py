@@ -17,7 +17,7 @@ sender's threads meanwhile: nothing is lost, only slower.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -58,8 +58,8 @@ class Signing:
     """What a campaign message's links and ids are made with."""
 
     base_url: str
-    secret: bytes
-    hostname: str
+    secret: bytes = field(repr=False)  # never in a log line or a traceback's locals
+    hostname: str = ""
 
 
 def build(
