@@ -392,8 +392,8 @@ async def test_render_helpers_build_what_the_sender_builds_and_a_dead_one_loses_
 
 async def test_a_long_upload_goes_in_chunks_each_address_once(world, monkeypatch):
     """A CSV upload is stored ``ADD_CHUNK`` recipients a transaction: addresses the list has
-    (from an earlier add, or an earlier chunk of this one) are reported, never stored twice,
-    and the numbers stay contiguous across the chunks."""
+    from an earlier add, and repeats within the upload, are reported, never stored twice, and
+    the numbers stay contiguous across the chunks."""
     system, viewer, cid = world
     monkeypatch.setattr(store, "ADD_CHUNK", 10)
     await system.campaigns.add_recipients(viewer, cid, _rows(0, 3))

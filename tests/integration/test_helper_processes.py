@@ -1,4 +1,4 @@
-"""The MX's helper processes (app/services/inbound/helper_processes.py), with real spawned
+"""The helper processes (app/helper_processes.py; the MX's and the campaign renders'), with real spawned
 processes and socket pairs: answers, errors, large payloads, concurrency, death and stop."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from multiprocessing.connection import Connection
 
 import pytest
 
-from app.services.inbound import helper_processes
-from app.services.inbound.helper_processes import HelperDied, HelperProcesses, _header
+from app import helper_processes
+from app.helper_processes import HelperDied, HelperProcesses, _header
 from tests.support.helper_functions import fail_to_start, remember, start_unless, work
 
 

@@ -73,39 +73,42 @@ def locate(rid: ObjectId) -> tuple[ObjectId, int]:
 def parts_of(
     campaign_id: ObjectId, first_seq: int, accepted: list[RecipientRow], now: datetime
 ) -> list[dict[str, Any]]:
-    """The ``campaign_lists`` documents of an add whose numbers start at ``first_seq``."""
+    """The ``campaign_lists`` documents of an add whose numbers start at ``first_seq``: up to
+    ``PART_ROWS`` recipients a part, fewer when their rows pass ``PART_BYTES``."""
     parts: list[dict[str, Any]] = []
-    rows: list[list[Any]] = []
+    run: list[tuple[str, str]] = []  # (key, the row's JSON)
     size = 0
-    seq = first_seq
-
-    def close() -> None:
-        nonlocal rows, size, seq
-        parts.append(
-            {
-                "_id": part_id(now),
-                "campaign_id": campaign_id,
-                "seq": seq,
-                "end": seq + len(rows),
-                "n": len(rows),
-                "keys": [r[1] for r in rows],
-                "rows": json.dumps(rows, ensure_ascii=False, separators=(",", ":")),
-                "created_at": now,
-            }
-        )
-        seq += len(rows)
-        rows, size = [], 0
-
     for r in accepted:
-        row = [r.email, r.key, r.variables]
-        weight = len(json.dumps(r.variables)) + 2 * len(r.key) + 16
-        if rows and (len(rows) >= PART_ROWS or size + weight > PART_BYTES):
-            close()
-        rows.append(row)
-        size += weight
-    if rows:
-        close()
+        row = _row(r.email, r.key, r.variables)
+        if run and (len(run) >= PART_ROWS or size + len(row) > PART_BYTES):
+            parts.append(_part(part_id(now), campaign_id, first_seq, run, now))
+            first_seq += len(run)
+            run, size = [], 0
+        run.append((r.key, row))
+        size += len(row)
+    if run:
+        parts.append(_part(part_id(now), campaign_id, first_seq, run, now))
     return parts
+
+
+def _row(email: str, key: str, variables: dict[str, Any]) -> str:
+    return json.dumps([email, key, variables], ensure_ascii=False, separators=(",", ":"))
+
+
+def _part(
+    _id: ObjectId, campaign_id: ObjectId, seq: int, run: list[tuple[str, str]], now: Any
+) -> dict[str, Any]:
+    """A part document of ``run`` (each recipient's key and row JSON), numbered from ``seq``."""
+    return {
+        "_id": _id,
+        "campaign_id": campaign_id,
+        "seq": seq,
+        "end": seq + len(run),
+        "n": len(run),
+        "keys": [key for key, _ in run],
+        "rows": "[" + ",".join(row for _, row in run) + "]",
+        "created_at": now,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +156,15 @@ def recipients_of(part: Mapping[str, Any]) -> list[Recipient]:
 
 
 def state_of(r: Recipient, campaign: Mapping[str, Any]) -> str:
-    if r.state:
-        return r.state
-    if r.seq < int(campaign.get("pending_floor") or 0):
-        return "queued"
-    return "canceled" if campaign.get("status") == "canceled" else "pending"
+    floor, beyond = _implied(campaign)
+    return r.state or ("queued" if r.seq < floor else beyond)
+
+
+def _implied(campaign: Mapping[str, Any]) -> tuple[int, str]:
+    """(the floor below which a recipient with no state of its own is ``queued``, the state of
+    one at or above it)."""
+    beyond = "canceled" if campaign.get("status") == "canceled" else "pending"
+    return int(campaign.get("pending_floor") or 0), beyond
 
 
 _READ = {"keys": 0}  # every read but the duplicate check leaves the index's copy out
@@ -190,8 +197,12 @@ async def pending_from(
     out: list[Recipient] = []
     while len(out) < size and low < stop:
         high = min(low + size, stop)
-        query = {"campaign_id": cid, "end": {"$gt": low, "$lte": high + PART_ROWS}}
-        parts = await db.campaign_lists.find({**query, "seq": {"$lt": high}}, _READ).to_list()
+        query = {
+            "campaign_id": cid,
+            "end": {"$gt": low, "$lte": high + PART_ROWS},
+            "seq": {"$lt": high},
+        }
+        parts = await db.campaign_lists.find(query, _READ).to_list()
         for part in sorted(parts, key=lambda p: p["seq"]):
             for r in recipients_of(part):
                 if low <= r.seq < high and r.state is None and len(out) < size:
@@ -231,8 +242,7 @@ async def states(db: Any, campaign: Mapping[str, Any]) -> tuple[dict[str, int], 
     from the parts' counts and their few recipients with a state of their own."""
     counts: dict[str, int] = {}
     unsubscribed = 0
-    floor = int(campaign.get("pending_floor") or 0)
-    rest = "canceled" if campaign.get("status") == "canceled" else "pending"
+    floor, rest = _implied(campaign)  # as ``state_of`` has it, without reading the rows
     async for part in db.campaign_lists.find(
         {"campaign_id": campaign["_id"]}, {"seq": 1, "n": 1, "states": 1, "unsubscribed": 1}
     ):
@@ -257,7 +267,7 @@ def legacy_part(campaign: Mapping[str, Any], rows: list[dict[str, Any]]) -> dict
     its error, links and unsubscribe. The part's ``_id`` is the first row's with its last byte
     odd: never what ``locate`` makes of a recipient id, and the same on a second run."""
     first = rows[0]["_id"].binary
-    floor = int(campaign.get("pending_floor") or 0)
+    floor, _ = _implied(campaign)
     states: dict[str, str] = {}
     errors: dict[str, str] = {}
     links: dict[str, list[str]] = {}
@@ -272,20 +282,16 @@ def legacy_part(campaign: Mapping[str, Any], rows: list[dict[str, Any]]) -> dict
             links[at] = list(row["links"])
         if row.get("unsubscribed_at"):
             unsubscribed[at] = {"at": row["unsubscribed_at"], "via": row.get("unsubscribed_via")}
+    run = [(r["key"], _row(r["email"], r["key"], r.get("variables") or {})) for r in rows]
     return {
-        "_id": ObjectId(first[:-1] + bytes([first[-1] | 1])),
-        "campaign_id": campaign["_id"],
-        "seq": rows[0]["seq"],
-        "end": rows[-1]["seq"] + 1,
-        "n": len(rows),
-        "keys": [r["key"] for r in rows],
-        "rows": json.dumps(
-            [[r["email"], r["key"], r.get("variables") or {}] for r in rows],
-            ensure_ascii=False,
-            separators=(",", ":"),
+        **_part(
+            ObjectId(first[:-1] + bytes([first[-1] | 1])),
+            campaign["_id"],
+            rows[0]["seq"],
+            run,
+            rows[0].get("created_at"),
         ),
         "ids": [r["_id"] for r in rows],
-        "created_at": rows[0].get("created_at"),
         "states": states,
         "errors": errors,
         "links": links,

@@ -37,7 +37,7 @@ from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingMessage, build_mime
 from app.domain.templates import Rendered, RenderLimits
 from app.domain.tracking import add_pixel, rewrite_links
-from app.services.inbound.helper_processes import HelperDied, HelperProcesses
+from app.helper_processes import HelperDied, HelperProcesses
 
 log = structlog.get_logger(__name__)
 
@@ -162,7 +162,7 @@ class RenderHelpers:
         view = {k: campaign.get(k) for k in _FIELDS}
         chunks = [rows[i : i + HELPER_CHUNK] for i in range(0, len(rows), HELPER_CHUNK)]
         # a render stops itself at its deadline; this only bounds a helper that does not
-        bound = self.limits.max_seconds * HELPER_CHUNK * len(chunks) + 5.0
+        bound = self.limits.max_seconds * len(rows) + 5.0
         try:
             answers = await asyncio.wait_for(
                 asyncio.gather(*(pool.call(view, version, c, now) for c in chunks)), bound

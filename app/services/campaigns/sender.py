@@ -53,7 +53,7 @@ from app.adapters.blob_batches import write_blobs
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue, in_waves
 from app.config import Settings
-from app.domain.addresses import domain_of, normalize_email
+from app.domain.addresses import domain_of
 from app.domain.campaigns import (
     aware,
     batch_plan,
@@ -296,7 +296,7 @@ class CampaignSender:
         for r, b in ready:
             assert b.message is not None
             to = Recipients(list(b.message.to), [], [])
-            if normalize_email(r.email) not in local_users:
+            if r.key not in local_users:  # (the address normalized)
                 # remote: the delivery row carries its MIME (``raw``), no message document
                 (row,) = recipient_docs(
                     {"_id": r.id, "sender_user_id": campaign["user_id"]},

@@ -23,7 +23,7 @@ import structlog
 
 from app.adapters.spam_scorer import ModelScorer, Scorer, SpamVerdict
 from app.domain.parsing import ParsedMessage, parse_message, parse_tree
-from app.services.inbound.helper_processes import HelperDied, HelperProcesses
+from app.helper_processes import HelperDied, HelperProcesses
 
 log = structlog.get_logger(__name__)
 
