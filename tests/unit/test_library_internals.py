@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 OVERRIDDEN = {
     "graphql-core": "schema/execution.py",
     "strawberry-graphql": "schema/execution.py",
-    "arq": "app/adapters/job_worker.py",
+    "arq": "app/adapters/job_worker.py, app/adapters/queue.py (JobQueue.enqueue_many)",
     "aiosmtpd": "app/mx/server.py (MxSMTP.smtp_DATA, MxSMTP._getaddr), app/mx/data.py",
     "dkimpy": "app/adapters/dkim_signer.py",
     "pymongo": "app/adapters/blob_batches.py (GridFS documents written and read by hand)",
@@ -91,10 +91,13 @@ def _strawberry() -> dict[str, Any]:
 
 
 def _arq() -> dict[str, Any]:
-    from arq.jobs import deserialize_job_raw
+    from arq.connections import ArqRedis
+    from arq.jobs import deserialize_job_raw, serialize_job
     from arq.worker import Worker
 
     return {
+        "arq ArqRedis.enqueue_job": ArqRedis.enqueue_job,
+        "arq serialize_job": serialize_job,
         "arq Worker.start_jobs": Worker.start_jobs,
         "arq Worker._poll_iteration": Worker._poll_iteration,
         "arq Worker.close": Worker.close,
@@ -145,6 +148,8 @@ FINGERPRINTS: dict[str, str] = {
     "aiosmtpd SMTP._getaddr": "0aeb21c56ac1260e",
     "aiosmtpd SMTP._set_post_data_state": "1dc8a8abca2a8164",
     "aiosmtpd SMTP.smtp_DATA": "3a33f30d3fd6d02f",
+    "arq ArqRedis.enqueue_job": "7da8706a747c1171",
+    "arq serialize_job": "1fc854cc50e16e5c",
     "arq Worker._poll_iteration": "f8d39d823a0a59f2",
     "arq Worker.close": "5bcc9cb356680829",
     "arq Worker.finish_job": "903f09c92830d3fd",
@@ -271,6 +276,15 @@ async def test_the_arq_internals_the_claim_worker_uses_are_there() -> None:
     for method in ("_release_sem_dec_counter_on_complete", "handle_sig", "run_job"):
         assert callable(getattr(worker, method)), method
     assert list(inspect.signature(Worker.start_jobs).parameters) == ["self", "job_ids"]
+
+
+def test_the_arq_internals_enqueue_many_uses_are_there() -> None:
+    from arq import constants
+    from arq.connections import ArqRedis
+
+    pool = ArqRedis()
+    assert isinstance(pool.expires_extra_ms, int) and pool.job_serializer is None
+    assert (constants.job_key_prefix, constants.result_key_prefix) == ("arq:job:", "arq:result:")
 
 
 async def test_the_aiosmtpd_internals_smtp_data_uses_are_there() -> None:

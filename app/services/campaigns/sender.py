@@ -43,7 +43,6 @@ import asyncio
 import secrets
 import time
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from typing import Any, NamedTuple
 
 import structlog
@@ -51,7 +50,7 @@ from bson import ObjectId
 
 from app.adapters.blob_batches import write_blobs
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
-from app.adapters.queue import JobQueue, in_waves
+from app.adapters.queue import JobQueue, QueuedJob
 from app.config import Settings
 from app.domain.addresses import domain_of
 from app.domain.campaigns import (
@@ -82,7 +81,6 @@ MAX_EARLY_SECONDS = 2.0  # a batch job this early waits for its time; earlier on
 WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
 AHEAD_SECONDS = 60.0  # a batch rendered ahead and not taken by then is dropped
 CHAIN_SECONDS = 30.0  # how long one campaign_batch job runs an unpaced campaign's batches
-WAKE_AT_ONCE = 10  # deliver_domain jobs enqueued concurrently (each its own Redis connection)
 BUILD_CHUNK = 50  # messages built between yields to the event loop (a commit's replies wait)
 
 
@@ -411,25 +409,18 @@ class CampaignSender:
         return await self.accounts.users_for_addresses(ours) if ours else {}
 
     async def _wake_lanes(self, recipients: list[dict[str, Any]]) -> None:
-        """One ``deliver_domain`` job per destination domain of the batch's remote mail,
-        ``WAKE_AT_ONCE`` enqueued at a time."""
+        """One ``deliver_domain`` job per destination domain of the batch's remote mail, all
+        in one Redis round trip (``enqueue_many``)."""
         first: dict[str, dict[str, Any]] = {}
         for x in recipients:
             if not x.get("local_user_id"):
                 first.setdefault(x["domain"], x)
         lanes = sorted((domain, str(row["message_id"])) for domain, row in first.items())
-        await in_waves(
-            (
-                partial(
-                    self.queue.enqueue,
-                    "deliver_domain",
-                    mid,
-                    domain,
-                    job_id=f"deliver:{mid}:{domain}",
-                )
+        await self.queue.enqueue_many(
+            [
+                QueuedJob("deliver_domain", (mid, domain), f"deliver:{mid}:{domain}")
                 for domain, mid in lanes
-            ),
-            WAKE_AT_ONCE,
+            ]
         )
 
     async def _render(

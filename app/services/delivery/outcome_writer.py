@@ -22,7 +22,7 @@ from app.adapters import metrics
 from app.adapters.blobs import BlobStore
 from app.adapters.live_status import publish_many
 from app.adapters.mongo import DeleteOne, Mongo, UpdateMany, UpdateOne, in_transaction
-from app.adapters.queue import JobQueue
+from app.adapters.queue import JobQueue, QueuedJob
 from app.adapters.redis_store import RedisStore
 from app.domain.bounces import SmtpOutcome
 from app.domain.changes import Change
@@ -457,10 +457,12 @@ class OutcomeWriter:
         for r in changed:
             if r["delivery_status"] in ("deferred", "queued") and r.get("job_id"):
                 jobs[r["job_id"]] = (r["message_id"], r["domain"], r["next_attempt_at"])
-        for jid, (message_id, domain, at) in jobs.items():
-            await self.queue.enqueue(
-                "deliver_domain", str(message_id), domain, job_id=jid, defer_until=at
-            )
+        await self.queue.enqueue_many(
+            [
+                QueuedJob("deliver_domain", (str(message_id), domain), jid, at)
+                for jid, (message_id, domain, at) in jobs.items()
+            ]
+        )
 
 
 def _applied(row: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ from bson import ObjectId
 from app.adapters import metrics
 from app.adapters.delivery_jobs import missing_jobs
 from app.adapters.mongo import UpdateOne
-from app.adapters.queue import JobQueue
+from app.adapters.queue import JobQueue, QueuedJob
 from app.services.delivery.outbox import is_due, job_id, unleased_status
 from app.services.sending.scheduling import SchedulingService
 
@@ -199,12 +199,12 @@ class Sweeper:
             else:
                 jid = d.get("job_id") or job_id(d["message_id"], d["domain"])
             wanted[jid] = (d["message_id"], d["domain"])
-        enqueued = 0
-        for jid in await missing_jobs(self.queue, list(wanted)):
-            message_id, domain = wanted[jid]
-            if await self.queue.enqueue("deliver_domain", str(message_id), domain, job_id=jid):
-                enqueued += 1
-        return enqueued
+        return await self.queue.enqueue_many(
+            [
+                QueuedJob("deliver_domain", (str(wanted[jid][0]), wanted[jid][1]), jid)
+                for jid in await missing_jobs(self.queue, list(wanted))
+            ]
+        )
 
     async def _count_queue(self) -> None:
         """The send queue's depth by status, for the metrics (each count is one range of the

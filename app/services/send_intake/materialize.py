@@ -26,7 +26,6 @@ import json
 import time
 from collections import defaultdict
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import structlog
@@ -35,7 +34,7 @@ from bson import ObjectId
 from app.adapters.blob_batches import gridfs_documents
 from app.adapters.blobs import BlobStore
 from app.adapters.mongo import Mongo, in_transaction
-from app.adapters.queue import JobQueue, in_waves
+from app.adapters.queue import JobQueue
 from app.domain.addresses import Address, normalize_email
 from app.domain.changes import Change
 from app.domain.errors import DomainError, ValidationError
@@ -48,7 +47,7 @@ from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
 from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.mailbox.filing import Filing, ViewSpec, file_messages
-from app.services.sending.accepted import accepted_events, deliver_locally, enqueue_delivery
+from app.services.sending.accepted import accepted_events, deliver_locally, delivery_jobs
 from app.services.sending.compose import Recipients, message_doc, recipient_docs, references_after
 from app.services.templates.render import TemplateRenderer, Variables
 
@@ -56,7 +55,6 @@ log = structlog.get_logger(__name__)
 
 BATCH = 1000  # intake documents read per round
 PER_TRANSACTION = 250  # messages of one sender per transaction
-ENQUEUE_AT_ONCE = 32  # delivery jobs enqueued concurrently after a commit
 MAX_ATTEMPTS = 5  # a send that failed this often stays in send_intake, visible, for an operator
 
 
@@ -216,12 +214,12 @@ class SendMaterializer:
                     },
                 )
         await self.notifier.committed(changes)
-        await in_waves(
-            (
-                partial(enqueue_delivery, self.queue, b["message"], b["recipients"], b["send_at"])
+        await self.queue.enqueue_many(  # one Redis round trip for the whole commit
+            [
+                job
                 for b in built
-            ),
-            ENQUEUE_AT_ONCE,
+                for job in delivery_jobs(b["message"], b["recipients"], b["send_at"])
+            ]
         )
         return len(built)
 

@@ -3,7 +3,7 @@
 The per-send group commit (``group_commit.py``), the materializer of accepted sends
 (``send_intake/materialize.py``), the scheduled release and the campaign sender all store
 messages: each records the same first events, delivers to recipients hosted here the same way
-(inside its own transaction), and enqueues the same delivery jobs after commit.
+(inside its own transaction), and enqueues the same delivery jobs after commit (``delivery_jobs``).
 """
 
 from __future__ import annotations
@@ -11,21 +11,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from app.adapters.queue import JobQueue
+from app.adapters.queue import QueuedJob
 from app.domain.addresses import domain_of
 from app.domain.changes import Change
 from app.domain.folders import Folder
 from app.services.mailbox.filing import ViewSpec, file_message
 
 
-async def enqueue_delivery(
-    queue: JobQueue,
-    message: dict[str, Any],
-    recipients: list[dict[str, Any]],
-    send_at: datetime | None,
-) -> None:
+def delivery_jobs(
+    message: dict[str, Any], recipients: list[dict[str, Any]], send_at: datetime | None
+) -> list[QueuedJob]:
     """The fast path after a send commits: a delivery job per remote domain (or the scheduled
-    release); the sweep finds the queued recipients if this is lost."""
+    release); the sweep finds the queued recipients if these are lost. Enqueued with
+    ``JobQueue.enqueue_many``, a commit's sends together."""
     domains = sorted(
         {
             r["domain"]
@@ -33,21 +31,22 @@ async def enqueue_delivery(
             if not r.get("local_user_id") and r["delivery_status"] in ("queued", "scheduled")
         }
     )
-    for domain in domains:
-        await queue.enqueue(
+    jobs = [
+        QueuedJob(
             "deliver_domain",
-            str(message["_id"]),
-            domain,
-            job_id=f"deliver:{message['_id']}:{domain}",
-            defer_until=send_at,
+            (str(message["_id"]), domain),
+            f"deliver:{message['_id']}:{domain}",
+            send_at,
         )
+        for domain in domains
+    ]
     if send_at:  # the release queues the recipients (and delivers local ones) when due
-        await queue.enqueue(
-            "release_scheduled",
-            str(message["_id"]),
-            job_id=f"release:{message['_id']}",
-            defer_until=send_at,
+        jobs.append(
+            QueuedJob(
+                "release_scheduled", (str(message["_id"]),), f"release:{message['_id']}", send_at
+            )
         )
+    return jobs
 
 
 def accepted_events(

@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 import structlog
@@ -43,20 +42,19 @@ from app.adapters.mongo import (
     retrying_conflicts,
     storage_failure,
 )
-from app.adapters.queue import JobQueue, in_waves
+from app.adapters.queue import JobQueue
 from app.batching import Batcher, Waiter
 from app.domain.changes import Change
 from app.domain.filing_plan import ThreadContext
 from app.domain.folders import Folder
 from app.services.after_commit import Notifier
 from app.services.mailbox.filing import Filing, ViewSpec, file_messages, load_thread_context
-from app.services.sending.accepted import accepted_events, deliver_locally, enqueue_delivery
+from app.services.sending.accepted import accepted_events, deliver_locally, delivery_jobs
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 64  # sends in one transaction
 MAX_BATCH_BYTES = 16 * 1024 * 1024  # of raw MIME (a batch always takes at least one send)
-ENQUEUE_AT_ONCE = 32  # sends whose delivery jobs are enqueued concurrently after a commit
 
 # More work for the send's own transaction, returning its changes (sending a draft removes the
 # draft in it).
@@ -243,14 +241,12 @@ class SendCommitter:
                 log.warning("attachments not marked sent", message=str(p.message["_id"]))
                 refused[n] = _refusal(e)
         await self.notifier.committed(changes)
-        await in_waves(
-            (
-                partial(
-                    enqueue_delivery, self.queue, w.item.message, w.item.recipients, w.item.send_at
-                )
+        await self.queue.enqueue_many(  # one Redis round trip for the whole commit
+            [
+                job
                 for w in waiters
-            ),
-            ENQUEUE_AT_ONCE,
+                for job in delivery_jobs(w.item.message, w.item.recipients, w.item.send_at)
+            ]
         )
         for n, (waiter, item) in enumerate(zip(waiters, sent, strict=True)):
             if n in refused:
