@@ -98,7 +98,12 @@ def parse_click_token(secret: bytes, token: str) -> tuple[ObjectId, int] | None:
 
 def unsubscribe_address(secret: bytes, recipient_id: ObjectId, domain: str) -> str:
     """The mailto address of List-Unsubscribe: mail to it unsubscribes (through our MX)."""
-    return f"{UNSUBSCRIBE_PREFIX}+{unsubscribe_token(secret, recipient_id)}@{domain}"
+    return unsubscribe_mailbox(unsubscribe_token(secret, recipient_id), domain)
+
+
+def unsubscribe_mailbox(token: str, domain: str) -> str:
+    """``unsubscribe_address`` of the recipient whose ``unsubscribe_token`` is ``token``."""
+    return f"{UNSUBSCRIBE_PREFIX}+{token}@{domain}"
 
 
 def parse_unsubscribe_address(secret: bytes, address: str) -> ObjectId | None:

@@ -64,7 +64,7 @@ def normalize_message_id(value: str | None) -> str | None:
     """
     if not value:
         return None
-    text = _strip_comments(value)
+    text = _strip_comments(value) if "(" in value else value  # (no comment without one)
     match = _BRACKETED_ID.search(text)
     if match:
         inner = "".join(match.group(1).split())

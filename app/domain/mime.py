@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from email import policy as email_policy
 from email.message import EmailMessage
 from email.utils import format_datetime
+from functools import lru_cache
 
 from app.domain.addresses import Address, domain_of, format_address
 from app.domain.conversations import normalize_message_id
@@ -130,7 +131,7 @@ def _header_block(msg: OutgoingMessage) -> bytes:
     if msg.reply_to:
         headers.append(("Reply-To", _address_list(msg.reply_to, "reply_to")))
     headers.append(("Subject", _subject_value(msg.subject)))
-    headers.append(("Date", format_datetime(_utc(msg.date))))
+    headers.append(("Date", _date_value(_utc(msg.date))))
     message_id = msg.message_id or make_message_id(domain_of(msg.from_.email))
     headers.append(("Message-ID", _message_id(message_id, "message_id")))
     # Parent ids come from mail we received: odd ones ("<1234.5678>") are kept, unusable ones
@@ -174,6 +175,12 @@ def _utc(date: datetime | None) -> datetime:
     return date.astimezone(UTC)
 
 
+@lru_cache(maxsize=8)
+def _date_value(date: datetime) -> str:
+    """The Date header's value (a campaign batch's messages share one)."""
+    return format_datetime(date)
+
+
 def _message_id(value: str, field: str) -> str:
     check_header_value(value, field)
     normalized = normalize_message_id(value)
@@ -204,6 +211,8 @@ def _fold(name: str, value: str) -> str:
 
     Folding only inserts CRLF before a space, so unfolding gives back the exact value.
     """
+    if value and len(name) + 2 + len(value) <= _MAX_LINE:  # fits: what the loop would give
+        return f"{name}: {value}\r\n"
     tokens = value.split(" ")
     lines: list[str] = []
     line = f"{name}:" + (f" {tokens[0]}" if value else "")
@@ -282,15 +291,27 @@ def _text_part(subtype: str, text: str) -> bytes:
         cte, data = "7bit", body
     else:
         qp = binascii.b2a_qp(b"\n".join(lines) + b"\n").replace(b"\n", b"\r\n")
-        b64 = (
-            b"\r\n".join(base64.b64encode(body[i : i + 57]) for i in range(0, len(body), 57))
-            + b"\r\n"
-        )
-        cte, data = ("quoted-printable", qp) if len(qp) <= len(b64) else ("base64", b64)
+        if len(qp) <= _base64_length(len(body)):
+            cte, data = "quoted-printable", qp
+        else:
+            cte, data = "base64", _base64_lines(body)
     head = (
         f'Content-Type: text/{subtype}; charset="utf-8"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
     )
     return head.encode("ascii") + data
+
+
+def _base64_lines(body: bytes) -> bytes:
+    """``body`` in base64, 76 characters (57 octets) a CRLF-ended line."""
+    return (
+        b"\r\n".join(base64.b64encode(body[i : i + 57]) for i in range(0, len(body), 57)) + b"\r\n"
+    )
+
+
+def _base64_length(size: int) -> int:
+    """``len(_base64_lines(body))`` for a body of ``size`` octets, without encoding it."""
+    whole, rest = divmod(size, 57)
+    return whole * 78 + (4 * -(-rest // 3) + 2 if rest else 0) if size else 2
 
 
 def _boundary(*parts: bytes) -> bytes:

@@ -440,3 +440,21 @@ def test_a_boundary_never_occurs_in_the_parts():
         assert mime._boundary(b"text with " + taken, b"html") == b"=_" + b"1" * 32
     finally:
         mime.secrets.token_hex = original
+
+
+def test_the_base64_length_is_that_of_the_encoded_lines() -> None:
+    from app.domain.mime import _base64_length, _base64_lines
+
+    for size in range(0, 400):
+        assert _base64_length(size) == len(_base64_lines(b"x" * size)), size
+
+
+@pytest.mark.parametrize("value", ["", "a", "a  b", " lead", "x" * 68, "x" * 69, "w " * 40])
+def test_a_header_that_fits_is_one_line_and_every_header_unfolds_to_its_value(value: str) -> None:
+    from app.domain.mime import _fold
+
+    line = _fold("Subject", value)
+    if value and len(value) <= 78 - len("Subject: "):
+        assert line == f"Subject: {value}\r\n"
+    assert line.endswith("\r\n") and all(len(x) <= 78 for x in line[:-2].split("\r\n"))
+    assert line[: -len("\r\n")].replace("\r\n", "") == f"Subject:{' ' if value else ''}{value}"

@@ -29,7 +29,7 @@ from app.domain.campaign_tokens import (
     campaign_message_id,
     click_token,
     open_token,
-    unsubscribe_address,
+    unsubscribe_mailbox,
     unsubscribe_token,
 )
 from app.domain.errors import ValidationError
@@ -84,9 +84,9 @@ def build(
         links = tuple(tracked.links)
     if html and campaign.get("track_opens"):
         html = add_pixel(html, f"{base}/t/o/{open_token(secret, rid)}")
+    token = unsubscribe_token(secret, rid)  # (one HMAC for both)
     unsubscribe = (
-        f"<{base}/u/{unsubscribe_token(secret, rid)}>, "
-        f"<mailto:{unsubscribe_address(secret, rid, campaign['from_domain'])}>"
+        f"<{base}/u/{token}>, <mailto:{unsubscribe_mailbox(token, campaign['from_domain'])}>"
     )
     outgoing = OutgoingMessage(
         from_=Address(campaign["from"]["email"], campaign["from"].get("name")),
