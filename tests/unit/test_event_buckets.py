@@ -1,8 +1,7 @@
-"""Events in buckets (app/services/events/buckets.py): runs of ids, and events in and out."""
+"""Events in buckets (app/services/events/buckets.py): their ids, and events in and out."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 
 from bson import ObjectId
@@ -10,16 +9,14 @@ from bson import ObjectId
 from app.services.events.buckets import (
     MAX_EVENTS,
     bucket_docs,
+    bucket_of,
     expand_all,
     in_buckets,
-    runs,
+    message_events,
+    message_key,
 )
 
 NOW = datetime(2026, 12, 7, 8, 0, tzinfo=UTC)
-
-
-def oid(second: int, process: bytes, counter: int) -> ObjectId:
-    return ObjectId(second.to_bytes(4, "big") + process + counter.to_bytes(3, "big"))
 
 
 def event(n: int) -> dict:
@@ -37,44 +34,56 @@ def event(n: int) -> dict:
     }
 
 
-def test_new_ids_make_one_run_and_events_come_back_as_they_went_in() -> None:
+def test_a_bucket_s_ids_are_made_for_it_and_events_come_back_as_they_went_in() -> None:
     events = [event(n) for n in range(500)]
-    docs = bucket_docs(events)
-    # ids made one after another by one process: one run, unless the second turned meanwhile
-    assert len(docs) in (1, 2)
-    back = expand_all(docs)
-    assert [e["_id"] for e in back] == sorted(e["_id"] for e in back)
+    [bucket] = bucket_docs(events, NOW)
+    back = expand_all([bucket])
+    ids = [e["_id"] for e in back]
+    # the bucket's _id: the time, five random bytes, three zero bytes; event i's id: that + i
+    assert bucket["_id"].binary[9:] == bytes(3) and bucket["_id"].generation_time == NOW
+    assert [
+        int.from_bytes(i.binary, "big") - int.from_bytes(ids[0].binary, "big") for i in ids
+    ] == list(range(500))
+    assert ids[0] == bucket["_id"] and bucket["last_id"] == ids[-1] and bucket["count"] == 500
+    assert {bucket_of(i) for i in ids} == {bucket["_id"]}
     assert [{k: v for k, v in e.items() if k != "_id"} for e in back] == events
-    assert sum(d.get("count", 1) for d in docs) == 500
-    bucket = docs[0]
-    assert bucket["_id"] == back[0]["_id"] and bucket["last_id"] == back[bucket["count"] - 1]["_id"]
-    assert bucket["message_id"] == [e["message_id"] for e in events[: bucket["count"]]]
 
 
-def test_runs_end_where_the_second_the_process_or_the_count_changes() -> None:
-    me, other = os.urandom(5), os.urandom(5)
-    ids = [
-        oid(100, me, 7),
-        oid(100, me, 8),
-        oid(100, me, 9),
-        oid(100, me, 11),  # a counter skipped: another id of this process could lie between
-        oid(100, me, 12),
-        oid(101, me, 13),  # the next second
-        oid(101, other, 14),  # another process
-        oid(101, other, 0xFFFFFF),
-        oid(101, other, 0),  # the counter wrapped
-    ]
-    assert runs(ids) == [ids[0:3], ids[3:5], [ids[5]], [ids[6]], [ids[7]], [ids[8]]]
-    docs = bucket_docs([event(n) for n in range(len(ids))], ids)
-    # a run of one is a plain event
-    assert ["events" in d for d in docs] == [True, True, False, False, False, False]
-    assert [e["_id"] for e in expand_all(docs)] == ids
+def test_no_other_id_sorts_between_a_bucket_s_first_and_last() -> None:
+    """So a bucket's _id orders it among the log's documents as its events would be ordered
+    (events/log.py reads in id windows), however many are made in the same second."""
+    buckets = [bucket_docs([event(n) for n in range(50)], NOW)[0] for _ in range(20)]
+    others = [ObjectId.from_datetime(NOW), ObjectId(), *(ObjectId() for _ in range(50))]
+    spans = [(b["_id"], b["last_id"]) for b in buckets]
+    for first, last in spans:
+        assert not [o for o in others if first <= o <= last]
+        assert [s for s in spans if first <= s[0] <= last] == [(first, last)]
 
 
-def test_a_run_holds_at_most_max_events() -> None:
-    me = os.urandom(5)
-    ids = [oid(100, me, c) for c in range(MAX_EVENTS + 5)]
-    assert [len(r) for r in runs(ids)] == [MAX_EVENTS, 5]
+def test_queued_buckets_list_message_keys_and_sent_ones_their_message_ids() -> None:
+    queued = [event(n) for n in range(300)]
+    [bucket] = bucket_docs(queued)
+    # the messages of a batch (ids made by one process within a second): a key or two
+    assert bucket["message_keys"] == list(
+        dict.fromkeys(message_key(e["message_id"]) for e in queued)
+    )
+    assert 1 <= len(bucket["message_keys"]) <= 2 and "message_id" not in bucket
+    assert all(len(k) == 9 for k in bucket["message_keys"])
+    sent = [event(n) | {"event_type": "sent"} for n in range(3)]
+    [bucket] = bucket_docs(sent)
+    assert bucket["message_id"] == [e["message_id"] for e in sent] and "message_keys" not in bucket
+    wanted = queued[123]["message_id"]
+    assert [e["recipient"] for e in message_events(bucket_docs(queued), wanted)] == ["r123@d.test"]
+    assert message_key("not-an-object-id") == "not-an-object-id"
+
+
+def test_a_bucket_holds_at_most_max_events_and_a_lone_event_is_itself() -> None:
+    docs = bucket_docs([event(n) for n in range(MAX_EVENTS + 5)])
+    assert [d["count"] for d in docs] == [MAX_EVENTS, 5]
+    assert len({d["_id"] for d in docs}) == 2
+    [alone] = bucket_docs([event(0)], NOW)
+    assert "events" not in alone and alone["recipient"] == "r0@d.test"
+    assert alone["_id"].generation_time == NOW
 
 
 def test_events_are_bucketed_by_kind_and_by_what_they_share() -> None:
@@ -111,3 +120,20 @@ def test_an_event_comes_back_without_the_fields_it_did_not_have() -> None:
     bare = [{k: v for k, v in event(n).items() if k != "metadata"} for n in range(3)]
     back = expand_all(bucket_docs(bare))
     assert [{k: v for k, v in e.items() if k != "_id"} for e in back] == bare
+
+
+def test_values_equal_across_types_do_not_share_a_bucket() -> None:
+    """1, 1.0 and True are equal in Python and different in BSON: each comes back as it went."""
+    events = [event(n) | {"attempt": v} for n, v in enumerate([1, 1, True, True, 1.0, 1.0])]
+    events += [event(n) | {"attempt": [1]} for n in range(6, 8)]  # not hashable: by repr
+    back = {e["recipient"]: e["attempt"] for e in expand_all(in_buckets(events))}
+    assert [type(back[e["recipient"]]) for e in events] == [
+        int,
+        int,
+        bool,
+        bool,
+        float,
+        float,
+        list,
+        list,
+    ]

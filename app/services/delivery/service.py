@@ -45,7 +45,7 @@ from app.services.delivery.outcomes import OutcomeRecorder
 from app.services.delivery.prepare import MessagePreparer
 from app.services.delivery.pulls import PullRounds
 from app.services.delivery.sweep import SWEEP_LIMIT, Sweeper
-from app.services.events.buckets import expand_all
+from app.services.events.buckets import message_docs, message_events
 from app.services.feedback.suppression import SuppressionService
 from app.services.sending.scheduling import SchedulingService
 
@@ -179,17 +179,15 @@ class DeliveryService:
                 {"_id": mid, "sender_user_id": viewer.user_id}, {"_id": 1}
             )
         )
-        if message is None and mid is not None:
-            # campaign mail to a remote address: its events (from its ``queued`` one on, also
-            # while it waits in a parcel, delivery/parcels.py) name the sender
-            message = await self.db.delivery_events.find_one(
-                {"message_id": mid, "sender_user_id": viewer.user_id}, {"_id": 1}
-            )
-        if message is None:  # someone else's message reads exactly like a missing one
+        # a bucket (a batch's events, events/buckets.py) holds the events of many messages
+        events = (
+            message_events(await message_docs(self.db.delivery_events, mid), mid) if mid else []
+        )
+        if message is None and not any(e.get("sender_user_id") == viewer.user_id for e in events):
+            # campaign mail to a remote address has no message document: its events (from its
+            # ``queued`` one on, also while it waits in a parcel, delivery/parcels.py) name the
+            # sender; someone else's message reads exactly like a missing one
             return []
-        # a bucket (a batch's events, events/buckets.py) names each of its events' messages
-        found = await self.db.delivery_events.find({"message_id": mid}).to_list()
-        events = [e for e in expand_all(found) if e.get("message_id") == mid]
         return sorted(events, key=lambda e: (e["occurred_at"], e["_id"]))
 
     async def close(self) -> None:

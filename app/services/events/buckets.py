@@ -9,34 +9,51 @@ bucket (MongoDB's bucket pattern) holds a run of such events in one document: th
 share once, and each event's own fields in ``events``.
 
 Every event keeps its own id, so the log, its cursors and webhooks' deduplication see the same
-events as before. A bucket's ids are a *run*: made one after another by one process within one
-second, so their ObjectIds differ only in the counter, by one each (``runs`` checks this and
-starts a new bucket where it does not hold). No other id can sort between the first and the
-last of a run (another process's ids differ in their random bytes, this process's next id has
-a higher counter), so the bucket's ``_id``, the run's first id, orders it among the log's other
-documents exactly as its events would be ordered one by one, and a reader in id windows
-(events/log.py) finds a bucket in the window its events belong to.
+events as before. A bucket's ids are made for it, as a campaign list part's recipient ids are
+(campaigns/lists.py): the bucket's ``_id`` is the time, five fresh random bytes and three zero
+bytes, and its event i's id is that plus i. No other id sorts between a bucket's first and
+last (any other id differs in the random bytes), so the bucket's ``_id`` orders it among the
+log's other documents exactly as its events would be ordered one by one, a reader in id
+windows (events/log.py) finds a bucket in the window its events belong to, and the bucket
+holding an event is the document whose ``_id`` is the event's id with its last three bytes
+zeroed (``bucket_of``): one key of the ``_id`` index, where SecantusDB scans for a range.
 
 A bucket document: every field its events share (those not in ``OWN``: ``event_type``,
 ``occurred_at``, ``sender_user_id``, ``sender_domain``, ``campaign_id`` …), ``_id`` (the first
-event's id), ``last_id``, ``count``, ``message_id`` (the events' message ids: an array, so the
-``(message_id, event_type, occurred_at)`` index finds a message's bucket, as it finds its other
-events), ``event_ids`` (the events' ids again, for the sparse index that finds the bucket a log
-cursor points into: SecantusDB answers ``events._id`` with a scan, 190 ms at 20,000 events
-against 8.5 for the sparse index) and ``events`` (each event's id and its ``OWN`` fields).
-``expand`` turns any ``delivery_events`` document into the events it holds.
+event's id), ``last_id``, ``count``, the messages it has events of, and ``events`` (each
+event's id and its ``OWN`` fields). ``expand`` turns any ``delivery_events`` document into the
+events it holds. Its messages are named one of two ways:
+
+- ``message_id``, an array of its events' message ids, on the ``(message_id, event_type,
+  occurred_at)`` index like a single event's: for the kinds read by message id on a hot path
+  (a ``sent`` event's time at every open, campaigns/tracking.py);
+- ``message_keys`` (``KEYED``: ``queued`` and ``suppressed``, read only for a message's history,
+  ``deliveryEvents``): the distinct ``message_key`` of its messages — an ObjectId's first nine
+  bytes, the second and process, or the campaign list part, that made it — on a sparse index, so
+  a campaign batch's bucket of 500 has one to a few index entries instead of 500 (≈ 20 ms of
+  SecantusDB CPU an insert of 500, as many as everything else in it). ``message_docs`` finds a
+  message's documents either way and ``message_events`` picks its events out.
+
+Buckets written before (until 2026-12-07) carry ``message_id`` (the array) and ``event_ids``
+instead of ``message_keys``, and ids in a run of the process's ObjectIds: their message ids are
+still found on the ``(message_id, …)`` index and the bucket a cursor points into on the sparse
+``event_ids`` index, until they expire with the log's retention.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 
 MAX_EVENTS = 1000  # events a bucket holds at most (≈ 120 KB with a campaign's fields)
 OWN = ("message_id", "recipient", "recipient_id", "metadata")  # what differs between events
-BUCKET = ("_id", "last_id", "count", "message_id", "event_ids", "events")  # a bucket's own
+# a bucket's own fields (``event_ids``: buckets written before their ids were made for them)
+BUCKET = ("_id", "last_id", "count", "message_keys", "message_id", "event_ids", "events")
+KEYED = frozenset({"queued", "suppressed"})  # kinds whose buckets list message keys, not ids
 
 
 def in_buckets(
@@ -55,42 +72,78 @@ def in_buckets(
         ):
             singles.append(e)
         else:
-            groups.setdefault(tuple(sorted((k, repr(v)) for k, v in shared)), []).append(e)
+            groups.setdefault(tuple((k, _alike(v)) for k, v in shared), []).append(e)
     return singles + [d for group in groups.values() for d in bucket_docs(group)]
 
 
-def bucket_docs(
-    events: list[dict[str, Any]], ids: list[ObjectId] | None = None
-) -> list[dict[str, Any]]:
+_SCALARS = frozenset({str, int, float, bool, type(None), ObjectId, datetime, bytes})
+
+
+def _alike(value: Any) -> Any:
+    """What two events' values of a field must both be to share a bucket: the value and its
+    type for a scalar (so 1, 1.0 and True stay apart), its repr for anything else (a dict, a
+    list: not hashable). Events whose fields come in another order only bucket apart."""
+    kind = type(value)
+    return (kind, value) if kind in _SCALARS else repr(value)
+
+
+def bucket_docs(events: list[dict[str, Any]], at: datetime | None = None) -> list[dict[str, Any]]:
     """Documents holding ``events``, which share every field but ``OWN``: a bucket for each
-    run of their ids (usually one), or the event itself where a run holds only it. ``ids``:
-    the events' ids, in order (new ones when not given)."""
-    if not events:
-        return []
+    ``MAX_EVENTS`` of them (usually one), or the event itself where it is alone. ``at``: when
+    the ids say they were made (now when not given)."""
+    if len(events) == 1:
+        return [{**events[0], "_id": ObjectId.from_datetime(at) if at else ObjectId()}]
     shared = {k: v for k, v in events[0].items() if k not in OWN and k != "_id"}
+    seconds = int((at or datetime.now(UTC)).timestamp()).to_bytes(4, "big")
     docs: list[dict[str, Any]] = []
-    start = 0
-    for run in runs(ids if ids is not None else [ObjectId() for _ in events]):
-        part = events[start : start + len(run)]
-        start += len(run)
-        if len(run) == 1:
-            docs.append({**part[0], "_id": run[0]})
-            continue
+    for start in range(0, len(events), MAX_EVENTS):
+        part = events[start : start + MAX_EVENTS]
+        first = int.from_bytes(seconds + os.urandom(5) + bytes(3), "big")
+        ids = [ObjectId((first + i).to_bytes(12, "big")) for i in range(len(part))]
+        messages = [e["message_id"] for e in part]
         docs.append(
             {
-                "_id": run[0],
-                "last_id": run[-1],
+                "_id": ids[0],
+                "last_id": ids[-1],
                 **shared,
-                "count": len(run),
-                "message_id": [e["message_id"] for e in part],
-                "event_ids": run,
+                "count": len(part),
+                **(
+                    {"message_keys": list(dict.fromkeys(map(message_key, messages)))}
+                    if shared.get("event_type") in KEYED
+                    else {"message_id": messages}
+                ),
                 "events": [
                     {"_id": i, **{k: e[k] for k in OWN if k in e}}
-                    for i, e in zip(run, part, strict=True)
+                    for i, e in zip(ids, part, strict=True)
                 ],
             }
         )
     return docs
+
+
+def bucket_of(event_id: ObjectId) -> ObjectId:
+    """The ``_id`` of the bucket that holds ``event_id``, if a bucket holds it."""
+    return ObjectId(event_id.binary[:9] + bytes(3))
+
+
+def message_key(message_id: Any) -> Any:
+    """What a bucket lists of a message it has events of: an ObjectId's first nine bytes (the
+    messages of a batch share a few), any other id itself."""
+    return message_id.binary[:9] if isinstance(message_id, ObjectId) else message_id
+
+
+async def message_docs(collection: Any, message_id: Any) -> list[dict[str, Any]]:
+    """The ``delivery_events`` documents that may hold events of ``message_id``: its single
+    events and the buckets naming it, on the ``(message_id, …)`` index, and the buckets of its
+    key, on the sparse ``message_keys`` index (two queries, each answered by its index)."""
+    named = await collection.find({"message_id": message_id}).to_list()
+    keyed = await collection.find({"message_keys": message_key(message_id)}).to_list()
+    return named + keyed
+
+
+def message_events(docs: Iterable[dict[str, Any]], message_id: Any) -> list[dict[str, Any]]:
+    """The events of ``message_id`` among those ``docs`` hold (``message_docs``)."""
+    return [e for e in expand_all(docs) if e.get("message_id") == message_id]
 
 
 def expand(doc: dict[str, Any]) -> list[dict[str, Any]]:
@@ -105,24 +158,3 @@ def expand(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def expand_all(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for d in docs for e in expand(d)]
-
-
-def runs(ids: list[ObjectId]) -> list[list[ObjectId]]:
-    """``ids`` cut into runs: each run's ids share the second and the process and count up by
-    one, and a run holds at most ``MAX_EVENTS``."""
-    out: list[list[ObjectId]] = [[ids[0]]]
-    for prev, cur in zip(ids, ids[1:], strict=False):
-        run = out[-1]
-        if (
-            len(run) < MAX_EVENTS
-            and cur.binary[:9] == prev.binary[:9]
-            and _counter(cur) == _counter(prev) + 1
-        ):
-            run.append(cur)
-        else:
-            out.append([cur])
-    return out
-
-
-def _counter(oid: ObjectId) -> int:
-    return int.from_bytes(oid.binary[9:], "big")  # three bytes: a run ends where it wraps

@@ -30,7 +30,7 @@ from app.domain.errors import ValidationError
 from app.domain.ids import parse_object_id
 from app.domain.viewer import Viewer
 from app.domain.webhooks import EVENT_TYPES, check_event_types
-from app.services.events.buckets import expand_all
+from app.services.events.buckets import bucket_of, expand_all
 
 MAX_PAGE = 500
 PAGE_CACHE = 16  # full pages kept (at most webhook_batch_size events each)
@@ -138,11 +138,16 @@ class EventLog:
     async def _rest_of_bucket(
         self, user_id: ObjectId, wanted: list[str], after: ObjectId, end: ObjectId
     ) -> list[dict[str, Any]]:
-        """The events after ``after`` of the bucket holding it, if one does (and is the
-        user's, of the wanted kinds): one key of the buckets' sparse index of their events'
-        ids. The query names that field alone and no hint: SecantusDB plans it on that index
-        (7 ms), but scans with a hint or another field beside it (≈ 190 ms at 20,000 events)."""
-        found = await self.db.delivery_events.find({"event_ids": after}).to_list()
+        """The events after ``after`` of the bucket holding it, if one does (and is the user's,
+        of the wanted kinds): the document whose ``_id`` is ``bucket_of(after)``, one key of the
+        ``_id`` index (events/buckets.py). A bucket written before its ids were made for it is
+        found on the sparse index of its events' ids instead; that query names the field alone
+        and no hint: SecantusDB plans it on that index (7 ms), but scans with a hint or another
+        field beside it (≈ 190 ms at 20,000 events)."""
+        found = await self.db.delivery_events.find({"_id": bucket_of(after)}).to_list()
+        found = [d for d in found if "events" in d and d["_id"] <= after <= d["last_id"]]
+        if not found:
+            found = await self.db.delivery_events.find({"event_ids": after}).to_list()
         mine = [d for d in found if d["sender_user_id"] == user_id and d["event_type"] in wanted]
         return [e for e in expand_all(mine) if after < e["_id"] < end]
 
