@@ -181,7 +181,8 @@ async def _measure(
         accept = time.perf_counter() - t0
         # 2. render + queue
         await system.campaigns.transition(viewer, cid, "start")
-        t1, db_cpu = time.perf_counter(), _cpu(a.db_pid)
+        t1, db_cpu, own_cpu = time.perf_counter(), _cpu(a.db_pid), time.process_time()
+        helpers_before = _helpers_cpu(a.server_pids)
         batches = 0
         while True:  # as the campaign_batch job runs them (jobs/campaigns.py)
             result = await system.campaign_sender.run_batches(ObjectId(cid))
@@ -190,6 +191,8 @@ async def _measure(
                 break
         queue = time.perf_counter() - t1
         queue_db_cpu = _cpu(a.db_pid) - db_cpu
+        queue_own_cpu = time.process_time() - own_cpu
+        queue_helpers_cpu = _helpers_cpu(a.server_pids) - helpers_before
         queued = sum(  # a bucket (the batch's, app/services/events/buckets.py): its events
             [
                 d.get("count", 1)
@@ -209,6 +212,9 @@ async def _measure(
             "total_per_s": round(a.n / (accept + queue), 1),
             # the database's CPU for render + queue (an embedded SecantusDB's process)
             "db_cpu_ms_per_recipient": round(queue_db_cpu * 1000 / a.n, 3),
+            # the batch sender's event loop (this process) and its render helper processes
+            "sender_cpu_ms_per_recipient": round(queue_own_cpu * 1000 / a.n, 3),
+            "render_helpers_cpu_ms_per_recipient": round(queue_helpers_cpu * 1000 / a.n, 3),
         }
         print(json.dumps(out), flush=True)
 
@@ -342,6 +348,19 @@ def _cpu(pid: int) -> float:
     return float(t.user + t.system)
 
 
+def _helpers_cpu(server_pids: set[int]) -> float:
+    """Seconds of CPU this process's children other than the servers have used: the render
+    helpers (services/campaigns/messages.py), which live as long as the sender."""
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        if child.pid not in server_pids:
+            try:
+                total += _cpu(child.pid)
+            except psutil.NoSuchProcess:
+                pass
+    return total
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=100_000)
@@ -385,6 +404,7 @@ def main() -> None:
         stack.start(mongo=True, redis=True, typesense=False)
         urls = {"mongodb": stack.url("mongodb"), "redis": stack.url("redis")}
         a.db_pid = next(s for s in stack.servers if s.name == "mongodb").process.pid
+        a.server_pids = {s.process.pid for s in stack.servers}
         postfix = None
         if not a.skip_postfix:
             corpus(base, 1, a.domains)  # the peers' generator is importable
