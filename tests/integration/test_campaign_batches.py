@@ -374,6 +374,8 @@ async def test_render_helpers_build_what_the_sender_builds_and_a_dead_one_loses_
     ]
     assert helped is not None and [b.raw for b in helped] == [b.raw for b in here]
     assert b"Number 1." in helped[1].raw
+    # the bytes alone cross the pipe (the sender builds a hosted recipient's message itself)
+    assert [(b.message, b.error) for b in helped] == [(None, None)] * 3
 
     # a helper killed while it renders: the call says so (None), the pool is dropped
     (pid,) = pool.pids

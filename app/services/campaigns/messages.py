@@ -47,10 +47,10 @@ _FIELDS = ("_id", "from", "from_domain", "track_clicks", "track_opens", "variabl
 
 
 class Built(NamedTuple):
-    message: OutgoingMessage | None
+    message: OutgoingMessage | None  # None: not built, or a helper's answer (``raw`` only)
     raw: bytes
     links: tuple[str, ...]  # the original URLs of the tracked links, by index
-    error: str | None
+    error: str | None  # why it could not be rendered (else None)
 
 
 @dataclass(frozen=True)
@@ -130,8 +130,11 @@ def _render_in_helper(
     shared = campaign.get("variables") or {}
     answers = renderer.render_here([(version, {**shared, **variables}) for _, _, variables in rows])
     signing = _helper["signing"]
+    # the bytes without the message: a remote recipient's row needs only them, and the
+    # message's bodies would cross the pipe and be unpickled by the sender's loop a second
+    # time (the sender builds a hosted recipient's message itself)
     return [
-        build(campaign, rid, email, answer, now, signing)
+        build(campaign, rid, email, answer, now, signing)._replace(message=None)
         for (rid, email, _), answer in zip(rows, answers, strict=True)
     ]
 

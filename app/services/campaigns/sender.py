@@ -52,7 +52,7 @@ from app.adapters.blob_batches import write_blobs
 from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
 from app.adapters.queue import JobQueue, QueuedJob
 from app.config import Settings
-from app.domain.addresses import domain_of
+from app.domain.addresses import Address, domain_of
 from app.domain.campaigns import (
     aware,
     batch_plan,
@@ -283,17 +283,20 @@ class CampaignSender:
             raise ValidationError.on("template", "the campaign's template version is gone")
         missing = [r for r in to_send if r.id not in prebuilt]
         prebuilt.update(await self._render(campaign, version, missing, now))
+        # a render helper answers a message's bytes alone (messages.py): a hosted recipient's
+        # mailbox copy needs the message too, built here again (the bytes with it)
+        hosted = [r for r in to_send if r.key in local_users and not prebuilt[r.id].message]
+        prebuilt.update(await self._render(campaign, version, hosted, now, helpers=False))
         built = [prebuilt[r.id] for r in to_send]
-        failed = [(r, b.error) for r, b in zip(to_send, built, strict=True) if b.message is None]
-        ready = [(r, b) for r, b in zip(to_send, built, strict=True) if b.message]
+        failed = [(r, b.error) for r, b in zip(to_send, built, strict=True) if b.error is not None]
+        ready = [(r, b) for r, b in zip(to_send, built, strict=True) if b.error is None]
         viewer = Viewer(campaign["user_id"], campaign["from"]["email"])
         # messages: only those to hosted users, who get a mailbox copy (``local``, with its
         # raw MIME in a blob); ``raws``: their MIME bytes, in the same order
         messages, raws, recipients = [], [], []
         carried = _carried(campaign)
         for r, b in ready:
-            assert b.message is not None
-            to = Recipients(list(b.message.to), [], [])
+            to = Recipients([Address(r.email, None)], [], [])  # (as the message's To)
             if r.key not in local_users:  # (the address normalized)
                 # remote: the delivery row carries its MIME (``raw``), no message document
                 (row,) = recipient_docs(
@@ -308,6 +311,7 @@ class CampaignSender:
                 recipients.append(row)
                 continue
             # raw_blob_id: set when the blob is written, in the batch's transaction
+            assert b.message is not None  # (built here above)
             message = message_doc(viewer, b.message, [], b.raw, ObjectId(), now, None)
             message.update(_id=r.id, campaign_id=campaign["_id"], bulk=True)
             rows = recipient_docs(message, to, local_users, set(), now, None)
@@ -429,15 +433,22 @@ class CampaignSender:
         version: dict[str, Any],
         rows: list[Recipient],
         now: datetime,
+        *,
+        helpers: bool = True,
     ) -> dict[ObjectId, Built]:
         """Each recipient's message, by recipient id: rendered and built in the render helper
-        processes (messages.py), or when none can, rendered in the render threads and built
-        ``BUILD_CHUNK`` at a time with the event loop free in between, so that a batch
-        rendered ahead does not hold up the replies of the transaction it overlaps."""
+        processes (messages.py; their answers carry the bytes, not the message), or when none
+        can (or not ``helpers``), rendered in the render threads and built ``BUILD_CHUNK`` at a
+        time with the event loop free in between, so that a batch rendered ahead does not hold
+        up the replies of the transaction it overlaps."""
         if not rows:
             return {}
-        helped = await self.helpers.render(
-            campaign, version, [(r.id, r.email, r.variables) for r in rows], now
+        helped = (
+            await self.helpers.render(
+                campaign, version, [(r.id, r.email, r.variables) for r in rows], now
+            )
+            if helpers
+            else None
         )
         if helped is not None:
             return {r.id: b for r, b in zip(rows, helped, strict=True)}
