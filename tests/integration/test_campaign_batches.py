@@ -392,6 +392,21 @@ async def test_render_helpers_build_what_the_sender_builds_and_a_dead_one_loses_
     assert renewed is not None and renewed.alive == 1 and renewed.pids != [pid]
 
 
+async def test_a_helper_whose_code_is_not_the_workers_does_not_start(world, monkeypatch):
+    """A helper imports its code from disk when it starts: after an upgrade under a running
+    worker it would speak another version of the exchange. It refuses to start, and the
+    batches render in the sender's threads, every recipient queued (messages.py)."""
+    system, viewer, cid = world
+    monkeypatch.setattr(messages, "CODE", "the code this worker started with")
+    await system.campaigns.add_recipients(viewer, cid, _rows(0, 12))
+    await system.campaigns.transition(viewer, cid, "start")
+    assert (await _batch(system, cid))["queued"] == BATCH
+    assert (await _batch(system, cid))["queued"] == 2
+    helpers = system.campaign_sender.helpers
+    assert helpers._pool is None and helpers._failed_at > 0  # tried once, not every batch
+    assert await _queued_seqs(system, cid) == list(range(12))
+
+
 async def test_a_long_upload_goes_in_chunks_each_address_once(world, monkeypatch):
     """A CSV upload is stored ``ADD_CHUNK`` recipients a transaction: addresses the list has
     from an earlier add, and repeats within the upload, are reported, never stored twice, and
