@@ -19,21 +19,31 @@ When a helper's socket closes (the process died), its waiting calls fail with
 ``HelperDied``, the helper is gone from the pool (``alive`` says how many are left) and the
 pool starts its replacement (``replace_lost``); the caller decides what to do with the calls
 that failed (``Analysis`` analyses them inline).
+
+A helper imports its function's module from disk when it starts, maybe long after its caller
+did: after an upgrade under a running process the two would speak different versions of their
+exchange (a campaign sender once took every answer of a newer render helper as a failure). So a
+module whose functions run in helpers sets ``CODE = code_of(__file__)``, a fingerprint of the
+file as each process imported it, and a helper whose ``CODE`` is not its caller's refuses to
+start (``start`` raises; its caller falls back as for any helper that does not start).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import pickle
 import signal
 import socket
 import struct
+import sys
 from collections.abc import Callable
 from multiprocessing import get_context
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, cast
 
 import structlog
@@ -57,18 +67,36 @@ def _header(size: int) -> bytes:
     return _SHORT.pack(size)
 
 
+def code_of(path: str) -> str:
+    """A fingerprint of a module's file: ``CODE = code_of(__file__)`` at the top of a module
+    whose functions run in helpers records the code this process imported (see above)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _code(function: Callable[..., Any]) -> str | None:
+    """The ``CODE`` of ``function``'s module as this process imported it (None: not set)."""
+    return getattr(sys.modules.get(function.__module__), "CODE", None)
+
+
 def _serve(
     conn: Connection,
     initializer: Callable[..., Any],
     initargs: tuple[Any, ...],
     function: Callable[..., Any],
+    code: str | None,
 ) -> None:
-    """A helper's main: run ``initializer``, say so, then answer calls until the socket closes.
+    """A helper's main: check that its code is its caller's (``code``), run ``initializer``,
+    say so, then answer calls until the socket closes.
 
     Ctrl-C in a terminal signals the whole process group: the caller decides when its helpers
     stop (it closes their sockets), so a helper ignores SIGINT."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
+        if _code(function) != code:
+            raise RuntimeError(
+                f"the helper's {function.__module__} is not its caller's: the installed code "
+                "changed since the caller started (restart it)"
+            )
         initializer(*initargs)
     except BaseException as exc:
         conn.send_bytes(pickle.dumps((_READY, (False, _picklable(exc)))))
@@ -175,6 +203,7 @@ class HelperProcesses:
         self.function = function
         self.initializer = initializer
         self.initargs = initargs
+        self.code = _code(function)  # what each helper's copy of the module must be
         self.helpers: list[_Helper] = []
         self._calls = 0
         self._replacing: set[asyncio.Task[None]] = set()
@@ -236,7 +265,7 @@ class HelperProcesses:
         theirs.close()
         process = get_context("spawn").Process(
             target=_serve,
-            args=(child, self.initializer, self.initargs, self.function),
+            args=(child, self.initializer, self.initargs, self.function, self.code),
             daemon=True,
             name=f"mailhub-{self.name}-helper",
         )

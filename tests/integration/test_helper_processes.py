@@ -155,3 +155,30 @@ async def test_after_a_failed_restart_the_pool_waits_before_trying_again(
         assert await pool.call("whoami", None) == (pool.pids[0], "started")
     finally:
         await pool.stop()
+
+
+async def test_a_helper_whose_module_is_not_its_callers_does_not_start(monkeypatch) -> None:
+    """A helper imports its function's module from disk: when that file is not the one its
+    caller imported (an upgrade under a running process), it refuses to start."""
+    from tests.support import helper_functions
+
+    assert helper_functions.CODE == helper_processes.code_of(helper_functions.__file__)
+    monkeypatch.setattr(helper_functions, "CODE", "what the caller imported before")
+    pool = HelperProcesses(1, work, remember, ("started",))
+    with pytest.raises(RuntimeError, match="is not its caller's"):
+        await pool.start()
+    assert pool.alive == 0
+    monkeypatch.undo()  # the same file on both sides: it starts
+    pool = await _pool(1)
+    try:
+        assert await pool.call("echo", "ok") == "ok"
+    finally:
+        await pool.stop()
+
+
+def test_the_modules_whose_functions_run_in_helpers_fingerprint_their_code() -> None:
+    from app.services.campaigns import messages
+    from app.services.inbound import analysis
+
+    for module in (messages, analysis):
+        assert module.CODE == helper_processes.code_of(module.__file__), module.__name__

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import time
 
+from app.helper_processes import code_of
+
+CODE = code_of(__file__)  # as app modules whose functions run in helpers set it
 _state: dict[str, object] = {}
 
 

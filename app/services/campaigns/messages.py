@@ -11,21 +11,16 @@ recipients (id, address, variables), and answers each recipient's ``Built``: a h
 secret the links are signed with (given it when it starts, never logged), compiles each
 template version once, and renders with the same sandbox and limits as the sender's threads.
 A helper that dies or does not answer in time is replaced, and the batch renders in the
-sender's threads meanwhile: nothing is lost, only slower. A helper is a new process that imports
-this module from disk: if the installed code changed since the sender started (an upgrade
-under a running worker), a helper would speak another version of this exchange (an answer
-the sender reads as every recipient failed, say), so a helper refuses to start unless its
-copy of this module is the sender's (``CODE``), and the sender renders in its threads until
-it is restarted.
+sender's threads meanwhile: nothing is lost, only slower. A helper whose copy of this module is
+not its sender's (``CODE``: the installed code changed since the worker started) does not
+start (app/helper_processes.py), and the sender renders in its threads until it is restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import structlog
@@ -44,12 +39,11 @@ from app.domain.html_safety import sanitize_html
 from app.domain.mime import OutgoingMessage, build_mime
 from app.domain.templates import Rendered, RenderLimits
 from app.domain.tracking import add_pixel, rewrite_links
-from app.helper_processes import HelperDied, HelperProcesses
+from app.helper_processes import HelperDied, HelperProcesses, code_of
 
 log = structlog.get_logger(__name__)
 
-# this module as the process imported it: a helper must have the same (see above)
-CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+CODE = code_of(__file__)  # a helper's copy of this module must be its sender's (see above)
 HELPER_CHUNK = 100  # recipients a call to a helper (answers come back as they are done)
 RETRY_SECONDS = 60.0  # after the helpers failed to start, before the next try
 _FIELDS = ("_id", "from", "from_domain", "track_clicks", "track_opens", "variables")
@@ -122,12 +116,7 @@ def build(
 _helper: dict[str, Any] = {}
 
 
-def _start_helper(limits: RenderLimits, signing: Signing, code: str) -> None:
-    if code != CODE:
-        raise RuntimeError(
-            "the campaign render helper's code is not its worker's (the installed code changed "
-            "since the worker started): rendering in the worker until it is restarted"
-        )
+def _start_helper(limits: RenderLimits, signing: Signing) -> None:
     from app.services.templates.render import TemplateRenderer
 
     _helper["renderer"] = TemplateRenderer(None, limits, threads=1)  # type: ignore[arg-type]
@@ -203,7 +192,7 @@ class RenderHelpers:
                 self.count,
                 _render_in_helper,
                 _start_helper,
-                (self.limits, self.signing, CODE),
+                (self.limits, self.signing),
                 name="campaign-render",
             )
             try:

@@ -23,9 +23,10 @@ import structlog
 
 from app.adapters.spam_scorer import ModelScorer, Scorer, SpamVerdict
 from app.domain.parsing import ParsedMessage, parse_message, parse_tree
-from app.helper_processes import HelperDied, HelperProcesses
+from app.helper_processes import HelperDied, HelperProcesses, code_of
 
 log = structlog.get_logger(__name__)
+CODE = code_of(__file__)  # a helper's copy of this module must be the MX's (helper_processes)
 
 _helper_scorer: ModelScorer | None = None  # in a helper process: its own copy of the model
 
