@@ -137,3 +137,13 @@ def test_values_equal_across_types_do_not_share_a_bucket() -> None:
         list,
         list,
     ]
+
+
+def test_an_id_block_gives_back_its_block_and_place() -> None:
+    from app.domain.ids import block_id, block_of, in_block
+
+    block = block_id(NOW)
+    assert block.binary[9:] == bytes(3) and block.generation_time == NOW
+    assert [block_of(in_block(block, i)) for i in (0, 1, 499, 999)] == [
+        (block, i) for i in (0, 1, 499, 999)
+    ]

@@ -39,8 +39,6 @@ recipients keep their ids, which their links and messages carry: such a part lis
 from __future__ import annotations
 
 import json
-import os
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -50,24 +48,24 @@ from bson import ObjectId
 
 from app.adapters.mongo import UpdateOne
 from app.domain.campaigns import MAX_BATCH, RecipientRow
+from app.domain.ids import block_id, block_of, in_block
 
 PART_ROWS = MAX_BATCH  # a full batch reads one part
 PART_BYTES = 4_000_000  # and a part stays far below MongoDB's 16 MB a document
-_LOW = 3  # bytes of a recipient id that number it within its part
 
 
 def part_id(now: datetime) -> ObjectId:
-    """A new part's id: the time, five random bytes, and a zero place number."""
-    return ObjectId(struct.pack(">I", int(now.timestamp())) + os.urandom(5) + bytes(_LOW))
+    """A new part's id: a block of ids (app/domain/ids.py), its recipients' ids in it."""
+    return block_id(now)
 
 
 def recipient_id(part: ObjectId, i: int) -> ObjectId:
-    return ObjectId(part.binary[:-_LOW] + i.to_bytes(_LOW, "big"))
+    return in_block(part, i)
 
 
 def locate(rid: ObjectId) -> tuple[ObjectId, int]:
     """(the part, the place in it) of a recipient id."""
-    return ObjectId(rid.binary[:-_LOW] + bytes(_LOW)), int.from_bytes(rid.binary[-_LOW:], "big")
+    return block_of(rid)
 
 
 def parts_of(

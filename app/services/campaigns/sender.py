@@ -285,7 +285,11 @@ class CampaignSender:
         prebuilt.update(await self._render(campaign, version, missing, now))
         # a render helper answers a message's bytes alone (messages.py): a hosted recipient's
         # mailbox copy needs the message too, built here again (the bytes with it)
-        hosted = [r for r in to_send if r.key in local_users and not prebuilt[r.id].message]
+        hosted = [
+            r
+            for r in to_send
+            if r.key in local_users and prebuilt[r.id].message is None and not prebuilt[r.id].error
+        ]
         prebuilt.update(await self._render(campaign, version, hosted, now, helpers=False))
         built = [prebuilt[r.id] for r in to_send]
         failed = [(r, b.error) for r, b in zip(to_send, built, strict=True) if b.error is not None]

@@ -9,14 +9,14 @@ bucket (MongoDB's bucket pattern) holds a run of such events in one document: th
 share once, and each event's own fields in ``events``.
 
 Every event keeps its own id, so the log, its cursors and webhooks' deduplication see the same
-events as before. A bucket's ids are made for it, as a campaign list part's recipient ids are
-(campaigns/lists.py): the bucket's ``_id`` is the time, five fresh random bytes and three zero
-bytes, and its event i's id is that plus i. No other id sorts between a bucket's first and
-last (any other id differs in the random bytes), so the bucket's ``_id`` orders it among the
-log's other documents exactly as its events would be ordered one by one, a reader in id
-windows (events/log.py) finds a bucket in the window its events belong to, and the bucket
-holding an event is the document whose ``_id`` is the event's id with its last three bytes
-zeroed (``bucket_of``): one key of the ``_id`` index, where SecantusDB scans for a range.
+events as before. A bucket's ids are made for it, a block of ids as a campaign list part's
+recipient ids are (app/domain/ids.py): the bucket's ``_id`` is the time, five fresh random
+bytes and three zero bytes, and its event i's id is that plus i. No other id sorts between a
+bucket's first and last (any other id differs in the random bytes), so the bucket's ``_id``
+orders it among the log's other documents exactly as its events would be ordered one by one, a
+reader in id windows (events/log.py) finds a bucket in the window its events belong to, and
+the bucket holding an event is the document whose ``_id`` is the event's id with its last three
+bytes zeroed (``bucket_of``): one key of the ``_id`` index, where SecantusDB scans for a range.
 
 A bucket document: every field its events share (those not in ``OWN``: ``event_type``,
 ``occurred_at``, ``sender_user_id``, ``sender_domain``, ``campaign_id`` …), ``_id`` (the first
@@ -42,12 +42,13 @@ still found on the ``(message_id, …)`` index and the bucket a cursor points in
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
+
+from app.domain.ids import block_id, block_of, in_block
 
 MAX_EVENTS = 1000  # events a bucket holds at most (≈ 120 KB with a campaign's fields)
 OWN = ("message_id", "recipient", "recipient_id", "metadata")  # what differs between events
@@ -94,12 +95,11 @@ def bucket_docs(events: list[dict[str, Any]], at: datetime | None = None) -> lis
     if len(events) == 1:
         return [{**events[0], "_id": ObjectId.from_datetime(at) if at else ObjectId()}]
     shared = {k: v for k, v in events[0].items() if k not in OWN and k != "_id"}
-    seconds = int((at or datetime.now(UTC)).timestamp()).to_bytes(4, "big")
     docs: list[dict[str, Any]] = []
     for start in range(0, len(events), MAX_EVENTS):
         part = events[start : start + MAX_EVENTS]
-        first = int.from_bytes(seconds + os.urandom(5) + bytes(3), "big")
-        ids = [ObjectId((first + i).to_bytes(12, "big")) for i in range(len(part))]
+        block = block_id(at or datetime.now(UTC))
+        ids = [in_block(block, i) for i in range(len(part))]
         messages = [e["message_id"] for e in part]
         docs.append(
             {
@@ -123,7 +123,7 @@ def bucket_docs(events: list[dict[str, Any]], at: datetime | None = None) -> lis
 
 def bucket_of(event_id: ObjectId) -> ObjectId:
     """The ``_id`` of the bucket that holds ``event_id``, if a bucket holds it."""
-    return ObjectId(event_id.binary[:9] + bytes(3))
+    return block_of(event_id)[0]
 
 
 def message_key(message_id: Any) -> Any:
