@@ -97,15 +97,7 @@ class TemplateRenderer:
         already encoded. The renders go to the render threads in chunks, one hand-off per
         chunk: a thread switch per message cost as much as the render itself (~0.25 ms for a
         5 KB receipt), and a batch of sends or a campaign batch renders hundreds at once."""
-        results: list[Rendered | ValidationError | None] = [None] * len(jobs)
-        todo: list[tuple[int, CompiledTemplate, Any]] = []
-        for n, (version, variables) in enumerate(jobs):
-            try:
-                compiled, value = self._checked(version, variables)
-            except ValidationError as e:
-                results[n] = e
-                continue
-            todo.append((n, compiled, value))
+        results, todo = self._checked_all(jobs)
         loop = asyncio.get_running_loop()
         for start in range(0, len(todo), RENDER_CHUNK):
             chunk = todo[start : start + RENDER_CHUNK]
@@ -126,15 +118,27 @@ class TemplateRenderer:
     ) -> list[Rendered | ValidationError]:
         """``render_versions`` on this thread, for a process whose work is rendering (the
         campaign render helpers: services/campaigns/messages.py)."""
-        answers: list[Rendered | ValidationError] = []
-        for version, variables in jobs:
+        results, todo = self._checked_all(jobs)
+        answers = _render_each([(c, v) for _, c, v in todo], self.limits)
+        for (n, _, _), answer in zip(todo, answers, strict=True):
+            results[n] = answer
+        return [r for r in results if r is not None]
+
+    def _checked_all(
+        self, jobs: list[tuple[dict[str, Any], Any]]
+    ) -> tuple[list[Rendered | ValidationError | None], list[tuple[int, CompiledTemplate, Any]]]:
+        """Each job checked: the answers so far (the refusals, None where a render is still
+        to come) and what is to render, with its place."""
+        results: list[Rendered | ValidationError | None] = [None] * len(jobs)
+        todo: list[tuple[int, CompiledTemplate, Any]] = []
+        for n, (version, variables) in enumerate(jobs):
             try:
                 compiled, value = self._checked(version, variables)
             except ValidationError as e:
-                answers.append(e)
+                results[n] = e
                 continue
-            answers += _render_each([(compiled, value)], self.limits)
-        return answers
+            todo.append((n, compiled, value))
+        return results, todo
 
     def _checked(self, version: dict[str, Any], variables: Any) -> tuple[CompiledTemplate, Any]:
         """The compiled version and the variables, once they are JSON of an allowed size that
