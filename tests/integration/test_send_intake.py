@@ -17,6 +17,7 @@ import pytest
 
 from app.domain.errors import ValidationError
 from app.domain.viewer import Viewer
+from app.services.events.buckets import expand_all, message_docs, message_events
 from app.services.send_intake.accept import Accepted, SendRequest
 from app.services.sending.compose import Composition
 from app.services.templates.sending import TemplateRef
@@ -83,8 +84,17 @@ async def test_accepted_sends_become_ordinary_messages_queued_for_delivery(setti
         assert statuses == {"queued": 3, "sent": 1}  # the local recipient got an Inbox view
         inbox = await w.db.mailbox_items.find_one({"user_id": local["_id"], "folder": "INBOX"})
         assert inbox["subject"] == "Order 3"
-        events = Counter(d["event_type"] for d in await w.db.delivery_events.find().to_list())
+        docs = await w.db.delivery_events.find().to_list()
+        events = Counter(e["event_type"] for e in expand_all(docs))
         assert events == {"queued": 4, "delivered": 1}
+        # the batch's queued events are one bucket, each still found by its message
+        assert Counter(d["event_type"] for d in docs) == {"queued": 1, "delivered": 1}
+        for r in results:
+            assert isinstance(r, Accepted)
+            mine = message_events(
+                await message_docs(w.db.delivery_events, r.message_id), r.message_id
+            )
+            assert "queued" in {e["event_type"] for e in mine}
         counter = await w.db.mailbox_counters.find_one(
             {"user_id": viewer.user_id, "kind": "folder", "name": "SENT"}
         )

@@ -45,6 +45,7 @@ from app.domain.templates import Rendered
 from app.domain.viewer import Viewer
 from app.services.accounts import AccountService
 from app.services.after_commit import Notifier
+from app.services.events.buckets import KEYED, in_buckets
 from app.services.feedback.suppression import SuppressionService, user_scope
 from app.services.mailbox.filing import Filing, ViewSpec, file_messages
 from app.services.sending.accepted import accepted_events, deliver_locally, delivery_jobs
@@ -170,8 +171,11 @@ class SendMaterializer:
             await self.db.messages.insert_many([b["message"] for b in built], session=session)
             recipients = [r for b in built for r in b["recipients"]]
             await self.db.recipients.insert_many(recipients, session=session)
-            await self.db.delivery_events.insert_many(
-                [e for b in built for e in accepted_events(b["message"], b["recipients"], now)],
+            await self.db.delivery_events.insert_many(  # one bucket for the batch's events
+                in_buckets(
+                    [e for b in built for e in accepted_events(b["message"], b["recipients"], now)],
+                    KEYED,
+                ),
                 session=session,
             )
             filed = await file_messages(
