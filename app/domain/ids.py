@@ -32,6 +32,12 @@ def parse_object_id(value: object) -> ObjectId | None:
 BLOCK_LOW = 3  # bytes of an id in a block that number it within the block
 
 
+def id_at(at: datetime) -> ObjectId:
+    """A fresh id whose time is ``at`` (``ObjectId.from_datetime`` is the same for every call
+    within a second: a range bound, not an id to write)."""
+    return ObjectId(struct.pack(">I", int(at.timestamp())) + os.urandom(8))
+
+
 def block_id(at: datetime) -> ObjectId:
     """A new block's id (its item 0's): the time, five random bytes, a zero item number."""
     return ObjectId(struct.pack(">I", int(at.timestamp())) + os.urandom(5) + bytes(BLOCK_LOW))

@@ -84,6 +84,9 @@ def test_a_bucket_holds_at_most_max_events_and_a_lone_event_is_itself() -> None:
     [alone] = bucket_docs([event(0)], NOW)
     assert "events" not in alone and alone["recipient"] == "r0@d.test"
     assert alone["_id"].generation_time == NOW
+    # lone events made at the same time are documents with ids of their own
+    [again] = bucket_docs([event(1)], NOW)
+    assert again["_id"] != alone["_id"] and again["_id"].generation_time == NOW
 
 
 def test_events_are_bucketed_by_kind_and_by_what_they_share() -> None:

@@ -48,7 +48,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.domain.ids import block_id, block_of, in_block
+from app.domain.ids import block_id, block_of, id_at, in_block
 
 MAX_EVENTS = 1000  # events a bucket holds at most (≈ 120 KB with a campaign's fields)
 OWN = ("message_id", "recipient", "recipient_id", "metadata")  # what differs between events
@@ -93,7 +93,7 @@ def bucket_docs(events: list[dict[str, Any]], at: datetime | None = None) -> lis
     ``MAX_EVENTS`` of them (usually one), or the event itself where it is alone. ``at``: when
     the ids say they were made (now when not given)."""
     if len(events) == 1:
-        return [{**events[0], "_id": ObjectId.from_datetime(at) if at else ObjectId()}]
+        return [{**events[0], "_id": id_at(at) if at else ObjectId()}]
     shared = {k: v for k, v in events[0].items() if k not in OWN and k != "_id"}
     docs: list[dict[str, Any]] = []
     for start in range(0, len(events), MAX_EVENTS):
