@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
 from bson import ObjectId
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -56,6 +55,7 @@ from app.services.send_intake.accept import Accepted, SendRequest  # noqa: E402
 from app.services.sending.compose import Composition  # noqa: E402
 from app.services.templates.sending import TemplateRef  # noqa: E402
 from app.services.templates.store import TemplateDraft  # noqa: E402
+from bench.outbound import cpu_of  # noqa: E402
 
 DOMAIN = "tpl.bench.test"
 
@@ -267,7 +267,8 @@ async def run(args: argparse.Namespace) -> None:
 
         # 3. the batched path
         if args.intake:
-            await batched_path(system, viewer, args, rows)
+            database = {srv.name: srv.process.pid for srv in stack.servers}["mongodb"]
+            await batched_path(system, viewer, args, rows, database)
 
         # 4. webhook fan-out
         from starlette.applications import Starlette
@@ -365,10 +366,15 @@ async def run(args: argparse.Namespace) -> None:
 
 
 async def batched_path(
-    system: Any, viewer: Viewer, args: argparse.Namespace, rows: list[tuple[str, str]]
+    system: Any,
+    viewer: Viewer,
+    args: argparse.Namespace,
+    rows: list[tuple[str, str]],
+    database: int,
 ) -> None:
     """Accepted/s through ``SendIntake`` (single callers, then the batch entry point), the
-    materializer's sustained rate, and both at once."""
+    materializer's sustained rate (and the database's CPU, ``database`` its pid), and both at
+    once."""
     intake, materializer = system.send_intake, system.materializer
     db = system.mongo.db
 
@@ -401,14 +407,14 @@ async def batched_path(
         await asyncio.gather(*(caller() for _ in range(args.batch_callers)))
 
     async def drained() -> float:
-        started, db_cpu = time.perf_counter(), _database_cpu()
+        started, db_cpu = time.perf_counter(), cpu_of(database)
         await materializer.drain()
         drain_s = time.perf_counter() - started
         # the database's CPU per stored message: steadier than the rate on a shared machine
         rows.append(
             (
                 "materializer: database CPU per stored message (ms)",
-                f"{(_database_cpu() - db_cpu) / n * 1000:.3f}",
+                f"{(cpu_of(database) - db_cpu) / n * 1000:.3f}",
             )
         )
         return drain_s
@@ -481,19 +487,6 @@ async def batched_path(
     stored = await db.messages.count_documents({"to.email": {"$regex": "^b"}})
     left = await materializer.backlog()
     rows.append(("batched path: messages stored / accepted sends left", f"{stored:,} / {left}"))
-
-
-def _database_cpu() -> float:
-    """Seconds of CPU the embedded database (a child process of this one) has used."""
-    total = 0.0
-    for child in psutil.Process().children(recursive=True):
-        try:
-            if any("secantusd" in part for part in child.cmdline()):
-                times = child.cpu_times()
-                total += times.user + times.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def id_at(at: datetime) -> ObjectId:
 
 def block_id(at: datetime) -> ObjectId:
     """A new block's id (its item 0's): the time, five random bytes, a zero item number."""
-    return ObjectId(struct.pack(">I", int(at.timestamp())) + os.urandom(5) + bytes(BLOCK_LOW))
+    return in_block(id_at(at), 0)
 
 
 def in_block(block: ObjectId, i: int) -> ObjectId:
