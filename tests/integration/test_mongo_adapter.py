@@ -172,3 +172,15 @@ async def test_a_write_conflict_waits_for_the_other_transaction_instead_of_faili
     await first
     assert (await coll.find_one({"_id": 1}))["n"] == 11
     assert len(attempts) >= 2, "the conflict was never met: the test proves nothing"
+
+
+async def test_a_collection_is_made_once_and_keeps_the_databases_options(mongo):
+    items = mongo.db.mailbox_items
+    assert mongo.db.mailbox_items is items  # PyMongo's own __getattr__ makes a new one each time
+    assert items.write_concern == mongo.db.write_concern
+    assert items.write_concern.document == {"w": "majority", "j": True}
+    assert items.codec_options.tz_aware
+    await items.insert_one({"user_id": "u1", "message_id": "m1", "role": "received"})
+    assert await mongo.db.mailbox_items.count_documents({"user_id": "u1"}) == 1
+    with pytest.raises(AttributeError):
+        mongo.db._private  # noqa: B018 — PyMongo's refusal of "_" names is kept

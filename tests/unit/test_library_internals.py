@@ -30,7 +30,8 @@ OVERRIDDEN = {
     "arq": "app/adapters/job_worker.py, app/adapters/queue.py (JobQueue.enqueue_many)",
     "aiosmtpd": "app/mx/server.py (MxSMTP.smtp_DATA, MxSMTP._getaddr), app/mx/data.py",
     "dkimpy": "app/adapters/dkim_signer.py",
-    "pymongo": "app/adapters/blob_batches.py (GridFS documents written and read by hand)",
+    "pymongo": "app/adapters/blob_batches.py (GridFS documents written and read by hand), "
+    "app/adapters/mongo.py (CollectionsDatabase)",
     "pyspf": "app/adapters/mail_auth.py (spf.DNSLookup answered through c-ares)",
 }
 
@@ -142,6 +143,17 @@ def _pyspf() -> dict[str, Any]:
     }
 
 
+def _pymongo() -> dict[str, Any]:
+    from pymongo.asynchronous.database import AsyncDatabase
+
+    return {
+        # CollectionsDatabase keeps what __getattr__ returns: it must stay a plain collection
+        # of that name (__getitem__), made the same way on every call
+        "pymongo AsyncDatabase.__getattr__": AsyncDatabase.__getattr__,
+        "pymongo AsyncDatabase.__getitem__": AsyncDatabase.__getitem__,
+    }
+
+
 # The source each override mirrors, as reviewed (see docs/overrides.md for what to re-check).
 FINGERPRINTS: dict[str, str] = {
     "aiosmtpd SMTP._call_handler_hook": "6ff23a6634ea0307",
@@ -173,6 +185,8 @@ FINGERPRINTS: dict[str, str] = {
     "graphql-core execute_fields": "797f54fbd779b4e3",
     "graphql-core handle_field_error": "d33a6ee408cd1695",
     "graphql-core settle_in_background": "da2b2c7303b6fa2d",
+    "pymongo AsyncDatabase.__getattr__": "65a872a9cb11a219",
+    "pymongo AsyncDatabase.__getitem__": "83b49c1d2cf28461",
     "pyspf DNSLookup_dnspython": "2ad82e1400fbbd2b",
     "pyspf query.dns": "63ad0ef0805e0745",
     "strawberry GraphQLCoreConverter.from_resolver": "bcac1354fecdee79",
@@ -188,6 +202,7 @@ def _mirrored() -> dict[str, Any]:
         **_aiosmtpd(),
         **_dkimpy(),
         **_pyspf(),
+        **_pymongo(),
     }
 
 
