@@ -11,6 +11,7 @@ tree under one "never raise" policy, and its helpers make sense only inside that
 
 from __future__ import annotations
 
+import binascii
 import html
 import mimetypes
 import re
@@ -22,6 +23,8 @@ from email.message import Message
 from email.utils import parsedate_to_datetime
 from functools import lru_cache
 from typing import Any
+
+import pybase64
 
 from app.domain.addresses import Address, parse_header_addresses
 from app.domain.conversations import normalize_message_id, parse_message_ids
@@ -454,6 +457,9 @@ def _decode_text(part: Message) -> str:
 
 
 def _payload_bytes(part: Message) -> bytes:
+    fast = _canonical_base64(part)
+    if fast is not None:
+        return fast
     try:
         data = part.get_payload(decode=True)
     except Exception:  # an undecodable payload
@@ -464,6 +470,33 @@ def _payload_bytes(part: Message) -> bytes:
     if isinstance(raw, str):
         return raw.encode("ascii", "surrogateescape")
     return b""
+
+
+def _canonical_base64(part: Message) -> bytes | None:
+    """``part.get_payload(decode=True)`` of a base64 part whose body is canonical base64 (what
+    ``b64encode`` writes, in lines), by pybase64's SIMD decoder; None for any other part.
+
+    The email package decodes a base64 body as ``b"".join(body.splitlines())`` (the body's
+    ASCII bytes), then ``binascii.a2b_base64(..., strict_mode=True)``: 1.2 + 2.2 ms for the
+    inbound mix's 1 MB attachment, a third of the MX's parse of such a message. Here the line
+    breaks go in one ``translate`` (``bytes.splitlines`` splits at CR, LF and CRLF only, so
+    deleting CR and LF joins the same lines) and pybase64 decodes (0.04 ms). A body that decodes
+    and re-encodes to exactly its input is canonical: strict binascii decodes it to the same
+    bytes and reports no defect (``email._encoded_words.decode_b``). Anything else (not ASCII,
+    bad characters, padding inside, a length that is not a multiple of four, non-zero spare
+    bits) is left to the email package, which also records its defects on the part.
+    """
+    if str(part.get("content-transfer-encoding", "")).lower() != "base64" or part.is_multipart():
+        return None
+    body = part.get_payload()
+    if not isinstance(body, str) or not body.isascii():
+        return None
+    encoded = body.encode("ascii").translate(None, b"\r\n")
+    try:
+        data = pybase64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if pybase64.b64encode(data) == encoded else None
 
 
 def _attachment(

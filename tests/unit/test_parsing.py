@@ -418,3 +418,67 @@ def test_attachment_data_gives_each_parsed_attachment_back_from_the_raw(path):
 def test_attachment_data_of_input_the_parser_cannot_read_is_none():
     assert attachment_data(b"", 0) is None
     assert attachment_data(b"\xff" * 100, 0) is None
+
+
+@pytest.mark.parametrize(
+    ("body", "canonical"),
+    [
+        ("", True),
+        ("QQ==", True),  # one byte: padding
+        ("QUI=", True),
+        ("QUJD", True),
+        ("QUJDRA==\r\nRUZH\r\n", False),  # padding inside once the lines are joined
+        ("QUJDREVG\r\nR0g=\r\n", True),
+        ("QUJD\nREVG\n", True),  # LF lines
+        ("QUJD\rREVG\r", True),  # CR lines
+        ("QR==", False),  # non-zero spare bits
+        ("QQ==QUJD", False),  # padding inside
+        ("QUJ", False),  # a length that is not a multiple of four
+        ("QU*JD", False),  # a character outside the alphabet
+        ("QUJD RA==", False),  # a space
+        ("QUJDé===", False),  # not ASCII
+        ("=QUJ", False),
+    ],
+)
+def test_a_base64_attachment_decodes_as_the_email_package_decodes_it(
+    body: str, canonical: bool
+) -> None:
+    from email import message_from_string
+    from email import policy as email_policy
+
+    from app.domain.parsing import _canonical_base64, _payload_bytes
+
+    raw = (
+        "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: BASE64\r\n\r\n" + body
+    )
+    part = message_from_string(raw, policy=email_policy.default)
+    stock = message_from_string(raw, policy=email_policy.default)
+    assert (_canonical_base64(part) is not None) is canonical
+    assert _payload_bytes(part) == stock.get_payload(decode=True)
+    if canonical:  # the email package found nothing to record either
+        assert stock.defects == []
+
+
+def test_a_large_canonical_base64_attachment_takes_the_fast_decoder() -> None:
+    import base64
+    import os
+
+    from app.domain.parsing import _canonical_base64, parse_message
+
+    data = os.urandom(300_001)
+    lines = base64.encodebytes(data).decode().replace("\n", "\r\n")
+    raw = (
+        "From: a@example.com\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+        'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n'
+        "Content-Type: text/plain\r\n\r\nhello\r\n--b\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n"
+        'Content-Disposition: attachment; filename="d.bin"\r\n\r\n' + lines + "--b--\r\n"
+    ).encode()
+    parsed = parse_message(raw)
+    assert [a.data for a in parsed.attachments] == [data]
+    from app.domain.parsing import parse_tree
+
+    tree = parse_tree(raw)
+    assert tree is not None
+    part = list(tree.walk())[-1]
+    assert _canonical_base64(part) == data  # not the email package's path
