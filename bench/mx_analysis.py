@@ -64,8 +64,7 @@ def _steps(scorer: Any, messages: list[bytes], runs: int) -> list[tuple[str, flo
     from app.adapters.spam_scorer import bounded_for_scoring
     from app.domain.parsing import parse_message, parse_tree
     from ml.features import text_tokens
-    from ml.message_text import read_message, read_tree
-    from ml.scoring import calibrated_logit, verdict_from, weigh
+    from ml.scoring import calibrated_logit, read_text, verdict_from, weigh
 
     model = scorer.model
     trees = [parse_tree(raw) for raw in messages]
@@ -79,11 +78,9 @@ def _steps(scorer: Any, messages: list[bytes], runs: int) -> list[tuple[str, flo
         parse_message(item[0], html_listener=scorer.shared_html(), tree=item[1])
 
     def model_reading(item: tuple[bytes, Any, Any]) -> Any:
-        raw, tree, shared = item
+        raw, tree, shared = item  # as ModelScorer.score hands them to ml.score
         bounded = bounded_for_scoring(raw)
-        if bounded is raw and tree is not None:
-            return read_tree(tree, raw, shared.documents)
-        return read_message(bounded, shared.documents)
+        return read_text(bounded, shared.documents, tree if bounded is raw else None)
 
     texts = [model_reading(item) for item in listened]
     tokens = [text_tokens(text) for text in texts]

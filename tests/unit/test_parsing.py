@@ -13,8 +13,11 @@ from app.domain.parsing import (
     MAX_SELECTED_HEADER_CHARS,
     TEXT_PART_SEPARATOR,
     ParsedMessage,
+    _canonical_base64,
+    _payload_bytes,
     attachment_data,
     parse_message,
+    parse_tree,
     safe_filename,
 )
 
@@ -446,8 +449,6 @@ def test_a_base64_attachment_decodes_as_the_email_package_decodes_it(
     from email import message_from_string
     from email import policy as email_policy
 
-    from app.domain.parsing import _canonical_base64, _payload_bytes
-
     raw = (
         "Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: BASE64\r\n\r\n" + body
     )
@@ -460,10 +461,7 @@ def test_a_base64_attachment_decodes_as_the_email_package_decodes_it(
 
 
 def test_a_large_canonical_base64_attachment_takes_the_fast_decoder() -> None:
-    import base64
     import os
-
-    from app.domain.parsing import _canonical_base64, parse_message
 
     data = os.urandom(300_001)
     lines = base64.encodebytes(data).decode().replace("\n", "\r\n")
@@ -476,8 +474,6 @@ def test_a_large_canonical_base64_attachment_takes_the_fast_decoder() -> None:
     ).encode()
     parsed = parse_message(raw)
     assert [a.data for a in parsed.attachments] == [data]
-    from app.domain.parsing import parse_tree
-
     tree = parse_tree(raw)
     assert tree is not None
     part = list(tree.walk())[-1]
