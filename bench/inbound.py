@@ -391,6 +391,111 @@ def summarize(name: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free ports on loopback."""
+    while True:
+        first = free_port()
+        try:
+            for port in range(first, first + n):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return first
+
+
+STAGES = ("analysis", "auth", "store")
+Samples = dict[tuple[str, str, str], float]  # (sample name, stage, le) -> value
+
+
+def scrape_stages(ports: list[int]) -> Samples:
+    """The MX's stage and group-commit histograms, summed over its processes' /metrics."""
+    from urllib.request import urlopen
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples: Samples = {}
+    for port in ports:
+        try:
+            with urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+                text = page.read().decode()
+        except OSError:
+            continue  # a process without the metrics (another checkout's code)
+        for family in text_string_to_metric_families(text):
+            if not family.name.startswith(("mailhub_mx_stage", "mailhub_mx_commit")):
+                continue
+            for sample in family.samples:
+                key = (sample.name, sample.labels.get("stage", ""), sample.labels.get("le", ""))
+                samples[key] = samples.get(key, 0.0) + sample.value
+    return samples
+
+
+def stage_summary(
+    before: Samples, after: Samples, seconds: float, processes: int
+) -> dict[str, Any]:
+    """Where end of DATA → 250 went during one run (from the two scrapes around it): each
+    stage's mean and bucket-bound p50/p99 in ms, the group commits' mean length and size, and
+    the share of each process's time spent committing."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items()}
+
+    def histogram(name: str, stage: str = "") -> dict[str, Any] | None:
+        count = delta.get((f"{name}_count", stage, ""), 0.0)
+        if not count:
+            return None
+        buckets = sorted(
+            (float(le), n)
+            for (sample, s, le), n in delta.items()
+            if sample == f"{name}_bucket" and s == stage
+        )
+
+        def bound(q: float) -> float:  # the upper bound of the bucket the quantile falls in
+            return next(le for le, n in buckets if n >= q * count)
+
+        total = delta[(f"{name}_sum", stage, "")]
+        return {
+            "count": int(count),
+            "mean": total / count,
+            "sum": total,
+            "p50": bound(0.5),
+            "p99": bound(0.99),
+        }
+
+    out: dict[str, Any] = {}
+    for stage in STAGES:
+        h = histogram("mailhub_mx_stage_seconds", stage)
+        if h:
+            out[stage] = {k: round(1000 * h[k], 1) for k in ("mean", "p50", "p99")}
+    commit = histogram("mailhub_mx_commit_seconds")
+    size = histogram("mailhub_mx_commit_messages")
+    if commit and size:
+        out["commit"] = {
+            "count": commit["count"],
+            "mean_ms": round(1000 * commit["mean"], 1),
+            "p99_ms": round(1000 * commit["p99"], 1),
+            "messages_mean": round(size["mean"], 1),
+            "busy_share": round(commit["sum"] / (seconds * processes), 2),
+        }
+    return out
+
+
+def show_stages(stages: dict[str, Any]) -> None:
+    if not stages:
+        return
+    parts = [
+        f"{s} {v['mean']} (p50 ≤{v['p50']:g}, p99 ≤{v['p99']:g})"
+        for s, v in stages.items()
+        if s != "commit"
+    ]
+    line = "   stages, ms mean: " + ", ".join(parts)
+    if "commit" in stages:
+        c = stages["commit"]
+        line += (
+            f"; group commits {c['count']}, {c['messages_mean']} msgs and {c['mean_ms']} ms each "
+            f"(p99 ≤{c['p99_ms']:g}), committing {c['busy_share']:.0%} of the time"
+        )
+    print(line, flush=True)
+
+
 def show(name: str, run: dict[str, Any], note: str = "") -> None:
     cpu = run["cpu_ms_per_msg"]
     parts = ", ".join(f"{k} {v}" for k, v in cpu.items() if k != "total")
@@ -511,6 +616,9 @@ def main() -> int:
                 "MAILHUB_HOSTNAME": "mx.bench.test",
                 "MAILHUB_DNS_SERVERS": server.address,
                 "MAILHUB_SMTP_PORT": str(port),
+                # where end of DATA → 250 goes (docs/operations.md), read around each run; a
+                # port per MX process from here
+                "MAILHUB_METRICS_PORT": str(free_ports(args.mx_processes or 1)),
                 **({"MAILHUB_MX_PROCESSES": str(args.mx_processes)} if args.mx_processes else {}),
                 **({"MAILHUB_MX_BATCH_MAX": str(args.batch)} if args.batch else {}),
                 **extra,
@@ -519,7 +627,9 @@ def main() -> int:
             shown = {
                 k: v
                 for k, v in env.items()
-                if k.startswith("MAILHUB_MX") or k == "MAILHUB_LOG_LEVEL" or k in extra
+                if k.startswith("MAILHUB_MX")
+                or k in ("MAILHUB_LOG_LEVEL", "MAILHUB_METRICS_PORT")
+                or k in extra
             }
             root = roots[name]
             if root:
@@ -669,6 +779,9 @@ def run_mailhub(
                 )
             )
         time.sleep(1.0)
+    processes = int(hub.env.get("MAILHUB_MX_PROCESSES", "1"))
+    metrics_ports = [int(hub.env["MAILHUB_METRICS_PORT"]) + i for i in range(processes)]
+    stages_before = scrape_stages(metrics_ports)
     run = load(
         peers,
         hub.port,
@@ -678,6 +791,9 @@ def run_mailhub(
         [],
         cache,
         seed,
+    )
+    run["stages"] = stage_summary(
+        stages_before, scrape_stages(metrics_ports), run["send_wall_s"], processes
     )
     for spy in spies:
         spy.send_signal(signal.SIGINT)
@@ -702,6 +818,7 @@ def run_mailhub(
         f"{run['documents_written_per_msg']}  commands/msg {run['commands_per_msg']}  "
         f"log lines/msg {run['log_lines_per_msg']}",
     )
+    show_stages(run["stages"])
     if run["stored"] != run["accepted"]:
         print("   !! stored count differs from accepted count", flush=True)
 

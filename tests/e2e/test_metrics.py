@@ -47,6 +47,9 @@ WORKER_METRICS = [
 MX_METRICS = [
     "mailhub_mx_messages_total",
     "mailhub_mx_data_seconds",
+    "mailhub_mx_stage_seconds",
+    "mailhub_mx_commit_seconds",
+    "mailhub_mx_commit_messages",
     "mailhub_spam_verdicts_total",
     "mailhub_spam_score",
     "mailhub_attachment_scans_total",
@@ -265,6 +268,21 @@ def _exercise(w: Outbound, urls: dict[str, str], api: str, smtp_port: int, clamd
     )
     assert value(mx, "mailhub_mx_data_seconds_count") == 2 + value(
         mx0, "mailhub_mx_data_seconds_count"
+    )
+    # where the reply's time went: both messages were parsed, scored and authenticated, the
+    # clean one was stored, alone in its group commit
+    for stage, n in (("analysis", 2), ("auth", 2), ("store", 1)):
+        assert value(mx, "mailhub_mx_stage_seconds_count", stage=stage) == n + value(
+            mx0, "mailhub_mx_stage_seconds_count", stage=stage
+        ), stage
+    assert value(mx, "mailhub_mx_stage_seconds_sum", stage="store") > value(
+        mx0, "mailhub_mx_stage_seconds_sum", stage="store"
+    )
+    assert value(mx, "mailhub_mx_commit_seconds_count") == 1 + value(
+        mx0, "mailhub_mx_commit_seconds_count"
+    )
+    assert value(mx, "mailhub_mx_commit_messages_sum") == 1 + value(
+        mx0, "mailhub_mx_commit_messages_sum"
     )
     assert value(mx, "mailhub_spam_verdicts_total") == 1 + value(mx0, "mailhub_spam_verdicts_total")
     assert value(mx, "mailhub_spam_score_count") == 1 + value(mx0, "mailhub_spam_score_count")

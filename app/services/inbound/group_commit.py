@@ -21,6 +21,7 @@ fail on that index; the batch is then re-run one message at a time so only the d
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
+from app.adapters import metrics
 from app.adapters.blob_batches import gridfs_documents
 from app.adapters.mongo import (
     DatabaseError,
@@ -107,7 +109,9 @@ class InboundStore:
         return await self._batcher.submit(prepared)
 
     async def _commit_batch(self, waiters: list[Waiter[PreparedInbound, StoreResult]]) -> None:
+        started = time.perf_counter()
         results, changes = await self._commit([w.item for w in waiters])
+        metrics.mx_commit(len(waiters), time.perf_counter() - started)
         for waiter, result in zip(waiters, results, strict=True):
             waiter.answer(result)  # durable: the session may say 250 now
         await self.notifier.committed(changes)
