@@ -11,8 +11,8 @@ the other in each round (a new seed per round, the same for every server):
 1. **bare Postfix** (``peers/setup.sh``: virtual domain bench.test → Maildir, Postfix defaults);
 2. **mailhub**: ``mailhub mx`` as an operator runs it, with **default settings**: the benchmark
    sets only what a deployment must (database/Redis/Typesense URLs, hostname, secret, DNS
-   servers, the port; ``MAILHUB_MX_PROCESSES`` only with ``--mx-processes``) and prints every
-   other setting it passes. Every message goes
+   servers, the port, the metrics port; ``MAILHUB_MX_PROCESSES`` only with ``--mx-processes``)
+   and prints every other setting it passes. Every message goes
    through SPF/DKIM/DMARC (dnsmasq publishes SPF/DMARC for the client domain), the spam model and
    the durable group-committed store before its 250 (embedded SecantusDB, Redis, Typesense);
 3. **the full stack** (``peers/fullstack_setup.sh``: Postfix + rspamd milter + Redis Bayes +
@@ -34,7 +34,11 @@ For each run: accepted msg/s, end-of-DATA → 250 p50/p99, server CPU per accept
 process of that server, children included), and for mailhub the database's CPU and the
 **documents written per message** (a pymongo CommandListener in every MX process counts the
 documents each insert/update command carries). mailhub's stored count must equal its accepted
-count. Results go to ``--out`` as JSON.
+count. For mailhub also **where end of DATA → 250 went** ("stages"): the MX's own
+``mailhub_mx_stage_seconds`` and ``mailhub_mx_commit_*`` histograms (docs/operations.md), read
+from its ``/metrics`` before and after the run — each stage's mean and the bucket bounds of its
+p50/p99, the group commits' size and length, and the share of the time the MX was committing.
+Results go to ``--out`` as JSON.
 """
 
 from __future__ import annotations
