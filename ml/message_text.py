@@ -22,6 +22,7 @@ from email.policy import compat32
 
 from app.domain.html_fast import FastHTMLParser
 from app.domain.mime_fast import parse_bytes
+from app.domain.parsing import canonical_base64
 
 # compat32 keeps parsing cheap (no header objects); we decode what we need ourselves.
 _PARSER = BytesParser(policy=compat32)
@@ -221,7 +222,11 @@ def _undeclared(msg: Message) -> bool:
 
 
 def _part_text(part: Message) -> str:
-    payload = part.get_payload(decode=True)
+    # A canonical base64 body by the SIMD decoder, as storage's parse decodes it: the same
+    # bytes as the email package's (app.domain.parsing.canonical_base64).
+    payload = canonical_base64(part)
+    if payload is None:
+        payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
         return ""
     return decode_bytes(payload, part.get_content_charset())

@@ -457,7 +457,7 @@ def _decode_text(part: Message) -> str:
 
 
 def _payload_bytes(part: Message) -> bytes:
-    fast = _canonical_base64(part)
+    fast = canonical_base64(part)
     if fast is not None:
         return fast
     try:
@@ -472,7 +472,7 @@ def _payload_bytes(part: Message) -> bytes:
     return b""
 
 
-def _canonical_base64(part: Message) -> bytes | None:
+def canonical_base64(part: Message) -> bytes | None:
     """``part.get_payload(decode=True)`` of a base64 part whose body is canonical base64 (what
     ``b64encode`` writes, in lines), by pybase64's SIMD decoder; None for any other part.
 

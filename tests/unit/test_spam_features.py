@@ -57,6 +57,35 @@ def test_base64_html_part_becomes_text_and_links() -> None:
     assert "shape:URL_IP" in tokens
 
 
+@pytest.mark.parametrize(
+    ("body", "fast"),
+    [
+        ("Y2Fmw6kgbHVuY2g=\n", True),  # "café lunch", canonical
+        ("Y2Fmw6kg\r\nbHVuY2g=\r\n", True),  # CRLF lines
+        ("Y2Fmw6kgbHVuY2g=\nQQ==\n", False),  # padding inside: the email package's path
+        ("Y2Fmw6kgbHVuY2h=\n", False),  # spare bits set
+        ("Y2Fmw6kg bHVuY2g=\n", False),  # a space
+        ("Y2Fmw6kgbHVuY2g\n", False),  # a length not a multiple of four
+    ],
+)
+def test_a_base64_text_part_reads_as_the_email_package_decodes_it(body: str, fast: bool) -> None:
+    from email import message_from_string
+    from email.policy import compat32
+
+    from app.domain.parsing import canonical_base64
+    from ml.message_text import _part_text, decode_bytes
+
+    raw = (
+        "Subject: lunch\nContent-Type: text/plain; charset=utf-8\n"
+        "Content-Transfer-Encoding: base64\n\n" + body
+    )
+    part = message_from_string(raw, policy=compat32)
+    stock = message_from_string(raw, policy=compat32).get_payload(decode=True)
+    assert (canonical_base64(part) is not None) is fast
+    assert _part_text(part) == decode_bytes(stock, "utf-8")
+    assert read_message(raw.encode()).body == decode_bytes(stock, "utf-8")
+
+
 def test_subject_and_body_alone_are_accepted() -> None:
     tokens = message_tokens(b"Subject: FREE MONEY NOW!!\n\nClick here to claim $1,000,000 today")
     assert {"subject:free", "subject:money", "word:click", "pair:click_here"} <= set(tokens)
