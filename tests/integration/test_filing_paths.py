@@ -22,7 +22,12 @@ from app.domain.conversations import normalize_subject
 from app.domain.filing_plan import thread_subject_key
 from app.services.after_commit import Notifier
 from app.services.inbound.group_commit import InboundStore, InboundView, PreparedInbound
-from app.services.mailbox.filing import Filing, ViewSpec, file_message, load_thread_context
+from app.services.mailbox.filing import (
+    Filing,
+    ViewSpec,
+    file_message,
+    load_thread_context,
+)
 from tests.support.cleanup import drop_database
 
 ANN = ObjectId()
@@ -218,3 +223,59 @@ async def test_the_thread_context_holds_only_the_batch_s_users_threads(mongo, ba
         await in_transaction(
             mongo, lambda session: load_thread_context(mongo.db, filings, session, parallel=8)
         )
+
+
+async def test_a_thread_ref_claimed_between_the_batch_s_reads_and_its_write_is_kept(mongo):
+    """The group commit inserts the thread refs its reads did not find. A ref another writer
+    makes in between (here: the parent of a reply in the batch, filed by another process)
+    fails that insert; the batch is re-run with new reads, every message is stored once, and
+    the reply joins its parent's thread."""
+    await mongo.db.users.insert_many(
+        [{"_id": u, "email": f"{u}@example.test", "state": 0} for u in (ANN, BEN)]
+    )
+    parent = message("<p@x>", "Trip", sender="dan@remote.test")
+    reply = message("<r@x>", "Re: Trip", sender="dan@remote.test", in_reply_to="<p@x>")
+    other = message("<o@x>", "Budget", sender="cat@remote.test")
+    reads = 0
+
+    class RacedStore(InboundStore):
+        async def _reads(self, batch):  # type: ignore[no-untyped-def]
+            nonlocal reads
+            reads += 1
+            found = await super()._reads(batch)
+            if reads == 1:  # another writer, after the first read and before the write
+
+                async def file_parent(session: Any) -> None:
+                    await mongo.db.messages.insert_one(dict(parent), session=session)
+                    await file_message(
+                        mongo.db,
+                        parent,
+                        [ViewSpec(ANN, "received", "INBOX", dedupe_key=dedupe_key(parent))],
+                        received_at=datetime.now(UTC),
+                        session=session,
+                    )
+
+                await in_transaction(mongo, file_parent)
+            return found
+
+    store = RacedStore(mongo, Notifier(), max_batch=64)
+    results = await asyncio.gather(
+        *(
+            store.store(
+                PreparedInbound(
+                    message=dict(m), views=[InboundView(ANN, "INBOX")], dedupe_key=dedupe_key(m)
+                )
+            )
+            for m in (reply, other)
+        )
+    )
+    assert reads == 3  # the batch, then each message again on its own
+    assert [r.message_id for r in results] == [reply["_id"], other["_id"]]
+    items = {i["message_id"]: i for i in await mongo.db.mailbox_items.find().to_list()}
+    assert set(items) == {parent["_id"], reply["_id"], other["_id"]}  # each once
+    trip = items[parent["_id"]]["thread_id"]
+    assert items[reply["_id"]]["thread_id"] == trip
+    refs = {r["rfc822_id"]: r["thread_id"] for r in await mongo.db.thread_refs.find().to_list()}
+    assert refs == {"<p@x>": trip, "<r@x>": trip, "<o@x>": items[other["_id"]]["thread_id"]}
+    thread = await mongo.db.threads.find_one({"_id": trip})
+    assert thread is not None and thread["message_count"] == 2

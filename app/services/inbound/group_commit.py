@@ -16,6 +16,8 @@ the MX far below the benchmark target.
 Retries after a lost 250 store nothing twice: each view carries ``dedupe_key`` (Message-ID +
 content hash), unique per user. A concurrent duplicate from another process makes the batch
 fail on that index; the batch is then re-run one message at a time so only the duplicate drops.
+The same re-run covers a thread ref (a Message-ID's thread, per user) that another writer made
+between the batch's reads and its transaction: the batch inserts its new refs.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ class InboundStore:
         except DatabaseError as e:
             if not is_duplicate_key(e):
                 raise
-        # Another process filed one of these messages between our read and our write.
+        # Another process filed one of these messages (or claimed one of their thread refs)
+        # between our read and our write.
         results: list[StoreResult] = []
         changes: list[Change] = []
         for prepared in batch:
@@ -211,8 +214,10 @@ class InboundStore:
         if attachments:
             await db.attachments.insert_many(attachments, session=session)
         await db.messages.insert_many(messages, session=session)
-        # The same filing path as a single message: one planner over the whole batch.
-        filed = await file_messages(db, filings, session, context)
+        # The same filing path as a single message: one planner over the whole batch. Its new
+        # thread refs are inserted: one made since ``_reads`` is a duplicate key, and the batch
+        # is re-run with new reads (``_commit``), as for a message filed in between.
+        filed = await file_messages(db, filings, session, context, new_refs=True)
         return results, filed.changes
 
     async def _without_duplicates(

@@ -52,22 +52,29 @@ __all__ = [
     "record_changes",
     "refresh_threads",
     "summary_of",
+    "thread_ref_doc",
     "thread_ref_write",
     "write_plan",
 ]
 
 
 async def file_messages(
-    db: Any, filings: Sequence[Filing], session: Any, context: ThreadContext | None = None
+    db: Any,
+    filings: Sequence[Filing],
+    session: Any,
+    context: ThreadContext | None = None,
+    *,
+    new_refs: bool = False,
 ) -> FilingPlan:
     """File every message of ``filings`` (in order) inside the caller's transaction.
 
     ``context``: the thread context, when the caller loaded it already (the MX's group commit
-    loads it before its transaction, with its reads in flight together)."""
+    loads it before its transaction, with its reads in flight together). ``new_refs``: see
+    ``write_plan``."""
     if context is None:
         context = await load_thread_context(db, filings, session)
     plan = plan_filing(filings, context)
-    await write_plan(db, plan, session)
+    await write_plan(db, plan, session, new_refs=new_refs)
     return plan
 
 
@@ -183,15 +190,25 @@ async def _all(queries: list[Coroutine[Any, Any, None]], parallel: int) -> None:
     await all_of(queries)
 
 
-async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
-    """Apply a filing plan inside the caller's transaction, in a round trip per collection."""
+async def write_plan(db: Any, plan: FilingPlan, session: Any, *, new_refs: bool = False) -> None:
+    """Apply a filing plan inside the caller's transaction, in a round trip per collection.
+
+    The plan's thread refs are the ones its context did not hold. They are upserted, which
+    leaves a ref another writer made since that read as it is. ``new_refs``: inserted instead
+    (SecantusDB spends less than half the CPU on an insert; docs/benchmarks.md, "Twenty-eighth
+    session"), for a caller that re-runs the batch with new reads when a ref made since its
+    read fails the insert with a duplicate key (the MX's group commit)."""
     items = plan.all_items
     if not items:
         return
     await db.mailbox_items.insert_many(items, session=session)
     if plan.new_threads:
         await db.threads.insert_many(plan.new_threads, session=session)
-    if plan.thread_refs:
+    if plan.thread_refs and new_refs:
+        await db.thread_refs.insert_many(
+            [thread_ref_doc(ref) for ref in plan.thread_refs], ordered=False, session=session
+        )
+    elif plan.thread_refs:
         await db.thread_refs.bulk_write(
             [thread_ref_write(ref) for ref in plan.thread_refs], ordered=False, session=session
         )
@@ -213,20 +230,21 @@ async def write_plan(db: Any, plan: FilingPlan, session: Any) -> None:
     await record_changes(db, plan.changes, session)
 
 
+def thread_ref_doc(ref: ThreadRef) -> dict[str, Any]:
+    """``ref``'s document: its ``_id`` names the user and the Message-ID (``thread_ref_id``)."""
+    return {
+        "_id": thread_ref_id(ref.user_id, ref.rfc822_id),
+        "user_id": ref.user_id,
+        "rfc822_id": ref.rfc822_id,
+        "thread_id": ref.thread_id,
+    }
+
+
 def thread_ref_write(ref: ThreadRef) -> UpdateOne:
     """Write ``ref`` unless the user has one for that Message-ID already (the first thread to
     claim an id keeps it)."""
-    return UpdateOne(
-        {"_id": thread_ref_id(ref.user_id, ref.rfc822_id)},
-        {
-            "$setOnInsert": {
-                "user_id": ref.user_id,
-                "rfc822_id": ref.rfc822_id,
-                "thread_id": ref.thread_id,
-            }
-        },
-        upsert=True,
-    )
+    doc = thread_ref_doc(ref)
+    return UpdateOne({"_id": doc.pop("_id")}, {"$setOnInsert": doc}, upsert=True)
 
 
 async def record_changes(db: Any, changes: list[Change], session: Any) -> None:
