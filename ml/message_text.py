@@ -19,6 +19,7 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
+from typing import Any
 
 from app.domain.html_fast import FastHTMLParser
 from app.domain.mime_fast import parse_bytes
@@ -224,7 +225,7 @@ def _undeclared(msg: Message) -> bool:
 def _part_text(part: Message) -> str:
     # A canonical base64 body by the SIMD decoder, as storage's parse decodes it: the same
     # bytes as the email package's (app.domain.parsing.canonical_base64).
-    payload = canonical_base64(part)
+    payload: Any = canonical_base64(part)
     if payload is None:
         payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
