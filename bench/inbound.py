@@ -62,6 +62,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from app.adapters.metrics import MX_STAGES  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.embedded import EmbeddedStack, database_facts, free_port  # noqa: E402
 from tests.support.dnsmasq import DnsServer  # noqa: E402
@@ -408,7 +409,6 @@ def free_ports(n: int) -> int:
         return first
 
 
-STAGES = ("analysis", "auth", "store")
 Samples = dict[tuple[str, str, str], float]  # (sample name, stage, le) -> value
 
 
@@ -465,7 +465,7 @@ def stage_summary(
         }
 
     out: dict[str, Any] = {}
-    for stage in STAGES:
+    for stage in MX_STAGES:
         h = histogram("mailhub_mx_stage_seconds", stage)
         if h:
             out[stage] = {k: round(1000 * h[k], 1) for k in ("mean", "p50", "p99")}

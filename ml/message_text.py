@@ -19,11 +19,10 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import compat32
-from typing import Any
 
 from app.domain.html_fast import FastHTMLParser
 from app.domain.mime_fast import parse_bytes
-from app.domain.parsing import canonical_base64
+from app.domain.parsing import decoded_payload
 
 # compat32 keeps parsing cheap (no header objects); we decode what we need ourselves.
 _PARSER = BytesParser(policy=compat32)
@@ -223,11 +222,7 @@ def _undeclared(msg: Message) -> bool:
 
 
 def _part_text(part: Message) -> str:
-    # A canonical base64 body by the SIMD decoder, as storage's parse decodes it: the same
-    # bytes as the email package's (app.domain.parsing.canonical_base64).
-    payload: Any = canonical_base64(part)
-    if payload is None:
-        payload = part.get_payload(decode=True)
+    payload = decoded_payload(part)  # get_payload(decode=True), base64 by pybase64
     if not isinstance(payload, bytes):
         return ""
     return decode_bytes(payload, part.get_content_charset())

@@ -457,11 +457,8 @@ def _decode_text(part: Message) -> str:
 
 
 def _payload_bytes(part: Message) -> bytes:
-    fast = canonical_base64(part)
-    if fast is not None:
-        return fast
     try:
-        data = part.get_payload(decode=True)
+        data = decoded_payload(part)
     except Exception:  # an undecodable payload
         data = None
     if isinstance(data, bytes):
@@ -472,7 +469,15 @@ def _payload_bytes(part: Message) -> bytes:
     return b""
 
 
-def canonical_base64(part: Message) -> bytes | None:
+def decoded_payload(part: Message) -> Any:
+    """``part.get_payload(decode=True)``, with a canonical base64 body decoded by pybase64
+    (``_canonical_base64``): the same bytes, a fraction of the time. Storage's parse and the
+    spam model's reading (``ml.message_text``) both decode through here."""
+    fast = _canonical_base64(part)
+    return fast if fast is not None else part.get_payload(decode=True)
+
+
+def _canonical_base64(part: Message) -> bytes | None:
     """``part.get_payload(decode=True)`` of a base64 part whose body is canonical base64 (what
     ``b64encode`` writes, in lines), by pybase64's SIMD decoder; None for any other part.
 

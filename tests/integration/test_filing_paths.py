@@ -22,12 +22,7 @@ from app.domain.conversations import normalize_subject
 from app.domain.filing_plan import thread_subject_key
 from app.services.after_commit import Notifier
 from app.services.inbound.group_commit import InboundStore, InboundView, PreparedInbound
-from app.services.mailbox.filing import (
-    Filing,
-    ViewSpec,
-    file_message,
-    load_thread_context,
-)
+from app.services.mailbox.filing import Filing, ViewSpec, file_message, load_thread_context
 from tests.support.cleanup import drop_database
 
 ANN = ObjectId()

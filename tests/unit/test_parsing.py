@@ -13,9 +13,9 @@ from app.domain.parsing import (
     MAX_SELECTED_HEADER_CHARS,
     TEXT_PART_SEPARATOR,
     ParsedMessage,
+    _canonical_base64,
     _payload_bytes,
     attachment_data,
-    canonical_base64,
     parse_message,
     parse_tree,
     safe_filename,
@@ -454,7 +454,7 @@ def test_a_base64_attachment_decodes_as_the_email_package_decodes_it(
     )
     part = message_from_string(raw, policy=email_policy.default)
     stock = message_from_string(raw, policy=email_policy.default)
-    assert (canonical_base64(part) is not None) is canonical
+    assert (_canonical_base64(part) is not None) is canonical
     assert _payload_bytes(part) == stock.get_payload(decode=True)
     if canonical:  # the email package found nothing to record either
         assert stock.defects == []
@@ -477,4 +477,4 @@ def test_a_large_canonical_base64_attachment_takes_the_fast_decoder() -> None:
     tree = parse_tree(raw)
     assert tree is not None
     part = list(tree.walk())[-1]
-    assert canonical_base64(part) == data  # not the email package's path
+    assert _canonical_base64(part) == data  # not the email package's path

@@ -7,15 +7,18 @@ import operator
 import subprocess
 import sys
 from datetime import datetime
+from email import message_from_string
 from email.message import EmailMessage
+from email.policy import compat32
 
 import numpy as np
 import pytest
 import skops.io as sio
 
+from app.domain.parsing import _canonical_base64
 from ml.corpus import CorpusMessage
 from ml.features import message_tokens, registrable_domain
-from ml.message_text import read_message, subject_and_body
+from ml.message_text import _part_text, decode_bytes, read_message, subject_and_body
 from ml.model import TrainingConfig, bucket_of, fit, load, model_bytes, predict_proba, save
 from ml.personal import score_for_user, tokens_for_feedback
 from ml.retrain import retrain
@@ -69,19 +72,13 @@ def test_base64_html_part_becomes_text_and_links() -> None:
     ],
 )
 def test_a_base64_text_part_reads_as_the_email_package_decodes_it(body: str, fast: bool) -> None:
-    from email import message_from_string
-    from email.policy import compat32
-
-    from app.domain.parsing import canonical_base64
-    from ml.message_text import _part_text, decode_bytes
-
     raw = (
         "Subject: lunch\nContent-Type: text/plain; charset=utf-8\n"
         "Content-Transfer-Encoding: base64\n\n" + body
     )
     part = message_from_string(raw, policy=compat32)
     stock = message_from_string(raw, policy=compat32).get_payload(decode=True)
-    assert (canonical_base64(part) is not None) is fast
+    assert (_canonical_base64(part) is not None) is fast
     assert _part_text(part) == decode_bytes(stock, "utf-8")
     assert read_message(raw.encode()).body == decode_bytes(stock, "utf-8")
 

@@ -204,14 +204,15 @@ async def write_plan(db: Any, plan: FilingPlan, session: Any, *, new_refs: bool 
     await db.mailbox_items.insert_many(items, session=session)
     if plan.new_threads:
         await db.threads.insert_many(plan.new_threads, session=session)
-    if plan.thread_refs and new_refs:
-        await db.thread_refs.insert_many(
-            [thread_ref_doc(ref) for ref in plan.thread_refs], ordered=False, session=session
-        )
-    elif plan.thread_refs:
-        await db.thread_refs.bulk_write(
-            [thread_ref_write(ref) for ref in plan.thread_refs], ordered=False, session=session
-        )
+    if plan.thread_refs:
+        if new_refs:
+            await db.thread_refs.insert_many(
+                [thread_ref_doc(ref) for ref in plan.thread_refs], ordered=False, session=session
+            )
+        else:
+            await db.thread_refs.bulk_write(
+                [thread_ref_write(ref) for ref in plan.thread_refs], ordered=False, session=session
+            )
     if plan.refreshed_threads:
         await refresh_threads(db, plan.refreshed_threads, session)
     counters = []
