@@ -188,19 +188,20 @@ async def pending_from(
 ) -> list[Recipient]:
     """The first ``size`` recipients at or above ``floor`` that have no state of their own, in
     order. Reads the parts that overlap windows of ``size`` numbers from ``floor`` up to the
-    campaign's ``next_seq`` (each a bounded range of the ``(campaign_id, end)`` index, so a
-    batch at the end of a long list costs what one at its start does)."""
+    campaign's ``next_seq``: each a bounded range of the ``(campaign_id, end)`` index, so a
+    batch at the end of a long list costs what one at its start does.
+
+    The range names the index's fields alone: with ``seq`` beside them SecantusDB scanned the
+    whole collection (242 ms a batch at the end of a 1,000,000-recipient list). A part that
+    starts at or above the window's end (at most ``PART_ROWS`` numbers' worth) is read and
+    skipped here instead."""
     cid = campaign["_id"]
     low, stop = floor, int(campaign.get("next_seq") or 0)
     out: list[Recipient] = []
     while len(out) < size and low < stop:
         high = min(low + size, stop)
-        query = {
-            "campaign_id": cid,
-            "end": {"$gt": low, "$lte": high + PART_ROWS},
-            "seq": {"$lt": high},
-        }
-        parts = await db.campaign_lists.find(query, _READ).to_list()
+        query = {"campaign_id": cid, "end": {"$gt": low, "$lte": high + PART_ROWS}}
+        parts = [p for p in await db.campaign_lists.find(query, _READ).to_list() if p["seq"] < high]
         for part in sorted(parts, key=lambda p: p["seq"]):
             for r in recipients_of(part):
                 if low <= r.seq < high and r.state is None and len(out) < size:
