@@ -77,6 +77,14 @@ from app.services.templates.render import TemplateRenderer
 
 log = structlog.get_logger(__name__)
 
+
+def _lease_free(now: datetime) -> dict[str, Any]:
+    """A batch lease that is free at ``now``: none, or lapsed. One condition on the field
+    (``$not $gt``, which also matches null and missing) where ``$or`` of two would make
+    SecantusDB scan the collection (docs/architecture.md)."""
+    return {"$not": {"$gt": now}}
+
+
 MAX_EARLY_SECONDS = 2.0  # a batch job this early waits for its time; earlier ones end
 WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
 AHEAD_SECONDS = 60.0  # a batch rendered ahead and not taken by then is dropped
@@ -143,6 +151,19 @@ class CampaignSender:
             if not result.pop("next_now", False):
                 return {**result, "chained": chained}
 
+    async def _update_and_read(
+        self, query: dict[str, Any], update: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The campaign after ``update``, if ``query`` matched: an update and a read by ``_id``,
+        not a ``findAndModify``, which SecantusDB runs as a scan of the whole collection when
+        it matches (``app.adapters.mongo.update_and_read``; a campaign's batches did two
+        each). Outside a transaction the read may see a later change (a pause, a cancel, the
+        lease taken again): the campaign as it is then, which is what the callers act on."""
+        result = await self.db.campaigns.update_one(query, update)
+        if not result.matched_count:
+            return None
+        return await self.db.campaigns.find_one({"_id": query["_id"]})  # type: ignore[no-any-return]
+
     async def run_batch(self, campaign_id: ObjectId, *, chain: bool = False) -> dict[str, Any]:
         """One batch. ``chain``: the caller runs the next batch itself when it is due at once
         (``next_now`` in the result, and no job is enqueued for it), so this batch renders
@@ -155,11 +176,11 @@ class CampaignSender:
                 await asyncio.sleep(early)
         now = datetime.now(UTC)
         lease = secrets.token_hex(8)
-        campaign = await self.db.campaigns.find_one_and_update(
+        campaign = await self._update_and_read(
             {
                 "_id": campaign_id,
                 "status": {"$in": ["sending", "scheduled"]},
-                "$or": [{"batch_lease_until": None}, {"batch_lease_until": {"$lte": now}}],
+                "batch_lease_until": _lease_free(now),
                 "next_batch_at": {"$lte": now},
             },
             {
@@ -168,9 +189,8 @@ class CampaignSender:
                     "lease": lease,
                 }
             },
-            return_document=True,
         )
-        if campaign is None:
+        if campaign is None or campaign.get("lease") != lease:  # (its lease lapsed at once)
             return {"ran": False}
         try:
             return await self._batch(campaign, now, chain)
@@ -219,7 +239,7 @@ class CampaignSender:
         outcome = await self._send(campaign, pending, now, floor, prebuilt)
         if outcome["queued"]:
             await self._count_warmup(campaign["from_domain"], now, outcome["queued"])
-        following = await self.db.campaigns.find_one_and_update(
+        following = await self._update_and_read(
             {"_id": campaign["_id"]},
             {
                 "$set": {
@@ -237,7 +257,6 @@ class CampaignSender:
                     }
                 },
             },
-            return_document=True,
         )
         if following and following["status"] == "sending":
             if chain:
@@ -248,13 +267,12 @@ class CampaignSender:
     async def _wait(
         self, campaign: dict[str, Any], why: str | None, until: datetime
     ) -> dict[str, Any]:
-        updated = await self.db.campaigns.find_one_and_update(
+        updated = await self._update_and_read(
             {"_id": campaign["_id"]},
             {
                 "$set": {"waiting": why, "next_batch_at": until, "batch_lease_until": None},
                 "$inc": {"batches": 1},
             },
-            return_document=True,
         )
         if updated and updated["status"] == "sending":
             await wake(self.queue, updated)
@@ -553,7 +571,7 @@ class CampaignSender:
                 "next_batch_at": {
                     "$lte": now - timedelta(seconds=self.settings.campaign_stall_seconds)
                 },
-                "$or": [{"batch_lease_until": None}, {"batch_lease_until": {"$lte": now}}],
+                "batch_lease_until": _lease_free(now),
             }
         ):
             await self.queue.enqueue(

@@ -15,7 +15,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from app.adapters.mongo import Mongo, in_transaction
+from app.adapters.mongo import Mongo, in_transaction, update_and_read
 from app.adapters.queue import JobQueue
 from app.domain.addresses import domain_of
 from app.domain.campaigns import (
@@ -203,17 +203,20 @@ class CampaignService:
             new = [r for r in chunk if r.key not in repeated]
             if not new:
                 return repeated
-            reserved = await self.db.campaigns.find_one_and_update(
+            # (an update and a read: SecantusDB scans for a findAndModify by _id)
+            reserved = await update_and_read(
+                self.db.campaigns,
                 {"_id": campaign_id, "recipients": {"$lte": MAX_RECIPIENTS - len(new)}},
                 {"$inc": {"next_seq": len(new), "recipients": len(new)}},
-                projection={"next_seq": 1, "status": 1},
-                session=session,
+                session,
+                {"next_seq": 1, "status": 1},
             )
             if reserved is None:
                 raise ValidationError.on("recipients", f"at most {MAX_RECIPIENTS:,} recipients")
             if reserved["status"] in TERMINAL:
                 raise ValidationError.on("id", f"the campaign is {reserved['status']}")
-            parts = parts_of(campaign_id, int(reserved["next_seq"]), new, datetime.now(UTC))
+            first = int(reserved["next_seq"]) - len(new)  # read after the update
+            parts = parts_of(campaign_id, first, new, datetime.now(UTC))
             await self.db.campaign_lists.insert_many(parts, session=session)
             return repeated
 

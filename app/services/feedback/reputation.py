@@ -208,14 +208,8 @@ class ReputationService:
         return found[min(found)] if found else None
 
     async def _fetch_active_pauses(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        return await self._active(keys)
-
-    async def _active(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The active pauses among ``keys``, by key. The query names ``_id`` alone and the
-        lifted pauses are left out here: with ``active`` beside the ``$in``, SecantusDB scans
-        the collection (tests/integration/test_campaign_batches.py)."""
-        docs = await self.db.sending_pauses.find({"_id": {"$in": keys}}).to_list()
-        return {d["_id"]: d for d in docs if d.get("active") is True}
+        docs = await self.db.sending_pauses.find({"_id": {"$in": keys}, "active": True}).to_list()
+        return {d["_id"]: d for d in docs}
 
     async def check_can_send(self, user_id: ObjectId, sender_domain: str) -> None:
         """Raise a clear error when the sender's reputation paused sending (read at send time)."""
@@ -237,7 +231,12 @@ class ReputationService:
         domains = sorted({domain_of(a) for a in addresses})
         user_key = pause_key("user", user_id)
         keys = {user_key: "user", **{pause_key("domain", d): d for d in domains}}
-        pauses = await self._active(list(keys))
+        pauses = {
+            d["_id"]: d
+            for d in await self.db.sending_pauses.find(
+                {"_id": {"$in": list(keys)}, "active": True}
+            ).to_list()
+        }
         standings = []
         for key, subject in keys.items():
             counts = await (
