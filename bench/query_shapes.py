@@ -69,9 +69,12 @@ class ShapeRecorder(monitoring.CommandListener):
 
     def __init__(self) -> None:
         self.shapes: dict[tuple[str, str, str], list[Any]] = {}
+        self.active = True  # PyMongo cannot unregister a listener: it goes quiet instead
         self._lock = threading.Lock()
 
     def started(self, event: Any) -> None:
+        if not self.active:
+            return
         command, name = event.command, event.command_name
         collection = command.get(name)
         if not isinstance(collection, str):
@@ -157,6 +160,7 @@ def main() -> int:
     import pytest
 
     code = pytest.main(args.pytest_args)
+    recorder.active = False  # not the timing's own queries
     print(f"== pytest exit {int(code)}; {len(recorder.shapes)} query shapes", flush=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
