@@ -243,6 +243,7 @@ async def update_and_read(
     projection: dict[str, Any] | None = None,
     *,
     upsert: bool = False,
+    outside_transaction: bool = False,
 ) -> dict[str, Any] | None:
     """``find_one_and_update(query, update, upsert=upsert, return_document=AFTER)`` inside a
     transaction, as ``update_one`` and a read: the same document, since the update holds it
@@ -251,12 +252,16 @@ async def update_and_read(
     ``_id`` must name at most one document (a unique key) whose matched fields the update
     leaves alone, and is read again as it is.
 
+    ``outside_transaction``: without one, for a caller that acts on the document as it is
+    just after the update, another writer's change in between included (the campaign
+    sender's batch lease and log: a pause or cancel read there is one that landed).
+
     Two round trips instead of one, because the database the tests and benchmarks run on
     (SecantusDB) runs a ``findAndModify`` by ``_id`` as a scan of the whole collection: 433 ms
     against 2.5 ms for this at 30,000 documents, and ~150 ms per mailbox action with 10,000
     users. (One by a unique secondary index does not scan: 1-2 ms at 30,000 documents.)
     """
-    if session is None or not session.in_transaction:
+    if not outside_transaction and (session is None or not session.in_transaction):
         raise ValueError("update_and_read runs inside a transaction")
     result = await collection.update_one(query, update, upsert=upsert, session=session)
     if result.upserted_id is not None:

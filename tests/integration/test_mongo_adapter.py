@@ -143,6 +143,28 @@ async def test_update_and_read_gives_what_find_one_and_update_gives_inside_a_tra
         await update_and_read(coll, {"_id": first}, {"$inc": {"n": 1}}, None)
 
 
+async def test_update_and_read_outside_a_transaction_when_the_caller_asks_for_it(mongo):
+    """``outside_transaction``: the update, then the document as it is (None if nothing
+    matched), as the campaign sender's lease and batch log use it."""
+    from bson import ObjectId
+
+    from app.adapters.mongo import update_and_read
+
+    coll = mongo.db.update_and_read_outside_probe
+    doc_id = ObjectId()
+    await coll.insert_one({"_id": doc_id, "n": 1, "lease": None})
+    query = {"_id": doc_id, "lease": {"$not": {"$gt": 5}}}
+    after = await update_and_read(
+        coll, query, {"$set": {"lease": 9}}, None, outside_transaction=True
+    )
+    assert after == {"_id": doc_id, "n": 1, "lease": 9}
+    assert (
+        await update_and_read(coll, query, {"$set": {"lease": 10}}, None, outside_transaction=True)
+        is None
+    )  # the lease is taken: nothing matched, nothing changed
+    assert await coll.find_one({"_id": doc_id}) == after
+
+
 async def test_a_write_conflict_waits_for_the_other_transaction_instead_of_failing(mongo):
     """A transaction that meets another's uncommitted write is retried after a short wait
     (``RETRY_DELAYS``): attempts straight after each other all met the same write again and

@@ -49,7 +49,7 @@ import structlog
 from bson import ObjectId
 
 from app.adapters.blob_batches import write_blobs
-from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key
+from app.adapters.mongo import Mongo, in_transaction, is_duplicate_key, update_and_read
 from app.adapters.queue import JobQueue, QueuedJob
 from app.config import Settings
 from app.domain.addresses import Address, domain_of
@@ -76,14 +76,6 @@ from app.services.sending.compose import Recipients, message_doc, recipient_docs
 from app.services.templates.render import TemplateRenderer
 
 log = structlog.get_logger(__name__)
-
-
-def _lease_free(now: datetime) -> dict[str, Any]:
-    """A batch lease that is free at ``now``: none, or lapsed. One condition on the field
-    (``$not $gt``, which also matches null and missing) where ``$or`` of two would make
-    SecantusDB scan the collection (docs/architecture.md)."""
-    return {"$not": {"$gt": now}}
-
 
 MAX_EARLY_SECONDS = 2.0  # a batch job this early waits for its time; earlier ones end
 WAIT_SECONDS = 60.0  # how often a campaign waiting on a reputation pause looks again
@@ -151,18 +143,16 @@ class CampaignSender:
             if not result.pop("next_now", False):
                 return {**result, "chained": chained}
 
-    async def _update_and_read(
+    async def _update_campaign(
         self, query: dict[str, Any], update: dict[str, Any]
     ) -> dict[str, Any] | None:
-        """The campaign after ``update``, if ``query`` matched: an update and a read by ``_id``,
-        not a ``findAndModify``, which SecantusDB runs as a scan of the whole collection when
-        it matches (``app.adapters.mongo.update_and_read``; a campaign's batches did two
-        each). Outside a transaction the read may see a later change (a pause, a cancel, the
-        lease taken again): the campaign as it is then, which is what the callers act on."""
-        result = await self.db.campaigns.update_one(query, update)
-        if not result.matched_count:
-            return None
-        return await self.db.campaigns.find_one({"_id": query["_id"]})  # type: ignore[no-any-return]
+        """The campaign after ``update`` if ``query`` matched: an update and a read, not a
+        findAndModify, which SecantusDB runs as a scan of the collection when it matches
+        (``update_and_read``); outside a transaction, as every caller here acts on the campaign
+        as it is then."""
+        return await update_and_read(
+            self.db.campaigns, query, update, None, outside_transaction=True
+        )
 
     async def run_batch(self, campaign_id: ObjectId, *, chain: bool = False) -> dict[str, Any]:
         """One batch. ``chain``: the caller runs the next batch itself when it is due at once
@@ -176,7 +166,7 @@ class CampaignSender:
                 await asyncio.sleep(early)
         now = datetime.now(UTC)
         lease = secrets.token_hex(8)
-        campaign = await self._update_and_read(
+        campaign = await self._update_campaign(
             {
                 "_id": campaign_id,
                 "status": {"$in": ["sending", "scheduled"]},
@@ -239,7 +229,7 @@ class CampaignSender:
         outcome = await self._send(campaign, pending, now, floor, prebuilt)
         if outcome["queued"]:
             await self._count_warmup(campaign["from_domain"], now, outcome["queued"])
-        following = await self._update_and_read(
+        following = await self._update_campaign(
             {"_id": campaign["_id"]},
             {
                 "$set": {
@@ -267,7 +257,7 @@ class CampaignSender:
     async def _wait(
         self, campaign: dict[str, Any], why: str | None, until: datetime
     ) -> dict[str, Any]:
-        updated = await self._update_and_read(
+        updated = await self._update_campaign(
             {"_id": campaign["_id"]},
             {
                 "$set": {"waiting": why, "next_batch_at": until, "batch_lease_until": None},
@@ -593,6 +583,13 @@ class _Ahead(NamedTuple):
 
     def stale(self) -> bool:
         return self.started < time.monotonic() - AHEAD_SECONDS
+
+
+def _lease_free(now: datetime) -> dict[str, Any]:
+    """A batch lease that is free at ``now``: none, or lapsed. One condition on the field
+    (``$not $gt``, which also matches null and missing) where ``$or`` of two would make
+    SecantusDB scan the collection (docs/architecture.md)."""
+    return {"$not": {"$gt": now}}
 
 
 def _floor(campaign: dict[str, Any]) -> int:
